@@ -1,0 +1,20 @@
+//! The user-service domain: users, their notification preferences and their push devices.
+//!
+//! Everything here is pure: value objects that can only hold valid values
+//! ([`user::EmailAddress`], [`device::PushToken`], [`preferences::QuietHours`], ...), the
+//! ports that storage and infrastructure adapters implement ([`ports`]), and the use cases
+//! that tie them together ([`service::UserService`]).
+//!
+//! What must not live here: diesel, redis, actix, tokio or any other I/O crate. Other Rust
+//! services can depend on this crate to share the same rules; its unit tests run with the
+//! `mockall` mocks of the ports (feature `mock`).
+
+pub mod device;
+pub mod error;
+pub mod ports;
+pub mod preferences;
+pub mod service;
+pub mod user;
+mod validate;
+
+pub use error::{FieldError, InvalidValue, ServiceError};

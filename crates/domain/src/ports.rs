@@ -1,0 +1,187 @@
+//! Ports: what the use cases need from the outside world. Adapters implement them
+//! (`adapters-postgres` for storage, `http-actix` for hashing and the clock); every port is
+//! an object-safe `async_trait` held as `Arc<dyn Port>`.
+//!
+//! With the `mock` feature (or in this crate's tests) each trait has a `mockall` mock:
+//! `MockUserRepository`, `MockDeviceRepository`, `MockPasswordHasher`, `MockClock`.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
+use crate::error::BoxError;
+use crate::preferences::{Preferences, PreferencesUpdate};
+use crate::user::{
+    ContactUpdate, EmailAddress, Page, PageRequest, Password, PasswordHash, PhoneNumber, User, UserId, UserName,
+    UserProfile,
+};
+
+/// Why a repository call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    /// The email address belongs to another user (the unique email constraint).
+    #[error("email address already registered")]
+    EmailTaken,
+    /// The user the write refers to does not exist (or was deleted meanwhile).
+    #[error("user not found")]
+    UserNotFound,
+    /// The store cannot serve now (no connection within the pool's timeout, connection
+    /// lost, statement timeout); retrying later may succeed.
+    #[error("store unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Anything else.
+    #[error("unexpected store failure")]
+    Unexpected(#[source] BoxError),
+}
+
+/// A user to create, with the hash of its password and its initial preferences.
+#[derive(Debug, Clone)]
+pub struct NewUserRecord {
+    /// The identifier, chosen by the use case.
+    pub id: UserId,
+    /// The display name.
+    pub name: UserName,
+    /// The normalized email address.
+    pub email: EmailAddress,
+    /// The optional phone number.
+    pub phone: Option<PhoneNumber>,
+    /// The argon2id hash of the password.
+    pub password_hash: PasswordHash,
+    /// The initial preferences (defaults with the caller's choices applied).
+    pub preferences: Preferences,
+    /// A device to register in the same transaction (a `push_token` given at registration).
+    pub device: Option<DeviceRegistration>,
+    /// The registration time.
+    pub created_at: OffsetDateTime,
+}
+
+/// Users and their preferences, which live and die together.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait UserRepository: Send + Sync {
+    /// Creates the user, its preferences and its optional device in one transaction and
+    /// returns the stored profile.
+    ///
+    /// Errors: [`RepositoryError::EmailTaken`] when another user has the email address
+    /// (compared case-insensitively); nothing is written then.
+    async fn create(&self, user: NewUserRecord) -> Result<UserProfile, RepositoryError>;
+
+    /// Loads the user with preferences and devices (active first, most recently seen
+    /// first). `Ok(None)` when no user has this id.
+    async fn find_profile(&self, id: UserId) -> Result<Option<UserProfile>, RepositoryError>;
+
+    /// Lists profiles ordered by registration time, oldest first, with the total count.
+    async fn list_profiles(&self, page: PageRequest) -> Result<Page<UserProfile>, RepositoryError>;
+
+    /// Whether a user with this id exists.
+    async fn exists(&self, id: UserId) -> Result<bool, RepositoryError>;
+
+    /// Applies a non-empty contact change and returns the updated user, `Ok(None)` when no
+    /// user has this id.
+    ///
+    /// Errors: [`RepositoryError::EmailTaken`] when the new address belongs to another user.
+    async fn update_contact(
+        &self,
+        id: UserId,
+        update: ContactUpdate,
+        now: OffsetDateTime,
+    ) -> Result<Option<User>, RepositoryError>;
+
+    /// Deletes the user, its preferences and its devices. `Ok(false)` when no user had this id.
+    async fn delete(&self, id: UserId) -> Result<bool, RepositoryError>;
+
+    /// Loads the preferences, `Ok(None)` when no user has this id.
+    async fn find_preferences(&self, id: UserId) -> Result<Option<Preferences>, RepositoryError>;
+
+    /// Applies a partial change atomically (concurrent updates of different fields both
+    /// survive) and returns the result, `Ok(None)` when no user has this id.
+    async fn update_preferences(
+        &self,
+        id: UserId,
+        update: PreferencesUpdate,
+        now: OffsetDateTime,
+    ) -> Result<Option<Preferences>, RepositoryError>;
+}
+
+/// Push devices. A token is unique across all users: registering a known token moves it.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait DeviceRepository: Send + Sync {
+    /// Registers `registration.token` for `user` in one atomic step: a new token creates a
+    /// device; a known one (the user's own or another user's) is moved to `user` with its
+    /// platform and state updated and `last_seen_at = now`. Never creates a duplicate, also
+    /// under concurrent registrations of the same token.
+    ///
+    /// Errors: [`RepositoryError::UserNotFound`] when `user` does not exist.
+    async fn upsert(
+        &self,
+        user: UserId,
+        registration: DeviceRegistration,
+        now: OffsetDateTime,
+    ) -> Result<RegisteredDevice, RepositoryError>;
+
+    /// The user's devices, active first, most recently seen first; `Ok(None)` when the user
+    /// does not exist.
+    async fn list(&self, user: UserId) -> Result<Option<Vec<Device>>, RepositoryError>;
+
+    /// Activates or deactivates the user's device named by `selector` and returns it;
+    /// `updated_at` changes only when the state does. `Ok(None)` when the user has no such
+    /// device (or does not exist).
+    async fn set_active(
+        &self,
+        user: UserId,
+        selector: &DeviceSelector,
+        active: bool,
+        now: OffsetDateTime,
+    ) -> Result<Option<Device>, RepositoryError>;
+
+    /// Deletes the user's device named by `selector`; `Ok(false)` when there is none.
+    async fn delete(&self, user: UserId, selector: &DeviceSelector) -> Result<bool, RepositoryError>;
+}
+
+/// Why hashing or verifying a password failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Too many hashes are running or queued; the caller should retry later.
+    #[error("password hashing is saturated")]
+    Overloaded,
+    /// The hasher failed (a malformed stored hash, a panicked worker).
+    #[error("password hashing failed")]
+    Unexpected(#[source] BoxError),
+}
+
+/// Password hashing. Implementations run the CPU-heavy work off the async executor.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait PasswordHasher: Send + Sync {
+    /// Hashes a password with a fresh salt.
+    async fn hash(&self, password: Password) -> Result<PasswordHash, HashError>;
+
+    /// Checks a password against a stored hash; `Ok(false)` on a mismatch.
+    async fn verify(&self, password: Password, hash: PasswordHash) -> Result<bool, HashError>;
+}
+
+/// The current time, injectable so that use cases are deterministic under test.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait Clock: Send + Sync {
+    /// Now, in UTC, at microsecond precision (what PostgreSQL stores).
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        let now = OffsetDateTime::now_utc();
+        now.replace_microsecond(now.microsecond()).unwrap_or(now)
+    }
+}
+
+/// A dependency whose health `/health` reports.
+#[async_trait]
+pub trait HealthProbe: Send + Sync {
+    /// Answers `Ok` when the dependency serves requests.
+    async fn check(&self) -> Result<(), BoxError>;
+}
