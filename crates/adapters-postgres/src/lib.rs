@@ -1,0 +1,66 @@
+//! PostgreSQL adapter: implements the domain's [`UserRepository`](domain::ports::UserRepository)
+//! and [`DeviceRepository`](domain::ports::DeviceRepository) with diesel + diesel-async on a
+//! deadpool pool.
+//!
+//! - [`pool`]: the connection pool, with explicit timeouts and per-connection settings.
+//! - [`migrations`]: the embedded SQL migrations of the workspace's `migrations/` folder.
+//! - [`PgStore`]: the repositories.
+//!
+//! Unique and foreign-key violations are mapped to domain errors by constraint name (see
+//! [`errors`]), never by message text. Nothing here knows about HTTP.
+
+mod devices;
+pub mod errors;
+pub mod migrations;
+pub mod pool;
+mod rows;
+mod schema;
+#[cfg(feature = "test-support")]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+mod users;
+
+use async_trait::async_trait;
+use diesel_async::RunQueryDsl;
+use domain::error::BoxError;
+use domain::ports::HealthProbe;
+
+pub use pool::{PgPool, PoolSettings};
+
+/// The PostgreSQL-backed repositories, cheap to clone (it holds the pool).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("pool", &self.pool.status()).finish()
+    }
+}
+
+impl PgStore {
+    /// Wraps a pool built by [`pool::build`].
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The underlying pool (for health reporting and metrics).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn connection(&self) -> Result<pool::PgConnection, domain::ports::RepositoryError> {
+        self.pool.get().await.map_err(errors::from_pool_error)
+    }
+}
+
+#[async_trait]
+impl HealthProbe for PgStore {
+    async fn check(&self) -> Result<(), BoxError> {
+        let mut connection = self.pool.get().await?;
+        diesel::sql_query("SELECT 1").execute(&mut connection).await?;
+        Ok(())
+    }
+}

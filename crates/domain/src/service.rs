@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use crate::device::{Device, DeviceRegistration, DeviceSelector, Platform, RegisteredDevice};
 use crate::error::ServiceError;
-use crate::ports::{Clock, DeviceRepository, HashError, NewUserRecord, PasswordHasher, RepositoryError, UserRepository};
+use crate::ports::{
+    Clock, DeviceRepository, HashError, NewUserRecord, PasswordHasher, RepositoryError, UserRepository,
+};
 use crate::preferences::{Preferences, PreferencesUpdate};
 use crate::user::{ContactUpdate, NewUser, Page, PageRequest, UserId, UserProfile};
 
@@ -66,9 +68,11 @@ impl UserService {
             phone: new_user.phone,
             password_hash,
             preferences: Preferences::defaults(now).with_update(&new_user.preferences, now),
-            device: new_user
-                .push_token
-                .map(|token| DeviceRegistration { token, platform: Platform::Unknown, active: true }),
+            device: new_user.push_token.map(|token| DeviceRegistration {
+                token,
+                platform: Platform::Unknown,
+                active: true,
+            }),
             created_at: now,
         };
         Ok(self.users.create(record).await?)
@@ -137,11 +141,7 @@ impl UserService {
 
     /// Removes one of the user's devices.
     pub async fn delete_device(&self, user: UserId, selector: &DeviceSelector) -> Result<(), ServiceError> {
-        if self.devices.delete(user, selector).await? {
-            Ok(())
-        } else {
-            Err(self.missing_device_error(user).await?)
-        }
+        if self.devices.delete(user, selector).await? { Ok(()) } else { Err(self.missing_device_error(user).await?) }
     }
 
     /// After a device lookup missed: says whether the user or only the device is unknown.
@@ -208,13 +208,17 @@ mod tests {
                     && record.preferences.email
                     && !record.preferences.push
                     && record.preferences.timezone.as_str() == "UTC"
-                    && record.device.as_ref().is_some_and(|device| device.platform == Platform::Unknown && device.active)
+                    && record
+                        .device
+                        .as_ref()
+                        .is_some_and(|device| device.platform == Platform::Unknown && device.active)
             })
             .times(1)
             .returning(|record| Ok(profile_of(&record)));
 
         let profile =
-            futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user())).unwrap();
+            futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user()))
+                .unwrap();
         assert_eq!(profile.user.email.as_str(), "john@example.com");
         assert!(!profile.preferences.push);
     }
@@ -225,7 +229,8 @@ mod tests {
         hasher.expect_hash().returning(|_| Ok(PasswordHash::new("h".into())));
         let mut users = MockUserRepository::new();
         users.expect_create().returning(|_| Err(RepositoryError::EmailTaken));
-        let result = futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user()));
+        let result =
+            futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user()));
         assert!(matches!(result, Err(ServiceError::EmailTaken)));
     }
 
@@ -235,7 +240,8 @@ mod tests {
         hasher.expect_hash().returning(|_| Err(HashError::Overloaded));
         let mut users = MockUserRepository::new();
         users.expect_create().never();
-        let result = futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user()));
+        let result =
+            futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user()));
         assert!(matches!(result, Err(ServiceError::Unavailable(_))));
     }
 

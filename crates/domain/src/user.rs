@@ -100,9 +100,8 @@ impl PhoneNumber {
     /// Trims and checks `raw`; no spaces or punctuation are accepted inside the number.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let trimmed = raw.trim();
-        let digits = trimmed
-            .strip_prefix('+')
-            .ok_or(InvalidValue::new("must be in E.164 format, e.g. +2348012345678"))?;
+        let digits =
+            trimmed.strip_prefix('+').ok_or(InvalidValue::new("must be in E.164 format, e.g. +2348012345678"))?;
         let valid = (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
         if !valid {
             return Err(InvalidValue::new("must be in E.164 format, e.g. +2348012345678"));

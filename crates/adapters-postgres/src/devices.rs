@@ -1,0 +1,156 @@
+//! [`DeviceRepository`] on PostgreSQL.
+
+use async_trait::async_trait;
+use diesel::dsl::case_when;
+use diesel::prelude::*;
+use diesel::sql_types::{Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use domain::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
+use domain::ports::{DeviceRepository, RepositoryError};
+use domain::user::UserId;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::PgStore;
+use crate::errors::from_diesel;
+use crate::rows::{DeviceRow, devices_from_rows};
+use crate::schema::{devices, regexp_replace, users};
+use crate::users::device_order;
+
+/// Registers or moves a token in one statement. The CTE locks the existing row (if any)
+/// and reports its owner before the upsert changes it; `ON CONFLICT` on the token digest
+/// makes concurrent registrations of one token converge on a single row. A row was created
+/// exactly when it carries the id this statement proposed.
+///
+/// The inserted row is selected from a join with `previous` so that the CTE runs before
+/// the upsert: read only from `RETURNING`, it would run after the row was updated, and
+/// `FOR UPDATE` skips a row the statement itself changed (the owner came back `NULL`).
+const UPSERT_DEVICE: &str = r#"
+WITH previous AS (
+    SELECT user_id FROM devices WHERE token_digest = device_token_digest($2) FOR UPDATE
+)
+INSERT INTO devices AS d (id, user_id, token, platform, active, created_at, updated_at, last_seen_at)
+SELECT $1, $3, $2, $4, $5, $6, $6, $6
+FROM (VALUES (true)) AS registration LEFT JOIN previous ON true
+ON CONFLICT (token_digest) DO UPDATE SET
+    user_id = EXCLUDED.user_id,
+    platform = EXCLUDED.platform,
+    active = EXCLUDED.active,
+    updated_at = EXCLUDED.updated_at,
+    last_seen_at = EXCLUDED.last_seen_at
+RETURNING d.id, d.user_id, d.token, d.platform, d.active, d.created_at, d.updated_at, d.last_seen_at,
+    d.id = $1 AS created,
+    (SELECT user_id FROM previous) AS previous_owner
+"#;
+
+#[derive(QueryableByName)]
+struct UpsertedDevice {
+    #[diesel(embed)]
+    device: DeviceRow,
+    #[diesel(sql_type = Bool)]
+    created: bool,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    previous_owner: Option<Uuid>,
+}
+
+/// The device row an upsert produced, before conversion.
+pub(crate) struct UpsertedRow {
+    pub device: DeviceRow,
+    pub created: bool,
+    pub previous_owner: Option<Uuid>,
+}
+
+/// Runs the upsert on `connection` (inside or outside a transaction).
+pub(crate) async fn upsert_device(
+    connection: &mut AsyncPgConnection,
+    user: UserId,
+    registration: &DeviceRegistration,
+    now: OffsetDateTime,
+) -> QueryResult<UpsertedRow> {
+    let row: UpsertedDevice = diesel::sql_query(UPSERT_DEVICE)
+        .bind::<SqlUuid, _>(Uuid::now_v7())
+        .bind::<Text, _>(registration.token.as_str())
+        .bind::<SqlUuid, _>(user.as_uuid())
+        .bind::<Text, _>(registration.platform.as_str())
+        .bind::<Bool, _>(registration.active)
+        .bind::<Timestamptz, _>(now)
+        .get_result(connection)
+        .await?;
+    Ok(UpsertedRow { device: row.device, created: row.created, previous_owner: row.previous_owner })
+}
+
+/// Matches the user's device named by `selector`: by id, by exact token, or by the token
+/// with runs of `/` merged (what some proxies do to web-push endpoints in paths).
+macro_rules! selected_device {
+    ($user:expr, $selector:expr) => {
+        devices::user_id.eq($user.as_uuid()).and(
+            devices::id
+                .nullable()
+                .eq($selector.id().map(|id| id.as_uuid()))
+                .or(devices::token.eq($selector.token()).nullable())
+                .or(regexp_replace(devices::token, "/{2,}", "/", "g").eq($selector.merged_slashes_token()).nullable()),
+        )
+    };
+}
+
+#[async_trait]
+impl DeviceRepository for PgStore {
+    async fn upsert(
+        &self,
+        user: UserId,
+        registration: DeviceRegistration,
+        now: OffsetDateTime,
+    ) -> Result<RegisteredDevice, RepositoryError> {
+        let mut connection = self.connection().await?;
+        let row = upsert_device(&mut connection, user, &registration, now).await.map_err(from_diesel)?;
+        let previous_owner = row.previous_owner.filter(|owner| *owner != user.as_uuid()).map(UserId::from);
+        Ok(RegisteredDevice { device: Device::try_from(row.device)?, created: row.created, previous_owner })
+    }
+
+    async fn list(&self, user: UserId) -> Result<Option<Vec<Device>>, RepositoryError> {
+        let mut connection = self.connection().await?;
+        // Joined from the user so that "no such user" and "no devices" differ in one query.
+        let rows: Vec<Option<DeviceRow>> = users::table
+            .left_join(devices::table)
+            .filter(users::id.eq(user.as_uuid()))
+            .order(device_order!())
+            .select(Option::<DeviceRow>::as_select())
+            .load(&mut connection)
+            .await
+            .map_err(from_diesel)?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        devices_from_rows(rows.into_iter().flatten()).map(Some)
+    }
+
+    async fn set_active(
+        &self,
+        user: UserId,
+        selector: &DeviceSelector,
+        active: bool,
+        now: OffsetDateTime,
+    ) -> Result<Option<Device>, RepositoryError> {
+        let mut connection = self.connection().await?;
+        let rows: Vec<DeviceRow> = diesel::update(devices::table)
+            .filter(selected_device!(user, selector))
+            .set((
+                devices::active.eq(active),
+                devices::updated_at.eq(case_when(devices::active.eq(active), devices::updated_at).otherwise(now)),
+            ))
+            .returning(DeviceRow::as_returning())
+            .get_results(&mut connection)
+            .await
+            .map_err(from_diesel)?;
+        rows.into_iter().next().map(Device::try_from).transpose()
+    }
+
+    async fn delete(&self, user: UserId, selector: &DeviceSelector) -> Result<bool, RepositoryError> {
+        let mut connection = self.connection().await?;
+        let deleted = diesel::delete(devices::table.filter(selected_device!(user, selector)))
+            .execute(&mut connection)
+            .await
+            .map_err(from_diesel)?;
+        Ok(deleted > 0)
+    }
+}

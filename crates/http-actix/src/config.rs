@@ -1,0 +1,241 @@
+//! Configuration from environment variables (and a `.env` file, loaded by `main`).
+//!
+//! Every variable has a documented default in `.env.example`; an invalid value stops the
+//! service with a message that names the variable.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on (`HOST`).
+    pub host: IpAddr,
+    /// Port to listen on (`PORT`; 0 picks a free port, as the tests do).
+    pub port: u16,
+    /// PostgreSQL connection settings (`DATABASE_URL`, `DATABASE_POOL_*`).
+    pub database: DatabaseSettings,
+    /// Redis URL (`REDIS_URL`); the cache arrives with its own issue.
+    pub redis_url: Option<String>,
+    /// Signing key for access tokens (`SECRET_KEY`).
+    pub secret_key: Option<SecretString>,
+    /// How long idempotency records live (`IDEMPOTENCY_TTL`, seconds).
+    pub idempotency_ttl: Duration,
+    /// How long cached users live (`CACHE_TTL`, seconds).
+    pub cache_ttl: Duration,
+    /// Largest accepted request body (`MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Password hashes computed at once (`PASSWORD_HASH_CONCURRENCY`, default: CPU count).
+    pub password_hash_concurrency: usize,
+    /// How long a registration waits for a hashing slot before answering 503
+    /// (`PASSWORD_HASH_QUEUE_TIMEOUT_MS`).
+    pub password_hash_queue_timeout: Duration,
+    /// HTTP worker threads (`WORKERS`, default: CPU count).
+    pub workers: usize,
+    /// `json` or `pretty` (`LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info` or `user_service=debug` (`LOG_LEVEL`).
+    pub log_level: String,
+}
+
+/// How the database is reached.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// A `postgres://` URL (the seed's `postgresql+asyncpg://` is accepted and rewritten).
+    pub url: String,
+    /// Connections in the pool (`DATABASE_POOL_SIZE`).
+    pub pool_size: usize,
+    /// Wait for a free connection before answering 503 (`DATABASE_POOL_TIMEOUT_MS`).
+    pub pool_timeout: Duration,
+    /// Server-side statement limit (`DATABASE_STATEMENT_TIMEOUT_MS`).
+    pub statement_timeout: Duration,
+    /// Whether to apply pending migrations at start-up (`MIGRATE_ON_STARTUP`).
+    pub migrate_on_startup: bool,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log shippers.
+    Json,
+    /// Human-readable lines, for terminals.
+    Pretty,
+}
+
+/// A configuration error; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+/// The raw variables, as `config` reads them (keys lower-cased).
+#[derive(Debug, Deserialize)]
+struct RawSettings {
+    host: Option<String>,
+    port: Option<String>,
+    database_url: Option<String>,
+    database_pool_size: Option<String>,
+    database_pool_timeout_ms: Option<String>,
+    database_statement_timeout_ms: Option<String>,
+    migrate_on_startup: Option<String>,
+    redis_url: Option<String>,
+    secret_key: Option<String>,
+    idempotency_ttl: Option<String>,
+    cache_ttl: Option<String>,
+    max_body_bytes: Option<String>,
+    password_hash_concurrency: Option<String>,
+    password_hash_queue_timeout_ms: Option<String>,
+    workers: Option<String>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(None)
+    }
+
+    /// Reads the given variables instead of the environment (for tests).
+    pub fn from_map(variables: HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::from_source(Some(variables.into_iter().collect()))
+    }
+
+    fn from_source(source: Option<config::Map<String, String>>) -> Result<Self, ConfigError> {
+        let raw: RawSettings = config::Config::builder()
+            .add_source(config::Environment::default().source(source))
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|error| ConfigError(error.to_string()))?;
+        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+        Ok(Self {
+            host: parse_or("HOST", raw.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED))?,
+            port: parse_or("PORT", raw.port, 3001)?,
+            database: DatabaseSettings {
+                url: database_url(raw.database_url)?,
+                pool_size: positive("DATABASE_POOL_SIZE", raw.database_pool_size, 16)?.max(2),
+                pool_timeout: millis("DATABASE_POOL_TIMEOUT_MS", raw.database_pool_timeout_ms, 2_000)?,
+                statement_timeout: millis("DATABASE_STATEMENT_TIMEOUT_MS", raw.database_statement_timeout_ms, 5_000)?,
+                migrate_on_startup: boolean("MIGRATE_ON_STARTUP", raw.migrate_on_startup, true)?,
+            },
+            redis_url: non_empty(raw.redis_url),
+            secret_key: non_empty(raw.secret_key).map(SecretString::from),
+            idempotency_ttl: Duration::from_secs(positive("IDEMPOTENCY_TTL", raw.idempotency_ttl, 3_600)?),
+            cache_ttl: Duration::from_secs(positive("CACHE_TTL", raw.cache_ttl, 300)?),
+            max_body_bytes: positive("MAX_BODY_BYTES", raw.max_body_bytes, 64 * 1024)?,
+            password_hash_concurrency: positive("PASSWORD_HASH_CONCURRENCY", raw.password_hash_concurrency, cpus)?,
+            password_hash_queue_timeout: millis(
+                "PASSWORD_HASH_QUEUE_TIMEOUT_MS",
+                raw.password_hash_queue_timeout_ms,
+                5_000,
+            )?,
+            workers: positive("WORKERS", raw.workers, cpus)?,
+            log_format: match non_empty(raw.log_format).as_deref() {
+                None | Some("pretty") => LogFormat::Pretty,
+                Some("json") => LogFormat::Json,
+                Some(_) => return Err(ConfigError("LOG_FORMAT must be json or pretty".into())),
+            },
+            log_level: non_empty(raw.log_level).unwrap_or_else(|| "info".to_owned()),
+        })
+    }
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.map(|value| value.trim().to_owned()).filter(|value| !value.is_empty())
+}
+
+fn parse_or<T: std::str::FromStr>(name: &str, value: Option<String>, default: T) -> Result<T, ConfigError> {
+    match non_empty(value) {
+        None => Ok(default),
+        Some(value) => value.parse().map_err(|_| ConfigError(format!("{name} has an invalid value"))),
+    }
+}
+
+fn positive<T: std::str::FromStr + PartialOrd + Default>(
+    name: &str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, ConfigError> {
+    let parsed = parse_or(name, value, default)?;
+    if parsed <= T::default() {
+        return Err(ConfigError(format!("{name} must be a positive integer")));
+    }
+    Ok(parsed)
+}
+
+fn millis(name: &str, value: Option<String>, default: u64) -> Result<Duration, ConfigError> {
+    positive(name, value, default).map(Duration::from_millis)
+}
+
+fn boolean(name: &str, value: Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match non_empty(value).map(|value| value.to_ascii_lowercase()).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off") => Ok(false),
+        Some(_) => Err(ConfigError(format!("{name} must be true or false"))),
+    }
+}
+
+/// Accepts `postgres://`, `postgresql://` and the seed's `postgresql+asyncpg://`.
+fn database_url(value: Option<String>) -> Result<String, ConfigError> {
+    let url = non_empty(value).ok_or_else(|| {
+        ConfigError("DATABASE_URL is required (e.g. postgres://postgres@127.0.0.1:5432/user_service)".into())
+    })?;
+    for driver_prefix in ["postgresql+asyncpg://", "postgres+asyncpg://"] {
+        if let Some(rest) = url.strip_prefix(driver_prefix) {
+            return Ok(format!("postgresql://{rest}"));
+        }
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(url)
+    } else {
+        Err(ConfigError("DATABASE_URL must start with postgres:// or postgresql://".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut variables: HashMap<String, String> =
+            HashMap::from([("DATABASE_URL".to_owned(), "postgres://localhost/db".to_owned())]);
+        variables.extend(pairs.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())));
+        Settings::from_map(variables)
+    }
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let settings = settings(&[]).unwrap();
+        assert_eq!(settings.port, 3001);
+        assert_eq!(settings.idempotency_ttl, Duration::from_secs(3600));
+        assert_eq!(settings.cache_ttl, Duration::from_secs(300));
+        assert!(settings.database.migrate_on_startup);
+    }
+
+    #[test]
+    fn the_seed_database_url_is_accepted() {
+        let settings =
+            settings(&[("DATABASE_URL", "postgresql+asyncpg://postgres:postgres@db:5432/user_service_db")]).unwrap();
+        assert_eq!(settings.database.url, "postgresql://postgres:postgres@db:5432/user_service_db");
+    }
+
+    #[test]
+    fn invalid_values_name_their_variable() {
+        for (name, value) in [
+            ("PORT", "abc"),
+            ("PORT", "70000"),
+            ("DATABASE_URL", "mysql://x"),
+            ("CACHE_TTL", "0"),
+            ("MIGRATE_ON_STARTUP", "maybe"),
+            ("LOG_FORMAT", "xml"),
+            ("HOST", "not-an-ip"),
+        ] {
+            let error = settings(&[(name, value)]).unwrap_err().to_string();
+            assert!(error.contains(name), "{error} should name {name}");
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Request and response bodies, and their one-step conversion into domain values.
+//!
+//! Requests refuse unknown fields (`deny_unknown_fields`), so nobody can set `id`,
+//! `password_hash` or similar by adding fields. `into_domain` parses every field and
+//! reports all invalid ones at once.
+
+use std::borrow::Cow;
+
+use apistos::ApiComponent;
+use domain::device::{Device, DeviceRegistration, Platform, PushToken};
+use domain::preferences::{ClockTime, Preferences, PreferencesUpdate, QuietHours, TimeZoneName};
+use domain::user::{ContactUpdate, EmailAddress, NewUser, Password, PhoneNumber, UserName, UserProfile};
+use domain::{FieldError, InvalidValue};
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// Collects field errors while parsing a request.
+#[derive(Default)]
+struct Fields {
+    errors: Vec<FieldError>,
+}
+
+impl Fields {
+    /// Parses one field, remembering its error.
+    fn parse<T>(&mut self, field: impl Into<Cow<'static, str>>, result: Result<T, InvalidValue>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.errors.push(FieldError::new(field, error));
+                None
+            }
+        }
+    }
+
+    /// Parses an optional field.
+    fn parse_optional<T>(
+        &mut self,
+        field: impl Into<Cow<'static, str>>,
+        result: Option<Result<T, InvalidValue>>,
+    ) -> Option<T> {
+        result.and_then(|result| self.parse(field, result))
+    }
+
+    /// Fails with every collected error, if any.
+    fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() { Ok(()) } else { Err(ApiError::validation(self.errors)) }
+    }
+}
+
+/// Formats a timestamp as RFC 3339 UTC.
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------
+// Requests
+// ---------------------------------------------------------------------------------------
+
+/// Preferences to set; omitted fields keep their value (defaults at registration).
+#[derive(Debug, Default, Deserialize, JsonSchema, ApiComponent)]
+#[serde(deny_unknown_fields)]
+pub struct PreferencesRequest {
+    /// Opt in to email notifications.
+    pub email: Option<bool>,
+    /// Opt in to push notifications.
+    pub push: Option<bool>,
+    /// Start of the daily quiet window, `HH:MM` in `timezone`; set together with
+    /// `quiet_hours_end`, or both `null` to clear.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schemars(with = "Option<String>", regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub quiet_hours_start: Option<Option<String>>,
+    /// End of the daily quiet window (exclusive), `HH:MM`; may be earlier than the start
+    /// (the window wraps midnight), never equal to it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schemars(with = "Option<String>", regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub quiet_hours_end: Option<Option<String>>,
+    /// IANA time zone name in which quiet hours are read.
+    pub timezone: Option<String>,
+}
+
+impl PreferencesRequest {
+    fn parse_into(self, fields: &mut Fields, prefix: &str) -> PreferencesUpdate {
+        let field = |name: &'static str| -> Cow<'static, str> {
+            if prefix.is_empty() { Cow::Borrowed(name) } else { Cow::Owned(format!("{prefix}.{name}")) }
+        };
+        let quiet_hours = match (self.quiet_hours_start, self.quiet_hours_end) {
+            (None, None) => None,
+            (Some(None), Some(None)) => Some(None),
+            (Some(Some(start)), Some(Some(end))) => {
+                let start = fields.parse(field("quiet_hours_start"), ClockTime::parse(&start));
+                let end = fields.parse(field("quiet_hours_end"), ClockTime::parse(&end));
+                match (start, end) {
+                    (Some(start), Some(end)) => {
+                        fields.parse(field("quiet_hours"), QuietHours::new(start, end)).map(Some)
+                    }
+                    _ => None,
+                }
+            }
+            _ => {
+                fields.errors.push(FieldError::new(
+                    field("quiet_hours"),
+                    InvalidValue::new("quiet_hours_start and quiet_hours_end must be set together or both null"),
+                ));
+                None
+            }
+        };
+        PreferencesUpdate {
+            email: self.email,
+            push: self.push,
+            quiet_hours,
+            timezone: fields.parse_optional(field("timezone"), self.timezone.as_deref().map(TimeZoneName::parse)),
+        }
+    }
+
+    /// Parses a preferences update.
+    pub fn into_domain(self) -> Result<PreferencesUpdate, ApiError> {
+        let mut fields = Fields::default();
+        let update = self.parse_into(&mut fields, "");
+        fields.finish()?;
+        Ok(update)
+    }
+}
+
+/// A registration.
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterUserRequest {
+    /// Display name, 1–100 characters.
+    pub name: String,
+    /// Email address, unique (case-insensitively) across users.
+    pub email: String,
+    /// Password, 8–128 characters; stored only as an argon2id hash.
+    pub password: String,
+    /// Phone number in E.164 form.
+    pub phone: Option<String>,
+    /// A push token to register as a device of platform `unknown`.
+    pub push_token: Option<String>,
+    /// Preferences that differ from the defaults (email and push on, no quiet hours, UTC).
+    pub preferences: Option<PreferencesRequest>,
+}
+
+impl RegisterUserRequest {
+    /// Parses every field.
+    pub fn into_domain(self) -> Result<NewUser, ApiError> {
+        let mut fields = Fields::default();
+        let name = fields.parse("name", UserName::parse(&self.name));
+        let email = fields.parse("email", EmailAddress::parse(&self.email));
+        let password = fields.parse("password", Password::parse(&self.password));
+        let phone = fields.parse_optional("phone", self.phone.as_deref().map(PhoneNumber::parse));
+        let push_token = fields.parse_optional("push_token", self.push_token.as_deref().map(PushToken::parse));
+        let preferences = self.preferences.unwrap_or_default().parse_into(&mut fields, "preferences");
+        fields.finish()?;
+        match (name, email, password) {
+            (Some(name), Some(email), Some(password)) => {
+                Ok(NewUser { name, email, password, phone, push_token, preferences })
+            }
+            _ => Err(ApiError::validation(Vec::new())),
+        }
+    }
+}
+
+/// A change of contact details; omitted fields stay as they are.
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateContactRequest {
+    /// New display name.
+    pub name: Option<String>,
+    /// New email address.
+    pub email: Option<String>,
+    /// New phone number (E.164), or `null` to remove it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schemars(with = "Option<String>")]
+    pub phone: Option<Option<String>>,
+}
+
+impl UpdateContactRequest {
+    /// Parses every given field.
+    pub fn into_domain(self) -> Result<ContactUpdate, ApiError> {
+        let mut fields = Fields::default();
+        let name = fields.parse_optional("name", self.name.as_deref().map(UserName::parse));
+        let email = fields.parse_optional("email", self.email.as_deref().map(EmailAddress::parse));
+        let phone = match self.phone {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(phone)) => fields.parse("phone", PhoneNumber::parse(&phone)).map(Some),
+        };
+        fields.finish()?;
+        Ok(ContactUpdate { name, email, phone })
+    }
+}
+
+/// A device registration (an upsert by token).
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterDeviceRequest {
+    /// The push token (for web push, the subscription endpoint URL), 1–4096 characters.
+    pub token: String,
+    /// `web`, `ios` or `android`.
+    #[schemars(schema_with = "platform_schema")]
+    pub platform: String,
+    /// Whether pushes may be sent to it (default true).
+    pub active: Option<bool>,
+}
+
+impl RegisterDeviceRequest {
+    /// Parses every field.
+    pub fn into_domain(self) -> Result<DeviceRegistration, ApiError> {
+        let mut fields = Fields::default();
+        let token = fields.parse("token", PushToken::parse(&self.token));
+        let platform = fields.parse("platform", Platform::parse_registrable(&self.platform));
+        fields.finish()?;
+        match (token, platform) {
+            (Some(token), Some(platform)) => {
+                Ok(DeviceRegistration { token, platform, active: self.active.unwrap_or(true) })
+            }
+            _ => Err(ApiError::validation(Vec::new())),
+        }
+    }
+}
+
+/// The platforms a caller may register, as an enum in the schema.
+fn platform_schema(_generator: &mut schemars::r#gen::SchemaGenerator) -> schemars::schema::Schema {
+    schemars::schema::SchemaObject {
+        instance_type: Some(schemars::schema::InstanceType::String.into()),
+        enum_values: Some(vec!["web".into(), "ios".into(), "android".into()]),
+        ..Default::default()
+    }
+    .into()
+}
+
+/// `?page=&limit=` of list routes.
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Page number, from 1 (default 1).
+    pub page: Option<u32>,
+    /// Items per page, 1–100 (default 20).
+    pub limit: Option<u32>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Responses
+// ---------------------------------------------------------------------------------------
+
+/// What a user agreed to receive.
+#[derive(Debug, Serialize, JsonSchema, ApiComponent)]
+pub struct PreferencesView {
+    /// Email opt-in.
+    pub email: bool,
+    /// Push opt-in.
+    pub push: bool,
+    /// Start of the quiet window (`HH:MM`), or null.
+    pub quiet_hours_start: Option<String>,
+    /// End of the quiet window (`HH:MM`, exclusive), or null.
+    pub quiet_hours_end: Option<String>,
+    /// IANA time zone of the quiet window.
+    pub timezone: String,
+}
+
+impl From<&Preferences> for PreferencesView {
+    fn from(preferences: &Preferences) -> Self {
+        Self {
+            email: preferences.email,
+            push: preferences.push,
+            quiet_hours_start: preferences.quiet_hours.map(|window| window.start().to_string()),
+            quiet_hours_end: preferences.quiet_hours.map(|window| window.end().to_string()),
+            timezone: preferences.timezone.as_str().to_owned(),
+        }
+    }
+}
+
+/// A push device.
+#[derive(Debug, Serialize, JsonSchema, ApiComponent)]
+pub struct DeviceView {
+    /// Device id.
+    pub id: Uuid,
+    /// Push token.
+    pub token: String,
+    /// `web`, `ios`, `android`, or `unknown` (given at registration without a platform).
+    pub platform: &'static str,
+    /// Whether pushes may be sent to it.
+    pub active: bool,
+    /// First registration (RFC 3339).
+    pub created_at: String,
+    /// Last change of owner, platform or state (RFC 3339).
+    pub updated_at: String,
+    /// Last registration or refresh of the token (RFC 3339).
+    pub last_seen_at: String,
+}
+
+impl From<&Device> for DeviceView {
+    fn from(device: &Device) -> Self {
+        Self {
+            id: device.id.as_uuid(),
+            token: device.token.as_str().to_owned(),
+            platform: device.platform.as_str(),
+            active: device.active,
+            created_at: rfc3339(device.created_at),
+            updated_at: rfc3339(device.updated_at),
+            last_seen_at: rfc3339(device.last_seen_at),
+        }
+    }
+}
+
+/// A user as senders need it. Never contains the password or its hash.
+#[derive(Debug, Serialize, JsonSchema, ApiComponent)]
+pub struct UserView {
+    /// User id.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// Email address (lower-case).
+    pub email: String,
+    /// Phone number (E.164) or null.
+    pub phone: Option<String>,
+    /// Notification preferences.
+    pub preferences: PreferencesView,
+    /// The token of the most recently seen active device, or null.
+    pub push_token: Option<String>,
+    /// Tokens of all active devices, most recently seen first.
+    pub push_tokens: Vec<String>,
+    /// All devices, active first, most recently seen first.
+    pub devices: Vec<DeviceView>,
+    /// Registration time (RFC 3339).
+    pub created_at: String,
+    /// Last change of contact details (RFC 3339).
+    pub updated_at: String,
+}
+
+impl From<&UserProfile> for UserView {
+    fn from(profile: &UserProfile) -> Self {
+        let user = &profile.user;
+        Self {
+            id: user.id.as_uuid(),
+            name: user.name.as_str().to_owned(),
+            email: user.email.as_str().to_owned(),
+            phone: user.phone.as_ref().map(|phone| phone.as_str().to_owned()),
+            preferences: PreferencesView::from(&profile.preferences),
+            push_token: profile.push_token().map(|token| token.as_str().to_owned()),
+            push_tokens: profile.active_push_tokens().map(|token| token.as_str().to_owned()).collect(),
+            devices: profile.devices.iter().map(DeviceView::from).collect(),
+            created_at: rfc3339(user.created_at),
+            updated_at: rfc3339(user.updated_at),
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Errors of the HTTP layer and their one mapping to status codes and envelopes.
+//!
+//! Handlers return [`ApiError`]; domain errors convert into it in one exhaustive `match`
+//! ([`From<ServiceError>`]). 5xx bodies say nothing internal: the cause is logged once,
+//! with its chain, where the error is turned into a response.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use apistos::paths::{MediaType, Response};
+use apistos::reference_or::ReferenceOr;
+use apistos::{ApiComponent, ApiErrorComponent, Schema};
+use domain::{FieldError, ServiceError};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+/// One invalid field, as returned in `details`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FieldDetail {
+    /// The field's path in the request (`email`, `preferences.timezone`).
+    pub field: String,
+    /// Why it was rejected.
+    pub message: String,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, JsonSchema, ApiComponent)]
+pub struct ErrorEnvelope {
+    /// Always false.
+    pub success: bool,
+    /// Always null.
+    pub data: Option<()>,
+    /// A machine-readable code: `invalid_json`, `invalid_id`, `validation_error`,
+    /// `user_not_found`, `device_not_found`, `not_found`, `method_not_allowed`,
+    /// `email_taken`, `payload_too_large`, `unsupported_media_type`,
+    /// `service_unavailable`, `internal_error`.
+    pub error: Cow<'static, str>,
+    /// A human-readable explanation.
+    pub message: Cow<'static, str>,
+    /// Always null.
+    pub meta: Option<()>,
+    /// The invalid fields, on `validation_error`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<FieldDetail>,
+}
+
+/// An error answer: status, code, message and optional field details.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: Cow<'static, str>,
+    details: Vec<FieldDetail>,
+    /// The cause of a 5xx, logged when the response is built.
+    cause: Option<domain::error::BoxError>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self { status, code, message: message.into(), details: Vec::new(), cause: None }
+    }
+
+    /// 400: the body is not valid JSON.
+    pub fn invalid_json(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+    }
+
+    /// 400: a path id is not a UUID.
+    pub fn invalid_id() -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_id", "the id in the path must be a UUID")
+    }
+
+    /// 400: the query string is malformed.
+    pub fn invalid_query(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+    }
+
+    /// 422: fields are well-formed JSON but invalid.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let details = errors
+            .into_iter()
+            .map(|error| FieldDetail { field: error.field.into_owned(), message: error.message.into_owned() })
+            .collect();
+        Self { details, ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", "invalid request fields") }
+    }
+
+    /// 404: no route matches.
+    pub fn route_not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    /// 413: the body exceeds the limit.
+    pub fn payload_too_large() -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+    }
+
+    /// 415: the body is not declared as JSON.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the request body must be JSON with Content-Type: application/json",
+        )
+    }
+
+    /// 503: a dependency cannot serve now.
+    pub fn unavailable(cause: domain::error::BoxError) -> Self {
+        Self {
+            cause: Some(cause),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "temporarily unavailable, retry later")
+        }
+    }
+
+    /// 500: a bug.
+    pub fn internal(cause: domain::error::BoxError) -> Self {
+        Self { cause: Some(cause), ..Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error") }
+    }
+
+    /// An envelope for a status produced outside the handlers (by the framework).
+    pub fn from_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::NOT_FOUND => Self::route_not_found(),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                Self::new(status, "method_not_allowed", "this method is not allowed on this route")
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => Self::payload_too_large(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::unsupported_media_type(),
+            status if status.is_server_error() => Self::new(status, "internal_error", "internal error"),
+            status => Self::new(status, "bad_request", status.canonical_reason().unwrap_or("bad request")),
+        }
+    }
+
+    /// The envelope this error answers with.
+    pub fn envelope(&self) -> ErrorEnvelope {
+        ErrorEnvelope {
+            success: false,
+            data: None,
+            error: Cow::Borrowed(self.code),
+            message: self.message.clone(),
+            meta: None,
+            details: self.details.clone(),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::UserNotFound => Self::new(StatusCode::NOT_FOUND, "user_not_found", "user not found"),
+            ServiceError::DeviceNotFound => {
+                Self::new(StatusCode::NOT_FOUND, "device_not_found", "the user has no such device")
+            }
+            ServiceError::EmailTaken => {
+                Self::new(StatusCode::CONFLICT, "email_taken", "a user with this email address already exists")
+            }
+            ServiceError::Unavailable(cause) => Self::unavailable(cause),
+            ServiceError::Unexpected(cause) => Self::internal(cause),
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+/// Writes an error and its chain of causes on one line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Some(cause) = &self.cause {
+            let chain = error_chain(cause.as_ref());
+            if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
+                tracing::error!(status = self.status.as_u16(), error = %chain, "request failed");
+            } else {
+                tracing::warn!(status = self.status.as_u16(), error = %chain, "dependency unavailable");
+            }
+        }
+        let mut response = HttpResponse::build(self.status).json(self.envelope());
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}
+
+/// The error statuses any operation may answer, each with the `ErrorEnvelope` body.
+/// Operations narrow the list with `error_code = ...` in `#[api_operation]`.
+const DOCUMENTED_ERRORS: [(u16, &str); 8] = [
+    (400, "Malformed JSON (`invalid_json`), malformed path id (`invalid_id`) or query (`invalid_query`)"),
+    (404, "Unknown user (`user_not_found`) or device (`device_not_found`)"),
+    (409, "The email address belongs to another user (`email_taken`)"),
+    (413, "The body exceeds the size limit (`payload_too_large`)"),
+    (415, "The body is not `application/json` (`unsupported_media_type`)"),
+    (422, "Well-formed but invalid fields (`validation_error`, with `details`)"),
+    (500, "A bug (`internal_error`); the body says nothing internal"),
+    (503, "A dependency is down or saturated (`service_unavailable`); see `Retry-After`"),
+];
+
+impl ApiErrorComponent for ApiError {
+    fn schemas_by_status_code() -> BTreeMap<String, (String, ReferenceOr<Schema>)> {
+        let Some(schema) = <ErrorEnvelope as ApiComponent>::schema() else {
+            return BTreeMap::new();
+        };
+        DOCUMENTED_ERRORS.iter().map(|(status, _)| (status.to_string(), schema.clone())).collect()
+    }
+
+    fn error_responses() -> Vec<(String, Response)> {
+        let name = <ErrorEnvelope as JsonSchema>::schema_name();
+        DOCUMENTED_ERRORS
+            .iter()
+            .map(|(status, description)| {
+                let content = BTreeMap::from([(
+                    "application/json".to_owned(),
+                    MediaType {
+                        schema: Some(ReferenceOr::Reference { _ref: format!("#/components/schemas/{name}") }),
+                        ..Default::default()
+                    },
+                )]);
+                (status.to_string(), Response { description: (*description).to_owned(), content, ..Default::default() })
+            })
+            .collect()
+    }
+}

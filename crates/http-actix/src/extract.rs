@@ -1,0 +1,166 @@
+//! Request extractors that answer every failure with the envelope: JSON bodies (415, 413,
+//! 400 for syntax, 422 with the field path for well-formed but wrong fields) and path ids
+//! (400 `invalid_id`).
+
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError};
+use apistos::ApiComponent;
+use apistos::Schema;
+use apistos::reference_or::ReferenceOr;
+use domain::{FieldError, InvalidValue};
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A JSON request body deserialized strictly (unknown fields are refused by the DTOs).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+/// Whether the request declares a JSON body (`application/json` or `application/*+json`).
+fn is_json(request: &HttpRequest) -> bool {
+    match request.mime_type() {
+        Ok(Some(mime)) => {
+            mime.type_() == "application" && (mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json"))
+        }
+        _ => false,
+    }
+}
+
+/// Drops serde_json's " at line L column C" suffix: the field path says where.
+fn without_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(index) => message[..index].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Deserializes `body`, classifying failures as the contract wants.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+        Ok(value) => value,
+        Err(error) => {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            if !inner.is_data() {
+                return Err(ApiError::invalid_json(format!("malformed JSON: {}", inner)));
+            }
+            let field = if path == "." { String::new() } else { path };
+            let message = without_position(&inner.to_string());
+            return Err(ApiError::validation(vec![FieldError::new(
+                if field.is_empty() { "body".to_owned() } else { field },
+                InvalidValue::owned(message),
+            )]));
+        }
+    };
+    deserializer.end().map_err(|error| ApiError::invalid_json(format!("malformed JSON: {error}")))?;
+    Ok(value)
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let declared_json = is_json(request);
+        // The payload limit comes from the app's `PayloadConfig`.
+        let body = Bytes::from_request(request, payload);
+        Box::pin(async move {
+            if !declared_json {
+                return Err(ApiError::unsupported_media_type());
+            }
+            let body = body.await.map_err(|error| match error.as_response_error().status_code() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
+                _ => ApiError::invalid_json("the request body could not be read"),
+            })?;
+            parse_json(&body).map(JsonBody)
+        })
+    }
+}
+
+impl<T: ApiComponent> ApiComponent for JsonBody<T> {
+    fn child_schemas() -> Vec<(String, ReferenceOr<Schema>)> {
+        T::child_schemas()
+    }
+
+    fn raw_schema() -> Option<ReferenceOr<Schema>> {
+        T::raw_schema()
+    }
+
+    fn schema() -> Option<(String, ReferenceOr<Schema>)> {
+        T::schema()
+    }
+}
+
+/// Turns the error of an actix `Path` extraction (a malformed UUID) into `invalid_id`.
+pub fn path_error(_error: actix_web::error::PathError, _request: &HttpRequest) -> actix_web::Error {
+    ApiError::invalid_id().into()
+}
+
+/// Turns the error of an actix `Query` extraction into `invalid_query`.
+pub fn query_error(error: actix_web::error::QueryPayloadError, _request: &HttpRequest) -> actix_web::Error {
+    ApiError::invalid_query(format!("invalid query string: {error}")).into()
+}
+
+/// Answers a `Json` extractor error (unused by our handlers, installed as a safety net).
+pub fn json_error(error: actix_web::error::JsonPayloadError, _request: &HttpRequest) -> actix_web::Error {
+    match error.status_code() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large().into(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::unsupported_media_type().into(),
+        _ => ApiError::invalid_json("malformed JSON").into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "fields are only deserialized")]
+    struct Body {
+        name: String,
+        nested: Option<Nested>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "fields are only deserialized")]
+    struct Nested {
+        flag: bool,
+    }
+
+    fn status_and_body(result: Result<Body, ApiError>) -> (u16, serde_json::Value) {
+        let error = result.unwrap_err();
+        (error.status_code().as_u16(), serde_json::to_value(error.envelope()).unwrap())
+    }
+
+    #[test]
+    fn syntax_errors_are_400_and_field_errors_422_with_their_path() {
+        let (status, _) = status_and_body(parse_json(b"{\"name\": "));
+        assert_eq!(status, 400);
+        let (status, _) = status_and_body(parse_json(b"{\"name\": \"a\"} trailing"));
+        assert_eq!(status, 400);
+        let (status, body) = status_and_body(parse_json(br#"{"name": "a", "nested": {"flag": "yes"}}"#));
+        assert_eq!(status, 422);
+        assert_eq!(body["details"][0]["field"], "nested.flag");
+        let (status, body) = status_and_body(parse_json(br#"{"name": "a", "id": "x"}"#));
+        assert_eq!(status, 422);
+        assert!(body["details"][0]["message"].as_str().unwrap().contains("unknown field `id`"));
+    }
+
+    #[test]
+    fn deeply_nested_json_is_rejected_without_overflowing_the_stack() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let (status, _) = status_and_body(parse_json(deep.as_bytes()));
+        assert!(status == 400 || status == 422, "{status}");
+        let deep_field = format!(r#"{{"name": "a", "nested": {}{}}}"#, "{\"flag\":".repeat(10_000), "}".repeat(10_000));
+        let (status, _) = status_and_body(parse_json(deep_field.as_bytes()));
+        assert!(status == 400 || status == 422, "{status}");
+    }
+}

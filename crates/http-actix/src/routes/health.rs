@@ -1,0 +1,182 @@
+//! Health: `/health` (dependencies with latency), `/health/live` (the process answers) and
+//! `/health/ready` (the database answers).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use actix_web::body::BoxBody;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::web::Data;
+use actix_web::{HttpRequest, HttpResponse, Responder};
+use apistos::paths::{MediaType, Response, Responses};
+use apistos::reference_or::ReferenceOr;
+use apistos::{ApiComponent, Schema, api_operation};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::envelope::Envelope;
+use crate::startup::AppState;
+
+/// How long a dependency may take to answer a health probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The state of one dependency.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CheckView {
+    /// `ok`, `down`, or `disabled` (not configured).
+    pub status: &'static str,
+    /// How long the probe took, in milliseconds (null when disabled).
+    pub latency_ms: Option<f64>,
+}
+
+/// The dependencies' states.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ChecksView {
+    /// PostgreSQL.
+    pub database: CheckView,
+    /// Redis.
+    pub cache: CheckView,
+}
+
+/// The service's health.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HealthView {
+    /// `ok`, `degraded` (the cache is down; still 200) or `down` (the database is down; 503).
+    pub status: &'static str,
+    /// The service version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// Per dependency.
+    pub checks: ChecksView,
+}
+
+/// A health answer: 200, or 503 with `Retry-After` when the service cannot serve.
+#[derive(Debug)]
+pub struct HealthReply<T: JsonSchema> {
+    healthy: bool,
+    data: T,
+}
+
+impl<T: Serialize + JsonSchema> Responder for HealthReply<T> {
+    type Body = BoxBody;
+
+    fn respond_to(self, _request: &HttpRequest) -> HttpResponse {
+        let envelope = Envelope {
+            success: self.healthy,
+            data: Some(self.data),
+            error: (!self.healthy).then_some("service_unavailable"),
+            message: if self.healthy { "healthy" } else { "a required dependency is down" }.to_owned(),
+            meta: None,
+        };
+        let status = if self.healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let mut response = HttpResponse::build(status).json(envelope);
+        if !self.healthy {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl<T: Serialize + JsonSchema> ApiComponent for HealthReply<T> {
+    fn child_schemas() -> Vec<(String, ReferenceOr<Schema>)> {
+        let mut schemas = <Envelope<T> as ApiComponent>::child_schemas();
+        schemas.extend(<Envelope<T> as ApiComponent>::schema());
+        schemas
+    }
+
+    fn schema() -> Option<(String, ReferenceOr<Schema>)> {
+        <Envelope<T> as ApiComponent>::schema()
+    }
+
+    fn responses(_content_type: Option<String>) -> Option<Responses> {
+        let name = <Envelope<T> as JsonSchema>::schema_name();
+        let response = |description: &str| {
+            ReferenceOr::Object(Response {
+                description: description.to_owned(),
+                content: BTreeMap::from([(
+                    "application/json".to_owned(),
+                    MediaType {
+                        schema: Some(ReferenceOr::Reference { _ref: format!("#/components/schemas/{name}") }),
+                        ..Default::default()
+                    },
+                )]),
+                ..Default::default()
+            })
+        };
+        Some(Responses {
+            responses: BTreeMap::from([
+                ("200".to_owned(), response("Serving")),
+                ("503".to_owned(), response("The database is down; `Retry-After` says when to retry")),
+            ]),
+            ..Default::default()
+        })
+    }
+}
+
+/// The liveness answer.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct LiveView {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+async fn probe_database(state: &AppState) -> CheckView {
+    let started = Instant::now();
+    let result = tokio::time::timeout(PROBE_TIMEOUT, state.database.check()).await;
+    let latency_ms = Some(started.elapsed().as_secs_f64() * 1_000.0);
+    match result {
+        Ok(Ok(())) => CheckView { status: "ok", latency_ms },
+        Ok(Err(error)) => {
+            tracing::warn!(error = %crate::error::error_chain(error.as_ref()), "database health probe failed");
+            CheckView { status: "down", latency_ms }
+        }
+        Err(_) => {
+            tracing::warn!("database health probe timed out");
+            CheckView { status: "down", latency_ms }
+        }
+    }
+}
+
+/// Service health
+///
+/// The database and cache with probe latency. The cache being down only degrades the
+/// service (200, `degraded`); the database being down makes it unable to serve (503, `down`).
+#[api_operation(tag = "health")]
+pub async fn health(state: Data<AppState>) -> HealthReply<HealthView> {
+    let database = probe_database(&state).await;
+    let cache = CheckView { status: "disabled", latency_ms: None };
+    let healthy = database.status == "ok";
+    let status = match (healthy, cache.status) {
+        (false, _) => "down",
+        (true, "down") => "degraded",
+        (true, _) => "ok",
+    };
+    HealthReply {
+        healthy,
+        data: HealthView {
+            status,
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_seconds: state.started_at.elapsed().as_secs(),
+            checks: ChecksView { database, cache },
+        },
+    }
+}
+
+/// Liveness
+///
+/// 200 whenever the process answers.
+#[api_operation(tag = "health")]
+pub async fn live() -> HealthReply<LiveView> {
+    HealthReply { healthy: true, data: LiveView { status: "ok" } }
+}
+
+/// Readiness
+///
+/// 200 when the database answers, else 503.
+#[api_operation(tag = "health")]
+pub async fn ready(state: Data<AppState>) -> HealthReply<CheckView> {
+    let database = probe_database(&state).await;
+    HealthReply { healthy: database.status == "ok", data: database }
+}

@@ -1,0 +1,46 @@
+//! The REST surface: `/api/v1` routes, health, and the legacy paths of existing clients.
+//!
+//! Handlers are thin: extract, `into_domain()`, call one use case, wrap the result in the
+//! envelope. Errors convert into [`ApiError`](crate::error::ApiError).
+
+pub mod devices;
+pub mod health;
+pub mod legacy;
+pub mod preferences;
+pub mod users;
+
+use apistos::web::{ServiceConfig, delete, get, patch, post, put, resource, scope};
+
+/// Registers every route. Device routes with a token segment accept raw tokens with
+/// slashes (web-push endpoints), so the more specific `/activate` and `/deactivate` routes
+/// come first.
+pub fn configure(config: &mut ServiceConfig) {
+    config
+        .service(
+            scope("/api/v1")
+                .service(resource("/users").route(post().to(users::register)).route(get().to(users::list)))
+                .service(resource("/users/").route(post().to(users::register)).route(get().to(users::list)))
+                .service(
+                    resource("/users/{id}")
+                        .route(get().to(users::get))
+                        .route(patch().to(users::update_contact))
+                        .route(delete().to(users::delete)),
+                )
+                .service(
+                    resource("/users/{id}/preferences")
+                        .route(get().to(preferences::get))
+                        .route(put().to(preferences::update)),
+                )
+                .service(
+                    resource("/users/{id}/devices").route(post().to(devices::register)).route(get().to(devices::list)),
+                )
+                .service(resource("/users/{id}/devices/{device:.+}/activate").route(put().to(devices::activate)))
+                .service(resource("/users/{id}/devices/{device:.+}/deactivate").route(put().to(devices::deactivate)))
+                .service(resource("/users/{id}/devices/{device:.+}").route(delete().to(devices::delete))),
+        )
+        .service(resource("/health").route(get().to(health::health)))
+        .service(resource("/health/live").route(get().to(health::live)))
+        .service(resource("/health/ready").route(get().to(health::ready)))
+        .service(resource("/users/{id}").route(get().to(legacy::get_user)))
+        .service(resource("/api/users/{user_id}/devices/{token:.+}/deactivate").route(put().to(legacy::deactivate)));
+}

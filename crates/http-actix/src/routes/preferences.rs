@@ -1,0 +1,43 @@
+//! `/api/v1/users/{id}/preferences`: per-channel opt-in and quiet hours.
+
+use actix_web::web::{Data, Path};
+use apistos::api_operation;
+use domain::user::UserId;
+use uuid::Uuid;
+
+use crate::dto::{PreferencesRequest, PreferencesView};
+use crate::envelope::Ok;
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::startup::AppState;
+
+/// Get preferences
+#[api_operation(tag = "preferences", error_code = 400, error_code = 404, error_code = 503)]
+pub async fn get(state: Data<AppState>, id: Path<Uuid>) -> Result<Ok<PreferencesView>, ApiError> {
+    let preferences = state.service.preferences(UserId::from(id.into_inner())).await?;
+    Ok(Ok::new(PreferencesView::from(&preferences), "preferences retrieved"))
+}
+
+/// Update preferences
+///
+/// Every field is optional and an omitted field keeps its value. Quiet hours are set
+/// together (`HH:MM`, in `timezone`, may wrap midnight, start ≠ end) or cleared together
+/// (`null`, `null`). Channel flags must be JSON booleans.
+#[api_operation(
+    tag = "preferences",
+    error_code = 400,
+    error_code = 404,
+    error_code = 413,
+    error_code = 415,
+    error_code = 422,
+    error_code = 503
+)]
+pub async fn update(
+    state: Data<AppState>,
+    id: Path<Uuid>,
+    body: JsonBody<PreferencesRequest>,
+) -> Result<Ok<PreferencesView>, ApiError> {
+    let update = body.0.into_domain()?;
+    let preferences = state.service.update_preferences(UserId::from(id.into_inner()), update).await?;
+    Ok(Ok::new(PreferencesView::from(&preferences), "preferences updated"))
+}

@@ -1,0 +1,143 @@
+//! The composition root: builds the adapters from [`Settings`], wires them into the use
+//! cases and serves the REST surface. `main` and the API tests both go through
+//! [`Application::build`].
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{Compress, from_fn};
+use actix_web::web::{self, Data};
+use actix_web::{App, HttpResponse, HttpServer};
+use adapters_postgres::{PgStore, PoolSettings};
+use apistos::SwaggerUIConfig;
+use apistos::app::{BuildConfig, OpenApiWrapper};
+use apistos::info::Info;
+use apistos::spec::Spec;
+use apistos::tag::Tag;
+use domain::ports::{HealthProbe, SystemClock};
+use domain::service::UserService;
+
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::extract;
+use crate::middleware::request_context;
+use crate::password::Argon2Hasher;
+use crate::routes;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The use cases.
+    pub service: UserService,
+    /// The database, for health probes.
+    pub database: Arc<dyn HealthProbe>,
+    /// When the service started, for `uptime_seconds`.
+    pub started_at: Instant,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("started_at", &self.started_at).finish_non_exhaustive()
+    }
+}
+
+/// A bound, not yet running server.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+fn openapi_spec() -> Spec {
+    let tag = |name: &str, description: &str| Tag {
+        name: name.to_owned(),
+        description: Some(description.to_owned()),
+        ..Default::default()
+    };
+    Spec {
+        info: Info {
+            title: "user-service".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            description: Some(
+                "Who a user is and how to reach them, what they agreed to receive, and where to push. \
+                 Every body, success or error, is the envelope `{success, data, error, message, meta}`; \
+                 errors may add `details` (field, message) on 422. Every response carries `X-Request-ID`."
+                    .to_owned(),
+            ),
+            ..Default::default()
+        },
+        tags: vec![
+            tag("users", "Registration, profile and contact details"),
+            tag("preferences", "Per-channel opt-in and quiet hours"),
+            tag("devices", "Push tokens for web, iOS and Android"),
+            tag("health", "Liveness, readiness and dependency health"),
+            tag("legacy", "Deprecated paths of existing clients"),
+        ],
+        ..Default::default()
+    }
+}
+
+impl Application {
+    /// Connects to the dependencies, runs migrations when configured, and binds the port
+    /// (`PORT=0` binds a free one, see [`Application::port`]).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = adapters_postgres::pool::build(&PoolSettings {
+            max_size: settings.database.pool_size,
+            wait_timeout: settings.database.pool_timeout,
+            statement_timeout: settings.database.statement_timeout,
+            ..PoolSettings::new(settings.database.url.clone())
+        })?;
+        if settings.database.migrate_on_startup {
+            let applied = adapters_postgres::migrations::run_pending(&pool)
+                .await
+                .map_err(|error| anyhow::anyhow!("running migrations failed: {error}"))?;
+            tracing::info!(applied, "database migrations up to date");
+        }
+        let store = PgStore::new(pool);
+        let service = UserService::new(
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            Arc::new(Argon2Hasher::new(settings.password_hash_concurrency, settings.password_hash_queue_timeout)),
+            Arc::new(SystemClock),
+        );
+        let state = Data::new(AppState { service, database: Arc::new(store), started_at: Instant::now() });
+
+        let listener = TcpListener::bind((settings.host, settings.port))?;
+        let port = listener.local_addr()?.port();
+        let max_body_bytes = settings.max_body_bytes;
+        let server = HttpServer::new(move || {
+            App::new()
+                .document(openapi_spec())
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(max_body_bytes))
+                .app_data(web::JsonConfig::default().limit(max_body_bytes).error_handler(extract::json_error))
+                .app_data(web::PathConfig::default().error_handler(extract::path_error))
+                .app_data(web::QueryConfig::default().error_handler(extract::query_error))
+                .wrap(Compress::default())
+                .wrap(from_fn(request_context))
+                .configure(routes::configure)
+                .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::route_not_found()) }))
+                .build_with("/openapi.json", BuildConfig::default().with(SwaggerUIConfig::new(&"/docs")))
+        })
+        .workers(settings.workers)
+        .listen(listener)?
+        .run();
+        Ok(Self { port, server })
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until the server is stopped (SIGINT/SIGTERM finish in-flight requests).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
