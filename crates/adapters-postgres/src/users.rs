@@ -133,7 +133,7 @@ impl UserRepository for PgStore {
             .load(&mut connection)
             .await
             .map_err(from_diesel)?;
-        let total = match rows.iter().next() {
+        let total = match rows.as_slice().first() {
             Some((_, _, total)) => *total,
             None => users::table.count().get_result(&mut connection).await.map_err(from_diesel)?,
         };

@@ -1,0 +1,92 @@
+//! Health, the OpenAPI document, and behaviour when the database is unreachable.
+
+use api_tests::TestApp;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn liveness_and_readiness_answer_with_the_envelope() {
+    let app = TestApp::spawn().await;
+    let live = app.get("/health/live").await;
+    assert_eq!(live.status, 200);
+    live.assert_envelope();
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.body["data"]["status"], "ok");
+    let health = app.get("/health").await;
+    assert_eq!(health.body["data"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(health.body["data"]["checks"]["cache"]["status"], "disabled");
+    assert!(health.body["data"]["checks"]["database"]["latency_ms"].is_number());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_database_is_503_with_retry_after_never_500() {
+    // Port 9 (discard) has no PostgreSQL: connections are refused at once.
+    let app = TestApp::spawn_with(&[("DATABASE_URL", "postgres://postgres@127.0.0.1:9/none")]).await;
+    let health = app.get("/health").await;
+    assert_eq!(health.status, 503);
+    health.assert_envelope();
+    assert_eq!(health.body["data"]["status"], "down");
+    assert_eq!(health.body["data"]["checks"]["database"]["status"], "down");
+    assert_eq!(health.header("retry-after"), Some("1"));
+    assert_eq!(app.get("/health/ready").await.status, 503);
+    assert_eq!(app.get("/health/live").await.status, 200);
+
+    let user = app.get(&format!("/api/v1/users/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!(user.status, 503, "{}", user.body);
+    assert_eq!(user.body["error"], "service_unavailable");
+    assert_eq!(user.header("retry-after"), Some("1"));
+    assert!(!user.body.to_string().contains("127.0.0.1"), "the cause must not leak: {}", user.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_lists_every_route_with_schemas_and_error_responses() {
+    let app = TestApp::spawn().await;
+    let document = app.get("/openapi.json").await.body;
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let expected = [
+        ("/api/v1/users", "post"),
+        ("/api/v1/users", "get"),
+        ("/api/v1/users/", "post"),
+        ("/api/v1/users/{id}", "get"),
+        ("/api/v1/users/{id}", "patch"),
+        ("/api/v1/users/{id}", "delete"),
+        ("/api/v1/users/{id}/preferences", "get"),
+        ("/api/v1/users/{id}/preferences", "put"),
+        ("/api/v1/users/{id}/devices", "post"),
+        ("/api/v1/users/{id}/devices", "get"),
+        ("/api/v1/users/{id}/devices/{device}/activate", "put"),
+        ("/api/v1/users/{id}/devices/{device}/deactivate", "put"),
+        ("/api/v1/users/{id}/devices/{device}", "delete"),
+        ("/health", "get"),
+        ("/health/live", "get"),
+        ("/health/ready", "get"),
+        ("/users/{id}", "get"),
+        ("/api/users/{user_id}/devices/{token}/deactivate", "put"),
+    ];
+    for (path, method) in expected {
+        let operation = &document["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        assert!(operation["summary"].is_string(), "{method} {path} has no summary");
+        let responses = operation["responses"].as_object().unwrap();
+        assert!(responses.keys().any(|status| status.starts_with('2')), "{method} {path} has no success response");
+        if !path.starts_with("/health") {
+            let error = &responses.get("404").or_else(|| responses.get("400")).or_else(|| responses.get("422"));
+            let schema = &error.unwrap_or_else(|| panic!("{method} {path} has no error response"))["content"]["application/json"]
+                ["schema"]["$ref"];
+            assert_eq!(schema, "#/components/schemas/ErrorEnvelope", "{method} {path}");
+        }
+    }
+    for (path, method) in [("/users/{id}", "get"), ("/api/users/{user_id}/devices/{token}/deactivate", "put")] {
+        assert_eq!(document["paths"][path][method]["deprecated"], true, "{method} {path} should be deprecated");
+    }
+    let register = &document["paths"]["/api/v1/users"]["post"];
+    assert_eq!(
+        register["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/RegisterUserRequest"
+    );
+    assert_eq!(document["components"]["schemas"]["RegisterUserRequest"]["additionalProperties"], false);
+    assert!(document["components"]["schemas"]["UserView"]["properties"]["push_token"].is_object());
+
+    let docs = app.client.get(format!("{}/docs", app.address)).send().await.unwrap();
+    assert_eq!(docs.status().as_u16(), 200);
+    assert!(docs.text().await.unwrap().to_lowercase().contains("swagger"));
+}
