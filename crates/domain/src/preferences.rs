@@ -33,7 +33,7 @@ impl ClockTime {
 
     /// Builds a clock time from a stored time of day, dropping seconds.
     pub fn from_time(time: Time) -> Self {
-        Self(time.replace_second(0).unwrap_or(time).replace_nanosecond(0).unwrap_or(time))
+        Self(Time::from_hms(time.hour(), time.minute(), 0).unwrap_or(time))
     }
 
     /// The time of day.

@@ -174,26 +174,24 @@ impl Responder for NoContent {
     }
 }
 
-/// An OpenAPI response referring to the `Envelope<T>` schema.
-fn envelope_response<T: JsonSchema>(description: &str) -> (String, Response) {
+/// An OpenAPI response whose body is the `Envelope<T>` schema.
+pub(crate) fn envelope_response<T: JsonSchema>(description: &str) -> Response {
     let name = <Envelope<T> as JsonSchema>::schema_name();
-    (
-        description.to_owned(),
-        Response {
-            description: description.to_owned(),
-            content: BTreeMap::from([(
-                "application/json".to_owned(),
-                MediaType {
-                    schema: Some(ReferenceOr::Reference { _ref: format!("#/components/schemas/{name}") }),
-                    ..Default::default()
-                },
-            )]),
-            ..Default::default()
-        },
-    )
+    Response {
+        description: description.to_owned(),
+        content: BTreeMap::from([(
+            "application/json".to_owned(),
+            MediaType {
+                schema: Some(ReferenceOr::Reference { _ref: format!("#/components/schemas/{name}") }),
+                ..Default::default()
+            },
+        )]),
+        ..Default::default()
+    }
 }
 
-fn responses(entries: Vec<(StatusCode, Response)>) -> Option<Responses> {
+/// Documents responses by status.
+pub(crate) fn responses(entries: Vec<(StatusCode, Response)>) -> Option<Responses> {
     Some(Responses {
         responses: entries
             .into_iter()
@@ -219,7 +217,7 @@ macro_rules! envelope_component {
             }
 
             fn responses(_content_type: Option<String>) -> Option<Responses> {
-                responses(vec![$(($status, envelope_response::<T>($description).1)),+])
+                responses(vec![$(($status, envelope_response::<T>($description))),+])
             }
         }
     };

@@ -1,7 +1,6 @@
 //! Health: `/health` (dependencies with latency), `/health/live` (the process answers) and
 //! `/health/ready` (the database answers).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use actix_web::body::BoxBody;
@@ -9,13 +8,13 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web::Data;
 use actix_web::{HttpRequest, HttpResponse, Responder};
-use apistos::paths::{MediaType, Response, Responses};
+use apistos::paths::Responses;
 use apistos::reference_or::ReferenceOr;
 use apistos::{ApiComponent, Schema, api_operation};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, envelope_response, responses};
 use crate::startup::AppState;
 
 /// How long a dependency may take to answer a health probe.
@@ -91,27 +90,13 @@ impl<T: Serialize + JsonSchema> ApiComponent for HealthReply<T> {
     }
 
     fn responses(_content_type: Option<String>) -> Option<Responses> {
-        let name = <Envelope<T> as JsonSchema>::schema_name();
-        let response = |description: &str| {
-            ReferenceOr::Object(Response {
-                description: description.to_owned(),
-                content: BTreeMap::from([(
-                    "application/json".to_owned(),
-                    MediaType {
-                        schema: Some(ReferenceOr::Reference { _ref: format!("#/components/schemas/{name}") }),
-                        ..Default::default()
-                    },
-                )]),
-                ..Default::default()
-            })
-        };
-        Some(Responses {
-            responses: BTreeMap::from([
-                ("200".to_owned(), response("Serving")),
-                ("503".to_owned(), response("The database is down; `Retry-After` says when to retry")),
-            ]),
-            ..Default::default()
-        })
+        responses(vec![
+            (StatusCode::OK, envelope_response::<T>("Serving")),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                envelope_response::<T>("The database is down; `Retry-After` says when to retry"),
+            ),
+        ])
     }
 }
 
