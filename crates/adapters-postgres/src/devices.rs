@@ -4,8 +4,9 @@ use async_trait::async_trait;
 use diesel::dsl::case_when;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use domain::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
+use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{DeviceRepository, RepositoryError};
 use domain::user::UserId;
 use time::OffsetDateTime;
@@ -13,6 +14,7 @@ use uuid::Uuid;
 
 use crate::PgStore;
 use crate::errors::from_diesel;
+use crate::idempotency::{TxError, claim, record as record_answer};
 use crate::rows::{DeviceRow, devices_from_rows};
 use crate::schema::{devices, regexp_replace, users};
 use crate::users::device_order;
@@ -93,6 +95,12 @@ macro_rules! selected_device {
     };
 }
 
+/// Converts an upsert's row, reporting the previous owner only when it is another user.
+fn registered_device(user: UserId, row: UpsertedRow) -> Result<RegisteredDevice, RepositoryError> {
+    let previous_owner = row.previous_owner.filter(|owner| *owner != user.as_uuid()).map(UserId::from);
+    Ok(RegisteredDevice { device: Device::try_from(row.device)?, created: row.created, previous_owner })
+}
+
 #[async_trait]
 impl DeviceRepository for PgStore {
     async fn upsert(
@@ -100,11 +108,26 @@ impl DeviceRepository for PgStore {
         user: UserId,
         registration: DeviceRegistration,
         now: OffsetDateTime,
-    ) -> Result<RegisteredDevice, RepositoryError> {
+        idempotency: Option<IdempotentWrite<RegisteredDevice>>,
+    ) -> Result<Idempotent<RegisteredDevice>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let row = upsert_device(&mut connection, user, &registration, now).await.map_err(from_diesel)?;
-        let previous_owner = row.previous_owner.filter(|owner| *owner != user.as_uuid()).map(UserId::from);
-        Ok(RegisteredDevice { device: Device::try_from(row.device)?, created: row.created, previous_owner })
+        let Some(write) = idempotency else {
+            let row = upsert_device(&mut connection, user, &registration, now).await.map_err(from_diesel)?;
+            return Ok(Idempotent::Executed(registered_device(user, row)?));
+        };
+        let outcome = connection
+            .transaction::<_, TxError, _>(async |connection| {
+                if let Some(replay) = claim(connection, &write.request).await? {
+                    return Ok(Idempotent::Replayed(replay));
+                }
+                let row = upsert_device(connection, user, &registration, now).await?;
+                let registered = registered_device(user, row).map_err(TxError::Repository)?;
+                let response = (write.render)(&registered);
+                record_answer(connection, &write.request, &response, now).await?;
+                Ok(Idempotent::Executed(registered))
+            })
+            .await?;
+        Ok(outcome)
     }
 
     async fn list(&self, user: UserId) -> Result<Option<Vec<Device>>, RepositoryError> {

@@ -11,6 +11,7 @@
 
 mod devices;
 pub mod errors;
+mod idempotency;
 pub mod migrations;
 pub mod pool;
 mod rows;

@@ -51,3 +51,16 @@ extern "SQL" {
         flags: diesel::sql_types::Text,
     ) -> diesel::sql_types::Text;
 }
+
+diesel::table! {
+    idempotency_records (caller, key) {
+        caller -> Text,
+        key -> Text,
+        request_fingerprint -> Binary,
+        response_status -> SmallInt,
+        response_body -> Binary,
+        response_location -> Nullable<Text>,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
 use diesel_async::SimpleAsyncConnection;
+use domain::device::RegisteredDevice;
 use domain::device::{DeviceRegistration, DeviceSelector, Platform, PushToken};
-use domain::ports::{DeviceRepository, NewUserRecord, RepositoryError, UserRepository};
+use domain::idempotency::Idempotent;
+use domain::ports::{CreatedUser, DeviceRepository, NewUserRecord, RepositoryError, UserRepository};
 use domain::preferences::{ClockTime, Preferences, PreferencesUpdate, QuietHours, TimeZoneName};
 use domain::user::{ContactUpdate, EmailAddress, PageRequest, PasswordHash, PhoneNumber, UserId, UserName};
 use time::macros::datetime;
@@ -17,6 +19,27 @@ use tokio::sync::Barrier;
 
 use crate::PgStore;
 use crate::testing::TestDatabase;
+
+/// Creates a user without an idempotency key.
+async fn create(store: &PgStore, record: NewUserRecord) -> Result<CreatedUser, RepositoryError> {
+    match UserRepository::create(store, record, None).await? {
+        Idempotent::Executed(created) => Ok(created),
+        Idempotent::Replayed(_) => panic!("a write without a key is never replayed"),
+    }
+}
+
+/// Registers a device without an idempotency key.
+async fn upsert(
+    store: &PgStore,
+    user: UserId,
+    registration: DeviceRegistration,
+    now: OffsetDateTime,
+) -> Result<RegisteredDevice, RepositoryError> {
+    match DeviceRepository::upsert(store, user, registration, now, None).await? {
+        Idempotent::Executed(registered) => Ok(registered),
+        Idempotent::Replayed(_) => panic!("a write without a key is never replayed"),
+    }
+}
 
 const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 
@@ -55,7 +78,7 @@ fn record(email: &str, created_at: OffsetDateTime) -> NewUserRecord {
 }
 
 async fn create_user(store: &PgStore, email: &str, created_at: OffsetDateTime) -> UserId {
-    store.create(record(email, created_at)).await.expect("create a user").user.id
+    create(&store, record(email, created_at)).await.expect("create a user").profile.user.id
 }
 
 fn registration(token: &str, platform: Platform, active: bool) -> DeviceRegistration {
@@ -94,7 +117,7 @@ async fn create_stores_the_user_preferences_and_initial_device_and_find_profile_
     let id = new_user.id;
     let expected_preferences = new_user.preferences.clone();
 
-    let created = store.create(new_user).await.expect("create");
+    let created = create(&store, new_user).await.expect("create").profile;
 
     assert_eq!(created.user.id, id);
     assert_eq!(created.user.name.as_str(), "John Doe");
@@ -139,7 +162,7 @@ async fn create_with_a_registered_email_is_email_taken_and_writes_nothing() {
 
     let mut duplicate = record("john@example.com", at(1));
     duplicate.device = Some(registration("token-of-the-duplicate", Platform::Unknown, true));
-    let result = store.create(duplicate).await;
+    let result = create(&store, duplicate).await;
 
     assert!(matches!(result, Err(RepositoryError::EmailTaken)), "{result:?}");
     assert_eq!(count(&db, "SELECT count(*) AS count FROM users").await, 1);
@@ -158,7 +181,7 @@ async fn create_with_an_email_stored_in_another_case_is_email_taken() {
     )
     .await;
 
-    let result = store.create(record("john@example.com", at(0))).await;
+    let result = create(&store, record("john@example.com", at(0))).await;
 
     assert!(matches!(result, Err(RepositoryError::EmailTaken)), "{result:?}");
     assert_eq!(count(&db, "SELECT count(*) AS count FROM users").await, 1);
@@ -178,7 +201,7 @@ async fn create_writes_nothing_when_a_later_insert_of_its_transaction_fails() {
     let mut new_user = record("john@example.com", at(0));
     new_user.device = Some(registration("token", Platform::Unknown, true));
 
-    let result = store.create(new_user).await;
+    let result = create(&store, new_user).await;
 
     assert!(matches!(result, Err(RepositoryError::Unexpected(_))), "{result:?}");
     assert_eq!(count(&db, "SELECT count(*) AS count FROM users").await, 0);
@@ -191,12 +214,16 @@ async fn create_with_a_push_token_held_by_another_user_moves_the_token() {
     let mut first = record("first@example.com", at(0));
     first.device = Some(registration("shared-token", Platform::Unknown, true));
     let first_id = first.id;
-    let first_device = store.create(first).await.expect("create the first user").devices[0].clone();
+    let first_created = create(&store, first).await.expect("create the first user");
+    assert_eq!(first_created.device_moved_from, None);
+    let first_device = first_created.profile.devices[0].clone();
 
     let mut second = record("second@example.com", at(5));
     second.device = Some(registration("shared-token", Platform::Unknown, true));
     let second_id = second.id;
-    let second_profile = store.create(second).await.expect("create the second user");
+    let second_created = create(&store, second).await.expect("create the second user");
+    assert_eq!(second_created.device_moved_from, Some(first_id));
+    let second_profile = second_created.profile;
 
     assert_eq!(count(&db, "SELECT count(*) AS count FROM devices").await, 1);
     let moved = &second_profile.devices[0];
@@ -231,7 +258,7 @@ async fn devices_come_active_first_then_most_recently_seen_first() {
     for (token, active, seen) in
         [("active-old", true, 1), ("inactive-new", false, 5), ("active-new", true, 3), ("inactive-old", false, 2)]
     {
-        store.upsert(id, registration(token, Platform::Android, active), at(seen)).await.expect("upsert");
+        upsert(&store, id, registration(token, Platform::Android, active), at(seen)).await.expect("upsert");
     }
     let expected = ["active-new", "active-old", "inactive-new", "inactive-old"];
 
@@ -286,9 +313,9 @@ async fn list_profiles_attaches_each_device_to_its_owner() {
     let alice = create_user(&store, "alice@example.com", at(0)).await;
     let bob = create_user(&store, "bob@example.com", at(1)).await;
     let carol = create_user(&store, "carol@example.com", at(2)).await;
-    store.upsert(alice, registration("alice-phone", Platform::Ios, true), at(3)).await.expect("upsert");
-    store.upsert(carol, registration("carol-browser", Platform::Web, true), at(4)).await.expect("upsert");
-    store.upsert(alice, registration("alice-tablet", Platform::Android, true), at(5)).await.expect("upsert");
+    upsert(&store, alice, registration("alice-phone", Platform::Ios, true), at(3)).await.expect("upsert");
+    upsert(&store, carol, registration("carol-browser", Platform::Web, true), at(4)).await.expect("upsert");
+    upsert(&store, alice, registration("alice-tablet", Platform::Android, true), at(5)).await.expect("upsert");
 
     let page = store.list_profiles(PageRequest::new(1, 10).unwrap()).await.expect("list");
 
@@ -313,7 +340,7 @@ async fn update_contact_changes_only_the_given_fields() {
     let mut new_user = record("john@example.com", at(0));
     new_user.phone = Some(PhoneNumber::parse("+2348012345678").unwrap());
     let id = new_user.id;
-    store.create(new_user).await.expect("create");
+    create(&store, new_user).await.expect("create");
 
     let renamed = ContactUpdate { name: Some(UserName::parse("Johnny").unwrap()), ..ContactUpdate::default() };
     let user = store.update_contact(id, renamed, at(1)).await.expect("update").expect("the user exists");
@@ -389,9 +416,9 @@ async fn delete_removes_the_user_with_its_preferences_and_devices() {
     let (db, store) = setup().await;
     let doomed = create_user(&store, "doomed@example.com", at(0)).await;
     let kept = create_user(&store, "kept@example.com", at(1)).await;
-    store.upsert(doomed, registration("doomed-1", Platform::Ios, true), at(2)).await.expect("upsert");
-    store.upsert(doomed, registration("doomed-2", Platform::Web, false), at(3)).await.expect("upsert");
-    store.upsert(kept, registration("kept-1", Platform::Android, true), at(4)).await.expect("upsert");
+    upsert(&store, doomed, registration("doomed-1", Platform::Ios, true), at(2)).await.expect("upsert");
+    upsert(&store, doomed, registration("doomed-2", Platform::Web, false), at(3)).await.expect("upsert");
+    upsert(&store, kept, registration("kept-1", Platform::Android, true), at(4)).await.expect("upsert");
 
     assert!(UserRepository::delete(&store, doomed).await.expect("delete"));
 
@@ -466,7 +493,7 @@ async fn upsert_of_a_new_token_creates_a_device() {
     let (db, store) = setup().await;
     let id = create_user(&store, "john@example.com", at(0)).await;
 
-    let registered = store.upsert(id, registration("new-token", Platform::Ios, false), at(1)).await.expect("upsert");
+    let registered = upsert(&store, id, registration("new-token", Platform::Ios, false), at(1)).await.expect("upsert");
 
     assert!(registered.created);
     assert_eq!(registered.previous_owner, None);
@@ -482,9 +509,9 @@ async fn upsert_of_a_new_token_creates_a_device() {
 async fn upsert_of_a_known_token_for_the_same_user_refreshes_the_device() {
     let (db, store) = setup().await;
     let id = create_user(&store, "john@example.com", at(0)).await;
-    let first = store.upsert(id, registration("token", Platform::Web, true), at(1)).await.expect("upsert");
+    let first = upsert(&store, id, registration("token", Platform::Web, true), at(1)).await.expect("upsert");
 
-    let again = store.upsert(id, registration("token", Platform::Android, false), at(7)).await.expect("upsert again");
+    let again = upsert(&store, id, registration("token", Platform::Android, false), at(7)).await.expect("upsert again");
 
     assert!(!again.created);
     assert_eq!(again.previous_owner, None, "the token did not change hands");
@@ -502,9 +529,9 @@ async fn upsert_of_a_token_held_by_another_user_moves_it_and_names_the_previous_
     let (db, store) = setup().await;
     let first = create_user(&store, "first@example.com", at(0)).await;
     let second = create_user(&store, "second@example.com", at(1)).await;
-    let original = store.upsert(first, registration("token", Platform::Ios, true), at(2)).await.expect("upsert");
+    let original = upsert(&store, first, registration("token", Platform::Ios, true), at(2)).await.expect("upsert");
 
-    let moved = store.upsert(second, registration("token", Platform::Ios, true), at(3)).await.expect("move");
+    let moved = upsert(&store, second, registration("token", Platform::Ios, true), at(3)).await.expect("move");
 
     assert!(!moved.created);
     assert_eq!(moved.previous_owner, Some(first));
@@ -515,7 +542,7 @@ async fn upsert_of_a_token_held_by_another_user_moves_it_and_names_the_previous_
     assert_eq!(store.list(first).await.expect("list"), Some(Vec::new()));
     assert_eq!(store.list(second).await.expect("list"), Some(vec![moved.device.clone()]));
 
-    let back = store.upsert(first, registration("token", Platform::Ios, true), at(4)).await.expect("move back");
+    let back = upsert(&store, first, registration("token", Platform::Ios, true), at(4)).await.expect("move back");
     assert_eq!(back.previous_owner, Some(second));
     assert_eq!(back.device.user_id, first);
 }
@@ -525,7 +552,7 @@ async fn upsert_for_an_unknown_user_is_user_not_found() {
     let (db, store) = setup().await;
     create_user(&store, "john@example.com", at(0)).await;
 
-    let result = store.upsert(UserId::generate(), registration("token", Platform::Web, true), at(1)).await;
+    let result = upsert(&store, UserId::generate(), registration("token", Platform::Web, true), at(1)).await;
 
     assert!(matches!(result, Err(RepositoryError::UserNotFound)), "{result:?}");
     assert_eq!(count(&db, "SELECT count(*) AS count FROM devices").await, 0);
@@ -540,10 +567,10 @@ async fn upsert_accepts_a_token_of_the_maximum_length() {
     let token = format!("https://push.example.com/{}", "é".repeat(PushToken::MAX_LENGTH - 25));
     assert_eq!(token.chars().count(), PushToken::MAX_LENGTH);
 
-    let created = store.upsert(first, registration(&token, Platform::Web, true), at(2)).await.expect("upsert");
+    let created = upsert(&store, first, registration(&token, Platform::Web, true), at(2)).await.expect("upsert");
     assert!(created.created);
     assert_eq!(created.device.token.as_str(), token);
-    let moved = store.upsert(second, registration(&token, Platform::Web, true), at(3)).await.expect("move");
+    let moved = upsert(&store, second, registration(&token, Platform::Web, true), at(3)).await.expect("move");
     assert!(!moved.created);
     assert_eq!(moved.previous_owner, Some(first));
     assert_eq!(count(&db, "SELECT count(*) AS count FROM devices").await, 1);
@@ -567,7 +594,7 @@ async fn concurrent_upserts_of_one_token_leave_one_row_and_report_one_creation()
             let user = users[(task % 2) as usize];
             tokio::spawn(async move {
                 barrier.wait().await;
-                store.upsert(user, registration("contended-token", Platform::Android, true), at(10 + task)).await
+                upsert(&store, user, registration("contended-token", Platform::Android, true), at(10 + task)).await
             })
         })
         .collect();
@@ -598,8 +625,9 @@ async fn set_active_finds_a_device_by_id_or_by_token() {
     let (_db, store) = setup().await;
     let id = create_user(&store, "john@example.com", at(0)).await;
     let device =
-        store.upsert(id, registration("plain-token", Platform::Ios, true), at(1)).await.expect("upsert").device;
-    let other = store.upsert(id, registration("other-token", Platform::Ios, true), at(1)).await.expect("upsert").device;
+        upsert(&store, id, registration("plain-token", Platform::Ios, true), at(1)).await.expect("upsert").device;
+    let other =
+        upsert(&store, id, registration("other-token", Platform::Ios, true), at(1)).await.expect("upsert").device;
 
     let by_id = store.set_active(id, &selector(&device.id.to_string()), false, at(2)).await.expect("by id");
     let by_id = by_id.expect("found by id");
@@ -627,7 +655,7 @@ async fn set_active_finds_a_web_push_token_whose_double_slashes_were_merged() {
     let (_db, store) = setup().await;
     let id = create_user(&store, "john@example.com", at(0)).await;
     let endpoint = "https://push.example.com//wp/abc:DEF_123";
-    let device = store.upsert(id, registration(endpoint, Platform::Web, true), at(1)).await.expect("upsert").device;
+    let device = upsert(&store, id, registration(endpoint, Platform::Web, true), at(1)).await.expect("upsert").device;
 
     let merged = store.set_active(id, &selector("https:/push.example.com/wp/abc:DEF_123"), false, at(2)).await;
     let merged = merged.expect("set active").expect("found by the merged token");
@@ -641,7 +669,7 @@ async fn set_active_finds_a_web_push_token_whose_double_slashes_were_merged() {
 async fn set_active_to_the_current_state_leaves_updated_at_unchanged() {
     let (_db, store) = setup().await;
     let id = create_user(&store, "john@example.com", at(0)).await;
-    store.upsert(id, registration("token", Platform::Android, true), at(1)).await.expect("upsert");
+    upsert(&store, id, registration("token", Platform::Android, true), at(1)).await.expect("upsert");
 
     let still_active = store.set_active(id, &selector("token"), true, at(2)).await.expect("set").expect("found");
     assert!(still_active.active);
@@ -660,7 +688,7 @@ async fn set_active_on_another_users_device_is_none_and_changes_nothing() {
     let (_db, store) = setup().await;
     let owner = create_user(&store, "owner@example.com", at(0)).await;
     let intruder = create_user(&store, "intruder@example.com", at(1)).await;
-    let device = store.upsert(owner, registration("token", Platform::Ios, true), at(2)).await.expect("upsert").device;
+    let device = upsert(&store, owner, registration("token", Platform::Ios, true), at(2)).await.expect("upsert").device;
 
     let by_token = store.set_active(intruder, &selector("token"), false, at(3)).await.expect("by token");
     let by_id = store.set_active(intruder, &selector(&device.id.to_string()), false, at(3)).await.expect("by id");
@@ -675,13 +703,13 @@ async fn delete_device_removes_only_the_named_device_of_that_user() {
     let (db, store) = setup().await;
     let owner = create_user(&store, "owner@example.com", at(0)).await;
     let other = create_user(&store, "other@example.com", at(1)).await;
-    store.upsert(owner, registration("by-token", Platform::Ios, true), at(2)).await.expect("upsert");
-    let by_id = store.upsert(owner, registration("by-id", Platform::Ios, true), at(3)).await.expect("upsert").device;
-    store
-        .upsert(owner, registration("https://push.example.com//wp/x", Platform::Web, true), at(4))
+    upsert(&store, owner, registration("by-token", Platform::Ios, true), at(2)).await.expect("upsert");
+    let by_id = upsert(&store, owner, registration("by-id", Platform::Ios, true), at(3)).await.expect("upsert").device;
+    upsert(&store, owner, registration("https://push.example.com//wp/x", Platform::Web, true), at(4))
         .await
         .expect("upsert");
-    let kept = store.upsert(owner, registration("kept", Platform::Android, true), at(5)).await.expect("upsert").device;
+    let kept =
+        upsert(&store, owner, registration("kept", Platform::Android, true), at(5)).await.expect("upsert").device;
 
     assert!(!DeviceRepository::delete(&store, other, &selector("by-token")).await.expect("delete as another user"));
     assert_eq!(count(&db, "SELECT count(*) AS count FROM devices").await, 4);
@@ -732,6 +760,6 @@ async fn migrations_revert_completely_and_apply_again() {
     let store = PgStore::new(db.pool().clone());
     let mut new_user = record("john@example.com", at(0));
     new_user.device = Some(registration("token", Platform::Unknown, true));
-    let profile = store.create(new_user).await.expect("the schema works again");
+    let profile = create(&store, new_user).await.expect("the schema works again").profile;
     assert_eq!(profile.devices.len(), 1);
 }

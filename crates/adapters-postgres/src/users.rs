@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use diesel::dsl::{exists, sql};
 use diesel::prelude::*;
-use diesel::result::Error as DieselError;
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncConnection, RunQueryDsl};
-use domain::ports::{NewUserRecord, RepositoryError, UserRepository};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use domain::idempotency::{Idempotent, IdempotentWrite};
+use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository};
 use domain::preferences::{Preferences, PreferencesUpdate};
 use domain::user::{ContactUpdate, Page, PageRequest, User, UserId, UserProfile};
 use time::{OffsetDateTime, Time};
@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::PgStore;
 use crate::devices::upsert_device;
 use crate::errors::from_diesel;
+use crate::idempotency::{TxError, claim, record as record_answer};
 use crate::rows::{DeviceRow, PreferencesRow, UserRow, devices_from_rows};
 use crate::schema::{devices, notification_preferences, users};
 
@@ -63,41 +64,61 @@ fn profile_from_rows(
     })
 }
 
+/// Inserts the user, its preferences and its optional device (in the caller's transaction).
+async fn insert_user(connection: &mut AsyncPgConnection, record: &NewUserRecord) -> Result<CreatedUser, TxError> {
+    let user = diesel::insert_into(users::table)
+        .values((
+            users::id.eq(record.id.as_uuid()),
+            users::name.eq(record.name.as_str()),
+            users::email.eq(record.email.as_str()),
+            users::phone.eq(record.phone.as_ref().map(|phone| phone.as_str())),
+            users::password_hash.eq(record.password_hash.as_str()),
+            users::created_at.eq(record.created_at),
+            users::updated_at.eq(record.created_at),
+        ))
+        .returning(UserRow::as_returning())
+        .get_result(connection)
+        .await?;
+    let preferences = diesel::insert_into(notification_preferences::table)
+        .values(PreferencesRow::new(record.id.as_uuid(), &record.preferences))
+        .returning(PreferencesRow::as_returning())
+        .get_result(connection)
+        .await?;
+    let device = match &record.device {
+        Some(registration) => Some(upsert_device(connection, record.id, registration, record.created_at).await?),
+        None => None,
+    };
+    let device_moved_from =
+        device.as_ref().and_then(|device| device.previous_owner).filter(|owner| *owner != user.id).map(UserId::from);
+    let profile =
+        profile_from_rows(user, preferences, device.map(|device| device.device)).map_err(TxError::Repository)?;
+    Ok(CreatedUser { profile, device_moved_from })
+}
+
 #[async_trait]
 impl UserRepository for PgStore {
-    async fn create(&self, record: NewUserRecord) -> Result<UserProfile, RepositoryError> {
+    async fn create(
+        &self,
+        record: NewUserRecord,
+        idempotency: Option<IdempotentWrite<CreatedUser>>,
+    ) -> Result<Idempotent<CreatedUser>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let (user, preferences, device) = connection
-            .transaction::<_, DieselError, _>(async |connection| {
-                let user = diesel::insert_into(users::table)
-                    .values((
-                        users::id.eq(record.id.as_uuid()),
-                        users::name.eq(record.name.as_str()),
-                        users::email.eq(record.email.as_str()),
-                        users::phone.eq(record.phone.as_ref().map(|phone| phone.as_str())),
-                        users::password_hash.eq(record.password_hash.as_str()),
-                        users::created_at.eq(record.created_at),
-                        users::updated_at.eq(record.created_at),
-                    ))
-                    .returning(UserRow::as_returning())
-                    .get_result(connection)
-                    .await?;
-                let preferences = diesel::insert_into(notification_preferences::table)
-                    .values(PreferencesRow::new(record.id.as_uuid(), &record.preferences))
-                    .returning(PreferencesRow::as_returning())
-                    .get_result(connection)
-                    .await?;
-                let device = match &record.device {
-                    Some(registration) => {
-                        Some(upsert_device(connection, record.id, registration, record.created_at).await?.device)
-                    }
-                    None => None,
-                };
-                Ok((user, preferences, device))
+        let outcome = connection
+            .transaction::<_, TxError, _>(async |connection| {
+                if let Some(write) = &idempotency
+                    && let Some(replay) = claim(connection, &write.request).await?
+                {
+                    return Ok(Idempotent::Replayed(replay));
+                }
+                let created = insert_user(connection, &record).await?;
+                if let Some(write) = idempotency {
+                    let response = (write.render)(&created);
+                    record_answer(connection, &write.request, &response, record.created_at).await?;
+                }
+                Ok(Idempotent::Executed(created))
             })
-            .await
-            .map_err(from_diesel)?;
-        profile_from_rows(user, preferences, device)
+            .await?;
+        Ok(outcome)
     }
 
     async fn find_profile(&self, id: UserId) -> Result<Option<UserProfile>, RepositoryError> {

@@ -55,6 +55,9 @@ pub enum ServiceError {
     /// Another user already has this email address.
     #[error("email address already registered")]
     EmailTaken,
+    /// An idempotent request cannot run: its key is in flight or was used for another request.
+    #[error(transparent)]
+    Idempotency(#[from] crate::idempotency::IdempotencyConflict),
     /// A dependency (the database, the password hasher's capacity) cannot serve now; the
     /// caller may retry later.
     #[error("temporarily unavailable")]

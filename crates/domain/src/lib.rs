@@ -9,8 +9,10 @@
 //! services can depend on this crate to share the same rules; its unit tests run with the
 //! `mockall` mocks of the ports (feature `mock`).
 
+pub mod cache;
 pub mod device;
 pub mod error;
+pub mod idempotency;
 pub mod ports;
 pub mod preferences;
 pub mod service;

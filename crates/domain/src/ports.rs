@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 
 use crate::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
 use crate::error::BoxError;
+use crate::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord, Idempotent, IdempotentWrite};
 use crate::preferences::{Preferences, PreferencesUpdate};
 use crate::user::{
     ContactUpdate, EmailAddress, Page, PageRequest, Password, PasswordHash, PhoneNumber, User, UserId, UserName,
@@ -29,6 +30,9 @@ pub enum RepositoryError {
     /// lost, statement timeout); retrying later may succeed.
     #[error("store unavailable")]
     Unavailable(#[source] BoxError),
+    /// An idempotent write cannot run: its key is in flight or was used for another request.
+    #[error(transparent)]
+    Idempotency(#[from] IdempotencyConflict),
     /// Anything else.
     #[error("unexpected store failure")]
     Unexpected(#[source] BoxError),
@@ -55,16 +59,33 @@ pub struct NewUserRecord {
     pub created_at: OffsetDateTime,
 }
 
+/// A user just created.
+#[derive(Debug, Clone)]
+pub struct CreatedUser {
+    /// The stored profile.
+    pub profile: UserProfile,
+    /// The user the initial device's token was moved from, if it belonged to another user.
+    pub device_moved_from: Option<UserId>,
+}
+
 /// Users and their preferences, which live and die together.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait UserRepository: Send + Sync {
     /// Creates the user, its preferences and its optional device in one transaction and
-    /// returns the stored profile.
+    /// returns the stored profile. With `idempotency`, the same transaction first claims the
+    /// key (a stored answer is returned as [`Idempotent::Replayed`] without writing) and
+    /// stores the rendered answer with the change.
     ///
     /// Errors: [`RepositoryError::EmailTaken`] when another user has the email address
     /// (compared case-insensitively); nothing is written then.
-    async fn create(&self, user: NewUserRecord) -> Result<UserProfile, RepositoryError>;
+    /// [`RepositoryError::Idempotency`] when the key is in flight or was used for another
+    /// request.
+    async fn create(
+        &self,
+        user: NewUserRecord,
+        idempotency: Option<IdempotentWrite<CreatedUser>>,
+    ) -> Result<Idempotent<CreatedUser>, RepositoryError>;
 
     /// Loads the user with preferences and devices (active first, most recently seen
     /// first). `Ok(None)` when no user has this id.
@@ -112,13 +133,18 @@ pub trait DeviceRepository: Send + Sync {
     /// platform and state updated and `last_seen_at = now`. Never creates a duplicate, also
     /// under concurrent registrations of the same token.
     ///
-    /// Errors: [`RepositoryError::UserNotFound`] when `user` does not exist.
+    /// With `idempotency`, the key is claimed and the answer stored in the same transaction,
+    /// as for [`UserRepository::create`].
+    ///
+    /// Errors: [`RepositoryError::UserNotFound`] when `user` does not exist;
+    /// [`RepositoryError::Idempotency`] as for [`UserRepository::create`].
     async fn upsert(
         &self,
         user: UserId,
         registration: DeviceRegistration,
         now: OffsetDateTime,
-    ) -> Result<RegisteredDevice, RepositoryError>;
+        idempotency: Option<IdempotentWrite<RegisteredDevice>>,
+    ) -> Result<Idempotent<RegisteredDevice>, RepositoryError>;
 
     /// The user's devices, active first, most recently seen first; `Ok(None)` when the user
     /// does not exist.
@@ -137,6 +163,19 @@ pub trait DeviceRepository: Send + Sync {
 
     /// Deletes the user's device named by `selector`; `Ok(false)` when there is none.
     async fn delete(&self, user: UserId, selector: &DeviceSelector) -> Result<bool, RepositoryError>;
+}
+
+/// Stored answers of idempotent requests.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait IdempotencyRepository: Send + Sync {
+    /// The unexpired record of `caller`'s `key`, if any. A fast check before expensive work;
+    /// the write itself checks again under a lock.
+    async fn find_record(
+        &self,
+        caller: &str,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, RepositoryError>;
 }
 
 /// Why hashing or verifying a password failed.
@@ -159,6 +198,14 @@ pub trait PasswordHasher: Send + Sync {
 
     /// Checks a password against a stored hash; `Ok(false)` on a mismatch.
     async fn verify(&self, password: Password, hash: PasswordHash) -> Result<bool, HashError>;
+}
+
+/// Turns a profile into the bytes that readers receive and the cache stores (the HTTP
+/// layer's JSON), so that a cache hit costs no re-serialization.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+pub trait ProfileEncoder: Send + Sync {
+    /// Serializes the profile.
+    fn encode(&self, profile: &UserProfile) -> Vec<u8>;
 }
 
 /// The current time, injectable so that use cases are deterministic under test.

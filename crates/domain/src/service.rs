@@ -1,11 +1,22 @@
 //! The use cases: what the REST surface (or any other driver) can ask of the service.
+//!
+//! Every committed change invalidates the cached representations of the users it touched
+//! (a moved device touches two). Reads of the representation go through the cache with a
+//! fill guard, and concurrent misses of one user on one instance share a single load.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+
+use crate::cache::{CacheLookup, FillTicket, ProfileCache};
 use crate::device::{Device, DeviceRegistration, DeviceSelector, Platform, RegisteredDevice};
 use crate::error::ServiceError;
+use crate::idempotency::{Idempotent, IdempotentRequest, IdempotentWrite, StoredResponse};
 use crate::ports::{
-    Clock, DeviceRepository, HashError, NewUserRecord, PasswordHasher, RepositoryError, UserRepository,
+    Clock, CreatedUser, DeviceRepository, HashError, IdempotencyRepository, NewUserRecord, PasswordHasher,
+    ProfileEncoder, RepositoryError, UserRepository,
 };
 use crate::preferences::{Preferences, PreferencesUpdate};
 use crate::user::{ContactUpdate, NewUser, Page, PageRequest, UserId, UserProfile};
@@ -15,6 +26,7 @@ impl From<RepositoryError> for ServiceError {
         match error {
             RepositoryError::EmailTaken => Self::EmailTaken,
             RepositoryError::UserNotFound => Self::UserNotFound,
+            RepositoryError::Idempotency(conflict) => Self::Idempotency(conflict),
             RepositoryError::Unavailable(source) => Self::Unavailable(source),
             RepositoryError::Unexpected(source) => Self::Unexpected(source),
         }
@@ -30,13 +42,54 @@ impl From<HashError> for ServiceError {
     }
 }
 
+/// A serialized user representation, shared between concurrent readers.
+pub type EncodedProfile = Arc<[u8]>;
+
+/// The outcome of one load, shareable between the readers that wait for it.
+type SharedLoad = Shared<BoxFuture<'static, Result<EncodedProfile, Arc<ServiceError>>>>;
+
+/// In-flight loads by user and the cache generation their reader observed: a reader joins
+/// a load only if it observed the same generation, so it never receives data loaded
+/// before a write that it observed as invalidated.
+type InflightLoads = Mutex<HashMap<(UserId, FillTicket), SharedLoad>>;
+
+/// Re-creates a shared error for one reader.
+fn unshare(error: &ServiceError) -> ServiceError {
+    match error {
+        ServiceError::UserNotFound => ServiceError::UserNotFound,
+        ServiceError::DeviceNotFound => ServiceError::DeviceNotFound,
+        ServiceError::EmailTaken => ServiceError::EmailTaken,
+        ServiceError::Idempotency(conflict) => ServiceError::Idempotency(*conflict),
+        ServiceError::Unavailable(source) => ServiceError::Unavailable(source.to_string().into()),
+        ServiceError::Unexpected(source) => ServiceError::Unexpected(source.to_string().into()),
+    }
+}
+
+/// The adapters the use cases run on.
+#[derive(Clone)]
+#[expect(missing_debug_implementations, reason = "trait objects of the ports have no Debug")]
+pub struct Ports {
+    /// Users and preferences.
+    pub users: Arc<dyn UserRepository>,
+    /// Devices.
+    pub devices: Arc<dyn DeviceRepository>,
+    /// Stored answers of idempotent requests.
+    pub idempotency: Arc<dyn IdempotencyRepository>,
+    /// Password hashing.
+    pub hasher: Arc<dyn PasswordHasher>,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// The representation cache ([`crate::cache::NoCache`] when none is configured).
+    pub cache: Arc<dyn ProfileCache>,
+    /// How representations are serialized for readers and the cache.
+    pub encoder: Arc<dyn ProfileEncoder>,
+}
+
 /// The user-service use cases over its ports.
 #[derive(Clone)]
 pub struct UserService {
-    users: Arc<dyn UserRepository>,
-    devices: Arc<dyn DeviceRepository>,
-    hasher: Arc<dyn PasswordHasher>,
-    clock: Arc<dyn Clock>,
+    ports: Ports,
+    inflight: Arc<InflightLoads>,
 }
 
 impl std::fmt::Debug for UserService {
@@ -47,20 +100,32 @@ impl std::fmt::Debug for UserService {
 
 impl UserService {
     /// Wires the use cases to their adapters.
-    pub fn new(
-        users: Arc<dyn UserRepository>,
-        devices: Arc<dyn DeviceRepository>,
-        hasher: Arc<dyn PasswordHasher>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self { users, devices, hasher, clock }
+    pub fn new(ports: Ports) -> Self {
+        Self { ports, inflight: Arc::default() }
+    }
+
+    /// Invalidates the cached representations of users a write touched. Called after the
+    /// write returns, also when it failed: a failure may still have committed.
+    async fn invalidate(&self, ids: &[UserId]) {
+        self.ports.cache.invalidate(ids).await;
     }
 
     /// Registers a user with default preferences (overridden by the caller's choices) and,
     /// when a push token is given, a device of platform `unknown`, all in one transaction.
-    pub async fn register(&self, new_user: NewUser) -> Result<UserProfile, ServiceError> {
-        let password_hash = self.hasher.hash(new_user.password).await?;
-        let now = self.clock.now();
+    /// With `idempotency`, a retry of a completed request is answered from its record before
+    /// any password is hashed.
+    pub async fn register(
+        &self,
+        new_user: NewUser,
+        idempotency: Option<IdempotentWrite<UserProfile>>,
+    ) -> Result<Idempotent<UserProfile>, ServiceError> {
+        if let Some(write) = &idempotency
+            && let Some(replay) = self.stored_answer(&write.request).await?
+        {
+            return Ok(Idempotent::Replayed(replay));
+        }
+        let password_hash = self.ports.hasher.hash(new_user.password).await?;
+        let now = self.ports.clock.now();
         let record = NewUserRecord {
             id: UserId::generate(),
             name: new_user.name,
@@ -75,40 +140,100 @@ impl UserService {
             }),
             created_at: now,
         };
-        Ok(self.users.create(record).await?)
+        let idempotency = idempotency.map(|write| write.map(|created: &CreatedUser| &created.profile));
+        match self.ports.users.create(record, idempotency).await? {
+            Idempotent::Executed(created) => {
+                if let Some(previous_owner) = created.device_moved_from {
+                    self.invalidate(&[previous_owner]).await;
+                }
+                Ok(Idempotent::Executed(created.profile))
+            }
+            Idempotent::Replayed(replay) => Ok(Idempotent::Replayed(replay)),
+        }
+    }
+
+    /// The answer stored for a completed idempotent request, if any.
+    async fn stored_answer(&self, request: &IdempotentRequest) -> Result<Option<StoredResponse>, ServiceError> {
+        match self.ports.idempotency.find_record(&request.caller, &request.key).await? {
+            Some(record) => Ok(Some(record.replay_for(&request.fingerprint)?)),
+            None => Ok(None),
+        }
     }
 
     /// The user with preferences and devices.
     pub async fn profile(&self, id: UserId) -> Result<UserProfile, ServiceError> {
-        self.users.find_profile(id).await?.ok_or(ServiceError::UserNotFound)
+        self.ports.users.find_profile(id).await?.ok_or(ServiceError::UserNotFound)
+    }
+
+    /// The user's representation as the encoder serializes it, from the cache when warm.
+    pub async fn encoded_profile(&self, id: UserId) -> Result<EncodedProfile, ServiceError> {
+        let ticket = match self.ports.cache.lookup(id).await {
+            CacheLookup::Hit(bytes) => return Ok(bytes.into()),
+            CacheLookup::Miss(ticket) => ticket,
+            // Without a ticket a load could not be joined safely: load alone, don't fill.
+            CacheLookup::Unavailable => {
+                let profile = self.profile(id).await?;
+                return Ok(self.ports.encoder.encode(&profile).into());
+            }
+        };
+        let key = (id, ticket.clone());
+        let load = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+            inflight
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    let service = self.clone();
+                    async move { service.load_and_fill(id, ticket).await.map_err(Arc::new) }.boxed().shared()
+                })
+                .clone()
+        };
+        let result = load.clone().await;
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if inflight.get(&key).is_some_and(|current| current.ptr_eq(&load)) {
+            inflight.remove(&key);
+        }
+        result.map_err(|error| unshare(&error))
+    }
+
+    async fn load_and_fill(&self, id: UserId, ticket: FillTicket) -> Result<EncodedProfile, ServiceError> {
+        let profile = self.profile(id).await?;
+        let bytes = self.ports.encoder.encode(&profile);
+        self.ports.cache.fill(id, ticket, bytes.clone()).await;
+        Ok(bytes.into())
     }
 
     /// A page of users.
     pub async fn list(&self, page: PageRequest) -> Result<Page<UserProfile>, ServiceError> {
-        Ok(self.users.list_profiles(page).await?)
+        Ok(self.ports.users.list_profiles(page).await?)
     }
 
     /// Changes name, email or phone and returns the updated profile.
     pub async fn update_contact(&self, id: UserId, update: ContactUpdate) -> Result<UserProfile, ServiceError> {
         if !update.is_empty() {
-            self.users.update_contact(id, update, self.clock.now()).await?.ok_or(ServiceError::UserNotFound)?;
+            let result = self.ports.users.update_contact(id, update, self.ports.clock.now()).await;
+            self.invalidate(&[id]).await;
+            result?.ok_or(ServiceError::UserNotFound)?;
         }
         self.profile(id).await
     }
 
     /// Erases the user, its preferences and its devices.
     pub async fn delete(&self, id: UserId) -> Result<(), ServiceError> {
-        if self.users.delete(id).await? { Ok(()) } else { Err(ServiceError::UserNotFound) }
+        let result = self.ports.users.delete(id).await;
+        self.invalidate(&[id]).await;
+        if result? { Ok(()) } else { Err(ServiceError::UserNotFound) }
     }
 
     /// The user's preferences.
     pub async fn preferences(&self, id: UserId) -> Result<Preferences, ServiceError> {
-        self.users.find_preferences(id).await?.ok_or(ServiceError::UserNotFound)
+        self.ports.users.find_preferences(id).await?.ok_or(ServiceError::UserNotFound)
     }
 
     /// Applies a partial preferences change.
     pub async fn update_preferences(&self, id: UserId, update: PreferencesUpdate) -> Result<Preferences, ServiceError> {
-        self.users.update_preferences(id, update, self.clock.now()).await?.ok_or(ServiceError::UserNotFound)
+        let result = self.ports.users.update_preferences(id, update, self.ports.clock.now()).await;
+        self.invalidate(&[id]).await;
+        result?.ok_or(ServiceError::UserNotFound)
     }
 
     /// Registers or refreshes a push token for the user, moving it from another user if
@@ -117,13 +242,22 @@ impl UserService {
         &self,
         user: UserId,
         registration: DeviceRegistration,
-    ) -> Result<RegisteredDevice, ServiceError> {
-        Ok(self.devices.upsert(user, registration, self.clock.now()).await?)
+        idempotency: Option<IdempotentWrite<RegisteredDevice>>,
+    ) -> Result<Idempotent<RegisteredDevice>, ServiceError> {
+        let result = self.ports.devices.upsert(user, registration, self.ports.clock.now(), idempotency).await;
+        match &result {
+            Ok(Idempotent::Executed(RegisteredDevice { previous_owner: Some(previous), .. })) => {
+                self.invalidate(&[user, *previous]).await;
+            }
+            Ok(Idempotent::Replayed(_)) => {}
+            _ => self.invalidate(&[user]).await,
+        }
+        Ok(result?)
     }
 
     /// The user's devices.
     pub async fn devices(&self, user: UserId) -> Result<Vec<Device>, ServiceError> {
-        self.devices.list(user).await?.ok_or(ServiceError::UserNotFound)
+        self.ports.devices.list(user).await?.ok_or(ServiceError::UserNotFound)
     }
 
     /// Activates or deactivates one of the user's devices; idempotent.
@@ -133,7 +267,9 @@ impl UserService {
         selector: &DeviceSelector,
         active: bool,
     ) -> Result<Device, ServiceError> {
-        match self.devices.set_active(user, selector, active, self.clock.now()).await? {
+        let result = self.ports.devices.set_active(user, selector, active, self.ports.clock.now()).await;
+        self.invalidate(&[user]).await;
+        match result? {
             Some(device) => Ok(device),
             None => Err(self.missing_device_error(user).await?),
         }
@@ -141,12 +277,18 @@ impl UserService {
 
     /// Removes one of the user's devices.
     pub async fn delete_device(&self, user: UserId, selector: &DeviceSelector) -> Result<(), ServiceError> {
-        if self.devices.delete(user, selector).await? { Ok(()) } else { Err(self.missing_device_error(user).await?) }
+        let result = self.ports.devices.delete(user, selector).await;
+        self.invalidate(&[user]).await;
+        if result? { Ok(()) } else { Err(self.missing_device_error(user).await?) }
     }
 
     /// After a device lookup missed: says whether the user or only the device is unknown.
     async fn missing_device_error(&self, user: UserId) -> Result<ServiceError, ServiceError> {
-        if self.users.exists(user).await? { Ok(ServiceError::DeviceNotFound) } else { Ok(ServiceError::UserNotFound) }
+        if self.ports.users.exists(user).await? {
+            Ok(ServiceError::DeviceNotFound)
+        } else {
+            Ok(ServiceError::UserNotFound)
+        }
     }
 }
 
@@ -156,8 +298,14 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
+    use crate::cache::{CacheLookup, FillTicket};
+    use crate::cache::{MockProfileCache, NoCache};
     use crate::device::PushToken;
-    use crate::ports::{MockClock, MockDeviceRepository, MockPasswordHasher, MockUserRepository};
+    use crate::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord};
+    use crate::ports::{
+        MockClock, MockDeviceRepository, MockIdempotencyRepository, MockPasswordHasher, MockProfileEncoder,
+        MockUserRepository,
+    };
     use crate::user::{EmailAddress, Password, PasswordHash, User, UserName};
 
     fn fixed_clock() -> MockClock {
@@ -167,7 +315,26 @@ mod tests {
     }
 
     fn service(users: MockUserRepository, devices: MockDeviceRepository, hasher: MockPasswordHasher) -> UserService {
-        UserService::new(Arc::new(users), Arc::new(devices), Arc::new(hasher), Arc::new(fixed_clock()))
+        service_with_cache(users, devices, hasher, Arc::new(NoCache))
+    }
+
+    fn service_with_cache(
+        users: MockUserRepository,
+        devices: MockDeviceRepository,
+        hasher: MockPasswordHasher,
+        cache: Arc<dyn ProfileCache>,
+    ) -> UserService {
+        let mut encoder = MockProfileEncoder::new();
+        encoder.expect_encode().returning(|profile| profile.user.email.as_str().as_bytes().to_vec());
+        UserService::new(Ports {
+            users: Arc::new(users),
+            devices: Arc::new(devices),
+            idempotency: Arc::new(MockIdempotencyRepository::new()),
+            hasher: Arc::new(hasher),
+            clock: Arc::new(fixed_clock()),
+            cache,
+            encoder: Arc::new(encoder),
+        })
     }
 
     fn profile_of(record: &NewUserRecord) -> UserProfile {
@@ -203,7 +370,7 @@ mod tests {
         let mut users = MockUserRepository::new();
         users
             .expect_create()
-            .withf(|record| {
+            .withf(|record, _| {
                 record.password_hash.as_str() == "$argon2id$hash"
                     && record.preferences.email
                     && !record.preferences.push
@@ -214,11 +381,15 @@ mod tests {
                         .is_some_and(|device| device.platform == Platform::Unknown && device.active)
             })
             .times(1)
-            .returning(|record| Ok(profile_of(&record)));
+            .returning(|record, _| {
+                Ok(Idempotent::Executed(CreatedUser { profile: profile_of(&record), device_moved_from: None }))
+            });
 
-        let profile =
-            futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user()))
-                .unwrap();
+        let registered =
+            futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user(), None));
+        let Ok(Idempotent::Executed(profile)) = registered else {
+            panic!("a fresh registration executes: {registered:?}");
+        };
         assert_eq!(profile.user.email.as_str(), "john@example.com");
         assert!(!profile.preferences.push);
     }
@@ -228,9 +399,9 @@ mod tests {
         let mut hasher = MockPasswordHasher::new();
         hasher.expect_hash().returning(|_| Ok(PasswordHash::new("h".into())));
         let mut users = MockUserRepository::new();
-        users.expect_create().returning(|_| Err(RepositoryError::EmailTaken));
+        users.expect_create().returning(|_, _| Err(RepositoryError::EmailTaken));
         let result =
-            futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user()));
+            futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user(), None));
         assert!(matches!(result, Err(ServiceError::EmailTaken)));
     }
 
@@ -241,7 +412,7 @@ mod tests {
         let mut users = MockUserRepository::new();
         users.expect_create().never();
         let result =
-            futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user()));
+            futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user(), None));
         assert!(matches!(result, Err(ServiceError::Unavailable(_))));
     }
 
@@ -292,5 +463,268 @@ mod tests {
             service(users, MockDeviceRepository::new(), MockPasswordHasher::new()).profile(UserId::generate()),
         );
         assert!(matches!(result, Err(ServiceError::Unavailable(_))));
+    }
+
+    fn john() -> UserProfile {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        UserProfile {
+            user: User {
+                id: UserId::generate(),
+                name: UserName::parse("John Doe").unwrap(),
+                email: EmailAddress::parse("john@example.com").unwrap(),
+                phone: None,
+                created_at: now,
+                updated_at: now,
+            },
+            preferences: Preferences::defaults(now),
+            devices: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_cache_hit_never_reaches_the_repository() {
+        let mut cache = MockProfileCache::new();
+        cache.expect_lookup().returning(|_| CacheLookup::Hit(b"cached".to_vec()));
+        cache.expect_fill().never();
+        let mut users = MockUserRepository::new();
+        users.expect_find_profile().never();
+        let service =
+            service_with_cache(users, MockDeviceRepository::new(), MockPasswordHasher::new(), Arc::new(cache));
+        let bytes = futures_executor::block_on(service.encoded_profile(UserId::generate())).unwrap();
+        assert_eq!(&*bytes, b"cached");
+    }
+
+    #[test]
+    fn a_miss_loads_encodes_and_fills_with_the_ticket_taken_before_loading() {
+        let ticket = FillTicket::new(Some("generation-7".into()));
+        let mut cache = MockProfileCache::new();
+        let lookup_ticket = ticket.clone();
+        cache.expect_lookup().returning(move |_| CacheLookup::Miss(lookup_ticket.clone()));
+        cache
+            .expect_fill()
+            .withf(move |_, filled_ticket, bytes| *filled_ticket == ticket && bytes == b"john@example.com")
+            .times(1)
+            .return_const(());
+        let mut users = MockUserRepository::new();
+        users.expect_find_profile().times(1).returning(|_| Ok(Some(john())));
+        let service =
+            service_with_cache(users, MockDeviceRepository::new(), MockPasswordHasher::new(), Arc::new(cache));
+        let bytes = futures_executor::block_on(service.encoded_profile(UserId::generate())).unwrap();
+        assert_eq!(&*bytes, b"john@example.com");
+    }
+
+    #[test]
+    fn an_unavailable_cache_is_read_around_and_not_filled() {
+        let mut cache = MockProfileCache::new();
+        cache.expect_lookup().returning(|_| CacheLookup::Unavailable);
+        cache.expect_fill().never();
+        let mut users = MockUserRepository::new();
+        users.expect_find_profile().times(1).returning(|_| Ok(Some(john())));
+        let service =
+            service_with_cache(users, MockDeviceRepository::new(), MockPasswordHasher::new(), Arc::new(cache));
+        assert!(futures_executor::block_on(service.encoded_profile(UserId::generate())).is_ok());
+    }
+
+    #[test]
+    fn a_moved_device_invalidates_both_owners_and_a_failed_write_still_invalidates() {
+        let user = UserId::generate();
+        let previous = UserId::generate();
+        let mut devices = MockDeviceRepository::new();
+        devices.expect_upsert().times(1).returning(move |owner, registration, now, _| {
+            Ok(Idempotent::Executed(RegisteredDevice {
+                device: Device {
+                    id: crate::device::DeviceId::generate(),
+                    user_id: owner,
+                    token: registration.token,
+                    platform: registration.platform,
+                    active: registration.active,
+                    created_at: now,
+                    updated_at: now,
+                    last_seen_at: now,
+                },
+                created: false,
+                previous_owner: Some(previous),
+            }))
+        });
+        let mut users = MockUserRepository::new();
+        users.expect_update_preferences().returning(|_, _, _| Err(RepositoryError::Unavailable("lost".into())));
+        let mut cache = MockProfileCache::new();
+        cache.expect_invalidate().withf(move |ids| ids == [user, previous]).times(1).return_const(());
+        cache.expect_invalidate().withf(move |ids| ids == [user]).times(1).return_const(());
+        let service = service_with_cache(users, devices, MockPasswordHasher::new(), Arc::new(cache));
+        let registration = DeviceRegistration {
+            token: PushToken::parse("moved-token").unwrap(),
+            platform: Platform::Ios,
+            active: true,
+        };
+        futures_executor::block_on(service.register_device(user, registration, None)).unwrap();
+        let failed = futures_executor::block_on(service.update_preferences(user, PreferencesUpdate::default()));
+        assert!(matches!(failed, Err(ServiceError::Unavailable(_))));
+    }
+
+    /// A repository whose profile loads take a moment, so that readers overlap.
+    struct SlowProfiles(MockUserRepository);
+
+    /// Returns `Pending` a few times, then `Ready`: lets the other readers start meanwhile.
+    struct YieldTimes(u8);
+
+    impl std::future::Future for YieldTimes {
+        type Output = ();
+        fn poll(mut self: std::pin::Pin<&mut Self>, context: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+            if self.0 == 0 {
+                std::task::Poll::Ready(())
+            } else {
+                self.0 -= 1;
+                context.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl UserRepository for SlowProfiles {
+        async fn create(
+            &self,
+            user: NewUserRecord,
+            idempotency: Option<IdempotentWrite<CreatedUser>>,
+        ) -> Result<Idempotent<CreatedUser>, RepositoryError> {
+            self.0.create(user, idempotency).await
+        }
+        async fn find_profile(&self, id: UserId) -> Result<Option<UserProfile>, RepositoryError> {
+            YieldTimes(5).await;
+            self.0.find_profile(id).await
+        }
+        async fn list_profiles(&self, page: PageRequest) -> Result<Page<UserProfile>, RepositoryError> {
+            self.0.list_profiles(page).await
+        }
+        async fn exists(&self, id: UserId) -> Result<bool, RepositoryError> {
+            self.0.exists(id).await
+        }
+        async fn update_contact(
+            &self,
+            id: UserId,
+            update: ContactUpdate,
+            now: OffsetDateTime,
+        ) -> Result<Option<User>, RepositoryError> {
+            self.0.update_contact(id, update, now).await
+        }
+        async fn delete(&self, id: UserId) -> Result<bool, RepositoryError> {
+            self.0.delete(id).await
+        }
+        async fn find_preferences(&self, id: UserId) -> Result<Option<Preferences>, RepositoryError> {
+            self.0.find_preferences(id).await
+        }
+        async fn update_preferences(
+            &self,
+            id: UserId,
+            update: PreferencesUpdate,
+            now: OffsetDateTime,
+        ) -> Result<Option<Preferences>, RepositoryError> {
+            self.0.update_preferences(id, update, now).await
+        }
+    }
+
+    fn single_flight_service(tickets: Vec<FillTicket>, expected_loads: usize) -> UserService {
+        let tickets = Mutex::new(tickets.into_iter());
+        let mut cache = MockProfileCache::new();
+        cache
+            .expect_lookup()
+            .returning(move |_| CacheLookup::Miss(tickets.lock().unwrap().next().unwrap_or(FillTicket::new(None))));
+        cache.expect_fill().return_const(());
+        let mut users = MockUserRepository::new();
+        users.expect_find_profile().times(expected_loads).returning(|_| Ok(Some(john())));
+        let mut encoder = MockProfileEncoder::new();
+        encoder.expect_encode().returning(|_| b"encoded".to_vec());
+        UserService::new(Ports {
+            users: Arc::new(SlowProfiles(users)),
+            devices: Arc::new(MockDeviceRepository::new()),
+            idempotency: Arc::new(MockIdempotencyRepository::new()),
+            hasher: Arc::new(MockPasswordHasher::new()),
+            clock: Arc::new(fixed_clock()),
+            cache: Arc::new(cache),
+            encoder: Arc::new(encoder),
+        })
+    }
+
+    #[test]
+    fn concurrent_misses_with_the_same_generation_share_one_load() {
+        let ticket = FillTicket::new(Some("g1".into()));
+        let service = single_flight_service(vec![ticket.clone(), ticket.clone(), ticket], 1);
+        let id = UserId::generate();
+        let (a, b, c) = futures_executor::block_on(futures_util::future::join3(
+            service.encoded_profile(id),
+            service.encoded_profile(id),
+            service.encoded_profile(id),
+        ));
+        assert!(a.is_ok() && b.is_ok() && c.is_ok());
+        assert!(service.inflight.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_reader_that_saw_a_newer_generation_does_not_join_an_older_load() {
+        let service = single_flight_service(
+            vec![FillTicket::new(Some("before-write".into())), FillTicket::new(Some("after-write".into()))],
+            2,
+        );
+        let id = UserId::generate();
+        let (a, b) = futures_executor::block_on(futures_util::future::join(
+            service.encoded_profile(id),
+            service.encoded_profile(id),
+        ));
+        assert!(a.is_ok() && b.is_ok());
+    }
+
+    fn idempotent_registration(fingerprint: &[u8]) -> IdempotentWrite<UserProfile> {
+        IdempotentWrite {
+            request: IdempotentRequest {
+                caller: "gateway".into(),
+                key: IdempotencyKey::parse("signup-1").unwrap(),
+                fingerprint: fingerprint.to_vec(),
+                expires_at: OffsetDateTime::UNIX_EPOCH,
+            },
+            render: Box::new(|_| StoredResponse { status: 201, body: b"fresh".to_vec(), location: None }),
+        }
+    }
+
+    fn service_with_records(record: Option<IdempotencyRecord>, hasher: MockPasswordHasher) -> UserService {
+        let mut idempotency = MockIdempotencyRepository::new();
+        idempotency.expect_find_record().returning(move |_, _| Ok(record.clone()));
+        let mut users = MockUserRepository::new();
+        users.expect_create().never();
+        let mut encoder = MockProfileEncoder::new();
+        encoder.expect_encode().never();
+        UserService::new(Ports {
+            users: Arc::new(users),
+            devices: Arc::new(MockDeviceRepository::new()),
+            idempotency: Arc::new(idempotency),
+            hasher: Arc::new(hasher),
+            clock: Arc::new(fixed_clock()),
+            cache: Arc::new(NoCache),
+            encoder: Arc::new(encoder),
+        })
+    }
+
+    #[test]
+    fn a_completed_idempotent_registration_is_replayed_without_hashing() {
+        let stored = StoredResponse { status: 201, body: b"first answer".to_vec(), location: Some("/x".into()) };
+        let record = IdempotencyRecord { fingerprint: vec![7], response: stored.clone() };
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_hash().never();
+        let service = service_with_records(Some(record), hasher);
+        let result = futures_executor::block_on(service.register(new_user(), Some(idempotent_registration(&[7]))));
+        assert_eq!(result.unwrap(), Idempotent::Replayed(stored));
+    }
+
+    #[test]
+    fn a_key_reused_with_another_body_is_refused_without_hashing() {
+        let record = IdempotencyRecord {
+            fingerprint: vec![7],
+            response: StoredResponse { status: 201, body: Vec::new(), location: None },
+        };
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_hash().never();
+        let service = service_with_records(Some(record), hasher);
+        let result = futures_executor::block_on(service.register(new_user(), Some(idempotent_registration(&[8]))));
+        assert!(matches!(result, Err(ServiceError::Idempotency(IdempotencyConflict::KeyReused))));
     }
 }

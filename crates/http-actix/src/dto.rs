@@ -8,6 +8,7 @@ use std::borrow::Cow;
 
 use apistos::ApiComponent;
 use domain::device::{Device, DeviceRegistration, Platform, PushToken};
+use domain::ports::ProfileEncoder;
 use domain::preferences::{ClockTime, Preferences, PreferencesUpdate, QuietHours, TimeZoneName};
 use domain::user::{ContactUpdate, EmailAddress, NewUser, Password, PhoneNumber, UserName, UserProfile};
 use domain::{FieldError, InvalidValue};
@@ -356,5 +357,17 @@ impl From<&UserProfile> for UserView {
             created_at: rfc3339(user.created_at),
             updated_at: rfc3339(user.updated_at),
         }
+    }
+}
+
+/// Serializes profiles as [`UserView`] JSON: what `GET /api/v1/users/{id}` puts in `data`
+/// and what the cache stores.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonProfileEncoder;
+
+impl ProfileEncoder for JsonProfileEncoder {
+    fn encode(&self, profile: &UserProfile) -> Vec<u8> {
+        // A struct of strings, numbers and booleans always serializes.
+        serde_json::to_vec(&UserView::from(profile)).unwrap_or_default()
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use actix_web::body::BoxBody;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::HeaderValue;
 use actix_web::{HttpRequest, HttpResponse, Responder};
 use apistos::paths::{MediaType, Response, Responses};
 use apistos::reference_or::ReferenceOr;
@@ -61,6 +61,13 @@ impl PageMeta {
     }
 }
 
+/// The bytes of a success envelope around `data`.
+pub fn success_bytes<T: Serialize + JsonSchema>(data: T, message: &'static str) -> Vec<u8> {
+    let envelope = Envelope { success: true, data: Some(data), error: None, message: message.into(), meta: None };
+    // Views are plain structs of strings, numbers and booleans: serialization cannot fail.
+    serde_json::to_vec(&envelope).unwrap_or_default()
+}
+
 fn json_response<T: Serialize + JsonSchema>(status: StatusCode, body: &Envelope<T>) -> HttpResponse {
     match serde_json::to_vec(body) {
         Ok(bytes) => HttpResponse::build(status).content_type(mime_json()).body(bytes),
@@ -112,53 +119,33 @@ impl<T: Serialize + JsonSchema> Responder for Ok<T> {
     }
 }
 
-/// A 201 response with `data` and a `Location` header.
+/// A 200 response whose `data` is already serialized (a cached representation of `T`):
+/// the bytes are spliced into the envelope without parsing them again.
 #[derive(Debug)]
-pub struct Created<T: JsonSchema> {
-    data: T,
+pub struct OkEncoded<T: JsonSchema> {
+    data: std::sync::Arc<[u8]>,
     message: &'static str,
-    location: String,
+    kind: std::marker::PhantomData<T>,
 }
 
-impl<T: JsonSchema> Created<T> {
-    /// `data`, found at `location`.
-    pub fn new(data: T, message: &'static str, location: String) -> Self {
-        Self { data, message, location }
+impl<T: JsonSchema> OkEncoded<T> {
+    /// Serialized `data` with a summary; `message` must not need JSON escaping.
+    pub fn new(data: std::sync::Arc<[u8]>, message: &'static str) -> Self {
+        Self { data, message, kind: std::marker::PhantomData }
     }
 }
 
-impl<T: Serialize + JsonSchema> Responder for Created<T> {
+impl<T: JsonSchema> Responder for OkEncoded<T> {
     type Body = BoxBody;
 
     fn respond_to(self, _request: &HttpRequest) -> HttpResponse {
-        let mut response = json_response(
-            StatusCode::CREATED,
-            &Envelope { success: true, data: Some(self.data), error: None, message: self.message.into(), meta: None },
-        );
-        if let Ok(location) = HeaderValue::try_from(self.location) {
-            response.headers_mut().insert(header::LOCATION, location);
-        }
-        response
-    }
-}
-
-/// Either a 201 (something was created) or a 200 (something existing was updated).
-#[derive(Debug)]
-pub enum CreatedOrOk<T: JsonSchema> {
-    /// A new resource.
-    Created(Created<T>),
-    /// An existing resource, updated.
-    Ok(Ok<T>),
-}
-
-impl<T: Serialize + JsonSchema> Responder for CreatedOrOk<T> {
-    type Body = BoxBody;
-
-    fn respond_to(self, request: &HttpRequest) -> HttpResponse {
-        match self {
-            Self::Created(created) => created.respond_to(request),
-            Self::Ok(ok) => ok.respond_to(request),
-        }
+        const PREFIX: &[u8] = br#"{"success":true,"data":"#;
+        let suffix = format!(r#","error":null,"message":"{}","meta":null}}"#, self.message);
+        let mut body = Vec::with_capacity(PREFIX.len() + self.data.len() + suffix.len());
+        body.extend_from_slice(PREFIX);
+        body.extend_from_slice(&self.data);
+        body.extend_from_slice(suffix.as_bytes());
+        HttpResponse::Ok().content_type(mime_json()).body(body)
     }
 }
 
@@ -201,34 +188,31 @@ pub(crate) fn responses(entries: Vec<(StatusCode, Response)>) -> Option<Response
     })
 }
 
-/// Implements `ApiComponent` for a responder by documenting `Envelope<T>` with the given
-/// statuses.
+/// Implements `ApiComponent` for a responder of `T` by documenting `Envelope<T>` with the
+/// given statuses.
 macro_rules! envelope_component {
     ($responder:ident, [$(($status:expr, $description:expr)),+]) => {
-        impl<T: Serialize + JsonSchema> ApiComponent for $responder<T> {
-            fn child_schemas() -> Vec<(String, ReferenceOr<Schema>)> {
-                let mut schemas = <Envelope<T> as ApiComponent>::child_schemas();
-                schemas.extend(<Envelope<T> as ApiComponent>::schema());
+        impl<T: schemars::JsonSchema> apistos::ApiComponent for $responder<T> {
+            fn child_schemas() -> Vec<(String, apistos::reference_or::ReferenceOr<apistos::Schema>)> {
+                let mut schemas = <$crate::envelope::Envelope<T> as apistos::ApiComponent>::child_schemas();
+                schemas.extend(<$crate::envelope::Envelope<T> as apistos::ApiComponent>::schema());
                 schemas
             }
 
-            fn schema() -> Option<(String, ReferenceOr<Schema>)> {
-                <Envelope<T> as ApiComponent>::schema()
+            fn schema() -> Option<(String, apistos::reference_or::ReferenceOr<apistos::Schema>)> {
+                <$crate::envelope::Envelope<T> as apistos::ApiComponent>::schema()
             }
 
-            fn responses(_content_type: Option<String>) -> Option<Responses> {
-                responses(vec![$(($status, envelope_response::<T>($description))),+])
+            fn responses(_content_type: Option<String>) -> Option<apistos::paths::Responses> {
+                $crate::envelope::responses(vec![$(($status, $crate::envelope::envelope_response::<T>($description))),+])
             }
         }
     };
 }
+pub(crate) use envelope_component;
 
 envelope_component!(Ok, [(StatusCode::OK, "Success")]);
-envelope_component!(Created, [(StatusCode::CREATED, "Created; `Location` names the new resource")]);
-envelope_component!(
-    CreatedOrOk,
-    [(StatusCode::CREATED, "Created; `Location` names the new resource"), (StatusCode::OK, "Already known; updated")]
-);
+envelope_component!(OkEncoded, [(StatusCode::OK, "Success")]);
 
 impl ApiComponent for NoContent {
     fn child_schemas() -> Vec<(String, ReferenceOr<Schema>)> {

@@ -14,6 +14,7 @@ use actix_web::{HttpResponse, ResponseError};
 use apistos::paths::{MediaType, Response};
 use apistos::reference_or::ReferenceOr;
 use apistos::{ApiComponent, ApiErrorComponent, Schema};
+use domain::idempotency::IdempotencyConflict;
 use domain::{FieldError, ServiceError};
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -39,7 +40,8 @@ pub struct ErrorEnvelope {
     pub data: Option<()>,
     /// A machine-readable code: `invalid_json`, `invalid_id`, `validation_error`,
     /// `user_not_found`, `device_not_found`, `not_found`, `method_not_allowed`,
-    /// `email_taken`, `payload_too_large`, `unsupported_media_type`,
+    /// `email_taken`, `idempotency_in_flight`, `idempotency_key_reused`,
+    /// `payload_too_large`, `unsupported_media_type`,
     /// `service_unavailable`, `internal_error`.
     pub error: Cow<'static, str>,
     /// A human-readable explanation.
@@ -160,6 +162,16 @@ impl From<ServiceError> for ApiError {
             ServiceError::EmailTaken => {
                 Self::new(StatusCode::CONFLICT, "email_taken", "a user with this email address already exists")
             }
+            ServiceError::Idempotency(IdempotencyConflict::KeyReused) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request",
+            ),
+            ServiceError::Idempotency(IdempotencyConflict::InFlight) => Self::new(
+                StatusCode::CONFLICT,
+                "idempotency_in_flight",
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+            ),
             ServiceError::Unavailable(cause) => Self::unavailable(cause),
             ServiceError::Unexpected(cause) => Self::internal(cause),
         }
@@ -211,10 +223,16 @@ impl ResponseError for ApiError {
 const DOCUMENTED_ERRORS: [(u16, &str); 8] = [
     (400, "Malformed JSON (`invalid_json`), malformed path id (`invalid_id`) or query (`invalid_query`)"),
     (404, "Unknown user (`user_not_found`) or device (`device_not_found`)"),
-    (409, "The email address belongs to another user (`email_taken`)"),
+    (
+        409,
+        "The email address belongs to another user (`email_taken`), or a request with the same `Idempotency-Key` is still running (`idempotency_in_flight`)",
+    ),
     (413, "The body exceeds the size limit (`payload_too_large`)"),
     (415, "The body is not `application/json` (`unsupported_media_type`)"),
-    (422, "Well-formed but invalid fields (`validation_error`, with `details`)"),
+    (
+        422,
+        "Well-formed but invalid fields (`validation_error`, with `details`), or an `Idempotency-Key` reused with another body (`idempotency_key_reused`)",
+    ),
     (500, "A bug (`internal_error`); the body says nothing internal"),
     (503, "A dependency is down or saturated (`service_unavailable`); see `Retry-After`"),
 ];

@@ -15,9 +15,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// A JSON request body deserialized strictly (unknown fields are refused by the DTOs).
+/// A JSON request body deserialized strictly (unknown fields are refused by the DTOs), with
+/// its raw bytes (for idempotency fingerprints).
 #[derive(Debug)]
-pub struct JsonBody<T>(pub T);
+pub struct JsonBody<T>(pub T, pub Bytes);
 
 /// Whether the request declares a JSON body (`application/json` or `application/*+json`).
 fn is_json(request: &HttpRequest) -> bool {
@@ -76,7 +77,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
                 _ => ApiError::invalid_json("the request body could not be read"),
             })?;
-            parse_json(&body).map(JsonBody)
+            parse_json(&body).map(|value| JsonBody(value, body))
         })
     }
 }

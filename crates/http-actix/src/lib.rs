@@ -14,6 +14,7 @@ pub mod dto;
 pub mod envelope;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod middleware;
 pub mod password;
 pub mod routes;

@@ -16,10 +16,12 @@ use apistos::app::{BuildConfig, OpenApiWrapper};
 use apistos::info::Info;
 use apistos::spec::Spec;
 use apistos::tag::Tag;
+use domain::cache::{NoCache, ProfileCache};
 use domain::ports::{HealthProbe, SystemClock};
-use domain::service::UserService;
+use domain::service::{Ports, UserService};
 
 use crate::config::Settings;
+use crate::dto::JsonProfileEncoder;
 use crate::error::ApiError;
 use crate::extract;
 use crate::middleware::request_context;
@@ -32,6 +34,10 @@ pub struct AppState {
     pub service: UserService,
     /// The database, for health probes.
     pub database: Arc<dyn HealthProbe>,
+    /// The representation cache, for health probes.
+    pub cache: Arc<dyn ProfileCache>,
+    /// How long idempotency records are kept.
+    pub idempotency_ttl: std::time::Duration,
     /// When the service started, for `uptime_seconds`.
     pub started_at: Instant,
 }
@@ -100,13 +106,26 @@ impl Application {
             tracing::info!(applied, "database migrations up to date");
         }
         let store = PgStore::new(pool);
-        let service = UserService::new(
-            Arc::new(store.clone()),
-            Arc::new(store.clone()),
-            Arc::new(Argon2Hasher::new(settings.password_hash_concurrency, settings.password_hash_queue_timeout)),
-            Arc::new(SystemClock),
-        );
-        let state = Data::new(AppState { service, database: Arc::new(store), started_at: Instant::now() });
+        let cache: Arc<dyn ProfileCache> = Arc::new(NoCache);
+        let service = UserService::new(Ports {
+            users: Arc::new(store.clone()),
+            devices: Arc::new(store.clone()),
+            idempotency: Arc::new(store.clone()),
+            hasher: Arc::new(Argon2Hasher::new(
+                settings.password_hash_concurrency,
+                settings.password_hash_queue_timeout,
+            )),
+            clock: Arc::new(SystemClock),
+            cache: cache.clone(),
+            encoder: Arc::new(JsonProfileEncoder),
+        });
+        let state = Data::new(AppState {
+            service,
+            database: Arc::new(store.clone()),
+            cache,
+            idempotency_ttl: settings.idempotency_ttl,
+            started_at: Instant::now(),
+        });
 
         let listener = TcpListener::bind((settings.host, settings.port))?;
         let port = listener.local_addr()?.port();

@@ -1,17 +1,20 @@
 //! `/api/v1/users/{id}/devices`: register (upsert by token), list, activate, deactivate
 //! and remove push devices.
 
+use actix_web::HttpRequest;
 use actix_web::web::{Data, Path};
 use apistos::api_operation;
 use domain::ServiceError;
-use domain::device::DeviceSelector;
+use domain::device::{DeviceSelector, RegisteredDevice};
+use domain::idempotency::{Idempotent, StoredResponse};
 use domain::user::UserId;
 use uuid::Uuid;
 
 use crate::dto::{DeviceView, RegisterDeviceRequest};
-use crate::envelope::{Created, CreatedOrOk, NoContent, Ok};
+use crate::envelope::{NoContent, Ok, success_bytes};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::idempotency::{IdempotencyKeyHeader, Replayable, idempotent_write};
 use crate::startup::AppState;
 
 /// Register or refresh a device
@@ -31,19 +34,34 @@ use crate::startup::AppState;
 )]
 pub async fn register(
     state: Data<AppState>,
+    request: HttpRequest,
     id: Path<Uuid>,
+    key: IdempotencyKeyHeader,
     body: JsonBody<RegisterDeviceRequest>,
-) -> Result<CreatedOrOk<DeviceView>, ApiError> {
-    let registration = body.0.into_domain()?;
+) -> Result<Replayable<DeviceView>, ApiError> {
+    let JsonBody(dto, raw) = body;
+    let registration = dto.into_domain()?;
     let user = UserId::from(id.into_inner());
-    let registered = state.service.register_device(user, registration).await?;
-    let view = DeviceView::from(&registered.device);
-    Ok(if registered.created {
-        let location = format!("/api/v1/users/{user}/devices/{}", registered.device.id);
-        CreatedOrOk::Created(Created::new(view, "device registered", location))
-    } else {
-        CreatedOrOk::Ok(Ok::new(view, "device updated"))
+    let idempotency = idempotent_write(key, &request, &raw, state.idempotency_ttl, Box::new(registered_answer));
+    Ok(match state.service.register_device(user, registration, idempotency).await? {
+        Idempotent::Executed(registered) => Replayable::fresh(registered_answer(&registered)),
+        Idempotent::Replayed(stored) => Replayable::replayed(stored),
     })
+}
+
+/// The answer to a device registration: 201 with `Location` for a new token, else 200.
+fn registered_answer(registered: &RegisteredDevice) -> StoredResponse {
+    let device = &registered.device;
+    let view = DeviceView::from(device);
+    if registered.created {
+        StoredResponse {
+            status: 201,
+            body: success_bytes(view, "device registered"),
+            location: Some(format!("/api/v1/users/{}/devices/{}", device.user_id, device.id)),
+        }
+    } else {
+        StoredResponse { status: 200, body: success_bytes(view, "device updated"), location: None }
+    }
 }
 
 /// List devices

@@ -6,7 +6,7 @@ use apistos::api_operation;
 use uuid::Uuid;
 
 use crate::dto::{DeviceView, UserView};
-use crate::envelope::Ok;
+use crate::envelope::{Ok, OkEncoded};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -14,7 +14,7 @@ use crate::startup::AppState;
 ///
 /// Same as `GET /api/v1/users/{id}`.
 #[api_operation(tag = "legacy", deprecated, error_code = 400, error_code = 404, error_code = 503)]
-pub async fn get_user(state: Data<AppState>, id: Path<Uuid>) -> Result<Ok<UserView>, ApiError> {
+pub async fn get_user(state: Data<AppState>, id: Path<Uuid>) -> Result<OkEncoded<UserView>, ApiError> {
     super::users::user(&state, id.into_inner()).await
 }
 

@@ -1,15 +1,18 @@
 //! `/api/v1/users`: register, read, change, erase and list users.
 
+use actix_web::HttpRequest;
 use actix_web::web::{Data, Path, Query};
 use apistos::api_operation;
-use domain::user::{PageRequest, UserId};
+use domain::idempotency::{Idempotent, StoredResponse};
+use domain::user::{PageRequest, UserId, UserProfile};
 use domain::{FieldError, InvalidValue};
 use uuid::Uuid;
 
 use crate::dto::{PageQuery, RegisterUserRequest, UpdateContactRequest, UserView};
-use crate::envelope::{Created, NoContent, Ok, PageMeta};
+use crate::envelope::{NoContent, Ok, OkEncoded, PageMeta, success_bytes};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::idempotency::{IdempotencyKeyHeader, Replayable, idempotent_write};
 use crate::startup::AppState;
 
 /// Register a user
@@ -29,12 +32,26 @@ use crate::startup::AppState;
 )]
 pub async fn register(
     state: Data<AppState>,
+    request: HttpRequest,
+    key: IdempotencyKeyHeader,
     body: JsonBody<RegisterUserRequest>,
-) -> Result<Created<UserView>, ApiError> {
-    let new_user = body.0.into_domain()?;
-    let profile = state.service.register(new_user).await?;
-    let location = format!("/api/v1/users/{}", profile.user.id);
-    Ok(Created::new(UserView::from(&profile), "user registered", location))
+) -> Result<Replayable<UserView>, ApiError> {
+    let JsonBody(dto, raw) = body;
+    let new_user = dto.into_domain()?;
+    let idempotency = idempotent_write(key, &request, &raw, state.idempotency_ttl, Box::new(registered_answer));
+    Ok(match state.service.register(new_user, idempotency).await? {
+        Idempotent::Executed(profile) => Replayable::fresh(registered_answer(&profile)),
+        Idempotent::Replayed(stored) => Replayable::replayed(stored),
+    })
+}
+
+/// The answer to a registration (also what an idempotency record stores).
+fn registered_answer(profile: &UserProfile) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        body: success_bytes(UserView::from(profile), "user registered"),
+        location: Some(format!("/api/v1/users/{}", profile.user.id)),
+    }
 }
 
 /// Get a user
@@ -42,14 +59,14 @@ pub async fn register(
 /// The user with preferences, `push_token` (the most recently seen active device's),
 /// `push_tokens` and `devices` (active first, most recently seen first).
 #[api_operation(tag = "users", error_code = 400, error_code = 404, error_code = 503)]
-pub async fn get(state: Data<AppState>, id: Path<Uuid>) -> Result<Ok<UserView>, ApiError> {
+pub async fn get(state: Data<AppState>, id: Path<Uuid>) -> Result<OkEncoded<UserView>, ApiError> {
     user(&state, id.into_inner()).await
 }
 
-/// Loads one user's view; shared by the v1 and legacy routes.
-pub(crate) async fn user(state: &AppState, id: Uuid) -> Result<Ok<UserView>, ApiError> {
-    let profile = state.service.profile(UserId::from(id)).await?;
-    Ok(Ok::new(UserView::from(&profile), "user retrieved"))
+/// Loads one user's view, from the cache when warm; shared by the v1 and legacy routes.
+pub(crate) async fn user(state: &AppState, id: Uuid) -> Result<OkEncoded<UserView>, ApiError> {
+    let encoded = state.service.encoded_profile(UserId::from(id)).await?;
+    Ok(OkEncoded::new(encoded, "user retrieved"))
 }
 
 /// Change contact details

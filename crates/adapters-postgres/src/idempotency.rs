@@ -1,0 +1,157 @@
+//! Idempotency records: claimed and written inside the transaction of the change they
+//! belong to, and [`IdempotencyRepository`] for the fast check before expensive work.
+
+use async_trait::async_trait;
+use diesel::dsl::{now, sql};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use domain::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord, IdempotentRequest, StoredResponse};
+use domain::ports::{IdempotencyRepository, RepositoryError};
+use time::OffsetDateTime;
+
+use crate::PgStore;
+use crate::errors::from_diesel;
+use crate::schema::idempotency_records;
+
+/// An error inside a transaction that carries an idempotent write.
+#[derive(Debug)]
+pub(crate) enum TxError {
+    /// The database failed.
+    Database(diesel::result::Error),
+    /// The key cannot be used now.
+    Conflict(IdempotencyConflict),
+    /// A stored value was invalid.
+    Repository(RepositoryError),
+}
+
+impl From<diesel::result::Error> for TxError {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::Database(error)
+    }
+}
+
+impl From<TxError> for RepositoryError {
+    fn from(error: TxError) -> Self {
+        match error {
+            TxError::Database(error) => from_diesel(error),
+            TxError::Conflict(conflict) => RepositoryError::Idempotency(conflict),
+            TxError::Repository(error) => error,
+        }
+    }
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = idempotency_records, check_for_backend(diesel::pg::Pg))]
+struct RecordRow {
+    request_fingerprint: Vec<u8>,
+    response_status: i16,
+    response_body: Vec<u8>,
+    response_location: Option<String>,
+}
+
+impl From<RecordRow> for IdempotencyRecord {
+    fn from(row: RecordRow) -> Self {
+        Self {
+            fingerprint: row.request_fingerprint,
+            response: StoredResponse {
+                status: u16::try_from(row.response_status).unwrap_or_default(),
+                body: row.response_body,
+                location: row.response_location,
+            },
+        }
+    }
+}
+
+async fn find_unexpired(
+    connection: &mut AsyncPgConnection,
+    caller: &str,
+    key: &str,
+) -> QueryResult<Option<IdempotencyRecord>> {
+    let row: Option<RecordRow> = idempotency_records::table
+        .find((caller, key))
+        .filter(idempotency_records::expires_at.gt(now))
+        .select(RecordRow::as_select())
+        .get_result(connection)
+        .await
+        .optional()?;
+    Ok(row.map(IdempotencyRecord::from))
+}
+
+/// Claims `request`'s key for the current transaction. Returns the stored answer when the
+/// request already ran; fails when another transaction holds the key or it was used for
+/// another request. The lock is transaction-scoped: it is released at commit, when the
+/// record written by [`record`] becomes visible.
+pub(crate) async fn claim(
+    connection: &mut AsyncPgConnection,
+    request: &IdempotentRequest,
+) -> Result<Option<StoredResponse>, TxError> {
+    let locked: bool = diesel::select(
+        sql::<Bool>("pg_try_advisory_xact_lock(hashtextextended(")
+            .bind::<Text, _>(format!("{}\u{1f}{}", request.caller, request.key.as_str()))
+            .sql(", 0))"),
+    )
+    .get_result(connection)
+    .await?;
+    if !locked {
+        return Err(TxError::Conflict(IdempotencyConflict::InFlight));
+    }
+    match find_unexpired(connection, &request.caller, request.key.as_str()).await? {
+        Some(record) => record.replay_for(&request.fingerprint).map(Some).map_err(TxError::Conflict),
+        None => Ok(None),
+    }
+}
+
+/// Stores the answer of `request` (replacing an expired record of the same key).
+pub(crate) async fn record(
+    connection: &mut AsyncPgConnection,
+    request: &IdempotentRequest,
+    response: &StoredResponse,
+    created_at: OffsetDateTime,
+) -> QueryResult<()> {
+    let values = (
+        idempotency_records::caller.eq(&request.caller),
+        idempotency_records::key.eq(request.key.as_str()),
+        idempotency_records::request_fingerprint.eq(&request.fingerprint),
+        idempotency_records::response_status.eq(i16::try_from(response.status).unwrap_or(i16::MAX)),
+        idempotency_records::response_body.eq(&response.body),
+        idempotency_records::response_location.eq(response.location.as_deref()),
+        idempotency_records::created_at.eq(created_at),
+        idempotency_records::expires_at.eq(request.expires_at),
+    );
+    diesel::insert_into(idempotency_records::table)
+        .values(values.clone())
+        .on_conflict((idempotency_records::caller, idempotency_records::key))
+        .do_update()
+        .set(values)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl IdempotencyRepository for PgStore {
+    async fn find_record(
+        &self,
+        caller: &str,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, RepositoryError> {
+        let mut connection = self.connection().await?;
+        find_unexpired(&mut connection, caller, key.as_str()).await.map_err(from_diesel)
+    }
+}
+
+impl PgStore {
+    /// Deletes expired idempotency records, at most `batch` at a time; returns how many.
+    pub async fn purge_expired_idempotency_records(&self, batch: i64) -> Result<usize, RepositoryError> {
+        let mut connection = self.connection().await?;
+        diesel::sql_query(
+            "DELETE FROM idempotency_records WHERE ctid IN \
+             (SELECT ctid FROM idempotency_records WHERE expires_at <= now() LIMIT $1)",
+        )
+        .bind::<BigInt, _>(batch)
+        .execute(&mut connection)
+        .await
+        .map_err(from_diesel)
+    }
+}

@@ -1,0 +1,92 @@
+//! The cache port: serialized user representations kept close to readers, never stale.
+//!
+//! Readers use cache-aside with a fill guard: [`ProfileCache::lookup`] returns either the
+//! cached bytes or a [`FillTicket`] naming the user's cache generation *before* the reader
+//! loads from the store; [`ProfileCache::fill`] stores the loaded bytes only if no writer
+//! invalidated the user since. Writers call [`ProfileCache::invalidate`] after every commit,
+//! which bumps the generation and deletes the entry. A reader that loaded an old row can
+//! therefore never put it back after a writer's invalidation.
+//!
+//! The cache is never a reason to fail: its methods do not return errors. Implementations
+//! bound every call with a short timeout, stop calling a dead cache for a while (circuit
+//! breaker) and retry failed invalidations until they succeed.
+
+use async_trait::async_trait;
+
+use crate::user::UserId;
+
+/// The cache generation a reader observed before loading from the store. Opaque.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FillTicket(Option<String>);
+
+impl FillTicket {
+    /// A ticket for the observed generation (`None` when the user has none yet).
+    pub fn new(generation: Option<String>) -> Self {
+        Self(generation)
+    }
+
+    /// The observed generation.
+    pub fn generation(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+/// The result of a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheLookup {
+    /// The cached representation.
+    Hit(Vec<u8>),
+    /// Not cached: load from the store, then `fill` with this ticket.
+    Miss(FillTicket),
+    /// The cache cannot answer now (down, slow, disabled): load from the store, don't fill.
+    Unavailable,
+}
+
+/// The state of the cache for `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheHealth {
+    /// Answering.
+    Up,
+    /// Configured but not answering.
+    Down,
+    /// Not configured.
+    Disabled,
+}
+
+/// A cache of serialized user representations.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait ProfileCache: Send + Sync {
+    /// Looks a user up. Never blocks longer than the implementation's timeout.
+    async fn lookup(&self, id: UserId) -> CacheLookup;
+
+    /// Stores `bytes` for `id` unless the user was invalidated after `ticket` was taken.
+    async fn fill(&self, id: UserId, ticket: FillTicket, bytes: Vec<u8>);
+
+    /// Called after a committed change of these users: deletes their entries (and any
+    /// downstream copies) and moves their generation on. A failed invalidation is retried
+    /// in the background until it succeeds.
+    async fn invalidate(&self, ids: &[UserId]);
+
+    /// Probes the cache for `/health`.
+    async fn health(&self) -> CacheHealth;
+}
+
+/// The cache used when none is configured: every lookup is `Unavailable`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCache;
+
+#[async_trait]
+impl ProfileCache for NoCache {
+    async fn lookup(&self, _id: UserId) -> CacheLookup {
+        CacheLookup::Unavailable
+    }
+
+    async fn fill(&self, _id: UserId, _ticket: FillTicket, _bytes: Vec<u8>) {}
+
+    async fn invalidate(&self, _ids: &[UserId]) {}
+
+    async fn health(&self) -> CacheHealth {
+        CacheHealth::Disabled
+    }
+}
