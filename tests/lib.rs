@@ -32,7 +32,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn from(response: Response) -> Self {
+    /// Reads a response.
+    pub async fn from_response(response: Response) -> Self {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.unwrap_or_default();
@@ -98,7 +99,7 @@ impl TestApp {
         if let Some(body) = body {
             request = request.header("Content-Type", "application/json").body(body.to_owned());
         }
-        Reply::from(request.send().await.expect("request sent")).await
+        Reply::from_response(request.send().await.expect("request sent")).await
     }
 
     /// Sends a request with a JSON value as body.

@@ -2,6 +2,7 @@
 
 mod devices;
 mod hostile;
+mod idempotency;
 mod operations;
 mod preferences;
 mod seed;

@@ -9,8 +9,12 @@ use diesel::pg::Pg;
 use diesel_async::SimpleAsyncConnection;
 use domain::device::RegisteredDevice;
 use domain::device::{DeviceRegistration, DeviceSelector, Platform, PushToken};
-use domain::idempotency::Idempotent;
-use domain::ports::{CreatedUser, DeviceRepository, NewUserRecord, RepositoryError, UserRepository};
+use domain::idempotency::{
+    IdempotencyConflict, IdempotencyKey, Idempotent, IdempotentRequest, IdempotentWrite, StoredResponse,
+};
+use domain::ports::{
+    CreatedUser, DeviceRepository, IdempotencyRepository, NewUserRecord, RepositoryError, UserRepository,
+};
 use domain::preferences::{ClockTime, Preferences, PreferencesUpdate, QuietHours, TimeZoneName};
 use domain::user::{ContactUpdate, EmailAddress, PageRequest, PasswordHash, PhoneNumber, UserId, UserName};
 use time::macros::datetime;
@@ -762,4 +766,145 @@ async fn migrations_revert_completely_and_apply_again() {
     new_user.device = Some(registration("token", Platform::Unknown, true));
     let profile = create(&store, new_user).await.expect("the schema works again").profile;
     assert_eq!(profile.devices.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Idempotency records
+// ---------------------------------------------------------------------------------------
+
+fn idempotent_device_write(
+    key: &str,
+    fingerprint: u8,
+    expires_at: OffsetDateTime,
+) -> IdempotentWrite<RegisteredDevice> {
+    IdempotentWrite {
+        request: IdempotentRequest {
+            caller: "gateway".into(),
+            key: IdempotencyKey::parse(key).unwrap(),
+            fingerprint: vec![fingerprint],
+            expires_at,
+        },
+        render: Box::new(|registered: &RegisteredDevice| StoredResponse {
+            status: if registered.created { 201 } else { 200 },
+            body: registered.device.id.to_string().into_bytes(),
+            location: Some("/somewhere".into()),
+        }),
+    }
+}
+
+fn far_future() -> OffsetDateTime {
+    OffsetDateTime::now_utc() + Duration::hours(1)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotent_write_stores_its_answer_and_a_retry_replays_it_without_writing() {
+    let (db, store) = setup().await;
+    let user = create_user(&store, "idem@example.com", at(0)).await;
+    let first = DeviceRepository::upsert(
+        &store,
+        user,
+        registration("idem-token", Platform::Ios, true),
+        at(1),
+        Some(idempotent_device_write("k", 1, far_future())),
+    )
+    .await
+    .expect("first write");
+    let Idempotent::Executed(registered) = first else { panic!("the first write executes") };
+    assert!(registered.created);
+
+    let retry = DeviceRepository::upsert(
+        &store,
+        user,
+        registration("idem-token", Platform::Android, false),
+        at(2),
+        Some(idempotent_device_write("k", 1, far_future())),
+    )
+    .await
+    .expect("retry");
+    let expected = StoredResponse {
+        status: 201,
+        body: registered.device.id.to_string().into_bytes(),
+        location: Some("/somewhere".into()),
+    };
+    assert_eq!(retry, Idempotent::Replayed(expected));
+    // The retry changed nothing: the platform is still the first one.
+    let devices = store.list(user).await.expect("list").expect("the user exists");
+    assert_eq!(devices[0].platform, Platform::Ios);
+
+    let reused = DeviceRepository::upsert(
+        &store,
+        user,
+        registration("idem-token", Platform::Ios, true),
+        at(3),
+        Some(idempotent_device_write("k", 2, far_future())),
+    )
+    .await;
+    assert!(matches!(reused, Err(RepositoryError::Idempotency(IdempotencyConflict::KeyReused))));
+    assert_eq!(count(&db, "SELECT count(*) AS count FROM idempotency_records").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_held_by_a_running_transaction_is_in_flight() {
+    let (db, store) = setup().await;
+    let user = create_user(&store, "busy@example.com", at(0)).await;
+    let mut holder = db.pool().get().await.expect("a connection");
+    holder
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('gateway' || chr(31) || 'busy', 0));")
+        .await
+        .expect("hold the key's lock");
+    let result = DeviceRepository::upsert(
+        &store,
+        user,
+        registration("busy-token", Platform::Web, true),
+        at(1),
+        Some(idempotent_device_write("busy", 1, far_future())),
+    )
+    .await;
+    assert!(matches!(result, Err(RepositoryError::Idempotency(IdempotencyConflict::InFlight))), "{result:?}");
+    holder.batch_execute("ROLLBACK").await.expect("release");
+    assert_eq!(count(&db, "SELECT count(*) AS count FROM devices").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_record_no_longer_replays_and_is_purged() {
+    let (db, store) = setup().await;
+    let user = create_user(&store, "expired@example.com", at(0)).await;
+    let past = OffsetDateTime::now_utc() - Duration::minutes(1);
+    let first = DeviceRepository::upsert(
+        &store,
+        user,
+        registration("old-token", Platform::Web, true),
+        at(1),
+        Some(idempotent_device_write("old", 1, past)),
+    )
+    .await
+    .expect("first write");
+    assert!(matches!(first, Idempotent::Executed(_)));
+    let key = IdempotencyKey::parse("old").unwrap();
+    assert_eq!(store.find_record("gateway", &key).await.expect("find"), None);
+
+    // The same key runs again (the device is refreshed, not replayed) and its record is replaced.
+    let again = DeviceRepository::upsert(
+        &store,
+        user,
+        registration("old-token", Platform::Web, true),
+        at(2),
+        Some(idempotent_device_write("old", 1, far_future())),
+    )
+    .await
+    .expect("second write");
+    assert!(matches!(again, Idempotent::Executed(RegisteredDevice { created: false, .. })));
+    assert!(store.find_record("gateway", &key).await.expect("find").is_some());
+
+    DeviceRepository::upsert(
+        &store,
+        user,
+        registration("other-token", Platform::Web, true),
+        at(3),
+        Some(idempotent_device_write("stale", 1, past)),
+    )
+    .await
+    .expect("third write");
+    assert_eq!(store.purge_expired_idempotency_records(100).await.expect("purge"), 1);
+    assert_eq!(count(&db, "SELECT count(*) AS count FROM idempotency_records").await, 1);
 }

@@ -89,6 +89,26 @@ fn openapi_spec() -> Spec {
     }
 }
 
+/// How often expired idempotency records are deleted, and how many at a time.
+const IDEMPOTENCY_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+const IDEMPOTENCY_PURGE_BATCH: i64 = 10_000;
+
+/// Deletes expired idempotency records in the background (they are ignored once expired;
+/// this only keeps the table small).
+fn spawn_idempotency_purge(store: PgStore) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(IDEMPOTENCY_PURGE_INTERVAL);
+        loop {
+            interval.tick().await;
+            match store.purge_expired_idempotency_records(IDEMPOTENCY_PURGE_BATCH).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::debug!(purged, "expired idempotency records deleted"),
+                Err(error) => tracing::warn!(error = %crate::error::error_chain(&error), "idempotency purge failed"),
+            }
+        }
+    });
+}
+
 impl Application {
     /// Connects to the dependencies, runs migrations when configured, and binds the port
     /// (`PORT=0` binds a free one, see [`Application::port`]).
@@ -119,6 +139,7 @@ impl Application {
             cache: cache.clone(),
             encoder: Arc::new(JsonProfileEncoder),
         });
+        spawn_idempotency_purge(store.clone());
         let state = Data::new(AppState {
             service,
             database: Arc::new(store.clone()),
