@@ -15,10 +15,10 @@ run:
 	fi
 	$(CARGO) run --bin user-service
 
-## test: unit, adapter and API tests against a real PostgreSQL (see tests/with-postgres.sh)
+## test: unit, adapter and API tests against real PostgreSQL and Redis (see tests/with-services.sh)
 test:
 	@if ! $(CARGO) nextest --version >/dev/null 2>&1; then $(CARGO) install cargo-nextest --locked; fi
-	tests/with-postgres.sh $(CARGO) nextest run --workspace --no-fail-fast
+	tests/with-services.sh $(CARGO) nextest run --workspace --no-fail-fast
 
 ## lint: formatting and clippy with warnings denied
 lint:

@@ -2,6 +2,7 @@
 #![expect(clippy::expect_used, reason = "test helpers fail the test on setup errors")]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use adapters_postgres::testing::TestDatabase;
 use http_actix::config::Settings;
@@ -9,13 +10,13 @@ use http_actix::startup::Application;
 use reqwest::{Method, Response};
 use serde_json::Value;
 
-/// A service instance on a free port with a fresh database.
+/// A service instance on a free port with a fresh database (or sharing another instance's).
 #[derive(Debug)]
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
     pub address: String,
     /// The database the instance uses, for direct checks.
-    pub db: TestDatabase,
+    pub db: Arc<TestDatabase>,
     /// A client without connection reuse surprises.
     pub client: reqwest::Client,
 }
@@ -67,7 +68,16 @@ impl Reply {
 impl TestApp {
     /// Starts an instance with extra settings on top of the test defaults.
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
-        let db = TestDatabase::create().await.expect("test database");
+        let db = Arc::new(TestDatabase::create().await.expect("test database"));
+        Self::start(db, extra).await
+    }
+
+    /// Starts another instance on this instance's database, as a second replica would run.
+    pub async fn sibling(&self, extra: &[(&str, &str)]) -> Self {
+        Self::start(Arc::clone(&self.db), extra).await
+    }
+
+    async fn start(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> Self {
         let mut variables: HashMap<String, String> = [
             ("DATABASE_URL", db.url()),
             ("HOST", "127.0.0.1"),
@@ -124,4 +134,98 @@ impl TestApp {
         assert_eq!(reply.status, 201, "{}", reply.body);
         reply.body["data"]["id"].as_str().expect("id").to_owned()
     }
+}
+
+/// A `redis-server` of the test's own on a free port, so that the test may pause, kill and
+/// restart it without touching the shared server. Killed when dropped.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    /// The port it listens on.
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// Starts a server with no persistence and waits until it answers.
+    pub async fn start() -> Self {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
+        let mut redis = Self { port, child: None };
+        redis.launch().await;
+        redis
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn launch(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts (is Redis installed?)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the private redis-server did not answer");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status();
+            assert!(status.is_ok_and(|status| status.success()), "kill {signal} failed");
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Kills the server (SIGKILL): its data is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts an empty server on the same port again.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.launch().await;
+    }
+
+    /// Runs `redis-cli` against this server and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli(self.port, args)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
+
+/// Runs `redis-cli -p <port> <args>` and returns its standard output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default()
 }

@@ -120,7 +120,7 @@ pub(crate) async fn record(
         idempotency_records::expires_at.eq(request.expires_at),
     );
     diesel::insert_into(idempotency_records::table)
-        .values(values.clone())
+        .values(values)
         .on_conflict((idempotency_records::caller, idempotency_records::key))
         .do_update()
         .set(values)

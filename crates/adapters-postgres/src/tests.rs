@@ -82,7 +82,7 @@ fn record(email: &str, created_at: OffsetDateTime) -> NewUserRecord {
 }
 
 async fn create_user(store: &PgStore, email: &str, created_at: OffsetDateTime) -> UserId {
-    create(&store, record(email, created_at)).await.expect("create a user").profile.user.id
+    create(store, record(email, created_at)).await.expect("create a user").profile.user.id
 }
 
 fn registration(token: &str, platform: Platform, active: bool) -> DeviceRegistration {

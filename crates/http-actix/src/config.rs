@@ -19,14 +19,12 @@ pub struct Settings {
     pub port: u16,
     /// PostgreSQL connection settings (`DATABASE_URL`, `DATABASE_POOL_*`).
     pub database: DatabaseSettings,
-    /// Redis URL (`REDIS_URL`); the cache arrives with its own issue.
-    pub redis_url: Option<String>,
+    /// The Redis cache (`REDIS_URL`, `CACHE_*`, `REDIS_*`); `None` runs without a cache.
+    pub cache: Option<CacheSettings>,
     /// Signing key for access tokens (`SECRET_KEY`).
     pub secret_key: Option<SecretString>,
     /// How long idempotency records live (`IDEMPOTENCY_TTL`, seconds).
     pub idempotency_ttl: Duration,
-    /// How long cached users live (`CACHE_TTL`, seconds).
-    pub cache_ttl: Duration,
     /// Largest accepted request body (`MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
     /// Password hashes computed at once (`PASSWORD_HASH_CONCURRENCY`, default: CPU count).
@@ -57,6 +55,24 @@ pub struct DatabaseSettings {
     pub migrate_on_startup: bool,
 }
 
+/// How the Redis cache is reached and used.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// `redis://` URL (`REDIS_URL`).
+    pub url: String,
+    /// How long a cached user lives (`CACHE_TTL`, seconds).
+    pub ttl: Duration,
+    /// First segment of every key (`CACHE_KEY_PREFIX`).
+    pub key_prefix: String,
+    /// Bound on every Redis call (`REDIS_TIMEOUT_MS`).
+    pub timeout: Duration,
+    /// Pooled Redis connections (`REDIS_POOL_SIZE`).
+    pub pool_size: usize,
+    /// Downstream copies deleted on every change: key templates with `{id}`
+    /// (`CACHE_INVALIDATE_EXTRA_KEYS`, comma-separated).
+    pub extra_invalidation_keys: Vec<String>,
+}
+
 /// The log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -82,6 +98,10 @@ struct RawSettings {
     database_statement_timeout_ms: Option<String>,
     migrate_on_startup: Option<String>,
     redis_url: Option<String>,
+    redis_timeout_ms: Option<String>,
+    redis_pool_size: Option<String>,
+    cache_key_prefix: Option<String>,
+    cache_invalidate_extra_keys: Option<String>,
     secret_key: Option<String>,
     idempotency_ttl: Option<String>,
     cache_ttl: Option<String>,
@@ -111,6 +131,7 @@ impl Settings {
             .and_then(config::Config::try_deserialize)
             .map_err(|error| ConfigError(error.to_string()))?;
         let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+        let cache = cache_settings(&raw)?;
         Ok(Self {
             host: parse_or("HOST", raw.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED))?,
             port: parse_or("PORT", raw.port, 3001)?,
@@ -121,10 +142,9 @@ impl Settings {
                 statement_timeout: millis("DATABASE_STATEMENT_TIMEOUT_MS", raw.database_statement_timeout_ms, 5_000)?,
                 migrate_on_startup: boolean("MIGRATE_ON_STARTUP", raw.migrate_on_startup, true)?,
             },
-            redis_url: non_empty(raw.redis_url),
+            cache,
             secret_key: non_empty(raw.secret_key).map(SecretString::from),
             idempotency_ttl: Duration::from_secs(positive("IDEMPOTENCY_TTL", raw.idempotency_ttl, 3_600)?),
-            cache_ttl: Duration::from_secs(positive("CACHE_TTL", raw.cache_ttl, 300)?),
             max_body_bytes: positive("MAX_BODY_BYTES", raw.max_body_bytes, 64 * 1024)?,
             password_hash_concurrency: positive("PASSWORD_HASH_CONCURRENCY", raw.password_hash_concurrency, cpus)?,
             password_hash_queue_timeout: millis(
@@ -179,6 +199,42 @@ fn boolean(name: &str, value: Option<String>, default: bool) -> Result<bool, Con
     }
 }
 
+/// The cache settings, checked even when `REDIS_URL` is unset so that a typo never hides.
+fn cache_settings(raw: &RawSettings) -> Result<Option<CacheSettings>, ConfigError> {
+    let settings = CacheSettings {
+        url: String::new(),
+        ttl: Duration::from_secs(positive("CACHE_TTL", raw.cache_ttl.clone(), 300)?),
+        key_prefix: non_empty(raw.cache_key_prefix.clone()).unwrap_or_else(|| "user-service".to_owned()),
+        timeout: millis("REDIS_TIMEOUT_MS", raw.redis_timeout_ms.clone(), 100)?,
+        pool_size: positive("REDIS_POOL_SIZE", raw.redis_pool_size.clone(), 16)?.max(2),
+        extra_invalidation_keys: extra_keys(raw.cache_invalidate_extra_keys.clone())?,
+    };
+    match non_empty(raw.redis_url.clone()) {
+        None => Ok(None),
+        Some(url) => Ok(Some(CacheSettings { url: redis_url(url)?, ..settings })),
+    }
+}
+
+/// Accepts `redis://`, `rediss://` and `unix://` URLs.
+fn redis_url(url: String) -> Result<String, ConfigError> {
+    if ["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|scheme| url.starts_with(scheme)) {
+        Ok(url)
+    } else {
+        Err(ConfigError("REDIS_URL must start with redis:// or rediss://".into()))
+    }
+}
+
+/// Reads comma-separated key templates, each containing `{id}`.
+fn extra_keys(value: Option<String>) -> Result<Vec<String>, ConfigError> {
+    let templates: Vec<String> = non_empty(value)
+        .map(|value| value.split(',').map(str::trim).filter(|key| !key.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    if templates.iter().any(|template| !template.contains("{id}")) {
+        return Err(ConfigError("CACHE_INVALIDATE_EXTRA_KEYS templates must each contain {id}".into()));
+    }
+    Ok(templates)
+}
+
 /// Accepts `postgres://`, `postgresql://` and the seed's `postgresql+asyncpg://`.
 fn database_url(value: Option<String>) -> Result<String, ConfigError> {
     let url = non_empty(value).ok_or_else(|| {
@@ -212,7 +268,7 @@ mod tests {
         let settings = settings(&[]).unwrap();
         assert_eq!(settings.port, 3001);
         assert_eq!(settings.idempotency_ttl, Duration::from_secs(3600));
-        assert_eq!(settings.cache_ttl, Duration::from_secs(300));
+        assert!(settings.cache.is_none());
         assert!(settings.database.migrate_on_startup);
     }
 
@@ -221,6 +277,28 @@ mod tests {
         let settings =
             settings(&[("DATABASE_URL", "postgresql+asyncpg://postgres:postgres@db:5432/user_service_db")]).unwrap();
         assert_eq!(settings.database.url, "postgresql://postgres:postgres@db:5432/user_service_db");
+    }
+
+    #[test]
+    fn the_cache_is_configured_by_redis_url() {
+        let settings = settings(&[
+            ("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            ("CACHE_TTL", "60"),
+            ("CACHE_INVALIDATE_EXTRA_KEYS", "usercache:{id}, gateway:user:{id}"),
+        ])
+        .unwrap();
+        let cache = settings.cache.unwrap();
+        assert_eq!(cache.ttl, Duration::from_secs(60));
+        assert_eq!(cache.timeout, Duration::from_millis(100));
+        assert_eq!(cache.extra_invalidation_keys, vec!["usercache:{id}", "gateway:user:{id}"]);
+        let error = settings_error(&[("REDIS_URL", "redis://x"), ("CACHE_INVALIDATE_EXTRA_KEYS", "fixed-key")]);
+        assert!(error.contains("CACHE_INVALIDATE_EXTRA_KEYS"), "{error}");
+        let error = settings_error(&[("CACHE_TTL", "-5")]);
+        assert!(error.contains("CACHE_TTL"), "{error}");
+    }
+
+    fn settings_error(pairs: &[(&str, &str)]) -> String {
+        settings(pairs).unwrap_err().to_string()
     }
 
     #[test]
@@ -233,6 +311,7 @@ mod tests {
             ("MIGRATE_ON_STARTUP", "maybe"),
             ("LOG_FORMAT", "xml"),
             ("HOST", "not-an-ip"),
+            ("REDIS_URL", "http://cache"),
         ] {
             let error = settings(&[(name, value)]).unwrap_err().to_string();
             assert!(error.contains(name), "{error} should name {name}");

@@ -11,6 +11,7 @@ use actix_web::middleware::{Compress, from_fn};
 use actix_web::web::{self, Data};
 use actix_web::{App, HttpResponse, HttpServer};
 use adapters_postgres::{PgStore, PoolSettings};
+use adapters_redis::{RedisCache, RedisCacheConfig};
 use apistos::SwaggerUIConfig;
 use apistos::app::{BuildConfig, OpenApiWrapper};
 use apistos::info::Info;
@@ -89,6 +90,27 @@ fn openapi_spec() -> Spec {
     }
 }
 
+/// The Redis cache when `REDIS_URL` is set, else none. Never connects here: the service
+/// starts while Redis is down.
+fn build_cache(settings: &Settings) -> anyhow::Result<Arc<dyn ProfileCache>> {
+    let Some(cache) = &settings.cache else {
+        tracing::info!("no REDIS_URL: running without a cache");
+        return Ok(Arc::new(NoCache));
+    };
+    let config = RedisCacheConfig {
+        ttl: cache.ttl,
+        key_prefix: cache.key_prefix.clone(),
+        timeout: cache.timeout,
+        pool_max_size: cache.pool_size,
+        extra_invalidation_keys: cache.extra_invalidation_keys.clone(),
+        ..RedisCacheConfig::new(cache.url.clone())
+    };
+    let redacted_url = config.redacted_url();
+    let redis = RedisCache::build(config).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
+    tracing::info!(url = %redacted_url, ttl_seconds = cache.ttl.as_secs(), "caching users in Redis");
+    Ok(Arc::new(redis))
+}
+
 /// How often expired idempotency records are deleted, and how many at a time.
 const IDEMPOTENCY_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 const IDEMPOTENCY_PURGE_BATCH: i64 = 10_000;
@@ -126,7 +148,7 @@ impl Application {
             tracing::info!(applied, "database migrations up to date");
         }
         let store = PgStore::new(pool);
-        let cache: Arc<dyn ProfileCache> = Arc::new(NoCache);
+        let cache = build_cache(&settings)?;
         let service = UserService::new(Ports {
             users: Arc::new(store.clone()),
             devices: Arc::new(store.clone()),

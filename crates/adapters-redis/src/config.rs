@@ -1,0 +1,181 @@
+//! How the Redis cache is reached, named and timed, and the errors of building it.
+//!
+//! Nothing here connects: a configuration is checked for shape only, so that the service
+//! starts while Redis is down.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The key prefix used when none is configured.
+pub const DEFAULT_KEY_PREFIX: &str = "user-service";
+/// The format version used when none is configured.
+pub const DEFAULT_FORMAT_VERSION: &str = "v1";
+/// The placeholder that [`RedisCacheConfig::extra_invalidation_keys`] templates must contain.
+pub const ID_PLACEHOLDER: &str = "{id}";
+
+/// Everything [`RedisCache::build`](crate::RedisCache::build) needs. Start from
+/// [`RedisCacheConfig::new`] and override fields.
+///
+/// Keys are `{key_prefix}:{format_version}:user:{id}` for an entry and
+/// `{key_prefix}:gen:{id}` for a user's generation. The generation is deliberately not
+/// versioned: during a rolling deploy, a writer running one format version must also
+/// invalidate the entries that instances running another version filled.
+#[derive(Clone)]
+pub struct RedisCacheConfig {
+    /// The Redis URL (`redis://[user:password@]host:port[/db]`). Never logged with its password.
+    pub url: String,
+    /// The first segment of every key, so that several services can share one Redis.
+    pub key_prefix: String,
+    /// The format of the cached bytes; change it when the serialized representation changes
+    /// so that new code never reads entries written by old code.
+    pub format_version: String,
+    /// How long an entry lives (`CACHE_TTL`).
+    pub ttl: Duration,
+    /// The bound on every call, pool checkout included.
+    pub timeout: Duration,
+    /// Further keys deleted on every invalidation, as templates containing `{id}`
+    /// (e.g. `usercache:{id}`, the gateway's copy of our response).
+    pub extra_invalidation_keys: Vec<String>,
+    /// How long a generation lives after an invalidation: far longer than any
+    /// lookup-load-fill sequence, so that a reader's ticket can never outlive it.
+    pub generation_ttl: Duration,
+    /// The most pooled connections (at least 2).
+    pub pool_max_size: usize,
+    /// Consecutive failures after which Redis is skipped.
+    pub breaker_threshold: u32,
+    /// How long Redis is skipped once the breaker opened; then one call probes it.
+    pub breaker_cooldown: Duration,
+    /// How often failed invalidations are retried.
+    pub retry_interval: Duration,
+    /// The most user ids kept for retry; beyond it the cache stops serving until the
+    /// entries that may have missed their invalidation have expired.
+    pub max_pending_invalidations: usize,
+}
+
+impl RedisCacheConfig {
+    /// Defaults: prefix `user-service`, format `v1`, TTL 300 s, 100 ms per call, no extra
+    /// keys, generations kept 24 h, 16 connections, breaker open after 3 failures for 1 s,
+    /// retries every 200 ms, at most 100,000 pending ids.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            format_version: DEFAULT_FORMAT_VERSION.to_owned(),
+            ttl: Duration::from_secs(300),
+            timeout: Duration::from_millis(100),
+            extra_invalidation_keys: Vec::new(),
+            generation_ttl: Duration::from_secs(24 * 60 * 60),
+            pool_max_size: 16,
+            breaker_threshold: 3,
+            breaker_cooldown: Duration::from_secs(1),
+            retry_interval: Duration::from_millis(200),
+            max_pending_invalidations: 100_000,
+        }
+    }
+
+    /// Checks the shape of the configuration (not whether Redis answers).
+    pub(crate) fn validate(&self) -> Result<(), RedisCacheError> {
+        if self.key_prefix.is_empty() {
+            return Err(RedisCacheError::Invalid("the key prefix must not be empty"));
+        }
+        if self.format_version.is_empty() || self.format_version.contains(':') {
+            return Err(RedisCacheError::Invalid("the format version must be non-empty and contain no ':'"));
+        }
+        // Redis refuses `PX 0`, and a sub-millisecond TTL would be rounded to it.
+        if self.ttl < Duration::from_millis(1) || self.generation_ttl < Duration::from_millis(1) {
+            return Err(RedisCacheError::Invalid("the TTLs must be at least 1 ms"));
+        }
+        if self.generation_ttl <= self.ttl {
+            return Err(RedisCacheError::Invalid("the generation TTL must be longer than the entry TTL"));
+        }
+        if self.timeout.is_zero() || self.breaker_cooldown.is_zero() || self.retry_interval.is_zero() {
+            return Err(RedisCacheError::Invalid("the timeout, breaker cooldown and retry interval must be positive"));
+        }
+        if self.breaker_threshold == 0 || self.max_pending_invalidations == 0 {
+            return Err(RedisCacheError::Invalid(
+                "the breaker threshold and the pending invalidation bound must be positive",
+            ));
+        }
+        if let Some(template) = self.extra_invalidation_keys.iter().find(|template| !template.contains(ID_PLACEHOLDER))
+        {
+            // Without the placeholder every invalidation would delete one fixed key.
+            return Err(RedisCacheError::TemplateWithoutId(template.clone()));
+        }
+        Ok(())
+    }
+
+    /// The URL with its password (or a lone user-info part) replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl fmt::Debug for RedisCacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCacheConfig")
+            .field("url", &self.redacted_url())
+            .field("key_prefix", &self.key_prefix)
+            .field("format_version", &self.format_version)
+            .field("ttl", &self.ttl)
+            .field("timeout", &self.timeout)
+            .field("extra_invalidation_keys", &self.extra_invalidation_keys)
+            .field("generation_ttl", &self.generation_ttl)
+            .field("pool_max_size", &self.pool_max_size)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("retry_interval", &self.retry_interval)
+            .field("max_pending_invalidations", &self.max_pending_invalidations)
+            .finish()
+    }
+}
+
+/// Why a [`RedisCache`](crate::RedisCache) could not be built. Never contains the URL.
+#[derive(Debug)]
+pub enum RedisCacheError {
+    /// The URL does not parse as a Redis URL.
+    InvalidUrl,
+    /// An extra invalidation key template lacks `{id}`.
+    TemplateWithoutId(String),
+    /// Another setting is out of range.
+    Invalid(&'static str),
+    /// The pool could not be built.
+    Pool(String),
+    /// Built outside a Tokio runtime (the retry task needs one).
+    NoRuntime,
+}
+
+impl fmt::Display for RedisCacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidUrl => f.write_str("the Redis URL is not valid (expected redis://host:port)"),
+            Self::TemplateWithoutId(template) => {
+                write!(f, "the extra invalidation key template {template:?} does not contain {ID_PLACEHOLDER}")
+            }
+            Self::Invalid(reason) => f.write_str(reason),
+            Self::Pool(reason) => write!(f, "the Redis pool could not be built: {reason}"),
+            Self::NoRuntime => f.write_str("the Redis cache must be built inside a Tokio runtime"),
+        }
+    }
+}
+
+impl std::error::Error for RedisCacheError {}
+
+/// Replaces the secret part of a URL's user info with `***`: `redis://user:***@host`, and
+/// `redis://***@host` when there is no `:` (some clients take a lone user info as the
+/// password).
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|index| index + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user_info = &rest[..at];
+    let redacted = match user_info.split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{}{redacted}{}", &url[..scheme_end], &rest[at..])
+}

@@ -1,0 +1,427 @@
+//! Redis adapter: implements the domain's [`ProfileCache`] port with deadpool-redis.
+//!
+//! - [`RedisCache`]: the cache, built from a [`RedisCacheConfig`] without connecting.
+//! - [`config`]: the configuration, its defaults and the build errors.
+//!
+//! How the port's promises are kept:
+//! - **No stale set.** A lookup reads the entry and the user's generation in one `MGET`; a
+//!   miss hands out the generation as the [`FillTicket`]. A fill is a Lua script that stores
+//!   the bytes only if the generation is still the ticket's. An invalidation sets the
+//!   generation to a fresh UUID (never a counter: a generation that expired and was created
+//!   again can then never equal an old ticket) and deletes the entry and the configured
+//!   downstream keys, for all ids in one `MULTI`. Each entry also carries the generation it
+//!   was filled under and is served only while that is still current, so that writers
+//!   running another format version (a rolling deploy) invalidate it too.
+//! - **Never a reason to fail.** Every call, pool checkout included, is bounded by the
+//!   configured timeout; a circuit breaker skips Redis after consecutive failures. An
+//!   invalidation is queued before it is attempted and forgotten once Redis confirmed it, so
+//!   that a failed or abandoned one is retried by a background task; lookups of its ids skip
+//!   the cache until then.
+//!
+//! What must not live here: HTTP, SQL, or the serialization of users (the bytes are opaque).
+
+mod breaker;
+pub mod config;
+mod pending;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, Script, ScriptInvocation};
+use deadpool_redis::{Manager, Pool, Runtime};
+use domain::cache::{CacheHealth, CacheLookup, FillTicket, ProfileCache};
+use domain::user::UserId;
+use tokio::sync::oneshot;
+use tokio::time::MissedTickBehavior;
+
+use crate::breaker::{CircuitBreaker, Permit, Transition};
+use crate::pending::PendingInvalidations;
+
+pub use config::{RedisCacheConfig, RedisCacheError};
+
+/// Stores the entry if the generation is unchanged since the ticket was taken (absent and
+/// absent are equal). KEYS: entry, generation. ARGV: value, TTL in ms, "1" when the ticket
+/// has a generation, the ticket's generation. Returns 1 when stored.
+const GUARDED_FILL: &str = r"
+local current = redis.call('GET', KEYS[2])
+if ARGV[3] == '1' then
+  if current ~= ARGV[4] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// What a cache without a fill guard does: stores whatever it loaded as current. KEYS:
+/// entry, generation. ARGV: payload, TTL in ms.
+#[cfg(any(test, feature = "test-support"))]
+const UNGUARDED_FILL: &str = r"
+local current = redis.call('GET', KEYS[2]) or ''
+redis.call('SET', KEYS[1], current .. '\n' .. ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// Ids per retried invalidation, to keep one `MULTI` well under the call timeout.
+const RETRY_BATCH: usize = 1_000;
+
+/// A [`ProfileCache`] on Redis. Cheap to clone; the clones share the pool, the breaker and
+/// the retry queue. The retry task stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct RedisCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    keys: Keys,
+    ttl_ms: u64,
+    generation_ttl_ms: u64,
+    timeout: Duration,
+    breaker: CircuitBreaker,
+    pending: PendingInvalidations,
+    guarded_fill: Script,
+    #[cfg(any(test, feature = "test-support"))]
+    unguarded_fill: Script,
+    redacted_url: String,
+    /// Dropped with the last clone, which stops the retry task.
+    _shutdown: oneshot::Sender<()>,
+    #[cfg(test)]
+    retry_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// One round trip to Redis.
+enum Request<'a> {
+    Command(&'a redis::Cmd),
+    Pipeline(&'a redis::Pipeline),
+    Script(&'a ScriptInvocation<'a>),
+}
+
+/// Why a call did not answer.
+#[derive(Debug)]
+enum Failure {
+    Pool(deadpool_redis::PoolError),
+    Redis(redis::RedisError),
+    Timeout(Duration),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pool(error) => write!(f, "no connection: {error}"),
+            Self::Redis(error) => write!(f, "{error}"),
+            Self::Timeout(timeout) => write!(f, "no answer within {} ms", timeout.as_millis()),
+        }
+    }
+}
+
+impl RedisCache {
+    /// Builds the cache and starts its retry task. Does not connect: the first call does, so
+    /// the service starts while Redis is down. Must be called inside a Tokio runtime.
+    pub fn build(config: RedisCacheConfig) -> Result<Self, RedisCacheError> {
+        config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| RedisCacheError::NoRuntime)?;
+        // Redis's own defaults (1 s to connect, 500 ms per response) would outlast ours.
+        let connection_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout));
+        let manager = Manager::new_with_config(config.url.as_str(), connection_config)
+            .map_err(|_| RedisCacheError::InvalidUrl)?;
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_max_size.max(2))
+            .wait_timeout(Some(config.timeout))
+            .create_timeout(Some(config.timeout))
+            .recycle_timeout(Some(config.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|error| RedisCacheError::Pool(error.to_string()))?;
+
+        let (shutdown, shutdown_received) = oneshot::channel();
+        let inner = Arc::new(Inner {
+            pool,
+            keys: Keys {
+                prefix: config.key_prefix.clone(),
+                version: config.format_version.clone(),
+                extra: config.extra_invalidation_keys.clone(),
+            },
+            ttl_ms: millis(config.ttl),
+            generation_ttl_ms: millis(config.generation_ttl),
+            timeout: config.timeout,
+            breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown),
+            // An id dropped from a full queue may leave an entry stale until it expires; entries
+            // filled just after it by readers that loaded before the write live one TTL more.
+            pending: PendingInvalidations::new(config.max_pending_invalidations, config.ttl * 2, config.timeout),
+            guarded_fill: Script::new(GUARDED_FILL),
+            #[cfg(any(test, feature = "test-support"))]
+            unguarded_fill: Script::new(UNGUARDED_FILL),
+            redacted_url: config.redacted_url(),
+            _shutdown: shutdown,
+            #[cfg(test)]
+            retry_task: std::sync::Mutex::new(None),
+        });
+        let task = runtime.spawn(retry_invalidations(Arc::downgrade(&inner), shutdown_received, config.retry_interval));
+        #[cfg(test)]
+        {
+            *inner.retry_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
+        }
+        // Detached: it ends by itself when the cache is dropped.
+        #[cfg(not(test))]
+        drop(task);
+        tracing::debug!(url = %inner.redacted_url, prefix = %inner.keys.prefix, "Redis cache configured");
+        Ok(Self { inner })
+    }
+
+    /// How many user ids wait for Redis to confirm their invalidation (for metrics).
+    pub fn pending_invalidations(&self) -> usize {
+        self.inner.pending.len()
+    }
+
+    /// Whether the circuit breaker currently skips Redis (for metrics).
+    pub fn is_bypassed(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    /// Stores `bytes` as the current entry without checking the ticket's generation: what a
+    /// cache without the fill guard would do. Only for tests that show what the guard prevents.
+    #[cfg(any(test, feature = "test-support"))]
+    pub async fn fill_unguarded(&self, id: UserId, bytes: Vec<u8>) {
+        let mut invocation = self.inner.unguarded_fill.key(self.inner.keys.entry(id));
+        invocation.key(self.inner.keys.generation(id)).arg(bytes).arg(self.inner.ttl_ms);
+        let _: Option<i64> = self.inner.run(Request::Script(&invocation)).await;
+    }
+
+    /// The retry task's handle, for tests that check it stops.
+    #[cfg(test)]
+    fn take_retry_task(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.inner.retry_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+}
+
+impl fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("url", &self.inner.redacted_url)
+            .field("prefix", &self.inner.keys.prefix)
+            .field("version", &self.inner.keys.version)
+            .field("pool", &self.inner.pool.status())
+            .field("bypassed", &self.inner.breaker.is_open())
+            .field("pending_invalidations", &self.inner.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl ProfileCache for RedisCache {
+    async fn lookup(&self, id: UserId) -> CacheLookup {
+        let inner = &self.inner;
+        if inner.pending.blocks(id) {
+            return CacheLookup::Unavailable;
+        }
+        let mut command = redis::cmd("MGET");
+        command.arg(inner.keys.entry(id)).arg(inner.keys.generation(id));
+        let Some((entry, generation)) =
+            inner.run::<(Option<Vec<u8>>, Option<String>)>(Request::Command(&command)).await
+        else {
+            return CacheLookup::Unavailable;
+        };
+        // An invalidation of this id may have failed while we were asking.
+        if inner.pending.blocks(id) {
+            return CacheLookup::Unavailable;
+        }
+        match entry.and_then(|entry| current_payload(entry, generation.as_deref())) {
+            Some(payload) => CacheLookup::Hit(payload),
+            None => CacheLookup::Miss(FillTicket::new(generation)),
+        }
+    }
+
+    async fn fill(&self, id: UserId, ticket: FillTicket, bytes: Vec<u8>) {
+        let inner = &self.inner;
+        if inner.pending.blocks(id) {
+            return;
+        }
+        let generation = ticket.generation();
+        let mut invocation = inner.guarded_fill.key(inner.keys.entry(id));
+        invocation
+            .key(inner.keys.generation(id))
+            .arg(encode_entry(generation, &bytes))
+            .arg(inner.ttl_ms)
+            .arg(if generation.is_some() { "1" } else { "0" })
+            .arg(generation.unwrap_or_default());
+        let _: Option<i64> = inner.run(Request::Script(&invocation)).await;
+    }
+
+    async fn invalidate(&self, ids: &[UserId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let inner = &self.inner;
+        // Queued first: if this future is dropped half-way, the retry task still does the work,
+        // and meanwhile lookups of these ids skip the cache.
+        let batch = inner.pending.queue(ids, Instant::now());
+        if inner.invalidate_now(ids).await {
+            inner.pending.complete(&batch);
+        } else if inner.pending.give_up_unqueued(&batch, Instant::now()) {
+            tracing::warn!(
+                capacity = inner.pending.capacity(),
+                "too many cache invalidations pending: ids dropped, the cache is bypassed until their entries expire"
+            );
+        }
+    }
+
+    async fn health(&self) -> CacheHealth {
+        match self.inner.run::<String>(Request::Command(&redis::cmd("PING"))).await {
+            Some(_) => CacheHealth::Up,
+            None => CacheHealth::Down,
+        }
+    }
+}
+
+impl Inner {
+    /// Runs one round trip unless the breaker skips Redis; `None` when skipped or failed.
+    async fn run<T: FromRedisValue>(&self, request: Request<'_>) -> Option<T> {
+        if self.breaker.permit(Instant::now()) == Permit::Denied {
+            return None;
+        }
+        let call = async {
+            let mut connection = self.pool.get().await.map_err(Failure::Pool)?;
+            let answer = match request {
+                Request::Command(command) => command.query_async(&mut connection).await,
+                Request::Pipeline(pipeline) => pipeline.query_async(&mut connection).await,
+                Request::Script(invocation) => invocation.invoke_async(&mut connection).await,
+            };
+            answer.map_err(Failure::Redis)
+        };
+        let outcome = match tokio::time::timeout(self.timeout, call).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::Timeout(self.timeout)),
+        };
+        match outcome {
+            Ok(value) => {
+                if self.breaker.success() == Transition::Closed {
+                    tracing::info!(url = %self.redacted_url, "Redis cache reachable again");
+                }
+                Some(value)
+            }
+            Err(failure) => {
+                // One warning per outage (when the breaker opens), not one per request.
+                if self.breaker.failure(Instant::now()) == Transition::Opened {
+                    tracing::warn!(
+                        url = %self.redacted_url,
+                        error = %failure,
+                        "Redis cache unavailable: serving from the store and queueing invalidations"
+                    );
+                } else {
+                    tracing::debug!(error = %failure, "Redis cache call failed");
+                }
+                None
+            }
+        }
+    }
+
+    /// Moves the generation of `ids` on and deletes their entries and downstream copies, in
+    /// one `MULTI`. Returns whether Redis confirmed it.
+    async fn invalidate_now(&self, ids: &[UserId]) -> bool {
+        // One fresh value serves every id of the call: it only has to differ from every
+        // generation any of them had before.
+        let generation = uuid::Uuid::new_v4().to_string();
+        let mut pipeline = redis::pipe();
+        pipeline.atomic();
+        for &id in ids {
+            pipeline
+                .cmd("SET")
+                .arg(self.keys.generation(id))
+                .arg(&generation)
+                .arg("PX")
+                .arg(self.generation_ttl_ms)
+                .ignore()
+                .cmd("DEL")
+                .arg(self.keys.entry(id))
+                .arg(self.keys.extra(id))
+                .ignore();
+        }
+        self.run::<()>(Request::Pipeline(&pipeline)).await.is_some()
+    }
+
+    /// Retries the pending invalidations, batch by batch, until one fails.
+    async fn retry_pending(&self) {
+        let passes = self.pending.len().div_ceil(RETRY_BATCH);
+        for _ in 0..passes {
+            let Some(batch) = self.pending.batch(RETRY_BATCH, Instant::now()) else { break };
+            if !self.invalidate_now(&batch.ids).await {
+                break;
+            }
+            self.pending.complete(&batch);
+        }
+        if let Some(dropped) = self.pending.end_overflow_if_due(Instant::now()) {
+            tracing::info!(dropped, "cache invalidation queue drained: the cache is used again");
+        }
+    }
+}
+
+/// The background task: retries pending invalidations every `interval` until the cache is
+/// dropped. Holds the cache only while retrying, so that dropping it ends the task.
+async fn retry_invalidations(cache: Weak<Inner>, mut shutdown: oneshot::Receiver<()>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = ticks.tick() => {}
+        }
+        let Some(cache) = cache.upgrade() else { return };
+        if cache.pending.len() > 0 || cache.pending.is_overflowing() {
+            cache.retry_pending().await;
+        }
+    }
+}
+
+/// The key names of one cache.
+#[derive(Debug)]
+struct Keys {
+    prefix: String,
+    version: String,
+    extra: Vec<String>,
+}
+
+impl Keys {
+    fn entry(&self, id: UserId) -> String {
+        format!("{}:{}:user:{id}", self.prefix, self.version)
+    }
+
+    fn generation(&self, id: UserId) -> String {
+        format!("{}:gen:{id}", self.prefix)
+    }
+
+    fn extra(&self, id: UserId) -> Vec<String> {
+        let id = id.to_string();
+        self.extra.iter().map(|template| template.replace(config::ID_PLACEHOLDER, &id)).collect()
+    }
+}
+
+/// An entry is the generation it was filled under (empty when there was none), a newline,
+/// and the payload. Generations are UUIDs, so they never contain a newline.
+fn encode_entry(generation: Option<&str>, payload: &[u8]) -> Vec<u8> {
+    let generation = generation.unwrap_or_default().as_bytes();
+    let mut entry = Vec::with_capacity(generation.len() + 1 + payload.len());
+    entry.extend_from_slice(generation);
+    entry.push(b'\n');
+    entry.extend_from_slice(payload);
+    entry
+}
+
+/// The payload of `entry` if it was filled under the `current` generation.
+fn current_payload(mut entry: Vec<u8>, current: Option<&str>) -> Option<Vec<u8>> {
+    let newline = entry.iter().position(|&byte| byte == b'\n')?;
+    if entry[..newline] != *current.unwrap_or_default().as_bytes() {
+        return None;
+    }
+    Some(entry.split_off(newline + 1))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,763 @@
+//! Tests of [`RedisCache`] against real Redis servers.
+//!
+//! Tests on the shared server (127.0.0.1, port `TEST_REDIS_PORT`, default 6379, as set by
+//! `tests/with-services.sh`) each use a random key prefix and delete their keys at the end;
+//! they never flush or stop it. Tests that pause, kill or restart
+//! Redis start their own `redis-server` on a free port. The state machines (breaker, retry
+//! queue) and the helpers are also tested on their own, without Redis.
+
+use std::process::{Child, Command, Stdio};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use domain::cache::{CacheHealth, CacheLookup, FillTicket, ProfileCache};
+use domain::user::UserId;
+use uuid::Uuid;
+
+use crate::breaker::{CircuitBreaker, Permit, Transition};
+use crate::pending::PendingInvalidations;
+use crate::{RedisCache, RedisCacheConfig, RedisCacheError, config, current_payload, encode_entry};
+
+/// The shared server's URL.
+fn shared_url() -> String {
+    let port = std::env::var("TEST_REDIS_PORT").unwrap_or_else(|_| "6379".to_owned());
+    format!("redis://127.0.0.1:{port}")
+}
+
+/// The per-call timeout of the tests that measure it (the production default).
+const TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A configuration with a random key prefix. On the shared server the timeout is generous,
+/// so that a loaded test machine cannot turn a slow answer into a flaky `Unavailable`.
+fn config_for(url: &str, timeout: Duration) -> RedisCacheConfig {
+    let mut config = RedisCacheConfig::new(url);
+    config.key_prefix = format!("test-{}", Uuid::new_v4());
+    config.timeout = timeout;
+    config.generation_ttl = Duration::from_secs(600);
+    config
+}
+
+fn shared_config() -> RedisCacheConfig {
+    config_for(&shared_url(), Duration::from_secs(2))
+}
+
+async fn raw_connection(url: &str) -> MultiplexedConnection {
+    let client = redis::Client::open(url).expect("a valid URL");
+    client.get_multiplexed_async_connection().await.expect("connect to Redis")
+}
+
+/// Deletes every key of a test's prefix from the shared server.
+async fn delete_prefixed(prefix: &str) {
+    let mut connection = raw_connection(&shared_url()).await;
+    let mut cursor = 0_u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await
+            .expect("scan");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut connection).await.expect("delete");
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+}
+
+async fn exists(connection: &mut MultiplexedConnection, key: &str) -> bool {
+    redis::cmd("EXISTS").arg(key).query_async::<i64>(connection).await.expect("EXISTS") == 1
+}
+
+async fn miss_ticket(cache: &RedisCache, id: UserId) -> FillTicket {
+    match cache.lookup(id).await {
+        CacheLookup::Miss(ticket) => ticket,
+        other => panic!("expected a miss, got {other:?}"),
+    }
+}
+
+/// Fills `id` with `bytes` and checks that it is then a hit.
+async fn warm(cache: &RedisCache, id: UserId, bytes: &[u8]) {
+    let ticket = miss_ticket(cache, id).await;
+    cache.fill(id, ticket, bytes.to_vec()).await;
+    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(bytes.to_vec()));
+}
+
+/// Polls `condition` every 20 ms until it holds or `limit` has passed; returns how long it took.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if condition().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A private `redis-server` for tests that pause or kill it; killed when dropped.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    async fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--save", "", "--appendonly", "no", "--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let server = Self { port, child: Some(child) };
+        let url = server.url();
+        eventually(Duration::from_secs(5), "the private redis-server answers", || async {
+            let Ok(client) = redis::Client::open(url.as_str()) else { return false };
+            let Ok(mut connection) = client.get_multiplexed_async_connection().await else { return false };
+            redis::cmd("PING").query_async::<String>(&mut connection).await.is_ok()
+        })
+        .await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server runs").id()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.pid().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// SIGSTOP: connections stay open, nothing answers.
+    fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// SIGKILL, and wait until the process is gone (the port is then free again).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ----- Hit, miss and fill on the shared server -----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_miss_then_a_fill_makes_a_hit_stored_with_the_configured_ttl() {
+    let config = shared_config();
+    let prefix = config.key_prefix.clone();
+    let cache = RedisCache::build(config).expect("build");
+    let id = UserId::generate();
+
+    let ticket = miss_ticket(&cache, id).await;
+    assert_eq!(ticket.generation(), None, "a user never invalidated has no generation");
+    cache.fill(id, ticket, b"{\"name\":\"Ada\"}".to_vec()).await;
+
+    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"{\"name\":\"Ada\"}".to_vec()));
+    let mut connection = raw_connection(&shared_url()).await;
+    let entry = format!("{prefix}:v1:user:{id}");
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(&entry).query_async(&mut connection).await.expect("PTTL");
+    assert!((290_000..=300_000).contains(&ttl_ms), "the entry lives CACHE_TTL (300 s), got {ttl_ms} ms");
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_an_invalidation_a_miss_carries_the_new_generation_which_refreshes_the_entry() {
+    let config = shared_config();
+    let prefix = config.key_prefix.clone();
+    let cache = RedisCache::build(config).expect("build");
+    let id = UserId::generate();
+    warm(&cache, id, b"old").await;
+
+    cache.invalidate(&[id]).await;
+
+    let ticket = miss_ticket(&cache, id).await;
+    let generation = ticket.generation().expect("an invalidated user has a generation").to_owned();
+    let mut connection = raw_connection(&shared_url()).await;
+    let stored: String =
+        redis::cmd("GET").arg(format!("{prefix}:gen:{id}")).query_async(&mut connection).await.expect("GET");
+    assert_eq!(generation, stored);
+    assert!(Uuid::parse_str(&generation).is_ok_and(|uuid| uuid.get_version_num() == 4), "a random UUID");
+    let ttl_ms: i64 =
+        redis::cmd("PTTL").arg(format!("{prefix}:gen:{id}")).query_async(&mut connection).await.expect("PTTL");
+    assert!(ttl_ms > 500_000, "the generation outlives any fill by far, got {ttl_ms} ms");
+
+    cache.fill(id, ticket, b"new".to_vec()).await;
+    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"new".to_vec()));
+
+    cache.invalidate(&[id]).await;
+    let next = miss_ticket(&cache, id).await;
+    assert_ne!(next.generation(), Some(generation.as_str()), "every invalidation moves the generation on");
+    delete_prefixed(&prefix).await;
+}
+
+// ----- The fill guard -----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fill_whose_ticket_predates_an_invalidation_is_discarded() {
+    let config = shared_config();
+    let prefix = config.key_prefix.clone();
+    let cache = RedisCache::build(config).expect("build");
+    let id = UserId::generate();
+
+    // A reader misses and loads the old row; a writer commits and invalidates; the reader
+    // then fills what it loaded. Once with no generation yet, once with one.
+    for round in 0..2 {
+        let ticket = miss_ticket(&cache, id).await;
+        assert_eq!(ticket.generation().is_some(), round == 1);
+        cache.invalidate(&[id]).await;
+        cache.fill(id, ticket, b"stale".to_vec()).await;
+        assert!(
+            matches!(cache.lookup(id).await, CacheLookup::Miss(_)),
+            "round {round}: the stale fill must not be served"
+        );
+    }
+    let mut connection = raw_connection(&shared_url()).await;
+    assert!(!exists(&mut connection, &format!("{prefix}:v1:user:{id}")).await, "nothing was stored");
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_fill_guard_the_same_interleaving_serves_the_stale_entry() {
+    let config = shared_config();
+    let prefix = config.key_prefix.clone();
+    let cache = RedisCache::build(config).expect("build");
+    let id = UserId::generate();
+
+    let _ticket = miss_ticket(&cache, id).await;
+    cache.invalidate(&[id]).await;
+    cache.fill_unguarded(id, b"stale".to_vec()).await;
+
+    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"stale".to_vec()));
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalidation_by_a_writer_running_another_format_version_hides_the_entry_too() {
+    let old_config = shared_config();
+    let prefix = old_config.key_prefix.clone();
+    let mut new_config = old_config.clone();
+    new_config.format_version = "v2".to_owned();
+    let old = RedisCache::build(old_config).expect("build v1");
+    let new = RedisCache::build(new_config).expect("build v2");
+    let id = UserId::generate();
+    warm(&old, id, b"v1 bytes").await;
+    warm(&new, id, b"v2 bytes").await;
+
+    old.invalidate(&[id]).await;
+
+    assert!(matches!(new.lookup(id).await, CacheLookup::Miss(_)), "a rolling deploy never serves stale data");
+    assert!(matches!(old.lookup(id).await, CacheLookup::Miss(_)));
+    delete_prefixed(&prefix).await;
+}
+
+// ----- Invalidation -----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalidation_deletes_the_downstream_keys_named_by_the_templates() {
+    let mut config = shared_config();
+    let prefix = config.key_prefix.clone();
+    config.extra_invalidation_keys = vec![format!("{prefix}-usercache:{{id}}"), format!("{prefix}-gw:{{id}}:body")];
+    let cache = RedisCache::build(config).expect("build");
+    let (id, other) = (UserId::generate(), UserId::generate());
+    let mut connection = raw_connection(&shared_url()).await;
+    for key in
+        [format!("{prefix}-usercache:{id}"), format!("{prefix}-gw:{id}:body"), format!("{prefix}-usercache:{other}")]
+    {
+        let _: () = redis::cmd("SET").arg(key).arg("gateway copy").query_async(&mut connection).await.expect("SET");
+    }
+
+    cache.invalidate(&[id]).await;
+
+    assert!(!exists(&mut connection, &format!("{prefix}-usercache:{id}")).await);
+    assert!(!exists(&mut connection, &format!("{prefix}-gw:{id}:body")).await);
+    assert!(exists(&mut connection, &format!("{prefix}-usercache:{other}")).await, "other users' copies stay");
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalidating_many_ids_at_once_deletes_every_entry_and_spares_the_others() {
+    let config = shared_config();
+    let prefix = config.key_prefix.clone();
+    let cache = RedisCache::build(config).expect("build");
+    let ids: Vec<UserId> = (0..500).map(|_| UserId::generate()).collect();
+    let bystander = UserId::generate();
+    for &id in ids.iter().chain([&bystander]) {
+        let ticket = miss_ticket(&cache, id).await;
+        cache.fill(id, ticket, id.to_string().into_bytes()).await;
+    }
+
+    cache.invalidate(&ids).await;
+
+    for &id in &ids {
+        assert!(matches!(cache.lookup(id).await, CacheLookup::Miss(_)), "{id} still cached");
+    }
+    assert_eq!(cache.lookup(bystander).await, CacheLookup::Hit(bystander.to_string().into_bytes()));
+    assert_eq!(cache.pending_invalidations(), 0);
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalidating_no_ids_does_nothing() {
+    let cache = RedisCache::build(shared_config()).expect("build");
+    cache.invalidate(&[]).await;
+    assert_eq!(cache.pending_invalidations(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalidation_abandoned_half_way_is_finished_by_the_retry_task() {
+    let config = shared_config();
+    let timeout = config.timeout;
+    let prefix = config.key_prefix.clone();
+    let cache = RedisCache::build(config).expect("build");
+    let id = UserId::generate();
+    warm(&cache, id, b"old").await;
+
+    // The request that committed the write is dropped (its client went away) mid-call.
+    let ids = [id];
+    let mut invalidation = cache.invalidate(&ids);
+    let first_poll = std::future::poll_fn(|context| Poll::Ready(invalidation.as_mut().poll(context))).await;
+    assert!(first_poll.is_pending(), "the invalidation waits for Redis");
+    drop(invalidation);
+
+    assert_eq!(cache.lookup(id).await, CacheLookup::Unavailable, "never the old entry");
+    // The retry task leaves the first attempt its timeout before taking over.
+    eventually(timeout + Duration::from_secs(2), "the retry task invalidated it", || async {
+        cache.pending_invalidations() == 0 && matches!(cache.lookup(id).await, CacheLookup::Miss(_))
+    })
+    .await;
+    delete_prefixed(&prefix).await;
+}
+
+// ----- Redis down, paused or restarted -----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_builds_while_nothing_listens_and_then_answers_unavailable_quickly() {
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let cache = RedisCache::build(config_for(&url, TIMEOUT)).expect("building does not connect");
+    let id = UserId::generate();
+
+    let started = Instant::now();
+    assert_eq!(cache.lookup(id).await, CacheLookup::Unavailable);
+    cache.fill(id, FillTicket::new(None), b"bytes".to_vec()).await;
+    cache.invalidate(&[id]).await;
+    assert_eq!(cache.health().await, CacheHealth::Down);
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert_eq!(cache.pending_invalidations(), 1, "the failed invalidation waits for a retry");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_is_up_while_redis_answers_and_down_while_it_does_not() {
+    let mut server = PrivateRedis::start().await;
+    let cache = RedisCache::build(config_for(&server.url(), TIMEOUT)).expect("build");
+    assert_eq!(cache.health().await, CacheHealth::Up);
+
+    server.pause();
+    let started = Instant::now();
+    assert_eq!(cache.health().await, CacheHealth::Down);
+    assert!(started.elapsed() < Duration::from_millis(600), "bounded by the timeout: {:?}", started.elapsed());
+    server.resume();
+    eventually(Duration::from_secs(3), "health is up after SIGCONT", || async {
+        cache.health().await == CacheHealth::Up
+    })
+    .await;
+
+    let port = server.port;
+    server.kill();
+    assert_eq!(cache.health().await, CacheHealth::Down);
+    let _restarted = PrivateRedis::start_on(port).await;
+    eventually(Duration::from_secs(3), "health is up after a restart", || async {
+        cache.health().await == CacheHealth::Up
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_redis_costs_one_timeout_per_second_not_one_per_lookup() {
+    let server = PrivateRedis::start().await;
+    let cache = RedisCache::build(config_for(&server.url(), TIMEOUT)).expect("build");
+    let id = UserId::generate();
+    warm(&cache, id, b"cached").await;
+
+    server.pause();
+    // Until the breaker opens (3 failures), each lookup waits for the timeout.
+    for attempt in 0..3 {
+        let started = Instant::now();
+        assert_eq!(cache.lookup(id).await, CacheLookup::Unavailable);
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= TIMEOUT.mul_f32(0.9) && elapsed < TIMEOUT * 4,
+            "attempt {attempt}: bounded by the timeout, took {elapsed:?}"
+        );
+    }
+    assert!(cache.is_bypassed(), "three failures open the breaker");
+
+    // Then only one probe per second waits; every other lookup returns at once.
+    let (started, mut slow, mut skipped) = (Instant::now(), 0, Vec::new());
+    while started.elapsed() < Duration::from_millis(2_500) {
+        let call = Instant::now();
+        assert_eq!(cache.lookup(id).await, CacheLookup::Unavailable);
+        let elapsed = call.elapsed();
+        if elapsed >= TIMEOUT / 2 {
+            slow += 1;
+        } else {
+            skipped.push(elapsed);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(skipped.len() > 100, "only {} quick lookups", skipped.len());
+    assert!((1..=3).contains(&slow), "{slow} lookups waited for Redis in 2.5 s");
+    skipped.sort();
+    // A percentile, not the maximum: a busy machine may deschedule the thread mid-call.
+    let p95 = skipped[skipped.len() * 95 / 100];
+    assert!(p95 < Duration::from_millis(2), "skipped lookups took up to {p95:?} (95th percentile)");
+
+    server.resume();
+    eventually(Duration::from_secs(2), "lookups hit again after SIGCONT", || async {
+        cache.lookup(id).await == CacheLookup::Hit(b"cached".to_vec())
+    })
+    .await;
+    assert!(!cache.is_bypassed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalidations_made_while_redis_is_paused_are_applied_within_two_seconds_of_resuming() {
+    let server = PrivateRedis::start().await;
+    let cache = RedisCache::build(config_for(&server.url(), TIMEOUT)).expect("build");
+    let (first, second, untouched) = (UserId::generate(), UserId::generate(), UserId::generate());
+    for id in [first, second, untouched] {
+        warm(&cache, id, b"filled before the pause").await;
+    }
+
+    server.pause();
+    // A write before the breaker opens: its invalidation times out and is queued.
+    let started = Instant::now();
+    cache.invalidate(&[first]).await;
+    assert!(started.elapsed() < TIMEOUT * 4, "the invalidation waited {:?}", started.elapsed());
+    for _ in 0..2 {
+        assert_eq!(cache.lookup(untouched).await, CacheLookup::Unavailable);
+    }
+    assert!(cache.is_bypassed());
+    // A write while the breaker is open: queued without waiting.
+    let started = Instant::now();
+    cache.invalidate(&[second]).await;
+    assert!(started.elapsed() < TIMEOUT / 2, "the invalidation waited {:?}", started.elapsed());
+    assert_eq!(cache.pending_invalidations(), 2);
+    assert_eq!(cache.lookup(first).await, CacheLookup::Unavailable);
+
+    server.resume();
+    eventually(Duration::from_secs(2), "the stale entries are gone", || async {
+        cache.pending_invalidations() == 0
+            && matches!(cache.lookup(first).await, CacheLookup::Miss(_))
+            && matches!(cache.lookup(second).await, CacheLookup::Miss(_))
+    })
+    .await;
+    let mut connection = raw_connection(&server.url()).await;
+    for id in [first, second] {
+        assert!(!exists(&mut connection, &cache.inner.keys.entry(id)).await, "{id}'s entry is deleted");
+    }
+    assert_eq!(cache.lookup(untouched).await, CacheLookup::Hit(b"filled before the pause".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalidations_made_while_redis_is_dead_are_applied_after_its_restart_and_lookups_recover() {
+    let mut server = PrivateRedis::start().await;
+    let port = server.port;
+    let cache = RedisCache::build(config_for(&server.url(), TIMEOUT)).expect("build");
+    let id = UserId::generate();
+    warm(&cache, id, b"before the crash").await;
+
+    server.kill();
+    cache.invalidate(&[id]).await;
+    assert_eq!(cache.pending_invalidations(), 1);
+    assert_eq!(cache.lookup(id).await, CacheLookup::Unavailable);
+
+    let restarted = PrivateRedis::start_on(port).await;
+    let took = eventually(Duration::from_secs(2), "the queue drains on the new server", || async {
+        cache.pending_invalidations() == 0 && matches!(cache.lookup(id).await, CacheLookup::Miss(_))
+    })
+    .await;
+    let mut connection = raw_connection(&restarted.url()).await;
+    assert!(
+        exists(&mut connection, &cache.inner.keys.generation(id)).await,
+        "the queued invalidation ran on the new server (after {took:?})"
+    );
+
+    let ticket = miss_ticket(&cache, id).await;
+    assert!(ticket.generation().is_some());
+    cache.fill(id, ticket, b"after the restart".to_vec()).await;
+    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"after the restart".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_whose_invalidation_is_pending_is_neither_served_nor_filled_while_redis_answers() {
+    let server = PrivateRedis::start().await;
+    let mut config = config_for(&server.url(), TIMEOUT);
+    // No retry during this test: the invalidation stays pending while Redis answers again.
+    config.retry_interval = Duration::from_secs(600);
+    let cache = RedisCache::build(config).expect("build");
+    let (written, other) = (UserId::generate(), UserId::generate());
+    warm(&cache, written, b"old").await;
+    warm(&cache, other, b"other").await;
+
+    server.pause();
+    cache.invalidate(&[written]).await;
+    server.resume();
+    eventually(Duration::from_secs(2), "Redis answers again", || async {
+        cache.lookup(other).await == CacheLookup::Hit(b"other".to_vec())
+    })
+    .await;
+
+    assert_eq!(cache.pending_invalidations(), 1);
+    assert_eq!(cache.lookup(written).await, CacheLookup::Unavailable);
+    // A ticket with the generation Redis holds now: only the pending check can refuse it.
+    let mut connection = raw_connection(&server.url()).await;
+    let generation: Option<String> =
+        redis::cmd("GET").arg(cache.inner.keys.generation(written)).query_async(&mut connection).await.expect("GET");
+    cache.fill(written, FillTicket::new(generation), b"stale".to_vec()).await;
+    let entry: Option<Vec<u8>> =
+        redis::cmd("GET").arg(cache.inner.keys.entry(written)).query_async(&mut connection).await.expect("GET");
+    assert!(entry.is_none_or(|entry| !entry.ends_with(b"stale")), "a pending id is never filled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_invalidation_queue_bypasses_the_cache_until_the_entries_that_missed_it_expired() {
+    let mut server = PrivateRedis::start().await;
+    let port = server.port;
+    let mut config = config_for(&server.url(), TIMEOUT);
+    config.max_pending_invalidations = 2;
+    config.ttl = Duration::from_millis(1_500);
+    let cache = RedisCache::build(config).expect("build");
+    let (a, b, c, bystander) = (UserId::generate(), UserId::generate(), UserId::generate(), UserId::generate());
+
+    server.kill();
+    let dropped_at = Instant::now();
+    cache.invalidate(&[a, b, c]).await;
+    assert_eq!(cache.pending_invalidations(), 2, "the queue holds at most 2 ids");
+    let _restarted = PrivateRedis::start_on(port).await;
+
+    eventually(Duration::from_secs(2), "the queue drains", || async { cache.pending_invalidations() == 0 }).await;
+    assert!(dropped_at.elapsed() < Duration::from_secs(3), "the test is too slow to check the bypass");
+    assert_eq!(cache.lookup(bystander).await, CacheLookup::Unavailable, "c's entry may be stale: trust nothing");
+
+    eventually(Duration::from_secs(5), "the cache is used again", || async {
+        matches!(cache.lookup(bystander).await, CacheLookup::Miss(_))
+    })
+    .await;
+    assert!(dropped_at.elapsed() >= Duration::from_secs(3), "bypassed for twice the entry TTL");
+    warm(&cache, bystander, b"fresh").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_retry_task_stops_when_the_last_clone_is_dropped() {
+    let cache = RedisCache::build(shared_config()).expect("build");
+    let clone = cache.clone();
+    let task = cache.take_retry_task().expect("the retry task");
+
+    drop(cache);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!task.is_finished(), "a clone still uses the cache");
+
+    drop(clone);
+    tokio::time::timeout(Duration::from_secs(1), task).await.expect("the task stops").expect("the task ends cleanly");
+}
+
+// ----- Configuration -----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_without_the_id_placeholder_is_refused() {
+    let mut config = shared_config();
+    config.extra_invalidation_keys = vec!["usercache:{id}".to_owned(), "usercache:all".to_owned()];
+    let error = RedisCache::build(config).expect_err("refused");
+    assert!(matches!(&error, RedisCacheError::TemplateWithoutId(template) if template == "usercache:all"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_url_is_refused_without_echoing_it() {
+    let error = RedisCache::build(RedisCacheConfig::new("http://user:hunter2@host")).expect_err("refused");
+    assert!(matches!(error, RedisCacheError::InvalidUrl));
+    assert!(!error.to_string().contains("hunter2"));
+}
+
+#[test]
+fn building_outside_a_tokio_runtime_is_an_error() {
+    let error = RedisCache::build(RedisCacheConfig::new(shared_url())).expect_err("refused");
+    assert!(matches!(error, RedisCacheError::NoRuntime));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_password_never_appears_in_debug_output() {
+    let config = RedisCacheConfig::new("redis://cache:hunter2@127.0.0.1:6379/0");
+    let cache = RedisCache::build(config.clone()).expect("build");
+    for output in [format!("{config:?}"), format!("{cache:?}")] {
+        assert!(!output.contains("hunter2"), "{output}");
+        assert!(output.contains("redis://cache:***@127.0.0.1:6379/0"), "{output}");
+    }
+}
+
+#[test]
+fn urls_are_redacted_whatever_their_user_info() {
+    assert_eq!(config::redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    assert_eq!(config::redact_url("redis://:secret@host:6379/1"), "redis://:***@host:6379/1");
+    assert_eq!(config::redact_url("rediss://user:p@ss@host"), "rediss://user:***@host");
+    assert_eq!(config::redact_url("redis://secret@host"), "redis://***@host");
+    assert_eq!(config::redact_url("redis://host/0?password=x@y"), "redis://host/0?password=x@y");
+}
+
+#[test]
+fn the_defaults_are_those_of_the_issue() {
+    let config = RedisCacheConfig::new(shared_url());
+    assert_eq!(config.key_prefix, "user-service");
+    assert_eq!(config.format_version, "v1");
+    assert_eq!(config.ttl, Duration::from_secs(300));
+    assert_eq!(config.timeout, Duration::from_millis(100));
+    assert_eq!(config.generation_ttl, Duration::from_secs(86_400));
+    assert_eq!(config.max_pending_invalidations, 100_000);
+    assert!(config.validate().is_ok());
+}
+
+// ----- The pieces on their own -----
+
+#[test]
+fn an_entry_is_served_only_under_the_generation_it_was_filled_with() {
+    let entry = encode_entry(Some("gen-1"), b"payload\nwith newline");
+    assert_eq!(current_payload(entry.clone(), Some("gen-1")), Some(b"payload\nwith newline".to_vec()));
+    assert_eq!(current_payload(entry.clone(), Some("gen-2")), None);
+    assert_eq!(current_payload(entry, None), None);
+    let without_generation = encode_entry(None, b"");
+    assert_eq!(current_payload(without_generation.clone(), None), Some(Vec::new()));
+    assert_eq!(current_payload(without_generation, Some("gen-1")), None);
+    assert_eq!(current_payload(b"no separator".to_vec(), None), None);
+}
+
+#[test]
+fn the_breaker_opens_after_three_failures_and_lets_one_probe_through_per_cooldown() {
+    let breaker = CircuitBreaker::new(3, Duration::from_secs(1));
+    let start = Instant::now();
+    assert_eq!(breaker.failure(start), Transition::None);
+    assert_eq!(breaker.failure(start), Transition::None);
+    assert_eq!(breaker.permit(start), Permit::Closed);
+    assert_eq!(breaker.failure(start), Transition::Opened);
+
+    assert_eq!(breaker.permit(start + Duration::from_millis(999)), Permit::Denied);
+    let later = start + Duration::from_secs(1);
+    assert_eq!(breaker.permit(later), Permit::Probe);
+    assert_eq!(breaker.permit(later), Permit::Denied, "one probe at a time");
+    assert_eq!(breaker.failure(later), Transition::None, "a failed probe keeps it open");
+    assert_eq!(breaker.permit(later + Duration::from_millis(999)), Permit::Denied);
+    assert_eq!(breaker.permit(later + Duration::from_secs(1)), Permit::Probe, "even if a probe was abandoned");
+
+    assert_eq!(breaker.success(), Transition::Closed);
+    assert_eq!(breaker.permit(later), Permit::Closed);
+    assert_eq!(breaker.failure(later), Transition::None, "the count starts again");
+}
+
+#[test]
+fn a_success_resets_the_consecutive_failure_count() {
+    let breaker = CircuitBreaker::new(3, Duration::from_secs(1));
+    let now = Instant::now();
+    breaker.failure(now);
+    breaker.failure(now);
+    assert_eq!(breaker.success(), Transition::None);
+    breaker.failure(now);
+    assert_eq!(breaker.failure(now), Transition::None);
+    assert_eq!(breaker.failure(now), Transition::Opened);
+}
+
+#[test]
+fn the_queue_deduplicates_ids_and_keeps_one_queued_again_during_a_retry() {
+    let queue = PendingInvalidations::new(10, Duration::from_secs(1), TIMEOUT);
+    let (a, b) = (UserId::generate(), UserId::generate());
+    let start = Instant::now();
+    let _failed = queue.queue(&[a, b, a], start);
+    assert_eq!(queue.len(), 2);
+
+    let retry_at = start + TIMEOUT;
+    let batch = queue.batch(10, retry_at).expect("a batch");
+    assert_eq!(batch.ids.len(), 2);
+    // A later write of `a` is being invalidated while the batch is retried.
+    let _in_flight = queue.queue(&[a], retry_at);
+    queue.complete(&batch);
+
+    assert_eq!(queue.len(), 1);
+    assert!(queue.blocks(a));
+    assert!(!queue.blocks(b));
+    let batch = queue.batch(10, retry_at + TIMEOUT).expect("a batch");
+    queue.complete(&batch);
+    assert!(queue.batch(10, retry_at + TIMEOUT).is_none());
+}
+
+#[test]
+fn the_retry_task_leaves_an_invalidation_in_flight_to_its_caller() {
+    let queue = PendingInvalidations::new(10, Duration::from_secs(1), TIMEOUT);
+    let id = UserId::generate();
+    let start = Instant::now();
+    let in_flight = queue.queue(&[id], start);
+
+    assert!(queue.batch(10, start + TIMEOUT / 2).is_none(), "the first attempt may still succeed");
+    assert!(queue.blocks(id), "but the entry is not trusted meanwhile");
+    queue.complete(&in_flight);
+    assert!(!queue.blocks(id));
+    assert!(queue.batch(10, start + TIMEOUT).is_none());
+}
+
+#[test]
+fn a_full_queue_drops_ids_only_when_their_invalidation_fails_and_then_distrusts_every_id() {
+    let queue = PendingInvalidations::new(2, Duration::from_secs(10), TIMEOUT);
+    let ids: Vec<UserId> = (0..4).map(|_| UserId::generate()).collect();
+    let now = Instant::now();
+    let succeeded = queue.queue(&ids, now);
+    queue.complete(&succeeded);
+    assert_eq!(queue.len(), 0);
+    assert!(!queue.blocks(ids[3]), "ids that did not fit but were invalidated are not lost");
+
+    let failed = queue.queue(&ids, now);
+    assert_eq!(queue.len(), 2, "the queue holds at most 2 ids");
+    assert!(queue.give_up_unqueued(&failed, now), "the first drop starts an overflow");
+    let failed_again = queue.queue(&ids[3..], now);
+    assert!(!queue.give_up_unqueued(&failed_again, now), "later drops are counted, not announced");
+    assert!(queue.blocks(UserId::generate()), "every id is distrusted");
+
+    let batch = queue.batch(10, now + TIMEOUT).expect("a batch");
+    queue.complete(&batch);
+    assert_eq!(queue.end_overflow_if_due(now + Duration::from_secs(9)), None);
+    assert_eq!(queue.end_overflow_if_due(now + Duration::from_secs(10)), Some(3));
+    assert!(!queue.blocks(UserId::generate()));
+}

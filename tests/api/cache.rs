@@ -1,0 +1,199 @@
+//! The Redis cache: coherent across instances, never stale, never a reason to fail.
+
+use std::time::{Duration, Instant};
+
+use api_tests::{PrivateRedis, TestApp, redis_cli};
+use reqwest::Method;
+use serde_json::json;
+
+/// The shared Redis of the test run (`tests/with-services.sh` sets `TEST_REDIS_PORT`).
+fn shared_redis_port() -> u16 {
+    std::env::var("TEST_REDIS_PORT").ok().and_then(|port| port.parse().ok()).unwrap_or(6379)
+}
+
+/// Settings for an instance caching in the shared Redis under a prefix of the test's own.
+fn shared_redis(prefix: &str) -> Vec<(&'static str, String)> {
+    vec![("REDIS_URL", format!("redis://127.0.0.1:{}/0", shared_redis_port())), ("CACHE_KEY_PREFIX", prefix.to_owned())]
+}
+
+fn as_pairs<'a>(settings: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    settings.iter().map(|(key, value)| (*key, value.as_str())).collect()
+}
+
+fn unique_prefix() -> String {
+    format!("user-service-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Sets the email opt-in through `writer`.
+async fn set_email_opt_in(writer: &TestApp, user: &str, value: bool) -> u16 {
+    writer.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"email": value})).await.status
+}
+
+/// Reads the email opt-in through `reader`; `None` when the read failed.
+async fn email_opt_in(reader: &TestApp, user: &str) -> Option<bool> {
+    let reply = reader.get(&format!("/api/v1/users/{user}")).await;
+    if reply.status != 200 {
+        return None;
+    }
+    reply.body["data"]["preferences"]["email"].as_bool()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_sharing_a_database_and_redis_never_read_stale_over_1000_pairs() {
+    let prefix = unique_prefix();
+    let settings = shared_redis(&prefix);
+    let first = TestApp::spawn_with(&as_pairs(&settings)).await;
+    let second = first.sibling(&as_pairs(&settings)).await;
+    let user = first.register("coherent@example.com").await;
+
+    let mut stale_reads = 0;
+    for round in 0..1000 {
+        let (writer, reader) = if round % 2 == 0 { (&first, &second) } else { (&second, &first) };
+        let value = round % 3 != 0;
+        assert_eq!(set_email_opt_in(writer, &user, value).await, 200);
+        if email_opt_in(reader, &user).await != Some(value) {
+            stale_reads += 1;
+        }
+    }
+    assert_eq!(stale_reads, 0);
+
+    // The reads were served through Redis: the entry exists under the test's prefix.
+    let keys = redis_cli(shared_redis_port(), &["--scan", "--pattern", &format!("{prefix}:*user:{user}")]);
+    assert!(!keys.trim().is_empty(), "no cache entry under {prefix}");
+    let health = first.get("/health").await;
+    assert_eq!(health.body["data"]["checks"]["cache"]["status"], "ok");
+    redis_cli(shared_redis_port(), &["--scan", "--pattern", &format!("{prefix}:*")])
+        .lines()
+        .for_each(|key| drop(redis_cli(shared_redis_port(), &["DEL", key])));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_or_killed_redis_fails_no_request_and_serves_nothing_stale_after_it_returns() {
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let settings = [("REDIS_URL", url.as_str())];
+    let writer = TestApp::spawn_with(&settings).await;
+    let reader = writer.sibling(&settings).await;
+    let user = writer.register("outage@example.com").await;
+    // Warm the reader's view in Redis with the current value.
+    assert_eq!(email_opt_in(&reader, &user).await, Some(true));
+
+    let mut failed = 0;
+    let mut stale = 0;
+    let mut expected = true;
+    let mut exercise = async |duration: Duration, failed: &mut u32, stale: &mut u32| {
+        let until = Instant::now() + duration;
+        while Instant::now() < until {
+            expected = !expected;
+            if set_email_opt_in(&writer, &user, expected).await != 200 {
+                *failed += 1;
+            }
+            match email_opt_in(&writer, &user).await {
+                None => *failed += 1,
+                Some(value) if value != expected => *stale += 1,
+                Some(_) => {}
+            }
+        }
+        expected
+    };
+
+    redis.pause();
+    let last_written = exercise(Duration::from_millis(1500), &mut failed, &mut stale).await;
+    let health = writer.get("/health").await;
+    assert_eq!((health.status, health.body["data"]["status"].as_str()), (200, Some("degraded")));
+    assert_eq!(health.body["data"]["checks"]["cache"]["status"], "down");
+    redis.resume();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The reader never saw the writes; its cached entry must have been invalidated by now.
+    assert_eq!(email_opt_in(&reader, &user).await, Some(last_written), "stale read 2 s after Redis came back");
+
+    redis.kill();
+    let last_written = exercise(Duration::from_millis(1000), &mut failed, &mut stale).await;
+    assert_eq!(writer.get("/health").await.body["data"]["status"], "degraded");
+    redis.restart().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(email_opt_in(&reader, &user).await, Some(last_written));
+    assert_eq!(email_opt_in(&writer, &user).await, Some(last_written));
+
+    assert_eq!(failed, 0, "requests failed while Redis was down");
+    assert_eq!(stale, 0, "stale reads while Redis was down");
+    assert_eq!(writer.get("/health").await.body["data"]["status"], "ok");
+    // The cache fills again.
+    assert!(!redis.cli(&["--scan", "--pattern", &format!("*user:{user}")]).trim().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_starts_and_serves_while_redis_is_down() {
+    let app = TestApp::spawn_with(&[("REDIS_URL", "redis://127.0.0.1:9/0")]).await;
+    let user = app.register("no-redis@example.com").await;
+    assert_eq!(email_opt_in(&app, &user).await, Some(true));
+    assert_eq!(set_email_opt_in(&app, &user, false).await, 200);
+    assert_eq!(email_opt_in(&app, &user).await, Some(false));
+    let health = app.get("/health").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body["data"]["status"], "degraded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_change_deletes_the_downstream_copies_named_by_templates() {
+    let prefix = unique_prefix();
+    let template = format!("{prefix}-gateway:usercache:{{id}}");
+    let mut settings = shared_redis(&prefix);
+    settings.push(("CACHE_INVALIDATE_EXTRA_KEYS", template.clone()));
+    let app = TestApp::spawn_with(&as_pairs(&settings)).await;
+    let user = app.register("downstream@example.com").await;
+    let gateway_key = template.replace("{id}", &user);
+
+    for change in [json!({"push": false}), json!({"quiet_hours_start": "22:00", "quiet_hours_end": "06:00"})] {
+        redis_cli(shared_redis_port(), &["SET", &gateway_key, "cached-by-the-gateway"]);
+        let reply = app.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &change).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(redis_cli(shared_redis_port(), &["EXISTS", &gateway_key]).trim(), "0", "{change}");
+    }
+    redis_cli(shared_redis_port(), &["SET", &gateway_key, "cached-by-the-gateway"]);
+    let device = json!({"token": "downstream-token", "platform": "ios"});
+    assert_eq!(app.send(Method::POST, &format!("/api/v1/users/{user}/devices"), &device).await.status, 201);
+    assert_eq!(redis_cli(shared_redis_port(), &["EXISTS", &gateway_key]).trim(), "0");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_redis_lost_its_data_still_replays_the_original_201() {
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let app = TestApp::spawn_with(&[("REDIS_URL", url.as_str())]).await;
+    let body = json!({"name": "Lost Data", "email": "lost@example.com", "password": "StrongPass123!"}).to_string();
+    let post = async || {
+        let response = app
+            .client
+            .post(format!("{}/api/v1/users", app.address))
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", "survives-redis")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        api_tests::Reply::from_response(response).await
+    };
+    let first = post().await;
+    assert_eq!(first.status, 201);
+    redis.restart().await;
+    let retry = post().await;
+    assert_eq!((retry.status, retry.header("idempotent-replayed")), (201, Some("true")));
+    assert_eq!(retry.body, first.body);
+    assert_eq!(app.db.count("SELECT count(*) AS count FROM users").await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_device_disappears_from_the_previous_owners_cached_view() {
+    let prefix = unique_prefix();
+    let settings = shared_redis(&prefix);
+    let app = TestApp::spawn_with(&as_pairs(&settings)).await;
+    let alice = app.register("alice-cache@example.com").await;
+    let bob = app.register("bob-cache@example.com").await;
+    let device = json!({"token": "moving-token", "platform": "android"});
+    app.send(Method::POST, &format!("/api/v1/users/{alice}/devices"), &device).await;
+    // Cache Alice's view with the token.
+    assert_eq!(app.get(&format!("/api/v1/users/{alice}")).await.body["data"]["push_token"], "moving-token");
+    app.send(Method::POST, &format!("/api/v1/users/{bob}/devices"), &device).await;
+    assert!(app.get(&format!("/api/v1/users/{alice}")).await.body["data"]["push_token"].is_null());
+}

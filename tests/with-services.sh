@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Runs the given command with the servers the tests need:
+# - TEST_DATABASE_URL: a PostgreSQL the tests may create databases on. TEST_DATABASE_URL or
+#   DATABASE_URL when set and reachable, else the local server
+#   (postgres://postgres@127.0.0.1:5432/postgres), else a throwaway cluster (initdb +
+#   pg_ctl) on a free port when PostgreSQL is installed, else it says what to install.
+# - TEST_REDIS_PORT: a Redis on 127.0.0.1 (default 6379), else a throwaway redis-server on
+#   a free port when Redis is installed, else it says what to install. Tests never flush it:
+#   they use key prefixes of their own, and start private servers to pause or kill.
+set -euo pipefail
+
+free_port() {
+  local port=$1
+  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+  echo "$port"
+}
+
+redis_pidfile=""
+pg_datadir=""
+pg_ctl=()
+cleanup() {
+  if [ -n "$redis_pidfile" ] && [ -f "$redis_pidfile" ]; then kill "$(cat "$redis_pidfile")" 2>/dev/null || true; fi
+  if [ -n "$pg_datadir" ]; then "${pg_ctl[@]}" -D "$pg_datadir" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$pg_datadir"; fi
+}
+trap cleanup EXIT
+
+redis_port="${TEST_REDIS_PORT:-6379}"
+if ! redis-cli -h 127.0.0.1 -p "$redis_port" ping >/dev/null 2>&1; then
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    echo "No Redis answers on 127.0.0.1:$redis_port and redis-server is not installed." >&2
+    echo "Install Redis 7 (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)." >&2
+    exit 1
+  fi
+  redis_port="$(free_port 56379)"
+  echo "Starting a throwaway redis-server on port $redis_port" >&2
+  redis_pidfile="$(mktemp -u /tmp/user-service-test-redis-XXXXXX.pid)"
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+    --pidfile "$redis_pidfile" --logfile "" >/dev/null
+  for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+export TEST_REDIS_PORT="$redis_port"
+
+url="${TEST_DATABASE_URL:-${DATABASE_URL:-}}"
+case "$url" in
+  postgres://*|postgresql://*) ;;
+  *) url="postgres://postgres@127.0.0.1:5432/postgres" ;;
+esac
+
+reachable() {
+  if command -v psql >/dev/null 2>&1; then
+    psql "$1" -Atqc 'SELECT 1' >/dev/null 2>&1
+  else
+    # Without psql, assume the URL is right and let the tests report a failure.
+    return 0
+  fi
+}
+
+if reachable "$url"; then
+  export TEST_DATABASE_URL="$url"
+  "$@"
+  exit $?
+fi
+
+bindir=""
+for candidate in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r) \
+                 "$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/initdb)")"; do
+  if [ -x "$candidate/initdb" ] && [ -x "$candidate/pg_ctl" ]; then bindir="$candidate"; break; fi
+done
+if [ -z "$bindir" ]; then
+  cat >&2 <<MSG
+No PostgreSQL is reachable at $url and none is installed to start a throwaway one.
+Install PostgreSQL 15 or newer (Debian/Ubuntu: apt-get install postgresql; macOS:
+brew install postgresql@15), or point TEST_DATABASE_URL at a server where the user may
+create databases.
+MSG
+  exit 1
+fi
+
+port="$(free_port 55432)"
+pg_datadir="$(mktemp -d)"
+as_owner=()
+if [ "$(id -u)" = 0 ]; then
+  # initdb refuses to run as root.
+  chown postgres "$pg_datadir" 2>/dev/null || { echo "run as a non-root user or create the postgres user" >&2; exit 1; }
+  as_owner=(runuser -u postgres --)
+fi
+pg_ctl=("${as_owner[@]}" "$bindir/pg_ctl")
+echo "Starting a throwaway PostgreSQL ($bindir) on port $port" >&2
+"${as_owner[@]}" "$bindir/initdb" -D "$pg_datadir" -U postgres --auth=trust >/dev/null
+"${pg_ctl[@]}" -D "$pg_datadir" -o "-p $port -k $pg_datadir -c listen_addresses=127.0.0.1 -c fsync=off" -w start >/dev/null
+export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+"$@"
