@@ -17,9 +17,16 @@ pub struct TestApp {
     pub address: String,
     /// The database the instance uses, for direct checks.
     pub db: Arc<TestDatabase>,
-    /// A client without connection reuse surprises.
+    /// A client that authenticates as a service caller ([`SERVICE_KEY`]).
     pub client: reqwest::Client,
+    /// A client without credentials.
+    pub anonymous: reqwest::Client,
 }
+
+/// The service key every test instance accepts.
+pub const SERVICE_KEY: &str = "test-service-key-0123456789";
+/// Another service key it accepts.
+pub const OTHER_SERVICE_KEY: &str = "test-sender-key-0123456789";
 
 /// A response's status, headers and parsed body.
 #[derive(Debug)]
@@ -85,6 +92,8 @@ impl TestApp {
             ("WORKERS", "2"),
             // The template is migrated already; start-up migration is tested on its own.
             ("MIGRATE_ON_STARTUP", "false"),
+            ("SECRET_KEY", "test-secret-key-0123456789abcdef0123456789"),
+            ("SERVICE_API_KEYS", "test-service-key-0123456789,test-sender-key-0123456789"),
             ("LOG_LEVEL", "warn"),
         ]
         .into_iter()
@@ -95,7 +104,10 @@ impl TestApp {
         let application = Application::build(settings).await.expect("application");
         let address = format!("http://127.0.0.1:{}", application.port());
         tokio::spawn(application.run_until_stopped());
-        Self { address, db, client: reqwest::Client::new() }
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-service-key", reqwest::header::HeaderValue::from_static(SERVICE_KEY));
+        let client = reqwest::Client::builder().default_headers(headers).build().expect("client");
+        Self { address, db, client, anonymous: reqwest::Client::new() }
     }
 
     /// Starts an instance with the test defaults.
@@ -103,9 +115,24 @@ impl TestApp {
         Self::spawn_with(&[]).await
     }
 
-    /// Sends a request with an optional raw JSON body.
+    /// Sends a request as a service caller with an optional raw JSON body.
     pub async fn request(&self, method: Method, path: &str, body: Option<&str>) -> Reply {
-        let mut request = self.client.request(method, format!("{}{path}", self.address));
+        self.request_as(&self.client, &[], method, path, body).await
+    }
+
+    /// Sends a request with `client`, extra headers and an optional raw JSON body.
+    pub async fn request_as(
+        &self,
+        client: &reqwest::Client,
+        headers: &[(&str, &str)],
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut request = client.request(method, format!("{}{path}", self.address));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request.header("Content-Type", "application/json").body(body.to_owned());
         }
@@ -120,6 +147,14 @@ impl TestApp {
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Reply {
         self.request(Method::GET, path, None).await
+    }
+
+    /// Logs a user in and returns the access token.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let body = serde_json::json!({"email": email, "password": password}).to_string();
+        let reply = self.request_as(&self.anonymous, &[], Method::POST, "/api/v1/auth/login", Some(&body)).await;
+        assert_eq!(reply.status, 200, "login failed: {}", reply.body);
+        reply.body["data"]["access_token"].as_str().expect("token").to_owned()
     }
 
     /// Registers a user with the given email and returns its id.

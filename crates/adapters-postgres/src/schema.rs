@@ -9,6 +9,7 @@ diesel::table! {
         password_hash -> Text,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        token_version -> Integer,
     }
 }
 
@@ -43,6 +44,9 @@ diesel::allow_tables_to_appear_in_same_query!(users, notification_preferences, d
 
 #[diesel::declare_sql_function]
 extern "SQL" {
+    /// PostgreSQL's `lower`, to use the case-insensitive email index.
+    fn lower(value: diesel::sql_types::Text) -> diesel::sql_types::Text;
+
     /// PostgreSQL's `regexp_replace(source, pattern, replacement, flags)`.
     fn regexp_replace(
         source: diesel::sql_types::Text,

@@ -7,10 +7,11 @@ use diesel::dsl::{exists, sql};
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use domain::auth::Credentials;
 use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository};
 use domain::preferences::{Preferences, PreferencesUpdate};
-use domain::user::{ContactUpdate, Page, PageRequest, User, UserId, UserProfile};
+use domain::user::{ContactUpdate, EmailAddress, Page, PageRequest, PasswordHash, User, UserId, UserProfile};
 use time::{OffsetDateTime, Time};
 use uuid::Uuid;
 
@@ -19,7 +20,26 @@ use crate::devices::upsert_device;
 use crate::errors::from_diesel;
 use crate::idempotency::{TxError, claim, record as record_answer};
 use crate::rows::{DeviceRow, PreferencesRow, UserRow, devices_from_rows};
-use crate::schema::{devices, notification_preferences, users};
+use crate::schema::{devices, lower, notification_preferences, users};
+
+/// What login reads of a user.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
+struct CredentialsRow {
+    id: Uuid,
+    password_hash: String,
+    token_version: i32,
+}
+
+impl From<CredentialsRow> for Credentials {
+    fn from(row: CredentialsRow) -> Self {
+        Self {
+            user_id: row.id.into(),
+            password_hash: PasswordHash::new(row.password_hash),
+            token_version: row.token_version,
+        }
+    }
+}
 
 /// The order of a profile's devices: active first, most recently seen first.
 macro_rules! device_order {
@@ -256,5 +276,58 @@ impl UserRepository for PgStore {
             .optional()
             .map_err(from_diesel)?;
         row.map(Preferences::try_from).transpose()
+    }
+
+    async fn find_credentials(&self, email: &EmailAddress) -> Result<Option<Credentials>, RepositoryError> {
+        let mut connection = self.connection().await?;
+        // Matches the case-insensitive unique index on lower(email).
+        let row = users::table
+            .filter(lower(users::email).eq(lower(email.as_str())))
+            .select(CredentialsRow::as_select())
+            .get_result(&mut connection)
+            .await
+            .optional()
+            .map_err(from_diesel)?;
+        Ok(row.map(Credentials::from))
+    }
+
+    async fn credentials_of(&self, id: UserId) -> Result<Option<Credentials>, RepositoryError> {
+        let mut connection = self.connection().await?;
+        let row = users::table
+            .find(id.as_uuid())
+            .select(CredentialsRow::as_select())
+            .get_result(&mut connection)
+            .await
+            .optional()
+            .map_err(from_diesel)?;
+        Ok(row.map(Credentials::from))
+    }
+
+    async fn token_version(&self, id: UserId) -> Result<Option<i32>, RepositoryError> {
+        let mut connection = self.connection().await?;
+        users::table
+            .find(id.as_uuid())
+            .select(users::token_version)
+            .get_result(&mut connection)
+            .await
+            .optional()
+            .map_err(from_diesel)
+    }
+
+    async fn update_password_hash(
+        &self,
+        id: UserId,
+        hash: PasswordHash,
+        revoke_tokens: bool,
+    ) -> Result<Option<i32>, RepositoryError> {
+        let mut connection = self.connection().await?;
+        let bump = i32::from(revoke_tokens);
+        diesel::update(users::table.find(id.as_uuid()))
+            .set((users::password_hash.eq(hash.as_str()), users::token_version.eq(users::token_version + bump)))
+            .returning(users::token_version)
+            .get_result(&mut connection)
+            .await
+            .optional()
+            .map_err(from_diesel)
     }
 }

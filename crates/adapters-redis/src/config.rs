@@ -1,4 +1,5 @@
-//! How the Redis cache is reached, named and timed, and the errors of building it.
+//! How the Redis cache and rate limiter are reached, named and timed, and the errors of
+//! building them.
 //!
 //! Nothing here connects: a configuration is checked for shape only, so that the service
 //! starts while Redis is down.
@@ -16,7 +17,11 @@ pub const ID_PLACEHOLDER: &str = "{id}";
 /// Everything [`RedisCache::build`](crate::RedisCache::build) needs. Start from
 /// [`RedisCacheConfig::new`] and override fields.
 ///
-/// Keys are `{key_prefix}:{format_version}:user:{id}` for an entry and
+/// [`RedisRateLimiter::build`](crate::RedisRateLimiter::build) takes the same configuration
+/// and uses only `url`, `key_prefix`, `timeout`, `pool_max_size`, `breaker_threshold` and
+/// `breaker_cooldown`; its keys are `{key_prefix}:rl:{key}`.
+///
+/// Cache keys are `{key_prefix}:{format_version}:user:{id}` for an entry and
 /// `{key_prefix}:gen:{id}` for a user's generation. The generation is deliberately not
 /// versioned: during a rolling deploy, a writer running one format version must also
 /// invalidate the entries that instances running another version filled.
@@ -73,11 +78,9 @@ impl RedisCacheConfig {
         }
     }
 
-    /// Checks the shape of the configuration (not whether Redis answers).
+    /// Checks the shape of the whole configuration (not whether Redis answers).
     pub(crate) fn validate(&self) -> Result<(), RedisCacheError> {
-        if self.key_prefix.is_empty() {
-            return Err(RedisCacheError::Invalid("the key prefix must not be empty"));
-        }
+        self.validate_connection()?;
         if self.format_version.is_empty() || self.format_version.contains(':') {
             return Err(RedisCacheError::Invalid("the format version must be non-empty and contain no ':'"));
         }
@@ -88,18 +91,30 @@ impl RedisCacheConfig {
         if self.generation_ttl <= self.ttl {
             return Err(RedisCacheError::Invalid("the generation TTL must be longer than the entry TTL"));
         }
-        if self.timeout.is_zero() || self.breaker_cooldown.is_zero() || self.retry_interval.is_zero() {
-            return Err(RedisCacheError::Invalid("the timeout, breaker cooldown and retry interval must be positive"));
-        }
-        if self.breaker_threshold == 0 || self.max_pending_invalidations == 0 {
+        if self.retry_interval.is_zero() || self.max_pending_invalidations == 0 {
             return Err(RedisCacheError::Invalid(
-                "the breaker threshold and the pending invalidation bound must be positive",
+                "the retry interval and the pending invalidation bound must be positive",
             ));
         }
         if let Some(template) = self.extra_invalidation_keys.iter().find(|template| !template.contains(ID_PLACEHOLDER))
         {
             // Without the placeholder every invalidation would delete one fixed key.
             return Err(RedisCacheError::TemplateWithoutId(template.clone()));
+        }
+        Ok(())
+    }
+
+    /// Checks the settings every user of the connection needs: the prefix, the timeout and
+    /// the breaker.
+    pub(crate) fn validate_connection(&self) -> Result<(), RedisCacheError> {
+        if self.key_prefix.is_empty() {
+            return Err(RedisCacheError::Invalid("the key prefix must not be empty"));
+        }
+        if self.timeout.is_zero() || self.breaker_cooldown.is_zero() {
+            return Err(RedisCacheError::Invalid("the timeout and the breaker cooldown must be positive"));
+        }
+        if self.breaker_threshold == 0 {
+            return Err(RedisCacheError::Invalid("the breaker threshold must be positive"));
         }
         Ok(())
     }
@@ -129,7 +144,8 @@ impl fmt::Debug for RedisCacheConfig {
     }
 }
 
-/// Why a [`RedisCache`](crate::RedisCache) could not be built. Never contains the URL.
+/// Why a [`RedisCache`](crate::RedisCache) or a [`RedisRateLimiter`](crate::RedisRateLimiter)
+/// could not be built. Never contains the URL.
 #[derive(Debug)]
 pub enum RedisCacheError {
     /// The URL does not parse as a Redis URL.

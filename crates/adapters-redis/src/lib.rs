@@ -1,9 +1,16 @@
-//! Redis adapter: implements the domain's [`ProfileCache`] port with deadpool-redis.
+//! Redis adapter: implements the domain's [`ProfileCache`] and
+//! [`RateLimiter`](domain::rate_limit::RateLimiter) ports with deadpool-redis.
 //!
 //! - [`RedisCache`]: the cache, built from a [`RedisCacheConfig`] without connecting.
+//! - [`RedisRateLimiter`]: fixed-window counters, built from the same configuration without
+//!   connecting.
 //! - [`config`]: the configuration, its defaults and the build errors.
 //!
-//! How the port's promises are kept:
+//! Both reach Redis the same way: every call, pool checkout included, is bounded by the
+//! configured timeout, and a circuit breaker skips Redis after consecutive failures. Each
+//! has its own pool and breaker, so that one's outage log names what degrades.
+//!
+//! How the cache port's promises are kept (the limiter's are in its own docs):
 //! - **No stale set.** A lookup reads the entry and the user's generation in one `MGET`; a
 //!   miss hands out the generation as the [`FillTicket`]. A fill is a Lua script that stores
 //!   the bytes only if the generation is still the ticket's. An invalidation sets the
@@ -12,17 +19,18 @@
 //!   downstream keys, for all ids in one `MULTI`. Each entry also carries the generation it
 //!   was filled under and is served only while that is still current, so that writers
 //!   running another format version (a rolling deploy) invalidate it too.
-//! - **Never a reason to fail.** Every call, pool checkout included, is bounded by the
-//!   configured timeout; a circuit breaker skips Redis after consecutive failures. An
-//!   invalidation is queued before it is attempted and forgotten once Redis confirmed it, so
-//!   that a failed or abandoned one is retried by a background task; lookups of its ids skip
-//!   the cache until then.
+//! - **Never a reason to fail.** Calls are bounded as above. An invalidation is queued
+//!   before it is attempted and forgotten once Redis confirmed it, so that a failed or
+//!   abandoned one is retried by a background task; lookups of its ids skip the cache until
+//!   then.
 //!
 //! What must not live here: HTTP, SQL, or the serialization of users (the bytes are opaque).
 
 mod breaker;
 pub mod config;
+mod connection;
 mod pending;
+mod rate_limit;
 #[cfg(test)]
 mod tests;
 
@@ -31,17 +39,17 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{self, AsyncConnectionConfig, FromRedisValue, Script, ScriptInvocation};
-use deadpool_redis::{Manager, Pool, Runtime};
+use deadpool_redis::redis::{self, Script};
 use domain::cache::{CacheHealth, CacheLookup, FillTicket, ProfileCache};
 use domain::user::UserId;
 use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
-use crate::breaker::{CircuitBreaker, Permit, Transition};
+use crate::connection::{Connection, Request, Role};
 use crate::pending::PendingInvalidations;
 
 pub use config::{RedisCacheConfig, RedisCacheError};
+pub use rate_limit::RedisRateLimiter;
 
 /// Stores the entry if the generation is unchanged since the ticket was taken (absent and
 /// absent are equal). KEYS: entry, generation. ARGV: value, TTL in ms, "1" when the ticket
@@ -77,46 +85,18 @@ pub struct RedisCache {
 }
 
 struct Inner {
-    pool: Pool,
+    connection: Connection,
     keys: Keys,
     ttl_ms: u64,
     generation_ttl_ms: u64,
-    timeout: Duration,
-    breaker: CircuitBreaker,
     pending: PendingInvalidations,
     guarded_fill: Script,
     #[cfg(any(test, feature = "test-support"))]
     unguarded_fill: Script,
-    redacted_url: String,
     /// Dropped with the last clone, which stops the retry task.
     _shutdown: oneshot::Sender<()>,
     #[cfg(test)]
     retry_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// One round trip to Redis.
-enum Request<'a> {
-    Command(&'a redis::Cmd),
-    Pipeline(&'a redis::Pipeline),
-    Script(&'a ScriptInvocation<'a>),
-}
-
-/// Why a call did not answer.
-#[derive(Debug)]
-enum Failure {
-    Pool(deadpool_redis::PoolError),
-    Redis(redis::RedisError),
-    Timeout(Duration),
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Pool(error) => write!(f, "no connection: {error}"),
-            Self::Redis(error) => write!(f, "{error}"),
-            Self::Timeout(timeout) => write!(f, "no answer within {} ms", timeout.as_millis()),
-        }
-    }
 }
 
 impl RedisCache {
@@ -125,24 +105,14 @@ impl RedisCache {
     pub fn build(config: RedisCacheConfig) -> Result<Self, RedisCacheError> {
         config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| RedisCacheError::NoRuntime)?;
-        // Redis's own defaults (1 s to connect, 500 ms per response) would outlast ours.
-        let connection_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout));
-        let manager = Manager::new_with_config(config.url.as_str(), connection_config)
-            .map_err(|_| RedisCacheError::InvalidUrl)?;
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_max_size.max(2))
-            .wait_timeout(Some(config.timeout))
-            .create_timeout(Some(config.timeout))
-            .recycle_timeout(Some(config.timeout))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|error| RedisCacheError::Pool(error.to_string()))?;
+        let connection = Connection::build(
+            &config,
+            Role { name: "cache", degraded: "serving from the store and queueing invalidations" },
+        )?;
 
         let (shutdown, shutdown_received) = oneshot::channel();
         let inner = Arc::new(Inner {
-            pool,
+            connection,
             keys: Keys {
                 prefix: config.key_prefix.clone(),
                 version: config.format_version.clone(),
@@ -150,15 +120,12 @@ impl RedisCache {
             },
             ttl_ms: millis(config.ttl),
             generation_ttl_ms: millis(config.generation_ttl),
-            timeout: config.timeout,
-            breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown),
             // An id dropped from a full queue may leave an entry stale until it expires; entries
             // filled just after it by readers that loaded before the write live one TTL more.
             pending: PendingInvalidations::new(config.max_pending_invalidations, config.ttl * 2, config.timeout),
             guarded_fill: Script::new(GUARDED_FILL),
             #[cfg(any(test, feature = "test-support"))]
             unguarded_fill: Script::new(UNGUARDED_FILL),
-            redacted_url: config.redacted_url(),
             _shutdown: shutdown,
             #[cfg(test)]
             retry_task: std::sync::Mutex::new(None),
@@ -171,7 +138,7 @@ impl RedisCache {
         // Detached: it ends by itself when the cache is dropped.
         #[cfg(not(test))]
         drop(task);
-        tracing::debug!(url = %inner.redacted_url, prefix = %inner.keys.prefix, "Redis cache configured");
+        tracing::debug!(url = %inner.connection.redacted_url, prefix = %inner.keys.prefix, "Redis cache configured");
         Ok(Self { inner })
     }
 
@@ -182,7 +149,7 @@ impl RedisCache {
 
     /// Whether the circuit breaker currently skips Redis (for metrics).
     pub fn is_bypassed(&self) -> bool {
-        self.inner.breaker.is_open()
+        self.inner.connection.breaker.is_open()
     }
 
     /// Stores `bytes` as the current entry without checking the ticket's generation: what a
@@ -191,7 +158,7 @@ impl RedisCache {
     pub async fn fill_unguarded(&self, id: UserId, bytes: Vec<u8>) {
         let mut invocation = self.inner.unguarded_fill.key(self.inner.keys.entry(id));
         invocation.key(self.inner.keys.generation(id)).arg(bytes).arg(self.inner.ttl_ms);
-        let _: Option<i64> = self.inner.run(Request::Script(&invocation)).await;
+        let _: Option<i64> = self.inner.connection.run(Request::Script(&invocation)).await;
     }
 
     /// The retry task's handle, for tests that check it stops.
@@ -204,11 +171,11 @@ impl RedisCache {
 impl fmt::Debug for RedisCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisCache")
-            .field("url", &self.inner.redacted_url)
+            .field("url", &self.inner.connection.redacted_url)
             .field("prefix", &self.inner.keys.prefix)
             .field("version", &self.inner.keys.version)
-            .field("pool", &self.inner.pool.status())
-            .field("bypassed", &self.inner.breaker.is_open())
+            .field("pool", &self.inner.connection.pool.status())
+            .field("bypassed", &self.inner.connection.breaker.is_open())
             .field("pending_invalidations", &self.inner.pending.len())
             .finish_non_exhaustive()
     }
@@ -224,7 +191,7 @@ impl ProfileCache for RedisCache {
         let mut command = redis::cmd("MGET");
         command.arg(inner.keys.entry(id)).arg(inner.keys.generation(id));
         let Some((entry, generation)) =
-            inner.run::<(Option<Vec<u8>>, Option<String>)>(Request::Command(&command)).await
+            inner.connection.run::<(Option<Vec<u8>>, Option<String>)>(Request::Command(&command)).await
         else {
             return CacheLookup::Unavailable;
         };
@@ -251,7 +218,7 @@ impl ProfileCache for RedisCache {
             .arg(inner.ttl_ms)
             .arg(if generation.is_some() { "1" } else { "0" })
             .arg(generation.unwrap_or_default());
-        let _: Option<i64> = inner.run(Request::Script(&invocation)).await;
+        let _: Option<i64> = inner.connection.run(Request::Script(&invocation)).await;
     }
 
     async fn invalidate(&self, ids: &[UserId]) {
@@ -273,7 +240,7 @@ impl ProfileCache for RedisCache {
     }
 
     async fn health(&self) -> CacheHealth {
-        match self.inner.run::<String>(Request::Command(&redis::cmd("PING"))).await {
+        match self.inner.connection.run::<String>(Request::Command(&redis::cmd("PING"))).await {
             Some(_) => CacheHealth::Up,
             None => CacheHealth::Down,
         }
@@ -281,47 +248,6 @@ impl ProfileCache for RedisCache {
 }
 
 impl Inner {
-    /// Runs one round trip unless the breaker skips Redis; `None` when skipped or failed.
-    async fn run<T: FromRedisValue>(&self, request: Request<'_>) -> Option<T> {
-        if self.breaker.permit(Instant::now()) == Permit::Denied {
-            return None;
-        }
-        let call = async {
-            let mut connection = self.pool.get().await.map_err(Failure::Pool)?;
-            let answer = match request {
-                Request::Command(command) => command.query_async(&mut connection).await,
-                Request::Pipeline(pipeline) => pipeline.query_async(&mut connection).await,
-                Request::Script(invocation) => invocation.invoke_async(&mut connection).await,
-            };
-            answer.map_err(Failure::Redis)
-        };
-        let outcome = match tokio::time::timeout(self.timeout, call).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Failure::Timeout(self.timeout)),
-        };
-        match outcome {
-            Ok(value) => {
-                if self.breaker.success() == Transition::Closed {
-                    tracing::info!(url = %self.redacted_url, "Redis cache reachable again");
-                }
-                Some(value)
-            }
-            Err(failure) => {
-                // One warning per outage (when the breaker opens), not one per request.
-                if self.breaker.failure(Instant::now()) == Transition::Opened {
-                    tracing::warn!(
-                        url = %self.redacted_url,
-                        error = %failure,
-                        "Redis cache unavailable: serving from the store and queueing invalidations"
-                    );
-                } else {
-                    tracing::debug!(error = %failure, "Redis cache call failed");
-                }
-                None
-            }
-        }
-    }
-
     /// Moves the generation of `ids` on and deletes their entries and downstream copies, in
     /// one `MULTI`. Returns whether Redis confirmed it.
     async fn invalidate_now(&self, ids: &[UserId]) -> bool {
@@ -343,7 +269,7 @@ impl Inner {
                 .arg(self.keys.extra(id))
                 .ignore();
         }
-        self.run::<()>(Request::Pipeline(&pipeline)).await.is_some()
+        self.connection.run::<()>(Request::Pipeline(&pipeline)).await.is_some()
     }
 
     /// Retries the pending invalidations, batch by batch, until one fails.

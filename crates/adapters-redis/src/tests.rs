@@ -1,10 +1,12 @@
-//! Tests of [`RedisCache`] against real Redis servers.
+//! Tests of [`RedisCache`] and [`RedisRateLimiter`] against real Redis servers.
 //!
 //! Tests on the shared server (127.0.0.1, port `TEST_REDIS_PORT`, default 6379, as set by
 //! `tests/with-services.sh`) each use a random key prefix and delete their keys at the end;
 //! they never flush or stop it. Tests that pause, kill or restart
-//! Redis start their own `redis-server` on a free port. The state machines (breaker, retry
-//! queue) and the helpers are also tested on their own, without Redis.
+//! Redis start their own `redis-server` on a free port. The rate limiter also runs the
+//! contract suite shared with the in-process limiter (`adapters_memory::contract`), whose
+//! counters expire within seconds. The state machines (breaker, retry queue) and the helpers
+//! are also tested on their own, without Redis.
 
 use std::process::{Child, Command, Stdio};
 use std::task::Poll;
@@ -12,12 +14,15 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::{self, aio::MultiplexedConnection};
 use domain::cache::{CacheHealth, CacheLookup, FillTicket, ProfileCache};
+use domain::rate_limit::{RateDecision, RateLimit, RateLimitUnavailable, RateLimiter};
 use domain::user::UserId;
 use uuid::Uuid;
 
 use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::pending::PendingInvalidations;
-use crate::{RedisCache, RedisCacheConfig, RedisCacheError, config, current_payload, encode_entry};
+use crate::{
+    RedisCache, RedisCacheConfig, RedisCacheError, RedisRateLimiter, config, current_payload, encode_entry, rate_limit,
+};
 
 /// The shared server's URL.
 fn shared_url() -> String {
@@ -653,7 +658,195 @@ fn the_defaults_are_those_of_the_issue() {
     assert!(config.validate().is_ok());
 }
 
+// ----- The rate limiter -----
+
+adapters_memory::rate_limiter_contract_tests!(RedisRateLimiter::build(&shared_config()).expect("build"));
+
+const THREE_PER_MINUTE: RateLimit = RateLimit { limit: 3, window: Duration::from_secs(60) };
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_limiters_on_the_same_redis_share_their_counts() {
+    let config = shared_config();
+    let prefix = config.key_prefix.clone();
+    // Two instances of the service.
+    let first = RedisRateLimiter::build(&config).expect("build");
+    let second = RedisRateLimiter::build(&config).expect("build");
+    let key = "login-failures:ada@example.com";
+
+    for limiter in [&first, &second, &first] {
+        assert_eq!(limiter.hit(key, THREE_PER_MINUTE).await, Ok(RateDecision::Allowed));
+    }
+    assert!(matches!(second.check(key, THREE_PER_MINUTE).await, Ok(RateDecision::Limited { .. })));
+    assert!(matches!(second.hit(key, THREE_PER_MINUTE).await, Ok(RateDecision::Limited { .. })));
+
+    first.reset(key).await.expect("reset");
+    assert_eq!(second.check(key, THREE_PER_MINUTE).await, Ok(RateDecision::Allowed), "a reset is seen by all");
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_counter_is_one_key_under_the_prefix_whose_expiry_is_set_by_the_first_hit_only() {
+    let config = shared_config();
+    let prefix = config.key_prefix.clone();
+    let limiter = RedisRateLimiter::build(&config).expect("build");
+    let mut connection = raw_connection(&shared_url()).await;
+    let counter = format!("{prefix}:rl:login-failures:ada@example.com");
+
+    limiter.hit("login-failures:ada@example.com", THREE_PER_MINUTE).await.expect("hit");
+    let first_ttl: i64 = redis::cmd("PTTL").arg(&counter).query_async(&mut connection).await.expect("PTTL");
+    assert!((59_000..=60_000).contains(&first_ttl), "the window is the expiry, got {first_ttl} ms");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    limiter.hit("login-failures:ada@example.com", THREE_PER_MINUTE).await.expect("hit");
+    let count: i64 = redis::cmd("GET").arg(&counter).query_async(&mut connection).await.expect("GET");
+    let second_ttl: i64 = redis::cmd("PTTL").arg(&counter).query_async(&mut connection).await.expect("PTTL");
+    assert_eq!(count, 2);
+    assert!(second_ttl < first_ttl, "a later hit must not push the expiry back ({first_ttl} then {second_ttl} ms)");
+
+    limiter.check("login-failures:ada@example.com", THREE_PER_MINUTE).await.expect("check");
+    let count: i64 = redis::cmd("GET").arg(&counter).query_async(&mut connection).await.expect("GET");
+    assert_eq!(count, 2, "check counts nothing");
+    limiter.reset("login-failures:ada@example.com").await.expect("reset");
+    assert!(!exists(&mut connection, &counter).await, "reset deletes the key");
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_key_is_stored_under_its_sha256() {
+    let config = shared_config();
+    let prefix = config.key_prefix.clone();
+    let limiter = RedisRateLimiter::build(&config).expect("build");
+    let long = format!("login-failures:{}@example.com", "a".repeat(100_000));
+
+    limiter.hit(&long, THREE_PER_MINUTE).await.expect("hit");
+
+    let mut connection = raw_connection(&shared_url()).await;
+    let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg(format!("{prefix}:rl:*"))
+        .arg("COUNT")
+        .arg(10_000)
+        .query_async(&mut connection)
+        .await
+        .expect("scan");
+    assert_eq!(keys, [rate_limit::counter_key(&prefix, &long)]);
+    assert_eq!(keys[0].len(), prefix.len() + ":rl:sha256:".len() + 64, "{}", keys[0]);
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_counter_left_without_expiry_is_given_the_window_by_the_next_hit() {
+    let config = shared_config();
+    let prefix = config.key_prefix.clone();
+    let limiter = RedisRateLimiter::build(&config).expect("build");
+    let mut connection = raw_connection(&shared_url()).await;
+    let counter = format!("{prefix}:rl:stuck");
+    let _: () = redis::cmd("SET").arg(&counter).arg(7).query_async(&mut connection).await.expect("SET");
+
+    let retry_after = match limiter.hit("stuck", THREE_PER_MINUTE).await {
+        Ok(RateDecision::Limited { retry_after }) => retry_after,
+        other => panic!("expected Limited, got {other:?}"),
+    };
+    assert!(retry_after <= Duration::from_secs(60), "{retry_after:?}");
+    let ttl_ms: i64 = redis::cmd("PTTL").arg(&counter).query_async(&mut connection).await.expect("PTTL");
+    assert!(ttl_ms > 0, "the counter would otherwise limit forever, PTTL {ttl_ms}");
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_that_is_not_a_counter_makes_the_limiter_unavailable() {
+    let config = shared_config();
+    let prefix = config.key_prefix.clone();
+    let limiter = RedisRateLimiter::build(&config).expect("build");
+    let mut connection = raw_connection(&shared_url()).await;
+    let _: () =
+        redis::cmd("SET").arg(format!("{prefix}:rl:odd")).arg("text").query_async(&mut connection).await.expect("SET");
+
+    assert_eq!(limiter.hit("odd", THREE_PER_MINUTE).await, Err(RateLimitUnavailable));
+    assert_eq!(limiter.check("odd", THREE_PER_MINUTE).await, Err(RateLimitUnavailable));
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rate_limiter_builds_while_nothing_listens_and_then_answers_unavailable_quickly() {
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let limiter = RedisRateLimiter::build(&config_for(&url, TIMEOUT)).expect("building does not connect");
+
+    let started = Instant::now();
+    assert_eq!(limiter.hit("k", THREE_PER_MINUTE).await, Err(RateLimitUnavailable));
+    assert_eq!(limiter.check("k", THREE_PER_MINUTE).await, Err(RateLimitUnavailable));
+    assert_eq!(limiter.reset("k").await, Err(RateLimitUnavailable));
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_redis_costs_the_limiter_one_timeout_per_call_until_the_breaker_skips_it() {
+    let server = PrivateRedis::start().await;
+    let limiter = RedisRateLimiter::build(&config_for(&server.url(), TIMEOUT)).expect("build");
+    assert_eq!(limiter.hit("k", THREE_PER_MINUTE).await, Ok(RateDecision::Allowed));
+
+    server.pause();
+    for attempt in 0..3 {
+        let started = Instant::now();
+        assert_eq!(limiter.hit("k", THREE_PER_MINUTE).await, Err(RateLimitUnavailable));
+        assert!(
+            started.elapsed() < TIMEOUT * 4,
+            "attempt {attempt}: bounded by the timeout, took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(limiter.is_bypassed(), "three failures open the breaker");
+    // The quickest of a few calls, so that a descheduled thread cannot fail the test.
+    let mut quickest = Duration::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(limiter.check("k", THREE_PER_MINUTE).await, Err(RateLimitUnavailable));
+        quickest = quickest.min(started.elapsed());
+    }
+    assert!(quickest < TIMEOUT / 2, "skipped calls took at least {quickest:?}");
+
+    server.resume();
+    eventually(Duration::from_secs(3), "the limiter answers again after SIGCONT", || async {
+        limiter.check("k", THREE_PER_MINUTE).await.is_ok()
+    })
+    .await;
+    assert!(!limiter.is_bypassed());
+}
+
+#[test]
+fn the_rate_limiter_builds_outside_a_tokio_runtime() {
+    assert!(RedisRateLimiter::build(&RedisCacheConfig::new(shared_url())).is_ok());
+}
+
+#[test]
+fn the_rate_limiter_refuses_a_bad_url_or_prefix_and_never_shows_the_password() {
+    let error = RedisRateLimiter::build(&RedisCacheConfig::new("http://user:hunter2@host")).expect_err("refused");
+    assert!(matches!(error, RedisCacheError::InvalidUrl));
+    let mut config = RedisCacheConfig::new("redis://cache:hunter2@127.0.0.1:6379/0");
+    let limiter = RedisRateLimiter::build(&config).expect("build");
+    let output = format!("{limiter:?}");
+    assert!(!output.contains("hunter2") && output.contains("redis://cache:***@127.0.0.1:6379/0"), "{output}");
+    config.key_prefix.clear();
+    assert!(matches!(RedisRateLimiter::build(&config), Err(RedisCacheError::Invalid(_))));
+}
+
 // ----- The pieces on their own -----
+
+#[test]
+fn rate_limit_keys_are_kept_when_short_and_hashed_when_long_or_looking_hashed() {
+    assert_eq!(
+        rate_limit::counter_key("svc", "login-failures:ada@example.com"),
+        "svc:rl:login-failures:ada@example.com"
+    );
+    let longest = "k".repeat(200);
+    assert_eq!(rate_limit::counter_key("svc", &longest), format!("svc:rl:{longest}"));
+    let hashed = rate_limit::counter_key("svc", &"k".repeat(201));
+    assert!(hashed.starts_with("svc:rl:sha256:") && hashed.len() == "svc:rl:sha256:".len() + 64, "{hashed}");
+    assert!(
+        hashed["svc:rl:sha256:".len()..].bytes().all(|byte| byte.is_ascii_hexdigit() && !byte.is_ascii_uppercase())
+    );
+    assert_ne!(rate_limit::counter_key("svc", "sha256:00"), "svc:rl:sha256:00", "a clear key cannot name a hashed one");
+}
 
 #[test]
 fn an_entry_is_served_only_under_the_generation_it_was_filled_with() {

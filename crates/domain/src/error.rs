@@ -52,6 +52,12 @@ pub enum ServiceError {
     /// The user has no device with this id or token.
     #[error("device not found")]
     DeviceNotFound,
+    /// Login failed: unknown account or wrong password (deliberately indistinguishable).
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    /// A password change named the wrong current password.
+    #[error("the current password is incorrect")]
+    CurrentPasswordMismatch,
     /// Another user already has this email address.
     #[error("email address already registered")]
     EmailTaken,

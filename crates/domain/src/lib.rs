@@ -9,12 +9,15 @@
 //! services can depend on this crate to share the same rules; its unit tests run with the
 //! `mockall` mocks of the ports (feature `mock`).
 
+pub mod auth;
 pub mod cache;
 pub mod device;
+pub mod eligibility;
 pub mod error;
 pub mod idempotency;
 pub mod ports;
 pub mod preferences;
+pub mod rate_limit;
 pub mod service;
 pub mod user;
 mod validate;

@@ -8,6 +8,7 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use crate::auth::Credentials;
 use crate::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
 use crate::error::BoxError;
 use crate::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord, Idempotent, IdempotentWrite};
@@ -122,6 +123,25 @@ pub trait UserRepository: Send + Sync {
         update: PreferencesUpdate,
         now: OffsetDateTime,
     ) -> Result<Option<Preferences>, RepositoryError>;
+
+    /// The credentials of the account with this email (compared case-insensitively).
+    async fn find_credentials(&self, email: &EmailAddress) -> Result<Option<Credentials>, RepositoryError>;
+
+    /// The credentials of the account with this id.
+    async fn credentials_of(&self, id: UserId) -> Result<Option<Credentials>, RepositoryError>;
+
+    /// The token version of the account, `Ok(None)` when it no longer exists.
+    async fn token_version(&self, id: UserId) -> Result<Option<i32>, RepositoryError>;
+
+    /// Stores a new password hash. With `revoke_tokens`, the token version moves on so that
+    /// every access token issued before stops working; returns the new version. `Ok(None)`
+    /// when no user has this id.
+    async fn update_password_hash(
+        &self,
+        id: UserId,
+        hash: PasswordHash,
+        revoke_tokens: bool,
+    ) -> Result<Option<i32>, RepositoryError>;
 }
 
 /// Push devices. A token is unique across all users: registering a known token moves it.
@@ -198,6 +218,14 @@ pub trait PasswordHasher: Send + Sync {
 
     /// Checks a password against a stored hash; `Ok(false)` on a mismatch.
     async fn verify(&self, password: Password, hash: PasswordHash) -> Result<bool, HashError>;
+
+    /// A hash of no one's password, verified against when an account does not exist, so
+    /// that unknown accounts take as long to refuse as wrong passwords.
+    fn dummy_hash(&self) -> PasswordHash;
+
+    /// Whether a stored hash is weaker than what `hash` produces today and should be
+    /// replaced at the next successful login.
+    fn needs_rehash(&self, hash: &PasswordHash) -> bool;
 }
 
 /// Turns a profile into the bytes that readers receive and the cache stores (the HTTP

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
+use crate::auth::Authenticated;
 use crate::cache::{CacheLookup, FillTicket, ProfileCache};
 use crate::device::{Device, DeviceRegistration, DeviceSelector, Platform, RegisteredDevice};
 use crate::error::ServiceError;
@@ -19,7 +20,7 @@ use crate::ports::{
     ProfileEncoder, RepositoryError, UserRepository,
 };
 use crate::preferences::{Preferences, PreferencesUpdate};
-use crate::user::{ContactUpdate, NewUser, Page, PageRequest, UserId, UserProfile};
+use crate::user::{ContactUpdate, EmailAddress, NewUser, Page, PageRequest, Password, UserId, UserProfile};
 
 impl From<RepositoryError> for ServiceError {
     fn from(error: RepositoryError) -> Self {
@@ -59,6 +60,8 @@ fn unshare(error: &ServiceError) -> ServiceError {
         ServiceError::UserNotFound => ServiceError::UserNotFound,
         ServiceError::DeviceNotFound => ServiceError::DeviceNotFound,
         ServiceError::EmailTaken => ServiceError::EmailTaken,
+        ServiceError::InvalidCredentials => ServiceError::InvalidCredentials,
+        ServiceError::CurrentPasswordMismatch => ServiceError::CurrentPasswordMismatch,
         ServiceError::Idempotency(conflict) => ServiceError::Idempotency(*conflict),
         ServiceError::Unavailable(source) => ServiceError::Unavailable(source.to_string().into()),
         ServiceError::Unexpected(source) => ServiceError::Unexpected(source.to_string().into()),
@@ -282,6 +285,53 @@ impl UserService {
         if result? { Ok(()) } else { Err(self.missing_device_error(user).await?) }
     }
 
+    /// Checks an email and password. Unknown accounts are verified against a dummy hash so
+    /// that they take as long to refuse as wrong passwords; a correct password stored under
+    /// weaker hashing parameters is re-hashed.
+    pub async fn login(&self, email: &EmailAddress, password: Password) -> Result<Authenticated, ServiceError> {
+        let Some(credentials) = self.ports.users.find_credentials(email).await? else {
+            self.ports.hasher.verify(password, self.ports.hasher.dummy_hash()).await?;
+            return Err(ServiceError::InvalidCredentials);
+        };
+        let stored = credentials.password_hash.clone();
+        if !self.ports.hasher.verify(password.clone(), stored).await? {
+            return Err(ServiceError::InvalidCredentials);
+        }
+        if self.ports.hasher.needs_rehash(&credentials.password_hash) {
+            self.upgrade_hash(credentials.user_id, password).await;
+        }
+        Ok(Authenticated { user_id: credentials.user_id, token_version: credentials.token_version })
+    }
+
+    /// Replaces a weak hash; a failure only delays the upgrade to the next login.
+    async fn upgrade_hash(&self, user: UserId, password: Password) {
+        let upgraded = match self.ports.hasher.hash(password).await {
+            Ok(hash) => {
+                self.ports.users.update_password_hash(user, hash, false).await.map(|_| ()).map_err(ServiceError::from)
+            }
+            Err(error) => Err(ServiceError::from(error)),
+        };
+        if let Err(error) = upgraded {
+            tracing::warn!(%user, error = %error, "password hash upgrade failed; it is retried at the next login");
+        }
+    }
+
+    /// Changes the user's password after checking the current one; every access token
+    /// issued before stops working. Returns the new token version.
+    pub async fn change_password(&self, user: UserId, current: Password, new: Password) -> Result<i32, ServiceError> {
+        let credentials = self.ports.users.credentials_of(user).await?.ok_or(ServiceError::UserNotFound)?;
+        if !self.ports.hasher.verify(current, credentials.password_hash).await? {
+            return Err(ServiceError::CurrentPasswordMismatch);
+        }
+        let hash = self.ports.hasher.hash(new).await?;
+        self.ports.users.update_password_hash(user, hash, true).await?.ok_or(ServiceError::UserNotFound)
+    }
+
+    /// The token version access tokens of `user` must carry; `None` when the user is gone.
+    pub async fn token_version(&self, user: UserId) -> Result<Option<i32>, ServiceError> {
+        Ok(self.ports.users.token_version(user).await?)
+    }
+
     /// After a device lookup missed: says whether the user or only the device is unknown.
     async fn missing_device_error(&self, user: UserId) -> Result<ServiceError, ServiceError> {
         if self.ports.users.exists(user).await? {
@@ -298,6 +348,7 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
+    use crate::auth::Credentials;
     use crate::cache::{CacheLookup, FillTicket};
     use crate::cache::{MockProfileCache, NoCache};
     use crate::device::PushToken;
@@ -622,6 +673,24 @@ mod tests {
         ) -> Result<Option<Preferences>, RepositoryError> {
             self.0.update_preferences(id, update, now).await
         }
+
+        async fn find_credentials(&self, email: &EmailAddress) -> Result<Option<Credentials>, RepositoryError> {
+            self.0.find_credentials(email).await
+        }
+        async fn credentials_of(&self, id: UserId) -> Result<Option<Credentials>, RepositoryError> {
+            self.0.credentials_of(id).await
+        }
+        async fn token_version(&self, id: UserId) -> Result<Option<i32>, RepositoryError> {
+            self.0.token_version(id).await
+        }
+        async fn update_password_hash(
+            &self,
+            id: UserId,
+            hash: PasswordHash,
+            revoke_tokens: bool,
+        ) -> Result<Option<i32>, RepositoryError> {
+            self.0.update_password_hash(id, hash, revoke_tokens).await
+        }
     }
 
     fn single_flight_service(tickets: Vec<FillTicket>, expected_loads: usize) -> UserService {
@@ -726,5 +795,82 @@ mod tests {
         let service = service_with_records(Some(record), hasher);
         let result = futures_executor::block_on(service.register(new_user(), Some(idempotent_registration(&[8]))));
         assert!(matches!(result, Err(ServiceError::Idempotency(IdempotencyConflict::KeyReused))));
+    }
+
+    fn login_service(
+        credentials: Option<Credentials>,
+        hasher: MockPasswordHasher,
+        users: MockUserRepository,
+    ) -> UserService {
+        let mut users = users;
+        users.expect_find_credentials().returning(move |_| Ok(credentials.clone()));
+        service(users, MockDeviceRepository::new(), hasher)
+    }
+
+    fn stored_credentials(hash: &str) -> Credentials {
+        Credentials { user_id: UserId::generate(), password_hash: PasswordHash::new(hash.into()), token_version: 3 }
+    }
+
+    fn login(service: &UserService, password: &str) -> Result<Authenticated, ServiceError> {
+        let email = EmailAddress::parse("john@example.com").unwrap();
+        futures_executor::block_on(service.login(&email, Password::parse(password).unwrap()))
+    }
+
+    #[test]
+    fn an_unknown_account_is_verified_against_the_dummy_hash_and_refused_like_a_wrong_password() {
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_dummy_hash().times(1).returning(|| PasswordHash::new("$argon2id$dummy".into()));
+        hasher.expect_verify().withf(|_, hash| hash.as_str() == "$argon2id$dummy").times(1).returning(|_, _| Ok(false));
+        let unknown = login(&login_service(None, hasher, MockUserRepository::new()), "StrongPass123!");
+        assert!(matches!(unknown, Err(ServiceError::InvalidCredentials)));
+
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_verify().times(1).returning(|_, _| Ok(false));
+        let wrong = login(
+            &login_service(Some(stored_credentials("$argon2id$real")), hasher, MockUserRepository::new()),
+            "WrongPass123!",
+        );
+        assert!(matches!(wrong, Err(ServiceError::InvalidCredentials)));
+    }
+
+    #[test]
+    fn a_correct_password_under_weak_parameters_is_rehashed_without_revoking_tokens() {
+        let credentials = stored_credentials("$argon2id$v=19$m=4096,t=1,p=1$weak");
+        let user = credentials.user_id;
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_verify().returning(|_, _| Ok(true));
+        hasher.expect_needs_rehash().returning(|_| true);
+        hasher.expect_hash().times(1).returning(|_| Ok(PasswordHash::new("$argon2id$strong".into())));
+        let mut users = MockUserRepository::new();
+        users
+            .expect_update_password_hash()
+            .withf(move |id, hash, revoke| *id == user && hash.as_str() == "$argon2id$strong" && !revoke)
+            .times(1)
+            .returning(|_, _, _| Ok(Some(3)));
+        let authenticated = login(&login_service(Some(credentials), hasher, users), "StrongPass123!").unwrap();
+        assert_eq!(authenticated, Authenticated { user_id: user, token_version: 3 });
+    }
+
+    #[test]
+    fn a_password_change_checks_the_current_password_and_revokes_tokens() {
+        let credentials = stored_credentials("$argon2id$current");
+        let user = credentials.user_id;
+        let mut users = MockUserRepository::new();
+        let stored = credentials.clone();
+        users.expect_credentials_of().returning(move |_| Ok(Some(stored.clone())));
+        users.expect_update_password_hash().withf(|_, _, revoke| *revoke).times(1).returning(|_, _, _| Ok(Some(4)));
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_verify().returning(|password, _| Ok(password.expose() == "Current123!"));
+        hasher.expect_hash().times(1).returning(|_| Ok(PasswordHash::new("$argon2id$new".into())));
+        let service = service(users, MockDeviceRepository::new(), hasher);
+        let change = |current: &str| {
+            futures_executor::block_on(service.change_password(
+                user,
+                Password::parse(current).unwrap(),
+                Password::parse("NewPass123!").unwrap(),
+            ))
+        };
+        assert!(matches!(change("Wrong1234!"), Err(ServiceError::CurrentPasswordMismatch)));
+        assert_eq!(change("Current123!").unwrap(), 4);
     }
 }

@@ -8,6 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use secrecy::SecretString;
+
+use crate::auth::client_address::Network;
 use serde::Deserialize;
 
 /// The validated configuration.
@@ -21,8 +23,11 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// The Redis cache (`REDIS_URL`, `CACHE_*`, `REDIS_*`); `None` runs without a cache.
     pub cache: Option<CacheSettings>,
-    /// Signing key for access tokens (`SECRET_KEY`).
-    pub secret_key: Option<SecretString>,
+    /// Who may call and how (`SECRET_KEY`, `SERVICE_API_KEYS`, `TRUST_INTERNAL_NETWORK`,
+    /// `JWT_*`).
+    pub auth: AuthConfig,
+    /// Abuse limits (`LOGIN_*`, `RATE_LIMIT_*`, `TRUSTED_PROXIES`).
+    pub limits: LimitSettings,
     /// How long idempotency records live (`IDEMPOTENCY_TTL`, seconds).
     pub idempotency_ttl: Duration,
     /// Largest accepted request body (`MAX_BODY_BYTES`).
@@ -53,6 +58,38 @@ pub struct DatabaseSettings {
     pub statement_timeout: Duration,
     /// Whether to apply pending migrations at start-up (`MIGRATE_ON_STARTUP`).
     pub migrate_on_startup: bool,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Signs access tokens: at least 32 bytes, never the seed's placeholder.
+    pub secret_key: SecretString,
+    /// Keys accepted in `X-Service-Key`.
+    pub service_api_keys: Vec<SecretString>,
+    /// Whether calls without credentials act as a service caller.
+    pub trust_internal_network: bool,
+    /// How long access tokens live (`JWT_TTL`, seconds).
+    pub jwt_ttl: Duration,
+    /// The `iss` of access tokens (`JWT_ISSUER`).
+    pub jwt_issuer: String,
+    /// The `aud` of access tokens (`JWT_AUDIENCE`).
+    pub jwt_audience: String,
+}
+
+/// Abuse limits.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Failed logins per account per window (`LOGIN_MAX_FAILURES`).
+    pub login_max_failures: u32,
+    /// The failed-login window (`LOGIN_FAILURE_WINDOW_SECONDS`).
+    pub login_failure_window: Duration,
+    /// Logins and registrations per client address per window (`RATE_LIMIT_PER_ADDRESS`).
+    pub per_address: u32,
+    /// The per-address window (`RATE_LIMIT_WINDOW_SECONDS`).
+    pub per_address_window: Duration,
+    /// Proxies whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`, addresses or CIDRs).
+    pub trusted_proxies: Vec<Network>,
 }
 
 /// How the Redis cache is reached and used.
@@ -103,6 +140,16 @@ struct RawSettings {
     cache_key_prefix: Option<String>,
     cache_invalidate_extra_keys: Option<String>,
     secret_key: Option<String>,
+    service_api_keys: Option<String>,
+    trust_internal_network: Option<String>,
+    jwt_ttl: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    login_max_failures: Option<String>,
+    login_failure_window_seconds: Option<String>,
+    rate_limit_per_address: Option<String>,
+    rate_limit_window_seconds: Option<String>,
+    trusted_proxies: Option<String>,
     idempotency_ttl: Option<String>,
     cache_ttl: Option<String>,
     max_body_bytes: Option<String>,
@@ -143,7 +190,29 @@ impl Settings {
                 migrate_on_startup: boolean("MIGRATE_ON_STARTUP", raw.migrate_on_startup, true)?,
             },
             cache,
-            secret_key: non_empty(raw.secret_key).map(SecretString::from),
+            auth: AuthConfig {
+                secret_key: secret_key(raw.secret_key)?,
+                service_api_keys: service_keys(raw.service_api_keys)?,
+                trust_internal_network: boolean("TRUST_INTERNAL_NETWORK", raw.trust_internal_network, false)?,
+                jwt_ttl: Duration::from_secs(positive("JWT_TTL", raw.jwt_ttl, 3_600)?),
+                jwt_issuer: non_empty(raw.jwt_issuer).unwrap_or_else(|| "user-service".to_owned()),
+                jwt_audience: non_empty(raw.jwt_audience).unwrap_or_else(|| "user-service".to_owned()),
+            },
+            limits: LimitSettings {
+                login_max_failures: positive("LOGIN_MAX_FAILURES", raw.login_max_failures, 10)?,
+                login_failure_window: Duration::from_secs(positive(
+                    "LOGIN_FAILURE_WINDOW_SECONDS",
+                    raw.login_failure_window_seconds,
+                    900,
+                )?),
+                per_address: positive("RATE_LIMIT_PER_ADDRESS", raw.rate_limit_per_address, 20)?,
+                per_address_window: Duration::from_secs(positive(
+                    "RATE_LIMIT_WINDOW_SECONDS",
+                    raw.rate_limit_window_seconds,
+                    60,
+                )?),
+                trusted_proxies: trusted_proxies(raw.trusted_proxies)?,
+            },
             idempotency_ttl: Duration::from_secs(positive("IDEMPOTENCY_TTL", raw.idempotency_ttl, 3_600)?),
             max_body_bytes: positive("MAX_BODY_BYTES", raw.max_body_bytes, 64 * 1024)?,
             password_hash_concurrency: positive("PASSWORD_HASH_CONCURRENCY", raw.password_hash_concurrency, cpus)?,
@@ -197,6 +266,51 @@ fn boolean(name: &str, value: Option<String>, default: bool) -> Result<bool, Con
         Some("false" | "0" | "no" | "off") => Ok(false),
         Some(_) => Err(ConfigError(format!("{name} must be true or false"))),
     }
+}
+
+/// The seed's example value, which must never sign real tokens.
+const PLACEHOLDER_SECRET_KEY: &str = "your_super_secret_key_here";
+
+/// `SECRET_KEY` is required: at least 32 bytes and not the seed's placeholder.
+fn secret_key(value: Option<String>) -> Result<SecretString, ConfigError> {
+    let key = non_empty(value).ok_or_else(|| {
+        ConfigError("SECRET_KEY is required: at least 32 random bytes, e.g. `openssl rand -hex 32`".into())
+    })?;
+    if key == PLACEHOLDER_SECRET_KEY {
+        return Err(ConfigError("SECRET_KEY must not be the example placeholder; generate a random one".into()));
+    }
+    if key.len() < 32 {
+        return Err(ConfigError("SECRET_KEY must be at least 32 bytes".into()));
+    }
+    Ok(SecretString::from(key))
+}
+
+/// Comma-separated service keys, each at least 16 characters.
+fn service_keys(value: Option<String>) -> Result<Vec<SecretString>, ConfigError> {
+    let keys: Vec<String> = non_empty(value)
+        .map(|value| value.split(',').map(str::trim).filter(|key| !key.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    if keys.iter().any(|key| key.len() < 16) {
+        return Err(ConfigError("SERVICE_API_KEYS entries must each be at least 16 characters".into()));
+    }
+    Ok(keys.into_iter().map(SecretString::from).collect())
+}
+
+/// Comma-separated addresses or CIDR ranges.
+fn trusted_proxies(value: Option<String>) -> Result<Vec<Network>, ConfigError> {
+    non_empty(value)
+        .map(|value| {
+            value
+                .split(',')
+                .filter(|entry| !entry.trim().is_empty())
+                .map(|entry| {
+                    Network::parse(entry).ok_or_else(|| {
+                        ConfigError(format!("TRUSTED_PROXIES has an invalid address or range: {}", entry.trim()))
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| Ok(Vec::new()))
 }
 
 /// The cache settings, checked even when `REDIS_URL` is unset so that a typo never hides.
@@ -257,8 +371,10 @@ mod tests {
     use super::*;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let mut variables: HashMap<String, String> =
-            HashMap::from([("DATABASE_URL".to_owned(), "postgres://localhost/db".to_owned())]);
+        let mut variables: HashMap<String, String> = HashMap::from([
+            ("DATABASE_URL".to_owned(), "postgres://localhost/db".to_owned()),
+            ("SECRET_KEY".to_owned(), "0123456789abcdef0123456789abcdef".to_owned()),
+        ]);
         variables.extend(pairs.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())));
         Settings::from_map(variables)
     }
@@ -312,6 +428,13 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("HOST", "not-an-ip"),
             ("REDIS_URL", "http://cache"),
+            ("SECRET_KEY", "your_super_secret_key_here"),
+            ("SECRET_KEY", "too-short"),
+            ("SECRET_KEY", ""),
+            ("SERVICE_API_KEYS", "short"),
+            ("TRUST_INTERNAL_NETWORK", "sometimes"),
+            ("TRUSTED_PROXIES", "10.0.0.0/99"),
+            ("JWT_TTL", "0"),
         ] {
             let error = settings(&[(name, value)]).unwrap_err().to_string();
             assert!(error.contains(name), "{error} should name {name}");

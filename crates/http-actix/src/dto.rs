@@ -204,6 +204,30 @@ impl UpdateContactRequest {
     }
 }
 
+/// A password change.
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    /// The current password.
+    pub current_password: String,
+    /// The new password, 8–128 characters.
+    pub new_password: String,
+}
+
+impl ChangePasswordRequest {
+    /// Parses both passwords (lengths are checked before anything is hashed).
+    pub fn into_domain(self) -> Result<(Password, Password), ApiError> {
+        let mut fields = Fields::default();
+        let current = fields.parse("current_password", Password::parse(&self.current_password));
+        let new = fields.parse("new_password", Password::parse(&self.new_password));
+        fields.finish()?;
+        match (current, new) {
+            (Some(current), Some(new)) => Ok((current, new)),
+            _ => Err(ApiError::validation(Vec::new())),
+        }
+    }
+}
+
 /// A device registration (an upsert by token).
 #[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
 #[serde(deny_unknown_fields)]

@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 /// Seconds a client should wait before retrying a 503.
-const RETRY_AFTER_SECONDS: &str = "1";
+const RETRY_AFTER_SECONDS: u64 = 1;
 
 /// One invalid field, as returned in `details`.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -41,6 +41,8 @@ pub struct ErrorEnvelope {
     /// A machine-readable code: `invalid_json`, `invalid_id`, `validation_error`,
     /// `user_not_found`, `device_not_found`, `not_found`, `method_not_allowed`,
     /// `email_taken`, `idempotency_in_flight`, `idempotency_key_reused`,
+    /// `authentication_required`, `invalid_credentials`, `forbidden`,
+    /// `invalid_current_password`, `rate_limited`,
     /// `payload_too_large`, `unsupported_media_type`,
     /// `service_unavailable`, `internal_error`.
     pub error: Cow<'static, str>,
@@ -62,11 +64,13 @@ pub struct ApiError {
     details: Vec<FieldDetail>,
     /// The cause of a 5xx, logged when the response is built.
     cause: Option<domain::error::BoxError>,
+    /// Seconds to wait before retrying (429, 503).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { status, code, message: message.into(), details: Vec::new(), cause: None }
+        Self { status, code, message: message.into(), details: Vec::new(), cause: None, retry_after: None }
     }
 
     /// 400: the body is not valid JSON.
@@ -116,7 +120,35 @@ impl ApiError {
     pub fn unavailable(cause: domain::error::BoxError) -> Self {
         Self {
             cause: Some(cause),
+            retry_after: Some(RETRY_AFTER_SECONDS),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", "temporarily unavailable, retry later")
+        }
+    }
+
+    /// 401: no credential on a route that needs one.
+    pub fn authentication_required() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_required",
+            "send X-Service-Key or Authorization: Bearer <access token>",
+        )
+    }
+
+    /// 401: a credential that is wrong, expired or revoked (which one is not said).
+    pub fn invalid_credential() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "the credential is invalid, expired or revoked")
+    }
+
+    /// 403: authenticated, but this is not the caller's to read or change.
+    pub fn forbidden(_denied: domain::auth::AccessDenied) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "not allowed for this caller")
+    }
+
+    /// 429: over an abuse limit.
+    pub fn too_many_requests(retry_after: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after.as_secs().max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many attempts, retry later")
         }
     }
 
@@ -158,6 +190,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::UserNotFound => Self::new(StatusCode::NOT_FOUND, "user_not_found", "user not found"),
             ServiceError::DeviceNotFound => {
                 Self::new(StatusCode::NOT_FOUND, "device_not_found", "the user has no such device")
+            }
+            ServiceError::InvalidCredentials => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "invalid email or password")
+            }
+            ServiceError::CurrentPasswordMismatch => {
+                Self::new(StatusCode::FORBIDDEN, "invalid_current_password", "the current password is incorrect")
             }
             ServiceError::EmailTaken => {
                 Self::new(StatusCode::CONFLICT, "email_taken", "a user with this email address already exists")
@@ -211,8 +249,11 @@ impl ResponseError for ApiError {
             }
         }
         let mut response = HttpResponse::build(self.status).json(self.envelope());
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -220,8 +261,13 @@ impl ResponseError for ApiError {
 
 /// The error statuses any operation may answer, each with the `ErrorEnvelope` body.
 /// Operations narrow the list with `error_code = ...` in `#[api_operation]`.
-const DOCUMENTED_ERRORS: [(u16, &str); 8] = [
+const DOCUMENTED_ERRORS: [(u16, &str); 11] = [
     (400, "Malformed JSON (`invalid_json`), malformed path id (`invalid_id`) or query (`invalid_query`)"),
+    (401, "No credential (`authentication_required`), or a wrong, expired or revoked one (`invalid_credentials`)"),
+    (
+        403,
+        "Authenticated, but not the caller's resource (`forbidden`), or a wrong current password (`invalid_current_password`)",
+    ),
     (404, "Unknown user (`user_not_found`) or device (`device_not_found`)"),
     (
         409,
@@ -233,6 +279,7 @@ const DOCUMENTED_ERRORS: [(u16, &str); 8] = [
         422,
         "Well-formed but invalid fields (`validation_error`, with `details`), or an `Idempotency-Key` reused with another body (`idempotency_key_reused`)",
     ),
+    (429, "Over an abuse limit (`rate_limited`); see `Retry-After`"),
     (500, "A bug (`internal_error`); the body says nothing internal"),
     (503, "A dependency is down or saturated (`service_unavailable`); see `Retry-After`"),
 ];

@@ -29,7 +29,7 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 /// The response header marking a replay.
 pub static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// Whose keys these are. Until callers authenticate, every caller shares one scope.
+/// The scope of callers without credentials (public registration).
 pub const ANONYMOUS_CALLER: &str = "anonymous";
 
 /// The optional `Idempotency-Key` header, validated (1–255 printable ASCII, else 422).
@@ -80,9 +80,11 @@ impl ApiComponent for IdempotencyKeyHeader {
     }
 }
 
-/// Builds the idempotent write for a request, when it carries a key.
+/// Builds the idempotent write for a request, when it carries a key; keys are scoped to
+/// the caller.
 pub fn idempotent_write<T>(
     key: IdempotencyKeyHeader,
+    caller_scope: Option<String>,
     request: &HttpRequest,
     body: &[u8],
     ttl: Duration,
@@ -95,7 +97,7 @@ pub fn idempotent_write<T>(
         digest.update(part);
     }
     let request = IdempotentRequest {
-        caller: ANONYMOUS_CALLER.to_owned(),
+        caller: caller_scope.unwrap_or_else(|| ANONYMOUS_CALLER.to_owned()),
         key,
         fingerprint: digest.finalize().to_vec(),
         expires_at: OffsetDateTime::now_utc() + ttl,

@@ -9,6 +9,8 @@
 //!
 //! Business rules live in the `domain` crate; storage in `adapters-postgres`.
 
+pub mod abuse;
+pub mod auth;
 pub mod config;
 pub mod dto;
 pub mod envelope;

@@ -27,12 +27,24 @@ pub const OWASP_PARALLELISM: u32 = 1;
 pub struct Argon2Hasher {
     slots: Arc<Semaphore>,
     queue_timeout: Duration,
+    /// A hash of a random password, verified against for unknown accounts.
+    dummy: PasswordHash,
 }
 
 impl Argon2Hasher {
-    /// A hasher running at most `concurrency` hashes at once.
-    pub fn new(concurrency: usize, queue_timeout: Duration) -> Self {
-        Self { slots: Arc::new(Semaphore::new(concurrency.max(1))), queue_timeout }
+    /// A hasher running at most `concurrency` hashes at once. Computes its dummy hash
+    /// (one hash's worth of CPU) up front, so the first unknown-account login is not faster.
+    pub fn new(concurrency: usize, queue_timeout: Duration) -> Result<Self, HashError> {
+        let random_password = uuid::Uuid::new_v4().to_string();
+        let salt = SaltString::generate(&mut OsRng);
+        let dummy = Self::argon2()?
+            .hash_password(random_password.as_bytes(), &salt)
+            .map_err(|error| HashError::Unexpected(error.to_string().into()))?;
+        Ok(Self {
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            queue_timeout,
+            dummy: PasswordHash::new(dummy.to_string()),
+        })
     }
 
     fn argon2() -> Result<Argon2<'static>, HashError> {
@@ -79,6 +91,24 @@ impl PasswordHasher for Argon2Hasher {
         })
         .await
     }
+
+    fn dummy_hash(&self) -> PasswordHash {
+        self.dummy.clone()
+    }
+
+    fn needs_rehash(&self, hash: &PasswordHash) -> bool {
+        let Ok(parsed) = PhcHash::new(hash.as_str()) else {
+            return true;
+        };
+        let Ok(params) = Params::try_from(&parsed) else {
+            return true;
+        };
+        parsed.algorithm.as_str() != "argon2id"
+            || parsed.version != Some(Version::V0x13.into())
+            || params.m_cost() < OWASP_MEMORY_KIB
+            || params.t_cost() < OWASP_ITERATIONS
+            || params.p_cost() != OWASP_PARALLELISM
+    }
 }
 
 #[cfg(test)]
@@ -87,7 +117,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_owasp_argon2id_and_verify() {
-        let hasher = Argon2Hasher::new(2, Duration::from_secs(5));
+        let hasher = Argon2Hasher::new(2, Duration::from_secs(5)).unwrap();
         let password = Password::parse("StrongPass123!").unwrap();
         let hash = hasher.hash(password.clone()).await.unwrap();
         assert!(hash.as_str().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{}", hash.as_str());
@@ -96,8 +126,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn weaker_hashes_need_a_rehash_and_current_ones_do_not() {
+        let hasher = Argon2Hasher::new(1, Duration::from_secs(5)).unwrap();
+        let current = hasher.hash(Password::parse("StrongPass123!").unwrap()).await.unwrap();
+        assert!(!hasher.needs_rehash(&current));
+        assert!(!hasher.needs_rehash(&hasher.dummy_hash()));
+        let weak = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(4096, 1, 1, None).unwrap())
+            .hash_password(b"StrongPass123!", &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+        assert!(hasher.needs_rehash(&PasswordHash::new(weak.clone())));
+        // The weak hash still verifies, so the upgrade can happen at login.
+        assert!(hasher.verify(Password::parse("StrongPass123!").unwrap(), PasswordHash::new(weak)).await.unwrap());
+        let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x13, Params::default())
+            .hash_password(b"StrongPass123!", &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string();
+        assert!(hasher.needs_rehash(&PasswordHash::new(argon2i)));
+        assert!(hasher.needs_rehash(&PasswordHash::new("not a phc string".into())));
+    }
+
+    #[tokio::test]
     async fn a_saturated_hasher_answers_overloaded_instead_of_queueing() {
-        let hasher = Argon2Hasher::new(1, Duration::from_millis(1));
+        let hasher = Argon2Hasher::new(1, Duration::from_millis(1)).unwrap();
         let _held = hasher.slots.clone().acquire_owned().await.unwrap();
         let result = hasher.hash(Password::parse("StrongPass123!").unwrap()).await;
         assert!(matches!(result, Err(HashError::Overloaded)));

@@ -2,6 +2,7 @@
 //! cases and serves the REST surface. `main` and the API tests both go through
 //! [`Application::build`].
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,17 +11,23 @@ use actix_web::dev::Server;
 use actix_web::middleware::{Compress, from_fn};
 use actix_web::web::{self, Data};
 use actix_web::{App, HttpResponse, HttpServer};
+use adapters_memory::MemoryRateLimiter;
 use adapters_postgres::{PgStore, PoolSettings};
-use adapters_redis::{RedisCache, RedisCacheConfig};
+use adapters_redis::{RedisCache, RedisCacheConfig, RedisRateLimiter};
 use apistos::SwaggerUIConfig;
 use apistos::app::{BuildConfig, OpenApiWrapper};
 use apistos::info::Info;
+use apistos::security::{ApiKey, ApiKeyIn, Http, SecurityScheme, SecurityType};
 use apistos::spec::Spec;
 use apistos::tag::Tag;
 use domain::cache::{NoCache, ProfileCache};
 use domain::ports::{HealthProbe, SystemClock};
+use domain::rate_limit::{FallbackRateLimiter, RateLimit, RateLimiter};
 use domain::service::{Ports, UserService};
+use secrecy::ExposeSecret;
 
+use crate::abuse::Limits;
+use crate::auth::{AuthSettings, ServiceKeys, TokenKeys};
 use crate::config::Settings;
 use crate::dto::JsonProfileEncoder;
 use crate::error::ApiError;
@@ -37,6 +44,10 @@ pub struct AppState {
     pub database: Arc<dyn HealthProbe>,
     /// The representation cache, for health probes.
     pub cache: Arc<dyn ProfileCache>,
+    /// How callers authenticate.
+    pub auth: AuthSettings,
+    /// Abuse limits.
+    pub limits: Limits,
     /// How long idempotency records are kept.
     pub idempotency_ttl: std::time::Duration,
     /// When the service started, for `uptime_seconds`.
@@ -61,6 +72,33 @@ impl std::fmt::Debug for Application {
     }
 }
 
+/// Either scheme satisfies an operation unless it says otherwise: `ServiceKey` for the
+/// gateway and the senders, `BearerAuth` for end users (their own resources only).
+fn security_schemes() -> Vec<BTreeMap<String, SecurityScheme>> {
+    let scheme = |name: &str, security_type, description: &str| {
+        BTreeMap::from([(
+            name.to_owned(),
+            SecurityScheme {
+                _type: security_type,
+                description: Some(description.to_owned()),
+                extensions: Default::default(),
+            },
+        )])
+    };
+    vec![
+        scheme(
+            "ServiceKey",
+            SecurityType::ApiKey(ApiKey { name: "X-Service-Key".to_owned(), _in: ApiKeyIn::Header }),
+            "A key from SERVICE_API_KEYS; service callers may do everything.",
+        ),
+        scheme(
+            "BearerAuth",
+            SecurityType::Http(Http { scheme: "bearer".to_owned(), bearer_format: Some("JWT".to_owned()) }),
+            "An access token from POST /api/v1/auth/login; reaches only the user's own resources.",
+        ),
+    ]
+}
+
 fn openapi_spec() -> Spec {
     let tag = |name: &str, description: &str| Tag {
         name: name.to_owned(),
@@ -79,7 +117,9 @@ fn openapi_spec() -> Spec {
             ),
             ..Default::default()
         },
+        securities: security_schemes(),
         tags: vec![
+            tag("auth", "Access tokens for end users"),
             tag("users", "Registration, profile and contact details"),
             tag("preferences", "Per-channel opt-in and quiet hours"),
             tag("devices", "Push tokens for web, iOS and Android"),
@@ -109,6 +149,56 @@ fn build_cache(settings: &Settings) -> anyhow::Result<Arc<dyn ProfileCache>> {
     let redis = RedisCache::build(config).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
     tracing::info!(url = %redacted_url, ttl_seconds = cache.ttl.as_secs(), "caching users in Redis");
     Ok(Arc::new(redis))
+}
+
+/// Service keys and token keys; warns when the network is trusted instead.
+fn auth_settings(settings: &Settings) -> AuthSettings {
+    let config = &settings.auth;
+    if config.trust_internal_network {
+        tracing::warn!(
+            "TRUST_INTERNAL_NETWORK is on: requests without credentials act as a service caller; \
+             only run like this behind a network that authenticates its callers"
+        );
+    }
+    if config.service_api_keys.is_empty() && !config.trust_internal_network {
+        tracing::info!("no SERVICE_API_KEYS: only end users with access tokens can call protected routes");
+    }
+    AuthSettings {
+        service_keys: ServiceKeys::new(config.service_api_keys.iter().map(|key| key.expose_secret())),
+        tokens: TokenKeys::new(
+            config.secret_key.clone(),
+            config.jwt_issuer.clone(),
+            config.jwt_audience.clone(),
+            config.jwt_ttl,
+        ),
+        trust_internal_network: config.trust_internal_network,
+    }
+}
+
+/// Counters in Redis when configured (falling back to process memory while it is down),
+/// in process memory otherwise.
+fn build_limits(settings: &Settings) -> anyhow::Result<Limits> {
+    let memory: Arc<dyn RateLimiter> = Arc::new(MemoryRateLimiter::new());
+    let limiter: Arc<dyn RateLimiter> = match &settings.cache {
+        None => memory,
+        Some(cache) => {
+            let config = RedisCacheConfig {
+                key_prefix: cache.key_prefix.clone(),
+                timeout: cache.timeout,
+                pool_max_size: cache.pool_size,
+                ..RedisCacheConfig::new(cache.url.clone())
+            };
+            let redis = RedisRateLimiter::build(&config).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
+            Arc::new(FallbackRateLimiter::new(Arc::new(redis), memory))
+        }
+    };
+    let limits = &settings.limits;
+    Ok(Limits {
+        limiter,
+        login_failures: RateLimit { limit: limits.login_max_failures, window: limits.login_failure_window },
+        per_address: RateLimit { limit: limits.per_address, window: limits.per_address_window },
+        trusted_proxies: limits.trusted_proxies.clone(),
+    })
 }
 
 /// How often expired idempotency records are deleted, and how many at a time.
@@ -149,14 +239,16 @@ impl Application {
         }
         let store = PgStore::new(pool);
         let cache = build_cache(&settings)?;
+        let limits = build_limits(&settings)?;
+        let auth = auth_settings(&settings);
         let service = UserService::new(Ports {
             users: Arc::new(store.clone()),
             devices: Arc::new(store.clone()),
             idempotency: Arc::new(store.clone()),
-            hasher: Arc::new(Argon2Hasher::new(
-                settings.password_hash_concurrency,
-                settings.password_hash_queue_timeout,
-            )),
+            hasher: Arc::new(
+                Argon2Hasher::new(settings.password_hash_concurrency, settings.password_hash_queue_timeout)
+                    .map_err(|error| anyhow::anyhow!("preparing password hashing failed: {error}"))?,
+            ),
             clock: Arc::new(SystemClock),
             cache: cache.clone(),
             encoder: Arc::new(JsonProfileEncoder),
@@ -166,6 +258,8 @@ impl Application {
             service,
             database: Arc::new(store.clone()),
             cache,
+            auth,
+            limits,
             idempotency_ttl: settings.idempotency_ttl,
             started_at: Instant::now(),
         });

@@ -10,6 +10,7 @@ use domain::idempotency::{Idempotent, StoredResponse};
 use domain::user::UserId;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::dto::{DeviceView, RegisterDeviceRequest};
 use crate::envelope::{NoContent, Ok, success_bytes};
 use crate::error::ApiError;
@@ -26,6 +27,8 @@ use crate::startup::AppState;
 #[api_operation(
     tag = "devices",
     error_code = 400,
+    error_code = 401,
+    error_code = 403,
     error_code = 404,
     error_code = 413,
     error_code = 415,
@@ -35,14 +38,16 @@ use crate::startup::AppState;
 pub async fn register(
     state: Data<AppState>,
     request: HttpRequest,
+    caller: Caller,
     id: Path<Uuid>,
     key: IdempotencyKeyHeader,
     body: JsonBody<RegisterDeviceRequest>,
 ) -> Result<Replayable<DeviceView>, ApiError> {
+    let user = caller.user(id.into_inner())?;
     let JsonBody(dto, raw) = body;
     let registration = dto.into_domain()?;
-    let user = UserId::from(id.into_inner());
-    let idempotency = idempotent_write(key, &request, &raw, state.idempotency_ttl, Box::new(registered_answer));
+    let scope = Some(caller.0.scope());
+    let idempotency = idempotent_write(key, scope, &request, &raw, state.idempotency_ttl, Box::new(registered_answer));
     Ok(match state.service.register_device(user, registration, idempotency).await? {
         Idempotent::Executed(registered) => Replayable::fresh(registered_answer(&registered)),
         Idempotent::Replayed(stored) => Replayable::replayed(stored),
@@ -67,9 +72,16 @@ fn registered_answer(registered: &RegisteredDevice) -> StoredResponse {
 /// List devices
 ///
 /// Active devices first, most recently seen first.
-#[api_operation(tag = "devices", error_code = 400, error_code = 404, error_code = 503)]
-pub async fn list(state: Data<AppState>, id: Path<Uuid>) -> Result<Ok<Vec<DeviceView>>, ApiError> {
-    let devices = state.service.devices(UserId::from(id.into_inner())).await?;
+#[api_operation(
+    tag = "devices",
+    error_code = 400,
+    error_code = 401,
+    error_code = 403,
+    error_code = 404,
+    error_code = 503
+)]
+pub async fn list(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Result<Ok<Vec<DeviceView>>, ApiError> {
+    let devices = state.service.devices(caller.user(id.into_inner())?).await?;
     Ok(Ok::new(devices.iter().map(DeviceView::from).collect(), "devices retrieved"))
 }
 
@@ -81,12 +93,12 @@ fn selector(device: &str) -> Result<DeviceSelector, ApiError> {
 /// Sets the state of a device; shared by the v1 and legacy routes.
 pub(crate) async fn set_active(
     state: &AppState,
-    user: Uuid,
+    user: UserId,
     device: &str,
     active: bool,
 ) -> Result<Ok<DeviceView>, ApiError> {
     let selector = selector(device)?;
-    let device = state.service.set_device_active(UserId::from(user), &selector, active).await?;
+    let device = state.service.set_device_active(user, &selector, active).await?;
     Ok(Ok::new(DeviceView::from(&device), if active { "device activated" } else { "device deactivated" }))
 }
 
@@ -94,10 +106,21 @@ pub(crate) async fn set_active(
 ///
 /// `{device}` is the device id or its token (percent-encoded or raw, slashes included).
 /// Idempotent: 200 with the device also when it is already active.
-#[api_operation(tag = "devices", error_code = 400, error_code = 404, error_code = 503)]
-pub async fn activate(state: Data<AppState>, path: Path<(Uuid, String)>) -> Result<Ok<DeviceView>, ApiError> {
+#[api_operation(
+    tag = "devices",
+    error_code = 400,
+    error_code = 401,
+    error_code = 403,
+    error_code = 404,
+    error_code = 503
+)]
+pub async fn activate(
+    state: Data<AppState>,
+    caller: Caller,
+    path: Path<(Uuid, String)>,
+) -> Result<Ok<DeviceView>, ApiError> {
     let (user, device) = path.into_inner();
-    set_active(&state, user, &device, true).await
+    set_active(&state, caller.user(user)?, &device, true).await
 }
 
 /// Deactivate a device
@@ -105,18 +128,36 @@ pub async fn activate(state: Data<AppState>, path: Path<(Uuid, String)>) -> Resu
 /// `{device}` is the device id or its token (percent-encoded or raw, slashes included), as
 /// the push sender reports dead tokens. Idempotent: 200 with the device also when it is
 /// already inactive.
-#[api_operation(tag = "devices", error_code = 400, error_code = 404, error_code = 503)]
-pub async fn deactivate(state: Data<AppState>, path: Path<(Uuid, String)>) -> Result<Ok<DeviceView>, ApiError> {
+#[api_operation(
+    tag = "devices",
+    error_code = 400,
+    error_code = 401,
+    error_code = 403,
+    error_code = 404,
+    error_code = 503
+)]
+pub async fn deactivate(
+    state: Data<AppState>,
+    caller: Caller,
+    path: Path<(Uuid, String)>,
+) -> Result<Ok<DeviceView>, ApiError> {
     let (user, device) = path.into_inner();
-    set_active(&state, user, &device, false).await
+    set_active(&state, caller.user(user)?, &device, false).await
 }
 
 /// Remove a device
 ///
 /// `{device}` is the device id or its token.
-#[api_operation(tag = "devices", error_code = 400, error_code = 404, error_code = 503)]
-pub async fn delete(state: Data<AppState>, path: Path<(Uuid, String)>) -> Result<NoContent, ApiError> {
+#[api_operation(
+    tag = "devices",
+    error_code = 400,
+    error_code = 401,
+    error_code = 403,
+    error_code = 404,
+    error_code = 503
+)]
+pub async fn delete(state: Data<AppState>, caller: Caller, path: Path<(Uuid, String)>) -> Result<NoContent, ApiError> {
     let (user, device) = path.into_inner();
-    state.service.delete_device(UserId::from(user), &selector(&device)?).await?;
+    state.service.delete_device(caller.user(user)?, &selector(&device)?).await?;
     Ok(NoContent)
 }

@@ -125,7 +125,7 @@ async fn probe_cache(state: &AppState) -> CheckView {
 ///
 /// The database and cache with probe latency. The cache being down only degrades the
 /// service (200, `degraded`); the database being down makes it unable to serve (503, `down`).
-#[api_operation(tag = "health")]
+#[api_operation(tag = "health", no_security)]
 pub async fn health(state: Data<AppState>) -> HealthReply<HealthView> {
     let (database, cache) = futures_util::join!(probe_database(&state), probe_cache(&state));
     let healthy = database.status == "ok";
@@ -148,7 +148,7 @@ pub async fn health(state: Data<AppState>) -> HealthReply<HealthView> {
 /// Liveness
 ///
 /// 200 whenever the process answers.
-#[api_operation(tag = "health")]
+#[api_operation(tag = "health", no_security)]
 pub async fn live() -> HealthReply<LiveView> {
     HealthReply { healthy: true, data: LiveView { status: "ok" } }
 }
@@ -156,7 +156,7 @@ pub async fn live() -> HealthReply<LiveView> {
 /// Readiness
 ///
 /// 200 when the database answers, else 503.
-#[api_operation(tag = "health")]
+#[api_operation(tag = "health", no_security)]
 pub async fn ready(state: Data<AppState>) -> HealthReply<CheckView> {
     let database = probe_database(&state).await;
     HealthReply { healthy: database.status == "ok", data: database }

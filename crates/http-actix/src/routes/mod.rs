@@ -3,6 +3,7 @@
 //! Handlers are thin: extract, `into_domain()`, call one use case, wrap the result in the
 //! envelope. Errors convert into [`ApiError`](crate::error::ApiError).
 
+pub mod auth;
 pub mod devices;
 pub mod health;
 pub mod legacy;
@@ -26,6 +27,8 @@ pub fn configure(config: &mut ServiceConfig) {
                         .route(patch().to(users::update_contact))
                         .route(delete().to(users::delete)),
                 )
+                .service(resource("/auth/login").route(post().to(auth::login)))
+                .service(resource("/users/{id}/password").route(put().to(users::change_password)))
                 .service(
                     resource("/users/{id}/preferences")
                         .route(get().to(preferences::get))

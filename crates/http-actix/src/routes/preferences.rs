@@ -2,9 +2,9 @@
 
 use actix_web::web::{Data, Path};
 use apistos::api_operation;
-use domain::user::UserId;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::dto::{PreferencesRequest, PreferencesView};
 use crate::envelope::Ok;
 use crate::error::ApiError;
@@ -12,9 +12,16 @@ use crate::extract::JsonBody;
 use crate::startup::AppState;
 
 /// Get preferences
-#[api_operation(tag = "preferences", error_code = 400, error_code = 404, error_code = 503)]
-pub async fn get(state: Data<AppState>, id: Path<Uuid>) -> Result<Ok<PreferencesView>, ApiError> {
-    let preferences = state.service.preferences(UserId::from(id.into_inner())).await?;
+#[api_operation(
+    tag = "preferences",
+    error_code = 400,
+    error_code = 401,
+    error_code = 403,
+    error_code = 404,
+    error_code = 503
+)]
+pub async fn get(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Result<Ok<PreferencesView>, ApiError> {
+    let preferences = state.service.preferences(caller.user(id.into_inner())?).await?;
     Ok(Ok::new(PreferencesView::from(&preferences), "preferences retrieved"))
 }
 
@@ -26,6 +33,8 @@ pub async fn get(state: Data<AppState>, id: Path<Uuid>) -> Result<Ok<Preferences
 #[api_operation(
     tag = "preferences",
     error_code = 400,
+    error_code = 401,
+    error_code = 403,
     error_code = 404,
     error_code = 413,
     error_code = 415,
@@ -34,10 +43,12 @@ pub async fn get(state: Data<AppState>, id: Path<Uuid>) -> Result<Ok<Preferences
 )]
 pub async fn update(
     state: Data<AppState>,
+    caller: Caller,
     id: Path<Uuid>,
     body: JsonBody<PreferencesRequest>,
 ) -> Result<Ok<PreferencesView>, ApiError> {
+    let user = caller.user(id.into_inner())?;
     let update = body.0.into_domain()?;
-    let preferences = state.service.update_preferences(UserId::from(id.into_inner()), update).await?;
+    let preferences = state.service.update_preferences(user, update).await?;
     Ok(Ok::new(PreferencesView::from(&preferences), "preferences updated"))
 }

@@ -8,11 +8,13 @@ use domain::user::{PageRequest, UserId, UserProfile};
 use domain::{FieldError, InvalidValue};
 use uuid::Uuid;
 
-use crate::dto::{PageQuery, RegisterUserRequest, UpdateContactRequest, UserView};
+use crate::auth::{Caller, MaybeCaller};
+use crate::dto::{ChangePasswordRequest, PageQuery, RegisterUserRequest, UpdateContactRequest, UserView};
 use crate::envelope::{NoContent, Ok, OkEncoded, PageMeta, success_bytes};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::idempotency::{IdempotencyKeyHeader, Replayable, idempotent_write};
+use crate::routes::auth::TokenView;
 use crate::startup::AppState;
 
 /// Register a user
@@ -23,22 +25,28 @@ use crate::startup::AppState;
 /// hash. A `push_token` registers a device of platform `unknown`. Also at `/api/v1/users`.
 #[api_operation(
     tag = "users",
+    no_security,
     error_code = 400,
+    error_code = 401,
     error_code = 409,
     error_code = 413,
     error_code = 415,
     error_code = 422,
+    error_code = 429,
     error_code = 503
 )]
 pub async fn register(
     state: Data<AppState>,
     request: HttpRequest,
+    caller: MaybeCaller,
     key: IdempotencyKeyHeader,
     body: JsonBody<RegisterUserRequest>,
 ) -> Result<Replayable<UserView>, ApiError> {
     let JsonBody(dto, raw) = body;
     let new_user = dto.into_domain()?;
-    let idempotency = idempotent_write(key, &request, &raw, state.idempotency_ttl, Box::new(registered_answer));
+    state.limits.per_address(caller.0.as_ref(), &request, "register").await?;
+    let scope = caller.0.as_ref().map(domain::auth::Principal::scope);
+    let idempotency = idempotent_write(key, scope, &request, &raw, state.idempotency_ttl, Box::new(registered_answer));
     Ok(match state.service.register(new_user, idempotency).await? {
         Idempotent::Executed(profile) => Replayable::fresh(registered_answer(&profile)),
         Idempotent::Replayed(stored) => Replayable::replayed(stored),
@@ -58,14 +66,21 @@ fn registered_answer(profile: &UserProfile) -> StoredResponse {
 ///
 /// The user with preferences, `push_token` (the most recently seen active device's),
 /// `push_tokens` and `devices` (active first, most recently seen first).
-#[api_operation(tag = "users", error_code = 400, error_code = 404, error_code = 503)]
-pub async fn get(state: Data<AppState>, id: Path<Uuid>) -> Result<OkEncoded<UserView>, ApiError> {
-    user(&state, id.into_inner()).await
+#[api_operation(
+    tag = "users",
+    error_code = 400,
+    error_code = 401,
+    error_code = 403,
+    error_code = 404,
+    error_code = 503
+)]
+pub async fn get(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Result<OkEncoded<UserView>, ApiError> {
+    user(&state, caller.user(id.into_inner())?).await
 }
 
 /// Loads one user's view, from the cache when warm; shared by the v1 and legacy routes.
-pub(crate) async fn user(state: &AppState, id: Uuid) -> Result<OkEncoded<UserView>, ApiError> {
-    let encoded = state.service.encoded_profile(UserId::from(id)).await?;
+pub(crate) async fn user(state: &AppState, id: UserId) -> Result<OkEncoded<UserView>, ApiError> {
+    let encoded = state.service.encoded_profile(id).await?;
     Ok(OkEncoded::new(encoded, "user retrieved"))
 }
 
@@ -76,6 +91,8 @@ pub(crate) async fn user(state: &AppState, id: Uuid) -> Result<OkEncoded<UserVie
 #[api_operation(
     tag = "users",
     error_code = 400,
+    error_code = 401,
+    error_code = 403,
     error_code = 404,
     error_code = 409,
     error_code = 413,
@@ -85,29 +102,81 @@ pub(crate) async fn user(state: &AppState, id: Uuid) -> Result<OkEncoded<UserVie
 )]
 pub async fn update_contact(
     state: Data<AppState>,
+    caller: Caller,
     id: Path<Uuid>,
     body: JsonBody<UpdateContactRequest>,
 ) -> Result<Ok<UserView>, ApiError> {
+    let user = caller.user(id.into_inner())?;
     let update = body.0.into_domain()?;
-    let profile = state.service.update_contact(UserId::from(id.into_inner()), update).await?;
+    let profile = state.service.update_contact(user, update).await?;
     Ok(Ok::new(UserView::from(&profile), "user updated"))
 }
 
 /// Erase a user
 ///
 /// Deletes the user with its preferences and devices.
-#[api_operation(tag = "users", error_code = 400, error_code = 404, error_code = 503)]
-pub async fn delete(state: Data<AppState>, id: Path<Uuid>) -> Result<NoContent, ApiError> {
-    state.service.delete(UserId::from(id.into_inner())).await?;
+#[api_operation(
+    tag = "users",
+    error_code = 400,
+    error_code = 401,
+    error_code = 403,
+    error_code = 404,
+    error_code = 503
+)]
+pub async fn delete(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Result<NoContent, ApiError> {
+    state.service.delete(caller.user(id.into_inner())?).await?;
     Ok(NoContent)
+}
+
+/// Change the password
+///
+/// Only the user itself, with its current password. Every access token issued before stops
+/// working; the answer carries a fresh one.
+#[api_operation(
+    tag = "users",
+    security_scope(name = "BearerAuth"),
+    error_code = 400,
+    error_code = 401,
+    error_code = 403,
+    error_code = 404,
+    error_code = 413,
+    error_code = 415,
+    error_code = 422,
+    error_code = 503
+)]
+pub async fn change_password(
+    state: Data<AppState>,
+    caller: Caller,
+    id: Path<Uuid>,
+    body: JsonBody<ChangePasswordRequest>,
+) -> Result<Ok<TokenView>, ApiError> {
+    let user = UserId::from(id.into_inner());
+    caller.0.require_owner(user).map_err(ApiError::forbidden)?;
+    let (current, new) = body.0.into_domain()?;
+    let token_version = state.service.change_password(user, current, new).await?;
+    let authenticated = domain::auth::Authenticated { user_id: user, token_version };
+    Ok(Ok::new(TokenView::issue(&state, authenticated), "password changed"))
 }
 
 /// List users
 ///
 /// Users in registration order, `limit` (1–100, default 20) per page, with pagination
-/// `meta`. Also at `/api/v1/users/`.
-#[api_operation(tag = "users", error_code = 400, error_code = 422, error_code = 503)]
-pub async fn list(state: Data<AppState>, query: Query<PageQuery>) -> Result<Ok<Vec<UserView>>, ApiError> {
+/// `meta`. Also at `/api/v1/users/`. Service callers only.
+#[api_operation(
+    tag = "users",
+    security_scope(name = "ServiceKey"),
+    error_code = 400,
+    error_code = 401,
+    error_code = 403,
+    error_code = 422,
+    error_code = 503
+)]
+pub async fn list(
+    state: Data<AppState>,
+    caller: Caller,
+    query: Query<PageQuery>,
+) -> Result<Ok<Vec<UserView>>, ApiError> {
+    caller.service_only()?;
     let query = query.into_inner();
     let page = PageRequest::new(query.page.unwrap_or(1), query.limit.unwrap_or(20)).map_err(
         |(field, error): (&'static str, InvalidValue)| ApiError::validation(vec![FieldError::new(field, error)]),

@@ -1,0 +1,675 @@
+//! Send eligibility: may a notification go to this user on this channel now, and if not,
+//! when?
+//!
+//! [`decide`] reads a [`UserProfile`] at one instant and answers with an [`Eligibility`]:
+//! whether sending is allowed, why (a [`Reason`]), where to send ([`Targets`]) and, when only
+//! quiet hours hold the notification back, when they end ([`quiet_window_end`]).
+//!
+//! Quiet hours are local wall-clock times, so their end is computed with the bundled IANA
+//! time zone database of `jiff`, transition by transition; no offset is ever written by hand.
+//! This module is pure: no clock is read here, the caller passes the instant.
+
+use jiff::Timestamp;
+use jiff::civil::{DateTime, Time};
+use jiff::tz::{Offset, TimeZone};
+use time::OffsetDateTime;
+
+use crate::device::{Platform, PushToken};
+use crate::error::InvalidValue;
+use crate::preferences::{ClockTime, QuietHours, TimeZoneName};
+use crate::user::{EmailAddress, UserProfile};
+
+/// A delivery channel a user can opt in to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Email to the user's address.
+    Email,
+    /// Push to the user's active devices.
+    Push,
+}
+
+impl Channel {
+    /// Parses the lower-case channel name (`email`, `push`).
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        match raw {
+            "email" => Ok(Self::Email),
+            "push" => Ok(Self::Push),
+            _ => Err(InvalidValue::new("must be one of email, push")),
+        }
+    }
+
+    /// The lower-case name used in the API.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Push => "push",
+        }
+    }
+}
+
+/// Why sending is allowed or not. When several reasons apply, the first in declaration
+/// order wins: an opted-out user is never reported as merely in quiet hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The user turned the channel off.
+    OptedOut,
+    /// Email channel, but the user has no email address.
+    NoAddress,
+    /// Push channel, but the user has no active device.
+    NoActiveDevice,
+    /// The user's quiet hours are in progress; see [`Eligibility::next_allowed_at`].
+    QuietHours,
+    /// Nothing holds the notification back.
+    Ok,
+}
+
+impl Reason {
+    /// The snake-case code used in the API.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Self::OptedOut => "opted_out",
+            Self::NoAddress => "no_address",
+            Self::NoActiveDevice => "no_active_device",
+            Self::QuietHours => "quiet_hours",
+            Self::Ok => "ok",
+        }
+    }
+}
+
+/// Where a notification on a channel would go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// The user's email address.
+    Email(EmailAddress),
+    /// The tokens of the active devices with their platforms, most recently seen first.
+    Tokens(Vec<(PushToken, Platform)>),
+}
+
+/// The answer to "may I send to this user on this channel now, and if not, when?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eligibility {
+    /// The channel asked about.
+    pub channel: Channel,
+    /// The instant the decision is for.
+    pub at: OffsetDateTime,
+    /// Whether a notification may be sent at `at`.
+    pub allowed: bool,
+    /// Why (`Ok` exactly when `allowed`).
+    pub reason: Reason,
+    /// When quiet hours end, for [`Reason::QuietHours`] only; `None` otherwise, including
+    /// when waiting would not help (opted out, nowhere to send).
+    pub next_allowed_at: Option<OffsetDateTime>,
+    /// Where to send, when allowed or held back only by quiet hours; `None` otherwise.
+    pub targets: Option<Targets>,
+}
+
+/// Decides whether `profile` may receive a notification on `channel` at `at`.
+///
+/// Precedence: opted out, then no address (email) or no active device (push), then quiet
+/// hours, then ok.
+pub fn decide(profile: &UserProfile, channel: Channel, at: OffsetDateTime) -> Eligibility {
+    let preferences = &profile.preferences;
+    let refused = |reason| Eligibility { channel, at, allowed: false, reason, next_allowed_at: None, targets: None };
+
+    let opted_in = match channel {
+        Channel::Email => preferences.email,
+        Channel::Push => preferences.push,
+    };
+    if !opted_in {
+        return refused(Reason::OptedOut);
+    }
+
+    let targets = match channel {
+        Channel::Email => email_address(profile).map(Targets::Email),
+        Channel::Push => {
+            let tokens: Vec<_> = profile
+                .devices
+                .iter()
+                .filter(|device| device.active)
+                .map(|device| (device.token.clone(), device.platform))
+                .collect();
+            (!tokens.is_empty()).then_some(Targets::Tokens(tokens))
+        }
+    };
+    let Some(targets) = targets else {
+        return refused(match channel {
+            Channel::Email => Reason::NoAddress,
+            Channel::Push => Reason::NoActiveDevice,
+        });
+    };
+
+    let quiet_until =
+        preferences.quiet_hours.as_ref().and_then(|quiet| quiet_window_end(quiet, &preferences.timezone, at));
+    let (allowed, reason) = match quiet_until {
+        Some(_) => (false, Reason::QuietHours),
+        None => (true, Reason::Ok),
+    };
+    Eligibility { channel, at, allowed, reason, next_allowed_at: quiet_until, targets: Some(targets) }
+}
+
+/// The address to email. Every user has one today; the `Option` keeps [`Reason::NoAddress`]
+/// right the day it becomes optional.
+fn email_address(profile: &UserProfile) -> Option<EmailAddress> {
+    Some(profile.user.email.clone())
+}
+
+/// When the quiet window in progress at `at` ends, or `None` if the local wall clock at `at`
+/// (read in `zone`) is outside `quiet`.
+///
+/// The end is the first instant at or after `at` at which the local wall clock is outside
+/// the window. Usually that is the window's end time; around time zone transitions it is
+/// whatever the clock really does:
+/// - an end time skipped by a spring-forward gap ends the window at the transition (window
+///   until 02:30, clocks jump 02:00 → 03:00: the window ends at 03:00, the jump);
+/// - a fall-back transition that moves the clock back out of the window ends it at the
+///   transition (window 01:30–03:00, clocks fall back from 02:00 to 01:00: it ends when the
+///   clock shows 01:00 again), and a repeated end time ends the window the first time it is
+///   reached (the repeated part is a new quiet spell of its own).
+///
+/// Also `None` in the unreachable cases of a zone missing from the database and of an end
+/// beyond the year 9999, which neither `time` nor `jiff` can represent.
+pub fn quiet_window_end(quiet: &QuietHours, zone: &TimeZoneName, at: OffsetDateTime) -> Option<OffsetDateTime> {
+    // A TimeZoneName was checked against this same bundled database.
+    let zone = TimeZone::get(zone.as_str()).ok()?;
+    let at = Timestamp::from_nanosecond(at.unix_timestamp_nanos()).ok()?;
+    let end = window_end(quiet, &zone, at).ok()??;
+    OffsetDateTime::from_unix_timestamp_nanos(end.as_nanosecond()).ok()
+}
+
+/// Walks the zone's offset segments from `at`: within a segment the wall clock runs
+/// continuously, so the only way out of the window is reaching its end time; at a
+/// transition the clock jumps, possibly out of the window.
+fn window_end(quiet: &QuietHours, zone: &TimeZone, at: Timestamp) -> Result<Option<Timestamp>, jiff::Error> {
+    let mut local = zone.to_datetime(at);
+    if !is_quiet(quiet, local.time()) {
+        return Ok(None);
+    }
+    let end = quiet.end().as_time();
+    let end = Time::new(end.hour() as i8, end.minute() as i8, 0, 0)?;
+    let mut offset = zone.to_offset(at);
+    for transition in zone.following(at) {
+        let reaches_end = reach(offset, local, end)?;
+        if reaches_end < transition.timestamp() {
+            return Ok(Some(reaches_end));
+        }
+        local = transition.offset().to_datetime(transition.timestamp());
+        if !is_quiet(quiet, local.time()) {
+            return Ok(Some(transition.timestamp()));
+        }
+        offset = transition.offset();
+    }
+    reach(offset, local, end).map(Some)
+}
+
+/// The instant at which a clock showing `local` and running at `offset` next shows `end`.
+fn reach(offset: Offset, local: DateTime, end: Time) -> Result<Timestamp, jiff::Error> {
+    let mut next = local.date().to_datetime(end);
+    if next <= local {
+        next = local.date().tomorrow()?.to_datetime(end);
+    }
+    offset.to_timestamp(next)
+}
+
+/// Whether a local time of day (seconds and all) is inside the window. Window bounds are
+/// whole minutes, so reading the time at minute precision decides exactly.
+fn is_quiet(quiet: &QuietHours, local: Time) -> bool {
+    let minutes = i64::from(local.hour()) * 60 + i64::from(local.minute());
+    quiet.contains(ClockTime::from_time(time::Time::MIDNIGHT + time::Duration::minutes(minutes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::device::{Device, DeviceId};
+    use crate::preferences::Preferences;
+    use crate::user::{User, UserId, UserName};
+
+    fn window(start: &str, end: &str) -> QuietHours {
+        QuietHours::new(ClockTime::parse(start).unwrap(), ClockTime::parse(end).unwrap()).unwrap()
+    }
+
+    fn zone(name: &str) -> TimeZoneName {
+        TimeZoneName::parse(name).unwrap()
+    }
+
+    fn end_of(quiet: &str, zone_name: &str, at: OffsetDateTime) -> Option<OffsetDateTime> {
+        let (start, end) = quiet.split_once('-').unwrap();
+        quiet_window_end(&window(start, end), &zone(zone_name), at)
+    }
+
+    fn device(token: &str, platform: Platform, active: bool, seen: OffsetDateTime) -> Device {
+        Device {
+            id: DeviceId::generate(),
+            user_id: UserId::from(Uuid::nil()),
+            token: PushToken::parse(token).unwrap(),
+            platform,
+            active,
+            created_at: seen,
+            updated_at: seen,
+            last_seen_at: seen,
+        }
+    }
+
+    /// Opted in to everything, one active Android device, quiet 22:00–07:00 in Lagos (UTC+1).
+    fn profile() -> UserProfile {
+        let now = datetime!(2026-01-01 00:00 UTC);
+        UserProfile {
+            user: User {
+                id: UserId::from(Uuid::nil()),
+                name: UserName::parse("Ada").unwrap(),
+                email: EmailAddress::parse("ada@example.com").unwrap(),
+                phone: None,
+                created_at: now,
+                updated_at: now,
+            },
+            preferences: Preferences {
+                email: true,
+                push: true,
+                quiet_hours: Some(window("22:00", "07:00")),
+                timezone: zone("Africa/Lagos"),
+                updated_at: now,
+            },
+            devices: vec![device("fcm-token", Platform::Android, true, now)],
+        }
+    }
+
+    const NOON_IN_LAGOS: OffsetDateTime = datetime!(2026-06-01 11:00 UTC);
+    const MIDNIGHT_IN_LAGOS: OffsetDateTime = datetime!(2026-06-01 23:00 UTC);
+
+    #[test]
+    fn channels_and_reasons_have_stable_names() {
+        assert_eq!(Channel::parse("email").unwrap(), Channel::Email);
+        assert_eq!(Channel::parse("push").unwrap().as_str(), "push");
+        for bad in ["Email", "sms", "", "push "] {
+            assert!(Channel::parse(bad).is_err(), "{bad:?} should be rejected");
+        }
+        let names: Vec<_> =
+            [Reason::OptedOut, Reason::NoAddress, Reason::NoActiveDevice, Reason::QuietHours, Reason::Ok]
+                .iter()
+                .map(Reason::as_str)
+                .collect();
+        assert_eq!(names, ["opted_out", "no_address", "no_active_device", "quiet_hours", "ok"]);
+    }
+
+    #[test]
+    fn an_opted_in_reachable_user_outside_quiet_hours_may_be_emailed() {
+        let decision = decide(&profile(), Channel::Email, NOON_IN_LAGOS);
+        assert_eq!(
+            decision,
+            Eligibility {
+                channel: Channel::Email,
+                at: NOON_IN_LAGOS,
+                allowed: true,
+                reason: Reason::Ok,
+                next_allowed_at: None,
+                targets: Some(Targets::Email(EmailAddress::parse("ada@example.com").unwrap())),
+            }
+        );
+    }
+
+    #[test]
+    fn push_targets_are_the_active_devices_most_recently_seen_first() {
+        let mut profile = profile();
+        profile.devices = vec![
+            device("newest", Platform::Ios, true, datetime!(2026-05-03 00:00 UTC)),
+            device("inactive", Platform::Web, false, datetime!(2026-05-02 00:00 UTC)),
+            device("older", Platform::Android, true, datetime!(2026-05-01 00:00 UTC)),
+        ];
+        let decision = decide(&profile, Channel::Push, NOON_IN_LAGOS);
+        assert!(decision.allowed);
+        assert_eq!(decision.reason, Reason::Ok);
+        assert_eq!(
+            decision.targets,
+            Some(Targets::Tokens(vec![
+                (PushToken::parse("newest").unwrap(), Platform::Ios),
+                (PushToken::parse("older").unwrap(), Platform::Android),
+            ]))
+        );
+    }
+
+    #[test]
+    fn quiet_hours_hold_back_but_keep_the_targets_and_say_when_to_retry() {
+        let decision = decide(&profile(), Channel::Push, MIDNIGHT_IN_LAGOS);
+        assert!(!decision.allowed);
+        assert_eq!(decision.reason, Reason::QuietHours);
+        assert_eq!(decision.next_allowed_at, Some(datetime!(2026-06-02 06:00 UTC)));
+        assert!(matches!(decision.targets, Some(Targets::Tokens(tokens)) if tokens.len() == 1));
+    }
+
+    #[test]
+    fn a_user_without_quiet_hours_may_be_reached_at_any_time() {
+        let mut profile = profile();
+        profile.preferences.quiet_hours = None;
+        assert_eq!(decide(&profile, Channel::Email, MIDNIGHT_IN_LAGOS).reason, Reason::Ok);
+    }
+
+    #[test]
+    fn opting_out_wins_over_a_missing_device_and_quiet_hours() {
+        let mut profile = profile();
+        profile.preferences.push = false;
+        profile.devices.clear();
+        let decision = decide(&profile, Channel::Push, MIDNIGHT_IN_LAGOS);
+        assert_eq!((decision.allowed, decision.reason), (false, Reason::OptedOut));
+        assert_eq!((decision.next_allowed_at, decision.targets), (None, None));
+
+        profile.preferences.email = false;
+        assert_eq!(decide(&profile, Channel::Email, MIDNIGHT_IN_LAGOS).reason, Reason::OptedOut);
+    }
+
+    #[test]
+    fn opting_out_of_one_channel_leaves_the_other_open() {
+        let mut profile = profile();
+        profile.preferences.email = false;
+        assert_eq!(decide(&profile, Channel::Push, NOON_IN_LAGOS).reason, Reason::Ok);
+        assert_eq!(decide(&profile, Channel::Email, NOON_IN_LAGOS).reason, Reason::OptedOut);
+    }
+
+    #[test]
+    fn no_active_device_wins_over_quiet_hours() {
+        let mut profile = profile();
+        profile.devices = vec![device("inactive", Platform::Web, false, NOON_IN_LAGOS)];
+        let decision = decide(&profile, Channel::Push, MIDNIGHT_IN_LAGOS);
+        assert_eq!((decision.allowed, decision.reason), (false, Reason::NoActiveDevice));
+        assert_eq!((decision.next_allowed_at, decision.targets), (None, None));
+        // The email channel does not need a device.
+        assert_eq!(decide(&profile, Channel::Email, NOON_IN_LAGOS).reason, Reason::Ok);
+    }
+
+    #[test]
+    fn a_non_wrapping_window_is_quiet_from_its_start_instant_and_open_at_its_end_instant() {
+        let lunch = "12:00-13:00";
+        assert_eq!(end_of(lunch, "Africa/Lagos", datetime!(2026-06-01 10:59 UTC)), None);
+        assert_eq!(
+            end_of(lunch, "Africa/Lagos", datetime!(2026-06-01 11:00 UTC)),
+            Some(datetime!(2026-06-01 12:00 UTC))
+        );
+        assert_eq!(
+            end_of(lunch, "Africa/Lagos", datetime!(2026-06-01 11:59:59.999 UTC)),
+            Some(datetime!(2026-06-01 12:00 UTC))
+        );
+        assert_eq!(end_of(lunch, "Africa/Lagos", datetime!(2026-06-01 12:00 UTC)), None);
+    }
+
+    #[test]
+    fn a_wrapping_window_spans_midnight_in_the_users_zone() {
+        let night = "22:00-07:00";
+        let ends = Some(datetime!(2026-06-02 06:00 UTC));
+        assert_eq!(end_of(night, "Africa/Lagos", datetime!(2026-06-01 20:59 UTC)), None);
+        assert_eq!(end_of(night, "Africa/Lagos", datetime!(2026-06-01 21:00 UTC)), ends);
+        assert_eq!(end_of(night, "Africa/Lagos", datetime!(2026-06-01 23:30 UTC)), ends);
+        assert_eq!(end_of(night, "Africa/Lagos", datetime!(2026-06-02 05:59:30 UTC)), ends);
+        assert_eq!(end_of(night, "Africa/Lagos", datetime!(2026-06-02 06:00 UTC)), None);
+        // The offset of `at` is irrelevant: only the instant counts.
+        assert_eq!(end_of(night, "Africa/Lagos", datetime!(2026-06-01 16:00 -07:00)), ends);
+    }
+
+    #[test]
+    fn a_window_ending_in_a_spring_forward_gap_ends_at_the_jump() {
+        // New York, 2026-03-08: 02:00 EST (07:00Z) jumps to 03:00 EDT.
+        let jump = Some(datetime!(2026-03-08 07:00 UTC));
+        assert_eq!(end_of("01:00-02:30", "America/New_York", datetime!(2026-03-08 06:30 UTC)), jump);
+        assert_eq!(end_of("22:00-02:30", "America/New_York", datetime!(2026-03-08 04:00 UTC)), jump);
+        // A night window across the short night ends at 07:00 EDT, an hour early in UTC.
+        assert_eq!(
+            end_of("22:00-07:00", "America/New_York", datetime!(2026-03-08 04:00 UTC)),
+            Some(datetime!(2026-03-08 11:00 UTC))
+        );
+        // London, 2026-03-29: 01:00 GMT (01:00Z) jumps to 02:00 BST.
+        assert_eq!(
+            end_of("00:30-01:30", "Europe/London", datetime!(2026-03-29 00:45 UTC)),
+            Some(datetime!(2026-03-29 01:00 UTC))
+        );
+    }
+
+    #[test]
+    fn a_window_whose_start_is_skipped_begins_right_after_the_jump() {
+        // New York, 2026-03-08: 02:15 never happens; 03:00 EDT is already inside 02:15–06:00.
+        assert_eq!(end_of("02:15-06:00", "America/New_York", datetime!(2026-03-08 06:59 UTC)), None);
+        assert_eq!(
+            end_of("02:15-06:00", "America/New_York", datetime!(2026-03-08 07:00 UTC)),
+            Some(datetime!(2026-03-08 10:00 UTC))
+        );
+    }
+
+    #[test]
+    fn a_fall_back_ends_a_window_at_the_first_moment_the_clock_is_outside_it() {
+        // New York, 2026-11-01: 02:00 EDT (06:00Z) falls back to 01:00 EST.
+        let ny = "America/New_York";
+        // 01:30 is reached first in EDT; the repeated 01:00–01:30 EST is a new quiet spell.
+        assert_eq!(end_of("00:00-01:30", ny, datetime!(2026-11-01 04:30 UTC)), Some(datetime!(2026-11-01 05:30 UTC)));
+        assert_eq!(end_of("00:00-01:30", ny, datetime!(2026-11-01 05:45 UTC)), None);
+        assert_eq!(end_of("00:00-01:30", ny, datetime!(2026-11-01 06:10 UTC)), Some(datetime!(2026-11-01 06:30 UTC)));
+        // Falling back to 01:00 leaves 01:30–03:00 for half an hour.
+        assert_eq!(end_of("01:30-03:00", ny, datetime!(2026-11-01 05:40 UTC)), Some(datetime!(2026-11-01 06:00 UTC)));
+        assert_eq!(end_of("01:30-03:00", ny, datetime!(2026-11-01 06:15 UTC)), None);
+        assert_eq!(end_of("01:30-03:00", ny, datetime!(2026-11-01 06:30 UTC)), Some(datetime!(2026-11-01 08:00 UTC)));
+        // A window containing the whole repeated hour simply lasts an hour longer.
+        assert_eq!(end_of("22:00-07:00", ny, datetime!(2026-11-01 03:00 UTC)), Some(datetime!(2026-11-01 12:00 UTC)));
+
+        // London, 2026-10-25: 02:00 BST (01:00Z) falls back to 01:00 GMT.
+        let london = "Europe/London";
+        assert_eq!(
+            end_of("01:00-01:30", london, datetime!(2026-10-25 00:10 UTC)),
+            Some(datetime!(2026-10-25 00:30 UTC))
+        );
+        assert_eq!(end_of("01:00-01:30", london, datetime!(2026-10-25 00:45 UTC)), None);
+        assert_eq!(
+            end_of("01:00-01:30", london, datetime!(2026-10-25 01:00 UTC)),
+            Some(datetime!(2026-10-25 01:30 UTC))
+        );
+    }
+
+    #[test]
+    fn southern_hemisphere_zones_shift_in_april_and_october() {
+        // Sydney, 2026-10-04: 02:00 AEST (16:00Z the day before) jumps to 03:00 AEDT.
+        let sydney = "Australia/Sydney";
+        assert_eq!(
+            end_of("22:00-02:30", sydney, datetime!(2026-10-03 13:00 UTC)),
+            Some(datetime!(2026-10-03 16:00 UTC))
+        );
+        // Sydney, 2026-04-05: 03:00 AEDT (16:00Z the day before) falls back to 02:00 AEST.
+        assert_eq!(
+            end_of("02:00-02:45", sydney, datetime!(2026-04-04 15:10 UTC)),
+            Some(datetime!(2026-04-04 15:45 UTC))
+        );
+        assert_eq!(end_of("02:00-02:45", sydney, datetime!(2026-04-04 15:50 UTC)), None);
+        assert_eq!(
+            end_of("02:00-02:45", sydney, datetime!(2026-04-04 16:00 UTC)),
+            Some(datetime!(2026-04-04 16:45 UTC))
+        );
+        // Adelaide (+09:30/+10:30), 2026-10-04: 02:00 ACST (16:30Z the day before) jumps to 03:00.
+        assert_eq!(
+            end_of("01:00-02:30", "Australia/Adelaide", datetime!(2026-10-03 16:15 UTC)),
+            Some(datetime!(2026-10-03 16:30 UTC))
+        );
+    }
+
+    #[test]
+    fn lord_howe_shifts_by_half_an_hour() {
+        let lord_howe = "Australia/Lord_Howe";
+        // 2026-10-04: 02:00 (+10:30, 15:30Z the day before) jumps to 02:30 (+11).
+        assert_eq!(
+            end_of("01:00-02:15", lord_howe, datetime!(2026-10-03 15:00 UTC)),
+            Some(datetime!(2026-10-03 15:30 UTC))
+        );
+        // 2026-04-05: 02:00 (+11, 15:00Z the day before) falls back to 01:30 (+10:30).
+        assert_eq!(
+            end_of("01:00-01:45", lord_howe, datetime!(2026-04-04 14:40 UTC)),
+            Some(datetime!(2026-04-04 14:45 UTC))
+        );
+        assert_eq!(end_of("01:00-01:45", lord_howe, datetime!(2026-04-04 14:50 UTC)), None);
+        assert_eq!(
+            end_of("01:00-01:45", lord_howe, datetime!(2026-04-04 15:00 UTC)),
+            Some(datetime!(2026-04-04 15:15 UTC))
+        );
+    }
+
+    #[test]
+    fn half_and_quarter_hour_offsets_are_respected() {
+        // Kolkata is +05:30: 22:00–07:00 local is 16:30Z–01:30Z.
+        let night = "22:00-07:00";
+        assert_eq!(end_of(night, "Asia/Kolkata", datetime!(2026-06-01 16:29 UTC)), None);
+        assert_eq!(
+            end_of(night, "Asia/Kolkata", datetime!(2026-06-01 16:30 UTC)),
+            Some(datetime!(2026-06-02 01:30 UTC))
+        );
+        assert_eq!(end_of(night, "Asia/Kolkata", datetime!(2026-06-02 01:30 UTC)), None);
+        // Kathmandu is +05:45: 13:00–14:00 local is 07:15Z–08:15Z.
+        let lunch = "13:00-14:00";
+        assert_eq!(end_of(lunch, "Asia/Kathmandu", datetime!(2026-06-01 07:14 UTC)), None);
+        assert_eq!(
+            end_of(lunch, "Asia/Kathmandu", datetime!(2026-06-01 07:15 UTC)),
+            Some(datetime!(2026-06-01 08:15 UTC))
+        );
+        assert_eq!(end_of(lunch, "Asia/Kathmandu", datetime!(2026-06-01 08:15 UTC)), None);
+    }
+
+    #[test]
+    fn a_zone_without_daylight_saving_keeps_the_same_utc_window_all_year() {
+        for (at, end) in [
+            (datetime!(2026-03-08 21:30 UTC), datetime!(2026-03-09 06:00 UTC)),
+            (datetime!(2026-11-01 21:30 UTC), datetime!(2026-11-02 06:00 UTC)),
+        ] {
+            assert_eq!(end_of("22:00-07:00", "Africa/Lagos", at), Some(end));
+        }
+    }
+
+    /// The zones of the sweep: DST in both hemispheres, at 00:00, 01:00, 02:00 and 03:00
+    /// local, by 30 minutes (Lord Howe), at quarter-hour offsets (Chatham), negative DST
+    /// (Dublin); and zones without DST.
+    const SWEPT_ZONES: [&str; 20] = [
+        "America/New_York",
+        "America/Los_Angeles",
+        "America/St_Johns",
+        "America/Havana",
+        "America/Santiago",
+        "Europe/London",
+        "Europe/Dublin",
+        "Europe/Berlin",
+        "Africa/Cairo",
+        "Asia/Beirut",
+        "Asia/Jerusalem",
+        "Australia/Sydney",
+        "Australia/Adelaide",
+        "Australia/Lord_Howe",
+        "Pacific/Auckland",
+        "Pacific/Chatham",
+        "Asia/Kolkata",
+        "Asia/Kathmandu",
+        "Africa/Lagos",
+        "UTC",
+    ];
+
+    /// Windows around the usual transition hours (touching gaps and repeated hours from
+    /// either side), wrapping ones, and nearly full days.
+    const SWEPT_WINDOWS: [&str; 22] = [
+        "22:00-07:00",
+        "23:30-00:30",
+        "21:00-00:00",
+        "00:00-01:00",
+        "00:00-01:30",
+        "00:30-02:30",
+        "01:00-02:00",
+        "01:15-01:45",
+        "01:30-02:15",
+        "01:30-03:00",
+        "01:59-02:01",
+        "02:00-02:30",
+        "02:00-03:00",
+        "02:15-02:45",
+        "02:30-03:30",
+        "02:45-03:45",
+        "03:00-04:00",
+        "03:15-02:45",
+        "12:00-13:00",
+        "00:00-23:59",
+        "23:59-23:58",
+        "04:00-03:00",
+    ];
+
+    /// The instants of the 2026 transitions of `zone`.
+    fn transitions_in_2026(zone: &TimeZone) -> Vec<Timestamp> {
+        let year_start: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let year_end: Timestamp = "2027-01-01T00:00:00Z".parse().unwrap();
+        zone.following(year_start).map(|t| t.timestamp()).take_while(|t| *t < year_end).collect()
+    }
+
+    fn to_time(timestamp: Timestamp) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(timestamp.as_nanosecond()).unwrap()
+    }
+
+    /// Compares `quiet_window_end` with stepping the wall clock minute by minute, for
+    /// minutes of the 48 hours around each 2026 transition of many zones.
+    ///
+    /// The reference reads the local hour and minute at each UTC minute over the swept
+    /// 48 hours and the 48 hours after them; "the first minute at or after `at` outside the
+    /// window" is then computed for every `at` at once, scanning backwards.
+    #[test]
+    fn quiet_window_end_matches_a_minute_by_minute_walk_around_every_transition() {
+        const SWEEP: i64 = 48 * 60;
+        const LOOKAHEAD: i64 = 48 * 60;
+        let (mut checked, mut quiet_instants, mut cut_by_a_transition) = (0_usize, 0_usize, 0_usize);
+        let mut zones_with_transitions = 0;
+        for zone_name in SWEPT_ZONES {
+            let name = zone(zone_name);
+            let tz = TimeZone::get(zone_name).unwrap();
+            let mut days = transitions_in_2026(&tz);
+            if days.is_empty() {
+                days.push("2026-06-15T00:00:00Z".parse().unwrap());
+            } else {
+                zones_with_transitions += 1;
+            }
+            for transition in days {
+                let first = transition.as_second() - 24 * 3600;
+                let minute = |i: i64| Timestamp::from_second(first + i * 60).unwrap();
+                let clock: Vec<ClockTime> = (0..SWEEP + LOOKAHEAD)
+                    .map(|i| {
+                        let local = tz.to_datetime(minute(i));
+                        let hh_mm = time::Time::from_hms(local.hour() as u8, local.minute() as u8, 0).unwrap();
+                        ClockTime::from_time(hh_mm)
+                    })
+                    .collect();
+                for (phase, raw) in (0..).zip(SWEPT_WINDOWS) {
+                    let (start, end) = raw.split_once('-').unwrap();
+                    let quiet = window(start, end);
+                    let mut first_outside = vec![None; clock.len() + 1];
+                    for i in (0..clock.len()).rev() {
+                        first_outside[i] = if quiet.contains(clock[i]) { first_outside[i + 1] } else { Some(i) };
+                    }
+                    // Every minute of the two hours around the transition, every 11th
+                    // minute (a different residue for each window) elsewhere.
+                    let sampled = (0..SWEEP).filter(|i| (i - SWEEP / 2).abs() <= 60 || (i + phase) % 11 == 0);
+                    for i in sampled {
+                        let at = minute(i);
+                        let index = i as usize;
+                        let expected = match first_outside[index] {
+                            Some(j) if j == index => None,
+                            Some(j) => Some(to_time(minute(j as i64))),
+                            None => panic!("{raw} in {zone_name} does not end within 48 hours of {at}"),
+                        };
+                        let actual = quiet_window_end(&quiet, &name, to_time(at));
+                        assert_eq!(actual, expected, "{raw} in {zone_name} at {at} ({})", tz.to_datetime(at));
+                        // Transitions fall on whole minutes, so any instant within the minute
+                        // gets the same answer.
+                        let within = to_time(at) + time::Duration::nanoseconds((i % 60) * 1_000_000_007 + 1);
+                        assert_eq!(
+                            quiet_window_end(&quiet, &name, within),
+                            expected,
+                            "{raw} in {zone_name} at {within}"
+                        );
+                        checked += 1;
+                        quiet_instants += usize::from(expected.is_some());
+                        cut_by_a_transition += usize::from(expected == Some(to_time(transition)));
+                    }
+                }
+            }
+        }
+        assert!(zones_with_transitions >= 15, "only {zones_with_transitions} zones have transitions in 2026");
+        assert!(checked > 200_000, "only {checked} instants checked");
+        assert!(quiet_instants > checked / 10, "only {quiet_instants} of {checked} instants are quiet");
+        assert!(cut_by_a_transition > 1_000, "only {cut_by_a_transition} windows end at a transition");
+    }
+}

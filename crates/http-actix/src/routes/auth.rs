@@ -1,0 +1,109 @@
+//! `/api/v1/auth/login`: access tokens for end users.
+
+use actix_web::HttpRequest;
+use actix_web::web::Data;
+use apistos::{ApiComponent, api_operation};
+use domain::ServiceError;
+use domain::auth::Authenticated;
+use domain::user::{EmailAddress, Password};
+use domain::{FieldError, InvalidValue};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::MaybeCaller;
+use crate::envelope::Ok;
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::startup::AppState;
+
+/// Login credentials.
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The account's email address.
+    pub email: String,
+    /// The password.
+    pub password: String,
+}
+
+/// An access token.
+#[derive(Debug, Serialize, JsonSchema, ApiComponent)]
+pub struct TokenView {
+    /// Send as `Authorization: Bearer <access_token>`.
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+    /// The user the token is for.
+    pub user_id: Uuid,
+}
+
+impl TokenView {
+    /// Issues a token for an authenticated user.
+    pub fn issue(state: &AppState, authenticated: Authenticated) -> Self {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let tokens = &state.auth.tokens;
+        Self {
+            access_token: tokens.issue(authenticated.user_id.as_uuid(), authenticated.token_version, now),
+            token_type: "Bearer",
+            expires_in: tokens.ttl().as_secs(),
+            user_id: authenticated.user_id.as_uuid(),
+        }
+    }
+}
+
+/// Log in
+///
+/// Exchanges an email and password for an access token (HS256 JWT with `sub`, `iat`, `exp`,
+/// `iss`, `aud`). An unknown email and a wrong password get the same 401 in about the same
+/// time. After too many failures for one account, or too many attempts from one address,
+/// the answer is 429 with `Retry-After`.
+#[api_operation(
+    tag = "auth",
+    no_security,
+    skip_args = "request",
+    error_code = 400,
+    error_code = 401,
+    error_code = 413,
+    error_code = 415,
+    error_code = 422,
+    error_code = 429,
+    error_code = 503
+)]
+pub async fn login(
+    state: Data<AppState>,
+    request: HttpRequest,
+    caller: MaybeCaller,
+    body: JsonBody<LoginRequest>,
+) -> Result<Ok<TokenView>, ApiError> {
+    let JsonBody(credentials, _) = body;
+    let email = EmailAddress::parse(&credentials.email);
+    let password = Password::parse(&credentials.password);
+    let (email, password) = match (email, password) {
+        (Result::Ok(email), Result::Ok(password)) => (email, password),
+        (email, password) => {
+            let errors = [("email", email.err()), ("password", password.err())]
+                .into_iter()
+                .filter_map(|(field, error): (&'static str, Option<InvalidValue>)| {
+                    error.map(|error| FieldError::new(field, error))
+                })
+                .collect();
+            return Err(ApiError::validation(errors));
+        }
+    };
+    state.limits.per_address(caller.0.as_ref(), &request, "login").await?;
+    state.limits.check_login_failures(&email).await?;
+    match state.service.login(&email, password).await {
+        Result::Ok(authenticated) => {
+            state.limits.clear_login_failures(&email).await;
+            Ok(Ok::new(TokenView::issue(&state, authenticated), "logged in"))
+        }
+        Err(ServiceError::InvalidCredentials) => {
+            state.limits.record_login_failure(&email).await;
+            Err(ServiceError::InvalidCredentials.into())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
