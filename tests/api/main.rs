@@ -4,6 +4,7 @@
 mod auth;
 mod cache;
 mod devices;
+mod eligibility;
 mod hostile;
 mod idempotency;
 mod operations;

@@ -61,6 +61,11 @@ async fn the_openapi_document_lists_every_route_with_schemas_and_error_responses
         ("/health/ready", "get"),
         ("/users/{id}", "get"),
         ("/api/users/{user_id}/devices/{token}/deactivate", "put"),
+        ("/api/v1/auth/login", "post"),
+        ("/api/v1/users/{id}/password", "put"),
+        ("/api/v1/users/{id}/eligibility", "get"),
+        ("/api/v1/eligibility", "post"),
+        ("/api/v1/users/lookup", "post"),
     ];
     for (path, method) in expected {
         let operation = &document["paths"][path][method];
@@ -78,6 +83,17 @@ async fn the_openapi_document_lists_every_route_with_schemas_and_error_responses
     for (path, method) in [("/users/{id}", "get"), ("/api/users/{user_id}/devices/{token}/deactivate", "put")] {
         assert_eq!(document["paths"][path][method]["deprecated"], true, "{method} {path} should be deprecated");
     }
+    // Both security schemes are declared; public routes need none, bulk routes a service key.
+    let schemes = &document["components"]["securitySchemes"];
+    assert_eq!(schemes["ServiceKey"]["in"], "header");
+    assert_eq!(schemes["ServiceKey"]["name"], "X-Service-Key");
+    assert_eq!(schemes["BearerAuth"]["scheme"], "bearer");
+    for (path, method) in [("/api/v1/auth/login", "post"), ("/health", "get"), ("/api/v1/users", "post")] {
+        assert_eq!(document["paths"][path][method]["security"], serde_json::json!([]), "{method} {path} is public");
+    }
+    let list_security = document["paths"]["/api/v1/users"]["get"]["security"].to_string();
+    assert!(list_security.contains("ServiceKey") && !list_security.contains("BearerAuth"), "{list_security}");
+
     let register = &document["paths"]["/api/v1/users"]["post"];
     assert_eq!(
         register["requestBody"]["content"]["application/json"]["schema"]["$ref"],

@@ -161,6 +161,34 @@ impl UserRepository for PgStore {
         profile_from_rows(user, preferences, devices).map(Some)
     }
 
+    async fn find_profiles(&self, ids: &[UserId]) -> Result<Vec<UserProfile>, RepositoryError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = ids.iter().map(UserId::as_uuid).collect();
+        let mut connection = self.connection().await?;
+        // One round trip for all users; rows of one user are adjacent thanks to the order.
+        let rows: Vec<(UserRow, PreferencesRow, Option<DeviceRow>)> = users::table
+            .inner_join(notification_preferences::table)
+            .left_join(devices::table)
+            .filter(users::id.eq_any(&ids))
+            .order((users::id, devices::active.desc(), devices::last_seen_at.desc(), devices::id.desc()))
+            .select((UserRow::as_select(), PreferencesRow::as_select(), Option::<DeviceRow>::as_select()))
+            .load(&mut connection)
+            .await
+            .map_err(from_diesel)?;
+        let mut profiles = Vec::new();
+        let mut rows = rows.into_iter().peekable();
+        while let Some((user, preferences, first_device)) = rows.next() {
+            let mut devices: Vec<DeviceRow> = first_device.into_iter().collect();
+            while let Some((_, _, device)) = rows.next_if(|(next, _, _)| next.id == user.id) {
+                devices.extend(device);
+            }
+            profiles.push(profile_from_rows(user, preferences, devices)?);
+        }
+        Ok(profiles)
+    }
+
     async fn list_profiles(&self, page: PageRequest) -> Result<Page<UserProfile>, RepositoryError> {
         let mut connection = self.connection().await?;
         let offset = i64::try_from(page.offset()).unwrap_or(i64::MAX);

@@ -60,6 +60,16 @@ pub trait ProfileCache: Send + Sync {
     /// Looks a user up. Never blocks longer than the implementation's timeout.
     async fn lookup(&self, id: UserId) -> CacheLookup;
 
+    /// Looks many users up, answering in the order of `ids`. The default asks one by one;
+    /// implementations override it with a single round trip.
+    async fn lookup_many(&self, ids: &[UserId]) -> Vec<CacheLookup> {
+        let mut lookups = Vec::with_capacity(ids.len());
+        for id in ids {
+            lookups.push(self.lookup(*id).await);
+        }
+        lookups
+    }
+
     /// Stores `bytes` for `id` unless the user was invalidated after `ticket` was taken.
     async fn fill(&self, id: UserId, ticket: FillTicket, bytes: Vec<u8>);
 

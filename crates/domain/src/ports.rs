@@ -92,6 +92,16 @@ pub trait UserRepository: Send + Sync {
     /// first). `Ok(None)` when no user has this id.
     async fn find_profile(&self, id: UserId) -> Result<Option<UserProfile>, RepositoryError>;
 
+    /// Loads the profiles of these users (in any order; unknown ids are left out). The
+    /// default loads them one by one; stores override it with a single query.
+    async fn find_profiles(&self, ids: &[UserId]) -> Result<Vec<UserProfile>, RepositoryError> {
+        let mut profiles = Vec::with_capacity(ids.len());
+        for id in ids {
+            profiles.extend(self.find_profile(*id).await?);
+        }
+        Ok(profiles)
+    }
+
     /// Lists profiles ordered by registration time, oldest first, with the total count.
     async fn list_profiles(&self, page: PageRequest) -> Result<Page<UserProfile>, RepositoryError>;
 
@@ -229,11 +239,16 @@ pub trait PasswordHasher: Send + Sync {
 }
 
 /// Turns a profile into the bytes that readers receive and the cache stores (the HTTP
-/// layer's JSON), so that a cache hit costs no re-serialization.
+/// layer's JSON), so that a cache hit costs no re-serialization, and back (for decisions
+/// such as send eligibility made from cached profiles).
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 pub trait ProfileEncoder: Send + Sync {
     /// Serializes the profile.
     fn encode(&self, profile: &UserProfile) -> Vec<u8>;
+
+    /// Reads bytes written by [`ProfileEncoder::encode`]; `None` if they are not such bytes
+    /// (the caller then loads the profile from the store).
+    fn decode(&self, bytes: &[u8]) -> Option<UserProfile>;
 }
 
 /// The current time, injectable so that use cases are deterministic under test.

@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use time::OffsetDateTime;
 
 use crate::auth::Authenticated;
 use crate::cache::{CacheLookup, FillTicket, ProfileCache};
 use crate::device::{Device, DeviceRegistration, DeviceSelector, Platform, RegisteredDevice};
+use crate::eligibility::{Channel, Eligibility, decide};
 use crate::error::ServiceError;
 use crate::idempotency::{Idempotent, IdempotentRequest, IdempotentWrite, StoredResponse};
 use crate::ports::{
@@ -198,6 +200,104 @@ impl UserService {
         result.map_err(|error| unshare(&error))
     }
 
+    /// Whether `user` may be sent to on `channel` at `at`, decided from the cached profile
+    /// when warm.
+    pub async fn eligibility(
+        &self,
+        user: UserId,
+        channel: Channel,
+        at: OffsetDateTime,
+    ) -> Result<Eligibility, ServiceError> {
+        let encoded = self.encoded_profile(user).await?;
+        let profile = match self.ports.encoder.decode(&encoded) {
+            Some(profile) => profile,
+            None => self.profile(user).await?,
+        };
+        Ok(decide(&profile, channel, at))
+    }
+
+    /// The serialized representations of many users, in the order of `ids` (`None` for
+    /// unknown users): cache hits in one cache round trip, misses in one store query.
+    pub async fn encoded_profiles(
+        &self,
+        ids: &[UserId],
+    ) -> Result<Vec<(UserId, Option<EncodedProfile>)>, ServiceError> {
+        let loaded = self.load_many(ids).await?;
+        Ok(ids.iter().map(|id| (*id, loaded.get(id).map(|(encoded, _)| Arc::clone(encoded)))).collect())
+    }
+
+    /// Send eligibility of many users on one channel at one instant, in the order of `ids`
+    /// (`None` for unknown users).
+    pub async fn eligibilities(
+        &self,
+        ids: &[UserId],
+        channel: Channel,
+        at: OffsetDateTime,
+    ) -> Result<Vec<(UserId, Option<Eligibility>)>, ServiceError> {
+        let loaded = self.load_many(ids).await?;
+        let mut undecodable = Vec::new();
+        let mut decisions: HashMap<UserId, Eligibility> = HashMap::with_capacity(loaded.len());
+        for (id, (encoded, profile)) in &loaded {
+            match profile.clone().or_else(|| self.ports.encoder.decode(encoded)) {
+                Some(profile) => {
+                    decisions.insert(*id, decide(&profile, channel, at));
+                }
+                None => undecodable.push(*id),
+            }
+        }
+        // Bytes that do not decode (another format version) are read from the store.
+        if !undecodable.is_empty() {
+            for profile in self.ports.users.find_profiles(&undecodable).await? {
+                decisions.insert(profile.user.id, decide(&profile, channel, at));
+            }
+        }
+        Ok(ids.iter().map(|id| (*id, decisions.get(id).cloned())).collect())
+    }
+
+    /// Loads many users: each found user's bytes, and its profile when it was read from the
+    /// store. Misses are loaded in one query and filled with their tickets.
+    async fn load_many(
+        &self,
+        ids: &[UserId],
+    ) -> Result<HashMap<UserId, (EncodedProfile, Option<UserProfile>)>, ServiceError> {
+        let mut unique = Vec::with_capacity(ids.len());
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        unique.extend(ids.iter().copied().filter(|id| seen.insert(*id)));
+
+        let lookups = self.ports.cache.lookup_many(&unique).await;
+        let mut loaded = HashMap::with_capacity(unique.len());
+        let mut tickets: HashMap<UserId, Option<FillTicket>> = HashMap::new();
+        for (id, lookup) in unique.iter().zip(lookups) {
+            match lookup {
+                CacheLookup::Hit(bytes) => {
+                    loaded.insert(*id, (EncodedProfile::from(bytes), None));
+                }
+                CacheLookup::Miss(ticket) => {
+                    tickets.insert(*id, Some(ticket));
+                }
+                CacheLookup::Unavailable => {
+                    tickets.insert(*id, None);
+                }
+            }
+        }
+        if tickets.is_empty() {
+            return Ok(loaded);
+        }
+        let missing: Vec<UserId> = tickets.keys().copied().collect();
+        let profiles = self.ports.users.find_profiles(&missing).await?;
+        let mut fills = Vec::new();
+        for profile in profiles {
+            let id = profile.user.id;
+            let bytes = self.ports.encoder.encode(&profile);
+            if let Some(Some(ticket)) = tickets.remove(&id) {
+                fills.push(self.ports.cache.fill(id, ticket, bytes.clone()));
+            }
+            loaded.insert(id, (EncodedProfile::from(bytes), Some(profile)));
+        }
+        futures_util::future::join_all(fills).await;
+        Ok(loaded)
+    }
+
     async fn load_and_fill(&self, id: UserId, ticket: FillTicket) -> Result<EncodedProfile, ServiceError> {
         let profile = self.profile(id).await?;
         let bytes = self.ports.encoder.encode(&profile);
@@ -352,6 +452,7 @@ mod tests {
     use crate::cache::{CacheLookup, FillTicket};
     use crate::cache::{MockProfileCache, NoCache};
     use crate::device::PushToken;
+    use crate::eligibility::Channel;
     use crate::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord};
     use crate::ports::{
         MockClock, MockDeviceRepository, MockIdempotencyRepository, MockPasswordHasher, MockProfileEncoder,
@@ -872,5 +973,60 @@ mod tests {
         };
         assert!(matches!(change("Wrong1234!"), Err(ServiceError::CurrentPasswordMismatch)));
         assert_eq!(change("Current123!").unwrap(), 4);
+    }
+
+    #[test]
+    fn bulk_eligibility_reads_hits_from_the_cache_and_all_misses_in_one_query() {
+        let hit = john();
+        let miss = UserProfile {
+            user: User {
+                id: UserId::generate(),
+                email: EmailAddress::parse("miss@example.com").unwrap(),
+                ..john().user
+            },
+            ..john()
+        };
+        let unknown = UserId::generate();
+        let ids = vec![unknown, miss.user.id, hit.user.id, miss.user.id];
+
+        let mut cache = MockProfileCache::new();
+        let (hit_id, miss_id) = (hit.user.id, miss.user.id);
+        cache.expect_lookup_many().times(1).returning(move |asked| {
+            assert_eq!(asked, [unknown, miss_id, hit_id], "each id once, in order");
+            vec![
+                CacheLookup::Miss(FillTicket::new(None)),
+                CacheLookup::Miss(FillTicket::new(Some("g".into()))),
+                CacheLookup::Hit(b"cached".to_vec()),
+            ]
+        });
+        cache.expect_fill().withf(move |id, _, _| *id == miss_id).times(1).return_const(());
+        let mut users = MockUserRepository::new();
+        let stored = miss.clone();
+        users
+            .expect_find_profiles()
+            .withf(move |asked| asked.len() == 2 && asked.contains(&unknown) && asked.contains(&miss_id))
+            .times(1)
+            .returning(move |_| Ok(vec![stored.clone()]));
+        let mut encoder = MockProfileEncoder::new();
+        encoder.expect_encode().returning(|_| b"encoded".to_vec());
+        let decoded = hit.clone();
+        encoder.expect_decode().withf(|bytes| bytes == b"cached").times(1).returning(move |_| Some(decoded.clone()));
+        let service = UserService::new(Ports {
+            users: Arc::new(users),
+            devices: Arc::new(MockDeviceRepository::new()),
+            idempotency: Arc::new(MockIdempotencyRepository::new()),
+            hasher: Arc::new(MockPasswordHasher::new()),
+            clock: Arc::new(fixed_clock()),
+            cache: Arc::new(cache),
+            encoder: Arc::new(encoder),
+        });
+
+        let decisions =
+            futures_executor::block_on(service.eligibilities(&ids, Channel::Email, OffsetDateTime::UNIX_EPOCH))
+                .unwrap();
+        let reasons: Vec<Option<&str>> =
+            decisions.iter().map(|(_, decision)| decision.as_ref().map(|d| d.reason.as_str())).collect();
+        assert_eq!(reasons, vec![None, Some("ok"), Some("ok"), Some("ok")]);
+        assert_eq!(decisions.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
     }
 }

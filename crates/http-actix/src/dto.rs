@@ -10,7 +10,7 @@ use apistos::ApiComponent;
 use domain::device::{Device, DeviceRegistration, Platform, PushToken};
 use domain::ports::ProfileEncoder;
 use domain::preferences::{ClockTime, Preferences, PreferencesUpdate, QuietHours, TimeZoneName};
-use domain::user::{ContactUpdate, EmailAddress, NewUser, Password, PhoneNumber, UserName, UserProfile};
+use domain::user::{ContactUpdate, EmailAddress, NewUser, Password, PhoneNumber, User, UserId, UserName, UserProfile};
 use domain::{FieldError, InvalidValue};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -282,7 +282,7 @@ pub struct PageQuery {
 // ---------------------------------------------------------------------------------------
 
 /// What a user agreed to receive.
-#[derive(Debug, Serialize, JsonSchema, ApiComponent)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema, ApiComponent)]
 pub struct PreferencesView {
     /// Email opt-in.
     pub email: bool,
@@ -294,6 +294,8 @@ pub struct PreferencesView {
     pub quiet_hours_end: Option<String>,
     /// IANA time zone of the quiet window.
     pub timezone: String,
+    /// When the preferences last changed (RFC 3339).
+    pub updated_at: String,
 }
 
 impl From<&Preferences> for PreferencesView {
@@ -304,19 +306,20 @@ impl From<&Preferences> for PreferencesView {
             quiet_hours_start: preferences.quiet_hours.map(|window| window.start().to_string()),
             quiet_hours_end: preferences.quiet_hours.map(|window| window.end().to_string()),
             timezone: preferences.timezone.as_str().to_owned(),
+            updated_at: rfc3339(preferences.updated_at),
         }
     }
 }
 
 /// A push device.
-#[derive(Debug, Serialize, JsonSchema, ApiComponent)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema, ApiComponent)]
 pub struct DeviceView {
     /// Device id.
     pub id: Uuid,
     /// Push token.
     pub token: String,
     /// `web`, `ios`, `android`, or `unknown` (given at registration without a platform).
-    pub platform: &'static str,
+    pub platform: Cow<'static, str>,
     /// Whether pushes may be sent to it.
     pub active: bool,
     /// First registration (RFC 3339).
@@ -332,7 +335,7 @@ impl From<&Device> for DeviceView {
         Self {
             id: device.id.as_uuid(),
             token: device.token.as_str().to_owned(),
-            platform: device.platform.as_str(),
+            platform: Cow::Borrowed(device.platform.as_str()),
             active: device.active,
             created_at: rfc3339(device.created_at),
             updated_at: rfc3339(device.updated_at),
@@ -342,7 +345,7 @@ impl From<&Device> for DeviceView {
 }
 
 /// A user as senders need it. Never contains the password or its hash.
-#[derive(Debug, Serialize, JsonSchema, ApiComponent)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema, ApiComponent)]
 pub struct UserView {
     /// User id.
     pub id: Uuid,
@@ -393,5 +396,62 @@ impl ProfileEncoder for JsonProfileEncoder {
     fn encode(&self, profile: &UserProfile) -> Vec<u8> {
         // A struct of strings, numbers and booleans always serializes.
         serde_json::to_vec(&UserView::from(profile)).unwrap_or_default()
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Option<UserProfile> {
+        serde_json::from_slice::<UserView>(bytes).ok()?.into_domain()
+    }
+}
+
+fn parse_time(raw: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(raw, &Rfc3339).ok()
+}
+
+impl UserView {
+    /// Reads a view back into the domain (for cached representations); `None` if any value
+    /// is not one this service writes.
+    fn into_domain(self) -> Option<UserProfile> {
+        let user_id = UserId::from(self.id);
+        let preferences = self.preferences;
+        let quiet_hours = match (preferences.quiet_hours_start, preferences.quiet_hours_end) {
+            (Some(start), Some(end)) => {
+                Some(QuietHours::new(ClockTime::parse(&start).ok()?, ClockTime::parse(&end).ok()?).ok()?)
+            }
+            _ => None,
+        };
+        let devices = self
+            .devices
+            .into_iter()
+            .map(|device| {
+                Some(Device {
+                    id: device.id.into(),
+                    user_id,
+                    token: PushToken::parse(&device.token).ok()?,
+                    platform: Platform::from_stored(&device.platform)?,
+                    active: device.active,
+                    created_at: parse_time(&device.created_at)?,
+                    updated_at: parse_time(&device.updated_at)?,
+                    last_seen_at: parse_time(&device.last_seen_at)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(UserProfile {
+            user: User {
+                id: user_id,
+                name: UserName::parse(&self.name).ok()?,
+                email: EmailAddress::parse(&self.email).ok()?,
+                phone: self.phone.as_deref().map(PhoneNumber::parse).transpose().ok()?,
+                created_at: parse_time(&self.created_at)?,
+                updated_at: parse_time(&self.updated_at)?,
+            },
+            preferences: Preferences {
+                email: preferences.email,
+                push: preferences.push,
+                quiet_hours,
+                timezone: TimeZoneName::parse(&preferences.timezone).ok()?,
+                updated_at: parse_time(&preferences.updated_at)?,
+            },
+            devices,
+        })
     }
 }

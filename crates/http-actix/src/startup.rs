@@ -123,6 +123,7 @@ fn openapi_spec() -> Spec {
             tag("users", "Registration, profile and contact details"),
             tag("preferences", "Per-channel opt-in and quiet hours"),
             tag("devices", "Push tokens for web, iOS and Android"),
+            tag("eligibility", "May this user be notified on this channel now, and if not, when?"),
             tag("health", "Liveness, readiness and dependency health"),
             tag("legacy", "Deprecated paths of existing clients"),
         ],

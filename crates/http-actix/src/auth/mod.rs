@@ -157,16 +157,51 @@ impl Caller {
         self.0.may_access(user).map_err(ApiError::forbidden)?;
         Ok(user)
     }
+}
 
-    /// Only service callers may go on (403 otherwise).
-    pub fn service_only(&self) -> Result<(), ApiError> {
-        self.0.require_service().map_err(ApiError::forbidden)
+/// A caller that must be a service (lists and bulk routes): 401 without credentials, 403
+/// for end users.
+#[derive(Debug, Clone)]
+pub struct ServiceCaller(pub Principal);
+
+impl FromRequest for ServiceCaller {
+    type Error = ApiError;
+    type Future = ResolveFuture<Self>;
+
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let resolving = resolve_request(request);
+        Box::pin(async move {
+            let principal = resolving.await?.ok_or_else(ApiError::authentication_required)?;
+            principal.require_service().map_err(ApiError::forbidden)?;
+            Ok(ServiceCaller(principal))
+        })
     }
 }
 
-/// The security requirements are declared per operation in the OpenAPI document.
-macro_rules! undocumented_extractor {
-    ($extractor:ty) => {
+/// A caller that must be an end user (changing one's own password): 401 without
+/// credentials, 403 for services.
+#[derive(Debug, Clone)]
+pub struct UserCaller(pub UserId);
+
+impl FromRequest for UserCaller {
+    type Error = ApiError;
+    type Future = ResolveFuture<Self>;
+
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let resolving = resolve_request(request);
+        Box::pin(async move {
+            match resolving.await?.ok_or_else(ApiError::authentication_required)? {
+                Principal::User(user) => Ok(UserCaller(user)),
+                Principal::Service { .. } => Err(ApiError::forbidden(domain::auth::AccessDenied)),
+            }
+        })
+    }
+}
+
+/// Documents an extractor: no schema, and the security scheme it requires (`None` leaves
+/// the document's default, either scheme).
+macro_rules! caller_component {
+    ($extractor:ty, $scheme:expr) => {
         impl ApiComponent for $extractor {
             fn child_schemas() -> Vec<(String, ReferenceOr<Schema>)> {
                 Vec::new()
@@ -175,11 +210,17 @@ macro_rules! undocumented_extractor {
             fn schema() -> Option<(String, ReferenceOr<Schema>)> {
                 None
             }
+
+            fn security_requirement_name() -> Option<String> {
+                $scheme.map(str::to_owned)
+            }
         }
     };
 }
-undocumented_extractor!(Caller);
-undocumented_extractor!(MaybeCaller);
+caller_component!(Caller, None::<&str>);
+caller_component!(MaybeCaller, None::<&str>);
+caller_component!(ServiceCaller, Some("ServiceKey"));
+caller_component!(UserCaller, Some("BearerAuth"));
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod devices;
+pub mod eligibility;
 pub mod health;
 pub mod legacy;
 pub mod preferences;
@@ -21,6 +22,8 @@ pub fn configure(config: &mut ServiceConfig) {
             scope("/api/v1")
                 .service(resource("/users").route(post().to(users::register)).route(get().to(users::list)))
                 .service(resource("/users/").route(post().to(users::register)).route(get().to(users::list)))
+                // Before `/users/{id}`, which would otherwise take `lookup` for an id.
+                .service(resource("/users/lookup").route(post().to(eligibility::lookup)))
                 .service(
                     resource("/users/{id}")
                         .route(get().to(users::get))
@@ -28,6 +31,8 @@ pub fn configure(config: &mut ServiceConfig) {
                         .route(delete().to(users::delete)),
                 )
                 .service(resource("/auth/login").route(post().to(auth::login)))
+                .service(resource("/eligibility").route(post().to(eligibility::bulk)))
+                .service(resource("/users/{id}/eligibility").route(get().to(eligibility::single)))
                 .service(resource("/users/{id}/password").route(put().to(users::change_password)))
                 .service(
                     resource("/users/{id}/preferences")

@@ -8,7 +8,7 @@ use domain::user::{PageRequest, UserId, UserProfile};
 use domain::{FieldError, InvalidValue};
 use uuid::Uuid;
 
-use crate::auth::{Caller, MaybeCaller};
+use crate::auth::{Caller, MaybeCaller, ServiceCaller, UserCaller};
 use crate::dto::{ChangePasswordRequest, PageQuery, RegisterUserRequest, UpdateContactRequest, UserView};
 use crate::envelope::{NoContent, Ok, OkEncoded, PageMeta, success_bytes};
 use crate::error::ApiError;
@@ -134,7 +134,6 @@ pub async fn delete(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Re
 /// working; the answer carries a fresh one.
 #[api_operation(
     tag = "users",
-    security_scope(name = "BearerAuth"),
     error_code = 400,
     error_code = 401,
     error_code = 403,
@@ -146,12 +145,14 @@ pub async fn delete(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Re
 )]
 pub async fn change_password(
     state: Data<AppState>,
-    caller: Caller,
+    caller: UserCaller,
     id: Path<Uuid>,
     body: JsonBody<ChangePasswordRequest>,
 ) -> Result<Ok<TokenView>, ApiError> {
     let user = UserId::from(id.into_inner());
-    caller.0.require_owner(user).map_err(ApiError::forbidden)?;
+    if caller.0 != user {
+        return Err(ApiError::forbidden(domain::auth::AccessDenied));
+    }
     let (current, new) = body.0.into_domain()?;
     let token_version = state.service.change_password(user, current, new).await?;
     let authenticated = domain::auth::Authenticated { user_id: user, token_version };
@@ -164,7 +165,6 @@ pub async fn change_password(
 /// `meta`. Also at `/api/v1/users/`. Service callers only.
 #[api_operation(
     tag = "users",
-    security_scope(name = "ServiceKey"),
     error_code = 400,
     error_code = 401,
     error_code = 403,
@@ -173,10 +173,9 @@ pub async fn change_password(
 )]
 pub async fn list(
     state: Data<AppState>,
-    caller: Caller,
+    _caller: ServiceCaller,
     query: Query<PageQuery>,
 ) -> Result<Ok<Vec<UserView>>, ApiError> {
-    caller.service_only()?;
     let query = query.into_inner();
     let page = PageRequest::new(query.page.unwrap_or(1), query.limit.unwrap_or(20)).map_err(
         |(field, error): (&'static str, InvalidValue)| ApiError::validation(vec![FieldError::new(field, error)]),
