@@ -8,6 +8,7 @@ mod eligibility;
 mod hostile;
 mod idempotency;
 mod operations;
+mod operations_scale;
 mod preferences;
 mod seed;
 mod users;

@@ -7,10 +7,12 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::web::Data;
 use actix_web::{HttpResponse, ResponseError};
 use tracing::Instrument;
 
 use crate::error::ApiError;
+use crate::startup::AppState;
 
 /// The header carrying the request id, in and out.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -60,7 +62,11 @@ pub async fn request_context(
     }
 
     let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-    let latency_ms = started.elapsed().as_secs_f64() * 1_000.0;
+    let elapsed = started.elapsed();
+    if let Some(state) = response.request().app_data::<Data<AppState>>() {
+        state.metrics.observe_request(&route, method.as_str(), status.as_u16(), elapsed);
+    }
+    let latency_ms = elapsed.as_secs_f64() * 1_000.0;
     span.in_scope(|| {
         tracing::info!(route = %route, status = status.as_u16(), latency_ms, "request completed");
     });

@@ -26,6 +26,7 @@ pub const OWASP_PARALLELISM: u32 = 1;
 #[derive(Debug, Clone)]
 pub struct Argon2Hasher {
     slots: Arc<Semaphore>,
+    concurrency: usize,
     queue_timeout: Duration,
     /// A hash of a random password, verified against for unknown accounts.
     dummy: PasswordHash,
@@ -42,9 +43,15 @@ impl Argon2Hasher {
             .map_err(|error| HashError::Unexpected(error.to_string().into()))?;
         Ok(Self {
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            concurrency: concurrency.max(1),
             queue_timeout,
             dummy: PasswordHash::new(dummy.to_string()),
         })
+    }
+
+    /// How many hashes are computing now (for metrics).
+    pub fn running(&self) -> usize {
+        self.concurrency.saturating_sub(self.slots.available_permits())
     }
 
     fn argon2() -> Result<Argon2<'static>, HashError> {

@@ -32,9 +32,13 @@ use crate::config::Settings;
 use crate::dto::JsonProfileEncoder;
 use crate::error::ApiError;
 use crate::extract;
+use crate::metrics::{MeteredCache, Metrics};
 use crate::middleware::request_context;
 use crate::password::Argon2Hasher;
 use crate::routes;
+
+/// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+const SHUTDOWN_GRACE_SECONDS: u64 = 10;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -50,6 +54,12 @@ pub struct AppState {
     pub limits: Limits,
     /// How long idempotency records are kept.
     pub idempotency_ttl: std::time::Duration,
+    /// Exported metrics.
+    pub metrics: Arc<Metrics>,
+    /// Reads the database pool's state for metrics.
+    pub pool_status: Arc<dyn Fn() -> Option<deadpool::Status> + Send + Sync>,
+    /// The password hasher, for its bulkhead's metrics.
+    pub hasher: Argon2Hasher,
     /// When the service started, for `uptime_seconds`.
     pub started_at: Instant,
 }
@@ -64,6 +74,7 @@ impl std::fmt::Debug for AppState {
 pub struct Application {
     port: u16,
     server: Server,
+    store: PgStore,
 }
 
 impl std::fmt::Debug for Application {
@@ -133,7 +144,7 @@ fn openapi_spec() -> Spec {
 
 /// The Redis cache when `REDIS_URL` is set, else none. Never connects here: the service
 /// starts while Redis is down.
-fn build_cache(settings: &Settings) -> anyhow::Result<Arc<dyn ProfileCache>> {
+fn build_cache(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn ProfileCache>> {
     let Some(cache) = &settings.cache else {
         tracing::info!("no REDIS_URL: running without a cache");
         return Ok(Arc::new(NoCache));
@@ -149,7 +160,7 @@ fn build_cache(settings: &Settings) -> anyhow::Result<Arc<dyn ProfileCache>> {
     let redacted_url = config.redacted_url();
     let redis = RedisCache::build(config).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
     tracing::info!(url = %redacted_url, ttl_seconds = cache.ttl.as_secs(), "caching users in Redis");
-    Ok(Arc::new(redis))
+    Ok(Arc::new(MeteredCache::new(Arc::new(redis), Arc::clone(metrics))))
 }
 
 /// Service keys and token keys; warns when the network is trusted instead.
@@ -239,17 +250,17 @@ impl Application {
             tracing::info!(applied, "database migrations up to date");
         }
         let store = PgStore::new(pool);
-        let cache = build_cache(&settings)?;
+        let hasher = Argon2Hasher::new(settings.password_hash_concurrency, settings.password_hash_queue_timeout)
+            .map_err(|error| anyhow::anyhow!("preparing password hashing failed: {error}"))?;
+        let metrics = Arc::new(Metrics::new());
+        let cache = build_cache(&settings, &metrics)?;
         let limits = build_limits(&settings)?;
         let auth = auth_settings(&settings);
         let service = UserService::new(Ports {
             users: Arc::new(store.clone()),
             devices: Arc::new(store.clone()),
             idempotency: Arc::new(store.clone()),
-            hasher: Arc::new(
-                Argon2Hasher::new(settings.password_hash_concurrency, settings.password_hash_queue_timeout)
-                    .map_err(|error| anyhow::anyhow!("preparing password hashing failed: {error}"))?,
-            ),
+            hasher: Arc::new(hasher.clone()),
             clock: Arc::new(SystemClock),
             cache: cache.clone(),
             encoder: Arc::new(JsonProfileEncoder),
@@ -262,6 +273,12 @@ impl Application {
             auth,
             limits,
             idempotency_ttl: settings.idempotency_ttl,
+            metrics,
+            pool_status: {
+                let pool = store.pool().clone();
+                Arc::new(move || Some(pool.status()))
+            },
+            hasher,
             started_at: Instant::now(),
         });
 
@@ -283,9 +300,11 @@ impl Application {
                 .build_with("/openapi.json", BuildConfig::default().with(SwaggerUIConfig::new(&"/docs")))
         })
         .workers(settings.workers)
+        // SIGTERM/SIGINT stop accepting, then in-flight requests get this long to finish.
+        .shutdown_timeout(SHUTDOWN_GRACE_SECONDS)
         .listen(listener)?
         .run();
-        Ok(Self { port, server })
+        Ok(Self { port, server, store })
     }
 
     /// The port the server listens on.
@@ -293,8 +312,17 @@ impl Application {
         self.port
     }
 
-    /// Serves until the server is stopped (SIGINT/SIGTERM finish in-flight requests).
+    /// Serves until the server is stopped. SIGTERM and SIGINT stop accepting connections,
+    /// let in-flight requests finish (up to 10 s), then close the database pool.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        self.store.pool().close();
+        tracing::info!("user-service stopped");
+        served
+    }
+
+    /// A handle that stops the server gracefully, as SIGTERM does.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
     }
 }

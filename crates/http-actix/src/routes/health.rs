@@ -161,3 +161,13 @@ pub async fn ready(state: Data<AppState>) -> HealthReply<CheckView> {
     let database = probe_database(&state).await;
     HealthReply { healthy: database.status == "ok", data: database }
 }
+
+/// Prometheus metrics
+///
+/// Requests by route template, method and status with latency histograms; cache
+/// operations; database pool connections and waiters; password hashes running.
+#[api_operation(tag = "health", no_security, produces = "text/plain")]
+pub async fn metrics(state: Data<AppState>) -> HttpResponse {
+    let text = state.metrics.render((state.pool_status)(), state.hasher.running());
+    HttpResponse::Ok().content_type("application/openmetrics-text; version=1.0.0; charset=utf-8").body(text)
+}

@@ -49,6 +49,7 @@ pub fn configure(config: &mut ServiceConfig) {
         .service(resource("/health").route(get().to(health::health)))
         .service(resource("/health/live").route(get().to(health::live)))
         .service(resource("/health/ready").route(get().to(health::ready)))
+        .service(resource("/metrics").route(get().to(health::metrics)))
         .service(resource("/users/{id}").route(get().to(legacy::get_user)))
         .service(resource("/api/users/{user_id}/devices/{token:.+}/deactivate").route(put().to(legacy::deactivate)));
 }

@@ -1,0 +1,173 @@
+//! Prometheus metrics at `/metrics` (OpenMetrics text): requests by route template, method
+//! and status with latency histograms; cache lookups by result; database pool size and
+//! waiters; the password-hash bulkhead.
+//!
+//! Routes are labelled by their template (`/api/v1/users/{id}`), never the raw path, so
+//! that the number of series stays bounded whatever clients send.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::cache::{CacheHealth, CacheLookup, FillTicket, ProfileCache};
+use domain::user::UserId;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a finished request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route template, or `unmatched`.
+    pub route: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The status code.
+    pub status: u16,
+}
+
+/// Labels of a request's latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route template, or `unmatched`.
+    pub route: String,
+    /// The HTTP method.
+    pub method: String,
+}
+
+/// Labels of a cache operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `hit`, `miss`, `unavailable` (lookups), `fill` or `invalidate`.
+    pub result: &'static str,
+}
+
+/// Every metric the service exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    cache: Family<CacheLabels, Counter>,
+    pool_size: Gauge,
+    pool_available: Gauge,
+    pool_waiting: Gauge,
+    hashes_running: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("user_service");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by route template, method and status", requests.clone());
+        // 0.25 ms to about 4 s.
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+        });
+        registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register("cache_operations", "Cache lookups by result, fills and invalidations", cache.clone());
+        let pool_size = Gauge::default();
+        registry.register("db_pool_connections", "Open database connections", pool_size.clone());
+        let pool_available = Gauge::default();
+        registry.register("db_pool_available", "Idle database connections", pool_available.clone());
+        let pool_waiting = Gauge::default();
+        registry.register("db_pool_waiting", "Requests waiting for a database connection", pool_waiting.clone());
+        let hashes_running = Gauge::default();
+        registry.register("password_hashes_running", "Password hashes computing now", hashes_running.clone());
+        Self { registry, requests, latency, cache, pool_size, pool_available, pool_waiting, hashes_running }
+    }
+
+    /// Records a finished request.
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, latency: Duration) {
+        let route = route.to_owned();
+        let method = method.to_owned();
+        self.requests.get_or_create(&RequestLabels { route: route.clone(), method: method.clone(), status }).inc();
+        self.latency.get_or_create(&RouteLabels { route, method }).observe(latency.as_secs_f64());
+    }
+
+    fn count_cache(&self, result: &'static str, by: u64) {
+        self.cache.get_or_create(&CacheLabels { result }).inc_by(by);
+    }
+
+    /// Renders every metric, after reading the gauges from their sources.
+    pub fn render(&self, pool: Option<deadpool::Status>, hashes_running: usize) -> String {
+        if let Some(status) = pool {
+            self.pool_size.set(i64::try_from(status.size).unwrap_or(i64::MAX));
+            self.pool_available.set(i64::try_from(status.available).unwrap_or(i64::MAX));
+            self.pool_waiting.set(i64::try_from(status.waiting).unwrap_or(i64::MAX));
+        }
+        self.hashes_running.set(i64::try_from(hashes_running).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// A [`ProfileCache`] that counts what the cache it wraps does.
+pub struct MeteredCache {
+    inner: Arc<dyn ProfileCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for MeteredCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeteredCache").finish_non_exhaustive()
+    }
+}
+
+impl MeteredCache {
+    /// Counts the operations of `inner` in `metrics`.
+    pub fn new(inner: Arc<dyn ProfileCache>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+
+    fn count_lookup(&self, lookup: &CacheLookup) {
+        let result = match lookup {
+            CacheLookup::Hit(_) => "hit",
+            CacheLookup::Miss(_) => "miss",
+            CacheLookup::Unavailable => "unavailable",
+        };
+        self.metrics.count_cache(result, 1);
+    }
+}
+
+#[async_trait]
+impl ProfileCache for MeteredCache {
+    async fn lookup(&self, id: UserId) -> CacheLookup {
+        let lookup = self.inner.lookup(id).await;
+        self.count_lookup(&lookup);
+        lookup
+    }
+
+    async fn lookup_many(&self, ids: &[UserId]) -> Vec<CacheLookup> {
+        let lookups = self.inner.lookup_many(ids).await;
+        lookups.iter().for_each(|lookup| self.count_lookup(lookup));
+        lookups
+    }
+
+    async fn fill(&self, id: UserId, ticket: FillTicket, bytes: Vec<u8>) {
+        self.metrics.count_cache("fill", 1);
+        self.inner.fill(id, ticket, bytes).await;
+    }
+
+    async fn invalidate(&self, ids: &[UserId]) {
+        self.metrics.count_cache("invalidate", u64::try_from(ids.len()).unwrap_or(u64::MAX));
+        self.inner.invalidate(ids).await;
+    }
+
+    async fn health(&self) -> CacheHealth {
+        self.inner.health().await
+    }
+}

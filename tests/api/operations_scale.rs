@@ -1,0 +1,174 @@
+//! Operating the service: metrics, three instances behind one database and Redis, and a
+//! graceful stop on SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use api_tests::{SERVICE_KEY, TestApp};
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_by_route_template_and_cache_operations() {
+    let prefix = format!("user-service-test-{}", uuid::Uuid::new_v4().simple());
+    let port = std::env::var("TEST_REDIS_PORT").unwrap_or_else(|_| "6379".into());
+    let redis = format!("redis://127.0.0.1:{port}/0");
+    let app = TestApp::spawn_with(&[("REDIS_URL", &redis), ("CACHE_KEY_PREFIX", &prefix)]).await;
+    let user = app.register("metrics@example.com").await;
+    for _ in 0..3 {
+        assert_eq!(app.get(&format!("/api/v1/users/{user}")).await.status, 200);
+    }
+    app.get(&format!("/api/v1/users/{}", uuid::Uuid::new_v4())).await;
+
+    let scrape = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap();
+    assert_eq!(scrape.status().as_u16(), 200);
+    assert!(scrape.headers()["content-type"].to_str().unwrap().contains("openmetrics-text"));
+    let text = scrape.text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+    };
+    let ok = r#"user_service_http_requests_total{route="/api/v1/users/{id}",method="GET",status="200"}"#;
+    let missing = r#"user_service_http_requests_total{route="/api/v1/users/{id}",method="GET",status="404"}"#;
+    assert_eq!(value(ok), 3.0);
+    assert_eq!(value(missing), 1.0);
+    assert!(!text.contains(&user), "raw paths must not become labels");
+    assert_eq!(value(r#"user_service_cache_operations_total{result="hit"}"#), 2.0);
+    assert!(value(r#"user_service_cache_operations_total{result="miss"}"#) >= 1.0);
+    assert!(text.contains("user_service_http_request_duration_seconds_bucket"));
+    assert!(value("user_service_db_pool_connections") >= 1.0);
+    assert!(text.contains("user_service_password_hashes_running"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_on_one_database_and_redis_read_coherently() {
+    let prefix = format!("user-service-test-{}", uuid::Uuid::new_v4().simple());
+    let port = std::env::var("TEST_REDIS_PORT").unwrap_or_else(|_| "6379".into());
+    let redis = format!("redis://127.0.0.1:{port}/0");
+    let settings = [("REDIS_URL", redis.as_str()), ("CACHE_KEY_PREFIX", prefix.as_str())];
+    let first = TestApp::spawn_with(&settings).await;
+    let instances = [first.sibling(&settings).await, first.sibling(&settings).await];
+    let instances = [&first, &instances[0], &instances[1]];
+    let user = first.register("replicas@example.com").await;
+    for round in 0..150 {
+        let writer = instances[round % 3];
+        let timezone = ["UTC", "Africa/Lagos", "Asia/Kolkata"][round % 3];
+        let reply = writer
+            .send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"timezone": timezone}))
+            .await;
+        assert_eq!(reply.status, 200);
+        for reader in instances {
+            let seen = reader.get(&format!("/api/v1/users/{user}")).await;
+            assert_eq!(seen.body["data"]["preferences"]["timezone"], timezone, "round {round}");
+        }
+    }
+}
+
+/// The `user-service` binary, built if the test run has not built it yet.
+fn service_binary() -> std::path::PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let binary = target.join("debug/user-service");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "http-actix", "--bin", "user-service"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building user-service failed");
+    binary
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_load_lets_every_in_flight_request_finish() {
+    let app = TestApp::spawn().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Running(
+        Command::new(service_binary())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", app.db.url())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("MIGRATE_ON_STARTUP", "false")
+            .env("SECRET_KEY", "test-secret-key-0123456789abcdef0123456789")
+            .env("SERVICE_API_KEYS", SERVICE_KEY)
+            // Registrations take a while (argon2), so some are in flight at the signal.
+            .env("PASSWORD_HASH_CONCURRENCY", "1")
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("user-service starts"),
+    );
+    let address = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while client.get(format!("{address}/health/live")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the service did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let requests: Vec<_> = (0..12)
+        .map(|index| {
+            let client = client.clone();
+            let url = format!("{address}/api/v1/users");
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .header("Content-Type", "application/json")
+                    .header("X-Service-Key", SERVICE_KEY)
+                    .body(json!({"name": "Draining", "email": format!("drain{index}@example.com"), "password": "StrongPass123!"}).to_string())
+                    .send()
+                    .await
+                    .map(|response| (response.status().as_u16(), Instant::now()))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let signal = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    assert!(signal.success());
+    let signalled_at = Instant::now();
+
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await.unwrap());
+    }
+    let finished: Vec<(u16, Instant)> = statuses.iter().filter_map(|status| status.as_ref().ok().copied()).collect();
+    // Requests accepted before the signal finish with 201; none is cut off mid-way. A
+    // request that had not reached the server yet may be refused at connect, never broken.
+    assert!(finished.iter().all(|(status, _)| *status == 201), "{statuses:?}");
+    let after_signal = finished.iter().filter(|(_, at)| *at > signalled_at).count();
+    assert!(after_signal > 0, "no request was still in flight at the signal: {statuses:?}");
+    let created = app.db.count("SELECT count(*) AS count FROM users").await.unwrap();
+    assert_eq!(created, i64::try_from(finished.len()).unwrap(), "every answered registration is stored");
+
+    let exit = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(12);
+        loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    let exit = exit.expect("the service exits within the grace period");
+    assert!(exit.success(), "the service exits cleanly: {exit:?}");
+}
