@@ -205,6 +205,38 @@ impl ProfileCache for RedisCache {
         }
     }
 
+    async fn lookup_many(&self, ids: &[UserId]) -> Vec<CacheLookup> {
+        let inner = &self.inner;
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        // One round trip: the entry and the generation of every id, in order.
+        let mut command = redis::cmd("MGET");
+        for id in ids {
+            command.arg(inner.keys.entry(*id)).arg(inner.keys.generation(*id));
+        }
+        let Some(values) = inner.connection.run::<Vec<Option<Vec<u8>>>>(Request::Command(&command)).await else {
+            return vec![CacheLookup::Unavailable; ids.len()];
+        };
+        if values.len() != ids.len() * 2 {
+            return vec![CacheLookup::Unavailable; ids.len()];
+        }
+        ids.iter()
+            .zip(values.chunks_exact(2))
+            .map(|(id, pair)| {
+                // An invalidation of this id may be pending (queued or failed): skip the cache.
+                if inner.pending.blocks(*id) {
+                    return CacheLookup::Unavailable;
+                }
+                let generation = pair[1].as_ref().map(|bytes| String::from_utf8_lossy(bytes).into_owned());
+                match pair[0].clone().and_then(|entry| current_payload(entry, generation.as_deref())) {
+                    Some(payload) => CacheLookup::Hit(payload),
+                    None => CacheLookup::Miss(FillTicket::new(generation)),
+                }
+            })
+            .collect()
+    }
+
     async fn fill(&self, id: UserId, ticket: FillTicket, bytes: Vec<u8>) {
         let inner = &self.inner;
         if inner.pending.blocks(id) {
