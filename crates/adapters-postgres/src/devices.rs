@@ -1,5 +1,7 @@
 //! [`DeviceRepository`] on PostgreSQL.
 
+use adapters_sql_common::devices::UpsertedRow;
+use adapters_sql_common::rows::devices_from_rows;
 use async_trait::async_trait;
 use diesel::dsl::case_when;
 use diesel::prelude::*;
@@ -15,7 +17,7 @@ use uuid::Uuid;
 use crate::PgStore;
 use crate::errors::from_diesel;
 use crate::idempotency::{TxError, claim, record as record_answer};
-use crate::rows::{DeviceRow, devices_from_rows};
+use crate::rows::{DEVICE, DeviceRow};
 use crate::schema::{devices, regexp_replace, users};
 use crate::users::device_order;
 
@@ -45,21 +47,29 @@ RETURNING d.id, d.user_id, d.token, d.platform, d.active, d.created_at, d.update
     (SELECT user_id FROM previous) AS previous_owner
 "#;
 
+/// A row of [`UPSERT_DEVICE`]: the device's columns, then the two reports.
 #[derive(QueryableByName)]
 struct UpsertedDevice {
-    #[diesel(embed)]
-    device: DeviceRow,
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    user_id: Uuid,
+    #[diesel(sql_type = Text)]
+    token: String,
+    #[diesel(sql_type = Text)]
+    platform: String,
+    #[diesel(sql_type = Bool)]
+    active: bool,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: OffsetDateTime,
+    #[diesel(sql_type = Timestamptz)]
+    updated_at: OffsetDateTime,
+    #[diesel(sql_type = Timestamptz)]
+    last_seen_at: OffsetDateTime,
     #[diesel(sql_type = Bool)]
     created: bool,
     #[diesel(sql_type = Nullable<SqlUuid>)]
     previous_owner: Option<Uuid>,
-}
-
-/// The device row an upsert produced, before conversion.
-pub(crate) struct UpsertedRow {
-    pub device: DeviceRow,
-    pub created: bool,
-    pub previous_owner: Option<Uuid>,
 }
 
 /// Runs the upsert on `connection` (inside or outside a transaction).
@@ -78,7 +88,17 @@ pub(crate) async fn upsert_device(
         .bind::<Timestamptz, _>(now)
         .get_result(connection)
         .await?;
-    Ok(UpsertedRow { device: row.device, created: row.created, previous_owner: row.previous_owner })
+    let device = DeviceRow {
+        id: row.id,
+        user_id: row.user_id,
+        token: row.token,
+        platform: row.platform,
+        active: row.active,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        last_seen_at: row.last_seen_at,
+    };
+    Ok(UpsertedRow { device, created: row.created, previous_owner: row.previous_owner })
 }
 
 /// Matches the user's device named by `selector`: by id, by exact token, or by the token
@@ -95,12 +115,6 @@ macro_rules! selected_device {
     };
 }
 
-/// Converts an upsert's row, reporting the previous owner only when it is another user.
-fn registered_device(user: UserId, row: UpsertedRow) -> Result<RegisteredDevice, RepositoryError> {
-    let previous_owner = row.previous_owner.filter(|owner| *owner != user.as_uuid()).map(UserId::from);
-    Ok(RegisteredDevice { device: Device::try_from(row.device)?, created: row.created, previous_owner })
-}
-
 #[async_trait]
 impl DeviceRepository for PgStore {
     async fn upsert(
@@ -113,7 +127,7 @@ impl DeviceRepository for PgStore {
         let mut connection = self.connection().await?;
         let Some(write) = idempotency else {
             let row = upsert_device(&mut connection, user, &registration, now).await.map_err(from_diesel)?;
-            return Ok(Idempotent::Executed(registered_device(user, row)?));
+            return Ok(Idempotent::Executed(row.into_registered(user)?));
         };
         let outcome = connection
             .transaction::<_, TxError, _>(async |connection| {
@@ -121,7 +135,7 @@ impl DeviceRepository for PgStore {
                     return Ok(Idempotent::Replayed(replay));
                 }
                 let row = upsert_device(connection, user, &registration, now).await?;
-                let registered = registered_device(user, row).map_err(TxError::Repository)?;
+                let registered = row.into_registered(user).map_err(TxError::Repository)?;
                 let response = (write.render)(&registered);
                 record_answer(connection, &write.request, &response, now).await?;
                 Ok(Idempotent::Executed(registered))
@@ -137,7 +151,7 @@ impl DeviceRepository for PgStore {
             .left_join(devices::table)
             .filter(users::id.eq(user.as_uuid()))
             .order(device_order!())
-            .select(Option::<DeviceRow>::as_select())
+            .select(DEVICE.nullable())
             .load(&mut connection)
             .await
             .map_err(from_diesel)?;
@@ -161,7 +175,7 @@ impl DeviceRepository for PgStore {
                 devices::active.eq(active),
                 devices::updated_at.eq(case_when(devices::active.eq(active), devices::updated_at).otherwise(now)),
             ))
-            .returning(DeviceRow::as_returning())
+            .returning(DEVICE)
             .get_results(&mut connection)
             .await
             .map_err(from_diesel)?;

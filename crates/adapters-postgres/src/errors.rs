@@ -39,6 +39,4 @@ pub fn from_pool_error(error: diesel_async::pooled_connection::deadpool::PoolErr
 }
 
 /// Reports a stored value that the domain refuses (data written around the service).
-pub fn corrupt_row(what: &'static str, detail: impl std::fmt::Display) -> RepositoryError {
-    RepositoryError::Unexpected(format!("stored {what} is invalid: {detail}").into())
-}
+pub use adapters_sql_common::rows::corrupt_row;

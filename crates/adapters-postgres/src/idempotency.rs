@@ -1,6 +1,7 @@
 //! Idempotency records: claimed and written inside the transaction of the change they
 //! belong to, and [`IdempotencyRepository`] for the fast check before expensive work.
 
+use adapters_sql_common::rows::stored_status;
 use async_trait::async_trait;
 use diesel::dsl::{now, sql};
 use diesel::prelude::*;
@@ -12,6 +13,7 @@ use time::OffsetDateTime;
 
 use crate::PgStore;
 use crate::errors::from_diesel;
+use crate::rows::{RECORD, RecordRow};
 use crate::schema::idempotency_records;
 
 /// An error inside a transaction that carries an idempotent write.
@@ -41,28 +43,6 @@ impl From<TxError> for RepositoryError {
     }
 }
 
-#[derive(Queryable, Selectable)]
-#[diesel(table_name = idempotency_records, check_for_backend(diesel::pg::Pg))]
-struct RecordRow {
-    request_fingerprint: Vec<u8>,
-    response_status: i16,
-    response_body: Vec<u8>,
-    response_location: Option<String>,
-}
-
-impl From<RecordRow> for IdempotencyRecord {
-    fn from(row: RecordRow) -> Self {
-        Self {
-            fingerprint: row.request_fingerprint,
-            response: StoredResponse {
-                status: u16::try_from(row.response_status).unwrap_or_default(),
-                body: row.response_body,
-                location: row.response_location,
-            },
-        }
-    }
-}
-
 async fn find_unexpired(
     connection: &mut AsyncPgConnection,
     caller: &str,
@@ -71,8 +51,8 @@ async fn find_unexpired(
     let row: Option<RecordRow> = idempotency_records::table
         .find((caller, key))
         .filter(idempotency_records::expires_at.gt(now))
-        .select(RecordRow::as_select())
-        .get_result(connection)
+        .select(RECORD)
+        .get_result::<RecordRow>(connection)
         .await
         .optional()?;
     Ok(row.map(IdempotencyRecord::from))
@@ -113,7 +93,7 @@ pub(crate) async fn record(
         idempotency_records::caller.eq(&request.caller),
         idempotency_records::key.eq(request.key.as_str()),
         idempotency_records::request_fingerprint.eq(&request.fingerprint),
-        idempotency_records::response_status.eq(i16::try_from(response.status).unwrap_or(i16::MAX)),
+        idempotency_records::response_status.eq(stored_status(response.status)),
         idempotency_records::response_body.eq(&response.body),
         idempotency_records::response_location.eq(response.location.as_deref()),
         idempotency_records::created_at.eq(created_at),

@@ -8,6 +8,11 @@
 //!
 //! Unique and foreign-key violations are mapped to domain errors by constraint name (see
 //! [`errors`]), never by message text. Nothing here knows about HTTP.
+//!
+//! The tables, rows, conversions to domain values, profile assembly and pool construction
+//! are shared with the SQLite store through `adapters-sql-common`, and both run its
+//! repository contract suite; what stays here is PostgreSQL's own SQL (the token-digest
+//! upsert, `regexp_replace`, window counts, advisory locks) and its migrations.
 
 mod devices;
 pub mod errors;

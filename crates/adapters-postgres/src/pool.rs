@@ -3,11 +3,8 @@
 
 use std::time::Duration;
 
-use deadpool::Runtime;
+use adapters_sql_common::pool::PoolLimits;
 use diesel_async::AsyncPgConnection;
-use diesel_async::SimpleAsyncConnection;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
-use futures_util::FutureExt;
 
 /// The pool type used by the store.
 pub type PgPool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
@@ -54,30 +51,10 @@ pub fn build(settings: &PoolSettings) -> Result<PgPool, deadpool::managed::Build
         settings.statement_timeout.as_millis(),
         settings.application_name.replace('\'', "''"),
     );
-    let mut config = ManagerConfig::default();
-    // `Verified` would add a round trip to every checkout; a broken connection is detected
-    // on use and discarded by diesel-async instead.
-    config.recycling_method = RecyclingMethod::Fast;
-    config.custom_setup = Box::new(move |url| {
-        let session_setup = session_setup.clone();
-        let url = url.to_owned();
-        async move {
-            use diesel_async::AsyncConnection;
-            let mut connection = AsyncPgConnection::establish(&url).await?;
-            connection
-                .batch_execute(&session_setup)
-                .await
-                .map_err(|error| diesel::ConnectionError::BadConnection(error.to_string()))?;
-            Ok(connection)
-        }
-        .boxed()
-    });
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(&settings.url, config);
-    diesel_async::pooled_connection::deadpool::Pool::builder(manager)
-        .max_size(settings.max_size.max(2))
-        .wait_timeout(Some(settings.wait_timeout))
-        .create_timeout(Some(settings.connect_timeout))
-        .recycle_timeout(Some(settings.connect_timeout))
-        .runtime(Runtime::Tokio1)
-        .build()
+    let limits = PoolLimits {
+        max_size: settings.max_size,
+        wait_timeout: settings.wait_timeout,
+        connect_timeout: settings.connect_timeout,
+    };
+    adapters_sql_common::pool::build(&settings.url, session_setup, limits)
 }

@@ -1,46 +1,12 @@
-//! Diesel's view of the tables created by `migrations/`.
+//! Diesel's view of the tables created by `migrations/` (declared together with the SQLite
+//! store's by [`adapters_sql_common::tables!`]), and the PostgreSQL functions queries use.
 
-diesel::table! {
-    users (id) {
-        id -> Uuid,
-        name -> Text,
-        email -> Text,
-        phone -> Nullable<Text>,
-        password_hash -> Text,
-        created_at -> Timestamptz,
-        updated_at -> Timestamptz,
-        token_version -> Integer,
-    }
-}
+/// `users.id`, `devices.id`, … are `uuid`.
+type StoredUuid = diesel::sql_types::Uuid;
+/// Every timestamp is a `timestamptz`.
+type StoredTimestamp = diesel::sql_types::Timestamptz;
 
-diesel::table! {
-    notification_preferences (user_id) {
-        user_id -> Uuid,
-        email_enabled -> Bool,
-        push_enabled -> Bool,
-        quiet_hours_start -> Nullable<Time>,
-        quiet_hours_end -> Nullable<Time>,
-        timezone -> Text,
-        updated_at -> Timestamptz,
-    }
-}
-
-diesel::table! {
-    devices (id) {
-        id -> Uuid,
-        user_id -> Uuid,
-        token -> Text,
-        platform -> Text,
-        active -> Bool,
-        created_at -> Timestamptz,
-        updated_at -> Timestamptz,
-        last_seen_at -> Timestamptz,
-    }
-}
-
-diesel::joinable!(notification_preferences -> users (user_id));
-diesel::joinable!(devices -> users (user_id));
-diesel::allow_tables_to_appear_in_same_query!(users, notification_preferences, devices);
+adapters_sql_common::tables!();
 
 #[diesel::declare_sql_function]
 extern "SQL" {
@@ -54,17 +20,4 @@ extern "SQL" {
         replacement: diesel::sql_types::Text,
         flags: diesel::sql_types::Text,
     ) -> diesel::sql_types::Text;
-}
-
-diesel::table! {
-    idempotency_records (caller, key) {
-        caller -> Text,
-        key -> Text,
-        request_fingerprint -> Binary,
-        response_status -> SmallInt,
-        response_body -> Binary,
-        response_location -> Nullable<Text>,
-        created_at -> Timestamptz,
-        expires_at -> Timestamptz,
-    }
 }

@@ -1,7 +1,8 @@
 //! [`UserRepository`] on PostgreSQL.
 
-use std::collections::HashMap;
-
+use adapters_sql_common::profiles::{
+    created_user, page_offset, page_total, profiles_from_joined_rows, profiles_with_devices, uuids,
+};
 use async_trait::async_trait;
 use diesel::dsl::{exists, sql};
 use diesel::prelude::*;
@@ -13,33 +14,13 @@ use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository}
 use domain::preferences::{Preferences, PreferencesUpdate};
 use domain::user::{ContactUpdate, EmailAddress, Page, PageRequest, PasswordHash, User, UserId, UserProfile};
 use time::{OffsetDateTime, Time};
-use uuid::Uuid;
 
 use crate::PgStore;
 use crate::devices::upsert_device;
 use crate::errors::from_diesel;
 use crate::idempotency::{TxError, claim, record as record_answer};
-use crate::rows::{DeviceRow, PreferencesRow, UserRow, devices_from_rows};
+use crate::rows::{CREDENTIALS, CredentialsRow, DEVICE, DeviceRow, PREFERENCES, PreferencesRow, USER, UserRow};
 use crate::schema::{devices, lower, notification_preferences, users};
-
-/// What login reads of a user.
-#[derive(Queryable, Selectable)]
-#[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
-struct CredentialsRow {
-    id: Uuid,
-    password_hash: String,
-    token_version: i32,
-}
-
-impl From<CredentialsRow> for Credentials {
-    fn from(row: CredentialsRow) -> Self {
-        Self {
-            user_id: row.id.into(),
-            password_hash: PasswordHash::new(row.password_hash),
-            token_version: row.token_version,
-        }
-    }
-}
 
 /// The order of a profile's devices: active first, most recently seen first.
 macro_rules! device_order {
@@ -72,18 +53,6 @@ struct PreferencesChangeset<'a> {
     updated_at: OffsetDateTime,
 }
 
-fn profile_from_rows(
-    user: UserRow,
-    preferences: PreferencesRow,
-    devices: impl IntoIterator<Item = DeviceRow>,
-) -> Result<UserProfile, RepositoryError> {
-    Ok(UserProfile {
-        user: User::try_from(user)?,
-        preferences: Preferences::try_from(preferences)?,
-        devices: devices_from_rows(devices)?,
-    })
-}
-
 /// Inserts the user, its preferences and its optional device (in the caller's transaction).
 async fn insert_user(connection: &mut AsyncPgConnection, record: &NewUserRecord) -> Result<CreatedUser, TxError> {
     let user = diesel::insert_into(users::table)
@@ -96,23 +65,28 @@ async fn insert_user(connection: &mut AsyncPgConnection, record: &NewUserRecord)
             users::created_at.eq(record.created_at),
             users::updated_at.eq(record.created_at),
         ))
-        .returning(UserRow::as_returning())
+        .returning(USER)
         .get_result(connection)
         .await?;
+    let values = PreferencesRow::new(record.id.as_uuid(), &record.preferences);
     let preferences = diesel::insert_into(notification_preferences::table)
-        .values(PreferencesRow::new(record.id.as_uuid(), &record.preferences))
-        .returning(PreferencesRow::as_returning())
-        .get_result(connection)
+        .values((
+            notification_preferences::user_id.eq(values.user_id),
+            notification_preferences::email_enabled.eq(values.email_enabled),
+            notification_preferences::push_enabled.eq(values.push_enabled),
+            notification_preferences::quiet_hours_start.eq(values.quiet_hours_start),
+            notification_preferences::quiet_hours_end.eq(values.quiet_hours_end),
+            notification_preferences::timezone.eq(&values.timezone),
+            notification_preferences::updated_at.eq(values.updated_at),
+        ))
+        .returning(PREFERENCES)
+        .get_result::<PreferencesRow>(connection)
         .await?;
     let device = match &record.device {
         Some(registration) => Some(upsert_device(connection, record.id, registration, record.created_at).await?),
         None => None,
     };
-    let device_moved_from =
-        device.as_ref().and_then(|device| device.previous_owner).filter(|owner| *owner != user.id).map(UserId::from);
-    let profile =
-        profile_from_rows(user, preferences, device.map(|device| device.device)).map_err(TxError::Repository)?;
-    Ok(CreatedUser { profile, device_moved_from })
+    created_user(user, preferences, device).map_err(TxError::Repository)
 }
 
 #[async_trait]
@@ -142,63 +116,38 @@ impl UserRepository for PgStore {
     }
 
     async fn find_profile(&self, id: UserId) -> Result<Option<UserProfile>, RepositoryError> {
-        let mut connection = self.connection().await?;
-        // One round trip: the user and preferences repeat on each device row (few per user).
-        let rows: Vec<(UserRow, PreferencesRow, Option<DeviceRow>)> = users::table
-            .inner_join(notification_preferences::table)
-            .left_join(devices::table)
-            .filter(users::id.eq(id.as_uuid()))
-            .order(device_order!())
-            .select((UserRow::as_select(), PreferencesRow::as_select(), Option::<DeviceRow>::as_select()))
-            .load(&mut connection)
-            .await
-            .map_err(from_diesel)?;
-        let mut rows = rows.into_iter();
-        let Some((user, preferences, first_device)) = rows.next() else {
-            return Ok(None);
-        };
-        let devices = first_device.into_iter().chain(rows.filter_map(|(_, _, device)| device));
-        profile_from_rows(user, preferences, devices).map(Some)
+        Ok(self.find_profiles(&[id]).await?.pop())
     }
 
     async fn find_profiles(&self, ids: &[UserId]) -> Result<Vec<UserProfile>, RepositoryError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<Uuid> = ids.iter().map(UserId::as_uuid).collect();
+        let ids = uuids(ids);
         let mut connection = self.connection().await?;
-        // One round trip for all users; rows of one user are adjacent thanks to the order.
+        // One round trip: a user and its preferences repeat on each of its device rows (few
+        // per user), and the rows of one user are adjacent thanks to the order.
         let rows: Vec<(UserRow, PreferencesRow, Option<DeviceRow>)> = users::table
             .inner_join(notification_preferences::table)
             .left_join(devices::table)
             .filter(users::id.eq_any(&ids))
             .order((users::id, devices::active.desc(), devices::last_seen_at.desc(), devices::id.desc()))
-            .select((UserRow::as_select(), PreferencesRow::as_select(), Option::<DeviceRow>::as_select()))
+            .select((USER, PREFERENCES, DEVICE.nullable()))
             .load(&mut connection)
             .await
             .map_err(from_diesel)?;
-        let mut profiles = Vec::new();
-        let mut rows = rows.into_iter().peekable();
-        while let Some((user, preferences, first_device)) = rows.next() {
-            let mut devices: Vec<DeviceRow> = first_device.into_iter().collect();
-            while let Some((_, _, device)) = rows.next_if(|(next, _, _)| next.id == user.id) {
-                devices.extend(device);
-            }
-            profiles.push(profile_from_rows(user, preferences, devices)?);
-        }
-        Ok(profiles)
+        profiles_from_joined_rows(rows)
     }
 
     async fn list_profiles(&self, page: PageRequest) -> Result<Page<UserProfile>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let offset = i64::try_from(page.offset()).unwrap_or(i64::MAX);
         // The window count gives the total with the page; an empty page needs its own count.
         let rows: Vec<(UserRow, PreferencesRow, i64)> = users::table
             .inner_join(notification_preferences::table)
             .order((users::created_at.asc(), users::id.asc()))
             .limit(i64::from(page.limit()))
-            .offset(offset)
-            .select((UserRow::as_select(), PreferencesRow::as_select(), sql::<BigInt>("count(*) OVER ()")))
+            .offset(page_offset(page))
+            .select((USER, PREFERENCES, sql::<BigInt>("count(*) OVER ()")))
             .load(&mut connection)
             .await
             .map_err(from_diesel)?;
@@ -206,30 +155,20 @@ impl UserRepository for PgStore {
             Some((_, _, total)) => *total,
             None => users::table.count().get_result(&mut connection).await.map_err(from_diesel)?,
         };
-        let ids: Vec<Uuid> = rows.iter().map(|(user, _, _)| user.id).collect();
-        let device_rows: Vec<DeviceRow> = if ids.is_empty() {
+        let ids: Vec<_> = rows.iter().map(|(user, _, _)| user.id).collect();
+        let devices: Vec<DeviceRow> = if ids.is_empty() {
             Vec::new()
         } else {
             devices::table
                 .filter(devices::user_id.eq_any(&ids))
                 .order(device_order!())
-                .select(DeviceRow::as_select())
+                .select(DEVICE)
                 .load(&mut connection)
                 .await
                 .map_err(from_diesel)?
         };
-        let mut devices_by_user: HashMap<Uuid, Vec<DeviceRow>> = HashMap::with_capacity(ids.len());
-        for device in device_rows {
-            devices_by_user.entry(device.user_id).or_default().push(device);
-        }
-        let items = rows
-            .into_iter()
-            .map(|(user, preferences, _)| {
-                let devices = devices_by_user.remove(&user.id).unwrap_or_default();
-                profile_from_rows(user, preferences, devices)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Page { items, total: u64::try_from(total).unwrap_or_default() })
+        let users = rows.into_iter().map(|(user, preferences, _)| (user, preferences));
+        Ok(Page { items: profiles_with_devices(users, devices)?, total: page_total(total) })
     }
 
     async fn exists(&self, id: UserId) -> Result<bool, RepositoryError> {
@@ -252,8 +191,8 @@ impl UserRepository for PgStore {
         };
         let row = diesel::update(users::table.find(id.as_uuid()))
             .set(changeset)
-            .returning(UserRow::as_returning())
-            .get_result(&mut connection)
+            .returning(USER)
+            .get_result::<UserRow>(&mut connection)
             .await
             .optional()
             .map_err(from_diesel)?;
@@ -272,8 +211,8 @@ impl UserRepository for PgStore {
         let mut connection = self.connection().await?;
         let row = notification_preferences::table
             .find(id.as_uuid())
-            .select(PreferencesRow::as_select())
-            .get_result(&mut connection)
+            .select(PREFERENCES)
+            .get_result::<PreferencesRow>(&mut connection)
             .await
             .optional()
             .map_err(from_diesel)?;
@@ -298,8 +237,8 @@ impl UserRepository for PgStore {
         };
         let row = diesel::update(notification_preferences::table.find(id.as_uuid()))
             .set(changeset)
-            .returning(PreferencesRow::as_returning())
-            .get_result(&mut connection)
+            .returning(PREFERENCES)
+            .get_result::<PreferencesRow>(&mut connection)
             .await
             .optional()
             .map_err(from_diesel)?;
@@ -311,8 +250,8 @@ impl UserRepository for PgStore {
         // Matches the case-insensitive unique index on lower(email).
         let row = users::table
             .filter(lower(users::email).eq(lower(email.as_str())))
-            .select(CredentialsRow::as_select())
-            .get_result(&mut connection)
+            .select(CREDENTIALS)
+            .get_result::<CredentialsRow>(&mut connection)
             .await
             .optional()
             .map_err(from_diesel)?;
@@ -323,8 +262,8 @@ impl UserRepository for PgStore {
         let mut connection = self.connection().await?;
         let row = users::table
             .find(id.as_uuid())
-            .select(CredentialsRow::as_select())
-            .get_result(&mut connection)
+            .select(CREDENTIALS)
+            .get_result::<CredentialsRow>(&mut connection)
             .await
             .optional()
             .map_err(from_diesel)?;

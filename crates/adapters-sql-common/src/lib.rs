@@ -1,0 +1,26 @@
+//! What the SQL stores share, so that `adapters-postgres` and `adapters-sqlite` are not
+//! copies of each other:
+//!
+//! - [`tables!`]: diesel's view of the tables (the two column types that differ between
+//!   the backends come from each store);
+//! - [`rows`]: the rows both read (backend-generic `Queryable`s) and their conversion to
+//!   domain values; [`row_columns!`] declares the column tuples that select them;
+//! - [`pool`]: deadpool pools with explicit limits and per-connection session settings;
+//! - [`profiles`]: profiles assembled from rows, and page arithmetic;
+//! - [`devices`]: registration results and which device a selector names;
+//! - `contract` (feature `contract-tests`): the repository ports' contract test suite, run
+//!   against both stores.
+//!
+//! What must not live here: SQL statements, migrations, error mapping or anything else that
+//! differs between the backends, and no dependency on either store (adapters never depend
+//! on each other).
+
+mod columns;
+pub mod devices;
+pub mod pool;
+pub mod profiles;
+pub mod rows;
+mod schema;
+
+#[cfg(feature = "contract-tests")]
+pub mod contract;

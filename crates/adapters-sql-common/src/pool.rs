@@ -1,0 +1,58 @@
+//! Connection pools built the same way for every store: explicit sizes and timeouts, so
+//! that an exhausted pool or an unreachable database answers quickly (as "unavailable")
+//! instead of hanging requests, and the same session settings on every connection.
+
+use std::time::Duration;
+
+use deadpool::Runtime;
+use deadpool::managed::{BuildError, Manager};
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError, RecyclingMethod};
+use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+use futures_util::FutureExt;
+
+/// How big a pool is and how long its callers wait.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// The most connections kept open (raised to 2 if lower).
+    pub max_size: usize,
+    /// How long a caller waits for a free connection.
+    pub wait_timeout: Duration,
+    /// How long opening (or recycling) a connection may take.
+    pub connect_timeout: Duration,
+}
+
+/// Builds a pool of `C` on `url` that runs `session_setup` (SQL statements) on every new
+/// connection. No connection is opened until the first checkout, so a service can start
+/// (and report itself unready) while its database is unreachable.
+pub fn build<C>(url: &str, session_setup: String, limits: PoolLimits) -> Result<Pool<C>, BuildError>
+where
+    C: AsyncConnection + SimpleAsyncConnection + 'static,
+    AsyncDieselConnectionManager<C>: Manager<Type = C, Error = PoolError>,
+{
+    let mut config = ManagerConfig::default();
+    // `Verified` would run a query on every checkout; a broken connection (lost, or left
+    // inside a transaction) is detected without it and discarded.
+    config.recycling_method = RecyclingMethod::Fast;
+    config.custom_setup = Box::new(move |url| {
+        let session_setup = session_setup.clone();
+        let url = url.to_owned();
+        async move {
+            let mut connection = C::establish(&url).await?;
+            connection
+                .batch_execute(&session_setup)
+                .await
+                .map_err(|error| diesel::ConnectionError::BadConnection(error.to_string()))?;
+            Ok(connection)
+        }
+        .boxed()
+    });
+    let manager = AsyncDieselConnectionManager::<C>::new_with_config(url, config);
+    Pool::builder(manager)
+        .max_size(limits.max_size.max(2))
+        .wait_timeout(Some(limits.wait_timeout))
+        .create_timeout(Some(limits.connect_timeout))
+        .recycle_timeout(Some(limits.connect_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+}

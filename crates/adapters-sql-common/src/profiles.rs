@@ -1,0 +1,90 @@
+//! Profiles assembled from rows, and the arithmetic of pages: the same whichever store
+//! loaded the rows.
+
+use std::collections::HashMap;
+
+use domain::ports::{CreatedUser, RepositoryError};
+use domain::preferences::Preferences;
+use domain::user::{PageRequest, User, UserId, UserProfile};
+use uuid::Uuid;
+
+use crate::devices::UpsertedRow;
+use crate::rows::{DeviceRow, PreferencesRow, UserRow, devices_from_rows};
+
+/// A profile from its rows; `devices` must come in profile order (active first, most
+/// recently seen first).
+pub fn profile_from_rows(
+    user: UserRow,
+    preferences: PreferencesRow,
+    devices: impl IntoIterator<Item = DeviceRow>,
+) -> Result<UserProfile, RepositoryError> {
+    Ok(UserProfile {
+        user: User::try_from(user)?,
+        preferences: Preferences::try_from(preferences)?,
+        devices: devices_from_rows(devices)?,
+    })
+}
+
+/// Profiles from the rows of `users ⋈ preferences ⟕ devices`, in which the rows of one user
+/// are adjacent and its devices in profile order. A user without devices has one row
+/// without a device.
+pub fn profiles_from_joined_rows(
+    rows: impl IntoIterator<Item = (UserRow, PreferencesRow, Option<DeviceRow>)>,
+) -> Result<Vec<UserProfile>, RepositoryError> {
+    let mut profiles = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while let Some((user, preferences, first_device)) = rows.next() {
+        let mut devices: Vec<DeviceRow> = first_device.into_iter().collect();
+        while let Some((_, _, device)) = rows.next_if(|(next, _, _)| next.id == user.id) {
+            devices.extend(device);
+        }
+        profiles.push(profile_from_rows(user, preferences, devices)?);
+    }
+    Ok(profiles)
+}
+
+/// Profiles of `users`, in their order, with `devices` (of any of them, in profile order)
+/// attached to their owners.
+pub fn profiles_with_devices(
+    users: impl IntoIterator<Item = (UserRow, PreferencesRow)>,
+    devices: impl IntoIterator<Item = DeviceRow>,
+) -> Result<Vec<UserProfile>, RepositoryError> {
+    let mut devices_by_user: HashMap<Uuid, Vec<DeviceRow>> = HashMap::new();
+    for device in devices {
+        devices_by_user.entry(device.user_id).or_default().push(device);
+    }
+    users
+        .into_iter()
+        .map(|(user, preferences)| {
+            let devices = devices_by_user.remove(&user.id).unwrap_or_default();
+            profile_from_rows(user, preferences, devices)
+        })
+        .collect()
+}
+
+/// The result of creating a user: its rows and the optional device registered with it.
+pub fn created_user(
+    user: UserRow,
+    preferences: PreferencesRow,
+    device: Option<UpsertedRow>,
+) -> Result<CreatedUser, RepositoryError> {
+    let device_moved_from = device.as_ref().and_then(|device| device.moved_from(user.id));
+    let profile = profile_from_rows(user, preferences, device.map(|device| device.device))?;
+    Ok(CreatedUser { profile, device_moved_from })
+}
+
+/// How many rows precede the page, as SQL's `OFFSET` takes it (saturated: a page beyond
+/// `i64::MAX` rows is empty anyway).
+pub fn page_offset(page: PageRequest) -> i64 {
+    i64::try_from(page.offset()).unwrap_or(i64::MAX)
+}
+
+/// A SQL `count(*)` as a page's total.
+pub fn page_total(count: i64) -> u64 {
+    u64::try_from(count).unwrap_or_default()
+}
+
+/// The user ids as UUIDs, for `IN (…)` lists.
+pub fn uuids(ids: &[UserId]) -> Vec<Uuid> {
+    ids.iter().map(UserId::as_uuid).collect()
+}

@@ -1,0 +1,81 @@
+//! The tables both stores declare to diesel.
+
+/// Declares diesel's view of the tables both stores create (each with migrations in its own
+/// dialect): `users`, `notification_preferences`, `devices`, `idempotency_records`, and how
+/// they join. Declared once so that the stores cannot drift apart.
+///
+/// The two SQL types that differ between backends come from the invoking module, which
+/// must name them `StoredUuid` and `StoredTimestamp` (PostgreSQL: `Uuid` and
+/// `Timestamptz`; SQLite: a UUID-as-text type and `TimestamptzSqlite`). Everything else is
+/// a type both backends have.
+#[macro_export]
+macro_rules! tables {
+    () => {
+        diesel::table! {
+            use diesel::sql_types::*;
+            use super::{StoredTimestamp, StoredUuid};
+
+            users (id) {
+                id -> StoredUuid,
+                name -> Text,
+                email -> Text,
+                phone -> Nullable<Text>,
+                password_hash -> Text,
+                created_at -> StoredTimestamp,
+                updated_at -> StoredTimestamp,
+                token_version -> Integer,
+            }
+        }
+
+        diesel::table! {
+            use diesel::sql_types::*;
+            use super::{StoredTimestamp, StoredUuid};
+
+            notification_preferences (user_id) {
+                user_id -> StoredUuid,
+                email_enabled -> Bool,
+                push_enabled -> Bool,
+                quiet_hours_start -> Nullable<Time>,
+                quiet_hours_end -> Nullable<Time>,
+                timezone -> Text,
+                updated_at -> StoredTimestamp,
+            }
+        }
+
+        diesel::table! {
+            use diesel::sql_types::*;
+            use super::{StoredTimestamp, StoredUuid};
+
+            devices (id) {
+                id -> StoredUuid,
+                user_id -> StoredUuid,
+                token -> Text,
+                platform -> Text,
+                active -> Bool,
+                created_at -> StoredTimestamp,
+                updated_at -> StoredTimestamp,
+                last_seen_at -> StoredTimestamp,
+            }
+        }
+
+        diesel::table! {
+            use diesel::sql_types::*;
+            use super::StoredTimestamp;
+
+            idempotency_records (caller, key) {
+                caller -> Text,
+                key -> Text,
+                request_fingerprint -> Binary,
+                response_status -> SmallInt,
+                response_body -> Binary,
+                response_location -> Nullable<Text>,
+                created_at -> StoredTimestamp,
+                expires_at -> StoredTimestamp,
+            }
+        }
+
+        diesel::joinable!(notification_preferences -> users (user_id));
+        diesel::joinable!(devices -> users (user_id));
+        diesel::allow_tables_to_appear_in_same_query!(users, notification_preferences, devices);
+    };
+}

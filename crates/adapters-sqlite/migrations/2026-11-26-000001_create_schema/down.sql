@@ -1,0 +1,4 @@
+DROP TABLE idempotency_records;
+DROP TABLE devices;
+DROP TABLE notification_preferences;
+DROP TABLE users;

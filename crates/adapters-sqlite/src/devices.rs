@@ -1,0 +1,159 @@
+//! [`DeviceRepository`] on SQLite.
+
+use adapters_sql_common::devices::{DeviceMatcher, UpsertedRow};
+use adapters_sql_common::rows::{DeviceRow, devices_from_rows};
+use async_trait::async_trait;
+use diesel::dsl::case_when;
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use domain::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
+use domain::idempotency::{Idempotent, IdempotentWrite};
+use domain::ports::{DeviceRepository, RepositoryError};
+use domain::user::UserId;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::SqliteStore;
+use crate::errors::StoreError;
+use crate::idempotency::{claim, record_answer};
+use crate::schema::{DEVICE, Id, devices};
+use crate::users::{device_order, user_exists};
+
+/// Registers or moves a token (in the caller's write transaction, so that the owner read
+/// first is still the owner when the upsert runs). `ON CONFLICT` on the unique token turns
+/// a known token into an update; the row was created exactly when it carries the id this
+/// call proposed.
+pub(crate) fn upsert_device(
+    connection: &mut SqliteConnection,
+    user: UserId,
+    registration: &DeviceRegistration,
+    now: OffsetDateTime,
+) -> Result<UpsertedRow, StoreError> {
+    // Checked first: SQLite reports a foreign-key failure without naming the constraint.
+    if !user_exists(connection, user)? {
+        return Err(RepositoryError::UserNotFound.into());
+    }
+    let token = registration.token.as_str();
+    let previous_owner: Option<Uuid> =
+        devices::table.filter(devices::token.eq(token)).select(devices::user_id).get_result(connection).optional()?;
+    let proposed = Uuid::now_v7();
+    let device: DeviceRow = diesel::insert_into(devices::table)
+        .values((
+            devices::id.eq(Id(proposed)),
+            devices::user_id.eq(Id::from(user)),
+            devices::token.eq(token),
+            devices::platform.eq(registration.platform.as_str()),
+            devices::active.eq(registration.active),
+            devices::created_at.eq(now),
+            devices::updated_at.eq(now),
+            devices::last_seen_at.eq(now),
+        ))
+        .on_conflict(devices::token)
+        .do_update()
+        .set((
+            devices::user_id.eq(excluded(devices::user_id)),
+            devices::platform.eq(excluded(devices::platform)),
+            devices::active.eq(excluded(devices::active)),
+            devices::updated_at.eq(excluded(devices::updated_at)),
+            devices::last_seen_at.eq(excluded(devices::last_seen_at)),
+        ))
+        .returning(DEVICE)
+        .get_result(connection)?;
+    Ok(UpsertedRow { created: device.id == proposed, device, previous_owner })
+}
+
+/// The ids of `user`'s devices that `selector` names. The merged-slashes comparison runs
+/// here rather than in SQL (SQLite has no `regexp_replace`); a user has few devices.
+fn selected_devices(
+    connection: &mut SqliteConnection,
+    user: UserId,
+    selector: &DeviceSelector,
+) -> QueryResult<Vec<Id>> {
+    let matcher = DeviceMatcher::new(selector);
+    let candidates: Vec<(Uuid, String)> = devices::table
+        .filter(devices::user_id.eq(Id::from(user)))
+        .select((devices::id, devices::token))
+        .load(connection)?;
+    Ok(candidates.into_iter().filter(|(id, token)| matcher.matches(*id, token)).map(|(id, _)| Id(id)).collect())
+}
+
+#[async_trait]
+impl DeviceRepository for SqliteStore {
+    async fn upsert(
+        &self,
+        user: UserId,
+        registration: DeviceRegistration,
+        now: OffsetDateTime,
+        idempotency: Option<IdempotentWrite<RegisteredDevice>>,
+    ) -> Result<Idempotent<RegisteredDevice>, RepositoryError> {
+        self.write(move |connection| {
+            let Some(write) = idempotency else {
+                let row = upsert_device(connection, user, &registration, now)?;
+                return Ok(Idempotent::Executed(row.into_registered(user)?));
+            };
+            if let Some(replay) = claim(connection, &write.request)? {
+                return Ok(Idempotent::Replayed(replay));
+            }
+            let registered = upsert_device(connection, user, &registration, now)?.into_registered(user)?;
+            record_answer(connection, &write.request, &(write.render)(&registered), now)?;
+            Ok(Idempotent::Executed(registered))
+        })
+        .await
+    }
+
+    async fn list(&self, user: UserId) -> Result<Option<Vec<Device>>, RepositoryError> {
+        self.read(move |connection| {
+            connection.transaction(|connection| {
+                if !user_exists(connection, user)? {
+                    return Ok(None);
+                }
+                let rows: Vec<DeviceRow> = devices::table
+                    .filter(devices::user_id.eq(Id::from(user)))
+                    .order(device_order())
+                    .select(DEVICE)
+                    .load(connection)?;
+                Ok(Some(devices_from_rows(rows)?))
+            })
+        })
+        .await
+    }
+
+    async fn set_active(
+        &self,
+        user: UserId,
+        selector: &DeviceSelector,
+        active: bool,
+        now: OffsetDateTime,
+    ) -> Result<Option<Device>, RepositoryError> {
+        let selector = selector.clone();
+        self.write(move |connection| {
+            let ids = selected_devices(connection, user, &selector)?;
+            if ids.is_empty() {
+                return Ok(None);
+            }
+            // `updated_at` moves only for a device whose state changes.
+            let unchanged = devices::active.eq(active);
+            let rows: Vec<DeviceRow> = diesel::update(devices::table.filter(devices::id.eq_any(ids)))
+                .set((
+                    devices::active.eq(active),
+                    devices::updated_at.eq(case_when(unchanged, devices::updated_at).otherwise(now)),
+                ))
+                .returning(DEVICE)
+                .get_results(connection)?;
+            Ok(rows.into_iter().next().map(Device::try_from).transpose()?)
+        })
+        .await
+    }
+
+    async fn delete(&self, user: UserId, selector: &DeviceSelector) -> Result<bool, RepositoryError> {
+        let selector = selector.clone();
+        self.write(move |connection| {
+            let ids = selected_devices(connection, user, &selector)?;
+            if ids.is_empty() {
+                return Ok(false);
+            }
+            Ok(diesel::delete(devices::table.filter(devices::id.eq_any(ids))).execute(connection)? > 0)
+        })
+        .await
+    }
+}

@@ -1,0 +1,314 @@
+//! [`UserRepository`] on SQLite.
+
+use adapters_sql_common::profiles::{created_user, page_offset, page_total, profiles_with_devices, uuids};
+use adapters_sql_common::rows::{CredentialsRow, DeviceRow, PreferencesRow, UserRow};
+use async_trait::async_trait;
+use diesel::dsl::exists;
+use diesel::prelude::*;
+use domain::auth::Credentials;
+use domain::idempotency::{Idempotent, IdempotentWrite};
+use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository};
+use domain::preferences::{Preferences, PreferencesUpdate};
+use domain::user::{
+    ContactUpdate, EmailAddress, Page, PageRequest, PasswordHash, PhoneNumber, User, UserId, UserProfile,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::SqliteStore;
+use crate::devices::upsert_device;
+use crate::errors::StoreError;
+use crate::idempotency::{claim, record_answer};
+use crate::schema::{CREDENTIALS, DEVICE, Id, PREFERENCES, USER, devices, lower, notification_preferences, users};
+
+/// `IN (…)` lists stay well below SQLite's limit on bound parameters.
+const IDS_PER_QUERY: usize = 500;
+
+/// Whether a user other than `except` has `email`, compared as the unique index compares.
+fn email_taken(connection: &mut SqliteConnection, email: &str, except: Option<UserId>) -> QueryResult<bool> {
+    let mut holders = users::table.filter(lower(users::email).eq(lower(email))).into_boxed();
+    if let Some(except) = except {
+        holders = holders.filter(users::id.ne(Id::from(except)));
+    }
+    diesel::select(exists(holders)).get_result(connection)
+}
+
+/// Whether the user exists.
+pub(crate) fn user_exists(connection: &mut SqliteConnection, user: UserId) -> QueryResult<bool> {
+    diesel::select(exists(users::table.find(Id::from(user)))).get_result(connection)
+}
+
+/// Stored values of a user to insert.
+#[derive(Insertable)]
+#[diesel(table_name = users)]
+struct NewUserValues<'a> {
+    id: Id,
+    name: &'a str,
+    email: &'a str,
+    phone: Option<&'a str>,
+    password_hash: &'a str,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+/// Inserts the user, its preferences and its optional device (in the caller's transaction).
+fn insert_user(connection: &mut SqliteConnection, record: &NewUserRecord) -> Result<CreatedUser, StoreError> {
+    if email_taken(connection, record.email.as_str(), None)? {
+        return Err(RepositoryError::EmailTaken.into());
+    }
+    let values = NewUserValues {
+        id: record.id.into(),
+        name: record.name.as_str(),
+        email: record.email.as_str(),
+        phone: record.phone.as_ref().map(PhoneNumber::as_str),
+        password_hash: record.password_hash.as_str(),
+        created_at: record.created_at,
+        updated_at: record.created_at,
+    };
+    let user: UserRow = diesel::insert_into(users::table).values(values).returning(USER).get_result(connection)?;
+    let preferences = PreferencesRow::new(record.id.as_uuid(), &record.preferences);
+    diesel::insert_into(notification_preferences::table)
+        .values(PreferencesValues::from(&preferences))
+        .execute(connection)?;
+    let device = match &record.device {
+        Some(registration) => Some(upsert_device(connection, record.id, registration, record.created_at)?),
+        None => None,
+    };
+    Ok(created_user(user, preferences, device)?)
+}
+
+/// A preferences row to insert, or to set in full (`None` quiet hours clear them).
+#[derive(Insertable, AsChangeset)]
+#[diesel(table_name = notification_preferences, primary_key(user_id), treat_none_as_null = true)]
+struct PreferencesValues<'a> {
+    user_id: Id,
+    email_enabled: bool,
+    push_enabled: bool,
+    quiet_hours_start: Option<time::Time>,
+    quiet_hours_end: Option<time::Time>,
+    timezone: &'a str,
+    updated_at: OffsetDateTime,
+}
+
+impl<'a> From<&'a PreferencesRow> for PreferencesValues<'a> {
+    fn from(row: &'a PreferencesRow) -> Self {
+        Self {
+            user_id: Id(row.user_id),
+            email_enabled: row.email_enabled,
+            push_enabled: row.push_enabled,
+            quiet_hours_start: row.quiet_hours_start,
+            quiet_hours_end: row.quiet_hours_end,
+            timezone: &row.timezone,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// The profiles of users already loaded with their preferences (in their order).
+fn with_devices(
+    connection: &mut SqliteConnection,
+    users: Vec<(UserRow, PreferencesRow)>,
+) -> Result<Vec<UserProfile>, StoreError> {
+    let ids: Vec<Id> = users.iter().map(|(user, _)| Id(user.id)).collect();
+    let devices: Vec<DeviceRow> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        devices::table.filter(devices::user_id.eq_any(ids)).order(device_order()).select(DEVICE).load(connection)?
+    };
+    Ok(profiles_with_devices(users, devices)?)
+}
+
+/// The order of a profile's devices: active first, most recently seen first (timestamps
+/// are stored as text that sorts chronologically, see the migration).
+pub(crate) fn device_order()
+-> (diesel::dsl::Desc<devices::active>, diesel::dsl::Desc<devices::last_seen_at>, diesel::dsl::Desc<devices::id>) {
+    (devices::active.desc(), devices::last_seen_at.desc(), devices::id.desc())
+}
+
+/// Loads the profiles of `ids` in one snapshot.
+fn load_profiles(connection: &mut SqliteConnection, ids: &[Uuid]) -> Result<Vec<UserProfile>, StoreError> {
+    connection.transaction(|connection| {
+        let mut profiles = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_QUERY) {
+            let users = users::table
+                .inner_join(notification_preferences::table)
+                .filter(users::id.eq_any(chunk.iter().copied().map(Id)))
+                .select((USER, PREFERENCES))
+                .load(connection)?;
+            profiles.extend(with_devices(connection, users)?);
+        }
+        Ok(profiles)
+    })
+}
+
+#[async_trait]
+impl UserRepository for SqliteStore {
+    async fn create(
+        &self,
+        record: NewUserRecord,
+        idempotency: Option<IdempotentWrite<CreatedUser>>,
+    ) -> Result<Idempotent<CreatedUser>, RepositoryError> {
+        self.write(move |connection| {
+            let Some(write) = idempotency else {
+                return Ok(Idempotent::Executed(insert_user(connection, &record)?));
+            };
+            if let Some(replay) = claim(connection, &write.request)? {
+                return Ok(Idempotent::Replayed(replay));
+            }
+            let created = insert_user(connection, &record)?;
+            record_answer(connection, &write.request, &(write.render)(&created), record.created_at)?;
+            Ok(Idempotent::Executed(created))
+        })
+        .await
+    }
+
+    async fn find_profile(&self, id: UserId) -> Result<Option<UserProfile>, RepositoryError> {
+        self.read(move |connection| Ok(load_profiles(connection, &[id.as_uuid()])?.pop())).await
+    }
+
+    async fn find_profiles(&self, ids: &[UserId]) -> Result<Vec<UserProfile>, RepositoryError> {
+        let ids = uuids(ids);
+        self.read(move |connection| load_profiles(connection, &ids)).await
+    }
+
+    async fn list_profiles(&self, page: PageRequest) -> Result<Page<UserProfile>, RepositoryError> {
+        self.read(move |connection| {
+            connection.transaction(|connection| {
+                let total: i64 = users::table.count().get_result(connection)?;
+                let users = users::table
+                    .inner_join(notification_preferences::table)
+                    .order((users::created_at.asc(), users::id.asc()))
+                    .limit(i64::from(page.limit()))
+                    .offset(page_offset(page))
+                    .select((USER, PREFERENCES))
+                    .load(connection)?;
+                Ok(Page { items: with_devices(connection, users)?, total: page_total(total) })
+            })
+        })
+        .await
+    }
+
+    async fn exists(&self, id: UserId) -> Result<bool, RepositoryError> {
+        self.read(move |connection| Ok(user_exists(connection, id)?)).await
+    }
+
+    async fn update_contact(
+        &self,
+        id: UserId,
+        update: ContactUpdate,
+        now: OffsetDateTime,
+    ) -> Result<Option<User>, RepositoryError> {
+        self.write(move |connection| {
+            if let Some(email) = &update.email
+                && email_taken(connection, email.as_str(), Some(id))?
+            {
+                return Err(RepositoryError::EmailTaken.into());
+            }
+            // `None` parts of the tuple are left out of the `SET` list.
+            let changes = (
+                update.name.as_ref().map(|name| users::name.eq(name.as_str())),
+                update.email.as_ref().map(|email| users::email.eq(email.as_str())),
+                update.phone.as_ref().map(|phone| users::phone.eq(phone.as_ref().map(PhoneNumber::as_str))),
+                users::updated_at.eq(now),
+            );
+            let row: Option<UserRow> = diesel::update(users::table.find(Id::from(id)))
+                .set(changes)
+                .returning(USER)
+                .get_result(connection)
+                .optional()?;
+            Ok(row.map(User::try_from).transpose()?)
+        })
+        .await
+    }
+
+    async fn delete(&self, id: UserId) -> Result<bool, RepositoryError> {
+        // Preferences and devices go with the user (ON DELETE CASCADE, foreign keys on).
+        self.write(move |connection| Ok(diesel::delete(users::table.find(Id::from(id))).execute(connection)? > 0)).await
+    }
+
+    async fn find_preferences(&self, id: UserId) -> Result<Option<Preferences>, RepositoryError> {
+        self.read(move |connection| {
+            let row: Option<PreferencesRow> = notification_preferences::table
+                .find(Id::from(id))
+                .select(PREFERENCES)
+                .get_result(connection)
+                .optional()?;
+            Ok(row.map(Preferences::try_from).transpose()?)
+        })
+        .await
+    }
+
+    async fn update_preferences(
+        &self,
+        id: UserId,
+        update: PreferencesUpdate,
+        now: OffsetDateTime,
+    ) -> Result<Option<Preferences>, RepositoryError> {
+        // Read, apply and write back inside one write transaction: no other writer runs in
+        // between, so concurrent updates of different fields all survive.
+        self.write(move |connection| {
+            let Some(stored) = notification_preferences::table
+                .find(Id::from(id))
+                .select(PREFERENCES)
+                .get_result::<PreferencesRow>(connection)
+                .optional()?
+            else {
+                return Ok(None);
+            };
+            let updated = Preferences::try_from(stored)?.with_update(&update, now);
+            let row = PreferencesRow::new(id.as_uuid(), &updated);
+            diesel::update(notification_preferences::table.find(Id::from(id)))
+                .set(PreferencesValues::from(&row))
+                .execute(connection)?;
+            Ok(Some(updated))
+        })
+        .await
+    }
+
+    async fn find_credentials(&self, email: &EmailAddress) -> Result<Option<Credentials>, RepositoryError> {
+        let email = email.as_str().to_owned();
+        self.read(move |connection| {
+            // Matches the unique index on lower(email).
+            let row: Option<CredentialsRow> = users::table
+                .filter(lower(users::email).eq(lower(email)))
+                .select(CREDENTIALS)
+                .get_result(connection)
+                .optional()?;
+            Ok(row.map(Credentials::from))
+        })
+        .await
+    }
+
+    async fn credentials_of(&self, id: UserId) -> Result<Option<Credentials>, RepositoryError> {
+        self.read(move |connection| {
+            let row: Option<CredentialsRow> =
+                users::table.find(Id::from(id)).select(CREDENTIALS).get_result(connection).optional()?;
+            Ok(row.map(Credentials::from))
+        })
+        .await
+    }
+
+    async fn token_version(&self, id: UserId) -> Result<Option<i32>, RepositoryError> {
+        self.read(move |connection| {
+            Ok(users::table.find(Id::from(id)).select(users::token_version).get_result(connection).optional()?)
+        })
+        .await
+    }
+
+    async fn update_password_hash(
+        &self,
+        id: UserId,
+        hash: PasswordHash,
+        revoke_tokens: bool,
+    ) -> Result<Option<i32>, RepositoryError> {
+        self.write(move |connection| {
+            let bump = i32::from(revoke_tokens);
+            Ok(diesel::update(users::table.find(Id::from(id)))
+                .set((users::password_hash.eq(hash.as_str()), users::token_version.eq(users::token_version + bump)))
+                .returning(users::token_version)
+                .get_result(connection)
+                .optional()?)
+        })
+        .await
+    }
+}
