@@ -264,3 +264,12 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
         .unwrap_or_default()
 }
+
+/// A JSON object without its `updated_at` (a time the test cannot predict).
+pub fn without_updated_at(value: &Value) -> Value {
+    let mut value = value.clone();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("updated_at");
+    }
+    value
+}

@@ -77,7 +77,7 @@ fn service_binary() -> std::path::PathBuf {
         .args(["build", "--quiet", "-p", "http-actix", "--bin", "user-service"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
-        .expect("cargo runs");
+        .unwrap();
     assert!(status.success(), "building user-service failed");
     binary
 }
@@ -111,7 +111,7 @@ async fn sigterm_during_load_lets_every_in_flight_request_finish() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("user-service starts"),
+            .unwrap(),
     );
     let address = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -21,8 +22,13 @@ pub struct Settings {
     pub port: u16,
     /// PostgreSQL connection settings (`DATABASE_URL`, `DATABASE_POOL_*`).
     pub database: DatabaseSettings,
-    /// The Redis cache (`REDIS_URL`, `CACHE_*`, `REDIS_*`); `None` runs without a cache.
+    /// The Redis cache (`REDIS_URL`, `CACHE_*`, `REDIS_*`); `None` caches in process.
     pub cache: Option<CacheSettings>,
+    /// How long a cached user lives, in Redis or in process (`CACHE_TTL`, seconds).
+    pub cache_ttl: Duration,
+    /// `CACHE_ENABLED=false` reads every user from the store (benchmarks of the uncached
+    /// path, debugging); default true.
+    pub cache_enabled: bool,
     /// Who may call and how (`SECRET_KEY`, `SERVICE_API_KEYS`, `TRUST_INTERNAL_NETWORK`,
     /// `JWT_*`).
     pub auth: AuthConfig,
@@ -48,8 +54,11 @@ pub struct Settings {
 /// How the database is reached.
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
-    /// A `postgres://` URL (the seed's `postgresql+asyncpg://` is accepted and rewritten).
-    pub url: String,
+    /// A `postgres://` URL (the seed's `postgresql+asyncpg://` is accepted and rewritten);
+    /// `None` stores data in SQLite under `data_dir` (the embedded default).
+    pub url: Option<String>,
+    /// Where the embedded store keeps its file (`DATA_DIR`, default `./data`).
+    pub data_dir: PathBuf,
     /// Connections in the pool (`DATABASE_POOL_SIZE`).
     pub pool_size: usize,
     /// Wait for a free connection before answering 503 (`DATABASE_POOL_TIMEOUT_MS`).
@@ -65,6 +74,9 @@ pub struct DatabaseSettings {
 pub struct AuthConfig {
     /// Signs access tokens: at least 32 bytes, never the seed's placeholder.
     pub secret_key: SecretString,
+    /// Whether `secret_key` was generated at start (embedded default without `SECRET_KEY`):
+    /// tokens then do not survive a restart.
+    pub secret_key_generated: bool,
     /// Keys accepted in `X-Service-Key`.
     pub service_api_keys: Vec<SecretString>,
     /// Whether calls without credentials act as a service caller.
@@ -130,6 +142,7 @@ struct RawSettings {
     host: Option<String>,
     port: Option<String>,
     database_url: Option<String>,
+    data_dir: Option<String>,
     database_pool_size: Option<String>,
     database_pool_timeout_ms: Option<String>,
     database_statement_timeout_ms: Option<String>,
@@ -152,6 +165,7 @@ struct RawSettings {
     trusted_proxies: Option<String>,
     idempotency_ttl: Option<String>,
     cache_ttl: Option<String>,
+    cache_enabled: Option<String>,
     max_body_bytes: Option<String>,
     password_hash_concurrency: Option<String>,
     password_hash_queue_timeout_ms: Option<String>,
@@ -179,19 +193,27 @@ impl Settings {
             .map_err(|error| ConfigError(error.to_string()))?;
         let cpus = std::thread::available_parallelism().map_or(2, usize::from);
         let cache = cache_settings(&raw)?;
+        let cache_ttl = Duration::from_secs(positive("CACHE_TTL", raw.cache_ttl.clone(), 300)?);
+        let cache_enabled = boolean("CACHE_ENABLED", raw.cache_enabled.clone(), true)?;
+        let database_url = database_url(raw.database_url)?;
+        let (secret_key, secret_key_generated) = secret_key(raw.secret_key, database_url.is_some())?;
         Ok(Self {
             host: parse_or("HOST", raw.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED))?,
             port: parse_or("PORT", raw.port, 3001)?,
             database: DatabaseSettings {
-                url: database_url(raw.database_url)?,
+                url: database_url,
+                data_dir: PathBuf::from(non_empty(raw.data_dir).unwrap_or_else(|| "./data".to_owned())),
                 pool_size: positive("DATABASE_POOL_SIZE", raw.database_pool_size, 16)?.max(2),
                 pool_timeout: millis("DATABASE_POOL_TIMEOUT_MS", raw.database_pool_timeout_ms, 2_000)?,
                 statement_timeout: millis("DATABASE_STATEMENT_TIMEOUT_MS", raw.database_statement_timeout_ms, 5_000)?,
                 migrate_on_startup: boolean("MIGRATE_ON_STARTUP", raw.migrate_on_startup, true)?,
             },
             cache,
+            cache_ttl,
+            cache_enabled,
             auth: AuthConfig {
-                secret_key: secret_key(raw.secret_key)?,
+                secret_key,
+                secret_key_generated,
                 service_api_keys: service_keys(raw.service_api_keys)?,
                 trust_internal_network: boolean("TRUST_INTERNAL_NETWORK", raw.trust_internal_network, false)?,
                 jwt_ttl: Duration::from_secs(positive("JWT_TTL", raw.jwt_ttl, 3_600)?),
@@ -271,18 +293,28 @@ fn boolean(name: &str, value: Option<String>, default: bool) -> Result<bool, Con
 /// The seed's example value, which must never sign real tokens.
 const PLACEHOLDER_SECRET_KEY: &str = "your_super_secret_key_here";
 
-/// `SECRET_KEY` is required: at least 32 bytes and not the seed's placeholder.
-fn secret_key(value: Option<String>) -> Result<SecretString, ConfigError> {
-    let key = non_empty(value).ok_or_else(|| {
-        ConfigError("SECRET_KEY is required: at least 32 random bytes, e.g. `openssl rand -hex 32`".into())
-    })?;
+/// `SECRET_KEY`: at least 32 bytes and not the seed's placeholder. Required with
+/// PostgreSQL; the embedded default generates one (returned with `true`) when it is unset.
+fn secret_key(value: Option<String>, postgres: bool) -> Result<(SecretString, bool), ConfigError> {
+    let Some(key) = non_empty(value) else {
+        if postgres {
+            return Err(ConfigError(
+                "SECRET_KEY is required with a PostgreSQL DATABASE_URL: at least 32 random bytes, \
+                 e.g. `openssl rand -hex 32`"
+                    .into(),
+            ));
+        }
+        // Two v4 UUIDs: 244 random bits from the operating system's generator.
+        let generated = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        return Ok((SecretString::from(generated), true));
+    };
     if key == PLACEHOLDER_SECRET_KEY {
         return Err(ConfigError("SECRET_KEY must not be the example placeholder; generate a random one".into()));
     }
     if key.len() < 32 {
         return Err(ConfigError("SECRET_KEY must be at least 32 bytes".into()));
     }
-    Ok(SecretString::from(key))
+    Ok((SecretString::from(key), false))
 }
 
 /// Comma-separated service keys, each at least 16 characters.
@@ -349,18 +381,19 @@ fn extra_keys(value: Option<String>) -> Result<Vec<String>, ConfigError> {
     Ok(templates)
 }
 
-/// Accepts `postgres://`, `postgresql://` and the seed's `postgresql+asyncpg://`.
-fn database_url(value: Option<String>) -> Result<String, ConfigError> {
-    let url = non_empty(value).ok_or_else(|| {
-        ConfigError("DATABASE_URL is required (e.g. postgres://postgres@127.0.0.1:5432/user_service)".into())
-    })?;
+/// Accepts `postgres://`, `postgresql://` and the seed's `postgresql+asyncpg://`; unset
+/// means the embedded SQLite store.
+fn database_url(value: Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(url) = non_empty(value) else {
+        return Ok(None);
+    };
     for driver_prefix in ["postgresql+asyncpg://", "postgres+asyncpg://"] {
         if let Some(rest) = url.strip_prefix(driver_prefix) {
-            return Ok(format!("postgresql://{rest}"));
+            return Ok(Some(format!("postgresql://{rest}")));
         }
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(url)
+        Ok(Some(url))
     } else {
         Err(ConfigError("DATABASE_URL must start with postgres:// or postgresql://".into()))
     }
@@ -389,10 +422,26 @@ mod tests {
     }
 
     #[test]
+    fn without_a_database_url_the_embedded_store_runs_with_a_generated_secret_key() {
+        let settings = Settings::from_map(HashMap::new()).unwrap();
+        assert_eq!(settings.database.url, None);
+        assert_eq!(settings.database.data_dir, PathBuf::from("./data"));
+        assert!(settings.auth.secret_key_generated);
+        let again = Settings::from_map(HashMap::new()).unwrap();
+        assert_ne!(
+            secrecy::ExposeSecret::expose_secret(&settings.auth.secret_key),
+            secrecy::ExposeSecret::expose_secret(&again.auth.secret_key)
+        );
+        // PostgreSQL requires an explicit key.
+        let error = Settings::from_map(HashMap::from([("DATABASE_URL".into(), "postgres://h/db".into())])).unwrap_err();
+        assert!(error.to_string().contains("SECRET_KEY"), "{error}");
+    }
+
+    #[test]
     fn the_seed_database_url_is_accepted() {
         let settings =
             settings(&[("DATABASE_URL", "postgresql+asyncpg://postgres:postgres@db:5432/user_service_db")]).unwrap();
-        assert_eq!(settings.database.url, "postgresql://postgres:postgres@db:5432/user_service_db");
+        assert_eq!(settings.database.url.as_deref(), Some("postgresql://postgres:postgres@db:5432/user_service_db"));
     }
 
     #[test]

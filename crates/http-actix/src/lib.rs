@@ -22,4 +22,5 @@ pub mod middleware;
 pub mod password;
 pub mod routes;
 pub mod startup;
+pub mod store;
 pub mod telemetry;

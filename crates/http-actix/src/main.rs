@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
         println!("{USAGE}");
         return Ok(());
     }
-    let mut settings = Settings::from_env()?;
+    let settings = Settings::from_env()?;
     telemetry::init(settings.log_format, &settings.log_level);
     match command.as_deref() {
         None | Some("serve") => {
@@ -28,12 +28,7 @@ async fn main() -> anyhow::Result<()> {
             application.run_until_stopped().await?;
         }
         Some("migrate") => {
-            settings.database.migrate_on_startup = true;
-            let pool = adapters_postgres::pool::build(&adapters_postgres::PoolSettings::new(settings.database.url))?;
-            let applied = adapters_postgres::migrations::run_pending(&pool)
-                .await
-                .map_err(|error| anyhow::anyhow!("running migrations failed: {error}"))?;
-            tracing::info!(applied, "database migrations up to date");
+            http_actix::store::Store::open(&settings.database, true).await?.close();
         }
         Some(other) => anyhow::bail!("unknown command {other:?}\n{USAGE}"),
     }

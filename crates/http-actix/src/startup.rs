@@ -11,8 +11,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::{Compress, from_fn};
 use actix_web::web::{self, Data};
 use actix_web::{App, HttpResponse, HttpServer};
-use adapters_memory::MemoryRateLimiter;
-use adapters_postgres::{PgStore, PoolSettings};
+use adapters_memory::{MemoryCache, MemoryCacheConfig, MemoryRateLimiter};
 use adapters_redis::{RedisCache, RedisCacheConfig, RedisRateLimiter};
 use apistos::SwaggerUIConfig;
 use apistos::app::{BuildConfig, OpenApiWrapper};
@@ -36,6 +35,7 @@ use crate::metrics::{MeteredCache, Metrics};
 use crate::middleware::request_context;
 use crate::password::Argon2Hasher;
 use crate::routes;
+use crate::store::Store;
 
 /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
 const SHUTDOWN_GRACE_SECONDS: u64 = 10;
@@ -74,7 +74,7 @@ impl std::fmt::Debug for AppState {
 pub struct Application {
     port: u16,
     server: Server,
-    store: PgStore,
+    store: Store,
 }
 
 impl std::fmt::Debug for Application {
@@ -145,9 +145,14 @@ fn openapi_spec() -> Spec {
 /// The Redis cache when `REDIS_URL` is set, else none. Never connects here: the service
 /// starts while Redis is down.
 fn build_cache(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn ProfileCache>> {
-    let Some(cache) = &settings.cache else {
-        tracing::info!("no REDIS_URL: running without a cache");
+    if !settings.cache_enabled {
+        tracing::info!(cache = "disabled", "CACHE_ENABLED=false: every read goes to the store");
         return Ok(Arc::new(NoCache));
+    }
+    let Some(cache) = &settings.cache else {
+        tracing::info!(cache = "memory", "no REDIS_URL: caching users in process (one instance only)");
+        let memory = MemoryCache::new(MemoryCacheConfig { ttl: settings.cache_ttl, ..MemoryCacheConfig::default() });
+        return Ok(Arc::new(MeteredCache::new(Arc::new(memory), Arc::clone(metrics))));
     };
     let config = RedisCacheConfig {
         ttl: cache.ttl,
@@ -219,7 +224,7 @@ const IDEMPOTENCY_PURGE_BATCH: i64 = 10_000;
 
 /// Deletes expired idempotency records in the background (they are ignored once expired;
 /// this only keeps the table small).
-fn spawn_idempotency_purge(store: PgStore) {
+fn spawn_idempotency_purge(store: Store) {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(IDEMPOTENCY_PURGE_INTERVAL);
         loop {
@@ -237,19 +242,7 @@ impl Application {
     /// Connects to the dependencies, runs migrations when configured, and binds the port
     /// (`PORT=0` binds a free one, see [`Application::port`]).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = adapters_postgres::pool::build(&PoolSettings {
-            max_size: settings.database.pool_size,
-            wait_timeout: settings.database.pool_timeout,
-            statement_timeout: settings.database.statement_timeout,
-            ..PoolSettings::new(settings.database.url.clone())
-        })?;
-        if settings.database.migrate_on_startup {
-            let applied = adapters_postgres::migrations::run_pending(&pool)
-                .await
-                .map_err(|error| anyhow::anyhow!("running migrations failed: {error}"))?;
-            tracing::info!(applied, "database migrations up to date");
-        }
-        let store = PgStore::new(pool);
+        let store = Store::open(&settings.database, settings.database.migrate_on_startup).await?;
         let hasher = Argon2Hasher::new(settings.password_hash_concurrency, settings.password_hash_queue_timeout)
             .map_err(|error| anyhow::anyhow!("preparing password hashing failed: {error}"))?;
         let metrics = Arc::new(Metrics::new());
@@ -257,9 +250,9 @@ impl Application {
         let limits = build_limits(&settings)?;
         let auth = auth_settings(&settings);
         let service = UserService::new(Ports {
-            users: Arc::new(store.clone()),
-            devices: Arc::new(store.clone()),
-            idempotency: Arc::new(store.clone()),
+            users: store.users(),
+            devices: store.devices(),
+            idempotency: store.idempotency(),
             hasher: Arc::new(hasher.clone()),
             clock: Arc::new(SystemClock),
             cache: cache.clone(),
@@ -268,15 +261,15 @@ impl Application {
         spawn_idempotency_purge(store.clone());
         let state = Data::new(AppState {
             service,
-            database: Arc::new(store.clone()),
+            database: store.probe(),
             cache,
             auth,
             limits,
             idempotency_ttl: settings.idempotency_ttl,
             metrics,
             pool_status: {
-                let pool = store.pool().clone();
-                Arc::new(move || Some(pool.status()))
+                let store = store.clone();
+                Arc::new(move || Some(store.pool_status()))
             },
             hasher,
             started_at: Instant::now(),
@@ -316,7 +309,7 @@ impl Application {
     /// let in-flight requests finish (up to 10 s), then close the database pool.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
-        self.store.pool().close();
+        self.store.close();
         tracing::info!("user-service stopped");
         served
     }

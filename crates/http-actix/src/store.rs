@@ -1,0 +1,112 @@
+//! The store the service runs on: PostgreSQL when `DATABASE_URL` is set, else the embedded
+//! SQLite file under `DATA_DIR`. Both implement the same ports; this is the one place that
+//! knows which is in use.
+
+use std::sync::Arc;
+
+use adapters_postgres::{PgStore, PoolSettings};
+use adapters_sqlite::{SqliteSettings, SqliteStore};
+use domain::ports::{DeviceRepository, HealthProbe, IdempotencyRepository, RepositoryError, UserRepository};
+
+use crate::config::DatabaseSettings;
+
+/// The open store.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// PostgreSQL (production).
+    Postgres(PgStore),
+    /// SQLite in a local file (the embedded default).
+    Sqlite(SqliteStore),
+}
+
+impl Store {
+    /// Opens the configured store. PostgreSQL migrates when `migrate` is set; the SQLite
+    /// file is always created and migrated (it belongs to this process alone).
+    pub async fn open(settings: &DatabaseSettings, migrate: bool) -> anyhow::Result<Self> {
+        match &settings.url {
+            Some(url) => {
+                let pool = adapters_postgres::pool::build(&PoolSettings {
+                    max_size: settings.pool_size,
+                    wait_timeout: settings.pool_timeout,
+                    statement_timeout: settings.statement_timeout,
+                    ..PoolSettings::new(url.clone())
+                })?;
+                if migrate {
+                    let applied = adapters_postgres::migrations::run_pending(&pool)
+                        .await
+                        .map_err(|error| anyhow::anyhow!("running migrations failed: {error}"))?;
+                    tracing::info!(applied, "database migrations up to date");
+                }
+                tracing::info!(store = "postgresql", "storing users in PostgreSQL");
+                Ok(Self::Postgres(PgStore::new(pool)))
+            }
+            None => {
+                let sqlite = SqliteSettings { wait_timeout: settings.pool_timeout, ..SqliteSettings::default() };
+                let store = adapters_sqlite::open(&settings.data_dir, &sqlite).await?;
+                let location = std::path::absolute(&settings.data_dir).unwrap_or_else(|_| settings.data_dir.clone());
+                tracing::info!(
+                    store = "sqlite",
+                    data_file = %location.join(adapters_sqlite::DATA_FILE_NAME).display(),
+                    "no DATABASE_URL: storing users in the embedded SQLite file"
+                );
+                Ok(Self::Sqlite(store))
+            }
+        }
+    }
+
+    /// The users port.
+    pub fn users(&self) -> Arc<dyn UserRepository> {
+        match self {
+            Self::Postgres(store) => Arc::new(store.clone()),
+            Self::Sqlite(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The devices port.
+    pub fn devices(&self) -> Arc<dyn DeviceRepository> {
+        match self {
+            Self::Postgres(store) => Arc::new(store.clone()),
+            Self::Sqlite(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The idempotency-records port.
+    pub fn idempotency(&self) -> Arc<dyn IdempotencyRepository> {
+        match self {
+            Self::Postgres(store) => Arc::new(store.clone()),
+            Self::Sqlite(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The health probe.
+    pub fn probe(&self) -> Arc<dyn HealthProbe> {
+        match self {
+            Self::Postgres(store) => Arc::new(store.clone()),
+            Self::Sqlite(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The connection pool's state, for metrics.
+    pub fn pool_status(&self) -> deadpool::Status {
+        match self {
+            Self::Postgres(store) => store.pool().status(),
+            Self::Sqlite(store) => store.pool().status(),
+        }
+    }
+
+    /// Deletes expired idempotency records, at most `batch`.
+    pub async fn purge_expired_idempotency_records(&self, batch: i64) -> Result<usize, RepositoryError> {
+        match self {
+            Self::Postgres(store) => store.purge_expired_idempotency_records(batch).await,
+            Self::Sqlite(store) => store.purge_expired_idempotency_records(batch).await,
+        }
+    }
+
+    /// Closes the pool: no new connections, idle ones dropped.
+    pub fn close(&self) {
+        match self {
+            Self::Postgres(store) => store.pool().close(),
+            Self::Sqlite(store) => store.pool().close(),
+        }
+    }
+}
