@@ -3,8 +3,10 @@
 
 mod auth;
 mod cache;
+mod deploy;
 mod devices;
 mod eligibility;
+mod embedded;
 mod hostile;
 mod idempotency;
 mod operations;
