@@ -1,19 +1,23 @@
 //! argon2id password hashing off the async executor, behind a bulkhead.
 //!
-//! Hashing takes tens of milliseconds of CPU: it runs in `spawn_blocking` (keeping the
-//! request's tracing span) and at most `concurrency` hashes run at once. A request that
-//! cannot get a slot within the queue timeout answers 503 instead of piling up.
+//! Hashing takes tens of milliseconds of CPU and 19 MiB of memory. It runs on
+//! `concurrency` dedicated threads, each reusing one memory block for every hash: memory
+//! stays at `concurrency` × 19 MiB however many requests come, where per-call allocations
+//! on a growing blocking pool would leave the allocator holding hundreds of megabytes.
+//! A request that cannot get a thread within the queue timeout answers 503 instead of
+//! piling up. Each job keeps the request's tracing span.
 
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash as PhcHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash as PhcHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use async_trait::async_trait;
 use domain::ports::{HashError, PasswordHasher};
 use domain::user::{Password, PasswordHash};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 
 /// OWASP's recommended argon2id parameters: 19 MiB, 2 passes, 1 lane.
 pub const OWASP_MEMORY_KIB: u32 = 19_456;
@@ -21,6 +25,15 @@ pub const OWASP_MEMORY_KIB: u32 = 19_456;
 pub const OWASP_ITERATIONS: u32 = 2;
 /// Parallel lanes.
 pub const OWASP_PARALLELISM: u32 = 1;
+/// Bytes of a hash.
+const OUTPUT_LENGTH: usize = 32;
+
+/// A job for a hashing thread, given that thread's reusable memory.
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
+fn unexpected(error: impl std::fmt::Display) -> HashError {
+    HashError::Unexpected(error.to_string().into())
+}
 
 /// The argon2id [`PasswordHasher`].
 #[derive(Debug, Clone)]
@@ -28,24 +41,35 @@ pub struct Argon2Hasher {
     slots: Arc<Semaphore>,
     concurrency: usize,
     queue_timeout: Duration,
+    jobs: SyncSender<Job>,
     /// A hash of a random password, verified against for unknown accounts.
     dummy: PasswordHash,
 }
 
 impl Argon2Hasher {
-    /// A hasher running at most `concurrency` hashes at once. Computes its dummy hash
-    /// (one hash's worth of CPU) up front, so the first unknown-account login is not faster.
+    /// A hasher running at most `concurrency` hashes at once, on as many threads. Computes
+    /// its dummy hash (one hash's worth of CPU) up front, so the first unknown-account login
+    /// is not faster.
     pub fn new(concurrency: usize, queue_timeout: Duration) -> Result<Self, HashError> {
-        let random_password = uuid::Uuid::new_v4().to_string();
-        let salt = SaltString::generate(&mut OsRng);
-        let dummy = Self::argon2()?
-            .hash_password(random_password.as_bytes(), &salt)
-            .map_err(|error| HashError::Unexpected(error.to_string().into()))?;
+        let concurrency = concurrency.max(1);
+        // A slot is taken before a job is sent, so the queue never holds more than this.
+        let (jobs, receiver) = std::sync::mpsc::sync_channel::<Job>(concurrency);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for index in 0..concurrency {
+            let receiver = Arc::clone(&receiver);
+            std::thread::Builder::new()
+                .name(format!("password-hash-{index}"))
+                .spawn(move || work(&receiver))
+                .map_err(unexpected)?;
+        }
+        let mut memory = Vec::new();
+        let dummy = hash_with_memory(&mut memory, uuid::Uuid::new_v4().to_string().as_bytes())?;
         Ok(Self {
-            slots: Arc::new(Semaphore::new(concurrency.max(1))),
-            concurrency: concurrency.max(1),
+            slots: Arc::new(Semaphore::new(concurrency)),
+            concurrency,
             queue_timeout,
-            dummy: PasswordHash::new(dummy.to_string()),
+            jobs,
+            dummy: PasswordHash::new(dummy),
         })
     }
 
@@ -54,49 +78,110 @@ impl Argon2Hasher {
         self.concurrency.saturating_sub(self.slots.available_permits())
     }
 
-    fn argon2() -> Result<Argon2<'static>, HashError> {
-        let params = Params::new(OWASP_MEMORY_KIB, OWASP_ITERATIONS, OWASP_PARALLELISM, None)
-            .map_err(|error| HashError::Unexpected(error.to_string().into()))?;
-        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
-    }
-
-    /// Runs `work` on the blocking pool once a slot is free.
+    /// Runs `work` on a hashing thread once a slot is free.
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> Result<T, HashError> + Send + 'static,
+        work: impl FnOnce(&mut Vec<Block>) -> Result<T, HashError> + Send + 'static,
     ) -> Result<T, HashError> {
         let _slot = tokio::time::timeout(self.queue_timeout, self.slots.acquire())
             .await
             .map_err(|_| HashError::Overloaded)?
             .map_err(|error| HashError::Unexpected(Box::new(error)))?;
+        let (reply, answer) = oneshot::channel();
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(work))
-            .await
-            .map_err(|error| HashError::Unexpected(Box::new(error)))?
+        let job: Job = Box::new(move |memory| {
+            let _ = reply.send(span.in_scope(|| work(memory)));
+        });
+        self.jobs.try_send(job).map_err(|error| match error {
+            TrySendError::Full(_) => HashError::Overloaded,
+            TrySendError::Disconnected(_) => unexpected("the hashing threads stopped"),
+        })?;
+        answer.await.map_err(|_| unexpected("a hashing thread dropped its job"))?
     }
+}
+
+/// A hashing thread: takes jobs until the hasher is dropped, reusing one memory block.
+fn work(jobs: &Mutex<Receiver<Job>>) {
+    let mut memory = Vec::new();
+    loop {
+        let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        match job {
+            Ok(job) => job(&mut memory),
+            Err(_) => return,
+        }
+    }
+}
+
+/// `memory`'s first `blocks` blocks, grown once if needed. Blocks beyond the OWASP size (a
+/// stored hash with more memory) are served from a temporary buffer instead, so the kept
+/// block never exceeds 19 MiB.
+fn with_blocks<T>(memory: &mut Vec<Block>, blocks: usize, use_blocks: impl FnOnce(&mut [Block]) -> T) -> T {
+    let kept = Params::new(OWASP_MEMORY_KIB, OWASP_ITERATIONS, OWASP_PARALLELISM, None)
+        .map_or(0, |params| params.block_count());
+    if blocks > kept {
+        return use_blocks(&mut vec![Block::default(); blocks]);
+    }
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    use_blocks(&mut memory[..blocks])
+}
+
+/// Hashes `password` with a fresh salt at OWASP strength, as a PHC string.
+fn hash_with_memory(memory: &mut Vec<Block>, password: &[u8]) -> Result<String, HashError> {
+    let params = Params::new(OWASP_MEMORY_KIB, OWASP_ITERATIONS, OWASP_PARALLELISM, Some(OUTPUT_LENGTH))
+        .map_err(unexpected)?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let salt = SaltString::generate(&mut OsRng);
+    let mut salt_buffer = [0u8; 64];
+    let salt_bytes = salt.as_salt().decode_b64(&mut salt_buffer).map_err(unexpected)?;
+    let output = with_blocks(memory, params.block_count(), |blocks| {
+        Output::init_with(OUTPUT_LENGTH, |out| {
+            argon2.hash_password_into_with_memory(password, salt_bytes, out, blocks).map_err(Into::into)
+        })
+    })
+    .map_err(unexpected)?;
+    let phc = PhcHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(unexpected)?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
+    Ok(phc.to_string())
+}
+
+/// Checks `password` against a stored PHC string, with the parameters stored in it (so
+/// older, weaker hashes still verify). The comparison is constant-time.
+fn verify_with_memory(memory: &mut Vec<Block>, password: &[u8], stored: &str) -> Result<bool, HashError> {
+    let parsed = PhcHash::new(stored).map_err(unexpected)?;
+    let algorithm = Algorithm::try_from(parsed.algorithm).map_err(unexpected)?;
+    let version = parsed.version.map(Version::try_from).transpose().map_err(unexpected)?.unwrap_or_default();
+    let params = Params::try_from(&parsed).map_err(unexpected)?;
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return Err(unexpected("the stored hash has no salt or no output"));
+    };
+    let mut salt_buffer = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buffer).map_err(unexpected)?;
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let computed = with_blocks(memory, params.block_count(), |blocks| {
+        Output::init_with(expected.len(), |out| {
+            argon2.hash_password_into_with_memory(password, salt_bytes, out, blocks).map_err(Into::into)
+        })
+    })
+    .map_err(unexpected)?;
+    // `Output`'s equality is constant-time.
+    Ok(computed == expected)
 }
 
 #[async_trait]
 impl PasswordHasher for Argon2Hasher {
     async fn hash(&self, password: Password) -> Result<PasswordHash, HashError> {
-        self.run(move || {
-            let salt = SaltString::generate(&mut OsRng);
-            let hash = Self::argon2()?
-                .hash_password(password.expose().as_bytes(), &salt)
-                .map_err(|error| HashError::Unexpected(error.to_string().into()))?;
-            Ok(PasswordHash::new(hash.to_string()))
-        })
-        .await
+        self.run(move |memory| hash_with_memory(memory, password.expose().as_bytes()).map(PasswordHash::new)).await
     }
 
     async fn verify(&self, password: Password, hash: PasswordHash) -> Result<bool, HashError> {
-        self.run(move || {
-            let parsed =
-                PhcHash::new(hash.as_str()).map_err(|error| HashError::Unexpected(error.to_string().into()))?;
-            // The parameters stored in the hash are used, so older hashes still verify.
-            Ok(Argon2::default().verify_password(password.expose().as_bytes(), &parsed).is_ok())
-        })
-        .await
+        self.run(move |memory| verify_with_memory(memory, password.expose().as_bytes(), hash.as_str())).await
     }
 
     fn dummy_hash(&self) -> PasswordHash {
@@ -120,6 +205,8 @@ impl PasswordHasher for Argon2Hasher {
 
 #[cfg(test)]
 mod tests {
+    use argon2::password_hash::PasswordHasher as _;
+
     use super::*;
 
     #[tokio::test]
