@@ -26,6 +26,9 @@ pub struct PoolSettings {
     pub statement_timeout: Duration,
     /// The name under which connections show in `pg_stat_activity`.
     pub application_name: String,
+    /// Whether connections cache prepared statements (turn off behind PgBouncer in
+    /// transaction mode).
+    pub prepared_statements: bool,
 }
 
 impl PoolSettings {
@@ -39,6 +42,7 @@ impl PoolSettings {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(5),
             application_name: "user-service".to_owned(),
+            prepared_statements: true,
         }
     }
 }
@@ -55,6 +59,7 @@ pub fn build(settings: &PoolSettings) -> Result<PgPool, deadpool::managed::Build
         max_size: settings.max_size,
         wait_timeout: settings.wait_timeout,
         connect_timeout: settings.connect_timeout,
+        prepared_statements: settings.prepared_statements,
     };
     adapters_sql_common::pool::build(&settings.url, session_setup, limits)
 }

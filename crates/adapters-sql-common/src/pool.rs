@@ -20,6 +20,9 @@ pub struct PoolLimits {
     pub wait_timeout: Duration,
     /// How long opening (or recycling) a connection may take.
     pub connect_timeout: Duration,
+    /// Whether connections cache prepared statements. Off behind PgBouncer in transaction
+    /// mode, where a statement prepared on one server connection is unknown to the next.
+    pub prepared_statements: bool,
 }
 
 /// Builds a pool of `C` on `url` that runs `session_setup` (SQL statements) on every new
@@ -34,11 +37,15 @@ where
     // `Verified` would run a query on every checkout; a broken connection (lost, or left
     // inside a transaction) is detected without it and discarded.
     config.recycling_method = RecyclingMethod::Fast;
+    let prepared_statements = limits.prepared_statements;
     config.custom_setup = Box::new(move |url| {
         let session_setup = session_setup.clone();
         let url = url.to_owned();
         async move {
             let mut connection = C::establish(&url).await?;
+            if !prepared_statements {
+                connection.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
+            }
             connection
                 .batch_execute(&session_setup)
                 .await

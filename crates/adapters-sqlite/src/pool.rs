@@ -61,6 +61,7 @@ pub fn build(path: &str, settings: &SqliteSettings) -> Result<SqlitePool, deadpo
         max_size: settings.max_size,
         wait_timeout: settings.wait_timeout,
         connect_timeout: settings.open_timeout,
+        prepared_statements: true,
     };
     adapters_sql_common::pool::build(path, session_setup(settings), limits)
 }

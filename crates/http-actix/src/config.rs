@@ -67,6 +67,9 @@ pub struct DatabaseSettings {
     pub statement_timeout: Duration,
     /// Whether to apply pending migrations at start-up (`MIGRATE_ON_STARTUP`).
     pub migrate_on_startup: bool,
+    /// Whether PostgreSQL connections cache prepared statements
+    /// (`DATABASE_PREPARED_STATEMENTS`; false behind PgBouncer in transaction mode).
+    pub prepared_statements: bool,
 }
 
 /// Authentication settings.
@@ -147,6 +150,7 @@ struct RawSettings {
     database_pool_timeout_ms: Option<String>,
     database_statement_timeout_ms: Option<String>,
     migrate_on_startup: Option<String>,
+    database_prepared_statements: Option<String>,
     redis_url: Option<String>,
     redis_timeout_ms: Option<String>,
     redis_pool_size: Option<String>,
@@ -207,6 +211,7 @@ impl Settings {
                 pool_timeout: millis("DATABASE_POOL_TIMEOUT_MS", raw.database_pool_timeout_ms, 2_000)?,
                 statement_timeout: millis("DATABASE_STATEMENT_TIMEOUT_MS", raw.database_statement_timeout_ms, 5_000)?,
                 migrate_on_startup: boolean("MIGRATE_ON_STARTUP", raw.migrate_on_startup, true)?,
+                prepared_statements: boolean("DATABASE_PREPARED_STATEMENTS", raw.database_prepared_statements, true)?,
             },
             cache,
             cache_ttl,

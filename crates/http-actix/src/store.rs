@@ -29,6 +29,7 @@ impl Store {
                     max_size: settings.pool_size,
                     wait_timeout: settings.pool_timeout,
                     statement_timeout: settings.statement_timeout,
+                    prepared_statements: settings.prepared_statements,
                     ..PoolSettings::new(url.clone())
                 })?;
                 if migrate {
