@@ -18,8 +18,8 @@ pub const ID_PLACEHOLDER: &str = "{id}";
 /// [`RedisCacheConfig::new`] and override fields.
 ///
 /// [`RedisRateLimiter::build`](crate::RedisRateLimiter::build) takes the same configuration
-/// and uses only `url`, `key_prefix`, `timeout`, `pool_max_size`, `breaker_threshold` and
-/// `breaker_cooldown`; its keys are `{key_prefix}:rl:{key}`.
+/// and uses only `url`, `key_prefix`, `timeout`, `breaker_threshold` and `breaker_cooldown`;
+/// its keys are `{key_prefix}:rl:{key}`.
 ///
 /// Cache keys are `{key_prefix}:{format_version}:user:{id}` for an entry and
 /// `{key_prefix}:gen:{id}` for a user's generation. The generation is deliberately not
@@ -36,7 +36,7 @@ pub struct RedisCacheConfig {
     pub format_version: String,
     /// How long an entry lives (`CACHE_TTL`).
     pub ttl: Duration,
-    /// The bound on every call, pool checkout included.
+    /// The bound on every call, connecting included.
     pub timeout: Duration,
     /// Further keys deleted on every invalidation, as templates containing `{id}`
     /// (e.g. `usercache:{id}`, the gateway's copy of our response).
@@ -44,8 +44,6 @@ pub struct RedisCacheConfig {
     /// How long a generation lives after an invalidation: far longer than any
     /// lookup-load-fill sequence, so that a reader's ticket can never outlive it.
     pub generation_ttl: Duration,
-    /// The most pooled connections (at least 2).
-    pub pool_max_size: usize,
     /// Consecutive failures after which Redis is skipped.
     pub breaker_threshold: u32,
     /// How long Redis is skipped once the breaker opened; then one call probes it.
@@ -59,8 +57,8 @@ pub struct RedisCacheConfig {
 
 impl RedisCacheConfig {
     /// Defaults: prefix `user-service`, format `v1`, TTL 300 s, 100 ms per call, no extra
-    /// keys, generations kept 24 h, 16 connections, breaker open after 3 failures for 1 s,
-    /// retries every 200 ms, at most 100,000 pending ids.
+    /// keys, generations kept 24 h, breaker open after 3 failures
+    /// for 1 s, retries every 200 ms, at most 100,000 pending ids.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -70,7 +68,6 @@ impl RedisCacheConfig {
             timeout: Duration::from_millis(100),
             extra_invalidation_keys: Vec::new(),
             generation_ttl: Duration::from_secs(24 * 60 * 60),
-            pool_max_size: 16,
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(1),
             retry_interval: Duration::from_millis(200),
@@ -135,7 +132,6 @@ impl fmt::Debug for RedisCacheConfig {
             .field("timeout", &self.timeout)
             .field("extra_invalidation_keys", &self.extra_invalidation_keys)
             .field("generation_ttl", &self.generation_ttl)
-            .field("pool_max_size", &self.pool_max_size)
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("retry_interval", &self.retry_interval)
@@ -154,8 +150,6 @@ pub enum RedisCacheError {
     TemplateWithoutId(String),
     /// Another setting is out of range.
     Invalid(&'static str),
-    /// The pool could not be built.
-    Pool(String),
     /// Built outside a Tokio runtime (the retry task needs one).
     NoRuntime,
 }
@@ -168,7 +162,6 @@ impl fmt::Display for RedisCacheError {
                 write!(f, "the extra invalidation key template {template:?} does not contain {ID_PLACEHOLDER}")
             }
             Self::Invalid(reason) => f.write_str(reason),
-            Self::Pool(reason) => write!(f, "the Redis pool could not be built: {reason}"),
             Self::NoRuntime => f.write_str("the Redis cache must be built inside a Tokio runtime"),
         }
     }

@@ -1,14 +1,15 @@
 //! Redis adapter: implements the domain's [`ProfileCache`] and
-//! [`RateLimiter`](domain::rate_limit::RateLimiter) ports with deadpool-redis.
+//! [`RateLimiter`](domain::rate_limit::RateLimiter) ports with redis-rs.
 //!
 //! - [`RedisCache`]: the cache, built from a [`RedisCacheConfig`] without connecting.
 //! - [`RedisRateLimiter`]: fixed-window counters, built from the same configuration without
 //!   connecting.
 //! - [`config`]: the configuration, its defaults and the build errors.
 //!
-//! Both reach Redis the same way: every call, pool checkout included, is bounded by the
-//! configured timeout, and a circuit breaker skips Redis after consecutive failures. Each
-//! has its own pool and breaker, so that one's outage log names what degrades.
+//! Both reach Redis the same way: through one multiplexed connection (made on first use,
+//! shared by all calls, remade after it failed), every call, connecting included, bounded by
+//! the configured timeout, and a circuit breaker that skips Redis after consecutive failures.
+//! Each has its own connection and breaker, so that one's outage log names what degrades.
 //!
 //! How the cache port's promises are kept (the limiter's are in its own docs):
 //! - **No stale set.** A lookup reads the entry and the user's generation in one `MGET`; a
@@ -39,9 +40,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use deadpool_redis::redis::{self, Script};
 use domain::cache::{CacheHealth, CacheLookup, FillTicket, ProfileCache};
 use domain::user::UserId;
+use redis::Script;
 use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
@@ -77,7 +78,7 @@ return 1
 /// Ids per retried invalidation, to keep one `MULTI` well under the call timeout.
 const RETRY_BATCH: usize = 1_000;
 
-/// A [`ProfileCache`] on Redis. Cheap to clone; the clones share the pool, the breaker and
+/// A [`ProfileCache`] on Redis. Cheap to clone; the clones share the connection, the breaker and
 /// the retry queue. The retry task stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct RedisCache {
@@ -174,7 +175,7 @@ impl fmt::Debug for RedisCache {
             .field("url", &self.inner.connection.redacted_url)
             .field("prefix", &self.inner.keys.prefix)
             .field("version", &self.inner.keys.version)
-            .field("pool", &self.inner.connection.pool.status())
+            .field("connected", &self.inner.connection.is_connected())
             .field("bypassed", &self.inner.connection.breaker.is_open())
             .field("pending_invalidations", &self.inner.pending.len())
             .finish_non_exhaustive()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::redis;
+
 use domain::rate_limit::{RateDecision, RateLimit, RateLimitUnavailable, RateLimiter};
 use sha2::{Digest, Sha256};
 
@@ -27,7 +27,7 @@ const MAX_KEY_BYTES: usize = 200;
 /// can name the counter of a hashed one.
 const HASHED: &str = "sha256:";
 
-/// A [`RateLimiter`] on Redis. Cheap to clone; the clones share the pool and the breaker.
+/// A [`RateLimiter`] on Redis. Cheap to clone; the clones share the connection and the breaker.
 ///
 /// Thresholds, so that after `limit` counted events the next attempt is refused:
 /// - [`hit`](RateLimiter::hit) counts, then answers `Limited` when the count is **above**
@@ -52,7 +52,7 @@ struct Inner {
 
 impl RedisRateLimiter {
     /// Builds the limiter from the cache's configuration (see [`RedisCacheConfig`] for the
-    /// fields it uses), with its own pool and circuit breaker. Does not connect, so the
+    /// fields it uses), with its own connection and circuit breaker. Does not connect, so the
     /// service starts while Redis is down, and needs no Tokio runtime; its calls must run
     /// inside one.
     pub fn build(config: &RedisCacheConfig) -> Result<Self, RedisCacheError> {
@@ -81,7 +81,7 @@ impl fmt::Debug for RedisRateLimiter {
         f.debug_struct("RedisRateLimiter")
             .field("url", &self.inner.connection.redacted_url)
             .field("prefix", &self.inner.prefix)
-            .field("pool", &self.inner.connection.pool.status())
+            .field("connected", &self.inner.connection.is_connected())
             .field("bypassed", &self.inner.connection.breaker.is_open())
             .finish()
     }

@@ -118,8 +118,6 @@ pub struct CacheSettings {
     pub key_prefix: String,
     /// Bound on every Redis call (`REDIS_TIMEOUT_MS`).
     pub timeout: Duration,
-    /// Pooled Redis connections (`REDIS_POOL_SIZE`).
-    pub pool_size: usize,
     /// Downstream copies deleted on every change: key templates with `{id}`
     /// (`CACHE_INVALIDATE_EXTRA_KEYS`, comma-separated).
     pub extra_invalidation_keys: Vec<String>,
@@ -153,7 +151,6 @@ struct RawSettings {
     database_prepared_statements: Option<String>,
     redis_url: Option<String>,
     redis_timeout_ms: Option<String>,
-    redis_pool_size: Option<String>,
     cache_key_prefix: Option<String>,
     cache_invalidate_extra_keys: Option<String>,
     secret_key: Option<String>,
@@ -357,7 +354,6 @@ fn cache_settings(raw: &RawSettings) -> Result<Option<CacheSettings>, ConfigErro
         ttl: Duration::from_secs(positive("CACHE_TTL", raw.cache_ttl.clone(), 300)?),
         key_prefix: non_empty(raw.cache_key_prefix.clone()).unwrap_or_else(|| "user-service".to_owned()),
         timeout: millis("REDIS_TIMEOUT_MS", raw.redis_timeout_ms.clone(), 100)?,
-        pool_size: positive("REDIS_POOL_SIZE", raw.redis_pool_size.clone(), 16)?.max(2),
         extra_invalidation_keys: extra_keys(raw.cache_invalidate_extra_keys.clone())?,
     };
     match non_empty(raw.redis_url.clone()) {

@@ -129,8 +129,8 @@ fn with_blocks<T>(memory: &mut Vec<Block>, blocks: usize, use_blocks: impl FnOnc
 
 /// Hashes `password` with a fresh salt at OWASP strength, as a PHC string.
 fn hash_with_memory(memory: &mut Vec<Block>, password: &[u8]) -> Result<String, HashError> {
-    let params = Params::new(OWASP_MEMORY_KIB, OWASP_ITERATIONS, OWASP_PARALLELISM, Some(OUTPUT_LENGTH))
-        .map_err(unexpected)?;
+    let params =
+        Params::new(OWASP_MEMORY_KIB, OWASP_ITERATIONS, OWASP_PARALLELISM, Some(OUTPUT_LENGTH)).map_err(unexpected)?;
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let salt = SaltString::generate(&mut OsRng);
     let mut salt_buffer = [0u8; 64];

@@ -158,7 +158,6 @@ fn build_cache(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<Ar
         ttl: cache.ttl,
         key_prefix: cache.key_prefix.clone(),
         timeout: cache.timeout,
-        pool_max_size: cache.pool_size,
         extra_invalidation_keys: cache.extra_invalidation_keys.clone(),
         ..RedisCacheConfig::new(cache.url.clone())
     };
@@ -202,7 +201,6 @@ fn build_limits(settings: &Settings) -> anyhow::Result<Limits> {
             let config = RedisCacheConfig {
                 key_prefix: cache.key_prefix.clone(),
                 timeout: cache.timeout,
-                pool_max_size: cache.pool_size,
                 ..RedisCacheConfig::new(cache.url.clone())
             };
             let redis = RedisRateLimiter::build(&config).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
