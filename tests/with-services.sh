@@ -49,9 +49,14 @@ esac
 reachable() {
   if command -v psql >/dev/null 2>&1; then
     psql "$1" -Atqc 'SELECT 1' >/dev/null 2>&1
+  elif command -v pg_isready >/dev/null 2>&1; then
+    pg_isready -d "$1" -q
   else
-    # Without psql, assume the URL is right and let the tests report a failure.
-    return 0
+    # No client to ask: look for a listener on the URL's host and port.
+    local rest="${1#*://}"; rest="${rest#*@}"; rest="${rest%%/*}"
+    local host="${rest%%:*}" port="${rest##*:}"
+    [ "$port" = "$rest" ] && port=5432
+    (exec 3<>"/dev/tcp/${host:-127.0.0.1}/$port") 2>/dev/null
   fi
 }
 

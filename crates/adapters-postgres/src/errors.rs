@@ -24,12 +24,31 @@ pub fn from_diesel(error: DieselError) -> RepositoryError {
         DieselError::DatabaseError(
             DatabaseErrorKind::ClosedConnection
             | DatabaseErrorKind::SerializationFailure
-            | DatabaseErrorKind::UnableToSendCommand,
+            | DatabaseErrorKind::UnableToSendCommand
+            | DatabaseErrorKind::ReadOnlyTransaction,
             _,
         )
         | DieselError::BrokenTransactionManager => RepositoryError::Unavailable(Box::new(error)),
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) if is_transient(info.message()) => {
+            RepositoryError::Unavailable(Box::new(error))
+        }
         _ => RepositoryError::Unexpected(Box::new(error)),
     }
+}
+
+/// Whether a server error is an overload or failover condition worth a retry (503), not a
+/// bug (500): statement timeouts and cancellations (57014), deadlocks (40P01), shutdowns
+/// (57P01–57P03). diesel-async does not expose the SQLSTATE of these, so the server's
+/// (stable, English by default) message prefix is the only signal.
+fn is_transient(message: &str) -> bool {
+    const TRANSIENT: [&str; 5] = [
+        "canceling statement due to",
+        "deadlock detected",
+        "terminating connection due to",
+        "the database system is",
+        "cannot execute",
+    ];
+    TRANSIENT.iter().any(|prefix| message.starts_with(prefix))
 }
 
 /// Maps a failure to check a connection out of the pool: always "unavailable" (timeout,
@@ -40,3 +59,18 @@ pub fn from_pool_error(error: diesel_async::pooled_connection::deadpool::PoolErr
 
 /// Reports a stored value that the domain refuses (data written around the service).
 pub use adapters_sql_common::rows::corrupt_row;
+
+#[cfg(test)]
+mod transient_tests {
+    use super::is_transient;
+
+    #[test]
+    fn timeouts_deadlocks_and_shutdowns_are_transient_and_bugs_are_not() {
+        assert!(is_transient("canceling statement due to statement timeout"));
+        assert!(is_transient("deadlock detected"));
+        assert!(is_transient("the database system is shutting down"));
+        assert!(is_transient("cannot execute UPDATE in a read-only transaction"));
+        assert!(!is_transient("syntax error at or near \"SELEC\""));
+        assert!(!is_transient("column \"nope\" does not exist"));
+    }
+}

@@ -47,8 +47,9 @@ impl PoolSettings {
     }
 }
 
-/// Builds the pool. No connection is opened until the first request, so the service can
-/// start (and report itself unready) while the database is still coming up.
+/// Builds the pool. No connection is opened until the first checkout: with
+/// `MIGRATE_ON_STARTUP=false` the service starts (and reports itself unready) while the
+/// database is still coming up.
 pub fn build(settings: &PoolSettings) -> Result<PgPool, deadpool::managed::BuildError> {
     let session_setup = format!(
         "SET statement_timeout = {}; SET application_name = '{}'",

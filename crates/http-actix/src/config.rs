@@ -251,7 +251,7 @@ impl Settings {
                 Some("json") => LogFormat::Json,
                 Some(_) => return Err(ConfigError("LOG_FORMAT must be json or pretty".into())),
             },
-            log_level: non_empty(raw.log_level).unwrap_or_else(|| "info".to_owned()),
+            log_level: log_level(raw.log_level)?,
         })
     }
 }
@@ -290,6 +290,14 @@ fn boolean(name: &str, value: Option<String>, default: bool) -> Result<bool, Con
         Some("false" | "0" | "no" | "off") => Ok(false),
         Some(_) => Err(ConfigError(format!("{name} must be true or false"))),
     }
+}
+
+/// A tracing filter such as `info` or `warn,http_actix=debug`.
+fn log_level(value: Option<String>) -> Result<String, ConfigError> {
+    let level = non_empty(value).unwrap_or_else(|| "info".to_owned());
+    tracing_subscriber::EnvFilter::try_new(&level)
+        .map_err(|_| ConfigError("LOG_LEVEL must be a level (error, warn, info, debug, trace) or a filter".into()))?;
+    Ok(level)
 }
 
 /// The seed's example value, which must never sign real tokens.
@@ -485,6 +493,7 @@ mod tests {
             ("TRUST_INTERNAL_NETWORK", "sometimes"),
             ("TRUSTED_PROXIES", "10.0.0.0/99"),
             ("JWT_TTL", "0"),
+            ("LOG_LEVEL", "loud=="),
         ] {
             let error = settings(&[(name, value)]).unwrap_err().to_string();
             assert!(error.contains(name), "{error} should name {name}");

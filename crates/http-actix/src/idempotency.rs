@@ -18,8 +18,10 @@ use apistos::reference_or::ReferenceOr;
 use apistos::{Schema, paths::Parameter, paths::ParameterDefinition, paths::ParameterIn};
 use domain::idempotency::{IdempotencyKey, IdempotentRequest, IdempotentWrite, RenderResponse, StoredResponse};
 use domain::{FieldError, InvalidValue};
+use hmac::{Hmac, KeyInit, Mac};
 use schemars::JsonSchema;
-use sha2::{Digest, Sha256};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
@@ -80,27 +82,51 @@ impl ApiComponent for IdempotencyKeyHeader {
     }
 }
 
+/// How idempotency records are kept.
+#[derive(Clone)]
+pub struct IdempotencySettings {
+    /// How long a record lives (`IDEMPOTENCY_TTL`).
+    pub ttl: Duration,
+    /// Keys the request fingerprints (`SECRET_KEY`): a registration body holds a password,
+    /// and a plain digest stored beside the answer could be brute-forced at hash speed.
+    pub fingerprint_key: SecretString,
+}
+
+impl std::fmt::Debug for IdempotencySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencySettings").field("ttl", &self.ttl).finish_non_exhaustive()
+    }
+}
+
 /// Builds the idempotent write for a request, when it carries a key; keys are scoped to
-/// the caller.
+/// the caller. The fingerprint is an HMAC of the method, the route (with or without its
+/// trailing slash) and the body.
 pub fn idempotent_write<T>(
     key: IdempotencyKeyHeader,
     caller_scope: Option<String>,
     request: &HttpRequest,
     body: &[u8],
-    ttl: Duration,
+    settings: &IdempotencySettings,
     render: RenderResponse<T>,
 ) -> Option<IdempotentWrite<T>> {
     let key = key.0?;
-    let mut digest = Sha256::new();
-    for part in [request.method().as_str().as_bytes(), request.path().as_bytes(), body] {
-        digest.update((part.len() as u64).to_be_bytes());
-        digest.update(part);
+    let route = request.match_pattern().unwrap_or_else(|| request.path().to_owned());
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(settings.fingerprint_key.expose_secret().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    for part in [
+        b"idempotency-fingerprint".as_slice(),
+        request.method().as_str().as_bytes(),
+        route.trim_end_matches('/').as_bytes(),
+        body,
+    ] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
     }
     let request = IdempotentRequest {
         caller: caller_scope.unwrap_or_else(|| ANONYMOUS_CALLER.to_owned()),
         key,
-        fingerprint: digest.finalize().to_vec(),
-        expires_at: OffsetDateTime::now_utc() + ttl,
+        fingerprint: mac.finalize().into_bytes().to_vec(),
+        expires_at: OffsetDateTime::now_utc() + settings.ttl,
     };
     Some(IdempotentWrite { request, render })
 }

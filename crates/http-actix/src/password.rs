@@ -83,14 +83,17 @@ impl Argon2Hasher {
         &self,
         work: impl FnOnce(&mut Vec<Block>) -> Result<T, HashError> + Send + 'static,
     ) -> Result<T, HashError> {
-        let _slot = tokio::time::timeout(self.queue_timeout, self.slots.acquire())
+        let slot = tokio::time::timeout(self.queue_timeout, Arc::clone(&self.slots).acquire_owned())
             .await
             .map_err(|_| HashError::Overloaded)?
             .map_err(|error| HashError::Unexpected(Box::new(error)))?;
         let (reply, answer) = oneshot::channel();
         let span = tracing::Span::current();
+        // The slot goes with the job: a request that is dropped while its hash runs keeps the
+        // slot taken until the thread is free again, so the queue never overfills.
         let job: Job = Box::new(move |memory| {
             let _ = reply.send(span.in_scope(|| work(memory)));
+            drop(slot);
         });
         self.jobs.try_send(job).map_err(|error| match error {
             TrySendError::Full(_) => HashError::Overloaded,

@@ -31,6 +31,7 @@ use crate::config::Settings;
 use crate::dto::JsonProfileEncoder;
 use crate::error::ApiError;
 use crate::extract;
+use crate::idempotency::IdempotencySettings;
 use crate::metrics::{MeteredCache, Metrics};
 use crate::middleware::request_context;
 use crate::password::Argon2Hasher;
@@ -52,8 +53,8 @@ pub struct AppState {
     pub auth: AuthSettings,
     /// Abuse limits.
     pub limits: Limits,
-    /// How long idempotency records are kept.
-    pub idempotency_ttl: std::time::Duration,
+    /// How idempotency records are kept and fingerprinted.
+    pub idempotency: IdempotencySettings,
     /// Exported metrics.
     pub metrics: Arc<Metrics>,
     /// Reads the database pool's state for metrics.
@@ -150,7 +151,14 @@ fn build_cache(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<Ar
         return Ok(Arc::new(NoCache));
     }
     let Some(cache) = &settings.cache else {
-        tracing::info!(cache = "memory", "no REDIS_URL: caching users in process (one instance only)");
+        if settings.database.url.is_some() {
+            tracing::warn!(
+                "PostgreSQL without REDIS_URL: users are cached in process, which is coherent only \
+                 with a single instance; with several instances set REDIS_URL (or CACHE_ENABLED=false)"
+            );
+        } else {
+            tracing::info!(cache = "memory", "no REDIS_URL: caching users in process");
+        }
         let memory = MemoryCache::new(MemoryCacheConfig { ttl: settings.cache_ttl, ..MemoryCacheConfig::default() });
         return Ok(Arc::new(MeteredCache::new(Arc::new(memory), Arc::clone(metrics))));
     };
@@ -174,6 +182,12 @@ fn auth_settings(settings: &Settings) -> AuthSettings {
         tracing::warn!(
             "TRUST_INTERNAL_NETWORK is on: requests without credentials act as a service caller; \
              only run like this behind a network that authenticates its callers"
+        );
+    }
+    if config.secret_key_generated {
+        tracing::warn!(
+            "no SECRET_KEY: generated a random one for the embedded default; access tokens \
+             will not survive a restart (set SECRET_KEY to keep them)"
         );
     }
     if config.service_api_keys.is_empty() && !config.trust_internal_network {
@@ -263,7 +277,10 @@ impl Application {
             cache,
             auth,
             limits,
-            idempotency_ttl: settings.idempotency_ttl,
+            idempotency: IdempotencySettings {
+                ttl: settings.idempotency_ttl,
+                fingerprint_key: settings.auth.secret_key.clone(),
+            },
             metrics,
             pool_status: {
                 let store = store.clone();

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::dto::{DeviceView, RegisterDeviceRequest};
 use crate::envelope::{NoContent, Ok, success_bytes};
-use crate::error::ApiError;
+use crate::error::{ApiError, to_completion};
 use crate::extract::JsonBody;
 use crate::idempotency::{IdempotencyKeyHeader, Replayable, idempotent_write};
 use crate::startup::AppState;
@@ -47,8 +47,10 @@ pub async fn register(
     let JsonBody(dto, raw) = body;
     let registration = dto.into_domain()?;
     let scope = Some(caller.0.scope());
-    let idempotency = idempotent_write(key, scope, &request, &raw, state.idempotency_ttl, Box::new(registered_answer));
-    Ok(match state.service.register_device(user, registration, idempotency).await? {
+    let idempotency = idempotent_write(key, scope, &request, &raw, &state.idempotency, Box::new(registered_answer));
+    let service = state.service.clone();
+    let written = to_completion(async move { service.register_device(user, registration, idempotency).await });
+    Ok(match written.await? {
         Idempotent::Executed(registered) => Replayable::fresh(registered_answer(&registered)),
         Idempotent::Replayed(stored) => Replayable::replayed(stored),
     })
@@ -98,7 +100,8 @@ pub(crate) async fn set_active(
     active: bool,
 ) -> Result<Ok<DeviceView>, ApiError> {
     let selector = selector(device)?;
-    let device = state.service.set_device_active(user, &selector, active).await?;
+    let service = state.service.clone();
+    let device = to_completion(async move { service.set_device_active(user, &selector, active).await }).await?;
     Ok(Ok::new(DeviceView::from(&device), if active { "device activated" } else { "device deactivated" }))
 }
 
@@ -158,6 +161,8 @@ pub async fn deactivate(
 )]
 pub async fn delete(state: Data<AppState>, caller: Caller, path: Path<(Uuid, String)>) -> Result<NoContent, ApiError> {
     let (user, device) = path.into_inner();
-    state.service.delete_device(caller.user(user)?, &selector(&device)?).await?;
+    let (user, selector) = (caller.user(user)?, selector(&device)?);
+    let service = state.service.clone();
+    to_completion(async move { service.delete_device(user, &selector).await }).await?;
     Ok(NoContent)
 }

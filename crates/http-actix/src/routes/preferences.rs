@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::dto::{PreferencesRequest, PreferencesView};
 use crate::envelope::Ok;
-use crate::error::ApiError;
+use crate::error::{ApiError, to_completion};
 use crate::extract::JsonBody;
 use crate::startup::AppState;
 
@@ -49,6 +49,7 @@ pub async fn update(
 ) -> Result<Ok<PreferencesView>, ApiError> {
     let user = caller.user(id.into_inner())?;
     let update = body.0.into_domain()?;
-    let preferences = state.service.update_preferences(user, update).await?;
+    let service = state.service.clone();
+    let preferences = to_completion(async move { service.update_preferences(user, update).await }).await?;
     Ok(Ok::new(PreferencesView::from(&preferences), "preferences updated"))
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::auth::{Caller, MaybeCaller, ServiceCaller, UserCaller};
 use crate::dto::{ChangePasswordRequest, PageQuery, RegisterUserRequest, UpdateContactRequest, UserView};
 use crate::envelope::{NoContent, Ok, OkEncoded, PageMeta, success_bytes};
-use crate::error::ApiError;
+use crate::error::{ApiError, to_completion};
 use crate::extract::JsonBody;
 use crate::idempotency::{IdempotencyKeyHeader, Replayable, idempotent_write};
 use crate::routes::auth::TokenView;
@@ -46,8 +46,10 @@ pub async fn register(
     let new_user = dto.into_domain()?;
     state.limits.per_address(caller.0.as_ref(), &request, "register").await?;
     let scope = caller.0.as_ref().map(domain::auth::Principal::scope);
-    let idempotency = idempotent_write(key, scope, &request, &raw, state.idempotency_ttl, Box::new(registered_answer));
-    Ok(match state.service.register(new_user, idempotency).await? {
+    let idempotency = idempotent_write(key, scope, &request, &raw, &state.idempotency, Box::new(registered_answer));
+    let service = state.service.clone();
+    let written = to_completion(async move { service.register(new_user, idempotency).await });
+    Ok(match written.await? {
         Idempotent::Executed(profile) => Replayable::fresh(registered_answer(&profile)),
         Idempotent::Replayed(stored) => Replayable::replayed(stored),
     })
@@ -108,7 +110,8 @@ pub async fn update_contact(
 ) -> Result<Ok<UserView>, ApiError> {
     let user = caller.user(id.into_inner())?;
     let update = body.0.into_domain()?;
-    let profile = state.service.update_contact(user, update).await?;
+    let service = state.service.clone();
+    let profile = to_completion(async move { service.update_contact(user, update).await }).await?;
     Ok(Ok::new(UserView::from(&profile), "user updated"))
 }
 
@@ -124,7 +127,8 @@ pub async fn update_contact(
     error_code = 503
 )]
 pub async fn delete(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Result<NoContent, ApiError> {
-    state.service.delete(caller.user(id.into_inner())?).await?;
+    let (user, service) = (caller.user(id.into_inner())?, state.service.clone());
+    to_completion(async move { service.delete(user).await }).await?;
     Ok(NoContent)
 }
 
@@ -150,11 +154,10 @@ pub async fn change_password(
     body: JsonBody<ChangePasswordRequest>,
 ) -> Result<Ok<TokenView>, ApiError> {
     let user = UserId::from(id.into_inner());
-    if caller.0 != user {
-        return Err(ApiError::forbidden(domain::auth::AccessDenied));
-    }
+    domain::auth::Principal::User(caller.0).require_owner(user).map_err(ApiError::forbidden)?;
     let (current, new) = body.0.into_domain()?;
-    let token_version = state.service.change_password(user, current, new).await?;
+    let service = state.service.clone();
+    let token_version = to_completion(async move { service.change_password(user, current, new).await }).await?;
     let authenticated = domain::auth::Authenticated { user_id: user, token_version };
     Ok(Ok::new(TokenView::issue(&state, authenticated), "password changed"))
 }
