@@ -1,18 +1,13 @@
 # user-service: `make run` starts the service, `make test` runs every test.
 SHELL := /bin/bash
 CARGO ?= cargo
-DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/user_service
-export DATABASE_URL
 
-.PHONY: run test lint fmt build migrate check clean
+.PHONY: run test lint fmt build migrate check clean bench
 
-## run: build and start the service on port 3001 (creates the database if needed)
+## run: build and start the service on port 3001. Without DATABASE_URL and REDIS_URL (in
+## the environment or .env) it runs on the embedded default: SQLite under ./data and an
+## in-process cache, no servers needed.
 run:
-	@if command -v psql >/dev/null 2>&1; then \
-	  admin_url="$${DATABASE_URL%/*}/postgres"; name="$${DATABASE_URL##*/}"; name="$${name%%\?*}"; \
-	  psql "$$admin_url" -Atqc "SELECT 1 FROM pg_database WHERE datname = '$$name'" | grep -q 1 \
-	    || psql "$$admin_url" -qc "CREATE DATABASE \"$$name\"" || true; \
-	fi
 	$(CARGO) run --bin user-service
 
 ## test: unit, adapter and API tests against real PostgreSQL and Redis (see tests/with-services.sh)
@@ -35,7 +30,12 @@ check:
 build:
 	$(CARGO) build --release --bin user-service
 
-## migrate: apply pending migrations to DATABASE_URL
+## bench: release build, then load figures on PostgreSQL + Redis beside same-run references
+## (framework ceiling, pgbench, raw argon2id) → bench-results/latest.md (see crates/bench/run.sh)
+bench:
+	CARGO="$(CARGO)" crates/bench/run.sh
+
+## migrate: apply pending migrations to the configured store
 migrate:
 	$(CARGO) run --bin user-service -- migrate
 
