@@ -347,7 +347,7 @@ fn nth_smallest<T: Ord + Copy>(values: impl Iterator<Item = T>, index: usize) ->
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use crate::manual_clock::ManualClock;
 
     use super::*;
 
@@ -356,27 +356,10 @@ mod tests {
         ..MemoryCacheConfig::default()
     }));
 
-    /// A clock that moves only when told to.
-    #[derive(Debug, Clone)]
-    struct ManualClock {
-        start: Instant,
-        elapsed_ms: Arc<AtomicU64>,
-    }
-
-    impl ManualClock {
-        fn new() -> Self {
-            Self { start: Instant::now(), elapsed_ms: Arc::new(AtomicU64::new(0)) }
-        }
-
-        fn advance(&self, by: Duration) {
-            self.elapsed_ms.fetch_add(u64::try_from(by.as_millis()).expect("a short step"), Ordering::SeqCst);
-        }
-
-        fn cache(&self, config: MemoryCacheConfig) -> MemoryCache {
-            let clock = self.clone();
-            MemoryCache::new(config)
-                .with_clock(move || clock.start + Duration::from_millis(clock.elapsed_ms.load(Ordering::SeqCst)))
-        }
+    /// A cache reading `clock`.
+    fn cache_on(clock: &ManualClock, config: MemoryCacheConfig) -> MemoryCache {
+        let clock = clock.clone();
+        MemoryCache::new(config).with_clock(move || clock.now())
     }
 
     /// One shard, so that eviction order is exact.
@@ -411,7 +394,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_cache_evicts_expired_entries_first_then_the_oldest() {
         let clock = ManualClock::new();
-        let cache = clock.cache(MemoryCacheConfig { ttl: Duration::from_secs(60), ..single_shard(10) });
+        let cache = cache_on(&clock, MemoryCacheConfig { ttl: Duration::from_secs(60), ..single_shard(10) });
         let ids: Vec<UserId> = (0..10).map(|_| UserId::generate()).collect();
         for &id in &ids[..3] {
             warm(&cache, id, b"expires first").await;
@@ -453,7 +436,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_entry_is_dropped_when_looked_up() {
         let clock = ManualClock::new();
-        let cache = clock.cache(MemoryCacheConfig::default());
+        let cache = cache_on(&clock, MemoryCacheConfig::default());
         let id = UserId::generate();
         warm(&cache, id, b"bytes").await;
         clock.advance(Duration::from_millis(299_999));
@@ -466,7 +449,7 @@ mod tests {
     #[tokio::test]
     async fn generations_are_kept_their_retention_then_forgotten() {
         let clock = ManualClock::new();
-        let cache = clock.cache(single_shard(1_000_000));
+        let cache = cache_on(&clock, single_shard(1_000_000));
         let id = UserId::generate();
         cache.invalidate(&[id]).await;
         clock.advance(DEFAULT_GENERATION_TTL - Duration::from_millis(1));
@@ -517,7 +500,7 @@ mod tests {
         // Forgotten by age, with nothing newer forgotten: the ticket taken after the write
         // still fills, the one from before it does not.
         let clock = ManualClock::new();
-        let cache = clock.cache(single_shard(1_000_000));
+        let cache = cache_on(&clock, single_shard(1_000_000));
         let id = UserId::generate();
         let before = miss(&cache, id).await;
         cache.invalidate(&[id]).await;

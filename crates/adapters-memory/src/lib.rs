@@ -15,6 +15,8 @@
 pub mod cache;
 #[cfg(any(test, feature = "contract-tests"))]
 pub mod contract;
+#[cfg(test)]
+mod manual_clock;
 pub mod rate_limit;
 
 pub use cache::{MemoryCache, MemoryCacheConfig};

@@ -209,33 +209,16 @@ fn stored_key(key: &str) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use crate::manual_clock::ManualClock;
 
     use super::*;
 
     crate::rate_limiter_contract_tests!(MemoryRateLimiter::new());
 
-    /// A clock that moves only when told to.
-    #[derive(Debug, Clone)]
-    struct ManualClock {
-        start: Instant,
-        elapsed_ms: Arc<AtomicU64>,
-    }
-
-    impl ManualClock {
-        fn new() -> Self {
-            Self { start: Instant::now(), elapsed_ms: Arc::new(AtomicU64::new(0)) }
-        }
-
-        fn advance(&self, by: Duration) {
-            self.elapsed_ms.fetch_add(u64::try_from(by.as_millis()).expect("a short step"), Ordering::SeqCst);
-        }
-
-        fn limiter(&self, max_keys: usize) -> MemoryRateLimiter {
-            let clock = self.clone();
-            MemoryRateLimiter::with_max_keys(max_keys)
-                .with_clock(move || clock.start + Duration::from_millis(clock.elapsed_ms.load(Ordering::SeqCst)))
-        }
+    /// A limiter reading `clock`.
+    fn limiter_on(clock: &ManualClock, max_keys: usize) -> MemoryRateLimiter {
+        let clock = clock.clone();
+        MemoryRateLimiter::with_max_keys(max_keys).with_clock(move || clock.now())
     }
 
     const MINUTE: RateLimit = RateLimit { limit: 2, window: Duration::from_secs(60) };
@@ -243,7 +226,7 @@ mod tests {
     #[tokio::test]
     async fn retry_after_counts_down_with_the_window_and_the_key_starts_over_when_it_ends() {
         let clock = ManualClock::new();
-        let limiter = clock.limiter(DEFAULT_MAX_KEYS);
+        let limiter = limiter_on(&clock, DEFAULT_MAX_KEYS);
         for _ in 0..2 {
             assert_eq!(limiter.hit("k", MINUTE).await, Ok(RateDecision::Allowed));
         }
@@ -261,7 +244,7 @@ mod tests {
     #[tokio::test]
     async fn expired_windows_are_swept_as_new_keys_arrive() {
         let clock = ManualClock::new();
-        let limiter = clock.limiter(DEFAULT_MAX_KEYS);
+        let limiter = limiter_on(&clock, DEFAULT_MAX_KEYS);
         for index in 0..SWEEP_EVERY {
             limiter.hit(&format!("old-{index}"), MINUTE).await.expect("never fails");
         }
@@ -279,7 +262,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_map_forgets_the_windows_that_end_soonest_and_counts_the_newest() {
         let clock = ManualClock::new();
-        let limiter = clock.limiter(100);
+        let limiter = limiter_on(&clock, 100);
         let one = RateLimit { limit: 1, window: Duration::from_secs(60) };
         for index in 0..1_000 {
             limiter.hit(&format!("key-{index}"), one).await.expect("never fails");
