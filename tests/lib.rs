@@ -2,7 +2,11 @@
 #![expect(clippy::expect_used, reason = "test helpers fail the test on setup errors")]
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use adapters_postgres::testing::TestDatabase;
 use http_actix::config::Settings;
@@ -168,6 +172,140 @@ impl TestApp {
             .await;
         assert_eq!(reply.status, 201, "{}", reply.body);
         reply.body["data"]["id"].as_str().expect("id").to_owned()
+    }
+}
+
+/// The `user-service` binary of this build (`target/debug/user-service`), built if the test
+/// run has not built it yet.
+pub fn service_binary() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "http-actix", "--bin", "user-service"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building user-service failed");
+    target.join("debug/user-service")
+}
+
+/// The real `user-service` binary, run as production runs it: its own process, configured by
+/// environment variables only (from an empty working directory, so no `.env` is read), with
+/// JSON logs captured line by line for the test to read. Killed when dropped.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    /// `http://127.0.0.1:<port>`.
+    pub address: String,
+    child: Child,
+    logs: Arc<Mutex<Vec<String>>>,
+    _workdir: TempDir,
+}
+
+/// A directory removed when dropped.
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl ServiceProcess {
+    /// Starts the binary on `database` with the test defaults (a free port, JSON logs at
+    /// `info`, the test secret, no service keys) and `extra` variables, and waits until it
+    /// listens.
+    pub async fn start(database: &TestDatabase, extra: &[(&str, &str)]) -> Self {
+        let workdir = std::env::temp_dir().join(format!("user-service-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&workdir).expect("a working directory");
+        let mut command = Command::new(service_binary());
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", database.url())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("WORKERS", "2")
+            .env("MIGRATE_ON_STARTUP", "false")
+            .env("SECRET_KEY", "test-secret-key-0123456789abcdef0123456789")
+            .env("LOG_FORMAT", "json")
+            .env("LOG_LEVEL", "info");
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let mut child = command
+            .current_dir(&workdir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("user-service starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        capture_lines(child.stdout.take().expect("stdout is piped"), &logs);
+        capture_lines(child.stderr.take().expect("stderr is piped"), &logs);
+        let mut process = Self { address: String::new(), child, logs, _workdir: TempDir(workdir) };
+        let listening = process
+            .wait_for_log(Duration::from_secs(30), |line| line["message"] == "user-service listening")
+            .await
+            .unwrap_or_else(|| panic!("user-service did not start:\n{}", process.log_text()));
+        let port = listening["port"].as_u64().expect("the listening line names the port");
+        process.address = format!("http://127.0.0.1:{port}");
+        process
+    }
+
+    /// Every log line so far, parsed (lines that are not JSON are left out).
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Every log line so far, as written.
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).join("\n")
+    }
+
+    /// The first log line matching `predicate`, waiting up to `timeout` for it.
+    pub async fn wait_for_log(&self, timeout: Duration, predicate: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log_lines().into_iter().find(|line| predicate(line)) {
+                return Some(line);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The statuses of every request logged so far (one `request completed` line each).
+    pub fn logged_statuses(&self) -> Vec<u64> {
+        self.log_lines()
+            .iter()
+            .filter(|line| line["message"] == "request completed")
+            .filter_map(|line| line["status"].as_u64())
+            .collect()
+    }
+}
+
+/// Appends every line of `stream` to `lines`, on a thread of its own, until it ends.
+fn capture_lines(stream: impl std::io::Read + Send + 'static, lines: &Arc<Mutex<Vec<String>>>) {
+    let lines = Arc::clone(lines);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream).lines().map_while(Result::ok) {
+            lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line);
+        }
+    });
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

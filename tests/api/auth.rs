@@ -337,16 +337,106 @@ async fn a_weaker_stored_hash_is_upgraded_at_the_next_successful_login() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_trusted_internal_network_acts_as_a_service_without_credentials_but_not_with_wrong_ones() {
-    let app = TestApp::spawn_with(&[("TRUST_INTERNAL_NETWORK", "true")]).await;
+async fn a_trusted_internal_network_reads_but_cannot_list_or_change_and_stays_under_per_address_limits() {
+    let app = TestApp::spawn_with(&[("TRUST_INTERNAL_NETWORK", "true"), ("RATE_LIMIT_PER_ADDRESS", "3")]).await;
     let user = app.register("internal@example.com").await;
-    let path = format!("/users/{user}");
-    assert_eq!(app.request_as(&app.anonymous, &[], Method::GET, &path, None).await.status, 200);
-    let wrong =
-        app.request_as(&app.anonymous, &[("X-Service-Key", "wrong-key-0123456789")], Method::GET, &path, None).await;
-    assert_eq!(wrong.status, 401);
-    let list = app.request_as(&app.anonymous, &[], Method::GET, "/api/v1/users", None).await;
-    assert_eq!(list.status, 200);
+    let anonymous = async |method: Method, path: &str, body: Option<&str>| {
+        app.request_as(&app.anonymous, &[], method, path, body).await
+    };
+    assert_eq!(anonymous(Method::GET, &format!("/users/{user}"), None).await.status, 200);
+    let wrong = app.request_as(
+        &app.anonymous,
+        &[("X-Service-Key", "wrong-key-0123456789")],
+        Method::GET,
+        "/api/v1/users",
+        None,
+    );
+    assert_eq!(wrong.await.status, 401, "a wrong credential is refused, not ignored");
+    let list = anonymous(Method::GET, "/api/v1/users", None).await;
+    assert_eq!((list.status, list.body["message"].as_str()), (403, Some("this caller lacks the scope users.list")));
+    let patch = anonymous(Method::PATCH, &format!("/api/v1/users/{user}"), Some(r#"{"name": "M"}"#)).await;
+    assert_eq!(patch.status, 403);
+    // A caller the network vouches for is counted per address like any anonymous client.
+    let mut statuses = Vec::new();
+    for index in 0..5 {
+        let body = json!({"name": "I", "email": format!("net{index}@example.com"), "password": PASSWORD}).to_string();
+        statuses.push(anonymous(Method::POST, "/api/v1/users", Some(&body)).await.status);
+    }
+    assert_eq!(statuses, [201, 201, 201, 429, 429]);
+}
+
+/// The scopes, as the contract names them in `SERVICE_API_KEYS`.
+const SCOPES: [&str; 9] = [
+    "users.read",
+    "users.list",
+    "users.lookup",
+    "users.write",
+    "users.delete",
+    "preferences.write",
+    "devices.write",
+    "devices.deactivate",
+    "eligibility.read",
+];
+
+/// Every protected route with the scope a service key needs for it, in an order where each
+/// route's target still exists when it runs (removals last).
+fn routes_with_their_scope(victim: &str) -> Vec<(Method, String, Option<serde_json::Value>, &'static str)> {
+    let devices = format!("/api/v1/users/{victim}/devices");
+    vec![
+        (Method::GET, format!("/api/v1/users/{victim}"), None, "users.read"),
+        (Method::GET, format!("/users/{victim}"), None, "users.read"),
+        (Method::GET, format!("/api/v1/users/{victim}/preferences"), None, "users.read"),
+        (Method::GET, devices.clone(), None, "users.read"),
+        (Method::GET, "/api/v1/users?limit=2".to_owned(), None, "users.list"),
+        (Method::POST, "/api/v1/users/lookup".to_owned(), Some(json!({"ids": [victim]})), "users.lookup"),
+        (Method::PATCH, format!("/api/v1/users/{victim}"), Some(json!({"name": "Renamed"})), "users.write"),
+        (Method::PUT, format!("/api/v1/users/{victim}/preferences"), Some(json!({"push": false})), "preferences.write"),
+        (Method::POST, devices.clone(), Some(json!({"token": "scoped-token", "platform": "ios"})), "devices.write"),
+        (Method::PUT, format!("{devices}/scoped-token/activate"), None, "devices.write"),
+        (Method::PUT, format!("{devices}/scoped-token/deactivate"), None, "devices.deactivate"),
+        (Method::PUT, format!("/api/users/{victim}/devices/scoped-token/deactivate"), None, "devices.deactivate"),
+        (Method::GET, format!("/api/v1/users/{victim}/eligibility?channel=email"), None, "eligibility.read"),
+        (
+            Method::POST,
+            "/api/v1/eligibility".to_owned(),
+            Some(json!({"channel": "push", "user_ids": [victim]})),
+            "eligibility.read",
+        ),
+        (Method::DELETE, format!("{devices}/scoped-token"), None, "devices.write"),
+        (Method::DELETE, format!("/api/v1/users/{victim}"), None, "users.delete"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_key_reaches_exactly_the_routes_its_scopes_name() {
+    // One key per scope: `s0:scope-key-0-...:users.read;s1:...`.
+    let key = |index: usize| format!("scope-key-{index}-0123456789");
+    let entries: Vec<String> =
+        SCOPES.iter().enumerate().map(|(index, scope)| format!("s{index}:{}:{scope}", key(index))).collect();
+    let app = TestApp::spawn_with(&[("SERVICE_API_KEYS", &entries.join(";"))]).await;
+    let registration = json!({"name": "Scoped", "email": "scoped@example.com", "password": PASSWORD}).to_string();
+    let registered = app.request_as(&app.anonymous, &[], Method::POST, "/api/v1/users", Some(&registration)).await;
+    let victim = registered.body["data"]["id"].as_str().unwrap().to_owned();
+    for (method, path, body, needed) in routes_with_their_scope(&victim) {
+        let body = body.map(|body| body.to_string());
+        let label = format!("{method} {path}");
+        // Every other key first: a refused call changes nothing, so the route's target is
+        // still there for the key that may call it.
+        for (index, scope) in SCOPES.iter().enumerate().filter(|(_, scope)| **scope != needed) {
+            let headers = [("X-Service-Key", key(index))];
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+            let refused = app.request_as(&app.anonymous, &headers, method.clone(), &path, body.as_deref()).await;
+            assert_eq!(refused.status, 403, "{label} with only {scope}: {}", refused.body);
+            let message = refused.body["message"].as_str().unwrap_or_default();
+            assert_eq!(message, format!("this caller lacks the scope {needed}"), "{label}");
+        }
+        let index = SCOPES.iter().position(|scope| *scope == needed).unwrap();
+        let allowed = key(index);
+        let reply = app
+            .request_as(&app.anonymous, &[("X-Service-Key", &allowed)], method.clone(), &path, body.as_deref())
+            .await;
+        assert!((200..300).contains(&reply.status), "{label} with {needed}: {} {}", reply.status, reply.body);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,6 +3,7 @@
 
 mod auth;
 mod cache;
+mod clients;
 mod deploy;
 mod devices;
 mod eligibility;

@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_tests::{SERVICE_KEY, TestApp};
+use api_tests::{SERVICE_KEY, TestApp, service_binary};
 use reqwest::Method;
 use serde_json::json;
 
@@ -65,21 +65,6 @@ async fn three_instances_on_one_database_and_redis_read_coherently() {
             assert_eq!(seen.body["data"]["preferences"]["timezone"], timezone, "round {round}");
         }
     }
-}
-
-/// The `user-service` binary, built if the test run has not built it yet.
-fn service_binary() -> std::path::PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let binary = target.join("debug/user-service");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "http-actix", "--bin", "user-service"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "building user-service failed");
-    binary
 }
 
 struct Running(Child);

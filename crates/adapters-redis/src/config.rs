@@ -13,6 +13,14 @@ pub const DEFAULT_KEY_PREFIX: &str = "user-service";
 pub const DEFAULT_FORMAT_VERSION: &str = "v1";
 /// The placeholder that [`RedisCacheConfig::extra_invalidation_keys`] templates must contain.
 pub const ID_PLACEHOLDER: &str = "{id}";
+/// The follow-up deletions of downstream copies used when none are configured.
+pub const DEFAULT_EXTRA_INVALIDATION_DELAYS: [Duration; 3] =
+    [Duration::from_millis(250), Duration::from_secs(1), Duration::from_secs(2)];
+/// The most follow-up delays, and the longest one: the schedule, and the wait for it at
+/// shutdown, stay small.
+pub const MAX_EXTRA_INVALIDATION_DELAYS: usize = 5;
+/// The longest follow-up delay accepted.
+pub const MAX_EXTRA_INVALIDATION_DELAY: Duration = Duration::from_secs(10);
 
 /// Everything [`RedisCache::build`](crate::RedisCache::build) needs. Start from
 /// [`RedisCacheConfig::new`] and override fields.
@@ -41,6 +49,11 @@ pub struct RedisCacheConfig {
     /// Further keys deleted on every invalidation, as templates containing `{id}`
     /// (e.g. `usercache:{id}`, the gateway's copy of our response).
     pub extra_invalidation_keys: Vec<String>,
+    /// After each confirmed invalidation, the downstream copies are deleted again after each
+    /// of these delays, undoing unguarded fills by clients that read before the change and
+    /// write their copy after our deletion (`CACHE_INVALIDATE_EXTRA_DELAYS`). Empty: no
+    /// follow-ups.
+    pub extra_invalidation_delays: Vec<Duration>,
     /// How long a generation lives after an invalidation: far longer than any
     /// lookup-load-fill sequence, so that a reader's ticket can never outlive it.
     pub generation_ttl: Duration,
@@ -57,8 +70,9 @@ pub struct RedisCacheConfig {
 
 impl RedisCacheConfig {
     /// Defaults: prefix `user-service`, format `v1`, TTL 300 s, 100 ms per call, no extra
-    /// keys, generations kept 24 h, breaker open after 3 failures
-    /// for 1 s, retries every 200 ms, at most 100,000 pending ids.
+    /// keys (follow-ups 250 ms, 1 s and 2 s after an invalidation when there are some),
+    /// generations kept 24 h, breaker open after 3 failures for 1 s, retries every 200 ms, at
+    /// most 100,000 pending ids.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -67,6 +81,7 @@ impl RedisCacheConfig {
             ttl: Duration::from_secs(300),
             timeout: Duration::from_millis(100),
             extra_invalidation_keys: Vec::new(),
+            extra_invalidation_delays: DEFAULT_EXTRA_INVALIDATION_DELAYS.to_vec(),
             generation_ttl: Duration::from_secs(24 * 60 * 60),
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(1),
@@ -98,6 +113,12 @@ impl RedisCacheConfig {
             // Without the placeholder every invalidation would delete one fixed key.
             return Err(RedisCacheError::TemplateWithoutId(template.clone()));
         }
+        let delays = &self.extra_invalidation_delays;
+        if delays.len() > MAX_EXTRA_INVALIDATION_DELAYS
+            || delays.iter().any(|delay| delay.is_zero() || *delay > MAX_EXTRA_INVALIDATION_DELAY)
+        {
+            return Err(RedisCacheError::Invalid("at most 5 follow-up delays, each above 0 and at most 10 s"));
+        }
         Ok(())
     }
 
@@ -116,6 +137,12 @@ impl RedisCacheConfig {
         Ok(())
     }
 
+    /// The database number the URL selects (0 when it names none), or `None` when the URL
+    /// does not parse. Downstream copies are deleted in this database only.
+    pub fn database(&self) -> Option<i64> {
+        redis::IntoConnectionInfo::into_connection_info(self.url.as_str()).ok().map(|info| info.redis_settings().db())
+    }
+
     /// The URL with its password (or a lone user-info part) replaced by `***`.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
@@ -131,6 +158,7 @@ impl fmt::Debug for RedisCacheConfig {
             .field("ttl", &self.ttl)
             .field("timeout", &self.timeout)
             .field("extra_invalidation_keys", &self.extra_invalidation_keys)
+            .field("extra_invalidation_delays", &self.extra_invalidation_delays)
             .field("generation_ttl", &self.generation_ttl)
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_cooldown", &self.breaker_cooldown)

@@ -24,12 +24,16 @@
 //!   before it is attempted and forgotten once Redis confirmed it, so that a failed or
 //!   abandoned one is retried by a background task; lookups of its ids skip the cache until
 //!   then.
+//! - **Downstream copies stay deleted.** Clients that fill their own copy of our answer
+//!   without a guard may put back a body read before the change; each confirmed
+//!   invalidation schedules follow-up deletions of those copies ([`follow_up`]).
 //!
 //! What must not live here: HTTP, SQL, or the serialization of users (the bytes are opaque).
 
 mod breaker;
 pub mod config;
 mod connection;
+mod follow_up;
 mod pending;
 mod rate_limit;
 #[cfg(test)]
@@ -47,6 +51,7 @@ use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
 use crate::connection::{Connection, Request, Role};
+use crate::follow_up::FollowUps;
 use crate::pending::PendingInvalidations;
 
 pub use config::{RedisCacheConfig, RedisCacheError};
@@ -78,6 +83,15 @@ return 1
 /// Ids per retried invalidation, to keep one `MULTI` well under the call timeout.
 const RETRY_BATCH: usize = 1_000;
 
+/// Follow-up deletions per round trip, for the same reason.
+const FOLLOW_UP_BATCH: usize = 1_000;
+
+/// How often due follow-up deletions are sent: they run at most this late.
+const FOLLOW_UP_TICK: Duration = Duration::from_millis(50);
+
+/// How long [`ProfileCache::finish_pending`] waits beyond the last follow-up deletion.
+const FINISH_MARGIN: Duration = Duration::from_secs(1);
+
 /// A [`ProfileCache`] on Redis. Cheap to clone; the clones share the connection, the breaker and
 /// the retry queue. The retry task stops when the last clone is dropped.
 #[derive(Clone)]
@@ -91,6 +105,7 @@ struct Inner {
     ttl_ms: u64,
     generation_ttl_ms: u64,
     pending: PendingInvalidations,
+    follow_ups: FollowUps,
     guarded_fill: Script,
     #[cfg(any(test, feature = "test-support"))]
     unguarded_fill: Script,
@@ -124,6 +139,14 @@ impl RedisCache {
             // An id dropped from a full queue may leave an entry stale until it expires; entries
             // filled just after it by readers that loaded before the write live one TTL more.
             pending: PendingInvalidations::new(config.max_pending_invalidations, config.ttl * 2, config.timeout),
+            follow_ups: FollowUps::new(
+                if config.extra_invalidation_keys.is_empty() {
+                    Vec::new()
+                } else {
+                    config.extra_invalidation_delays.clone()
+                },
+                config.max_pending_invalidations,
+            ),
             guarded_fill: Script::new(GUARDED_FILL),
             #[cfg(any(test, feature = "test-support"))]
             unguarded_fill: Script::new(UNGUARDED_FILL),
@@ -131,7 +154,7 @@ impl RedisCache {
             #[cfg(test)]
             retry_task: std::sync::Mutex::new(None),
         });
-        let task = runtime.spawn(retry_invalidations(Arc::downgrade(&inner), shutdown_received, config.retry_interval));
+        let task = runtime.spawn(background(Arc::downgrade(&inner), shutdown_received, config.retry_interval));
         #[cfg(test)]
         {
             *inner.retry_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
@@ -146,6 +169,11 @@ impl RedisCache {
     /// How many user ids wait for Redis to confirm their invalidation (for metrics).
     pub fn pending_invalidations(&self) -> usize {
         self.inner.pending.len()
+    }
+
+    /// How many follow-up deletions of downstream copies are scheduled (for metrics).
+    pub fn scheduled_follow_ups(&self) -> usize {
+        self.inner.follow_ups.len()
     }
 
     /// Whether the circuit breaker currently skips Redis (for metrics).
@@ -178,6 +206,7 @@ impl fmt::Debug for RedisCache {
             .field("connected", &self.inner.connection.is_connected())
             .field("bypassed", &self.inner.connection.breaker.is_open())
             .field("pending_invalidations", &self.inner.pending.len())
+            .field("scheduled_follow_ups", &self.inner.follow_ups.len())
             .finish_non_exhaustive()
     }
 }
@@ -264,6 +293,7 @@ impl ProfileCache for RedisCache {
         let batch = inner.pending.queue(ids, Instant::now());
         if inner.invalidate_now(ids).await {
             inner.pending.complete(&batch);
+            inner.schedule_follow_ups(ids);
         } else if inner.pending.give_up_unqueued(&batch, Instant::now()) {
             tracing::warn!(
                 capacity = inner.pending.capacity(),
@@ -276,6 +306,24 @@ impl ProfileCache for RedisCache {
         match self.inner.connection.run::<String>(Request::Command(&redis::cmd("PING"))).await {
             Some(_) => CacheHealth::Up,
             None => CacheHealth::Down,
+        }
+    }
+
+    async fn finish_pending(&self) {
+        let inner = &self.inner;
+        let deadline = Instant::now() + inner.follow_ups.longest_delay() + FINISH_MARGIN;
+        while (inner.pending.len() > 0 || inner.follow_ups.len() > 0) && Instant::now() < deadline {
+            inner.retry_pending().await;
+            inner.run_due_follow_ups().await;
+            tokio::time::sleep(FOLLOW_UP_TICK).await;
+        }
+        let (pending, follow_ups) = (inner.pending.len(), inner.follow_ups.len());
+        if pending > 0 || follow_ups > 0 {
+            tracing::warn!(
+                pending,
+                follow_ups,
+                "stopping with cache invalidations Redis has not confirmed: entries may stay stale until they expire"
+            );
         }
     }
 }
@@ -314,6 +362,7 @@ impl Inner {
                 break;
             }
             self.pending.complete(&batch);
+            self.schedule_follow_ups(&batch.ids);
         }
         if let Some(dropped) = self.pending.end_overflow_if_due(Instant::now()) {
             tracing::info!(dropped, "cache invalidation queue drained: the cache is used again");
@@ -321,19 +370,64 @@ impl Inner {
     }
 }
 
-/// The background task: retries pending invalidations every `interval` until the cache is
-/// dropped. Holds the cache only while retrying, so that dropping it ends the task.
-async fn retry_invalidations(cache: Weak<Inner>, mut shutdown: oneshot::Receiver<()>, interval: Duration) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+impl Inner {
+    /// Schedules the follow-up deletions of a confirmed invalidation of `ids`.
+    fn schedule_follow_ups(&self, ids: &[UserId]) {
+        self.follow_ups.schedule(ids, Instant::now());
+        let refused = self.follow_ups.take_refused();
+        if refused > 0 {
+            tracing::warn!(
+                refused,
+                capacity = self.pending.capacity(),
+                "too many follow-up deletions of downstream copies scheduled: some copies may stay stale until they expire"
+            );
+        }
+    }
+
+    /// Sends the follow-up deletions that are due, batch by batch, until one fails (its
+    /// deletions stay due).
+    async fn run_due_follow_ups(&self) {
+        loop {
+            let due = self.follow_ups.take_due(FOLLOW_UP_BATCH, Instant::now());
+            if due.is_empty() {
+                return;
+            }
+            let mut keys: Vec<String> = due.iter().flat_map(|(_, _, id)| self.keys.extra(*id)).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let mut command = redis::cmd("DEL");
+            command.arg(keys);
+            if self.connection.run::<i64>(Request::Command(&command)).await.is_none() {
+                self.follow_ups.retry(due);
+                return;
+            }
+        }
+    }
+}
+
+/// The background task, until the cache is dropped: retries pending invalidations every
+/// `retry_interval` and sends due follow-up deletions every [`FOLLOW_UP_TICK`]. Holds the
+/// cache only while working, so that dropping it ends the task.
+async fn background(cache: Weak<Inner>, mut shutdown: oneshot::Receiver<()>, retry_interval: Duration) {
+    let mut retries = tokio::time::interval(retry_interval);
+    retries.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut follow_up_ticks = tokio::time::interval(FOLLOW_UP_TICK);
+    follow_up_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = ticks.tick() => {}
-        }
-        let Some(cache) = cache.upgrade() else { return };
-        if cache.pending.len() > 0 || cache.pending.is_overflowing() {
-            cache.retry_pending().await;
+            _ = retries.tick() => {
+                let Some(cache) = cache.upgrade() else { return };
+                if cache.pending.len() > 0 || cache.pending.is_overflowing() {
+                    cache.retry_pending().await;
+                }
+            }
+            _ = follow_up_ticks.tick() => {
+                let Some(cache) = cache.upgrade() else { return };
+                if cache.follow_ups.next_due().is_some_and(|at| at <= Instant::now()) {
+                    cache.run_due_follow_ups().await;
+                }
+            }
         }
     }
 }

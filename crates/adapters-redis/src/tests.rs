@@ -314,6 +314,101 @@ async fn an_invalidation_deletes_the_downstream_keys_named_by_the_templates() {
     delete_prefixed(&prefix).await;
 }
 
+/// Writes `key` as a downstream client's unguarded fill does.
+async fn set_copy(connection: &mut MultiplexedConnection, key: &str) {
+    let _: () = redis::cmd("SET").arg(key).arg("old body").query_async(connection).await.expect("SET");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_put_back_after_an_invalidation_is_deleted_again_at_each_follow_up_delay() {
+    let mut config = shared_config();
+    let prefix = config.key_prefix.clone();
+    config.extra_invalidation_keys = vec![format!("{prefix}-usercache:{{id}}")];
+    config.extra_invalidation_delays = vec![Duration::from_millis(200), Duration::from_millis(600)];
+    let cache = RedisCache::build(config).expect("build");
+    let id = UserId::generate();
+    let copy = format!("{prefix}-usercache:{id}");
+    let mut connection = raw_connection(&shared_url()).await;
+
+    let invalidated = Instant::now();
+    cache.invalidate(&[id]).await;
+    assert_eq!(cache.scheduled_follow_ups(), 2);
+    // A reader that loaded before the change fills its copy after our deletion...
+    set_copy(&mut connection, &copy).await;
+    // ...and the first follow-up deletes it.
+    eventually(Duration::from_secs(1), "the first follow-up deleted the copy", || async {
+        !exists(&mut raw_connection(&shared_url()).await, &copy).await
+    })
+    .await;
+    assert!(invalidated.elapsed() >= Duration::from_millis(200), "deleted before its delay");
+    // A slower reader is caught by the second.
+    set_copy(&mut connection, &copy).await;
+    eventually(Duration::from_secs(1), "the second follow-up deleted the copy", || async {
+        !exists(&mut raw_connection(&shared_url()).await, &copy).await
+    })
+    .await;
+    assert!(invalidated.elapsed() >= Duration::from_millis(600), "deleted before its delay");
+    assert_eq!(cache.scheduled_follow_ups(), 0);
+    // A fill after the last delay is the client's own business.
+    set_copy(&mut connection, &copy).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(exists(&mut connection, &copy).await);
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_downstream_keys_nothing_is_scheduled() {
+    let cache = RedisCache::build(shared_config()).expect("build");
+    cache.invalidate(&[UserId::generate()]).await;
+    assert_eq!(cache.scheduled_follow_ups(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follow_ups_due_while_redis_is_paused_are_sent_once_it_resumes() {
+    let server = PrivateRedis::start().await;
+    let mut config = config_for(&server.url(), TIMEOUT);
+    config.extra_invalidation_keys = vec!["usercache:{id}".to_owned()];
+    config.extra_invalidation_delays = vec![Duration::from_millis(150)];
+    let cache = RedisCache::build(config).expect("build");
+    let id = UserId::generate();
+    let copy = format!("usercache:{id}");
+    let mut connection = raw_connection(&server.url()).await;
+
+    cache.invalidate(&[id]).await;
+    set_copy(&mut connection, &copy).await;
+    server.pause();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(cache.scheduled_follow_ups(), 1, "the due deletion failed and stays scheduled");
+    server.resume();
+    eventually(Duration::from_secs(2), "the follow-up reached Redis after the pause", || async {
+        cache.scheduled_follow_ups() == 0
+    })
+    .await;
+    assert!(!exists(&mut raw_connection(&server.url()).await, &copy).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finishing_before_exit_waits_for_the_scheduled_follow_ups() {
+    let mut config = shared_config();
+    let prefix = config.key_prefix.clone();
+    config.extra_invalidation_keys = vec![format!("{prefix}-usercache:{{id}}")];
+    config.extra_invalidation_delays = vec![Duration::from_millis(400)];
+    let cache = RedisCache::build(config).expect("build");
+    let id = UserId::generate();
+    let copy = format!("{prefix}-usercache:{id}");
+    let mut connection = raw_connection(&shared_url()).await;
+
+    let started = Instant::now();
+    cache.invalidate(&[id]).await;
+    set_copy(&mut connection, &copy).await;
+    cache.finish_pending().await;
+    assert!(started.elapsed() >= Duration::from_millis(400), "returned before the follow-up was due");
+    assert!(started.elapsed() < Duration::from_secs(2), "waited {:?}", started.elapsed());
+    assert!(!exists(&mut connection, &copy).await);
+    assert_eq!(cache.scheduled_follow_ups(), 0);
+    delete_prefixed(&prefix).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn invalidating_no_ids_does_nothing() {
     let cache = RedisCache::build(shared_config()).expect("build");
@@ -589,6 +684,20 @@ async fn the_retry_task_stops_when_the_last_clone_is_dropped() {
 }
 
 // ----- Configuration -----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follow_up_delays_are_bounded_and_the_database_number_is_read_from_the_url() {
+    let mut config = shared_config();
+    config.extra_invalidation_delays = vec![Duration::from_secs(11)];
+    assert!(matches!(RedisCache::build(config.clone()), Err(RedisCacheError::Invalid(_))));
+    config.extra_invalidation_delays = vec![Duration::from_secs(1); 6];
+    assert!(matches!(RedisCache::build(config.clone()), Err(RedisCacheError::Invalid(_))));
+    config.extra_invalidation_delays = vec![Duration::ZERO];
+    assert!(matches!(RedisCache::build(config), Err(RedisCacheError::Invalid(_))));
+    assert_eq!(RedisCacheConfig::new("redis://127.0.0.1:6379/3").database(), Some(3));
+    assert_eq!(RedisCacheConfig::new("redis://127.0.0.1:6379").database(), Some(0));
+    assert_eq!(RedisCacheConfig::new("not a url").database(), None);
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_template_without_the_id_placeholder_is_refused() {

@@ -11,6 +11,8 @@
 //! bound every call with a short timeout, stop calling a dead cache for a while (circuit
 //! breaker) and retry failed invalidations until they succeed.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 use crate::user::UserId;
@@ -80,6 +82,11 @@ pub trait ProfileCache: Send + Sync {
 
     /// Probes the cache for `/health`.
     async fn health(&self) -> CacheHealth;
+
+    /// Called once before the process exits: finishes, within a bound of the
+    /// implementation's, the work that outlives the writes that asked for it (invalidations
+    /// not yet confirmed, follow-up deletions of downstream copies). Nothing by default.
+    async fn finish_pending(&self) {}
 }
 
 /// The cache used when none is configured: every lookup is `Unavailable`.
@@ -98,5 +105,66 @@ impl ProfileCache for NoCache {
 
     async fn health(&self) -> CacheHealth {
         CacheHealth::Disabled
+    }
+}
+
+/// Invalidations without caching: every lookup is `Unavailable`, so every read goes to the
+/// store, while invalidations still reach `inner`. With caching switched off, the downstream
+/// copies `inner` deletes on every change (another service's cache of our answers) stay as
+/// exact as with caching on.
+#[derive(Clone)]
+pub struct InvalidationsOnly(pub Arc<dyn ProfileCache>);
+
+impl std::fmt::Debug for InvalidationsOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InvalidationsOnly").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl ProfileCache for InvalidationsOnly {
+    async fn lookup(&self, _id: UserId) -> CacheLookup {
+        CacheLookup::Unavailable
+    }
+
+    async fn lookup_many(&self, ids: &[UserId]) -> Vec<CacheLookup> {
+        vec![CacheLookup::Unavailable; ids.len()]
+    }
+
+    async fn fill(&self, _id: UserId, _ticket: FillTicket, _bytes: Vec<u8>) {}
+
+    async fn invalidate(&self, ids: &[UserId]) {
+        self.0.invalidate(ids).await;
+    }
+
+    async fn health(&self) -> CacheHealth {
+        self.0.health().await
+    }
+
+    async fn finish_pending(&self) {
+        self.0.finish_pending().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidations_only_reads_nothing_from_the_cache_and_passes_every_invalidation_on() {
+        let user = UserId::generate();
+        let mut inner = MockProfileCache::new();
+        inner.expect_lookup().never();
+        inner.expect_fill().never();
+        inner.expect_invalidate().withf(move |ids| ids == [user]).times(1).return_const(());
+        inner.expect_finish_pending().times(1).return_const(());
+        let cache = InvalidationsOnly(Arc::new(inner));
+        futures_executor::block_on(async {
+            assert_eq!(cache.lookup(user).await, CacheLookup::Unavailable);
+            assert_eq!(cache.lookup_many(&[user, user]).await, vec![CacheLookup::Unavailable; 2]);
+            cache.fill(user, FillTicket::new(None), b"ignored".to_vec()).await;
+            cache.invalidate(&[user]).await;
+            cache.finish_pending().await;
+        });
     }
 }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::error::InvalidValue;
 use crate::user::UserId;
+use crate::validate::canonical_uuid;
 
 /// A device's identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -165,7 +166,8 @@ impl DeviceSelector {
     /// whitespace, NUL, too long), so that such input never reaches storage.
     pub fn parse(raw: &str) -> Option<Self> {
         let token = PushToken::parse(raw).ok()?;
-        let id = Uuid::parse_str(raw).ok().map(DeviceId::from);
+        // Only the canonical spelling names a device by id; any other is read as a token.
+        let id = canonical_uuid(raw).map(DeviceId::from);
         Some(Self { id, token: token.0 })
     }
 
@@ -224,6 +226,7 @@ mod tests {
         let id = Uuid::now_v7();
         let by_id = DeviceSelector::parse(&id.to_string()).unwrap();
         assert_eq!(by_id.id(), Some(DeviceId::from(id)));
+        assert_eq!(DeviceSelector::parse(&id.to_string().to_uppercase()).unwrap().id(), None);
         let by_token = DeviceSelector::parse("https://push.example.com//send/x").unwrap();
         assert_eq!(by_token.id(), None);
         assert_eq!(by_token.merged_slashes_token(), "https:/push.example.com/send/x");

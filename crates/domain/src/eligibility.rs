@@ -122,12 +122,8 @@ pub fn decide(profile: &UserProfile, channel: Channel, at: OffsetDateTime) -> El
     let targets = match channel {
         Channel::Email => email_address(profile).map(Targets::Email),
         Channel::Push => {
-            let tokens: Vec<_> = profile
-                .devices
-                .iter()
-                .filter(|device| device.active)
-                .map(|device| (device.token.clone(), device.platform))
-                .collect();
+            let tokens: Vec<_> =
+                profile.active_devices().map(|device| (device.token.clone(), device.platform)).collect();
             (!tokens.is_empty()).then_some(Targets::Tokens(tokens))
         }
     };

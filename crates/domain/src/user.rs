@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::device::{Device, PushToken};
 use crate::error::InvalidValue;
 use crate::preferences::{Preferences, PreferencesUpdate};
-use crate::validate::{check_length, reject_control_characters};
+use crate::validate::{canonical_uuid, check_length, reject_control_characters};
 
 /// A user's identifier (a UUID; new ones are time-ordered v7 for index locality).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -21,11 +21,23 @@ impl UserId {
         Self(Uuid::now_v7())
     }
 
+    /// Reads an id written in its one canonical spelling (see [`CANONICAL_ID_FORM`]). Every
+    /// other spelling of the same UUID (upper case, no hyphens, braces, `urn:uuid:`) is
+    /// refused: a client that caches answers under the id as it spelled it (the seed's
+    /// gateway does) could otherwise keep a copy under a key that invalidation never reaches.
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        canonical_uuid(raw).map(Self).ok_or(InvalidValue::new(CANONICAL_ID_FORM))
+    }
+
     /// The underlying UUID.
     pub const fn as_uuid(&self) -> Uuid {
         self.0
     }
 }
+
+/// How every id is spelled, in requests and in answers.
+pub const CANONICAL_ID_FORM: &str = "must be a UUID in canonical form: 36 characters, lower-case hexadecimal digits \
+     in groups of 8-4-4-4-12 separated by hyphens, e.g. 0192f5e4-6c1a-7b3e-9d2f-4a5b6c7d8e9f";
 
 impl From<Uuid> for UserId {
     fn from(id: Uuid) -> Self {
@@ -183,14 +195,21 @@ pub struct UserProfile {
     pub user: User,
     /// What they agreed to receive.
     pub preferences: Preferences,
-    /// Where to push: active devices first, most recently seen first.
+    /// Where to push: active devices first, most recently seen first. A profile read back
+    /// from a representation holds the active devices only.
     pub devices: Vec<Device>,
 }
 
 impl UserProfile {
+    /// The devices pushes may go to, most recently seen first: all that a representation
+    /// shows, so that any client's "first device" is a sendable one.
+    pub fn active_devices(&self) -> impl Iterator<Item = &Device> {
+        self.devices.iter().filter(|device| device.active)
+    }
+
     /// The tokens of the active devices, most recently seen first.
     pub fn active_push_tokens(&self) -> impl Iterator<Item = &PushToken> {
-        self.devices.iter().filter(|device| device.active).map(|device| &device.token)
+        self.active_devices().map(|device| &device.token)
     }
 
     /// The token a sender should push to: the most recently seen active device's.
@@ -284,6 +303,28 @@ pub struct Page<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_ids_are_read_only_in_canonical_spelling() {
+        let id = UserId::generate();
+        let canonical = id.to_string();
+        assert_eq!(UserId::parse(&canonical), Ok(id));
+        let uuid = id.as_uuid();
+        for other in [
+            canonical.to_uppercase(),
+            uuid.simple().to_string(),
+            uuid.braced().to_string(),
+            uuid.urn().to_string(),
+            format!(" {canonical}"),
+            format!("{canonical}\n"),
+            format!("%{:02X}{}", canonical.as_bytes()[0], &canonical[1..]),
+            String::new(),
+            "../api/v1/users".to_owned(),
+        ] {
+            let error = UserId::parse(&other).unwrap_err();
+            assert!(error.message().contains("lower-case"), "{other:?}: {error}");
+        }
+    }
 
     #[test]
     fn email_is_trimmed_and_lower_cased() {

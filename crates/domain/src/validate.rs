@@ -1,6 +1,15 @@
 //! Small text checks shared by the value objects.
 
+use uuid::Uuid;
+
 use crate::error::InvalidValue;
+
+/// The UUID `raw` spells in canonical form (lower-case, hyphenated, 36 characters), if it
+/// does; `None` for any other spelling, even of a valid UUID.
+pub(crate) fn canonical_uuid(raw: &str) -> Option<Uuid> {
+    let uuid = Uuid::try_parse(raw).ok()?;
+    (uuid.hyphenated().encode_lower(&mut Uuid::encode_buffer()) == raw).then_some(uuid)
+}
 
 /// Rejects NUL and other control characters, which PostgreSQL refuses (NUL) or which only
 /// ever arrive by mistake or malice (the rest).

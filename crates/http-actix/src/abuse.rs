@@ -1,6 +1,6 @@
 //! Abuse limits: failed logins per account, and logins and registrations per client
-//! address. Service callers are exempt from per-address limits (the gateway acts for many
-//! clients). Counters live in Redis when configured, in process otherwise; a limiter that
+//! address. Callers holding a service key are exempt from per-address limits (the gateway
+//! acts for many clients); callers the network vouches for are counted like anyone else. Counters live in Redis when configured, in process otherwise; a limiter that
 //! cannot answer lets the request through rather than failing it.
 
 use std::net::IpAddr;
@@ -49,14 +49,14 @@ fn account_key(email: &EmailAddress) -> String {
 
 impl Limits {
     /// Counts an attempt of `action` (`login`, `register`) from the client's address;
-    /// 429 over the limit. Service callers are not counted.
+    /// 429 over the limit. Callers holding a service key are not counted.
     pub async fn per_address(
         &self,
         caller: Option<&Principal>,
         request: &HttpRequest,
         action: &str,
     ) -> Result<(), ApiError> {
-        if matches!(caller, Some(Principal::Service { .. })) {
+        if caller.is_some_and(Principal::holds_service_key) {
             return Ok(());
         }
         let Some(address) = client_address(request, &self.trusted_proxies) else {

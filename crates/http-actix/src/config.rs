@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use domain::auth::Scopes;
 use secrecy::SecretString;
+use sha2::Digest;
 
 use crate::auth::client_address::Network;
 use serde::Deserialize;
@@ -24,6 +26,9 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// The Redis cache (`REDIS_URL`, `CACHE_*`, `REDIS_*`); `None` caches in process.
     pub cache: Option<CacheSettings>,
+    /// `CACHE_INVALIDATE_EXTRA_KEYS` given without `REDIS_URL`: nothing can delete those
+    /// copies (warned at start).
+    pub extra_invalidation_keys_without_redis: Vec<String>,
     /// How long a cached user lives, in Redis or in process (`CACHE_TTL`, seconds).
     pub cache_ttl: Duration,
     /// `CACHE_ENABLED=false` reads every user from the store (benchmarks of the uncached
@@ -81,8 +86,9 @@ pub struct AuthConfig {
     /// tokens then do not survive a restart.
     pub secret_key_generated: bool,
     /// Keys accepted in `X-Service-Key`.
-    pub service_api_keys: Vec<SecretString>,
-    /// Whether calls without credentials act as a service caller.
+    pub service_api_keys: Vec<ServiceKeyConfig>,
+    /// Whether calls without credentials act as the service `internal-network`, with the
+    /// scopes of the seed's gateway and push sender only.
     pub trust_internal_network: bool,
     /// How long access tokens live (`JWT_TTL`, seconds).
     pub jwt_ttl: Duration,
@@ -90,6 +96,18 @@ pub struct AuthConfig {
     pub jwt_issuer: String,
     /// The `aud` of access tokens (`JWT_AUDIENCE`).
     pub jwt_audience: String,
+}
+
+/// One key accepted in `X-Service-Key` (an entry of `SERVICE_API_KEYS`).
+#[derive(Debug, Clone)]
+pub struct ServiceKeyConfig {
+    /// The caller's name, logged with its requests; `None` in the plain form (a name is
+    /// then derived from the key's digest).
+    pub name: Option<String>,
+    /// The key, at least 16 characters.
+    pub key: SecretString,
+    /// What its holder may do; every scope in the plain form.
+    pub scopes: Scopes,
 }
 
 /// Abuse limits.
@@ -121,6 +139,9 @@ pub struct CacheSettings {
     /// Downstream copies deleted on every change: key templates with `{id}`
     /// (`CACHE_INVALIDATE_EXTRA_KEYS`, comma-separated).
     pub extra_invalidation_keys: Vec<String>,
+    /// Delays after each invalidation at which the downstream copies are deleted again
+    /// (`CACHE_INVALIDATE_EXTRA_DELAYS`, comma-separated, e.g. `250ms,1s,2s`).
+    pub extra_invalidation_delays: Vec<Duration>,
 }
 
 /// The log line format.
@@ -153,6 +174,7 @@ struct RawSettings {
     redis_timeout_ms: Option<String>,
     cache_key_prefix: Option<String>,
     cache_invalidate_extra_keys: Option<String>,
+    cache_invalidate_extra_delays: Option<String>,
     secret_key: Option<String>,
     service_api_keys: Option<String>,
     trust_internal_network: Option<String>,
@@ -194,6 +216,10 @@ impl Settings {
             .map_err(|error| ConfigError(error.to_string()))?;
         let cpus = std::thread::available_parallelism().map_or(2, usize::from);
         let cache = cache_settings(&raw)?;
+        let extra_invalidation_keys_without_redis = match &cache {
+            None => extra_keys(raw.cache_invalidate_extra_keys.clone())?,
+            Some(_) => Vec::new(),
+        };
         let cache_ttl = Duration::from_secs(positive("CACHE_TTL", raw.cache_ttl.clone(), 300)?);
         let cache_enabled = boolean("CACHE_ENABLED", raw.cache_enabled.clone(), true)?;
         let database_url = database_url(raw.database_url)?;
@@ -211,6 +237,7 @@ impl Settings {
                 prepared_statements: boolean("DATABASE_PREPARED_STATEMENTS", raw.database_prepared_statements, true)?,
             },
             cache,
+            extra_invalidation_keys_without_redis,
             cache_ttl,
             cache_enabled,
             auth: AuthConfig {
@@ -327,15 +354,78 @@ fn secret_key(value: Option<String>, postgres: bool) -> Result<(SecretString, bo
     Ok((SecretString::from(key), false))
 }
 
-/// Comma-separated service keys, each at least 16 characters.
-fn service_keys(value: Option<String>) -> Result<Vec<SecretString>, ConfigError> {
-    let keys: Vec<String> = non_empty(value)
-        .map(|value| value.split(',').map(str::trim).filter(|key| !key.is_empty()).map(str::to_owned).collect())
-        .unwrap_or_default();
-    if keys.iter().any(|key| key.len() < 16) {
-        return Err(ConfigError("SERVICE_API_KEYS entries must each be at least 16 characters".into()));
+/// The shortest service key accepted.
+const MIN_SERVICE_KEY_LENGTH: usize = 16;
+
+/// `SERVICE_API_KEYS`, in one of two forms:
+/// - plain: comma-separated keys, each with every scope (`KEY1,KEY2`);
+/// - named: `;`-separated `name:key:scopes` entries, scopes being `*` or comma-separated
+///   scope names (`gateway:KEY1:users.read,eligibility.read;admin:KEY2:*`).
+///
+/// A value with a `:` is read in the named form. Errors name the entry by position, never
+/// by content: it holds a key.
+fn service_keys(value: Option<String>) -> Result<Vec<ServiceKeyConfig>, ConfigError> {
+    let Some(value) = non_empty(value) else {
+        return Ok(Vec::new());
+    };
+    let keys: Vec<ServiceKeyConfig> = if value.contains(':') {
+        value
+            .split(';')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .enumerate()
+            .map(|(index, entry)| named_service_key(index + 1, entry))
+            .collect::<Result<_, _>>()?
+    } else {
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+            .map(|key| ServiceKeyConfig { name: None, key: SecretString::from(key.to_owned()), scopes: Scopes::ALL })
+            .collect()
+    };
+    let mut names = std::collections::HashSet::new();
+    let mut digests = std::collections::HashSet::new();
+    for (index, key) in keys.iter().enumerate() {
+        let secret = secrecy::ExposeSecret::expose_secret(&key.key);
+        if secret.len() < MIN_SERVICE_KEY_LENGTH {
+            return Err(ConfigError(format!(
+                "SERVICE_API_KEYS entries must each be at least {MIN_SERVICE_KEY_LENGTH} characters (entry {})",
+                index + 1
+            )));
+        }
+        if key.name.as_ref().is_some_and(|name| !names.insert(name.clone())) {
+            return Err(ConfigError(format!("SERVICE_API_KEYS names each caller once (entry {})", index + 1)));
+        }
+        if !digests.insert(sha2::Sha256::digest(secret.as_bytes())) {
+            return Err(ConfigError(format!("SERVICE_API_KEYS holds the same key twice (entry {})", index + 1)));
+        }
     }
-    Ok(keys.into_iter().map(SecretString::from).collect())
+    Ok(keys)
+}
+
+/// One `name:key:scopes` entry of `SERVICE_API_KEYS` (the key may itself contain `:`).
+fn named_service_key(position: usize, entry: &str) -> Result<ServiceKeyConfig, ConfigError> {
+    let malformed = || {
+        ConfigError(format!(
+            "SERVICE_API_KEYS entry {position} is not name:key:scopes (entries separated by ';', e.g. \
+             gateway:KEY:users.read,eligibility.read;admin:KEY2:*)"
+        ))
+    };
+    let (name, rest) = entry.split_once(':').ok_or_else(malformed)?;
+    let (key, scopes) = rest.rsplit_once(':').ok_or_else(malformed)?;
+    let name = name.trim();
+    let valid_name = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"_.-".contains(&byte));
+    if !valid_name {
+        return Err(ConfigError(format!(
+            "SERVICE_API_KEYS entry {position}: a caller's name is 1 to 64 letters, digits, '_', '.' or '-'"
+        )));
+    }
+    let scopes = Scopes::parse(scopes)
+        .map_err(|reason| ConfigError(format!("SERVICE_API_KEYS entry {position} ({name}): {reason}")))?;
+    Ok(ServiceKeyConfig { name: Some(name.to_owned()), key: SecretString::from(key.trim().to_owned()), scopes })
 }
 
 /// Comma-separated addresses or CIDR ranges.
@@ -363,6 +453,7 @@ fn cache_settings(raw: &RawSettings) -> Result<Option<CacheSettings>, ConfigErro
         key_prefix: non_empty(raw.cache_key_prefix.clone()).unwrap_or_else(|| "user-service".to_owned()),
         timeout: millis("REDIS_TIMEOUT_MS", raw.redis_timeout_ms.clone(), 100)?,
         extra_invalidation_keys: extra_keys(raw.cache_invalidate_extra_keys.clone())?,
+        extra_invalidation_delays: extra_delays(raw.cache_invalidate_extra_delays.clone())?,
     };
     match non_empty(raw.redis_url.clone()) {
         None => Ok(None),
@@ -388,6 +479,45 @@ fn extra_keys(value: Option<String>) -> Result<Vec<String>, ConfigError> {
         return Err(ConfigError("CACHE_INVALIDATE_EXTRA_KEYS templates must each contain {id}".into()));
     }
     Ok(templates)
+}
+
+/// Reads comma-separated delays such as `250ms,1s,2s` (at most 5, each above 0 and at most
+/// 10 s); unset means the adapter's default, `none` means no follow-up deletions.
+fn extra_delays(value: Option<String>) -> Result<Vec<Duration>, ConfigError> {
+    use adapters_redis::config::{
+        DEFAULT_EXTRA_INVALIDATION_DELAYS, MAX_EXTRA_INVALIDATION_DELAY, MAX_EXTRA_INVALIDATION_DELAYS,
+    };
+    let invalid = || {
+        ConfigError(format!(
+            "CACHE_INVALIDATE_EXTRA_DELAYS must be `none` or up to {MAX_EXTRA_INVALIDATION_DELAYS} comma-separated \
+             delays such as 250ms or 2s, each above 0 and at most {} s",
+            MAX_EXTRA_INVALIDATION_DELAY.as_secs()
+        ))
+    };
+    let Some(value) = non_empty(value) else {
+        return Ok(DEFAULT_EXTRA_INVALIDATION_DELAYS.to_vec());
+    };
+    if value.eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    let delays: Vec<Duration> = value
+        .split(',')
+        .map(|delay| {
+            let delay = delay.trim();
+            let (digits, unit) = match delay.strip_suffix("ms") {
+                Some(digits) => (digits, Duration::from_millis(1)),
+                None => (delay.strip_suffix('s').ok_or_else(invalid)?, Duration::from_secs(1)),
+            };
+            let count: u32 = digits.trim().parse().map_err(|_| invalid())?;
+            Ok(unit * count)
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    if delays.len() > MAX_EXTRA_INVALIDATION_DELAYS
+        || delays.iter().any(|delay| delay.is_zero() || *delay > MAX_EXTRA_INVALIDATION_DELAY)
+    {
+        return Err(invalid());
+    }
+    Ok(delays)
 }
 
 /// Accepts `postgres://`, `postgresql://` and the seed's `postgresql+asyncpg://`; unset
@@ -471,6 +601,43 @@ mod tests {
         assert!(error.contains("CACHE_TTL"), "{error}");
     }
 
+    #[test]
+    fn service_keys_come_plain_with_every_scope_or_named_with_their_scopes() {
+        use domain::auth::Scope;
+        let plain = settings(&[("SERVICE_API_KEYS", "0123456789abcdef, fedcba9876543210")]).unwrap();
+        let keys = &plain.auth.service_api_keys;
+        assert_eq!(keys.len(), 2);
+        assert!(keys.iter().all(|key| key.name.is_none() && key.scopes == Scopes::ALL));
+
+        let named = settings(&[(
+            "SERVICE_API_KEYS",
+            "gateway:0123456789abcdef:users.read,devices.deactivate; admin:with:colons-0123456789:*",
+        )])
+        .unwrap();
+        let keys = &named.auth.service_api_keys;
+        assert_eq!(keys[0].name.as_deref(), Some("gateway"));
+        assert_eq!(keys[0].scopes, Scopes::of(&[Scope::UsersRead, Scope::DevicesDeactivate]));
+        assert_eq!(keys[1].name.as_deref(), Some("admin"));
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&keys[1].key), "with:colons-0123456789");
+        assert_eq!(keys[1].scopes, Scopes::ALL);
+
+        // Errors never echo a key.
+        let error = settings_error(&[("SERVICE_API_KEYS", "gateway:secret-key-0123456789:users.admin")]);
+        assert!(error.contains("users.admin") && !error.contains("secret-key"), "{error}");
+    }
+
+    #[test]
+    fn follow_up_deletions_default_to_250ms_1s_and_2s_and_can_be_switched_off() {
+        let default = settings(&[("REDIS_URL", "redis://x")]).unwrap().cache.unwrap();
+        let expected = [Duration::from_millis(250), Duration::from_secs(1), Duration::from_secs(2)];
+        assert_eq!(default.extra_invalidation_delays, expected);
+        let custom = settings(&[("REDIS_URL", "redis://x"), ("CACHE_INVALIDATE_EXTRA_DELAYS", "500ms, 3s")]).unwrap();
+        let custom = custom.cache.unwrap().extra_invalidation_delays;
+        assert_eq!(custom, [Duration::from_millis(500), Duration::from_secs(3)]);
+        let none = settings(&[("REDIS_URL", "redis://x"), ("CACHE_INVALIDATE_EXTRA_DELAYS", "none")]).unwrap();
+        assert!(none.cache.unwrap().extra_invalidation_delays.is_empty());
+    }
+
     fn settings_error(pairs: &[(&str, &str)]) -> String {
         settings(pairs).unwrap_err().to_string()
     }
@@ -490,6 +657,16 @@ mod tests {
             ("SECRET_KEY", "too-short"),
             ("SECRET_KEY", ""),
             ("SERVICE_API_KEYS", "short"),
+            ("SERVICE_API_KEYS", "gateway:short:users.read"),
+            ("SERVICE_API_KEYS", "gateway:0123456789abcdef:users.admin"),
+            ("SERVICE_API_KEYS", "gate way:0123456789abcdef:*"),
+            ("SERVICE_API_KEYS", "gateway:0123456789abcdef:*;gateway:fedcba9876543210:*"),
+            ("SERVICE_API_KEYS", "a:0123456789abcdef:*;b:0123456789abcdef:users.read"),
+            ("SERVICE_API_KEYS", "0123456789abcdef,gateway:fedcba9876543210:*"),
+            ("CACHE_INVALIDATE_EXTRA_DELAYS", "1s,soon"),
+            ("CACHE_INVALIDATE_EXTRA_DELAYS", "0ms"),
+            ("CACHE_INVALIDATE_EXTRA_DELAYS", "11s"),
+            ("CACHE_INVALIDATE_EXTRA_DELAYS", "1s,2s,3s,4s,5s,6s"),
             ("TRUST_INTERNAL_NETWORK", "sometimes"),
             ("TRUSTED_PROXIES", "10.0.0.0/99"),
             ("JWT_TTL", "0"),

@@ -267,6 +267,36 @@ fn platform_schema(_generator: &mut schemars::r#gen::SchemaGenerator) -> schemar
     .into()
 }
 
+/// `?active=` of the device list.
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceListQuery {
+    /// `true` lists the active devices only, `false` the inactive ones only; omitted lists
+    /// all.
+    pub active: Option<bool>,
+}
+
+/// A user id in a request body, accepted only in canonical spelling (as in paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserIdField(pub UserId);
+
+impl<'de> Deserialize<'de> for UserIdField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Cow::<'de, str>::deserialize(deserializer)?;
+        UserId::parse(&raw).map(Self).map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for UserIdField {
+    fn schema_name() -> String {
+        "UserId".to_owned()
+    }
+
+    fn json_schema(_generator: &mut schemars::r#gen::SchemaGenerator) -> schemars::schema::Schema {
+        crate::extract::canonical_id_schema()
+    }
+}
+
 /// `?page=&limit=` of list routes.
 #[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
 #[serde(deny_unknown_fields)]
@@ -361,7 +391,9 @@ pub struct UserView {
     pub push_token: Option<String>,
     /// Tokens of all active devices, most recently seen first.
     pub push_tokens: Vec<String>,
-    /// All devices, active first, most recently seen first.
+    /// The active devices only, most recently seen first, so that any client's first device
+    /// is one it may push to; `GET /api/v1/users/{id}/devices` lists all of them with their
+    /// state.
     pub devices: Vec<DeviceView>,
     /// Registration time (RFC 3339).
     pub created_at: String,
@@ -380,12 +412,17 @@ impl From<&UserProfile> for UserView {
             preferences: PreferencesView::from(&profile.preferences),
             push_token: profile.push_token().map(|token| token.as_str().to_owned()),
             push_tokens: profile.active_push_tokens().map(|token| token.as_str().to_owned()).collect(),
-            devices: profile.devices.iter().map(DeviceView::from).collect(),
+            devices: profile.active_devices().map(DeviceView::from).collect(),
             created_at: rfc3339(user.created_at),
             updated_at: rfc3339(user.updated_at),
         }
     }
 }
+
+/// The version of the cached representation's format: change it whenever what
+/// [`UserView`] serializes changes (fields or meaning), so that no instance ever serves an
+/// entry written by code with another idea of it (`v2`: `devices` holds active devices only).
+pub const CACHE_FORMAT_VERSION: &str = "v2";
 
 /// Serializes profiles as [`UserView`] JSON: what `GET /api/v1/users/{id}` puts in `data`
 /// and what the cache stores.

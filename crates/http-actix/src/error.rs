@@ -55,6 +55,17 @@ pub struct ErrorEnvelope {
     pub details: Vec<FieldDetail>,
 }
 
+/// Why a request was refused with 401 or 403, for the operator: carried on the response to
+/// the request log (see `middleware`), which warns about it with the hint. Callers see only
+/// the envelope's message; a hint never holds a credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure {
+    /// A short machine-readable reason (`missing_credential`, `unknown_service_key`, ...).
+    pub reason: &'static str,
+    /// What was missing or wrong, and what the operator can set.
+    pub hint: Cow<'static, str>,
+}
+
 /// An error answer: status, code, message and optional field details.
 #[derive(Debug)]
 pub struct ApiError {
@@ -66,11 +77,32 @@ pub struct ApiError {
     cause: Option<domain::error::BoxError>,
     /// Seconds to wait before retrying (429, 503).
     retry_after: Option<u64>,
+    /// Why authentication or authorization failed (401, 403), for the log (boxed: most
+    /// errors have none, and `ApiError` stays small).
+    auth_failure: Option<Box<AuthFailure>>,
 }
+
+/// What every credential-less caller is told to fix, in the operator's log.
+const MISSING_CREDENTIAL_HINT: &str = "the request carried neither X-Service-Key nor Authorization: Bearer. \
+     Clients that cannot send a credential (the seed's gateway and push sender) need TRUST_INTERNAL_NETWORK=true, \
+     which lets them read users and eligibility and deactivate devices; other services send X-Service-Key with a \
+     key from SERVICE_API_KEYS";
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { status, code, message: message.into(), details: Vec::new(), cause: None, retry_after: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+            cause: None,
+            retry_after: None,
+            auth_failure: None,
+        }
+    }
+
+    fn with_auth_failure(self, reason: &'static str, hint: impl Into<Cow<'static, str>>) -> Self {
+        Self { auth_failure: Some(Box::new(AuthFailure { reason, hint: hint.into() })), ..self }
     }
 
     /// 400: the body is not valid JSON.
@@ -78,9 +110,13 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
     }
 
-    /// 400: a path id is not a UUID.
+    /// 400: a path id is not a UUID in canonical spelling.
     pub fn invalid_id() -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_id", "the id in the path must be a UUID")
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("the id in the path {}", domain::user::CANONICAL_ID_FORM),
+        )
     }
 
     /// 400: the query string is malformed.
@@ -132,16 +168,37 @@ impl ApiError {
             "authentication_required",
             "send X-Service-Key or Authorization: Bearer <access token>",
         )
+        .with_auth_failure("missing_credential", MISSING_CREDENTIAL_HINT)
     }
 
-    /// 401: a credential that is wrong, expired or revoked (which one is not said).
-    pub fn invalid_credential() -> Self {
+    /// 401: a credential that is wrong, expired or revoked. The caller is not told which;
+    /// `reason` and `hint` tell the operator.
+    pub fn invalid_credential(reason: &'static str, hint: &'static str) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "the credential is invalid, expired or revoked")
+            .with_auth_failure(reason, hint)
     }
 
-    /// 403: authenticated, but this is not the caller's to read or change.
-    pub fn forbidden(_denied: domain::auth::AccessDenied) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", "not allowed for this caller")
+    /// 403: authenticated, but not allowed this; the message says what would be needed.
+    pub fn forbidden(denied: domain::auth::AccessDenied) -> Self {
+        use domain::auth::AccessDenied;
+        let (reason, hint): (&'static str, Cow<'static, str>) = match denied {
+            AccessDenied::MissingScope(scope) => (
+                "missing_scope",
+                format!(
+                    "add {scope} to the scopes of this caller's key in SERVICE_API_KEYS (name:key:scope,scope;...); \
+                     callers without a key (TRUST_INTERNAL_NETWORK) only read users and eligibility and deactivate devices"
+                )
+                .into(),
+            ),
+            AccessDenied::NotOwner => {
+                ("not_owner", "an end user's access token reached for another user's data".into())
+            }
+            AccessDenied::ServicesOnly => ("services_only", "an end user called a service-only route".into()),
+            AccessDenied::OwnerOnly => {
+                ("owner_only", "only the user itself may do this, with its own access token".into())
+            }
+        };
+        Self::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string()).with_auth_failure(reason, hint)
     }
 
     /// 429: over an abuse limit.
@@ -249,6 +306,9 @@ impl ResponseError for ApiError {
             }
         }
         let mut response = HttpResponse::build(self.status).json(self.envelope());
+        if let Some(failure) = &self.auth_failure {
+            response.extensions_mut().insert(AuthFailure::clone(failure));
+        }
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
@@ -262,11 +322,14 @@ impl ResponseError for ApiError {
 /// The error statuses any operation may answer, each with the `ErrorEnvelope` body.
 /// Operations narrow the list with `error_code = ...` in `#[api_operation]`.
 const DOCUMENTED_ERRORS: [(u16, &str); 11] = [
-    (400, "Malformed JSON (`invalid_json`), malformed path id (`invalid_id`) or query (`invalid_query`)"),
+    (
+        400,
+        "Malformed JSON (`invalid_json`), a path id not in canonical spelling (`invalid_id`: lower-case, hyphenated), or a malformed or unexpected query string (`invalid_query`)",
+    ),
     (401, "No credential (`authentication_required`), or a wrong, expired or revoked one (`invalid_credentials`)"),
     (
         403,
-        "Authenticated, but not the caller's resource (`forbidden`), or a wrong current password (`invalid_current_password`)",
+        "Authenticated, but not allowed (`forbidden`; the message names what is missing, e.g. a service key's scope), or a wrong current password (`invalid_current_password`)",
     ),
     (404, "Unknown user (`user_not_found`) or device (`device_not_found`)"),
     (

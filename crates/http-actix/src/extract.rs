@@ -1,6 +1,7 @@
 //! Request extractors that answer every failure with the envelope: JSON bodies (415, 413,
-//! 400 for syntax, 422 with the field path for well-formed but wrong fields) and path ids
-//! (400 `invalid_id`).
+//! 400 for syntax, 422 with the field path for well-formed but wrong fields), user ids in
+//! paths (400 `invalid_id` for anything but the canonical spelling, as sent on the wire) and
+//! query strings on routes that take none (400 `invalid_query`).
 
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
@@ -8,7 +9,9 @@ use actix_web::web::Bytes;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError};
 use apistos::ApiComponent;
 use apistos::Schema;
+use apistos::paths::{Parameter, ParameterDefinition, ParameterIn};
 use apistos::reference_or::ReferenceOr;
+use domain::user::UserId;
 use domain::{FieldError, InvalidValue};
 use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
@@ -96,7 +99,118 @@ impl<T: ApiComponent> ApiComponent for JsonBody<T> {
     }
 }
 
-/// Turns the error of an actix `Path` extraction (a malformed UUID) into `invalid_id`.
+/// The user id of a route's `{id}` (or legacy `{user_id}`) segment.
+///
+/// Read from the path as the client sent it, before any percent-decoding, and accepted only
+/// in canonical spelling (`UserId::parse`): a client that caches our answers under the id as
+/// it spelled it (the seed's gateway keys `usercache:{id}` by its own spelling) must not be
+/// able to hold a copy under a key our invalidations never delete, and `%30…` decodes to the
+/// same id as `0…`.
+#[derive(Debug, Clone, Copy)]
+pub struct UserIdPath(pub UserId);
+
+/// The names a route may give its user id segment.
+const USER_ID_SEGMENTS: [&str; 2] = ["{id}", "{user_id}"];
+
+/// The raw (not percent-decoded) path segment that the route's pattern names `{id}` or
+/// `{user_id}`. User ids come before any tail segment that may hold slashes (`{device:.+}`),
+/// so segments of the pattern and of the path line up up to it.
+fn raw_user_id_segment(request: &HttpRequest) -> Option<&str> {
+    let pattern = request.match_pattern()?;
+    let index = pattern.split('/').position(|segment| USER_ID_SEGMENTS.contains(&segment))?;
+    request.uri().path().split('/').nth(index)
+}
+
+impl FromRequest for UserIdPath {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let id = raw_user_id_segment(request).and_then(|raw| UserId::parse(raw).ok());
+        std::future::ready(id.map(Self).ok_or_else(ApiError::invalid_id))
+    }
+}
+
+/// The JSON schema of a canonical id (also used for ids in bodies).
+pub fn canonical_id_schema() -> schemars::schema::Schema {
+    schemars::schema::SchemaObject {
+        instance_type: Some(schemars::schema::InstanceType::String.into()),
+        format: Some("uuid".to_owned()),
+        string: Some(Box::new(schemars::schema::StringValidation {
+            pattern: Some(CANONICAL_ID_PATTERN.to_owned()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+    .into()
+}
+
+/// The one spelling of an id: lower-case hexadecimal, hyphenated 8-4-4-4-12.
+const CANONICAL_ID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+
+impl ApiComponent for UserIdPath {
+    fn child_schemas() -> Vec<(String, ReferenceOr<Schema>)> {
+        Vec::new()
+    }
+
+    fn schema() -> Option<(String, ReferenceOr<Schema>)> {
+        None
+    }
+
+    fn request_body() -> Option<apistos::paths::RequestBody> {
+        None
+    }
+
+    fn parameters() -> Vec<Parameter> {
+        vec![Parameter {
+            // apistos names path parameters after the route's pattern.
+            name: String::new(),
+            _in: ParameterIn::Path,
+            description: Some(
+                "The user id, in canonical form only (lower-case, hyphenated); any other spelling is 400 `invalid_id`."
+                    .to_owned(),
+            ),
+            required: Some(true),
+            definition: Some(ParameterDefinition::Schema(Box::new(ReferenceOr::Object(canonical_id_schema())))),
+            ..Default::default()
+        }]
+    }
+}
+
+/// A query string on a route that takes none: refused (400 `invalid_query`) rather than
+/// ignored, since a client that keys its cache by URL (`/users/{id}?x`) would otherwise hold a
+/// copy of our answer that no invalidation names.
+#[derive(Debug, Clone, Copy)]
+pub struct NoQuery;
+
+impl FromRequest for NoQuery {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        std::future::ready(if request.query_string().is_empty() {
+            Ok(Self)
+        } else {
+            Err(ApiError::invalid_query("this route takes no query string"))
+        })
+    }
+}
+
+impl ApiComponent for NoQuery {
+    fn child_schemas() -> Vec<(String, ReferenceOr<Schema>)> {
+        Vec::new()
+    }
+
+    fn schema() -> Option<(String, ReferenceOr<Schema>)> {
+        None
+    }
+
+    fn request_body() -> Option<apistos::paths::RequestBody> {
+        None
+    }
+}
+
+/// Turns the error of an actix `Path` extraction into `invalid_id`.
 pub fn path_error(_error: actix_web::error::PathError, _request: &HttpRequest) -> actix_web::Error {
     ApiError::invalid_id().into()
 }

@@ -170,4 +170,8 @@ impl ProfileCache for MeteredCache {
     async fn health(&self) -> CacheHealth {
         self.inner.health().await
     }
+
+    async fn finish_pending(&self) {
+        self.inner.finish_pending().await;
+    }
 }

@@ -1,17 +1,23 @@
-//! The request context middleware: request ids, one access-log line per request, and the
-//! envelope on every error response, including those the framework produces itself.
+//! The request context middleware: request ids, one access-log line per request (naming the
+//! caller, never its credential), a throttled warning with a hint for every refused
+//! credential, and the envelope on every error response, including those the framework
+//! produces itself.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web::Data;
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpMessage, HttpResponse, ResponseError};
+use adapters_memory::MemoryRateLimiter;
+use domain::rate_limit::{RateDecision, RateLimit, RateLimiter};
 use tracing::Instrument;
 
-use crate::error::ApiError;
+use crate::auth::CallerName;
+use crate::auth::client_address::client_address;
+use crate::error::{ApiError, AuthFailure};
 use crate::startup::AppState;
 
 /// The header carrying the request id, in and out.
@@ -63,12 +69,67 @@ pub async fn request_context(
 
     let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let elapsed = started.elapsed();
+    let caller = response.request().extensions().get::<CallerName>().map(|name| name.0.clone());
+    let auth_failure = response.response().extensions().get::<AuthFailure>().cloned();
     if let Some(state) = response.request().app_data::<Data<AppState>>() {
         state.metrics.observe_request(&route, method.as_str(), status.as_u16(), elapsed);
+        if let Some(failure) = auth_failure {
+            let address = client_address(response.request(), &state.limits.trusted_proxies);
+            let address = address.map_or_else(|| "unknown".to_owned(), |address| address.to_string());
+            if state.auth_failure_log.first_in_window(&address, failure.reason).await {
+                span.in_scope(|| {
+                    tracing::warn!(
+                        route = %route,
+                        status = status.as_u16(),
+                        client = %address,
+                        caller = caller.as_deref().unwrap_or("-"),
+                        reason = failure.reason,
+                        hint = %failure.hint,
+                        "request refused: {} (logged once a minute per client address and reason)",
+                        failure.reason
+                    );
+                });
+            }
+        }
     }
     let latency_ms = elapsed.as_secs_f64() * 1_000.0;
     span.in_scope(|| {
-        tracing::info!(route = %route, status = status.as_u16(), latency_ms, "request completed");
+        tracing::info!(
+            route = %route,
+            status = status.as_u16(),
+            latency_ms,
+            caller = caller.as_deref().unwrap_or("-"),
+            "request completed"
+        );
     });
     Ok(response)
+}
+
+/// Throttles the warnings about refused credentials: the first per client address and
+/// reason in each minute is logged, so that an operator sees every kind of seam between a
+/// client and this service, and a hostile caller cannot flood the log.
+#[derive(Debug)]
+pub struct AuthFailureLog {
+    seen: MemoryRateLimiter,
+}
+
+/// One warning per client address and reason in this window.
+const AUTH_FAILURE_LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// The most (address, reason) pairs remembered; beyond, the oldest windows are forgotten
+/// early and their next failure is logged again.
+const AUTH_FAILURE_LOG_MAX_KEYS: usize = 10_000;
+
+impl Default for AuthFailureLog {
+    fn default() -> Self {
+        Self { seen: MemoryRateLimiter::with_max_keys(AUTH_FAILURE_LOG_MAX_KEYS) }
+    }
+}
+
+impl AuthFailureLog {
+    /// Whether this is the first failure for `reason` from `address` in the current window.
+    pub async fn first_in_window(&self, address: &str, reason: &str) -> bool {
+        let once = RateLimit { limit: 1, window: AUTH_FAILURE_LOG_WINDOW };
+        matches!(self.seen.hit(&format!("{address}|{reason}"), once).await, Ok(RateDecision::Allowed))
+    }
 }

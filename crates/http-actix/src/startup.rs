@@ -7,6 +7,18 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::abuse::Limits;
+use crate::auth::{AuthSettings, INTERNAL_NETWORK, ServiceKeys, TokenKeys};
+use crate::config::{CacheSettings, Settings};
+use crate::dto::{CACHE_FORMAT_VERSION, JsonProfileEncoder};
+use crate::error::ApiError;
+use crate::extract;
+use crate::idempotency::IdempotencySettings;
+use crate::metrics::{MeteredCache, Metrics};
+use crate::middleware::{AuthFailureLog, request_context};
+use crate::password::Argon2Hasher;
+use crate::routes;
+use crate::store::Store;
 use actix_web::dev::Server;
 use actix_web::middleware::{Compress, from_fn};
 use actix_web::web::{self, Data};
@@ -19,24 +31,11 @@ use apistos::info::Info;
 use apistos::security::{ApiKey, ApiKeyIn, Http, SecurityScheme, SecurityType};
 use apistos::spec::Spec;
 use apistos::tag::Tag;
-use domain::cache::{NoCache, ProfileCache};
+use domain::auth::{Scope, Scopes};
+use domain::cache::{InvalidationsOnly, NoCache, ProfileCache};
 use domain::ports::{HealthProbe, SystemClock};
 use domain::rate_limit::{FallbackRateLimiter, RateLimit, RateLimiter};
 use domain::service::{Ports, UserService};
-use secrecy::ExposeSecret;
-
-use crate::abuse::Limits;
-use crate::auth::{AuthSettings, ServiceKeys, TokenKeys};
-use crate::config::Settings;
-use crate::dto::JsonProfileEncoder;
-use crate::error::ApiError;
-use crate::extract;
-use crate::idempotency::IdempotencySettings;
-use crate::metrics::{MeteredCache, Metrics};
-use crate::middleware::request_context;
-use crate::password::Argon2Hasher;
-use crate::routes;
-use crate::store::Store;
 
 /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
 const SHUTDOWN_GRACE_SECONDS: u64 = 10;
@@ -63,6 +62,9 @@ pub struct AppState {
     pub hasher: Argon2Hasher,
     /// When the service started, for `uptime_seconds`.
     pub started_at: Instant,
+    /// Keeps the warnings about refused credentials to one per client address and reason
+    /// per minute.
+    pub auth_failure_log: AuthFailureLog,
 }
 
 impl std::fmt::Debug for AppState {
@@ -76,6 +78,7 @@ pub struct Application {
     port: u16,
     server: Server,
     store: Store,
+    cache: Arc<dyn ProfileCache>,
 }
 
 impl std::fmt::Debug for Application {
@@ -101,7 +104,12 @@ fn security_schemes() -> Vec<BTreeMap<String, SecurityScheme>> {
         scheme(
             "ServiceKey",
             SecurityType::ApiKey(ApiKey { name: "X-Service-Key".to_owned(), _in: ApiKeyIn::Header }),
-            "A key from SERVICE_API_KEYS; service callers may do everything.",
+            &format!(
+                "A key from SERVICE_API_KEYS. Each key carries scopes ({}, or * for all); each operation names \
+                 the one it needs, and a missing scope is 403. Without a key, TRUST_INTERNAL_NETWORK grants {} only.",
+                Scope::ALL.map(Scope::name).join(", "),
+                Scopes::INTERNAL_NETWORK
+            ),
         ),
         scheme(
             "BearerAuth",
@@ -143,14 +151,35 @@ fn openapi_spec() -> Spec {
     }
 }
 
-/// The Redis cache when `REDIS_URL` is set, else none. Never connects here: the service
-/// starts while Redis is down.
+/// The Redis cache when `REDIS_URL` is set, else the in-process one; with
+/// `CACHE_ENABLED=false`, none, except that Redis still deletes the downstream copies of
+/// `CACHE_INVALIDATE_EXTRA_KEYS`. Never connects here: the service starts while Redis is down.
 fn build_cache(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn ProfileCache>> {
+    let redis = match &settings.cache {
+        Some(cache) => Some(build_redis_cache(cache)?),
+        None => {
+            let templates = &settings.extra_invalidation_keys_without_redis;
+            if !templates.is_empty() {
+                tracing::warn!(
+                    templates = ?templates,
+                    "CACHE_INVALIDATE_EXTRA_KEYS is set without REDIS_URL: downstream copies are NOT deleted; \
+                     set REDIS_URL to the Redis server and database the gateway caches in"
+                );
+            }
+            None
+        }
+    };
     if !settings.cache_enabled {
         tracing::info!(cache = "disabled", "CACHE_ENABLED=false: every read goes to the store");
-        return Ok(Arc::new(NoCache));
+        return Ok(match redis {
+            // Downstream copies stay as exact as with caching on.
+            Some(redis) if settings.cache.as_ref().is_some_and(|cache| !cache.extra_invalidation_keys.is_empty()) => {
+                Arc::new(MeteredCache::new(Arc::new(InvalidationsOnly(redis)), Arc::clone(metrics)))
+            }
+            _ => Arc::new(NoCache),
+        });
     }
-    let Some(cache) = &settings.cache else {
+    let Some(redis) = redis else {
         if settings.database.url.is_some() {
             tracing::warn!(
                 "PostgreSQL without REDIS_URL: users are cached in process, which is coherent only \
@@ -162,17 +191,37 @@ fn build_cache(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<Ar
         let memory = MemoryCache::new(MemoryCacheConfig { ttl: settings.cache_ttl, ..MemoryCacheConfig::default() });
         return Ok(Arc::new(MeteredCache::new(Arc::new(memory), Arc::clone(metrics))));
     };
+    Ok(Arc::new(MeteredCache::new(redis, Arc::clone(metrics))))
+}
+
+/// The Redis cache of `cache`, logging where it deletes downstream copies.
+fn build_redis_cache(cache: &CacheSettings) -> anyhow::Result<Arc<dyn ProfileCache>> {
     let config = RedisCacheConfig {
         ttl: cache.ttl,
         key_prefix: cache.key_prefix.clone(),
+        format_version: CACHE_FORMAT_VERSION.to_owned(),
         timeout: cache.timeout,
         extra_invalidation_keys: cache.extra_invalidation_keys.clone(),
+        extra_invalidation_delays: cache.extra_invalidation_delays.clone(),
         ..RedisCacheConfig::new(cache.url.clone())
     };
     let redacted_url = config.redacted_url();
+    let database = config.database();
     let redis = RedisCache::build(config).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
     tracing::info!(url = %redacted_url, ttl_seconds = cache.ttl.as_secs(), "caching users in Redis");
-    Ok(Arc::new(MeteredCache::new(Arc::new(redis), Arc::clone(metrics))))
+    if !cache.extra_invalidation_keys.is_empty() {
+        let delays: Vec<String> =
+            cache.extra_invalidation_delays.iter().map(|delay| format!("{}ms", delay.as_millis())).collect();
+        tracing::info!(
+            templates = ?cache.extra_invalidation_keys,
+            redis_database = database.unwrap_or_default(),
+            url = %redacted_url,
+            follow_up_delays = ?delays,
+            "deleting downstream copies on every change (CACHE_INVALIDATE_EXTRA_KEYS) in this Redis database, and \
+             again after each follow-up delay; the client caching them must use the same Redis server and database"
+        );
+    }
+    Ok(Arc::new(redis))
 }
 
 /// Service keys and token keys; warns when the network is trusted instead.
@@ -180,8 +229,9 @@ fn auth_settings(settings: &Settings) -> AuthSettings {
     let config = &settings.auth;
     if config.trust_internal_network {
         tracing::warn!(
-            "TRUST_INTERNAL_NETWORK is on: requests without credentials act as a service caller; \
-             only run like this behind a network that authenticates its callers"
+            scopes = %Scopes::INTERNAL_NETWORK,
+            "TRUST_INTERNAL_NETWORK is on: requests without credentials act as the service {INTERNAL_NETWORK} \
+             with these scopes only; run like this only behind a network that authenticates its callers"
         );
     }
     if config.secret_key_generated {
@@ -193,8 +243,12 @@ fn auth_settings(settings: &Settings) -> AuthSettings {
     if config.service_api_keys.is_empty() && !config.trust_internal_network {
         tracing::info!("no SERVICE_API_KEYS: only end users with access tokens can call protected routes");
     }
+    let service_keys = ServiceKeys::new(&config.service_api_keys);
+    if !config.service_api_keys.is_empty() {
+        tracing::info!(callers = ?service_keys.describe(), "service keys accepted (name and scopes)");
+    }
     AuthSettings {
-        service_keys: ServiceKeys::new(config.service_api_keys.iter().map(|key| key.expose_secret())),
+        service_keys,
         tokens: TokenKeys::new(
             config.secret_key.clone(),
             config.jwt_issuer.clone(),
@@ -271,6 +325,7 @@ impl Application {
             encoder: Arc::new(JsonProfileEncoder),
         });
         spawn_idempotency_purge(store.clone());
+        let cache_to_finish = cache.clone();
         let state = Data::new(AppState {
             service,
             database: store.probe(),
@@ -288,6 +343,7 @@ impl Application {
             },
             hasher,
             started_at: Instant::now(),
+            auth_failure_log: AuthFailureLog::default(),
         });
 
         let listener = TcpListener::bind((settings.host, settings.port))?;
@@ -312,7 +368,7 @@ impl Application {
         .shutdown_timeout(SHUTDOWN_GRACE_SECONDS)
         .listen(listener)?
         .run();
-        Ok(Self { port, server, store })
+        Ok(Self { port, server, store, cache: cache_to_finish })
     }
 
     /// The port the server listens on.
@@ -321,9 +377,12 @@ impl Application {
     }
 
     /// Serves until the server is stopped. SIGTERM and SIGINT stop accepting connections,
-    /// let in-flight requests finish (up to 10 s), then close the database pool.
+    /// let in-flight requests finish (up to 10 s), let the cache finish what outlives the
+    /// writes (pending invalidations, follow-up deletions: a few seconds at most), then close
+    /// the database pool.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
+        self.cache.finish_pending().await;
         self.store.close();
         tracing::info!("user-service stopped");
         served

@@ -1,10 +1,12 @@
 //! Authentication: who is calling. Service callers present `X-Service-Key` (compared in
-//! constant time with `SERVICE_API_KEYS`); end users present `Authorization: Bearer` with
-//! an access token from `/api/v1/auth/login`. With `TRUST_INTERNAL_NETWORK`, calls without
-//! any credential act as a service caller. A credential that is present but wrong is
-//! always 401, never silently ignored.
+//! constant time with `SERVICE_API_KEYS`, each key with a name and scopes); end users present
+//! `Authorization: Bearer` with an access token from `/api/v1/auth/login`. With
+//! `TRUST_INTERNAL_NETWORK`, calls without any credential act as the service
+//! `internal-network`, with only the scopes of the seed's two credential-less clients. A
+//! credential that is present but wrong is always 401, never silently ignored.
 //!
-//! What each principal may do is the domain's rule (`domain::auth::Principal`).
+//! What each principal may do is the domain's rule (`domain::auth::Principal`); each
+//! handler names the [`Scope`] its route needs when it authorizes the caller.
 
 pub mod client_address;
 pub mod token;
@@ -15,15 +17,17 @@ use std::pin::Pin;
 use actix_web::dev::Payload;
 use actix_web::http::header::{self, HeaderName};
 use actix_web::web::Data;
-use actix_web::{FromRequest, HttpRequest};
+use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use apistos::ApiComponent;
 use apistos::Schema;
 use apistos::reference_or::ReferenceOr;
-use domain::auth::Principal;
+use domain::auth::{Principal, Scope, Scopes, ServiceProof};
 use domain::user::UserId;
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::ServiceKeyConfig;
 use crate::error::ApiError;
 use crate::startup::AppState;
 pub use token::TokenKeys;
@@ -31,15 +35,27 @@ pub use token::TokenKeys;
 /// The header carrying a service key.
 pub static SERVICE_KEY: HeaderName = HeaderName::from_static("x-service-key");
 
-/// The accepted service keys, kept only as SHA-256 digests.
+/// The name of callers the network vouches for (`TRUST_INTERNAL_NETWORK`).
+pub const INTERNAL_NETWORK: &str = "internal-network";
+
+/// One accepted key: its SHA-256 digest (the key itself is not kept), name and scopes.
+#[derive(Clone)]
+struct AcceptedKey {
+    digest: [u8; 32],
+    name: String,
+    scopes: Scopes,
+}
+
+/// The accepted service keys.
 #[derive(Clone, Default)]
 pub struct ServiceKeys {
-    digests: Vec<[u8; 32]>,
+    keys: Vec<AcceptedKey>,
 }
 
 impl std::fmt::Debug for ServiceKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceKeys").field("count", &self.digests.len()).finish()
+        let names: Vec<&str> = self.keys.iter().map(|key| key.name.as_str()).collect();
+        f.debug_struct("ServiceKeys").field("names", &names).finish()
     }
 }
 
@@ -48,23 +64,39 @@ fn digest(value: &[u8]) -> [u8; 32] {
 }
 
 impl ServiceKeys {
-    /// Accepts these keys.
-    pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
-        Self { digests: keys.into_iter().map(|key| digest(key.as_bytes())).collect() }
+    /// Accepts these keys. A key configured without a name is named `key-` and the first
+    /// bytes of its digest, which identify it without revealing it.
+    pub fn new(keys: &[ServiceKeyConfig]) -> Self {
+        let keys = keys
+            .iter()
+            .map(|config| {
+                let digest = digest(config.key.expose_secret().as_bytes());
+                let name = config.name.clone().unwrap_or_else(|| {
+                    let prefix: String = digest[..4].iter().map(|byte| format!("{byte:02x}")).collect();
+                    format!("key-{prefix}")
+                });
+                AcceptedKey { digest, name, scopes: config.scopes }
+            })
+            .collect();
+        Self { keys }
     }
 
-    /// The non-secret name of the matching key (the first bytes of its digest), comparing
-    /// with every key in constant time so that timing reveals neither which key nor how
-    /// much of one matched.
-    pub fn identify(&self, presented: &[u8]) -> Option<String> {
+    /// The names and scopes of the accepted keys, for the start-up log.
+    pub fn describe(&self) -> Vec<String> {
+        self.keys.iter().map(|key| format!("{} ({})", key.name, key.scopes)).collect()
+    }
+
+    /// The service the presented key belongs to, comparing with every key in constant time
+    /// so that timing reveals neither which key nor how much of one matched.
+    pub fn identify(&self, presented: &[u8]) -> Option<Principal> {
         let presented = digest(presented);
         let mut matched = None;
-        for candidate in &self.digests {
-            if bool::from(candidate.ct_eq(&presented)) {
+        for candidate in &self.keys {
+            if bool::from(candidate.digest.ct_eq(&presented)) {
                 matched = Some(candidate);
             }
         }
-        matched.map(|digest| digest[..4].iter().map(|byte| format!("{byte:02x}")).collect())
+        matched.map(|key| Principal::Service { name: key.name.clone(), scopes: key.scopes, proof: ServiceProof::Key })
     }
 }
 
@@ -75,54 +107,87 @@ pub struct AuthSettings {
     pub service_keys: ServiceKeys,
     /// Access-token keys.
     pub tokens: TokenKeys,
-    /// Whether calls without credentials act as a service caller.
+    /// Whether calls without credentials act as [`INTERNAL_NETWORK`].
     pub trust_internal_network: bool,
 }
+
+/// The resolved caller's name (never a credential), kept on the request for its log line.
+#[derive(Debug, Clone)]
+pub struct CallerName(pub String);
 
 /// Resolves the caller of a request: `Ok(None)` when it presented no credential.
 async fn resolve(state: &AppState, request: &HttpRequest) -> Result<Option<Principal>, ApiError> {
     let auth = &state.auth;
     if let Some(key) = request.headers().get(&SERVICE_KEY) {
-        let credential = auth.service_keys.identify(key.as_bytes()).ok_or_else(ApiError::invalid_credential)?;
-        return Ok(Some(Principal::Service { credential }));
+        return auth.service_keys.identify(key.as_bytes()).map(Some).ok_or_else(|| {
+            ApiError::invalid_credential(
+                "unknown_service_key",
+                "X-Service-Key matches none of SERVICE_API_KEYS: compare the caller's key with the configured \
+                 ones (exact bytes: no quotes, spaces or line breaks)",
+            )
+        });
     }
     if let Some(value) = request.headers().get(header::AUTHORIZATION) {
         let token = value
             .to_str()
             .ok()
             .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
-            .ok_or_else(ApiError::invalid_credential)?;
+            .ok_or_else(|| {
+                ApiError::invalid_credential(
+                    "malformed_authorization",
+                    "Authorization must be `Bearer <access token>` from POST /api/v1/auth/login; services send \
+                     X-Service-Key instead",
+                )
+            })?;
+        let invalid_token = || {
+            ApiError::invalid_credential(
+                "invalid_access_token",
+                "the bearer token is malformed, expired, signed with another SECRET_KEY (did it change, or \
+                 differ between instances?), or revoked by a password change or the user's erasure: the user \
+                 logs in again",
+            )
+        };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let claims = auth.tokens.verify(token.trim(), now).map_err(|error| {
             tracing::debug!(%error, "access token refused");
-            ApiError::invalid_credential()
+            invalid_token()
         })?;
         let user = UserId::from(claims.sub);
         // A password change (or the user's deletion) revokes earlier tokens.
-        match state.service.token_version(user).await? {
-            Some(version) if version == claims.ver => return Ok(Some(Principal::User(user))),
-            _ => return Err(ApiError::invalid_credential()),
-        }
+        return match state.service.token_version(user).await? {
+            Some(version) if version == claims.ver => Ok(Some(Principal::User(user))),
+            _ => Err(invalid_token()),
+        };
     }
     if auth.trust_internal_network {
-        return Ok(Some(Principal::Service { credential: "internal-network".to_owned() }));
+        return Ok(Some(Principal::Service {
+            name: INTERNAL_NETWORK.to_owned(),
+            scopes: Scopes::INTERNAL_NETWORK,
+            proof: ServiceProof::Network,
+        }));
     }
     Ok(None)
 }
 
 type ResolveFuture<T> = Pin<Box<dyn Future<Output = Result<T, ApiError>>>>;
 
+/// Resolves the caller and names it on the request for the log line.
 fn resolve_request(request: &HttpRequest) -> ResolveFuture<Option<Principal>> {
     let request = request.clone();
     Box::pin(async move {
         let state = request
             .app_data::<Data<AppState>>()
             .ok_or_else(|| ApiError::internal("the application state is missing".into()))?;
-        resolve(state, &request).await
+        let principal = resolve(state, &request).await?;
+        if let Some(principal) = &principal {
+            request.extensions_mut().insert(CallerName(principal.name()));
+        }
+        Ok(principal)
     })
 }
 
-/// An authenticated caller; a request without credentials is refused with 401.
+/// An authenticated caller; a request without credentials is refused with 401. Handlers
+/// authorize it for what their route does with [`Caller::user`].
 #[derive(Debug, Clone)]
 pub struct Caller(pub Principal);
 
@@ -133,6 +198,15 @@ impl FromRequest for Caller {
     fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let resolving = resolve_request(request);
         Box::pin(async move { resolving.await?.map(Caller).ok_or_else(ApiError::authentication_required) })
+    }
+}
+
+impl Caller {
+    /// The user `id` names, if the caller may do what `scope` covers on that user's data
+    /// (403 naming what is missing, if not).
+    pub fn user(&self, id: UserId, scope: Scope) -> Result<UserId, ApiError> {
+        self.0.authorize_for_user(id, scope).map_err(ApiError::forbidden)?;
+        Ok(id)
     }
 }
 
@@ -150,19 +224,11 @@ impl FromRequest for MaybeCaller {
     }
 }
 
-impl Caller {
-    /// The user `id` names, if the caller may read or change that user's data (403 if not).
-    pub fn user(&self, id: uuid::Uuid) -> Result<UserId, ApiError> {
-        let user = UserId::from(id);
-        self.0.may_access(user).map_err(ApiError::forbidden)?;
-        Ok(user)
-    }
-}
-
-/// A caller that must be a service (lists and bulk routes): 401 without credentials, 403
-/// for end users.
+/// A caller of a route across users (lists, bulk routes): 401 without credentials; handlers
+/// authorize it with [`ServiceCaller::authorize`] (403 for end users and for services
+/// without the route's scope).
 #[derive(Debug, Clone)]
-pub struct ServiceCaller(pub Principal);
+pub struct ServiceCaller(Principal);
 
 impl FromRequest for ServiceCaller {
     type Error = ApiError;
@@ -170,18 +236,21 @@ impl FromRequest for ServiceCaller {
 
     fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let resolving = resolve_request(request);
-        Box::pin(async move {
-            let principal = resolving.await?.ok_or_else(ApiError::authentication_required)?;
-            principal.require_service().map_err(ApiError::forbidden)?;
-            Ok(ServiceCaller(principal))
-        })
+        Box::pin(async move { Ok(ServiceCaller(resolving.await?.ok_or_else(ApiError::authentication_required)?)) })
+    }
+}
+
+impl ServiceCaller {
+    /// Checks that the caller is a service holding `scope`.
+    pub fn authorize(&self, scope: Scope) -> Result<(), ApiError> {
+        self.0.authorize_across_users(scope).map_err(ApiError::forbidden)
     }
 }
 
 /// A caller that must be an end user (changing one's own password): 401 without
 /// credentials, 403 for services.
 #[derive(Debug, Clone)]
-pub struct UserCaller(pub UserId);
+pub struct UserCaller(pub Principal);
 
 impl FromRequest for UserCaller {
     type Error = ApiError;
@@ -189,12 +258,15 @@ impl FromRequest for UserCaller {
 
     fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let resolving = resolve_request(request);
-        Box::pin(async move {
-            match resolving.await?.ok_or_else(ApiError::authentication_required)? {
-                Principal::User(user) => Ok(UserCaller(user)),
-                Principal::Service { .. } => Err(ApiError::forbidden(domain::auth::AccessDenied)),
-            }
-        })
+        Box::pin(async move { Ok(UserCaller(resolving.await?.ok_or_else(ApiError::authentication_required)?)) })
+    }
+}
+
+impl UserCaller {
+    /// `user`, if the caller is that user itself.
+    pub fn owner(&self, user: UserId) -> Result<UserId, ApiError> {
+        self.0.require_owner(user).map_err(ApiError::forbidden)?;
+        Ok(user)
     }
 }
 
@@ -224,17 +296,34 @@ caller_component!(UserCaller, Some("BearerAuth"));
 
 #[cfg(test)]
 mod tests {
+    use secrecy::SecretString;
+
     use super::*;
 
+    fn key(name: Option<&str>, key: &str, scopes: Scopes) -> ServiceKeyConfig {
+        ServiceKeyConfig { name: name.map(str::to_owned), key: SecretString::from(key.to_owned()), scopes }
+    }
+
     #[test]
-    fn only_configured_service_keys_are_identified_by_a_stable_non_secret_name() {
-        let keys = ServiceKeys::new(["gateway-key-0123456789", "sender-key-0123456789"]);
-        let gateway = keys.identify(b"gateway-key-0123456789").unwrap();
-        assert_eq!(gateway.len(), 8);
-        assert!(!"gateway-key-0123456789".contains(&gateway));
-        assert_ne!(Some(gateway), keys.identify(b"sender-key-0123456789"));
+    fn only_configured_service_keys_are_identified_with_their_name_and_scopes() {
+        let reader = Scopes::of(&[Scope::UsersRead]);
+        let keys = ServiceKeys::new(&[
+            key(Some("gateway"), "gateway-key-0123456789", reader),
+            key(None, "sender-key-0123456789", Scopes::ALL),
+        ]);
+        let Some(Principal::Service { name, scopes, proof }) = keys.identify(b"gateway-key-0123456789") else {
+            panic!("the gateway's key is accepted");
+        };
+        assert_eq!((name.as_str(), scopes, proof), ("gateway", reader, ServiceProof::Key));
+        let Some(Principal::Service { name, scopes, .. }) = keys.identify(b"sender-key-0123456789") else {
+            panic!("the unnamed key is accepted");
+        };
+        assert!(name.starts_with("key-") && name.len() == 12 && !"sender-key-0123456789".contains(&name[4..]));
+        assert_eq!(scopes, Scopes::ALL);
         assert_eq!(keys.identify(b"gateway-key-012345678"), None);
         assert_eq!(keys.identify(b""), None);
         assert_eq!(ServiceKeys::default().identify(b"anything"), None);
+        let described = keys.describe().join("; ");
+        assert!(described.contains("gateway (users.read)") && !described.contains("0123456789"), "{described}");
     }
 }

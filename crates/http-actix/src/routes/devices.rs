@@ -2,28 +2,31 @@
 //! and remove push devices.
 
 use actix_web::HttpRequest;
-use actix_web::web::{Data, Path};
+use actix_web::web::{Data, Path, Query};
 use apistos::api_operation;
 use domain::ServiceError;
+use domain::auth::Scope;
 use domain::device::{DeviceSelector, RegisteredDevice};
 use domain::idempotency::{Idempotent, StoredResponse};
 use domain::user::UserId;
-use uuid::Uuid;
+use schemars::JsonSchema;
+use serde::Deserialize;
 
 use crate::auth::Caller;
-use crate::dto::{DeviceView, RegisterDeviceRequest};
+use crate::dto::{DeviceListQuery, DeviceView, RegisterDeviceRequest};
 use crate::envelope::{NoContent, Ok, success_bytes};
 use crate::error::{ApiError, to_completion};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, UserIdPath};
 use crate::idempotency::{IdempotencyKeyHeader, Replayable, idempotent_write};
 use crate::startup::AppState;
+use apistos::ApiComponent;
 
 /// Register or refresh a device
 ///
 /// An upsert by token: a new token is 201 with `Location`; a known token (this user's or
 /// another user's, e.g. after a different user logged in on the device) is 200, moved to
 /// this user with `platform` and `active` updated and `last_seen_at` set to now. Never a
-/// duplicate.
+/// duplicate. Scope `devices.write`.
 #[api_operation(
     tag = "devices",
     error_code = 400,
@@ -39,14 +42,14 @@ pub async fn register(
     state: Data<AppState>,
     request: HttpRequest,
     caller: Caller,
-    id: Path<Uuid>,
+    id: UserIdPath,
     key: IdempotencyKeyHeader,
     body: JsonBody<RegisterDeviceRequest>,
 ) -> Result<Replayable<DeviceView>, ApiError> {
-    let user = caller.user(id.into_inner())?;
+    let user = caller.user(id.0, Scope::DevicesWrite)?;
     let JsonBody(dto, raw) = body;
     let registration = dto.into_domain()?;
-    let scope = Some(caller.0.scope());
+    let scope = Some(caller.0.name());
     let idempotency = idempotent_write(key, scope, &request, &raw, &state.idempotency, Box::new(registered_answer));
     let service = state.service.clone();
     let written = to_completion(async move { service.register_device(user, registration, idempotency).await });
@@ -73,7 +76,9 @@ fn registered_answer(registered: &RegisteredDevice) -> StoredResponse {
 
 /// List devices
 ///
-/// Active devices first, most recently seen first.
+/// Every device with its state, active devices first, most recently seen first; `?active=true`
+/// or `?active=false` keeps one state only. (The user representation shows the active
+/// devices only.) Scope `users.read`.
 #[api_operation(
     tag = "devices",
     error_code = 400,
@@ -82,9 +87,23 @@ fn registered_answer(registered: &RegisteredDevice) -> StoredResponse {
     error_code = 404,
     error_code = 503
 )]
-pub async fn list(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Result<Ok<Vec<DeviceView>>, ApiError> {
-    let devices = state.service.devices(caller.user(id.into_inner())?).await?;
-    Ok(Ok::new(devices.iter().map(DeviceView::from).collect(), "devices retrieved"))
+pub async fn list(
+    state: Data<AppState>,
+    caller: Caller,
+    id: UserIdPath,
+    query: Query<DeviceListQuery>,
+) -> Result<Ok<Vec<DeviceView>>, ApiError> {
+    let devices = state.service.devices(caller.user(id.0, Scope::UsersRead)?).await?;
+    let wanted = query.into_inner().active;
+    let views = devices.iter().filter(|device| wanted.is_none_or(|active| device.active == active));
+    Ok(Ok::new(views.map(DeviceView::from).collect(), "devices retrieved"))
+}
+
+/// The `{device}` segment of a device route: a device id or a token.
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+pub struct DeviceSegment {
+    /// The device id, or its token (percent-encoded or raw, slashes included).
+    pub device: String,
 }
 
 /// Reads the `{device}` segment: a device id or a token (percent-encoded or raw).
@@ -108,7 +127,7 @@ pub(crate) async fn set_active(
 /// Activate a device
 ///
 /// `{device}` is the device id or its token (percent-encoded or raw, slashes included).
-/// Idempotent: 200 with the device also when it is already active.
+/// Idempotent: 200 with the device also when it is already active. Scope `devices.write`.
 #[api_operation(
     tag = "devices",
     error_code = 400,
@@ -120,17 +139,17 @@ pub(crate) async fn set_active(
 pub async fn activate(
     state: Data<AppState>,
     caller: Caller,
-    path: Path<(Uuid, String)>,
+    id: UserIdPath,
+    path: Path<DeviceSegment>,
 ) -> Result<Ok<DeviceView>, ApiError> {
-    let (user, device) = path.into_inner();
-    set_active(&state, caller.user(user)?, &device, true).await
+    set_active(&state, caller.user(id.0, Scope::DevicesWrite)?, &path.device, true).await
 }
 
 /// Deactivate a device
 ///
 /// `{device}` is the device id or its token (percent-encoded or raw, slashes included), as
 /// the push sender reports dead tokens. Idempotent: 200 with the device also when it is
-/// already inactive.
+/// already inactive. Scope `devices.deactivate`.
 #[api_operation(
     tag = "devices",
     error_code = 400,
@@ -142,15 +161,15 @@ pub async fn activate(
 pub async fn deactivate(
     state: Data<AppState>,
     caller: Caller,
-    path: Path<(Uuid, String)>,
+    id: UserIdPath,
+    path: Path<DeviceSegment>,
 ) -> Result<Ok<DeviceView>, ApiError> {
-    let (user, device) = path.into_inner();
-    set_active(&state, caller.user(user)?, &device, false).await
+    set_active(&state, caller.user(id.0, Scope::DevicesDeactivate)?, &path.device, false).await
 }
 
 /// Remove a device
 ///
-/// `{device}` is the device id or its token.
+/// `{device}` is the device id or its token. Scope `devices.write`.
 #[api_operation(
     tag = "devices",
     error_code = 400,
@@ -159,9 +178,13 @@ pub async fn deactivate(
     error_code = 404,
     error_code = 503
 )]
-pub async fn delete(state: Data<AppState>, caller: Caller, path: Path<(Uuid, String)>) -> Result<NoContent, ApiError> {
-    let (user, device) = path.into_inner();
-    let (user, selector) = (caller.user(user)?, selector(&device)?);
+pub async fn delete(
+    state: Data<AppState>,
+    caller: Caller,
+    id: UserIdPath,
+    path: Path<DeviceSegment>,
+) -> Result<NoContent, ApiError> {
+    let (user, selector) = (caller.user(id.0, Scope::DevicesWrite)?, selector(&path.device)?);
     let service = state.service.clone();
     to_completion(async move { service.delete_device(user, &selector).await }).await?;
     Ok(NoContent)

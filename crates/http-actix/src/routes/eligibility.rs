@@ -1,8 +1,9 @@
 //! Send eligibility: "may I send to this user on this channel now, and if not, when?", for
 //! one user or up to 1000 at once, and bulk lookups of user representations.
 
-use actix_web::web::{Data, Path, Query};
+use actix_web::web::{Data, Query};
 use apistos::{ApiComponent, api_operation};
+use domain::auth::Scope;
 use domain::eligibility::{Channel, Eligibility, Targets};
 use domain::user::UserId;
 use domain::{FieldError, InvalidValue};
@@ -13,9 +14,10 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::auth::{Caller, ServiceCaller};
+use crate::dto::UserIdField;
 use crate::envelope::Ok;
 use crate::error::ApiError;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, UserIdPath};
 use crate::startup::AppState;
 
 /// The most users one bulk request may name.
@@ -39,16 +41,16 @@ pub struct BulkEligibilityRequest {
     pub channel: String,
     /// The instant to decide for (RFC 3339); default now.
     pub at: Option<String>,
-    /// Up to 1000 user ids; answers come in the same order.
-    pub user_ids: Vec<Uuid>,
+    /// Up to 1000 user ids (canonical spelling); answers come in the same order.
+    pub user_ids: Vec<UserIdField>,
 }
 
 /// Representations of many users.
 #[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
 #[serde(deny_unknown_fields)]
 pub struct LookupRequest {
-    /// Up to 1000 user ids.
-    pub ids: Vec<Uuid>,
+    /// Up to 1000 user ids (canonical spelling).
+    pub ids: Vec<UserIdField>,
 }
 
 /// A push target.
@@ -174,7 +176,7 @@ fn check_bulk_size(field: &'static str, count: usize) -> Result<(), ApiError> {
 /// when. Reasons in order of precedence: `opted_out`, `no_address` / `no_active_device`,
 /// `quiet_hours` (with `next_allowed_at`, the end of the window in the user's time zone,
 /// daylight-saving transitions included), `ok`. `targets` names the address or the active
-/// tokens when allowed or only held back by quiet hours.
+/// tokens when allowed or only held back by quiet hours. Scope `eligibility.read`.
 #[api_operation(
     tag = "eligibility",
     error_code = 400,
@@ -187,10 +189,10 @@ fn check_bulk_size(field: &'static str, count: usize) -> Result<(), ApiError> {
 pub async fn single(
     state: Data<AppState>,
     caller: Caller,
-    id: Path<Uuid>,
+    id: UserIdPath,
     query: Query<EligibilityQuery>,
 ) -> Result<Ok<EligibilityView>, ApiError> {
-    let user = caller.user(id.into_inner())?;
+    let user = caller.user(id.0, Scope::EligibilityRead)?;
     let (channel, at) = channel_and_instant(&query.channel, query.at.as_deref())?;
     let eligibility = state.service.eligibility(user, channel, at).await?;
     Result::Ok(Ok::new(EligibilityView::new(user, eligibility), "eligibility decided"))
@@ -200,7 +202,7 @@ pub async fn single(
 ///
 /// One decision per id, in request order; unknown ids get `reason: "user_not_found"`. Up to
 /// 1000 ids. Cached users are read in one cache round trip, the others in one query.
-/// Service callers only.
+/// Service callers with scope `eligibility.read` only.
 #[api_operation(
     tag = "eligibility",
     error_code = 400,
@@ -213,13 +215,14 @@ pub async fn single(
 )]
 pub async fn bulk(
     state: Data<AppState>,
-    _caller: ServiceCaller,
+    caller: ServiceCaller,
     body: JsonBody<BulkEligibilityRequest>,
 ) -> Result<Ok<Vec<EligibilityView>>, ApiError> {
+    caller.authorize(Scope::EligibilityRead)?;
     let request = body.0;
     check_bulk_size("user_ids", request.user_ids.len())?;
     let (channel, at) = channel_and_instant(&request.channel, request.at.as_deref())?;
-    let ids: Vec<UserId> = request.user_ids.into_iter().map(UserId::from).collect();
+    let ids: Vec<UserId> = request.user_ids.into_iter().map(|id| id.0).collect();
     let decisions = state.service.eligibilities(&ids, channel, at).await?;
     let views = decisions
         .into_iter()
@@ -244,7 +247,7 @@ pub struct LookupView {
 /// Look up many users
 ///
 /// The representations of up to 1000 users (as `GET /api/v1/users/{id}` returns them), and
-/// the ids that name no user. Service callers only.
+/// the ids that name no user. Service callers with scope `users.lookup` only.
 #[api_operation(
     tag = "users",
     error_code = 400,
@@ -257,11 +260,12 @@ pub struct LookupView {
 )]
 pub async fn lookup(
     state: Data<AppState>,
-    _caller: ServiceCaller,
+    caller: ServiceCaller,
     body: JsonBody<LookupRequest>,
 ) -> Result<Ok<LookupView>, ApiError> {
+    caller.authorize(Scope::UsersLookup)?;
     check_bulk_size("ids", body.0.ids.len())?;
-    let ids: Vec<UserId> = body.0.ids.into_iter().map(UserId::from).collect();
+    let ids: Vec<UserId> = body.0.ids.into_iter().map(|id| id.0).collect();
     let found = state.service.encoded_profiles(&ids).await?;
     let mut seen = std::collections::HashSet::new();
     let mut users = Vec::new();

@@ -11,6 +11,7 @@ pub mod legacy;
 pub mod preferences;
 pub mod users;
 
+use actix_web::middleware::from_fn;
 use apistos::web::{ServiceConfig, delete, get, patch, post, put, resource, scope};
 
 /// Registers every route. Device routes with a token segment accept raw tokens with
@@ -50,6 +51,17 @@ pub fn configure(config: &mut ServiceConfig) {
         .service(resource("/health/live").route(get().to(health::live)))
         .service(resource("/health/ready").route(get().to(health::ready)))
         .service(resource("/metrics").route(get().to(health::metrics)))
-        .service(resource("/users/{id}").route(get().to(legacy::get_user)))
-        .service(resource("/api/users/{user_id}/devices/{token:.+}/deactivate").route(put().to(legacy::deactivate)));
+        .service(resource("/users/{id}").wrap(from_fn(legacy::deprecation_headers)).route(get().to(legacy::get_user)))
+        .service(
+            resource("/api/users/{user_id}/devices/{token:.+}/deactivate")
+                .wrap(from_fn(legacy::deprecation_headers))
+                .route(put().to(legacy::deactivate)),
+        )
+        // A Windows push endpoint (`...?token=...`) puts the `/deactivate` of the legacy URL
+        // into the query string; the handler checks that it ends so.
+        .service(
+            resource("/api/users/{user_id}/devices/{endpoint:.+}")
+                .wrap(from_fn(legacy::deprecation_headers))
+                .route(put().to(legacy::deactivate_with_query)),
+        );
 }

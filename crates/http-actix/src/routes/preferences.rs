@@ -1,17 +1,19 @@
 //! `/api/v1/users/{id}/preferences`: per-channel opt-in and quiet hours.
 
-use actix_web::web::{Data, Path};
+use actix_web::web::Data;
 use apistos::api_operation;
-use uuid::Uuid;
+use domain::auth::Scope;
 
 use crate::auth::Caller;
 use crate::dto::{PreferencesRequest, PreferencesView};
 use crate::envelope::Ok;
 use crate::error::{ApiError, to_completion};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, UserIdPath};
 use crate::startup::AppState;
 
 /// Get preferences
+///
+/// Scope `users.read`.
 #[api_operation(
     tag = "preferences",
     error_code = 400,
@@ -20,8 +22,8 @@ use crate::startup::AppState;
     error_code = 404,
     error_code = 503
 )]
-pub async fn get(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Result<Ok<PreferencesView>, ApiError> {
-    let preferences = state.service.preferences(caller.user(id.into_inner())?).await?;
+pub async fn get(state: Data<AppState>, caller: Caller, id: UserIdPath) -> Result<Ok<PreferencesView>, ApiError> {
+    let preferences = state.service.preferences(caller.user(id.0, Scope::UsersRead)?).await?;
     Ok(Ok::new(PreferencesView::from(&preferences), "preferences retrieved"))
 }
 
@@ -29,7 +31,7 @@ pub async fn get(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Resul
 ///
 /// Every field is optional and an omitted field keeps its value. Quiet hours are set
 /// together (`HH:MM`, in `timezone`, may wrap midnight, start ≠ end) or cleared together
-/// (`null`, `null`). Channel flags must be JSON booleans.
+/// (`null`, `null`). Channel flags must be JSON booleans. Scope `preferences.write`.
 #[api_operation(
     tag = "preferences",
     error_code = 400,
@@ -44,10 +46,10 @@ pub async fn get(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Resul
 pub async fn update(
     state: Data<AppState>,
     caller: Caller,
-    id: Path<Uuid>,
+    id: UserIdPath,
     body: JsonBody<PreferencesRequest>,
 ) -> Result<Ok<PreferencesView>, ApiError> {
-    let user = caller.user(id.into_inner())?;
+    let user = caller.user(id.0, Scope::PreferencesWrite)?;
     let update = body.0.into_domain()?;
     let service = state.service.clone();
     let preferences = to_completion(async move { service.update_preferences(user, update).await }).await?;

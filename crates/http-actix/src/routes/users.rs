@@ -1,18 +1,18 @@
 //! `/api/v1/users`: register, read, change, erase and list users.
 
 use actix_web::HttpRequest;
-use actix_web::web::{Data, Path, Query};
+use actix_web::web::{Data, Query};
 use apistos::api_operation;
+use domain::auth::Scope;
 use domain::idempotency::{Idempotent, StoredResponse};
 use domain::user::{PageRequest, UserId, UserProfile};
 use domain::{FieldError, InvalidValue};
-use uuid::Uuid;
 
 use crate::auth::{Caller, MaybeCaller, ServiceCaller, UserCaller};
 use crate::dto::{ChangePasswordRequest, PageQuery, RegisterUserRequest, UpdateContactRequest, UserView};
 use crate::envelope::{NoContent, Ok, OkEncoded, PageMeta, success_bytes};
 use crate::error::{ApiError, to_completion};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, NoQuery, UserIdPath};
 use crate::idempotency::{IdempotencyKeyHeader, Replayable, idempotent_write};
 use crate::routes::auth::TokenView;
 use crate::startup::AppState;
@@ -45,7 +45,7 @@ pub async fn register(
     let JsonBody(dto, raw) = body;
     let new_user = dto.into_domain()?;
     state.limits.per_address(caller.0.as_ref(), &request, "register").await?;
-    let scope = caller.0.as_ref().map(domain::auth::Principal::scope);
+    let scope = caller.0.as_ref().map(domain::auth::Principal::name);
     let idempotency = idempotent_write(key, scope, &request, &raw, &state.idempotency, Box::new(registered_answer));
     let service = state.service.clone();
     let written = to_completion(async move { service.register(new_user, idempotency).await });
@@ -67,7 +67,10 @@ fn registered_answer(profile: &UserProfile) -> StoredResponse {
 /// Get a user
 ///
 /// The user with preferences, `push_token` (the most recently seen active device's),
-/// `push_tokens` and `devices` (active first, most recently seen first).
+/// `push_tokens` and `devices` (the active devices only, most recently seen first; see
+/// `GET /api/v1/users/{id}/devices` for all). The id must be spelled canonically, and the
+/// route takes no query string (400), so that a client caching this answer by URL holds one
+/// copy per user. Scope `users.read`.
 #[api_operation(
     tag = "users",
     error_code = 400,
@@ -76,8 +79,13 @@ fn registered_answer(profile: &UserProfile) -> StoredResponse {
     error_code = 404,
     error_code = 503
 )]
-pub async fn get(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Result<OkEncoded<UserView>, ApiError> {
-    user(&state, caller.user(id.into_inner())?).await
+pub async fn get(
+    state: Data<AppState>,
+    caller: Caller,
+    id: UserIdPath,
+    _no_query: NoQuery,
+) -> Result<OkEncoded<UserView>, ApiError> {
+    user(&state, caller.user(id.0, Scope::UsersRead)?).await
 }
 
 /// Loads one user's view, from the cache when warm; shared by the v1 and legacy routes.
@@ -89,7 +97,7 @@ pub(crate) async fn user(state: &AppState, id: UserId) -> Result<OkEncoded<UserV
 /// Change contact details
 ///
 /// `name`, `email` and `phone` are each optional; `"phone": null` removes the phone number.
-/// A taken email is 409.
+/// A taken email is 409. Scope `users.write`.
 #[api_operation(
     tag = "users",
     error_code = 400,
@@ -105,10 +113,10 @@ pub(crate) async fn user(state: &AppState, id: UserId) -> Result<OkEncoded<UserV
 pub async fn update_contact(
     state: Data<AppState>,
     caller: Caller,
-    id: Path<Uuid>,
+    id: UserIdPath,
     body: JsonBody<UpdateContactRequest>,
 ) -> Result<Ok<UserView>, ApiError> {
-    let user = caller.user(id.into_inner())?;
+    let user = caller.user(id.0, Scope::UsersWrite)?;
     let update = body.0.into_domain()?;
     let service = state.service.clone();
     let profile = to_completion(async move { service.update_contact(user, update).await }).await?;
@@ -117,7 +125,7 @@ pub async fn update_contact(
 
 /// Erase a user
 ///
-/// Deletes the user with its preferences and devices.
+/// Deletes the user with its preferences and devices. Scope `users.delete`.
 #[api_operation(
     tag = "users",
     error_code = 400,
@@ -126,16 +134,16 @@ pub async fn update_contact(
     error_code = 404,
     error_code = 503
 )]
-pub async fn delete(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Result<NoContent, ApiError> {
-    let (user, service) = (caller.user(id.into_inner())?, state.service.clone());
+pub async fn delete(state: Data<AppState>, caller: Caller, id: UserIdPath) -> Result<NoContent, ApiError> {
+    let (user, service) = (caller.user(id.0, Scope::UsersDelete)?, state.service.clone());
     to_completion(async move { service.delete(user).await }).await?;
     Ok(NoContent)
 }
 
 /// Change the password
 ///
-/// Only the user itself, with its current password. Every access token issued before stops
-/// working; the answer carries a fresh one.
+/// Only the user itself, with its access token and current password; no service scope
+/// grants it. Every access token issued before stops working; the answer carries a fresh one.
 #[api_operation(
     tag = "users",
     error_code = 400,
@@ -150,11 +158,10 @@ pub async fn delete(state: Data<AppState>, caller: Caller, id: Path<Uuid>) -> Re
 pub async fn change_password(
     state: Data<AppState>,
     caller: UserCaller,
-    id: Path<Uuid>,
+    id: UserIdPath,
     body: JsonBody<ChangePasswordRequest>,
 ) -> Result<Ok<TokenView>, ApiError> {
-    let user = UserId::from(id.into_inner());
-    domain::auth::Principal::User(caller.0).require_owner(user).map_err(ApiError::forbidden)?;
+    let user = caller.owner(id.0)?;
     let (current, new) = body.0.into_domain()?;
     let service = state.service.clone();
     let token_version = to_completion(async move { service.change_password(user, current, new).await }).await?;
@@ -165,7 +172,7 @@ pub async fn change_password(
 /// List users
 ///
 /// Users in registration order, `limit` (1–100, default 20) per page, with pagination
-/// `meta`. Also at `/api/v1/users/`. Service callers only.
+/// `meta`. Also at `/api/v1/users/`. Service callers with scope `users.list` only.
 #[api_operation(
     tag = "users",
     error_code = 400,
@@ -176,9 +183,10 @@ pub async fn change_password(
 )]
 pub async fn list(
     state: Data<AppState>,
-    _caller: ServiceCaller,
+    caller: ServiceCaller,
     query: Query<PageQuery>,
 ) -> Result<Ok<Vec<UserView>>, ApiError> {
+    caller.authorize(Scope::UsersList)?;
     let query = query.into_inner();
     let page = PageRequest::new(query.page.unwrap_or(1), query.limit.unwrap_or(20)).map_err(
         |(field, error): (&'static str, InvalidValue)| ApiError::validation(vec![FieldError::new(field, error)]),
