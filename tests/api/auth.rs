@@ -337,6 +337,26 @@ async fn a_weaker_stored_hash_is_upgraded_at_the_next_successful_login() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn two_credentials_in_one_request_are_refused_rather_than_one_picked() {
+    let app = TestApp::spawn().await;
+    let user = app.register("ambiguous@example.com").await;
+    let token = app.login("ambiguous@example.com", PASSWORD).await;
+    let path = format!("/api/v1/users/{user}");
+    let bearer = bearer(&token);
+    for headers in [
+        vec![("X-Service-Key", SERVICE_KEY), ("Authorization", bearer.as_str())],
+        vec![("X-Service-Key", SERVICE_KEY), ("Authorization", "Bearer garbage")],
+        vec![("X-Service-Key", SERVICE_KEY), ("X-Service-Key", "wrong-key-0123456789")],
+        vec![("Authorization", "Bearer garbage"), ("Authorization", bearer.as_str())],
+    ] {
+        let reply = app.request_as(&app.anonymous, &headers, Method::GET, &path, None).await;
+        assert_eq!((reply.status, reply.body["error"].as_str()), (401, Some("invalid_credentials")), "{headers:?}");
+    }
+    let alone = app.request_as(&app.anonymous, &[("X-Service-Key", SERVICE_KEY)], Method::GET, &path, None).await;
+    assert_eq!(alone.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_trusted_internal_network_reads_but_cannot_list_or_change_and_stays_under_per_address_limits() {
     let app = TestApp::spawn_with(&[("TRUST_INTERNAL_NETWORK", "true"), ("RATE_LIMIT_PER_ADDRESS", "3")]).await;
     let user = app.register("internal@example.com").await;

@@ -33,6 +33,24 @@ async fn service_behind_the_gateway(database: &TestDatabase, redis: &PrivateRedi
     .await
 }
 
+/// One scenario's world: the service behind the gateway, on a database and a Redis of its
+/// own (fields drop in order: the service stops before its servers go).
+struct BehindTheGateway {
+    service: ServiceProcess,
+    gateway: Gateway,
+    _redis: PrivateRedis,
+    _database: TestDatabase,
+}
+
+impl BehindTheGateway {
+    async fn start() -> Self {
+        let (database, redis) = (TestDatabase::create().await.unwrap(), PrivateRedis::start().await);
+        let service = service_behind_the_gateway(&database, &redis).await;
+        let gateway = Gateway::new(&service, &redis).await;
+        Self { service, gateway, _redis: redis, _database: database }
+    }
+}
+
 /// Calls the service with a key (the test's set-up), answering status and body.
 async fn call(
     service: &ServiceProcess,
@@ -151,10 +169,8 @@ fn server_errors(service: &ServiceProcess) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gateway_cannot_keep_a_user_under_another_spelling_of_its_id_past_an_opt_out() {
-    let (database, redis) = (TestDatabase::create().await.unwrap(), PrivateRedis::start().await);
-    let service = service_behind_the_gateway(&database, &redis).await;
-    let gateway = Gateway::new(&service, &redis).await;
-    let id = register(&service, "spelling@example.com").await;
+    let BehindTheGateway { service, gateway, .. } = &BehindTheGateway::start().await;
+    let id = register(service, "spelling@example.com").await;
     let uuid = uuid::Uuid::parse_str(&id).unwrap();
 
     let spellings = [
@@ -177,12 +193,13 @@ async fn the_gateway_cannot_keep_a_user_under_another_spelling_of_its_id_past_an
             assert!(message.contains("lower-case") && message.contains("8-4-4-4-12"), "{message}");
         }
     }
-    // A query string would make another cache key for the same user, too.
-    let with_query = format!("{id}?notify=1");
-    assert_eq!(gateway.decide(&with_query).await, None);
-    let response = anonymous.get(format!("{}/users/{with_query}", service.address)).send().await.unwrap();
-    assert_eq!(response.status().as_u16(), 400);
-    assert_eq!(response.json::<Value>().await.unwrap()["error"], "invalid_query");
+    // A query string, even a bare `?`, would make another cache key for the same user, too.
+    for with_query in [format!("{id}?notify=1"), format!("{id}?")] {
+        assert_eq!(gateway.decide(&with_query).await, None, "{with_query}");
+        let response = anonymous.get(format!("{}/users/{with_query}", service.address)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 400, "{with_query}");
+        assert_eq!(response.json::<Value>().await.unwrap()["error"], "invalid_query");
+    }
 
     // The one spelling works, and an opt-out reaches the gateway at once.
     let email = Some("spelling@example.com".to_owned());
@@ -190,7 +207,7 @@ async fn the_gateway_cannot_keep_a_user_under_another_spelling_of_its_id_past_an
     assert!(gateway.cached(&id).await.is_some());
     let opt_out = json!({"email": false});
     let path = format!("/api/v1/users/{id}/preferences");
-    assert_eq!(call(&service, ADMIN_KEY, reqwest::Method::PUT, &path, Some(opt_out)).await.0, 200);
+    assert_eq!(call(service, ADMIN_KEY, reqwest::Method::PUT, &path, Some(opt_out)).await.0, 200);
     assert_eq!(gateway.decide(&id).await.map(|decision| decision.email), Some(None));
 
     // Unknown and malformed ids still answer as before.
@@ -199,38 +216,36 @@ async fn the_gateway_cannot_keep_a_user_under_another_spelling_of_its_id_past_an
     assert_eq!(response.status().as_u16(), 404);
     let response = anonymous.get(format!("{}/users/not-a-uuid", service.address)).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
-    assert_eq!(server_errors(&service), Vec::<u64>::new());
+    assert_eq!(server_errors(service), Vec::<u64>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_gateways_first_device_is_always_one_it_may_push_to() {
-    let (database, redis) = (TestDatabase::create().await.unwrap(), PrivateRedis::start().await);
-    let service = service_behind_the_gateway(&database, &redis).await;
-    let gateway = Gateway::new(&service, &redis).await;
-    let alice = register(&service, "alice-devices@example.com").await;
+    let BehindTheGateway { service, gateway, .. } = &BehindTheGateway::start().await;
+    let alice = register(service, "alice-devices@example.com").await;
     let devices = format!("/api/v1/users/{alice}/devices");
     let older = json!({"token": "fcm-older-phone", "platform": "android"});
     let endpoint = "https://fcm.googleapis.com/fcm/send/dead:APA91bH-abc_def";
     let newest = json!({"token": endpoint, "platform": "web"});
     for device in [older, newest] {
-        assert_eq!(call(&service, ADMIN_KEY, reqwest::Method::POST, &devices, Some(device)).await.0, 201);
+        assert_eq!(call(service, ADMIN_KEY, reqwest::Method::POST, &devices, Some(device)).await.0, 201);
     }
     let push_to = async |user: &str| gateway.decide(user).await.unwrap().push_token;
     assert_eq!(push_to(&alice).await.as_deref(), Some(endpoint), "the newest device comes first");
 
     // The push sender reports the endpoint dead: the gateway falls back to the live device.
-    assert_eq!(report_dead_endpoint(&service, &alice, endpoint).await, 200);
+    assert_eq!(report_dead_endpoint(service, &alice, endpoint).await, 200);
     assert_eq!(push_to(&alice).await.as_deref(), Some("fcm-older-phone"));
     // With no active device left, there is no token at all.
     let deactivate = format!("{devices}/fcm-older-phone/deactivate");
-    assert_eq!(call(&service, ADMIN_KEY, reqwest::Method::PUT, &deactivate, None).await.0, 200);
+    assert_eq!(call(service, ADMIN_KEY, reqwest::Method::PUT, &deactivate, None).await.0, 200);
     assert_eq!(push_to(&alice).await, None);
-    let (_, user) = call(&service, ADMIN_KEY, reqwest::Method::GET, &format!("/api/v1/users/{alice}"), None).await;
+    let (_, user) = call(service, ADMIN_KEY, reqwest::Method::GET, &format!("/api/v1/users/{alice}"), None).await;
     assert_eq!((&user["data"]["devices"], &user["data"]["push_token"]), (&json!([]), &Value::Null));
 
     // The device list keeps every device with its state, and filters by it.
     let listed = async |query: &str| {
-        let (status, body) = call(&service, ADMIN_KEY, reqwest::Method::GET, &format!("{devices}{query}"), None).await;
+        let (status, body) = call(service, ADMIN_KEY, reqwest::Method::GET, &format!("{devices}{query}"), None).await;
         (
             status,
             body["data"]
@@ -245,28 +260,27 @@ async fn the_gateways_first_device_is_always_one_it_may_push_to() {
     assert_eq!(listed("?state=on").await.0, 400);
 
     // A token that moves to another user leaves the previous owner's view.
-    let bob = register(&service, "bob-devices@example.com").await;
-    let carol = register(&service, "carol-devices@example.com").await;
+    let bob = register(service, "bob-devices@example.com").await;
+    let carol = register(service, "carol-devices@example.com").await;
     let shared = json!({"token": "shared-tablet", "platform": "ios"});
     for user in [&bob, &carol] {
         let path = format!("/api/v1/users/{user}/devices");
-        call(&service, ADMIN_KEY, reqwest::Method::POST, &path, Some(shared.clone())).await;
+        call(service, ADMIN_KEY, reqwest::Method::POST, &path, Some(shared.clone())).await;
         assert_eq!(push_to(user).await.as_deref(), Some("shared-tablet"));
     }
     assert_eq!(push_to(&bob).await, None, "the moved token is no longer bob's");
     assert_eq!(push_to(&carol).await.as_deref(), Some("shared-tablet"));
-    assert_eq!(server_errors(&service), Vec::<u64>::new());
+    assert_eq!(server_errors(service), Vec::<u64>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sixty_unguarded_gateway_fills_racing_opt_outs_leave_no_stale_copy() {
     const RACES: usize = 60;
-    let (database, redis) = (TestDatabase::create().await.unwrap(), PrivateRedis::start().await);
-    let service = service_behind_the_gateway(&database, &redis).await;
-    let gateway = std::sync::Arc::new(Gateway::new(&service, &redis).await);
+    let world = BehindTheGateway::start().await;
+    let (service, gateway) = (&world.service, std::sync::Arc::new(world.gateway));
     let mut users = Vec::new();
     for index in 0..RACES {
-        let id = register(&service, &format!("race{index}@example.com")).await;
+        let id = register(service, &format!("race{index}@example.com")).await;
         assert!(gateway.decide(&id).await.unwrap().email.is_some());
         users.push(id);
     }
@@ -305,25 +319,17 @@ async fn sixty_unguarded_gateway_fills_racing_opt_outs_leave_no_stale_copy() {
     let refilled_after_the_write = outcomes.iter().filter(|outcome| outcome.as_ref().unwrap().1).count();
     assert_eq!(stale, 0, "stale gateway copies 2.5 s after the opt-out");
     assert!(refilled_after_the_write >= 10, "only {refilled_after_the_write} races put an old body back");
-    assert_eq!(server_errors(&service), Vec::<u64>::new());
+    assert_eq!(server_errors(service), Vec::<u64>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_caller_the_network_vouches_for_gets_only_what_the_gateway_and_push_sender_need() {
-    let (database, redis) = (TestDatabase::create().await.unwrap(), PrivateRedis::start().await);
-    let service = service_behind_the_gateway(&database, &redis).await;
-    let gateway = Gateway::new(&service, &redis).await;
-    let id = register(&service, "least@example.com").await;
-    register(&service, "other@example.com").await;
+    let BehindTheGateway { service, gateway, .. } = &BehindTheGateway::start().await;
+    let id = register(service, "least@example.com").await;
+    register(service, "other@example.com").await;
     let devices = format!("/api/v1/users/{id}/devices");
-    call(
-        &service,
-        ADMIN_KEY,
-        reqwest::Method::POST,
-        &devices,
-        Some(json!({"token": "least-token", "platform": "ios"})),
-    )
-    .await;
+    call(service, ADMIN_KEY, reqwest::Method::POST, &devices, Some(json!({"token": "least-token", "platform": "ios"})))
+        .await;
 
     // The gateway resolves `..`: `userId=../api/v1/users` reaches the list, which it may not read.
     assert_eq!(gateway.decide("../api/v1/users").await, None);
@@ -372,8 +378,8 @@ async fn a_caller_the_network_vouches_for_gets_only_what_the_gateway_and_push_se
 
     // A named key reaches what its scopes cover, and is logged by name, never by key.
     let user_path = format!("/api/v1/users/{id}");
-    assert_eq!(call(&service, READER_KEY, Method::GET, &user_path, None).await.0, 200);
-    let (status, reply) = call(&service, READER_KEY, Method::PATCH, &user_path, Some(json!({"name": "R"}))).await;
+    assert_eq!(call(service, READER_KEY, Method::GET, &user_path, None).await.0, 200);
+    let (status, reply) = call(service, READER_KEY, Method::PATCH, &user_path, Some(json!({"name": "R"}))).await;
     assert_eq!((status, reply["message"].as_str()), (403, Some("this caller lacks the scope users.write")));
     let lines = service.log_lines();
     let callers: std::collections::HashSet<&str> = lines
@@ -386,40 +392,41 @@ async fn a_caller_the_network_vouches_for_gets_only_what_the_gateway_and_push_se
     }
     let log = service.log_text();
     assert!(!log.contains(ADMIN_KEY) && !log.contains(READER_KEY), "a key reached the log");
-    assert_eq!(server_errors(&service), Vec::<u64>::new());
+    assert_eq!(server_errors(service), Vec::<u64>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_push_sender_deactivates_windows_fcm_mozilla_and_apple_endpoints_on_the_legacy_path() {
-    let (database, redis) = (TestDatabase::create().await.unwrap(), PrivateRedis::start().await);
-    let service = service_behind_the_gateway(&database, &redis).await;
-    let id = register(&service, "endpoints@example.com").await;
+    let BehindTheGateway { service, .. } = &BehindTheGateway::start().await;
+    let id = register(service, "endpoints@example.com").await;
     let endpoints = [
         "https://wns2-par02p.notify.windows.com/w/?token=BQYAAABrQ5%2bVuPwz6Hn%2fNg%3d%3d",
         "https://db5p.notify.windows.com/w/?token=AwYAAAD/deactivate",
         "https://fcm.googleapis.com/fcm/send/cXyZ:APA91bH-abc_def",
         "https://updates.push.services.mozilla.com/wpush/v2/gAAAAABk-Qz_x1",
         "https://web.push.apple.com/QGuQyavXutnMH5nWQ7V_2wdf",
+        // Percent-encodings in the path are part of the endpoint, sent as they are.
+        "https://updates.push.services.mozilla.com/wpush/v2/gAAAA%2Fx%3D%3D",
     ];
     let devices = format!("/api/v1/users/{id}/devices");
     for endpoint in endpoints {
         let device = json!({"token": endpoint, "platform": "web"});
-        assert_eq!(call(&service, ADMIN_KEY, reqwest::Method::POST, &devices, Some(device)).await.0, 201);
+        assert_eq!(call(service, ADMIN_KEY, reqwest::Method::POST, &devices, Some(device)).await.0, 201);
     }
     for endpoint in endpoints {
-        assert_eq!(report_dead_endpoint(&service, &id, endpoint).await, 200, "{endpoint}");
+        assert_eq!(report_dead_endpoint(service, &id, endpoint).await, 200, "{endpoint}");
     }
-    let (_, listed) = call(&service, ADMIN_KEY, reqwest::Method::GET, &format!("{devices}?active=true"), None).await;
+    let (_, listed) = call(service, ADMIN_KEY, reqwest::Method::GET, &format!("{devices}?active=true"), None).await;
     assert_eq!(listed["data"], json!([]), "every reported endpoint is inactive");
 
     // Through a proxy that merges `//`, and a report twice: still 200.
     let merged = "https:/fcm.googleapis.com/fcm/send/cXyZ:APA91bH-abc_def";
-    assert_eq!(report_dead_endpoint(&service, &id, merged).await, 200);
+    assert_eq!(report_dead_endpoint(service, &id, merged).await, 200);
     // An endpoint the user never registered is 404, which the sender logs and drops.
-    assert_eq!(report_dead_endpoint(&service, &id, "https://wns2.notify.windows.com/w/?token=unknown").await, 404);
+    assert_eq!(report_dead_endpoint(service, &id, "https://wns2.notify.windows.com/w/?token=unknown").await, 404);
     let not_a_deactivation = format!("{}/api/users/{id}/devices/https://h/w/?token=x", service.address);
     assert_eq!(reqwest::Client::new().put(not_a_deactivation).send().await.unwrap().status().as_u16(), 404);
-    assert_eq!(server_errors(&service), Vec::<u64>::new());
+    assert_eq!(server_errors(service), Vec::<u64>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -134,13 +134,17 @@ pub fn decide(profile: &UserProfile, channel: Channel, at: OffsetDateTime) -> El
         });
     };
 
-    let quiet_until =
-        preferences.quiet_hours.as_ref().and_then(|quiet| quiet_window_end(quiet, &preferences.timezone, at));
-    let (allowed, reason) = match quiet_until {
-        Some(_) => (false, Reason::QuietHours),
-        None => (true, Reason::Ok),
+    let quiet = match &preferences.quiet_hours {
+        Some(quiet) => quiet_window_end(quiet, &preferences.timezone, at),
+        None => Ok(None),
     };
-    Eligibility { channel, at, allowed, reason, next_allowed_at: quiet_until, targets: Some(targets) }
+    let (allowed, reason, next_allowed_at) = match quiet {
+        Ok(None) => (true, Reason::Ok, None),
+        Ok(Some(end)) => (false, Reason::QuietHours, Some(end)),
+        // Fails closed: a wrong "yes" is the worst answer this service can give.
+        Err(WindowEndUnknown) => (false, Reason::QuietHours, None),
+    };
+    Eligibility { channel, at, allowed, reason, next_allowed_at, targets: Some(targets) }
 }
 
 /// The address to email. Every user has one today; the `Option` keeps [`Reason::NoAddress`]
@@ -148,6 +152,12 @@ pub fn decide(profile: &UserProfile, channel: Channel, at: OffsetDateTime) -> El
 fn email_address(profile: &UserProfile) -> Option<EmailAddress> {
     Some(profile.user.email.clone())
 }
+
+/// The end of a quiet window that cannot be computed: a zone missing from the bundled
+/// database (unreachable: names are checked against it), or an end beyond the year 9999,
+/// which neither `time` nor `jiff` can represent. [`decide`] then treats the instant as quiet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowEndUnknown;
 
 /// When the quiet window in progress at `at` ends, or `None` if the local wall clock at `at`
 /// (read in `zone`) is outside `quiet`.
@@ -161,15 +171,17 @@ fn email_address(profile: &UserProfile) -> Option<EmailAddress> {
 ///   transition (window 01:30–03:00, clocks fall back from 02:00 to 01:00: it ends when the
 ///   clock shows 01:00 again), and a repeated end time ends the window the first time it is
 ///   reached (the repeated part is a new quiet spell of its own).
-///
-/// Also `None` in the unreachable cases of a zone missing from the database and of an end
-/// beyond the year 9999, which neither `time` nor `jiff` can represent.
-pub fn quiet_window_end(quiet: &QuietHours, zone: &TimeZoneName, at: OffsetDateTime) -> Option<OffsetDateTime> {
-    // A TimeZoneName was checked against this same bundled database.
-    let zone = TimeZone::get(zone.as_str()).ok()?;
-    let at = Timestamp::from_nanosecond(at.unix_timestamp_nanos()).ok()?;
-    let end = window_end(quiet, &zone, at).ok()??;
-    OffsetDateTime::from_unix_timestamp_nanos(end.as_nanosecond()).ok()
+pub fn quiet_window_end(
+    quiet: &QuietHours,
+    zone: &TimeZoneName,
+    at: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, WindowEndUnknown> {
+    let zone = TimeZone::get(zone.as_str()).map_err(|_| WindowEndUnknown)?;
+    let at = Timestamp::from_nanosecond(at.unix_timestamp_nanos()).map_err(|_| WindowEndUnknown)?;
+    let Some(end) = window_end(quiet, &zone, at).map_err(|_| WindowEndUnknown)? else {
+        return Ok(None);
+    };
+    OffsetDateTime::from_unix_timestamp_nanos(end.as_nanosecond()).map(Some).map_err(|_| WindowEndUnknown)
 }
 
 /// Walks the zone's offset segments from `at`: within a segment the wall clock runs
@@ -233,7 +245,7 @@ mod tests {
 
     fn end_of(quiet: &str, zone_name: &str, at: OffsetDateTime) -> Option<OffsetDateTime> {
         let (start, end) = quiet.split_once('-').unwrap();
-        quiet_window_end(&window(start, end), &zone(zone_name), at)
+        quiet_window_end(&window(start, end), &zone(zone_name), at).expect("an end before the year 9999")
     }
 
     fn device(token: &str, platform: Platform, active: bool, seen: OffsetDateTime) -> Device {
@@ -372,6 +384,21 @@ mod tests {
         assert_eq!((decision.next_allowed_at, decision.targets), (None, None));
         // The email channel does not need a device.
         assert_eq!(decide(&profile, Channel::Email, NOON_IN_LAGOS).reason, Reason::Ok);
+    }
+
+    #[test]
+    fn a_window_whose_end_cannot_be_represented_holds_the_notification_back() {
+        // Quiet 22:00–07:00 in Lagos; jiff's instants end on 9999-12-30 at 22:00 UTC. A window
+        // that starts before and ends after that, and an instant beyond it, are undecidable:
+        // never a wrong "yes".
+        for at in [datetime!(9999-12-30 21:30 UTC), datetime!(9999-12-31 23:30 UTC)] {
+            let decision = decide(&profile(), Channel::Email, at);
+            assert_eq!((decision.allowed, decision.reason), (false, Reason::QuietHours), "{at}");
+            assert_eq!(decision.next_allowed_at, None);
+            assert!(decision.targets.is_some());
+        }
+        // Outside the window on such a day, the answer is still ok.
+        assert_eq!(decide(&profile(), Channel::Email, datetime!(9999-12-30 10:00 UTC)).reason, Reason::Ok);
     }
 
     #[test]
@@ -646,13 +673,13 @@ mod tests {
                             Some(j) => Some(to_time(minute(j as i64))),
                             None => panic!("{raw} in {zone_name} does not end within 48 hours of {at}"),
                         };
-                        let actual = quiet_window_end(&quiet, &name, to_time(at));
+                        let actual = quiet_window_end(&quiet, &name, to_time(at)).expect("representable");
                         assert_eq!(actual, expected, "{raw} in {zone_name} at {at} ({})", tz.to_datetime(at));
                         // Transitions fall on whole minutes, so any instant within the minute
                         // gets the same answer.
                         let within = to_time(at) + time::Duration::nanoseconds((i % 60) * 1_000_000_007 + 1);
                         assert_eq!(
-                            quiet_window_end(&quiet, &name, within),
+                            quiet_window_end(&quiet, &name, within).expect("representable"),
                             expected,
                             "{raw} in {zone_name} at {within}"
                         );

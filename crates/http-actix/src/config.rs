@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use domain::auth::Scopes;
+use domain::auth::{Scope, Scopes};
 use secrecy::SecretString;
 use sha2::Digest;
 
@@ -423,8 +423,16 @@ fn named_service_key(position: usize, entry: &str) -> Result<ServiceKeyConfig, C
             "SERVICE_API_KEYS entry {position}: a caller's name is 1 to 64 letters, digits, '_', '.' or '-'"
         )));
     }
-    let scopes = Scopes::parse(scopes)
-        .map_err(|reason| ConfigError(format!("SERVICE_API_KEYS entry {position} ({name}): {reason}")))?;
+    // The error names the entry by position only: a plain key that happens to hold two ':'
+    // is read in this form, and its pieces must not reach a log.
+    let scopes = Scopes::parse(scopes).map_err(|_| {
+        let known: Vec<&str> = Scope::ALL.iter().map(|scope| scope.name()).collect();
+        ConfigError(format!(
+            "SERVICE_API_KEYS entry {position}: the scopes after the last ':' must be * or comma-separated \
+             names among {} (a plain key that contains ':' must be written name:key:*)",
+            known.join(", ")
+        ))
+    })?;
     Ok(ServiceKeyConfig { name: Some(name.to_owned()), key: SecretString::from(key.trim().to_owned()), scopes })
 }
 
@@ -621,9 +629,12 @@ mod tests {
         assert_eq!(secrecy::ExposeSecret::expose_secret(&keys[1].key), "with:colons-0123456789");
         assert_eq!(keys[1].scopes, Scopes::ALL);
 
-        // Errors never echo a key.
-        let error = settings_error(&[("SERVICE_API_KEYS", "gateway:secret-key-0123456789:users.admin")]);
-        assert!(error.contains("users.admin") && !error.contains("secret-key"), "{error}");
+        // Errors never echo any piece of an entry: a plain key with two ':' reads as one.
+        let error = settings_error(&[("SERVICE_API_KEYS", "Zx9Q7mLpA2:hunter2-SECRET-part-0123:r8Tq5VvN3wYb")]);
+        for piece in ["Zx9Q7mLpA2", "hunter2", "r8Tq5VvN3wYb"] {
+            assert!(!error.contains(piece), "{error}");
+        }
+        assert!(error.contains("entry 1") && error.contains("users.read"), "{error}");
     }
 
     #[test]

@@ -118,7 +118,17 @@ pub struct CallerName(pub String);
 /// Resolves the caller of a request: `Ok(None)` when it presented no credential.
 async fn resolve(state: &AppState, request: &HttpRequest) -> Result<Option<Principal>, ApiError> {
     let auth = &state.auth;
-    if let Some(key) = request.headers().get(&SERVICE_KEY) {
+    let headers = request.headers();
+    // Two credentials (two keys, two tokens, or one of each, as a proxy that appends headers
+    // may send) are refused, never resolved by picking one.
+    if headers.get_all(&SERVICE_KEY).count() + headers.get_all(header::AUTHORIZATION).count() > 1 {
+        return Err(ApiError::invalid_credential(
+            "ambiguous_credential",
+            "the request carried more than one credential (X-Service-Key and Authorization, or one of them \
+             twice): send exactly one; a proxy may be adding a header of its own",
+        ));
+    }
+    if let Some(key) = headers.get(&SERVICE_KEY) {
         return auth.service_keys.identify(key.as_bytes()).map(Some).ok_or_else(|| {
             ApiError::invalid_credential(
                 "unknown_service_key",
@@ -127,7 +137,7 @@ async fn resolve(state: &AppState, request: &HttpRequest) -> Result<Option<Princ
             )
         });
     }
-    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
         let token = value
             .to_str()
             .ok()

@@ -93,7 +93,9 @@ pub struct EligibilityView {
     /// `user_not_found` (bulk only), in that order of precedence.
     pub reason: &'static str,
     /// For `quiet_hours`: the first instant the user's wall clock leaves the window
-    /// (daylight-saving transitions included); otherwise null.
+    /// (daylight-saving transitions included); otherwise null. Also null, with `quiet_hours`,
+    /// when that end lies beyond the year 9999 and cannot be computed: the decision then fails
+    /// closed.
     pub next_allowed_at: Option<String>,
     /// Present when allowed or only held back by quiet hours.
     pub targets: Option<TargetsView>,

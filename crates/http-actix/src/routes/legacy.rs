@@ -87,15 +87,16 @@ pub async fn deactivate(
     request: HttpRequest,
     caller: Caller,
     user: UserIdPath,
-    token: Path<TokenSegment>,
+    // Documents the segment; the token is read from the raw path (see `raw_token`).
+    _token: Path<TokenSegment>,
 ) -> Result<Ok<DeviceView>, ApiError> {
-    deactivate_raw(&state, &request, &caller, user, &format!("{}{DEACTIVATE}", token.token)).await
+    deactivate_raw(&state, &request, &caller, user).await
 }
 
 /// The `{token}` segment of the legacy deactivation path.
 #[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
 pub struct TokenSegment {
-    /// The device's token as the push sender sends it: the raw endpoint URL.
+    /// The device's token as the push sender sends it: the endpoint URL, unencoded.
     pub token: String,
 }
 
@@ -108,23 +109,17 @@ pub async fn deactivate_with_query(
     request: HttpRequest,
     caller: Caller,
     user: UserIdPath,
-    endpoint: Path<EndpointSegment>,
 ) -> Result<Ok<DeviceView>, ApiError> {
-    deactivate_raw(&state, &request, &caller, user, &endpoint.endpoint).await
-}
-
-/// The `{endpoint}` segment of a legacy deactivation whose verb ended up in the query string.
-#[derive(Debug, Deserialize)]
-pub struct EndpointSegment {
-    /// The endpoint URL up to its `?`.
-    pub endpoint: String,
+    deactivate_raw(&state, &request, &caller, user).await
 }
 
 /// The suffix of every legacy deactivation URL.
 const DEACTIVATE: &str = "/deactivate";
 
-/// Rebuilds the token from the URL as the push sender wrote it: everything after
-/// `/devices/` (`path_tail`), query string included, up to the final `/deactivate`.
+/// Rebuilds the token from the URL exactly as the push sender wrote it (raw, not
+/// percent-decoded: it sends the endpoint unencoded, and an endpoint may itself hold `%XX`):
+/// everything after `/devices/` (`path_tail`), query string included, up to the final
+/// `/deactivate`.
 fn raw_token(path_tail: &str, query: &str) -> Option<String> {
     let url = if query.is_empty() { path_tail.to_owned() } else { format!("{path_tail}?{query}") };
     url.strip_suffix(DEACTIVATE).map(str::to_owned)
@@ -135,10 +130,12 @@ async fn deactivate_raw(
     request: &HttpRequest,
     caller: &Caller,
     user: UserIdPath,
-    path_tail: &str,
 ) -> Result<Ok<DeviceView>, ApiError> {
     let user = caller.user(user.0, Scope::DevicesDeactivate)?;
-    let token = raw_token(path_tail, request.query_string()).ok_or_else(ApiError::route_not_found)?;
+    // `/api/users/{user_id}/devices/` is five segments; the rest is the endpoint.
+    let path_tail = request.uri().path().splitn(6, '/').nth(5).unwrap_or_default();
+    let query = request.uri().query().unwrap_or_default();
+    let token = raw_token(path_tail, query).ok_or_else(ApiError::route_not_found)?;
     super::devices::set_active(state, user, &token, false).await
 }
 
