@@ -157,6 +157,30 @@ async fn every_change_deletes_the_downstream_copies_named_by_templates() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn with_caching_off_downstream_copies_are_still_deleted_on_every_change() {
+    let prefix = unique_prefix();
+    let template = format!("{prefix}-gateway:usercache:{{id}}");
+    let mut settings = shared_redis(&prefix);
+    settings.push(("CACHE_INVALIDATE_EXTRA_KEYS", template.clone()));
+    settings.push(("CACHE_ENABLED", "false".to_owned()));
+    let app = TestApp::spawn_with(&as_pairs(&settings)).await;
+    let user = app.register("uncached-downstream@example.com").await;
+    let gateway_key = template.replace("{id}", &user);
+
+    assert_eq!(email_opt_in(&app, &user).await, Some(true));
+    redis_cli(shared_redis_port(), &["SET", &gateway_key, "cached-by-the-gateway"]);
+    assert_eq!(set_email_opt_in(&app, &user, false).await, 200);
+    assert_eq!(redis_cli(shared_redis_port(), &["EXISTS", &gateway_key]).trim(), "0");
+    assert_eq!(email_opt_in(&app, &user).await, Some(false));
+    // Nothing of ours was cached.
+    let ours = redis_cli(shared_redis_port(), &["--scan", "--pattern", &format!("{prefix}:*:user:*")]);
+    assert!(ours.trim().is_empty(), "cached with CACHE_ENABLED=false: {ours}");
+    redis_cli(shared_redis_port(), &["--scan", "--pattern", &format!("{prefix}*")])
+        .lines()
+        .for_each(|key| drop(redis_cli(shared_redis_port(), &["DEL", key])));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_retry_after_redis_lost_its_data_still_replays_the_original_201() {
     let mut redis = PrivateRedis::start().await;
     let url = redis.url();
