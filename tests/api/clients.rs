@@ -500,6 +500,12 @@ async fn operators_see_why_a_client_was_refused_and_where_downstream_copies_are_
         .unwrap();
     assert!(current.headers().get("deprecation").is_none());
 
+    // What the cache still owes Redis is exported.
+    let metrics = reqwest::get(format!("{}/metrics", service.address)).await.unwrap().text().await.unwrap();
+    for series in ["user_service_cache_pending_invalidations 0", "user_service_cache_scheduled_follow_ups "] {
+        assert!(metrics.lines().any(|line| line.starts_with(series)), "no {series} in /metrics");
+    }
+
     // Extra keys without Redis are not silently ignored.
     let embedded = ServiceProcess::start(&database, &[("CACHE_INVALIDATE_EXTRA_KEYS", "usercache:{id}")]).await;
     let warned = embedded

@@ -24,6 +24,8 @@ type Entry = Reverse<(Instant, u64, UserId)>;
 #[derive(Debug, Default)]
 struct State {
     due: BinaryHeap<Entry>,
+    /// Deletions taken by a [`Sending`] and not yet confirmed or put back.
+    sending: usize,
     next_sequence: u64,
     /// Deletions refused since the last warning because the schedule was full.
     refused: u64,
@@ -39,7 +41,7 @@ pub(crate) struct FollowUps {
 
 impl FollowUps {
     /// Deletes again after each of `delays` (none: no follow-ups), keeping at most `capacity`
-    /// scheduled deletions.
+    /// scheduled deletions (one per user and delay).
     pub(crate) fn new(delays: Vec<Duration>, capacity: usize) -> Self {
         Self { delays, capacity, state: Mutex::new(State::default()) }
     }
@@ -54,7 +56,7 @@ impl FollowUps {
         let mut refused = 0;
         for delay in &self.delays {
             for id in ids {
-                if state.due.len() >= self.capacity {
+                if state.due.len() + state.sending >= self.capacity {
                     refused += 1;
                     continue;
                 }
@@ -67,22 +69,19 @@ impl FollowUps {
         refused
     }
 
-    /// Takes up to `max` deletions due at `now`. Those that fail go back with [`Self::retry`].
-    pub(crate) fn take_due(&self, max: usize, now: Instant) -> Vec<(Instant, u64, UserId)> {
+    /// Takes up to `max` deletions due at `now` to send. They still count as scheduled until
+    /// [`Sending::confirm`]; dropped unconfirmed (the call failed or was abandoned), they are
+    /// due again.
+    pub(crate) fn take_due(&self, max: usize, now: Instant) -> Sending<'_> {
         let mut state = self.lock();
-        let mut taken = Vec::new();
-        while taken.len() < max && state.due.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
+        let mut entries = Vec::new();
+        while entries.len() < max && state.due.peek().is_some_and(|Reverse((at, _, _))| *at <= now) {
             if let Some(Reverse(entry)) = state.due.pop() {
-                taken.push(entry);
+                entries.push(entry);
             }
         }
-        taken
-    }
-
-    /// Puts back deletions that failed, still due.
-    pub(crate) fn retry(&self, failed: Vec<(Instant, u64, UserId)>) {
-        let mut state = self.lock();
-        state.due.extend(failed.into_iter().map(Reverse));
+        state.sending += entries.len();
+        Sending { follow_ups: self, entries }
     }
 
     /// How many deletions were refused for lack of room since the last call (for a warning).
@@ -100,14 +99,51 @@ impl FollowUps {
         self.delays.iter().max().copied().unwrap_or_default()
     }
 
-    /// How many deletions are scheduled.
+    /// How many deletions are scheduled, those being sent included.
     pub(crate) fn len(&self) -> usize {
-        self.lock().due.len()
+        let state = self.lock();
+        state.due.len() + state.sending
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Every update leaves the state consistent: poisoning carries no meaning here.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Deletions taken from the schedule to be sent; due again when dropped unconfirmed.
+#[derive(Debug)]
+pub(crate) struct Sending<'a> {
+    follow_ups: &'a FollowUps,
+    entries: Vec<(Instant, u64, UserId)>,
+}
+
+impl Sending<'_> {
+    /// Whether nothing was due.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The users whose copies to delete.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = UserId> + '_ {
+        self.entries.iter().map(|(_, _, id)| *id)
+    }
+
+    /// Redis confirmed the deletions: they leave the schedule.
+    pub(crate) fn confirm(mut self) {
+        let confirmed = std::mem::take(&mut self.entries).len();
+        self.follow_ups.lock().sending -= confirmed;
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let mut state = self.follow_ups.lock();
+        state.sending -= self.entries.len();
+        state.due.extend(self.entries.drain(..).map(Reverse));
     }
 }
 
@@ -123,15 +159,21 @@ mod tests {
         assert_eq!(follow_ups.schedule(&[alice, bob], start), 0);
         assert_eq!(follow_ups.len(), 4);
         assert!(follow_ups.take_due(10, start + Duration::from_millis(249)).is_empty());
-        let first: Vec<UserId> =
-            follow_ups.take_due(10, start + Duration::from_millis(250)).into_iter().map(|(_, _, id)| id).collect();
-        assert_eq!(first, [alice, bob]);
+        let first = follow_ups.take_due(10, start + Duration::from_millis(250));
+        assert_eq!(first.ids().collect::<Vec<_>>(), [alice, bob]);
+        // Being sent, they still count until Redis confirms them.
+        assert_eq!(follow_ups.len(), 4);
+        first.confirm();
+        assert_eq!(follow_ups.len(), 2);
         assert_eq!(follow_ups.next_due(), Some(start + Duration::from_secs(1)));
-        // A failed deletion stays due.
+        // A deletion whose call failed (dropped unconfirmed) is due again.
         let second = follow_ups.take_due(1, start + Duration::from_secs(2));
-        assert_eq!(second.len(), 1);
-        follow_ups.retry(second);
-        assert_eq!(follow_ups.take_due(10, start + Duration::from_secs(2)).len(), 2);
+        assert_eq!(second.ids().count(), 1);
+        drop(second);
+        assert_eq!(follow_ups.len(), 2);
+        let both = follow_ups.take_due(10, start + Duration::from_secs(2));
+        assert_eq!(both.ids().count(), 2);
+        both.confirm();
         assert_eq!(follow_ups.len(), 0);
     }
 

@@ -44,7 +44,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use domain::cache::{CacheHealth, CacheLookup, FillTicket, ProfileCache};
+use domain::cache::{CacheBacklog, CacheHealth, CacheLookup, FillTicket, ProfileCache};
 use domain::user::UserId;
 use redis::Script;
 use tokio::sync::oneshot;
@@ -139,14 +139,16 @@ impl RedisCache {
             // An id dropped from a full queue may leave an entry stale until it expires; entries
             // filled just after it by readers that loaded before the write live one TTL more.
             pending: PendingInvalidations::new(config.max_pending_invalidations, config.ttl * 2, config.timeout),
-            follow_ups: FollowUps::new(
-                if config.extra_invalidation_keys.is_empty() {
+            follow_ups: {
+                let delays = if config.extra_invalidation_keys.is_empty() {
                     Vec::new()
                 } else {
                     config.extra_invalidation_delays.clone()
-                },
-                config.max_pending_invalidations,
-            ),
+                };
+                // As many users as invalidations may wait for, each with every delay.
+                let capacity = config.max_pending_invalidations.saturating_mul(delays.len());
+                FollowUps::new(delays, capacity)
+            },
             guarded_fill: Script::new(GUARDED_FILL),
             #[cfg(any(test, feature = "test-support"))]
             unguarded_fill: Script::new(UNGUARDED_FILL),
@@ -309,6 +311,13 @@ impl ProfileCache for RedisCache {
         }
     }
 
+    fn backlog(&self) -> CacheBacklog {
+        CacheBacklog {
+            pending_invalidations: self.inner.pending.len(),
+            scheduled_follow_ups: self.inner.follow_ups.len(),
+        }
+    }
+
     async fn finish_pending(&self) {
         let inner = &self.inner;
         let deadline = Instant::now() + inner.follow_ups.longest_delay() + FINISH_MARGIN;
@@ -322,7 +331,8 @@ impl ProfileCache for RedisCache {
             tracing::warn!(
                 pending,
                 follow_ups,
-                "stopping with cache invalidations Redis has not confirmed: entries may stay stale until they expire"
+                "stopping before Redis confirmed every invalidation and follow-up deletion: cached entries or \
+                 downstream copies may stay stale until they expire"
             );
         }
     }
@@ -392,15 +402,16 @@ impl Inner {
             if due.is_empty() {
                 return;
             }
-            let mut keys: Vec<String> = due.iter().flat_map(|(_, _, id)| self.keys.extra(*id)).collect();
+            let mut keys: Vec<String> = due.ids().flat_map(|id| self.keys.extra(id)).collect();
             keys.sort_unstable();
             keys.dedup();
             let mut command = redis::cmd("DEL");
             command.arg(keys);
             if self.connection.run::<i64>(Request::Command(&command)).await.is_none() {
-                self.follow_ups.retry(due);
+                // Dropped unconfirmed: due again on the next tick.
                 return;
             }
+            due.confirm();
         }
     }
 }

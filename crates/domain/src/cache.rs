@@ -55,6 +55,16 @@ pub enum CacheHealth {
     Disabled,
 }
 
+/// Work a cache still owes Redis (for metrics): invalidations not yet confirmed, and
+/// follow-up deletions of downstream copies not yet done.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheBacklog {
+    /// Users whose invalidation is not confirmed.
+    pub pending_invalidations: usize,
+    /// Follow-up deletions scheduled or being sent.
+    pub scheduled_follow_ups: usize,
+}
+
 /// A cache of serialized user representations.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
@@ -82,6 +92,11 @@ pub trait ProfileCache: Send + Sync {
 
     /// Probes the cache for `/health`.
     async fn health(&self) -> CacheHealth;
+
+    /// What the cache still owes its store of entries (for metrics). Nothing by default.
+    fn backlog(&self) -> CacheBacklog {
+        CacheBacklog::default()
+    }
 
     /// Called once before the process exits: finishes, within a bound of the
     /// implementation's, the work that outlives the writes that asked for it (invalidations
@@ -139,6 +154,10 @@ impl ProfileCache for InvalidationsOnly {
 
     async fn health(&self) -> CacheHealth {
         self.0.health().await
+    }
+
+    fn backlog(&self) -> CacheBacklog {
+        self.0.backlog()
     }
 
     async fn finish_pending(&self) {

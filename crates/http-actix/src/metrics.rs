@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::cache::{CacheHealth, CacheLookup, FillTicket, ProfileCache};
+use domain::cache::{CacheBacklog, CacheHealth, CacheLookup, FillTicket, ProfileCache};
 use domain::user::UserId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -56,6 +56,8 @@ pub struct Metrics {
     pool_available: Gauge,
     pool_waiting: Gauge,
     hashes_running: Gauge,
+    pending_invalidations: Gauge,
+    scheduled_follow_ups: Gauge,
 }
 
 impl Default for Metrics {
@@ -85,7 +87,30 @@ impl Metrics {
         registry.register("db_pool_waiting", "Requests waiting for a database connection", pool_waiting.clone());
         let hashes_running = Gauge::default();
         registry.register("password_hashes_running", "Password hashes computing now", hashes_running.clone());
-        Self { registry, requests, latency, cache, pool_size, pool_available, pool_waiting, hashes_running }
+        let pending_invalidations = Gauge::default();
+        registry.register(
+            "cache_pending_invalidations",
+            "Users whose cache invalidation Redis has not confirmed yet",
+            pending_invalidations.clone(),
+        );
+        let scheduled_follow_ups = Gauge::default();
+        registry.register(
+            "cache_scheduled_follow_ups",
+            "Follow-up deletions of downstream copies not yet done",
+            scheduled_follow_ups.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            cache,
+            pool_size,
+            pool_available,
+            pool_waiting,
+            hashes_running,
+            pending_invalidations,
+            scheduled_follow_ups,
+        }
     }
 
     /// Records a finished request.
@@ -101,13 +126,15 @@ impl Metrics {
     }
 
     /// Renders every metric, after reading the gauges from their sources.
-    pub fn render(&self, pool: Option<deadpool::Status>, hashes_running: usize) -> String {
+    pub fn render(&self, pool: Option<deadpool::Status>, hashes_running: usize, backlog: CacheBacklog) -> String {
         if let Some(status) = pool {
             self.pool_size.set(i64::try_from(status.size).unwrap_or(i64::MAX));
             self.pool_available.set(i64::try_from(status.available).unwrap_or(i64::MAX));
             self.pool_waiting.set(i64::try_from(status.waiting).unwrap_or(i64::MAX));
         }
         self.hashes_running.set(i64::try_from(hashes_running).unwrap_or(i64::MAX));
+        self.pending_invalidations.set(i64::try_from(backlog.pending_invalidations).unwrap_or(i64::MAX));
+        self.scheduled_follow_ups.set(i64::try_from(backlog.scheduled_follow_ups).unwrap_or(i64::MAX));
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
@@ -169,6 +196,10 @@ impl ProfileCache for MeteredCache {
 
     async fn health(&self) -> CacheHealth {
         self.inner.health().await
+    }
+
+    fn backlog(&self) -> CacheBacklog {
+        self.inner.backlog()
     }
 
     async fn finish_pending(&self) {

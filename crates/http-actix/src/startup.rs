@@ -209,6 +209,12 @@ fn build_redis_cache(cache: &CacheSettings) -> anyhow::Result<Arc<dyn ProfileCac
     let database = config.database();
     let redis = RedisCache::build(config).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
     tracing::info!(url = %redacted_url, ttl_seconds = cache.ttl.as_secs(), "caching users in Redis");
+    if !cache.extra_invalidation_keys.is_empty() && cache.extra_invalidation_delays.is_empty() {
+        tracing::warn!(
+            "CACHE_INVALIDATE_EXTRA_DELAYS=none: a client's unguarded fill racing a change can leave its \
+             downstream copy stale until that copy expires"
+        );
+    }
     if !cache.extra_invalidation_keys.is_empty() {
         let delays: Vec<String> =
             cache.extra_invalidation_delays.iter().map(|delay| format!("{}ms", delay.as_millis())).collect();

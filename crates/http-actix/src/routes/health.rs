@@ -168,6 +168,6 @@ pub async fn ready(state: Data<AppState>) -> HealthReply<CheckView> {
 /// operations; database pool connections and waiters; password hashes running.
 #[api_operation(tag = "health", no_security, produces = "text/plain")]
 pub async fn metrics(state: Data<AppState>) -> HttpResponse {
-    let text = state.metrics.render((state.pool_status)(), state.hasher.running());
+    let text = state.metrics.render((state.pool_status)(), state.hasher.running(), state.cache.backlog());
     HttpResponse::Ok().content_type("application/openmetrics-text; version=1.0.0; charset=utf-8").body(text)
 }
