@@ -1,6 +1,7 @@
 //! Black-box tests of the HTTP API: one binary, each test with its own database.
 #![expect(clippy::unwrap_used, reason = "test helpers fail the test on any unexpected error")]
 
+mod abuse;
 mod auth;
 mod cache;
 mod clients;

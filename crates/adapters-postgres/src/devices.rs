@@ -101,6 +101,33 @@ pub(crate) async fn upsert_device(
     Ok(UpsertedRow { device, created: row.created, previous_owner: row.previous_owner })
 }
 
+/// Registers a token only if no user holds it yet (`ON CONFLICT DO NOTHING`: atomic against
+/// a concurrent registration of the same token); `None` when one does.
+pub(crate) async fn insert_device_if_new(
+    connection: &mut AsyncPgConnection,
+    user: UserId,
+    registration: &DeviceRegistration,
+    now: OffsetDateTime,
+) -> QueryResult<Option<UpsertedRow>> {
+    let device: Option<DeviceRow> = diesel::insert_into(devices::table)
+        .values((
+            devices::id.eq(Uuid::now_v7()),
+            devices::user_id.eq(user.as_uuid()),
+            devices::token.eq(registration.token.as_str()),
+            devices::platform.eq(registration.platform.as_str()),
+            devices::active.eq(registration.active),
+            devices::created_at.eq(now),
+            devices::updated_at.eq(now),
+            devices::last_seen_at.eq(now),
+        ))
+        .on_conflict_do_nothing()
+        .returning(DEVICE)
+        .get_result(connection)
+        .await
+        .optional()?;
+    Ok(device.map(|device| UpsertedRow { device, created: true, previous_owner: None }))
+}
+
 /// Matches the user's device named by `selector`: by id, by exact token, or by the token
 /// with runs of `/` merged (what some proxies do to web-push endpoints in paths).
 macro_rules! selected_device {

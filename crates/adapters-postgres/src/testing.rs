@@ -90,6 +90,18 @@ impl TestDatabase {
         let row: Count = sql_query(query).get_result(&mut connection).await?;
         Ok(row.count)
     }
+
+    /// Runs a query returning one `text` column named `value`, for assertions.
+    pub async fn text(&self, query: &str) -> Result<String, BoxError> {
+        #[derive(QueryableByName)]
+        struct Text {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            value: String,
+        }
+        let mut connection = self.pool.get().await?;
+        let row: Text = sql_query(query).get_result(&mut connection).await?;
+        Ok(row.value)
+    }
 }
 
 impl std::fmt::Debug for TestDatabase {

@@ -1,7 +1,7 @@
 //! [`UserRepository`] on PostgreSQL.
 
 use adapters_sql_common::profiles::{
-    created_user, page_offset, page_total, profiles_from_joined_rows, profiles_with_devices, uuids,
+    InitialDevice, created_user, page_offset, page_total, profiles_from_joined_rows, profiles_with_devices, uuids,
 };
 use async_trait::async_trait;
 use diesel::dsl::{exists, sql};
@@ -9,6 +9,7 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use domain::auth::Credentials;
+use domain::device::HeldToken;
 use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository};
 use domain::preferences::{Preferences, PreferencesUpdate};
@@ -16,7 +17,7 @@ use domain::user::{ContactUpdate, EmailAddress, Page, PageRequest, PasswordHash,
 use time::{OffsetDateTime, Time};
 
 use crate::PgStore;
-use crate::devices::upsert_device;
+use crate::devices::{insert_device_if_new, upsert_device};
 use crate::errors::from_diesel;
 use crate::idempotency::{TxError, claim, record as record_answer};
 use crate::rows::{CREDENTIALS, CredentialsRow, DEVICE, DeviceRow, PREFERENCES, PreferencesRow, USER, UserRow};
@@ -82,9 +83,17 @@ async fn insert_user(connection: &mut AsyncPgConnection, record: &NewUserRecord)
         .returning(PREFERENCES)
         .get_result::<PreferencesRow>(connection)
         .await?;
-    let device = match &record.device {
-        Some(registration) => Some(upsert_device(connection, record.id, registration, record.created_at).await?),
-        None => None,
+    let device = match (&record.device, record.if_token_held) {
+        (None, _) => InitialDevice::None,
+        (Some(registration), HeldToken::Move) => {
+            InitialDevice::Registered(upsert_device(connection, record.id, registration, record.created_at).await?)
+        }
+        (Some(registration), HeldToken::Leave) => {
+            match insert_device_if_new(connection, record.id, registration, record.created_at).await? {
+                Some(row) => InitialDevice::Registered(row),
+                None => InitialDevice::LeftWithItsOwner,
+            }
+        }
     };
     created_user(user, preferences, device).map_err(TxError::Repository)
 }

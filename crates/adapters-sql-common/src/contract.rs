@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use domain::device::{Device, DeviceRegistration, DeviceSelector, Platform, PushToken, RegisteredDevice};
+use domain::device::{Device, DeviceRegistration, DeviceSelector, HeldToken, Platform, PushToken, RegisteredDevice};
 use domain::idempotency::{
     IdempotencyConflict, IdempotencyKey, Idempotent, IdempotentRequest, IdempotentWrite, StoredResponse,
 };
@@ -50,6 +50,7 @@ macro_rules! repository_contract_tests {
             create_with_an_email_stored_in_another_case_is_email_taken,
             create_writes_nothing_when_a_later_insert_of_its_transaction_fails,
             create_with_a_push_token_held_by_another_user_moves_the_token,
+            create_that_leaves_held_tokens_registers_the_user_without_one_another_user_holds,
             find_profile_of_an_unknown_id_is_none,
             find_profiles_loads_each_named_user_and_leaves_unknown_ids_out,
             exists_tells_stored_users_from_unknown_ids,
@@ -176,6 +177,7 @@ pub fn record(email: &str, created_at: OffsetDateTime) -> NewUserRecord {
         password_hash: PasswordHash::new(PASSWORD_HASH.to_owned()),
         preferences: Preferences::defaults(created_at),
         device: None,
+        if_token_held: HeldToken::Move,
         created_at,
     }
 }
@@ -358,6 +360,35 @@ pub async fn create_with_a_push_token_held_by_another_user_moves_the_token(fixtu
     assert_eq!((moved.created_at, moved.last_seen_at), (at(0), at(5)));
     let first_profile = store.find_profile(first_id).await.expect("find").expect("the first user exists");
     assert!(first_profile.devices.is_empty());
+}
+
+/// A registration that may not take devices leaves a held token with its owner, reports it,
+/// and still registers a token nobody holds.
+pub async fn create_that_leaves_held_tokens_registers_the_user_without_one_another_user_holds(
+    fixture: &impl StoreFixture,
+) {
+    let store = fixture.store();
+    let mut owner = record("owner@example.com", at(0));
+    owner.device = Some(registration("owned-token", Platform::Ios, true));
+    let owner_id = owner.id;
+    let owned = create(store, owner).await.expect("create the owner").profile.devices[0].clone();
+
+    let mut thief = record("thief@example.com", at(5));
+    thief.device = Some(registration("owned-token", Platform::Unknown, true));
+    thief.if_token_held = HeldToken::Leave;
+    let created = create(store, thief).await.expect("the user is registered");
+    assert!(created.token_left_with_its_owner);
+    assert_eq!((created.device_moved_from, created.profile.devices.len()), (None, 0));
+    let owner_profile = store.find_profile(owner_id).await.expect("find").expect("the owner exists");
+    assert_eq!(owner_profile.devices, vec![owned], "the owner's device is untouched");
+
+    let mut newcomer = record("newcomer@example.com", at(6));
+    newcomer.device = Some(registration("fresh-token", Platform::Unknown, true));
+    newcomer.if_token_held = HeldToken::Leave;
+    let created = create(store, newcomer).await.expect("the user is registered");
+    assert!(!created.token_left_with_its_owner);
+    assert_eq!(created.profile.devices[0].token.as_str(), "fresh-token");
+    assert_eq!(fixture.count("SELECT count(*) AS count FROM devices").await, 2);
 }
 
 /// Unknown ids have no profile and no preferences.

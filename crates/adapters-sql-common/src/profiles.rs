@@ -62,15 +62,32 @@ pub fn profiles_with_devices(
         .collect()
 }
 
-/// The result of creating a user: its rows and the optional device registered with it.
+/// The initial device of a new user: registered (created or moved), or left with the user
+/// who holds its token.
+#[derive(Debug, Clone)]
+pub enum InitialDevice {
+    /// None was given.
+    None,
+    /// Created, or moved from its previous owner.
+    Registered(UpsertedRow),
+    /// Another user holds the token, and the registration may not take it.
+    LeftWithItsOwner,
+}
+
+/// The result of creating a user: its rows and what became of its initial device.
 pub fn created_user(
     user: UserRow,
     preferences: PreferencesRow,
-    device: Option<UpsertedRow>,
+    device: InitialDevice,
 ) -> Result<CreatedUser, RepositoryError> {
+    let token_left_with_its_owner = matches!(device, InitialDevice::LeftWithItsOwner);
+    let device = match device {
+        InitialDevice::Registered(row) => Some(row),
+        InitialDevice::None | InitialDevice::LeftWithItsOwner => None,
+    };
     let device_moved_from = device.as_ref().and_then(|device| device.moved_from(user.id));
     let profile = profile_from_rows(user, preferences, device.map(|device| device.device))?;
-    Ok(CreatedUser { profile, device_moved_from })
+    Ok(CreatedUser { profile, device_moved_from, token_left_with_its_owner })
 }
 
 /// How many rows precede the page, as SQL's `OFFSET` takes it (saturated: a page beyond

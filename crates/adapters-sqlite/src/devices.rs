@@ -62,6 +62,12 @@ pub(crate) fn upsert_device(
     Ok(UpsertedRow { created: device.id == proposed, device, previous_owner })
 }
 
+/// Whether some user holds the registration's token.
+pub(crate) fn token_is_held(connection: &mut SqliteConnection, registration: &DeviceRegistration) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(devices::table.filter(devices::token.eq(registration.token.as_str()))))
+        .get_result(connection)
+}
+
 /// The ids of `user`'s devices that `selector` names. The merged-slashes comparison runs
 /// here rather than in SQL (SQLite has no `regexp_replace`); a user has few devices.
 fn selected_devices(

@@ -1,11 +1,14 @@
 //! [`UserRepository`] on SQLite.
 
-use adapters_sql_common::profiles::{created_user, page_offset, page_total, profiles_with_devices, uuids};
+use adapters_sql_common::profiles::{
+    InitialDevice, created_user, page_offset, page_total, profiles_with_devices, uuids,
+};
 use adapters_sql_common::rows::{CredentialsRow, DeviceRow, PreferencesRow, UserRow};
 use async_trait::async_trait;
 use diesel::dsl::exists;
 use diesel::prelude::*;
 use domain::auth::Credentials;
+use domain::device::HeldToken;
 use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository};
 use domain::preferences::{Preferences, PreferencesUpdate};
@@ -16,7 +19,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::SqliteStore;
-use crate::devices::upsert_device;
+use crate::devices::{token_is_held, upsert_device};
 use crate::errors::StoreError;
 use crate::idempotency::{claim, record_answer};
 use crate::schema::{CREDENTIALS, DEVICE, Id, PREFERENCES, USER, devices, lower, notification_preferences, users};
@@ -70,9 +73,15 @@ fn insert_user(connection: &mut SqliteConnection, record: &NewUserRecord) -> Res
     diesel::insert_into(notification_preferences::table)
         .values(PreferencesValues::from(&preferences))
         .execute(connection)?;
-    let device = match &record.device {
-        Some(registration) => Some(upsert_device(connection, record.id, registration, record.created_at)?),
-        None => None,
+    let device = match (&record.device, record.if_token_held) {
+        (None, _) => InitialDevice::None,
+        // Write transactions are serialized: the token read here is still unheld at the insert.
+        (Some(registration), HeldToken::Leave) if token_is_held(connection, registration)? => {
+            InitialDevice::LeftWithItsOwner
+        }
+        (Some(registration), _) => {
+            InitialDevice::Registered(upsert_device(connection, record.id, registration, record.created_at)?)
+        }
     };
     Ok(created_user(user, preferences, device)?)
 }

@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use crate::device::HeldToken;
 use crate::user::{PasswordHash, UserId};
 
 /// One thing a service caller may do. Every protected route requires exactly one.
@@ -240,6 +241,16 @@ impl Principal {
         }
     }
 
+    /// What a registration by this caller does with a `push_token` another user holds: only
+    /// a service trusted with devices (`devices.write`) may move it; anyone else (anonymous,
+    /// an end user) leaves it with its owner.
+    pub fn held_token_policy(caller: Option<&Self>) -> HeldToken {
+        match caller {
+            Some(Self::Service { scopes, .. }) if scopes.contains(Scope::DevicesWrite) => HeldToken::Move,
+            _ => HeldToken::Leave,
+        }
+    }
+
     /// Whether the caller proved itself with a key (the per-address limits spare those,
     /// since one gateway acts for many clients; a caller the network vouches for is
     /// counted like anyone else).
@@ -327,6 +338,14 @@ mod tests {
         for scope in Scope::ALL {
             assert_eq!(Scope::parse(scope.name()), Some(scope));
         }
+    }
+
+    #[test]
+    fn only_a_service_trusted_with_devices_may_move_a_held_token_at_registration() {
+        assert_eq!(Principal::held_token_policy(Some(&service(Scopes::ALL))), HeldToken::Move);
+        assert_eq!(Principal::held_token_policy(Some(&service(Scopes::INTERNAL_NETWORK))), HeldToken::Leave);
+        assert_eq!(Principal::held_token_policy(Some(&Principal::User(UserId::generate()))), HeldToken::Leave);
+        assert_eq!(Principal::held_token_policy(None), HeldToken::Leave);
     }
 
     #[test]

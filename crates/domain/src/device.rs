@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::error::InvalidValue;
 use crate::user::UserId;
-use crate::validate::canonical_uuid;
+use crate::validate::{canonical_uuid, reject_hidden_text};
 
 /// A device's identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,6 +55,7 @@ impl PushToken {
         if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(InvalidValue::new("must not contain whitespace or control characters"));
         }
+        reject_hidden_text(raw)?;
         if raw.chars().nth(Self::MAX_LENGTH).is_some() {
             return Err(InvalidValue::new("must be at most 4096 characters"));
         }
@@ -140,6 +141,17 @@ pub struct DeviceRegistration {
     pub platform: Platform,
     /// Whether it may receive pushes.
     pub active: bool,
+}
+
+/// What a registration does with a `push_token` that another user holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldToken {
+    /// Moves it to the new user: a device changing hands, said so by a caller trusted with
+    /// devices (a service with `devices.write`).
+    Move,
+    /// Leaves it with its owner and registers the user without it: an anonymous caller must
+    /// never detach a device from its owner.
+    Leave,
 }
 
 /// The outcome of registering a token.

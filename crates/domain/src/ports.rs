@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::auth::Credentials;
-use crate::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
+use crate::device::{Device, DeviceRegistration, DeviceSelector, HeldToken, RegisteredDevice};
 use crate::error::BoxError;
 use crate::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord, Idempotent, IdempotentWrite};
 use crate::preferences::{Preferences, PreferencesUpdate};
@@ -56,17 +56,22 @@ pub struct NewUserRecord {
     pub preferences: Preferences,
     /// A device to register in the same transaction (a `push_token` given at registration).
     pub device: Option<DeviceRegistration>,
+    /// What to do with `device` when another user holds its token.
+    pub if_token_held: HeldToken,
     /// The registration time.
     pub created_at: OffsetDateTime,
 }
 
 /// A user just created.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreatedUser {
     /// The stored profile.
     pub profile: UserProfile,
     /// The user the initial device's token was moved from, if it belonged to another user.
     pub device_moved_from: Option<UserId>,
+    /// Whether the initial device was left out because another user holds its token
+    /// ([`HeldToken::Leave`]).
+    pub token_left_with_its_owner: bool,
 }
 
 /// Users and their preferences, which live and die together.
@@ -74,7 +79,8 @@ pub struct CreatedUser {
 #[async_trait]
 pub trait UserRepository: Send + Sync {
     /// Creates the user, its preferences and its optional device in one transaction and
-    /// returns the stored profile. With `idempotency`, the same transaction first claims the
+    /// returns the stored profile. A device whose token another user holds is moved or left
+    /// out, as [`NewUserRecord::if_token_held`] says; never duplicated. With `idempotency`, the same transaction first claims the
     /// key (a stored answer is returned as [`Idempotent::Replayed`] without writing) and
     /// stores the rendered answer with the change.
     ///

@@ -56,6 +56,12 @@ type SharedLoad = Shared<BoxFuture<'static, Result<EncodedProfile, Arc<ServiceEr
 /// before a write that it observed as invalidated.
 type InflightLoads = Mutex<HashMap<(UserId, FillTicket), SharedLoad>>;
 
+/// Records that a device changed hands (both owners, never the token): moving a token is
+/// what a phone passed to another user looks like, and what a stolen token would too.
+fn log_device_moved(from: UserId, to: UserId) {
+    tracing::info!(from_user = %from, to_user = %to, "a push token moved to another user");
+}
+
 /// Re-creates a shared error for one reader.
 fn unshare(error: &ServiceError) -> ServiceError {
     match error {
@@ -116,14 +122,15 @@ impl UserService {
     }
 
     /// Registers a user with default preferences (overridden by the caller's choices) and,
-    /// when a push token is given, a device of platform `unknown`, all in one transaction.
-    /// With `idempotency`, a retry of a completed request is answered from its record before
-    /// any password is hashed.
+    /// when a push token is given, a device of platform `unknown`, all in one transaction; a
+    /// token another user holds is moved or left with its owner as `new_user` says. With
+    /// `idempotency`, a retry of a completed request is answered from its record before any
+    /// password is hashed.
     pub async fn register(
         &self,
         new_user: NewUser,
-        idempotency: Option<IdempotentWrite<UserProfile>>,
-    ) -> Result<Idempotent<UserProfile>, ServiceError> {
+        idempotency: Option<IdempotentWrite<CreatedUser>>,
+    ) -> Result<Idempotent<CreatedUser>, ServiceError> {
         if let Some(write) = &idempotency
             && let Some(replay) = self.stored_answer(&write.request).await?
         {
@@ -143,18 +150,15 @@ impl UserService {
                 platform: Platform::Unknown,
                 active: true,
             }),
+            if_token_held: new_user.if_token_held,
             created_at: now,
         };
-        let idempotency = idempotency.map(|write| write.map(|created: &CreatedUser| &created.profile));
-        match self.ports.users.create(record, idempotency).await? {
-            Idempotent::Executed(created) => {
-                if let Some(previous_owner) = created.device_moved_from {
-                    self.invalidate(&[previous_owner]).await;
-                }
-                Ok(Idempotent::Executed(created.profile))
-            }
-            Idempotent::Replayed(replay) => Ok(Idempotent::Replayed(replay)),
+        let created = self.ports.users.create(record, idempotency).await?;
+        if let Idempotent::Executed(CreatedUser { profile, device_moved_from: Some(previous_owner), .. }) = &created {
+            log_device_moved(*previous_owner, profile.user.id);
+            self.invalidate(&[*previous_owner]).await;
         }
+        Ok(created)
     }
 
     /// The answer stored for a completed idempotent request, if any.
@@ -350,6 +354,7 @@ impl UserService {
         let result = self.ports.devices.upsert(user, registration, self.ports.clock.now(), idempotency).await;
         match &result {
             Ok(Idempotent::Executed(RegisteredDevice { previous_owner: Some(previous), .. })) => {
+                log_device_moved(*previous, user);
                 self.invalidate(&[user, *previous]).await;
             }
             Ok(Idempotent::Replayed(_)) => {}
@@ -451,7 +456,7 @@ mod tests {
     use crate::auth::Credentials;
     use crate::cache::{CacheLookup, FillTicket};
     use crate::cache::{MockProfileCache, NoCache};
-    use crate::device::PushToken;
+    use crate::device::{HeldToken, PushToken};
     use crate::eligibility::Channel;
     use crate::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord};
     use crate::ports::{
@@ -511,6 +516,7 @@ mod tests {
             password: Password::parse("StrongPass123!").unwrap(),
             phone: None,
             push_token: Some(PushToken::parse("fcm_device_token_123").unwrap()),
+            if_token_held: HeldToken::Leave,
             preferences: PreferencesUpdate { push: Some(false), ..PreferencesUpdate::default() },
         }
     }
@@ -531,15 +537,20 @@ mod tests {
                         .device
                         .as_ref()
                         .is_some_and(|device| device.platform == Platform::Unknown && device.active)
+                    && record.if_token_held == HeldToken::Leave
             })
             .times(1)
             .returning(|record, _| {
-                Ok(Idempotent::Executed(CreatedUser { profile: profile_of(&record), device_moved_from: None }))
+                Ok(Idempotent::Executed(CreatedUser {
+                    profile: profile_of(&record),
+                    device_moved_from: None,
+                    token_left_with_its_owner: false,
+                }))
             });
 
         let registered =
             futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user(), None));
-        let Ok(Idempotent::Executed(profile)) = registered else {
+        let Ok(Idempotent::Executed(CreatedUser { profile, .. })) = registered else {
             panic!("a fresh registration executes: {registered:?}");
         };
         assert_eq!(profile.user.email.as_str(), "john@example.com");
@@ -844,7 +855,7 @@ mod tests {
         assert!(a.is_ok() && b.is_ok());
     }
 
-    fn idempotent_registration(fingerprint: &[u8]) -> IdempotentWrite<UserProfile> {
+    fn idempotent_registration(fingerprint: &[u8]) -> IdempotentWrite<CreatedUser> {
         IdempotentWrite {
             request: IdempotentRequest {
                 caller: "gateway".into(),

@@ -6,10 +6,10 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::device::{Device, PushToken};
+use crate::device::{Device, HeldToken, PushToken};
 use crate::error::InvalidValue;
 use crate::preferences::{Preferences, PreferencesUpdate};
-use crate::validate::{canonical_uuid, check_length, reject_control_characters};
+use crate::validate::{canonical_uuid, check_length, reject_control_characters, reject_hidden_text};
 
 /// A user's identifier (a UUID; new ones are time-ordered v7 for index locality).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,7 +51,8 @@ impl fmt::Display for UserId {
     }
 }
 
-/// A display name: trimmed, 1–100 characters, no control characters.
+/// A display name: trimmed, 1–100 characters, no control or bidirectional control
+/// characters, and at least one visible character.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserName(String);
 
@@ -60,6 +61,7 @@ impl UserName {
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         let trimmed = raw.trim();
         reject_control_characters(trimmed)?;
+        reject_hidden_text(trimmed)?;
         check_length(trimmed, 1, 100)?;
         Ok(Self(trimmed.to_owned()))
     }
@@ -72,7 +74,10 @@ impl UserName {
 
 /// An email address: trimmed, lower-cased, at most 254 characters, with a dotted domain.
 /// Lower-casing makes the address compare case-insensitively everywhere, including the
-/// database's unique index.
+/// database's unique index. The domain is stored in its ASCII form (IDNA, UTS #46):
+/// `ada@bücher.de` is stored as `ada@xn--bcher-kva.de`, so both spellings of one mailbox are
+/// one address, and every mail server can route it. A non-ASCII local part is kept as given
+/// (lower-cased).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EmailAddress(String);
 
@@ -80,10 +85,20 @@ impl EmailAddress {
     /// The longest address SMTP can carry (RFC 5321, path limit minus the brackets).
     pub const MAX_LENGTH: usize = 254;
 
-    /// Trims, lower-cases and checks `raw`.
+    /// Trims, lower-cases and checks `raw`, and writes its domain in ASCII.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        let normalized = raw.trim().to_lowercase();
-        reject_control_characters(&normalized)?;
+        let invalid = InvalidValue::new("must be a valid email address");
+        let lowered = raw.trim().to_lowercase();
+        reject_control_characters(&lowered)?;
+        reject_hidden_text(&lowered)?;
+        // Bound the input before the domain is converted: IDNA is linear, but needs no more.
+        if lowered.len() > Self::MAX_LENGTH * 4 {
+            return Err(InvalidValue::new("must be at most 254 characters"));
+        }
+        let (local, domain) = lowered.rsplit_once('@').ok_or(invalid.clone())?;
+        reject_hidden_text(local)?;
+        let domain = idna::domain_to_ascii(domain).map_err(|_| invalid.clone())?;
+        let normalized = format!("{local}@{domain}");
         if normalized.len() > Self::MAX_LENGTH {
             return Err(InvalidValue::new("must be at most 254 characters"));
         }
@@ -93,8 +108,7 @@ impl EmailAddress {
             allow_display_text: false,
             ..email_address::Options::default()
         };
-        email_address::EmailAddress::parse_with_options(&normalized, options)
-            .map_err(|_| InvalidValue::new("must be a valid email address"))?;
+        email_address::EmailAddress::parse_with_options(&normalized, options).map_err(|_| invalid)?;
         Ok(Self(normalized))
     }
 
@@ -231,6 +245,8 @@ pub struct NewUser {
     pub phone: Option<PhoneNumber>,
     /// An optional push token, registered as a device of platform `unknown`.
     pub push_token: Option<PushToken>,
+    /// What to do when another user holds `push_token`.
+    pub if_token_held: HeldToken,
     /// Preferences that differ from the defaults.
     pub preferences: PreferencesUpdate,
 }
@@ -330,6 +346,34 @@ mod tests {
     fn email_is_trimmed_and_lower_cased() {
         let email = EmailAddress::parse("  John@Example.COM ").unwrap();
         assert_eq!(email.as_str(), "john@example.com");
+    }
+
+    #[test]
+    fn text_that_hides_itself_is_rejected_in_names_and_addresses() {
+        for name in [
+            "Alice\u{202E}eciN",
+            "\u{2066}Bob\u{2069}",
+            "Eve\u{200F}",
+            "\u{200B}\u{200B}",
+            "\u{3164}",
+            "\u{2800}\u{2800}",
+        ] {
+            assert!(UserName::parse(name).is_err(), "{name:?} should be rejected");
+        }
+        assert!(EmailAddress::parse("alice\u{202E}@example.com").is_err());
+        assert!(EmailAddress::parse("\u{200B}@example.com").is_err());
+        // Visible text with a joiner (emoji sequences) or an accent stays valid.
+        assert!(UserName::parse("Zoë \u{1F469}\u{200D}\u{1F4BB}").is_ok());
+    }
+
+    #[test]
+    fn email_domains_are_stored_in_ascii_so_both_spellings_are_one_address() {
+        let unicode = EmailAddress::parse("Ada@Bücher.DE").unwrap();
+        assert_eq!(unicode.as_str(), "ada@xn--bcher-kva.de");
+        assert_eq!(EmailAddress::parse("ada@xn--bcher-kva.de").unwrap(), unicode);
+        assert_eq!(EmailAddress::parse("ünï@example.com").unwrap().as_str(), "ünï@example.com");
+        assert!(EmailAddress::parse("ada@exa mple.com").is_err());
+        assert!(EmailAddress::parse("ada@-bad-.com").is_err());
     }
 
     #[test]

@@ -23,6 +23,54 @@ pub(crate) fn reject_control_characters(value: &str) -> Result<(), InvalidValue>
     Ok(())
 }
 
+/// Bidirectional controls: embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069)
+/// and the marks (U+200E, U+200F, U+061C). They reorder how the text around them is shown,
+/// so `alice\u{202E}moc.elpmaxe` reads as another name or address.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
+/// Characters that show nothing: white space, Unicode's default-ignorable code points
+/// (zero-width spaces and joiners, variation selectors, tags, fillers) and the blank braille
+/// pattern, which renders as a space.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFF8}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
+/// Rejects text that hides itself: any bidirectional control, or nothing visible at all.
+pub(crate) fn reject_hidden_text(value: &str) -> Result<(), InvalidValue> {
+    if value.chars().any(is_bidi_control) {
+        return Err(InvalidValue::new(
+            "must not contain bidirectional control characters (U+202A–U+202E, U+2066–U+2069)",
+        ));
+    }
+    if !value.is_empty() && value.chars().all(is_invisible) {
+        return Err(InvalidValue::new("must contain a visible character"));
+    }
+    Ok(())
+}
+
 /// Checks that `value` holds between `min` and `max` characters (Unicode scalar values).
 pub(crate) fn check_length(value: &str, min: usize, max: usize) -> Result<(), InvalidValue> {
     // Byte length bounds the character count from above: skip counting for short strings.

@@ -43,6 +43,12 @@ pub struct Settings {
     pub idempotency_ttl: Duration,
     /// Largest accepted request body (`MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive in full before the answer is 408
+    /// (`REQUEST_BODY_TIMEOUT`, seconds).
+    pub request_body_timeout: Duration,
+    /// A bearer token `/metrics` requires (`METRICS_TOKEN`, at least 16 characters); unset,
+    /// `/metrics` is public.
+    pub metrics_token: Option<SecretString>,
     /// Password hashes computed at once (`PASSWORD_HASH_CONCURRENCY`, default: CPU count).
     pub password_hash_concurrency: usize,
     /// How long a registration waits for a hashing slot before answering 503
@@ -113,10 +119,20 @@ pub struct ServiceKeyConfig {
 /// Abuse limits.
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
-    /// Failed logins per account per window (`LOGIN_MAX_FAILURES`).
+    /// Wrong guesses at one account's password (logins, password changes) from one client
+    /// address per window (`LOGIN_MAX_FAILURES`).
     pub login_max_failures: u32,
-    /// The failed-login window (`LOGIN_FAILURE_WINDOW_SECONDS`).
+    /// The window of wrong guesses (`LOGIN_FAILURE_WINDOW_SECONDS`).
     pub login_failure_window: Duration,
+    /// Wrong guesses at one account from all addresses per window, before addresses that
+    /// never logged in to it are slowed (`LOGIN_ACCOUNT_MAX_FAILURES`).
+    pub login_account_max_failures: u32,
+    /// Once that budget is spent, the one attempt per this interval that unknown addresses
+    /// share (`LOGIN_SLOWED_INTERVAL_SECONDS`).
+    pub login_slowed_interval: Duration,
+    /// How long an address that logged in successfully stays known to the account
+    /// (`LOGIN_KNOWN_ADDRESS_DAYS`).
+    pub login_known_address_for: Duration,
     /// Logins and registrations per client address per window (`RATE_LIMIT_PER_ADDRESS`).
     pub per_address: u32,
     /// The per-address window (`RATE_LIMIT_WINDOW_SECONDS`).
@@ -183,6 +199,9 @@ struct RawSettings {
     jwt_audience: Option<String>,
     login_max_failures: Option<String>,
     login_failure_window_seconds: Option<String>,
+    login_account_max_failures: Option<String>,
+    login_slowed_interval_seconds: Option<String>,
+    login_known_address_days: Option<String>,
     rate_limit_per_address: Option<String>,
     rate_limit_window_seconds: Option<String>,
     trusted_proxies: Option<String>,
@@ -190,6 +209,8 @@ struct RawSettings {
     cache_ttl: Option<String>,
     cache_enabled: Option<String>,
     max_body_bytes: Option<String>,
+    request_body_timeout: Option<String>,
+    metrics_token: Option<String>,
     password_hash_concurrency: Option<String>,
     password_hash_queue_timeout_ms: Option<String>,
     workers: Option<String>,
@@ -256,6 +277,15 @@ impl Settings {
                     raw.login_failure_window_seconds,
                     900,
                 )?),
+                login_account_max_failures: positive("LOGIN_ACCOUNT_MAX_FAILURES", raw.login_account_max_failures, 20)?,
+                login_slowed_interval: Duration::from_secs(positive(
+                    "LOGIN_SLOWED_INTERVAL_SECONDS",
+                    raw.login_slowed_interval_seconds,
+                    30,
+                )?),
+                login_known_address_for: Duration::from_secs(
+                    positive("LOGIN_KNOWN_ADDRESS_DAYS", raw.login_known_address_days, 30_u64)?.saturating_mul(86_400),
+                ),
                 per_address: positive("RATE_LIMIT_PER_ADDRESS", raw.rate_limit_per_address, 20)?,
                 per_address_window: Duration::from_secs(positive(
                     "RATE_LIMIT_WINDOW_SECONDS",
@@ -266,6 +296,8 @@ impl Settings {
             },
             idempotency_ttl: Duration::from_secs(positive("IDEMPOTENCY_TTL", raw.idempotency_ttl, 3_600)?),
             max_body_bytes: positive("MAX_BODY_BYTES", raw.max_body_bytes, 64 * 1024)?,
+            request_body_timeout: Duration::from_secs(positive("REQUEST_BODY_TIMEOUT", raw.request_body_timeout, 10)?),
+            metrics_token: metrics_token(raw.metrics_token)?,
             password_hash_concurrency: positive("PASSWORD_HASH_CONCURRENCY", raw.password_hash_concurrency, cpus)?,
             password_hash_queue_timeout: millis(
                 "PASSWORD_HASH_QUEUE_TIMEOUT_MS",
@@ -434,6 +466,15 @@ fn named_service_key(position: usize, entry: &str) -> Result<ServiceKeyConfig, C
         ))
     })?;
     Ok(ServiceKeyConfig { name: Some(name.to_owned()), key: SecretString::from(key.trim().to_owned()), scopes })
+}
+
+/// `METRICS_TOKEN`: unset, or at least 16 characters.
+fn metrics_token(value: Option<String>) -> Result<Option<SecretString>, ConfigError> {
+    match non_empty(value) {
+        None => Ok(None),
+        Some(token) if token.len() < 16 => Err(ConfigError("METRICS_TOKEN must be at least 16 characters".into())),
+        Some(token) => Ok(Some(SecretString::from(token))),
+    }
 }
 
 /// Comma-separated addresses or CIDR ranges.
@@ -682,6 +723,11 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/99"),
             ("JWT_TTL", "0"),
             ("LOG_LEVEL", "loud=="),
+            ("REQUEST_BODY_TIMEOUT", "0"),
+            ("METRICS_TOKEN", "short"),
+            ("LOGIN_ACCOUNT_MAX_FAILURES", "0"),
+            ("LOGIN_SLOWED_INTERVAL_SECONDS", "soon"),
+            ("LOGIN_KNOWN_ADDRESS_DAYS", "-1"),
         ] {
             let error = settings(&[(name, value)]).unwrap_err().to_string();
             assert!(error.contains(name), "{error} should name {name}");

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use apistos::ApiComponent;
-use domain::device::{Device, DeviceRegistration, Platform, PushToken};
+use domain::device::{Device, DeviceRegistration, HeldToken, Platform, PushToken};
 use domain::ports::ProfileEncoder;
 use domain::preferences::{ClockTime, Preferences, PreferencesUpdate, QuietHours, TimeZoneName};
 use domain::user::{ContactUpdate, EmailAddress, NewUser, Password, PhoneNumber, User, UserId, UserName, UserProfile};
@@ -148,15 +148,18 @@ pub struct RegisterUserRequest {
     pub password: String,
     /// Phone number in E.164 form.
     pub phone: Option<String>,
-    /// A push token to register as a device of platform `unknown`.
+    /// A push token to register as a device of platform `unknown`. A token that another user
+    /// holds is moved here only when a service with `devices.write` registers; otherwise the
+    /// user is registered without it (the answer's message says so).
     pub push_token: Option<String>,
     /// Preferences that differ from the defaults (email and push on, no quiet hours, UTC).
     pub preferences: Option<PreferencesRequest>,
 }
 
 impl RegisterUserRequest {
-    /// Parses every field.
-    pub fn into_domain(self) -> Result<NewUser, ApiError> {
+    /// Parses every field; `if_token_held` says what to do with a `push_token` another user
+    /// holds (it depends on who registers).
+    pub fn into_domain(self, if_token_held: HeldToken) -> Result<NewUser, ApiError> {
         let mut fields = Fields::default();
         let name = fields.parse("name", UserName::parse(&self.name));
         let email = fields.parse("email", EmailAddress::parse(&self.email));
@@ -167,7 +170,7 @@ impl RegisterUserRequest {
         fields.finish()?;
         match (name, email, password) {
             (Some(name), Some(email), Some(password)) => {
-                Ok(NewUser { name, email, password, phone, push_token, preferences })
+                Ok(NewUser { name, email, password, phone, push_token, if_token_held, preferences })
             }
             _ => Err(ApiError::validation(Vec::new())),
         }

@@ -101,7 +101,8 @@ impl ApiError {
         }
     }
 
-    fn with_auth_failure(self, reason: &'static str, hint: impl Into<Cow<'static, str>>) -> Self {
+    /// The same error, with another reason and hint for the operator's log.
+    pub fn with_auth_failure(self, reason: &'static str, hint: impl Into<Cow<'static, str>>) -> Self {
         Self { auth_failure: Some(Box::new(AuthFailure { reason, hint: hint.into() })), ..self }
     }
 
@@ -136,6 +137,15 @@ impl ApiError {
     /// 404: no route matches.
     pub fn route_not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    /// 408: the body did not arrive in full within `timeout`; the connection is closed.
+    pub fn request_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the request body did not arrive within {} s", timeout.as_secs()),
+        )
     }
 
     /// 413: the body exceeds the limit.
@@ -312,6 +322,10 @@ impl ResponseError for ApiError {
         if let Some(seconds) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a trickled body may still be on its way: nothing more is read.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -321,7 +335,7 @@ impl ResponseError for ApiError {
 
 /// The error statuses any operation may answer, each with the `ErrorEnvelope` body.
 /// Operations narrow the list with `error_code = ...` in `#[api_operation]`.
-const DOCUMENTED_ERRORS: [(u16, &str); 11] = [
+const DOCUMENTED_ERRORS: [(u16, &str); 12] = [
     (
         400,
         "Malformed JSON (`invalid_json`), a path id not in canonical spelling (`invalid_id`: lower-case, hyphenated), or a malformed or unexpected query string (`invalid_query`)",
@@ -335,6 +349,10 @@ const DOCUMENTED_ERRORS: [(u16, &str); 11] = [
     (
         409,
         "The email address belongs to another user (`email_taken`), or a request with the same `Idempotency-Key` is still running (`idempotency_in_flight`)",
+    ),
+    (
+        408,
+        "The body did not arrive in full within `REQUEST_BODY_TIMEOUT` (`request_timeout`); the connection is closed",
     ),
     (413, "The body exceeds the size limit (`payload_too_large`)"),
     (415, "The body is not `application/json` (`unsupported_media_type`)"),

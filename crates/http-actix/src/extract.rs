@@ -64,19 +64,29 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     }
 }
 
+/// How long a request body may take to arrive in full (`REQUEST_BODY_TIMEOUT`): a body
+/// trickled a byte at a time must not hold a connection and a worker's attention for ever.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub std::time::Duration);
+
+/// The body timeout when the app configures none.
+const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let declared_json = is_json(request);
+        let timeout = request.app_data::<BodyTimeout>().map_or(DEFAULT_BODY_TIMEOUT, |timeout| timeout.0);
         // The payload limit comes from the app's `PayloadConfig`.
         let body = Bytes::from_request(request, payload);
         Box::pin(async move {
             if !declared_json {
                 return Err(ApiError::unsupported_media_type());
             }
-            let body = body.await.map_err(|error| match error.as_response_error().status_code() {
+            let body = tokio::time::timeout(timeout, body).await.map_err(|_| ApiError::request_timeout(timeout))?;
+            let body = body.map_err(|error| match error.as_response_error().status_code() {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
                 _ => ApiError::invalid_json("the request body could not be read"),
             })?;

@@ -99,8 +99,9 @@ impl std::fmt::Debug for IdempotencySettings {
 }
 
 /// Builds the idempotent write for a request, when it carries a key; keys are scoped to
-/// the caller. The fingerprint is an HMAC of the method, the route (with or without its
-/// trailing slash) and the body.
+/// the caller. The fingerprint is an HMAC of the method, the concrete path (with or without
+/// its trailing slash) and the body: the same key and body sent for another user (another
+/// path) is a reused key (422), never a replay of the first user's answer.
 pub fn idempotent_write<T>(
     key: IdempotencyKeyHeader,
     caller_scope: Option<String>,
@@ -110,13 +111,12 @@ pub fn idempotent_write<T>(
     render: RenderResponse<T>,
 ) -> Option<IdempotentWrite<T>> {
     let key = key.0?;
-    let route = request.match_pattern().unwrap_or_else(|| request.path().to_owned());
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(settings.fingerprint_key.expose_secret().as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
     for part in [
         b"idempotency-fingerprint".as_slice(),
         request.method().as_str().as_bytes(),
-        route.trim_end_matches('/').as_bytes(),
+        request.path().trim_end_matches('/').as_bytes(),
         body,
     ] {
         mac.update(&(part.len() as u64).to_be_bytes());

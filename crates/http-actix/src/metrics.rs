@@ -2,8 +2,9 @@
 //! and status with latency histograms; cache lookups by result; database pool size and
 //! waiters; the password-hash bulkhead.
 //!
-//! Routes are labelled by their template (`/api/v1/users/{id}`), never the raw path, so
-//! that the number of series stays bounded whatever clients send.
+//! Every label value comes from a closed set, so that the number of series stays bounded
+//! whatever clients send: routes by their template (`/api/v1/users/{id}`, or `unmatched`),
+//! never the raw path; methods among the standard ones, or `other`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,8 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// The route template, or `unmatched`.
     pub route: String,
-    /// The HTTP method.
-    pub method: String,
+    /// The HTTP method (see [`method_label`]).
+    pub method: &'static str,
     /// The status code.
     pub status: u16,
 }
@@ -34,8 +35,26 @@ pub struct RequestLabels {
 pub struct RouteLabels {
     /// The route template, or `unmatched`.
     pub route: String,
-    /// The HTTP method.
-    pub method: String,
+    /// The HTTP method (see [`method_label`]).
+    pub method: &'static str,
+}
+
+/// A method's label: the standard methods by name, any other (clients may send made-up
+/// ones of any length) as `other`.
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// Labels of a cache operation.
@@ -113,11 +132,11 @@ impl Metrics {
         }
     }
 
-    /// Records a finished request.
-    pub fn observe_request(&self, route: &str, method: &str, status: u16, latency: Duration) {
+    /// Records a finished request: `route` is a route template or `unmatched`.
+    pub fn observe_request(&self, route: &str, method: &actix_web::http::Method, status: u16, latency: Duration) {
         let route = route.to_owned();
-        let method = method.to_owned();
-        self.requests.get_or_create(&RequestLabels { route: route.clone(), method: method.clone(), status }).inc();
+        let method = method_label(method);
+        self.requests.get_or_create(&RequestLabels { route: route.clone(), method, status }).inc();
         self.latency.get_or_create(&RouteLabels { route, method }).observe(latency.as_secs_f64());
     }
 

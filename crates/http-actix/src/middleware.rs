@@ -72,7 +72,7 @@ pub async fn request_context(
     let caller = response.request().extensions().get::<CallerName>().map(|name| name.0.clone());
     let auth_failure = response.response().extensions().get::<AuthFailure>().cloned();
     if let Some(state) = response.request().app_data::<Data<AppState>>() {
-        state.metrics.observe_request(&route, method.as_str(), status.as_u16(), elapsed);
+        state.metrics.observe_request(&route, &method, status.as_u16(), elapsed);
         if let Some(failure) = auth_failure {
             let address = client_address(response.request(), &state.limits.trusted_proxies);
             let address = address.map_or_else(|| "unknown".to_owned(), |address| address.to_string());

@@ -7,8 +7,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::abuse::Limits;
-use crate::auth::{AuthSettings, INTERNAL_NETWORK, ServiceKeys, TokenKeys};
+use crate::abuse::{GuessLimits, Limits};
+use crate::auth::{AuthSettings, INTERNAL_NETWORK, MetricsToken, ServiceKeys, TokenKeys};
 use crate::config::{CacheSettings, Settings};
 use crate::dto::{CACHE_FORMAT_VERSION, JsonProfileEncoder};
 use crate::error::ApiError;
@@ -65,6 +65,8 @@ pub struct AppState {
     /// Keeps the warnings about refused credentials to one per client address and reason
     /// per minute.
     pub auth_failure_log: AuthFailureLog,
+    /// The bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<MetricsToken>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -284,8 +286,13 @@ fn build_limits(settings: &Settings) -> anyhow::Result<Limits> {
     let limits = &settings.limits;
     Ok(Limits {
         limiter,
-        login_failures: RateLimit { limit: limits.login_max_failures, window: limits.login_failure_window },
         per_address: RateLimit { limit: limits.per_address, window: limits.per_address_window },
+        guesses: GuessLimits {
+            per_address: RateLimit { limit: limits.login_max_failures, window: limits.login_failure_window },
+            per_account: RateLimit { limit: limits.login_account_max_failures, window: limits.login_failure_window },
+            slowed_interval: limits.login_slowed_interval,
+            known_for: limits.login_known_address_for,
+        },
         trusted_proxies: limits.trusted_proxies.clone(),
     })
 }
@@ -350,16 +357,19 @@ impl Application {
             hasher,
             started_at: Instant::now(),
             auth_failure_log: AuthFailureLog::default(),
+            metrics_token: settings.metrics_token.as_ref().map(MetricsToken::new),
         });
 
         let listener = TcpListener::bind((settings.host, settings.port))?;
         let port = listener.local_addr()?.port();
         let max_body_bytes = settings.max_body_bytes;
+        let body_timeout = extract::BodyTimeout(settings.request_body_timeout);
         let server = HttpServer::new(move || {
             App::new()
                 .document(openapi_spec())
                 .app_data(state.clone())
                 .app_data(web::PayloadConfig::new(max_body_bytes))
+                .app_data(body_timeout)
                 .app_data(web::JsonConfig::default().limit(max_body_bytes).error_handler(extract::json_error))
                 .app_data(web::PathConfig::default().error_handler(extract::path_error))
                 .app_data(web::QueryConfig::default().error_handler(extract::query_error))

@@ -100,6 +100,39 @@ impl ServiceKeys {
     }
 }
 
+/// The bearer token that `/metrics` requires (`METRICS_TOKEN`), kept as its digest and
+/// compared in constant time.
+#[derive(Clone)]
+pub struct MetricsToken([u8; 32]);
+
+impl std::fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsToken(***)")
+    }
+}
+
+impl MetricsToken {
+    /// Accepts `token`.
+    pub fn new(token: &secrecy::SecretString) -> Self {
+        Self(digest(token.expose_secret().as_bytes()))
+    }
+
+    /// Whether `request` carries `Authorization: Bearer <token>` (401 if not).
+    pub fn check(&self, request: &HttpRequest) -> Result<(), ApiError> {
+        const HINT: &str = "/metrics needs Authorization: Bearer <METRICS_TOKEN>: give the scraper the configured \
+                            token (Prometheus: `authorization: {credentials: ...}` in the scrape config)";
+        let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+            return Err(ApiError::authentication_required().with_auth_failure("missing_metrics_token", HINT));
+        };
+        let presented = value.as_bytes().strip_prefix(b"Bearer ").unwrap_or_default();
+        if bool::from(digest(presented).ct_eq(&self.0)) {
+            Ok(())
+        } else {
+            Err(ApiError::invalid_credential("invalid_metrics_token", HINT))
+        }
+    }
+}
+
 /// How callers authenticate.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {

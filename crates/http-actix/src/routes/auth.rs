@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::abuse::{Guess, Secret};
 use crate::auth::MaybeCaller;
 use crate::envelope::Ok;
 use crate::error::ApiError;
@@ -58,8 +59,12 @@ impl TokenView {
 ///
 /// Exchanges an email and password for an access token (HS256 JWT with `sub`, `iat`, `exp`,
 /// `iss`, `aud`). An unknown email and a wrong password get the same 401 in about the same
-/// time. After too many failures for one account, or too many attempts from one address,
-/// the answer is 429 with `Retry-After`.
+/// time. Guessing is capped without letting anyone lock the owner out: after
+/// `LOGIN_MAX_FAILURES` wrong passwords for one account from one address that address gets
+/// 429 for the account; after `LOGIN_ACCOUNT_MAX_FAILURES` from all addresses, addresses that
+/// never logged in to it share one attempt per `LOGIN_SLOWED_INTERVAL_SECONDS`, while those
+/// that did keep working. Too many attempts from one address are 429 too. 429 carries
+/// `Retry-After`.
 #[api_operation(
     tag = "auth",
     no_security,
@@ -94,14 +99,15 @@ pub async fn login(
         }
     };
     state.limits.per_address(caller.0.as_ref(), &request, "login").await?;
-    state.limits.check_login_failures(&email).await?;
+    let guess = Guess::new(&state.limits, Secret::Login, email.as_str(), &request);
+    state.limits.admit(&guess).await?;
     match state.service.login(&email, password).await {
         Result::Ok(authenticated) => {
-            state.limits.clear_login_failures(&email).await;
+            state.limits.record_right(&guess).await;
             Ok(Ok::new(TokenView::issue(&state, authenticated), "logged in"))
         }
         Err(ServiceError::InvalidCredentials) => {
-            state.limits.record_login_failure(&email).await;
+            state.limits.record_wrong(&guess).await;
             Err(ServiceError::InvalidCredentials.into())
         }
         Err(error) => Err(error.into()),

@@ -13,6 +13,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::envelope::Envelope;
+use crate::error::ApiError;
 use crate::startup::AppState;
 use domain::cache::CacheHealth;
 
@@ -165,9 +166,13 @@ pub async fn ready(state: Data<AppState>) -> HealthReply<CheckView> {
 /// Prometheus metrics
 ///
 /// Requests by route template, method and status with latency histograms; cache
-/// operations; database pool connections and waiters; password hashes running.
-#[api_operation(tag = "health", no_security, produces = "text/plain")]
-pub async fn metrics(state: Data<AppState>) -> HttpResponse {
+/// operations and backlog; database pool connections and waiters; password hashes running.
+/// With `METRICS_TOKEN` set, requires `Authorization: Bearer <METRICS_TOKEN>` (401 without).
+#[api_operation(tag = "health", no_security, skip_args = "request", produces = "text/plain")]
+pub async fn metrics(state: Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if let Some(token) = &state.metrics_token {
+        token.check(&request)?;
+    }
     let text = state.metrics.render((state.pool_status)(), state.hasher.running(), state.cache.backlog());
-    HttpResponse::Ok().content_type("application/openmetrics-text; version=1.0.0; charset=utf-8").body(text)
+    Ok(HttpResponse::Ok().content_type("application/openmetrics-text; version=1.0.0; charset=utf-8").body(text))
 }

@@ -3,11 +3,14 @@
 use actix_web::HttpRequest;
 use actix_web::web::{Data, Query};
 use apistos::api_operation;
-use domain::auth::Scope;
+use domain::ServiceError;
+use domain::auth::{Principal, Scope};
 use domain::idempotency::{Idempotent, StoredResponse};
-use domain::user::{PageRequest, UserId, UserProfile};
+use domain::ports::CreatedUser;
+use domain::user::{PageRequest, UserId};
 use domain::{FieldError, InvalidValue};
 
+use crate::abuse::{Guess, Secret};
 use crate::auth::{Caller, MaybeCaller, ServiceCaller, UserCaller};
 use crate::dto::{ChangePasswordRequest, PageQuery, RegisterUserRequest, UpdateContactRequest, UserView};
 use crate::envelope::{NoContent, Ok, OkEncoded, PageMeta, success_bytes};
@@ -22,7 +25,10 @@ use crate::startup::AppState;
 /// Creates the user with default preferences (email and push on, no quiet hours, UTC),
 /// overridden by `preferences`, in one transaction. The email is trimmed and lower-cased; a
 /// taken email (compared case-insensitively) is 409. The password is stored as an argon2id
-/// hash. A `push_token` registers a device of platform `unknown`. Also at `/api/v1/users`.
+/// hash. A `push_token` registers a device of platform `unknown`; if another user holds that
+/// token, it moves to the new user only when a service with `devices.write` registers, and is
+/// otherwise left with its owner (the user is registered without it, and the message says
+/// so). Also at `/api/v1/users`.
 #[api_operation(
     tag = "users",
     no_security,
@@ -43,23 +49,30 @@ pub async fn register(
     body: JsonBody<RegisterUserRequest>,
 ) -> Result<Replayable<UserView>, ApiError> {
     let JsonBody(dto, raw) = body;
-    let new_user = dto.into_domain()?;
+    let new_user = dto.into_domain(Principal::held_token_policy(caller.0.as_ref()))?;
     state.limits.per_address(caller.0.as_ref(), &request, "register").await?;
-    let scope = caller.0.as_ref().map(domain::auth::Principal::name);
+    let scope = caller.0.as_ref().map(Principal::name);
     let idempotency = idempotent_write(key, scope, &request, &raw, &state.idempotency, Box::new(registered_answer));
     let service = state.service.clone();
     let written = to_completion(async move { service.register(new_user, idempotency).await });
     Ok(match written.await? {
-        Idempotent::Executed(profile) => Replayable::fresh(registered_answer(&profile)),
+        Idempotent::Executed(created) => Replayable::fresh(registered_answer(&created)),
         Idempotent::Replayed(stored) => Replayable::replayed(stored),
     })
 }
 
 /// The answer to a registration (also what an idempotency record stores).
-fn registered_answer(profile: &UserProfile) -> StoredResponse {
+fn registered_answer(created: &CreatedUser) -> StoredResponse {
+    let profile = &created.profile;
+    let message = if created.token_left_with_its_owner {
+        "user registered without its push_token, which another user holds: log in and register it with \
+         POST /api/v1/users/{id}/devices to move it"
+    } else {
+        "user registered"
+    };
     StoredResponse {
         status: 201,
-        body: success_bytes(UserView::from(profile), "user registered"),
+        body: success_bytes(UserView::from(profile), message),
         location: Some(format!("/api/v1/users/{}", profile.user.id)),
     }
 }
@@ -144,8 +157,11 @@ pub async fn delete(state: Data<AppState>, caller: Caller, id: UserIdPath) -> Re
 ///
 /// Only the user itself, with its access token and current password; no service scope
 /// grants it. Every access token issued before stops working; the answer carries a fresh one.
+/// Wrong current passwords are limited like logins (429 with `Retry-After`), before any
+/// hashing, so that a stolen token is no unlimited oracle.
 #[api_operation(
     tag = "users",
+    skip_args = "request",
     error_code = 400,
     error_code = 401,
     error_code = 403,
@@ -153,18 +169,33 @@ pub async fn delete(state: Data<AppState>, caller: Caller, id: UserIdPath) -> Re
     error_code = 413,
     error_code = 415,
     error_code = 422,
+    error_code = 429,
     error_code = 503
 )]
 pub async fn change_password(
     state: Data<AppState>,
+    request: HttpRequest,
     caller: UserCaller,
     id: UserIdPath,
     body: JsonBody<ChangePasswordRequest>,
 ) -> Result<Ok<TokenView>, ApiError> {
     let user = caller.owner(id.0)?;
     let (current, new) = body.0.into_domain()?;
+    let guess = Guess::new(&state.limits, Secret::CurrentPassword, &user.to_string(), &request);
+    state.limits.admit(&guess).await?;
     let service = state.service.clone();
-    let token_version = to_completion(async move { service.change_password(user, current, new).await }).await?;
+    let changed = to_completion(async move {
+        match service.change_password(user, current, new).await {
+            Err(ServiceError::CurrentPasswordMismatch) => Result::Ok(None),
+            changed => changed.map(Some),
+        }
+    })
+    .await?;
+    let Some(token_version) = changed else {
+        state.limits.record_wrong(&guess).await;
+        return Err(ServiceError::CurrentPasswordMismatch.into());
+    };
+    state.limits.record_right(&guess).await;
     let authenticated = domain::auth::Authenticated { user_id: user, token_version };
     Ok(Ok::new(TokenView::issue(&state, authenticated), "password changed"))
 }
