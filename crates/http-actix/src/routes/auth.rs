@@ -71,6 +71,7 @@ impl TokenView {
     skip_args = "request",
     error_code = 400,
     error_code = 401,
+    error_code = 408,
     error_code = 413,
     error_code = 415,
     error_code = 422,

@@ -33,6 +33,7 @@ use apistos::ApiComponent;
     error_code = 401,
     error_code = 403,
     error_code = 404,
+    error_code = 408,
     error_code = 413,
     error_code = 415,
     error_code = 422,

@@ -38,6 +38,7 @@ pub async fn get(state: Data<AppState>, caller: Caller, id: UserIdPath) -> Resul
     error_code = 401,
     error_code = 403,
     error_code = 404,
+    error_code = 408,
     error_code = 413,
     error_code = 415,
     error_code = 422,
