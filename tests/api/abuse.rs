@@ -100,6 +100,50 @@ async fn an_attacker_address_is_capped_while_the_owner_logs_in_from_elsewhere() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn guesses_sent_at_once_are_counted_before_any_is_checked() {
+    let hostile = Hostile::start(&[]).await;
+    hostile.register("burst@example.com").await;
+    // 60 guesses at once from 20 addresses: only the account's budget of 20 (and the one
+    // slowed attempt) may be checked, whatever the timing.
+    let hostile = &hostile;
+    let guesses = (0..60).map(|index| {
+        let address = format!("198.51.100.{}", index % 20 + 1);
+        async move { hostile.login(&address, "burst@example.com", "wrong-password").await.status }
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    let checked = statuses.iter().filter(|status| **status == 401).count();
+    assert!(checked <= 21, "{checked} of 60 guesses sent at once were checked: {statuses:?}");
+    assert!(statuses.iter().all(|status| [401, 429].contains(status)), "{statuses:?}");
+    // One address alone bursting: its budget of 10.
+    let burst = (0..30).map(|_| async { hostile.login("198.51.100.99", "other@example.com", "wrong").await.status });
+    let checked = futures_util::future::join_all(burst).await.iter().filter(|status| **status == 401).count();
+    assert!(checked <= 10, "{checked} of 30 guesses from one address were checked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_cannot_charge_its_guesses_to_the_owners_address_with_its_own_forwarded_line() {
+    let hostile = Hostile::start(&[]).await;
+    hostile.register("framed@example.com").await;
+    let owner = "203.0.113.7";
+    assert_eq!(hostile.login(owner, "framed@example.com", PASSWORD).await.status, 200);
+    // The client sends an X-Forwarded-For line naming the owner; the proxy adds its own line
+    // with the client's real address, as HAProxy does.
+    let body = json!({"email": "framed@example.com", "password": "wrong-password"});
+    for _ in 0..12 {
+        reqwest::Client::new()
+            .post(format!("{}/api/v1/auth/login", hostile.service.address))
+            .header("X-Forwarded-For", owner)
+            .header("X-Forwarded-For", "198.51.100.66")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(hostile.login(owner, "framed@example.com", PASSWORD).await.status, 200, "the owner was charged");
+    assert_eq!(hostile.login("198.51.100.66", "framed@example.com", PASSWORD).await.status, 429);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_guesses_over_fifty_addresses_get_no_faster_than_the_documented_rate() {
     // Documented defaults: 20 wrong guesses per account per 15 minutes from all addresses,
     // then one attempt per 30 s shared by addresses that never logged in to the account.
@@ -155,7 +199,57 @@ async fn a_stolen_token_cannot_guess_the_current_password_without_limit() {
     assert_eq!(statuses, [vec![403; 10], vec![429; 2]].concat());
     let right =
         hostile.send("198.51.100.1", &[("Authorization", &bearer)], Method::PUT, &path, Some(&change(PASSWORD))).await;
-    assert_eq!(right.status, 429, "the capped address is refused whatever it sends");
+    assert_eq!(right.status, 429, "the spent token is refused whatever it sends");
+    // The thief spent only that token's budget: the owner, with a token of its own, changes
+    // the password (and so revokes the stolen token).
+    let fresh = hostile.login("203.0.113.7", "victim@example.com", PASSWORD).await.body["data"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let fresh_bearer = format!("Bearer {fresh}");
+    let changed = hostile
+        .send("203.0.113.7", &[("Authorization", &fresh_bearer)], Method::PUT, &path, Some(&change(PASSWORD)))
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    let user = format!("/api/v1/users/{id}");
+    let stolen = hostile.send("198.51.100.1", &[("Authorization", &bearer)], Method::GET, &user, None).await;
+    assert_eq!(stolen.status, 401, "the password change revoked the stolen token");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn password_changes_racing_each_other_never_answer_200_for_a_password_that_was_lost() {
+    let hostile = Hostile::start(&[]).await;
+    let id = hostile.register("racer@example.com").await;
+    let token = hostile.login("203.0.113.7", "racer@example.com", PASSWORD).await.body["data"]["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bearer = format!("Bearer {token}");
+    let path = format!("/api/v1/users/{id}/password");
+    let changes = (0..6).map(|index| {
+        let (bearer, path) = (bearer.clone(), path.clone());
+        let hostile = &hostile;
+        async move {
+            let body = json!({"current_password": PASSWORD, "new_password": format!("NewPassword-{index}")});
+            (
+                index,
+                hostile
+                    .send("203.0.113.7", &[("Authorization", &bearer)], Method::PUT, &path, Some(&body))
+                    .await
+                    .status,
+            )
+        }
+    });
+    let outcomes = futures_util::future::join_all(changes).await;
+    let winners: Vec<usize> = outcomes.iter().filter(|(_, status)| *status == 200).map(|(index, _)| *index).collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|(_, status)| [200, 403].contains(status)), "{outcomes:?}");
+    let kept = format!("NewPassword-{}", winners[0]);
+    assert_eq!(
+        hostile.login("203.0.113.7", "racer@example.com", &kept).await.status,
+        200,
+        "the 200 answer's password works"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -368,6 +462,9 @@ async fn names_and_addresses_that_hide_themselves_are_refused() {
         ("\u{200B}\u{2060}", "invisible-name@example.com", "name"),
         ("\u{3164}", "filler-name@example.com", "name"),
         ("Mallory", "mallory\u{2066}@example.com", "email"),
+        ("\u{FFF9}\u{FFFA}", "annotation-name@example.com", "name"),
+        ("Bob", "bo\u{200D}b@example.com", "email"),
+        ("Bob", "\"bob\"@example.com", "email"),
     ] {
         let body = json!({"name": name, "email": email, "password": PASSWORD});
         let reply = hostile.as_admin(Method::POST, "/api/v1/users", Some(&body)).await;
@@ -380,6 +477,13 @@ async fn names_and_addresses_that_hide_themselves_are_refused() {
     assert_eq!((unicode.status, unicode.body["data"]["email"].as_str()), (201, Some("ada@xn--bcher-kva.de")));
     let body = json!({"name": "Ada", "email": "ada@xn--bcher-kva.de", "password": PASSWORD});
     assert_eq!(hostile.as_admin(Method::POST, "/api/v1/users", Some(&body)).await.status, 409);
+    // Local parts too: composed and decomposed accents, full-width letters.
+    let body = json!({"name": "José", "email": "josé@example.com", "password": PASSWORD});
+    assert_eq!(hostile.as_admin(Method::POST, "/api/v1/users", Some(&body)).await.status, 201);
+    for twin in ["jose\u{301}@example.com", "ＪＯＳＥ\u{301}@example.com"] {
+        let body = json!({"name": "José", "email": twin, "password": PASSWORD});
+        assert_eq!(hostile.as_admin(Method::POST, "/api/v1/users", Some(&body)).await.status, 409, "{twin:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -391,6 +495,9 @@ async fn metrics_can_require_a_token_and_errors_before_the_app_never_5xx() {
     assert_eq!((none.status, none.body["error"].as_str()), (401, Some("authentication_required")));
     assert_eq!(scrape(&[("Authorization", "Bearer not-the-token-0123456789")]).await.status, 401);
     assert_eq!(scrape(&[("Authorization", "Bearer metrics-token-0123456789")]).await.status, 200);
+    assert_eq!(scrape(&[("Authorization", "bearer metrics-token-0123456789")]).await.status, 200);
+    let twice = [("Authorization", "Bearer metrics-token-0123456789"), ("Authorization", "Bearer wrong")];
+    assert_eq!(scrape(&twice).await.status, 401);
 
     // Refused by actix's parser before any of our code: 431 and 400, never 5xx, and the
     // service stays healthy (their bodies are actix's own; see the README).
@@ -414,56 +521,59 @@ async fn metrics_can_require_a_token_and_errors_before_the_app_never_5xx() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bodies_trickled_a_byte_at_a_time_are_cut_off_with_a_408() {
+async fn bodies_trickled_a_byte_at_a_time_are_cut_off_and_their_connections_closed() {
     let hostile = Hostile::start(&[("REQUEST_BODY_TIMEOUT", "2")]).await;
     let id = hostile.register("slow@example.com").await;
     let address = hostile.service.address.trim_start_matches("http://").to_owned();
+    let length = "Content-Length: 100\r\n";
+    let chunked = "Transfer-Encoding: chunked\r\n";
+    // (request line, body framing, first bytes of the body, the answer expected)
+    let cases = [
+        ("POST /api/v1/users".to_owned(), length, "{", "HTTP/1.1 408"),
+        ("POST /api/v1/auth/login".to_owned(), chunked, "1\r\n{\r\n", "HTTP/1.1 408"),
+        (format!("PUT /api/v1/users/{id}/devices/no-such-token/deactivate"), length, "{", "HTTP/1.1 404"),
+        (format!("GET /api/v1/users/{id}"), chunked, "1\r\n{\r\n", "HTTP/1.1 200"),
+    ];
     let started = Instant::now();
-    let connections = (0..20).map(|index| {
+    let connections = (0..16).map(|index| {
+        let (request, framing, first, expected) = cases[index % cases.len()].clone();
         let address = address.clone();
-        // Half on a route that reads its body, half on one that reads none.
-        let request = if index % 2 == 0 {
-            "POST /api/v1/users".to_owned()
-        } else {
-            format!("PUT /api/v1/users/{id}/devices/no-such-token/deactivate")
-        };
         tokio::spawn(async move {
             let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
             let head = format!(
                 "{request} HTTP/1.1\r\nHost: x\r\nX-Service-Key: {ADMIN_KEY}\r\nContent-Type: application/json\r\n\
-                 Content-Length: 100\r\n\r\n{{"
+                 {framing}\r\n{first}"
             );
             stream.write_all(head.as_bytes()).await.unwrap();
+            let piece = if framing == chunked { "1\r\n \r\n" } else { " " };
             let mut answer = Vec::new();
             let mut buffer = [0; 1024];
-            // Trickle a byte every 500 ms while reading whatever comes back.
+            // Trickle a piece every 500 ms, and after the answer a whole request, while
+            // reading whatever comes back, until the server closes the connection.
             loop {
                 tokio::select! {
                     read = stream.read(&mut buffer) => match read {
-                        Ok(0) | Err(_) => break,
+                        Ok(0) | Err(_) => return (expected, String::from_utf8_lossy(&answer).into_owned(), true),
                         Ok(count) => answer.extend_from_slice(&buffer[..count]),
                     },
                     () = tokio::time::sleep(Duration::from_millis(500)) => {
-                        if stream.write_all(b" ").await.is_err() {
-                            break;
+                        let next = if answer.is_empty() { piece } else { "GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n" };
+                        if stream.write_all(next.as_bytes()).await.is_err() {
+                            return (expected, String::from_utf8_lossy(&answer).into_owned(), true);
                         }
                     }
                 }
-                if started.elapsed() > Duration::from_secs(8) {
-                    return (String::from_utf8_lossy(&answer).into_owned(), false);
+                if started.elapsed() > Duration::from_secs(10) {
+                    return (expected, String::from_utf8_lossy(&answer).into_owned(), false);
                 }
             }
-            (String::from_utf8_lossy(&answer).into_owned(), true)
         })
     });
-    for (index, outcome) in futures_util::future::join_all(connections).await.into_iter().enumerate() {
-        let (answer, closed) = outcome.unwrap();
-        assert!(closed, "connection {index} was still open after 8 s: {answer:?}");
-        if index % 2 == 0 {
-            assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("request_timeout"), "{answer:?}");
-        } else {
-            assert!(answer.starts_with("HTTP/1.1 404"), "{answer:?}");
-        }
+    for outcome in futures_util::future::join_all(connections).await {
+        let (expected, answer, closed) = outcome.unwrap();
+        assert!(answer.starts_with(expected), "expected {expected}: {answer:?}");
+        assert!(closed, "the connection was still open after 10 s: {answer:?}");
+        assert_eq!(answer.matches("HTTP/1.1").count(), 1, "a request after the cut-off was served: {answer:?}");
     }
     assert_eq!(hostile.send("192.0.2.1", &[], Method::GET, "/health/live", None).await.status, 200);
 }

@@ -290,16 +290,17 @@ impl UserRepository for PgStore {
             .map_err(from_diesel)
     }
 
-    async fn update_password_hash(
+    async fn replace_password_hash(
         &self,
         id: UserId,
-        hash: PasswordHash,
+        current: PasswordHash,
+        new: PasswordHash,
         revoke_tokens: bool,
     ) -> Result<Option<i32>, RepositoryError> {
         let mut connection = self.connection().await?;
         let bump = i32::from(revoke_tokens);
-        diesel::update(users::table.find(id.as_uuid()))
-            .set((users::password_hash.eq(hash.as_str()), users::token_version.eq(users::token_version + bump)))
+        diesel::update(users::table.find(id.as_uuid()).filter(users::password_hash.eq(current.as_str())))
+            .set((users::password_hash.eq(new.as_str()), users::token_version.eq(users::token_version + bump)))
             .returning(users::token_version)
             .get_result(&mut connection)
             .await

@@ -66,7 +66,8 @@ macro_rules! repository_contract_tests {
             update_preferences_of_an_unknown_id_is_none,
             concurrent_preference_updates_of_different_fields_all_survive,
             credentials_are_found_by_case_insensitive_email_and_by_id,
-            update_password_hash_replaces_the_hash_and_moves_the_token_version_only_when_revoking,
+            replace_password_hash_replaces_the_hash_and_moves_the_token_version_only_when_revoking,
+            replace_password_hash_never_overwrites_a_hash_changed_since_it_was_read,
             upsert_of_a_new_token_creates_a_device,
             upsert_of_a_known_token_for_the_same_user_refreshes_the_device,
             upsert_of_a_token_held_by_another_user_moves_it_and_names_the_previous_owner,
@@ -728,20 +729,24 @@ pub async fn credentials_are_found_by_case_insensitive_email_and_by_id(fixture: 
     assert_eq!(store.credentials_of(UserId::generate()).await.expect("find"), None);
 }
 
+fn hash(phc: &str) -> PasswordHash {
+    PasswordHash::new(phc.to_owned())
+}
+
 /// A new password hash is stored; the token version moves on only when tokens are revoked.
-pub async fn update_password_hash_replaces_the_hash_and_moves_the_token_version_only_when_revoking(
+pub async fn replace_password_hash_replaces_the_hash_and_moves_the_token_version_only_when_revoking(
     fixture: &impl StoreFixture,
 ) {
     let store = fixture.store();
     let id = create_user(store, "john@example.com", at(0)).await;
     assert_eq!(store.token_version(id).await.expect("version"), Some(0));
 
-    let kept = store.update_password_hash(id, PasswordHash::new("$argon2id$second".into()), false).await;
+    let kept = store.replace_password_hash(id, hash(PASSWORD_HASH), hash("$argon2id$second"), false).await;
     assert_eq!(kept.expect("update"), Some(0));
     let credentials = store.credentials_of(id).await.expect("find").expect("the account exists");
     assert_eq!(credentials.password_hash.as_str(), "$argon2id$second");
 
-    let revoked = store.update_password_hash(id, PasswordHash::new("$argon2id$third".into()), true).await;
+    let revoked = store.replace_password_hash(id, hash("$argon2id$second"), hash("$argon2id$third"), true).await;
     assert_eq!(revoked.expect("update"), Some(1));
     assert_eq!(store.token_version(id).await.expect("version"), Some(1));
     let credentials = store.credentials_of(id).await.expect("find").expect("the account exists");
@@ -749,8 +754,20 @@ pub async fn update_password_hash_replaces_the_hash_and_moves_the_token_version_
 
     let unknown = UserId::generate();
     assert_eq!(store.token_version(unknown).await.expect("version"), None);
-    let result = store.update_password_hash(unknown, PasswordHash::new("$argon2id$x".into()), true).await;
+    let result = store.replace_password_hash(unknown, hash(PASSWORD_HASH), hash("$argon2id$x"), true).await;
     assert_eq!(result.expect("update"), None);
+}
+
+/// Two changes that read the same hash: the second finds it replaced and writes nothing.
+pub async fn replace_password_hash_never_overwrites_a_hash_changed_since_it_was_read(fixture: &impl StoreFixture) {
+    let store = fixture.store();
+    let id = create_user(store, "john@example.com", at(0)).await;
+    let first = store.replace_password_hash(id, hash(PASSWORD_HASH), hash("$argon2id$first"), true).await;
+    assert_eq!(first.expect("update"), Some(1));
+    let second = store.replace_password_hash(id, hash(PASSWORD_HASH), hash("$argon2id$second"), true).await;
+    assert_eq!(second.expect("update"), None);
+    let credentials = store.credentials_of(id).await.expect("find").expect("the account exists");
+    assert_eq!((credentials.password_hash.as_str(), credentials.token_version), ("$argon2id$first", 1));
 }
 
 // ---------------------------------------------------------------------------------------

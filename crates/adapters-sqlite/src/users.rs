@@ -304,16 +304,17 @@ impl UserRepository for SqliteStore {
         .await
     }
 
-    async fn update_password_hash(
+    async fn replace_password_hash(
         &self,
         id: UserId,
-        hash: PasswordHash,
+        current: PasswordHash,
+        new: PasswordHash,
         revoke_tokens: bool,
     ) -> Result<Option<i32>, RepositoryError> {
         self.write(move |connection| {
             let bump = i32::from(revoke_tokens);
-            Ok(diesel::update(users::table.find(Id::from(id)))
-                .set((users::password_hash.eq(hash.as_str()), users::token_version.eq(users::token_version + bump)))
+            Ok(diesel::update(users::table.find(Id::from(id)).filter(users::password_hash.eq(current.as_str())))
+                .set((users::password_hash.eq(new.as_str()), users::token_version.eq(users::token_version + bump)))
                 .returning(users::token_version)
                 .get_result(connection)
                 .optional()?)

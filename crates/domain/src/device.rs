@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::error::InvalidValue;
 use crate::user::UserId;
-use crate::validate::{canonical_uuid, reject_hidden_text};
+use crate::validate::{canonical_uuid, reject_invisible_characters};
 
 /// A device's identifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,7 +55,7 @@ impl PushToken {
         if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(InvalidValue::new("must not contain whitespace or control characters"));
         }
-        reject_hidden_text(raw)?;
+        reject_invisible_characters(raw)?;
         if raw.chars().nth(Self::MAX_LENGTH).is_some() {
             return Err(InvalidValue::new("must be at most 4096 characters"));
         }

@@ -149,13 +149,17 @@ pub trait UserRepository: Send + Sync {
     /// The token version of the account, `Ok(None)` when it no longer exists.
     async fn token_version(&self, id: UserId) -> Result<Option<i32>, RepositoryError>;
 
-    /// Stores a new password hash. With `revoke_tokens`, the token version moves on so that
-    /// every access token issued before stops working; returns the new version. `Ok(None)`
-    /// when no user has this id.
-    async fn update_password_hash(
+    /// Replaces the password hash, but only while it is still `current` (the hash the caller
+    /// checked a password against): a change made in between (a concurrent password change,
+    /// or a login upgrading the old hash) is never overwritten. With `revoke_tokens`, the
+    /// token version moves on so that every access token issued before stops working;
+    /// returns the new version. `Ok(None)` when no user has this id or its hash is no longer
+    /// `current`; nothing is written then.
+    async fn replace_password_hash(
         &self,
         id: UserId,
-        hash: PasswordHash,
+        current: PasswordHash,
+        new: PasswordHash,
         revoke_tokens: bool,
     ) -> Result<Option<i32>, RepositoryError>;
 }

@@ -22,7 +22,9 @@ use crate::ports::{
     ProfileEncoder, RepositoryError, UserRepository,
 };
 use crate::preferences::{Preferences, PreferencesUpdate};
-use crate::user::{ContactUpdate, EmailAddress, NewUser, Page, PageRequest, Password, UserId, UserProfile};
+use crate::user::{
+    ContactUpdate, EmailAddress, NewUser, Page, PageRequest, Password, PasswordHash, UserId, UserProfile,
+};
 
 impl From<RepositoryError> for ServiceError {
     fn from(error: RepositoryError) -> Self {
@@ -403,17 +405,22 @@ impl UserService {
             return Err(ServiceError::InvalidCredentials);
         }
         if self.ports.hasher.needs_rehash(&credentials.password_hash) {
-            self.upgrade_hash(credentials.user_id, password).await;
+            self.upgrade_hash(credentials.user_id, credentials.password_hash.clone(), password).await;
         }
         Ok(Authenticated { user_id: credentials.user_id, token_version: credentials.token_version })
     }
 
-    /// Replaces a weak hash; a failure only delays the upgrade to the next login.
-    async fn upgrade_hash(&self, user: UserId, password: Password) {
+    /// Replaces a weak hash, unless the password changed meanwhile; a failure only delays the
+    /// upgrade to the next login.
+    async fn upgrade_hash(&self, user: UserId, weak: PasswordHash, password: Password) {
         let upgraded = match self.ports.hasher.hash(password).await {
-            Ok(hash) => {
-                self.ports.users.update_password_hash(user, hash, false).await.map(|_| ()).map_err(ServiceError::from)
-            }
+            Ok(hash) => self
+                .ports
+                .users
+                .replace_password_hash(user, weak, hash, false)
+                .await
+                .map(|_| ())
+                .map_err(ServiceError::from),
             Err(error) => Err(ServiceError::from(error)),
         };
         if let Err(error) = upgraded {
@@ -425,11 +432,17 @@ impl UserService {
     /// issued before stops working. Returns the new token version.
     pub async fn change_password(&self, user: UserId, current: Password, new: Password) -> Result<i32, ServiceError> {
         let credentials = self.ports.users.credentials_of(user).await?.ok_or(ServiceError::UserNotFound)?;
-        if !self.ports.hasher.verify(current, credentials.password_hash).await? {
+        if !self.ports.hasher.verify(current, credentials.password_hash.clone()).await? {
             return Err(ServiceError::CurrentPasswordMismatch);
         }
         let hash = self.ports.hasher.hash(new).await?;
-        self.ports.users.update_password_hash(user, hash, true).await?.ok_or(ServiceError::UserNotFound)
+        // A concurrent change (or erasure) in between: the password checked is no longer the
+        // current one, and this change is refused rather than silently lost.
+        self.ports
+            .users
+            .replace_password_hash(user, credentials.password_hash, hash, true)
+            .await?
+            .ok_or(ServiceError::CurrentPasswordMismatch)
     }
 
     /// The token version access tokens of `user` must carry; `None` when the user is gone.
@@ -795,13 +808,14 @@ mod tests {
         async fn token_version(&self, id: UserId) -> Result<Option<i32>, RepositoryError> {
             self.0.token_version(id).await
         }
-        async fn update_password_hash(
+        async fn replace_password_hash(
             &self,
             id: UserId,
-            hash: PasswordHash,
+            current: PasswordHash,
+            new: PasswordHash,
             revoke_tokens: bool,
         ) -> Result<Option<i32>, RepositoryError> {
-            self.0.update_password_hash(id, hash, revoke_tokens).await
+            self.0.replace_password_hash(id, current, new, revoke_tokens).await
         }
     }
 
@@ -955,10 +969,12 @@ mod tests {
         hasher.expect_hash().times(1).returning(|_| Ok(PasswordHash::new("$argon2id$strong".into())));
         let mut users = MockUserRepository::new();
         users
-            .expect_update_password_hash()
-            .withf(move |id, hash, revoke| *id == user && hash.as_str() == "$argon2id$strong" && !revoke)
+            .expect_replace_password_hash()
+            .withf(move |id, current, new, revoke| {
+                *id == user && current.as_str().ends_with("$weak") && new.as_str() == "$argon2id$strong" && !revoke
+            })
             .times(1)
-            .returning(|_, _, _| Ok(Some(3)));
+            .returning(|_, _, _, _| Ok(Some(3)));
         let authenticated = login(&login_service(Some(credentials), hasher, users), "StrongPass123!").unwrap();
         assert_eq!(authenticated, Authenticated { user_id: user, token_version: 3 });
     }
@@ -970,7 +986,11 @@ mod tests {
         let mut users = MockUserRepository::new();
         let stored = credentials.clone();
         users.expect_credentials_of().returning(move |_| Ok(Some(stored.clone())));
-        users.expect_update_password_hash().withf(|_, _, revoke| *revoke).times(1).returning(|_, _, _| Ok(Some(4)));
+        users
+            .expect_replace_password_hash()
+            .withf(|_, current, _, revoke| current.as_str() == "$argon2id$current" && *revoke)
+            .times(1)
+            .returning(|_, _, _, _| Ok(Some(4)));
         let mut hasher = MockPasswordHasher::new();
         hasher.expect_verify().returning(|password, _| Ok(password.expose() == "Current123!"));
         hasher.expect_hash().times(1).returning(|_| Ok(PasswordHash::new("$argon2id$new".into())));
@@ -984,6 +1004,26 @@ mod tests {
         };
         assert!(matches!(change("Wrong1234!"), Err(ServiceError::CurrentPasswordMismatch)));
         assert_eq!(change("Current123!").unwrap(), 4);
+    }
+
+    #[test]
+    fn a_password_change_that_lost_a_race_is_refused_not_silently_dropped() {
+        let credentials = stored_credentials("$argon2id$current");
+        let user = credentials.user_id;
+        let mut users = MockUserRepository::new();
+        users.expect_credentials_of().returning(move |_| Ok(Some(credentials.clone())));
+        // Another change replaced the hash between the check and this write.
+        users.expect_replace_password_hash().times(1).returning(|_, _, _, _| Ok(None));
+        let mut hasher = MockPasswordHasher::new();
+        hasher.expect_verify().returning(|_, _| Ok(true));
+        hasher.expect_hash().returning(|_| Ok(PasswordHash::new("$argon2id$new".into())));
+        let service = service(users, MockDeviceRepository::new(), hasher);
+        let changed = futures_executor::block_on(service.change_password(
+            user,
+            Password::parse("Current123!").unwrap(),
+            Password::parse("Another456!").unwrap(),
+        ));
+        assert!(matches!(changed, Err(ServiceError::CurrentPasswordMismatch)), "{changed:?}");
     }
 
     #[test]

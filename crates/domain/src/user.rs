@@ -9,7 +9,11 @@ use uuid::Uuid;
 use crate::device::{Device, HeldToken, PushToken};
 use crate::error::InvalidValue;
 use crate::preferences::{Preferences, PreferencesUpdate};
-use crate::validate::{canonical_uuid, check_length, reject_control_characters, reject_hidden_text};
+use unicode_normalization::UnicodeNormalization;
+
+use crate::validate::{
+    canonical_uuid, check_length, reject_control_characters, reject_hidden_text, reject_invisible_characters,
+};
 
 /// A user's identifier (a UUID; new ones are time-ordered v7 for index locality).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,8 +80,9 @@ impl UserName {
 /// Lower-casing makes the address compare case-insensitively everywhere, including the
 /// database's unique index. The domain is stored in its ASCII form (IDNA, UTS #46):
 /// `ada@bücher.de` is stored as `ada@xn--bcher-kva.de`, so both spellings of one mailbox are
-/// one address, and every mail server can route it. A non-ASCII local part is kept as given
-/// (lower-cased).
+/// one address, and every mail server can route it. The local part is normalized (NFKC, lower
+/// case): full-width `ＡＤＡ` and decomposed accents are the same mailbox as `ada` and `é`.
+/// Invisible or formatting characters and quoted local parts are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EmailAddress(String);
 
@@ -96,7 +101,14 @@ impl EmailAddress {
             return Err(InvalidValue::new("must be at most 254 characters"));
         }
         let (local, domain) = lowered.rsplit_once('@').ok_or(invalid.clone())?;
-        reject_hidden_text(local)?;
+        reject_invisible_characters(local)?;
+        if local.contains('"') {
+            // `"ada"@example.com` is the mailbox `ada@example.com`: one address, one spelling.
+            return Err(InvalidValue::new("must not have a quoted local part"));
+        }
+        // Compatibility forms (full-width letters, ligatures) and decomposed accents are one
+        // spelling of the same mailbox: NFKC, then lower case again.
+        let local: String = local.nfkc().collect::<String>().to_lowercase();
         let domain = idna::domain_to_ascii(domain).map_err(|_| invalid.clone())?;
         let normalized = format!("{local}@{domain}");
         if normalized.len() > Self::MAX_LENGTH {
@@ -360,8 +372,21 @@ mod tests {
         ] {
             assert!(UserName::parse(name).is_err(), "{name:?} should be rejected");
         }
-        assert!(EmailAddress::parse("alice\u{202E}@example.com").is_err());
-        assert!(EmailAddress::parse("\u{200B}@example.com").is_err());
+        for hidden in [
+            "alice\u{202E}",
+            "\u{200B}",
+            "bo\u{200D}b",
+            "\u{FEFF}bob",
+            "bob\u{00AD}",
+            "\u{FFF9}",
+            "\u{13430}",
+            "bob\u{3000}",
+        ] {
+            assert!(EmailAddress::parse(&format!("{hidden}@example.com")).is_err(), "{hidden:?}");
+        }
+        for hidden in ["\u{FFF9}\u{FFFA}", "\u{13430}", "\u{1D159}"] {
+            assert!(UserName::parse(hidden).is_err(), "{hidden:?}");
+        }
         // Visible text with a joiner (emoji sequences) or an accent stays valid.
         assert!(UserName::parse("Zoë \u{1F469}\u{200D}\u{1F4BB}").is_ok());
     }
@@ -372,6 +397,13 @@ mod tests {
         assert_eq!(unicode.as_str(), "ada@xn--bcher-kva.de");
         assert_eq!(EmailAddress::parse("ada@xn--bcher-kva.de").unwrap(), unicode);
         assert_eq!(EmailAddress::parse("ünï@example.com").unwrap().as_str(), "ünï@example.com");
+        // One mailbox, one spelling: composed and decomposed accents, full-width letters.
+        assert_eq!(
+            EmailAddress::parse("jose\u{301}@example.com").unwrap(),
+            EmailAddress::parse("josé@example.com").unwrap()
+        );
+        assert_eq!(EmailAddress::parse("ＡＤＡ@example.com").unwrap().as_str(), "ada@example.com");
+        assert!(EmailAddress::parse("\"ada\"@example.com").is_err());
         assert!(EmailAddress::parse("ada@exa mple.com").is_err());
         assert!(EmailAddress::parse("ada@-bad-.com").is_err());
     }

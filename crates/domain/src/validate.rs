@@ -30,35 +30,36 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
 }
 
-/// Characters that show nothing: white space, Unicode's default-ignorable code points
-/// (zero-width spaces and joiners, variation selectors, tags, fillers) and the blank braille
-/// pattern, which renders as a space.
+/// Characters that show nothing or only format others: white space, controls, every format
+/// character (general category `Cf`: zero-width spaces and joiners, bidirectional controls,
+/// the byte-order mark, interlinear annotations, tags, hieroglyph format controls, ...) and
+/// the blanks of other categories (Hangul fillers, the combining grapheme joiner, variation
+/// selectors, Khmer inherent vowels, Mongolian free variation selectors, the blank braille
+/// pattern, the null notehead).
 fn is_invisible(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
     c.is_whitespace()
+        || c.is_control()
+        || c.general_category() == GeneralCategory::Format
         || matches!(
             c,
-            '\u{00AD}'
-                | '\u{034F}'
-                | '\u{061C}'
+            '\u{034F}'
                 | '\u{115F}'..='\u{1160}'
                 | '\u{17B4}'..='\u{17B5}'
-                | '\u{180B}'..='\u{180F}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{206F}'
+                | '\u{180B}'..='\u{180D}'
+                | '\u{180F}'
                 | '\u{2800}'
                 | '\u{3164}'
                 | '\u{FE00}'..='\u{FE0F}'
-                | '\u{FEFF}'
                 | '\u{FFA0}'
-                | '\u{FFF0}'..='\u{FFF8}'
-                | '\u{1BCA0}'..='\u{1BCA3}'
-                | '\u{1D173}'..='\u{1D17A}'
-                | '\u{E0000}'..='\u{E0FFF}'
+                | '\u{1D159}'
+                | '\u{E0100}'..='\u{E01EF}'
         )
 }
 
 /// Rejects text that hides itself: any bidirectional control, or nothing visible at all.
+/// Other invisible characters may stand inside visible text (a zero-width joiner makes an
+/// emoji sequence; a non-joiner spells Persian).
 pub(crate) fn reject_hidden_text(value: &str) -> Result<(), InvalidValue> {
     if value.chars().any(is_bidi_control) {
         return Err(InvalidValue::new(
@@ -67,6 +68,15 @@ pub(crate) fn reject_hidden_text(value: &str) -> Result<(), InvalidValue> {
     }
     if !value.is_empty() && value.chars().all(is_invisible) {
         return Err(InvalidValue::new("must contain a visible character"));
+    }
+    Ok(())
+}
+
+/// Rejects any invisible or formatting character: identifiers (email local parts, tokens)
+/// have no use for them, and with them two values that look the same differ.
+pub(crate) fn reject_invisible_characters(value: &str) -> Result<(), InvalidValue> {
+    if value.chars().any(is_invisible) {
+        return Err(InvalidValue::new("must not contain invisible, formatting or white-space characters"));
     }
     Ok(())
 }

@@ -1,25 +1,31 @@
-//! Abuse limits: attempts per client address, and guesses at an account's secret (a login's
-//! password, a password change's current password). Counters live in Redis when configured,
-//! in process otherwise; a limiter that cannot answer lets the request through rather than
-//! failing it.
+//! Abuse limits: attempts per client address, guesses at an account's password, and
+//! guesses at the current password through one access token. Counters live in Redis when
+//! configured, in process otherwise; a limiter that cannot answer lets the request through
+//! rather than failing it.
 //!
 //! **Attempts per address.** Logins and registrations count per client address (IPv6 per
 //! /64 network). Callers holding a service key are exempt (the gateway acts for many
 //! clients); callers the network vouches for are counted like anyone else.
 //!
-//! **Guesses.** Nobody but the owner may be able to stop the owner from logging in, and
-//! guessing must stay capped whoever spreads it over how many addresses:
-//! - each (account, address) pair has its own strict budget of wrong guesses per window;
-//!   spent, that address is refused for that account, whatever it sends;
-//! - each account has a budget of wrong guesses from all addresses. Spent, it slows rather
-//!   than blocks: addresses that never logged in to the account share one attempt per
-//!   interval, while an address that has logged in to it successfully before (OWASP's
-//!   "device cookie", for an API without cookies) keeps working at its own pair budget.
+//! **Login guesses.** Nobody but the owner may be able to stop the owner from logging in
+//! where the owner did before, and guessing must stay capped whoever spreads it over how many
+//! addresses:
+//! - each (account, address) pair has a strict budget of attempts per window, given back by
+//!   a successful login; spent, that address is refused for that account whatever it sends;
+//! - each account has a budget of attempts from addresses that never logged in to it. Spent,
+//!   it slows rather than blocks: those addresses share one attempt per interval, while an
+//!   address that logged in successfully before (OWASP's "device cookie", for an API without
+//!   cookies) keeps working at its own pair budget.
 //!
-//! So a third party can at most slow the owner down on addresses the owner never used, and
-//! an account sees at most `account budget + window / interval` wrong guesses per window from
-//! unknown addresses. Checks run before any password is hashed, so refused guesses cost no
-//! hashing work. Counter keys hold SHA-256 digests, never an email or an address.
+//! Attempts are counted before the password is checked, atomically, so that guesses sent at
+//! once cannot all pass a check that only later counts them, and refused guesses cost no
+//! hashing. An account thus sees at most `account budget + window / interval` guesses per
+//! window from addresses new to it.
+//!
+//! **Current-password guesses** (a password change) count per access token, over the token's
+//! lifetime: a stolen token buys a few guesses at most, however many addresses use it, and
+//! its thief cannot spend the owner's login budgets. Counter keys hold SHA-256 digests, never
+//! an email, an address or a token.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -33,31 +39,48 @@ use sha2::{Digest, Sha256};
 use crate::auth::client_address::{Network, client_address};
 use crate::error::ApiError;
 
-/// How guesses at secrets are limited.
+/// How guesses at passwords are limited.
 #[derive(Debug, Clone, Copy)]
 pub struct GuessLimits {
-    /// Wrong guesses per (account, address) per window (`LOGIN_MAX_FAILURES`,
-    /// `LOGIN_FAILURE_WINDOW_SECONDS`).
+    /// Login attempts per (account, address) per window (`LOGIN_MAX_FAILURES`,
+    /// `LOGIN_FAILURE_WINDOW_SECONDS`); also the wrong current passwords one access token may
+    /// try.
     pub per_address: RateLimit,
-    /// Wrong guesses per account from all addresses per window, before attempts from
-    /// unknown addresses are slowed (`LOGIN_ACCOUNT_MAX_FAILURES`).
+    /// Login attempts per account from addresses new to it per window, before they are
+    /// slowed (`LOGIN_ACCOUNT_MAX_FAILURES`).
     pub per_account: RateLimit,
-    /// Once the account's budget is spent, addresses unknown to it share one attempt per
-    /// this interval (`LOGIN_SLOWED_INTERVAL_SECONDS`).
+    /// Once the account's budget is spent, addresses new to it share one attempt per this
+    /// interval (`LOGIN_SLOWED_INTERVAL_SECONDS`).
     pub slowed_interval: Duration,
-    /// How long an address that logged in successfully is known to the account
+    /// How long after its last successful login an address stays known to the account
     /// (`LOGIN_KNOWN_ADDRESS_DAYS`).
     pub known_for: Duration,
+    /// How long an access token lives (`JWT_TTL`): the window of its current-password
+    /// guesses.
+    pub token_lifetime: Duration,
+}
+
+/// The counters, one store per kind, so that a flood of one kind can never evict another
+/// (the in-process store forgets its oldest windows when full).
+#[derive(Clone)]
+#[expect(missing_debug_implementations, reason = "trait objects of the port have no Debug")]
+pub struct Counters {
+    /// Attempts per client address.
+    pub attempts: Arc<dyn RateLimiter>,
+    /// Password guesses.
+    pub guesses: Arc<dyn RateLimiter>,
+    /// Addresses known to accounts.
+    pub known_addresses: Arc<dyn RateLimiter>,
 }
 
 /// The configured limits and their counters.
 #[derive(Clone)]
 pub struct Limits {
     /// The counters.
-    pub limiter: Arc<dyn RateLimiter>,
+    pub counters: Counters,
     /// Attempts per client address.
     pub per_address: RateLimit,
-    /// Guesses at secrets.
+    /// Guesses at passwords.
     pub guesses: GuessLimits,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Network>,
@@ -72,57 +95,51 @@ impl std::fmt::Debug for Limits {
     }
 }
 
-/// Which secret is guessed at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Secret {
-    /// A login's password; the account is named by its email address.
-    Login,
-    /// A password change's current password; the account is named by the user id.
-    CurrentPassword,
-}
-
-impl Secret {
-    const fn name(self) -> &'static str {
-        match self {
-            Self::Login => "login",
-            Self::CurrentPassword => "password-change",
-        }
-    }
-}
-
-/// One guess at one account's secret from one client address.
+/// One login attempt at one account from one client address.
 #[derive(Debug, Clone)]
 pub struct Guess {
-    secret: Secret,
     account: String,
     address: String,
 }
 
 impl Guess {
-    /// A guess at `account`'s `secret` by the client of `request`.
-    pub fn new(limits: &Limits, secret: Secret, account: &str, request: &HttpRequest) -> Self {
+    /// An attempt at the account of `email` by the client of `request`.
+    pub fn new(limits: &Limits, email: &str, request: &HttpRequest) -> Self {
         let address = client_address(request, &limits.trusted_proxies)
             .map_or_else(|| "unknown".to_owned(), |address| limited_address(address).to_string());
-        Self { secret, account: account.to_owned(), address }
+        Self { account: email.to_owned(), address }
     }
 
-    /// A counter key: the secret, what is counted, and a digest of who.
+    /// A counter key: what is counted, and a digest of whose.
     fn key(&self, counter: &str, with_address: bool) -> String {
-        let mut digest = Sha256::new();
-        digest.update(self.account.as_bytes());
-        if with_address {
-            digest.update(b"\n");
-            digest.update(self.address.as_bytes());
-        }
-        let digest: String = digest.finalize()[..16].iter().map(|byte| format!("{byte:02x}")).collect();
-        format!("{}:{counter}:{digest}", self.secret.name())
+        let parts: &[&str] = if with_address { &[&self.account, &self.address] } else { &[&self.account] };
+        format!("login:{counter}:{}", digest(parts))
     }
+}
+
+/// The first 16 bytes of the SHA-256 of `parts` (separated, so that parts cannot run
+/// together), in hex.
+fn digest(parts: &[&str]) -> String {
+    let mut digest = Sha256::new();
+    for part in parts {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    digest.finalize()[..16].iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn refuse_if_limited(decision: RateDecision) -> Result<(), ApiError> {
     match decision {
         RateDecision::Allowed => Ok(()),
         RateDecision::Limited { retry_after } => Err(ApiError::too_many_requests(retry_after)),
+    }
+}
+
+/// Counts one event; 429 over the limit, and through when the store cannot answer.
+async fn count(limiter: &dyn RateLimiter, key: &str, limit: RateLimit) -> Result<(), ApiError> {
+    match limiter.hit(key, limit).await {
+        Ok(decision) => refuse_if_limited(decision),
+        Err(_) => Ok(()),
     }
 }
 
@@ -142,62 +159,59 @@ impl Limits {
             return Ok(());
         };
         let key = format!("{action}:{}", limited_address(address));
-        match self.limiter.hit(&key, self.per_address).await {
-            Ok(decision) => refuse_if_limited(decision),
-            Err(_) => Ok(()),
-        }
+        count(self.counters.attempts.as_ref(), &key, self.per_address).await
     }
 
-    /// Whether `guess` may be checked at all (before any hashing): 429 once its address has
-    /// spent its budget for the account, or once the account's budget is spent, the address
-    /// is unknown to it and the slowed attempt of this interval is taken.
+    /// Counts a login attempt before its password is checked: 429 once its address has spent
+    /// its budget for the account, or once the account's budget for new addresses is spent,
+    /// this address is new to it and the slowed attempt of this interval is taken.
     pub async fn admit(&self, guess: &Guess) -> Result<(), ApiError> {
-        let limits = self.guesses;
-        if let Ok(decision) = self.limiter.check(&guess.key("failures", true), limits.per_address).await {
-            refuse_if_limited(decision)?;
+        let (guesses, limits) = (self.counters.guesses.as_ref(), self.guesses);
+        count(guesses, &guess.key("attempts", true), limits.per_address).await?;
+        if self.is_known(guess).await {
+            return Ok(());
         }
-        let account_spent = matches!(
-            self.limiter.check(&guess.key("failures", false), limits.per_account).await,
-            Ok(RateDecision::Limited { .. })
-        );
-        if !account_spent || self.is_known(guess).await {
+        if count(guesses, &guess.key("attempts", false), limits.per_account).await.is_ok() {
             return Ok(());
         }
         let slowed = RateLimit { limit: 1, window: limits.slowed_interval };
-        match self.limiter.hit(&guess.key("slowed", false), slowed).await {
-            Ok(decision) => refuse_if_limited(decision),
-            Err(_) => Ok(()),
-        }
+        count(guesses, &guess.key("slowed", false), slowed).await
     }
 
-    /// Counts a wrong guess against its address and its account.
-    pub async fn record_wrong(&self, guess: &Guess) {
-        let _ = self.limiter.hit(&guess.key("failures", true), self.guesses.per_address).await;
-        let _ = self.limiter.hit(&guess.key("failures", false), self.guesses.per_account).await;
+    /// After a successful login: gives the address its budget back, and remembers it as
+    /// known to the account for `known_for` from now. The account's budget stays spent: the
+    /// owner logging in must not reset an attacker's count.
+    pub async fn record_success(&self, guess: &Guess) {
+        let _ = self.counters.guesses.reset(&guess.key("attempts", true)).await;
+        let known = guess.key("known", true);
+        let _ = self.counters.known_addresses.reset(&known).await;
+        let window = RateLimit { limit: u32::MAX, window: self.guesses.known_for };
+        let _ = self.counters.known_addresses.hit(&known, window).await;
     }
 
-    /// After a right guess: forgets the address's wrong guesses and remembers it as known to
-    /// the account. The account's budget stays spent: the owner logging in must not reset an
-    /// attacker's count.
-    pub async fn record_right(&self, guess: &Guess) {
-        let _ = self.limiter.reset(&guess.key("failures", true)).await;
-        let known = RateLimit { limit: u32::MAX, window: self.guesses.known_for };
-        let _ = self.limiter.hit(&guess.key("known", true), known).await;
+    /// Counts a guess at the current password made with the access token of `request`,
+    /// before it is checked: 429 once the token has made `per_address.limit` of them.
+    pub async fn admit_current_password_guess(&self, request: &HttpRequest) -> Result<(), ApiError> {
+        let token = request.headers().get(actix_web::http::header::AUTHORIZATION).map(|value| value.as_bytes());
+        let token = String::from_utf8_lossy(token.unwrap_or_default());
+        let key = format!("password-change:attempts:{}", digest(&[&token]));
+        let limit = RateLimit { limit: self.guesses.per_address.limit, window: self.guesses.token_lifetime };
+        count(self.counters.guesses.as_ref(), &key, limit).await
     }
 
-    /// Whether the guess's address has logged in to its account before (within
-    /// `known_for`).
+    /// Whether the guess's address has logged in to its account within `known_for`.
     async fn is_known(&self, guess: &Guess) -> bool {
         // A counter that has counted once is "limited" at a limit of one.
         let once = RateLimit { limit: 1, window: self.guesses.known_for };
-        matches!(self.limiter.check(&guess.key("known", true), once).await, Ok(RateDecision::Limited { .. }))
+        let known = self.counters.known_addresses.check(&guess.key("known", true), once).await;
+        matches!(known, Ok(RateDecision::Limited { .. }))
     }
 }
 
 /// The part of an address limits count by: IPv4 clients reached over IPv6 count as their
 /// IPv4 address, and IPv6 clients by their /64 network (one subscriber's allocation, which
 /// holds 2^64 addresses).
-fn limited_address(address: IpAddr) -> IpAddr {
+pub fn limited_address(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -216,35 +230,41 @@ mod tests {
 
     use super::*;
 
-    /// Limits of 3 wrong guesses per address and 5 per account per 15 minutes, then one
-    /// attempt per 30 s, on a clock the test moves.
+    /// Limits of 3 attempts per address and 5 per account per 15 minutes, then one attempt
+    /// per 30 s, on a clock the test moves.
     fn limits() -> (Limits, Arc<AtomicU64>) {
         let (start, elapsed_ms) = (Instant::now(), Arc::new(AtomicU64::new(0)));
-        let clock = Arc::clone(&elapsed_ms);
-        let limiter =
-            MemoryRateLimiter::new().with_clock(move || start + Duration::from_millis(clock.load(Ordering::SeqCst)));
+        let store = || {
+            let clock = Arc::clone(&elapsed_ms);
+            let limiter: Arc<dyn RateLimiter> = Arc::new(
+                MemoryRateLimiter::new()
+                    .with_clock(move || start + Duration::from_millis(clock.load(Ordering::SeqCst))),
+            );
+            limiter
+        };
+        let counters = Counters { attempts: store(), guesses: store(), known_addresses: store() };
         let window = Duration::from_secs(900);
         let guesses = GuessLimits {
             per_address: RateLimit { limit: 3, window },
             per_account: RateLimit { limit: 5, window },
             slowed_interval: Duration::from_secs(30),
             known_for: Duration::from_secs(30 * 86_400),
+            token_lifetime: Duration::from_secs(3_600),
         };
         let per_address = RateLimit { limit: 100, window: Duration::from_secs(60) };
-        (Limits { limiter: Arc::new(limiter), per_address, guesses, trusted_proxies: Vec::new() }, elapsed_ms)
+        (Limits { counters, per_address, guesses, trusted_proxies: Vec::new() }, elapsed_ms)
     }
 
     fn guess(address: &str) -> Guess {
-        Guess { secret: Secret::Login, account: "victim@example.com".into(), address: address.into() }
+        Guess { account: "victim@example.com".into(), address: address.into() }
     }
 
-    /// Guesses wrong from `address` until refused; returns how many were checked.
-    async fn guess_until_refused(limits: &Limits, address: &str, at_most: usize) -> usize {
-        for checked in 0..at_most {
+    /// Attempts from `address` until refused; returns how many were admitted.
+    async fn attempt_until_refused(limits: &Limits, address: &str, at_most: usize) -> usize {
+        for admitted in 0..at_most {
             if limits.admit(&guess(address)).await.is_err() {
-                return checked;
+                return admitted;
             }
-            limits.record_wrong(&guess(address)).await;
         }
         at_most
     }
@@ -252,23 +272,33 @@ mod tests {
     #[tokio::test]
     async fn one_address_is_capped_while_the_owner_elsewhere_still_logs_in() {
         let (limits, _) = limits();
-        assert_eq!(guess_until_refused(&limits, "198.51.100.1", 10).await, 3);
-        // Even the right password is refused from the attacker's address.
+        assert_eq!(attempt_until_refused(&limits, "198.51.100.1", 10).await, 3);
+        // Even the right password is refused from the capped address.
         assert!(limits.admit(&guess("198.51.100.1")).await.is_err());
         // The account's budget (5) is not spent: the owner, anywhere else, logs in.
         assert!(limits.admit(&guess("203.0.113.7")).await.is_ok());
     }
 
     #[tokio::test]
-    async fn a_spent_account_budget_slows_unknown_addresses_and_spares_known_ones() {
+    async fn attempts_sent_at_once_are_counted_before_any_is_checked() {
+        let (limits, _) = limits();
+        let attacker = guess("198.51.100.1");
+        let attempts = (0..20).map(|_| limits.admit(&attacker));
+        let admitted = futures_util::future::join_all(attempts).await.iter().filter(|answer| answer.is_ok()).count();
+        assert_eq!(admitted, 3);
+    }
+
+    #[tokio::test]
+    async fn a_spent_account_budget_slows_new_addresses_and_spares_known_ones() {
         let (limits, clock) = limits();
         let owner = guess("203.0.113.7");
         limits.admit(&owner).await.unwrap();
-        limits.record_right(&owner).await;
-        // Two attacker addresses spend the account's budget of 5.
-        assert_eq!(guess_until_refused(&limits, "198.51.100.1", 3).await, 3);
-        assert_eq!(guess_until_refused(&limits, "198.51.100.2", 2).await, 2);
-        // From then on, unknown addresses share one attempt per 30 s.
+        limits.record_success(&owner).await;
+        // Two attacker addresses spend the account's budget of 5 (the owner's attempt came
+        // from an address that was not yet known, and counted too).
+        assert_eq!(attempt_until_refused(&limits, "198.51.100.1", 3).await, 3);
+        assert_eq!(attempt_until_refused(&limits, "198.51.100.2", 1).await, 1);
+        // From then on, new addresses share one attempt per 30 s.
         assert!(limits.admit(&guess("198.51.100.3")).await.is_ok());
         for address in ["198.51.100.3", "198.51.100.4", "198.51.100.5"] {
             assert!(limits.admit(&guess(address)).await.is_err(), "{address}");
@@ -276,35 +306,41 @@ mod tests {
         clock.fetch_add(30_000, Ordering::SeqCst);
         assert!(limits.admit(&guess("198.51.100.6")).await.is_ok());
         assert!(limits.admit(&guess("198.51.100.7")).await.is_err());
-        // The owner's address, known from its earlier login, is not slowed.
-        for _ in 0..3 {
+        // The owner's known address is not slowed, and its successes give its budget back.
+        for _ in 0..5 {
             assert!(limits.admit(&owner).await.is_ok());
+            limits.record_success(&owner).await;
         }
-        // Its success does not reset the attacker's spent account budget.
-        limits.record_right(&owner).await;
+        // Its success does not reset the spent account budget.
         assert!(limits.admit(&guess("198.51.100.8")).await.is_err());
         // After the window, the budget is whole again.
         clock.fetch_add(900_000, Ordering::SeqCst);
-        assert_eq!(guess_until_refused(&limits, "198.51.100.9", 10).await, 3);
+        assert_eq!(attempt_until_refused(&limits, "198.51.100.9", 10).await, 3);
     }
 
     #[tokio::test]
-    async fn a_right_guess_forgets_the_addresses_wrong_ones() {
-        let (limits, _) = limits();
+    async fn an_address_stays_known_for_the_window_after_its_last_login() {
+        let (limits, clock) = limits();
         let owner = guess("203.0.113.7");
-        for _ in 0..2 {
-            limits.record_wrong(&owner).await;
+        let day = 86_400_000;
+        limits.admit(&owner).await.unwrap();
+        limits.record_success(&owner).await;
+        // Logging in daily keeps the address known past 30 days from the first login.
+        for _ in 0..40 {
+            clock.fetch_add(day, Ordering::SeqCst);
+            assert!(limits.is_known(&owner).await);
+            limits.record_success(&owner).await;
         }
-        limits.record_right(&owner).await;
-        assert_eq!(guess_until_refused(&limits, "203.0.113.7", 10).await, 3);
+        clock.fetch_add(31 * day, Ordering::SeqCst);
+        assert!(!limits.is_known(&owner).await);
     }
 
     #[test]
     fn counter_keys_hold_digests_never_the_email_or_address() {
-        let key = guess("198.51.100.1").key("failures", true);
-        assert!(key.starts_with("login:failures:") && !key.contains("victim") && !key.contains("198.51"), "{key}");
-        assert_ne!(key, guess("198.51.100.2").key("failures", true));
-        assert_eq!(guess("198.51.100.1").key("failures", false), guess("198.51.100.2").key("failures", false));
+        let key = guess("198.51.100.1").key("attempts", true);
+        assert!(key.starts_with("login:attempts:") && !key.contains("victim") && !key.contains("198.51"), "{key}");
+        assert_ne!(key, guess("198.51.100.2").key("attempts", true));
+        assert_eq!(guess("198.51.100.1").key("attempts", false), guess("198.51.100.2").key("attempts", false));
     }
 
     #[test]

@@ -324,7 +324,7 @@ impl ResponseError for ApiError {
         }
         if self.status == StatusCode::REQUEST_TIMEOUT {
             // The rest of a trickled body may still be on its way: nothing more is read.
-            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -69,6 +69,23 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 #[derive(Debug, Clone, Copy)]
 pub struct BodyTimeout(pub std::time::Duration);
 
+/// Marks a request whose body was read in full (see [`declares_unread_body`]).
+#[derive(Debug, Clone, Copy)]
+struct BodyRead;
+
+/// Whether `request` declares a body (a length above zero, or chunked) that no extractor read:
+/// its answer must close the connection, or actix would drain the rest of a trickled body for
+/// as long as the client keeps sending it.
+pub fn declares_unread_body(request: &HttpRequest) -> bool {
+    let headers = request.headers();
+    let declared = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
+            .is_some_and(|length| length > 0);
+    declared && request.extensions().get::<BodyRead>().is_none()
+}
+
 /// The body timeout when the app configures none.
 const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -81,11 +98,15 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
         let timeout = request.app_data::<BodyTimeout>().map_or(DEFAULT_BODY_TIMEOUT, |timeout| timeout.0);
         // The payload limit comes from the app's `PayloadConfig`.
         let body = Bytes::from_request(request, payload);
+        let request = request.clone();
         Box::pin(async move {
             if !declared_json {
                 return Err(ApiError::unsupported_media_type());
             }
             let body = tokio::time::timeout(timeout, body).await.map_err(|_| ApiError::request_timeout(timeout))?;
+            if body.is_ok() {
+                request.extensions_mut().insert(BodyRead);
+            }
             let body = body.map_err(|error| match error.as_response_error().status_code() {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
                 _ => ApiError::invalid_json("the request body could not be read"),

@@ -15,6 +15,7 @@ use adapters_memory::MemoryRateLimiter;
 use domain::rate_limit::{RateDecision, RateLimit, RateLimiter};
 use tracing::Instrument;
 
+use crate::abuse::limited_address;
 use crate::auth::CallerName;
 use crate::auth::client_address::client_address;
 use crate::error::{ApiError, AuthFailure};
@@ -63,6 +64,9 @@ pub async fn request_context(
         }
         response = response.into_response(replacement);
     }
+    if crate::extract::declares_unread_body(response.request()) {
+        response.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
+    }
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
@@ -75,7 +79,8 @@ pub async fn request_context(
         state.metrics.observe_request(&route, &method, status.as_u16(), elapsed);
         if let Some(failure) = auth_failure {
             let address = client_address(response.request(), &state.limits.trusted_proxies);
-            let address = address.map_or_else(|| "unknown".to_owned(), |address| address.to_string());
+            // Throttled per /64 for IPv6, as the limits count: one subscriber, one warning.
+            let address = address.map_or_else(|| "unknown".to_owned(), |address| limited_address(address).to_string());
             if state.auth_failure_log.first_in_window(&address, failure.reason).await {
                 span.in_scope(|| {
                     tracing::warn!(

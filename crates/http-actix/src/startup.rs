@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::abuse::{GuessLimits, Limits};
+use crate::abuse::{Counters, GuessLimits, Limits};
 use crate::auth::{AuthSettings, INTERNAL_NETWORK, MetricsToken, ServiceKeys, TokenKeys};
 use crate::config::{CacheSettings, Settings};
 use crate::dto::{CACHE_FORMAT_VERSION, JsonProfileEncoder};
@@ -270,9 +270,8 @@ fn auth_settings(settings: &Settings) -> AuthSettings {
 /// Counters in Redis when configured (falling back to process memory while it is down),
 /// in process memory otherwise.
 fn build_limits(settings: &Settings) -> anyhow::Result<Limits> {
-    let memory: Arc<dyn RateLimiter> = Arc::new(MemoryRateLimiter::new());
-    let limiter: Arc<dyn RateLimiter> = match &settings.cache {
-        None => memory,
+    let redis: Option<Arc<dyn RateLimiter>> = match &settings.cache {
+        None => None,
         Some(cache) => {
             let config = RedisCacheConfig {
                 key_prefix: cache.key_prefix.clone(),
@@ -280,18 +279,28 @@ fn build_limits(settings: &Settings) -> anyhow::Result<Limits> {
                 ..RedisCacheConfig::new(cache.url.clone())
             };
             let redis = RedisRateLimiter::build(&config).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
-            Arc::new(FallbackRateLimiter::new(Arc::new(redis), memory))
+            Some(Arc::new(redis))
+        }
+    };
+    // Each kind of counter has its own in-process store (or fallback): a flood of one kind
+    // fills only its own store, and cannot evict another kind's counters.
+    let store = || -> Arc<dyn RateLimiter> {
+        let memory: Arc<dyn RateLimiter> = Arc::new(MemoryRateLimiter::new());
+        match &redis {
+            None => memory,
+            Some(redis) => Arc::new(FallbackRateLimiter::new(Arc::clone(redis), memory)),
         }
     };
     let limits = &settings.limits;
     Ok(Limits {
-        limiter,
+        counters: Counters { attempts: store(), guesses: store(), known_addresses: store() },
         per_address: RateLimit { limit: limits.per_address, window: limits.per_address_window },
         guesses: GuessLimits {
             per_address: RateLimit { limit: limits.login_max_failures, window: limits.login_failure_window },
             per_account: RateLimit { limit: limits.login_account_max_failures, window: limits.login_failure_window },
             slowed_interval: limits.login_slowed_interval,
             known_for: limits.login_known_address_for,
+            token_lifetime: settings.auth.jwt_ttl,
         },
         trusted_proxies: limits.trusted_proxies.clone(),
     })

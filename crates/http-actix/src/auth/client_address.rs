@@ -50,8 +50,12 @@ impl Network {
 /// The client address of `request`, given the trusted proxies.
 pub fn client_address(request: &HttpRequest, trusted_proxies: &[Network]) -> Option<IpAddr> {
     let peer = request.peer_addr()?.ip();
-    let forwarded = request.headers().get("x-forwarded-for").and_then(|value| value.to_str().ok());
-    Some(resolve(peer, forwarded, trusted_proxies))
+    // Every `X-Forwarded-For` line, in order, as one list: a proxy that adds a line of its own
+    // (rather than appending to the client's) must not leave the client's line believed.
+    let lines: Vec<&str> =
+        request.headers().get_all("x-forwarded-for").map(|value| value.to_str().unwrap_or("unreadable")).collect();
+    let forwarded = (!lines.is_empty()).then(|| lines.join(","));
+    Some(resolve(peer, forwarded.as_deref(), trusted_proxies))
 }
 
 fn resolve(peer: IpAddr, forwarded_for: Option<&str>, trusted_proxies: &[Network]) -> IpAddr {
@@ -95,6 +99,8 @@ mod tests {
         assert_eq!(resolve(ip("10.1.2.3"), Some("198.51.100.7, 192.168.1.1"), &proxies), ip("198.51.100.7"));
         assert_eq!(resolve(ip("10.1.2.3"), None, &proxies), ip("10.1.2.3"));
         assert_eq!(resolve(ip("10.1.2.3"), Some("garbage"), &proxies), ip("10.1.2.3"));
+        // Two header lines read as one list: the proxy's own line (the last) is believed.
+        assert_eq!(resolve(ip("10.1.2.3"), Some("203.0.113.7,198.51.100.9"), &proxies), ip("198.51.100.9"));
     }
 
     #[test]

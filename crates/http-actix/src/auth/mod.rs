@@ -121,16 +121,24 @@ impl MetricsToken {
     pub fn check(&self, request: &HttpRequest) -> Result<(), ApiError> {
         const HINT: &str = "/metrics needs Authorization: Bearer <METRICS_TOKEN>: give the scraper the configured \
                             token (Prometheus: `authorization: {credentials: ...}` in the scrape config)";
-        let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        let mut values = request.headers().get_all(header::AUTHORIZATION);
+        let (Some(value), None) = (values.next(), values.next()) else {
             return Err(ApiError::authentication_required().with_auth_failure("missing_metrics_token", HINT));
         };
-        let presented = value.as_bytes().strip_prefix(b"Bearer ").unwrap_or_default();
+        let presented = bearer_credential(value.as_bytes()).unwrap_or_default();
         if bool::from(digest(presented).ct_eq(&self.0)) {
             Ok(())
         } else {
             Err(ApiError::invalid_credential("invalid_metrics_token", HINT))
         }
     }
+}
+
+/// The credential of an `Authorization: Bearer <credential>` value (the scheme is
+/// case-insensitive, RFC 9110), or `None` for another scheme.
+fn bearer_credential(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, credential) = value.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| credential.trim_ascii())
 }
 
 /// How callers authenticate.
@@ -171,11 +179,8 @@ async fn resolve(state: &AppState, request: &HttpRequest) -> Result<Option<Princ
         });
     }
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
-            .ok_or_else(|| {
+        let token =
+            bearer_credential(value.as_bytes()).and_then(|token| std::str::from_utf8(token).ok()).ok_or_else(|| {
                 ApiError::invalid_credential(
                     "malformed_authorization",
                     "Authorization must be `Bearer <access token>` from POST /api/v1/auth/login; services send \
@@ -191,7 +196,7 @@ async fn resolve(state: &AppState, request: &HttpRequest) -> Result<Option<Princ
             )
         };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let claims = auth.tokens.verify(token.trim(), now).map_err(|error| {
+        let claims = auth.tokens.verify(token, now).map_err(|error| {
             tracing::debug!(%error, "access token refused");
             invalid_token()
         })?;

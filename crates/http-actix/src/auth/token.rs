@@ -39,6 +39,10 @@ pub struct Claims {
     pub aud: String,
     /// The user's token version when issued.
     pub ver: i32,
+    /// A random id, so that two logins in the same second get two tokens (a stolen one is
+    /// never also the owner's). Absent in tokens issued before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<Uuid>,
 }
 
 /// Why a token was refused. Callers only ever learn "invalid token".
@@ -106,6 +110,7 @@ impl TokenKeys {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             ver: token_version,
+            jti: Some(Uuid::new_v4()),
         };
         let payload = serde_json::to_vec(&claims).unwrap_or_default();
         let signing_input = format!("{}.{}", URL_SAFE_NO_PAD.encode(HEADER), URL_SAFE_NO_PAD.encode(payload));
@@ -189,6 +194,8 @@ mod tests {
         let user = Uuid::now_v7();
         let claims = keys.verify(&keys.issue(user, 7, NOW), NOW + 10).unwrap();
         assert_eq!((claims.sub, claims.ver, claims.exp), (user, 7, NOW + 3600));
+        // Two tokens issued in the same second differ.
+        assert_ne!(keys.issue(user, 7, NOW), keys.issue(user, 7, NOW));
     }
 
     #[test]

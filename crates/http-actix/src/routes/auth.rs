@@ -3,7 +3,6 @@
 use actix_web::HttpRequest;
 use actix_web::web::Data;
 use apistos::{ApiComponent, api_operation};
-use domain::ServiceError;
 use domain::auth::Authenticated;
 use domain::user::{EmailAddress, Password};
 use domain::{FieldError, InvalidValue};
@@ -11,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::abuse::{Guess, Secret};
+use crate::abuse::Guess;
 use crate::auth::MaybeCaller;
 use crate::envelope::Ok;
 use crate::error::ApiError;
@@ -60,11 +59,11 @@ impl TokenView {
 /// Exchanges an email and password for an access token (HS256 JWT with `sub`, `iat`, `exp`,
 /// `iss`, `aud`). An unknown email and a wrong password get the same 401 in about the same
 /// time. Guessing is capped without letting anyone lock the owner out: after
-/// `LOGIN_MAX_FAILURES` wrong passwords for one account from one address that address gets
-/// 429 for the account; after `LOGIN_ACCOUNT_MAX_FAILURES` from all addresses, addresses that
-/// never logged in to it share one attempt per `LOGIN_SLOWED_INTERVAL_SECONDS`, while those
-/// that did keep working. Too many attempts from one address are 429 too. 429 carries
-/// `Retry-After`.
+/// `LOGIN_MAX_FAILURES` attempts at one account from one address without a success, that
+/// address gets 429 for the account; after `LOGIN_ACCOUNT_MAX_FAILURES` attempts from
+/// addresses new to the account, those share one attempt per `LOGIN_SLOWED_INTERVAL_SECONDS`,
+/// while addresses that logged in to it before keep working. Too many attempts from one
+/// address are 429 too. 429 carries `Retry-After`.
 #[api_operation(
     tag = "auth",
     no_security,
@@ -100,17 +99,9 @@ pub async fn login(
         }
     };
     state.limits.per_address(caller.0.as_ref(), &request, "login").await?;
-    let guess = Guess::new(&state.limits, Secret::Login, email.as_str(), &request);
+    let guess = Guess::new(&state.limits, email.as_str(), &request);
     state.limits.admit(&guess).await?;
-    match state.service.login(&email, password).await {
-        Result::Ok(authenticated) => {
-            state.limits.record_right(&guess).await;
-            Ok(Ok::new(TokenView::issue(&state, authenticated), "logged in"))
-        }
-        Err(ServiceError::InvalidCredentials) => {
-            state.limits.record_wrong(&guess).await;
-            Err(ServiceError::InvalidCredentials.into())
-        }
-        Err(error) => Err(error.into()),
-    }
+    let authenticated = state.service.login(&email, password).await?;
+    state.limits.record_success(&guess).await;
+    Ok(Ok::new(TokenView::issue(&state, authenticated), "logged in"))
 }

@@ -3,14 +3,12 @@
 use actix_web::HttpRequest;
 use actix_web::web::{Data, Query};
 use apistos::api_operation;
-use domain::ServiceError;
 use domain::auth::{Principal, Scope};
 use domain::idempotency::{Idempotent, StoredResponse};
 use domain::ports::CreatedUser;
 use domain::user::{PageRequest, UserId};
 use domain::{FieldError, InvalidValue};
 
-use crate::abuse::{Guess, Secret};
 use crate::auth::{Caller, MaybeCaller, ServiceCaller, UserCaller};
 use crate::dto::{ChangePasswordRequest, PageQuery, RegisterUserRequest, UpdateContactRequest, UserView};
 use crate::envelope::{NoContent, Ok, OkEncoded, PageMeta, success_bytes};
@@ -66,8 +64,7 @@ pub async fn register(
 fn registered_answer(created: &CreatedUser) -> StoredResponse {
     let profile = &created.profile;
     let message = if created.token_left_with_its_owner {
-        "user registered without its push_token, which another user holds: log in and register it with \
-         POST /api/v1/users/{id}/devices to move it"
+        "user registered without its push_token, which another user holds"
     } else {
         "user registered"
     };
@@ -159,8 +156,9 @@ pub async fn delete(state: Data<AppState>, caller: Caller, id: UserIdPath) -> Re
 ///
 /// Only the user itself, with its access token and current password; no service scope
 /// grants it. Every access token issued before stops working; the answer carries a fresh one.
-/// Wrong current passwords are limited like logins (429 with `Retry-After`), before any
-/// hashing, so that a stolen token is no unlimited oracle.
+/// Each access token may try `LOGIN_MAX_FAILURES` current passwords in its lifetime (then 429
+/// with `Retry-After`), counted before any hashing: a stolen token is no oracle, and its thief
+/// cannot touch the owner's login budgets.
 #[api_operation(
     tag = "users",
     skip_args = "request",
@@ -184,21 +182,9 @@ pub async fn change_password(
 ) -> Result<Ok<TokenView>, ApiError> {
     let user = caller.owner(id.0)?;
     let (current, new) = body.0.into_domain()?;
-    let guess = Guess::new(&state.limits, Secret::CurrentPassword, &user.to_string(), &request);
-    state.limits.admit(&guess).await?;
+    state.limits.admit_current_password_guess(&request).await?;
     let service = state.service.clone();
-    let changed = to_completion(async move {
-        match service.change_password(user, current, new).await {
-            Err(ServiceError::CurrentPasswordMismatch) => Result::Ok(None),
-            changed => changed.map(Some),
-        }
-    })
-    .await?;
-    let Some(token_version) = changed else {
-        state.limits.record_wrong(&guess).await;
-        return Err(ServiceError::CurrentPasswordMismatch.into());
-    };
-    state.limits.record_right(&guess).await;
+    let token_version = to_completion(async move { service.change_password(user, current, new).await }).await?;
     let authenticated = domain::auth::Authenticated { user_id: user, token_version };
     Ok(Ok::new(TokenView::issue(&state, authenticated), "password changed"))
 }
