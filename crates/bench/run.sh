@@ -25,9 +25,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LUA_DIR="$ROOT/crates/bench/lua"
 RESULTS_DIR=${BENCH_RESULTS_DIR:-$ROOT/bench-results}
 WORK="$RESULTS_DIR/last-run" # wrk outputs, service logs, the ids file: kept for inspection
-SERVICE_BIN="$ROOT/target/release/user-service"
-CEILING_BIN="$ROOT/target/release/bench-ceiling"
-ARGON2_BIN="$ROOT/target/release/argon2-rate"
+# Where cargo puts the release binaries (CARGO_TARGET_DIR when set, as cargo itself does).
+RELEASE_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+SERVICE_BIN="$RELEASE_DIR/user-service"
+CEILING_BIN="$RELEASE_DIR/bench-ceiling"
+ARGON2_BIN="$RELEASE_DIR/argon2-rate"
 
 CARGO=${CARGO:-cargo}
 DURATION=${BENCH_DURATION:-10}
