@@ -179,30 +179,42 @@ pub fn canonical_id_schema() -> schemars::schema::Schema {
 /// The one spelling of an id: lower-case hexadecimal, hyphenated 8-4-4-4-12.
 const CANONICAL_ID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
-impl ApiComponent for UserIdPath {
-    fn child_schemas() -> Vec<(String, ReferenceOr<Schema>)> {
-        Vec::new()
-    }
+/// Documents an extractor that carries no body: no schema, and the parameters (path, query
+/// or header) that `$parameters` lists.
+macro_rules! parameters_component {
+    ($extractor:ty, $parameters:expr) => {
+        impl ApiComponent for $extractor {
+            fn child_schemas() -> Vec<(String, ReferenceOr<Schema>)> {
+                Vec::new()
+            }
 
-    fn schema() -> Option<(String, ReferenceOr<Schema>)> {
-        None
-    }
+            fn schema() -> Option<(String, ReferenceOr<Schema>)> {
+                None
+            }
 
-    fn parameters() -> Vec<Parameter> {
-        vec![Parameter {
-            // apistos names path parameters after the route's pattern.
-            name: String::new(),
-            _in: ParameterIn::Path,
-            description: Some(
-                "The user id, in canonical form only (lower-case, hyphenated); any other spelling is 400 `invalid_id`."
-                    .to_owned(),
-            ),
-            required: Some(true),
-            definition: Some(ParameterDefinition::Schema(Box::new(ReferenceOr::Object(canonical_id_schema())))),
-            ..Default::default()
-        }]
-    }
+            fn parameters() -> Vec<Parameter> {
+                $parameters
+            }
+        }
+    };
 }
+pub(crate) use parameters_component;
+
+parameters_component!(
+    UserIdPath,
+    vec![Parameter {
+        // apistos names path parameters after the route's pattern.
+        name: String::new(),
+        _in: ParameterIn::Path,
+        description: Some(
+            "The user id, in canonical form only (lower-case, hyphenated); any other spelling is 400 `invalid_id`."
+                .to_owned(),
+        ),
+        required: Some(true),
+        definition: Some(ParameterDefinition::Schema(Box::new(ReferenceOr::Object(canonical_id_schema())))),
+        ..Default::default()
+    }]
+);
 
 /// A query string on a route that takes none: refused (400 `invalid_query`) rather than
 /// ignored, since a client that keys its cache by URL (`/users/{id}?x`) would otherwise hold a
@@ -224,15 +236,7 @@ impl FromRequest for NoQuery {
     }
 }
 
-impl ApiComponent for NoQuery {
-    fn child_schemas() -> Vec<(String, ReferenceOr<Schema>)> {
-        Vec::new()
-    }
-
-    fn schema() -> Option<(String, ReferenceOr<Schema>)> {
-        None
-    }
-}
+parameters_component!(NoQuery, Vec::new());
 
 /// Turns the error of an actix `Path` extraction into `invalid_id`.
 pub fn path_error(_error: actix_web::error::PathError, _request: &HttpRequest) -> actix_web::Error {

@@ -54,33 +54,24 @@ impl FromRequest for IdempotencyKeyHeader {
     }
 }
 
-impl ApiComponent for IdempotencyKeyHeader {
-    fn child_schemas() -> Vec<(String, ReferenceOr<Schema>)> {
-        Vec::new()
-    }
-
-    fn schema() -> Option<(String, ReferenceOr<Schema>)> {
-        None
-    }
-
-    fn parameters() -> Vec<Parameter> {
-        vec![Parameter {
-            name: "Idempotency-Key".to_owned(),
-            _in: ParameterIn::Header,
-            description: Some(
-                "1–255 printable ASCII characters. A retry with the same key and body gets the first \
-                 answer with `Idempotent-Replayed: true`; the same key with another body is 422 \
-                 `idempotency_key_reused`; a retry while the first runs is 409 `idempotency_in_flight`."
-                    .to_owned(),
-            ),
-            required: Some(false),
-            definition: Some(ParameterDefinition::Schema(Box::new(ReferenceOr::Object(String::json_schema(
-                &mut schemars::r#gen::SchemaGenerator::default(),
-            ))))),
-            ..Default::default()
-        }]
-    }
-}
+crate::extract::parameters_component!(
+    IdempotencyKeyHeader,
+    vec![Parameter {
+        name: "Idempotency-Key".to_owned(),
+        _in: ParameterIn::Header,
+        description: Some(
+            "1–255 printable ASCII characters. A retry with the same key, path and body gets the first \
+             answer with `Idempotent-Replayed: true`; the same key with another path or body is 422 \
+             `idempotency_key_reused`; a retry while the first runs is 409 `idempotency_in_flight`."
+                .to_owned(),
+        ),
+        required: Some(false),
+        definition: Some(ParameterDefinition::Schema(Box::new(ReferenceOr::Object(String::json_schema(
+            &mut schemars::r#gen::SchemaGenerator::default(),
+        ))))),
+        ..Default::default()
+    }]
+);
 
 /// How idempotency records are kept.
 #[derive(Clone)]
