@@ -393,6 +393,85 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// A PostgreSQL cluster of the test's own (initdb + pg_ctl on a free port, trust auth), so
+/// that the test may stop it without touching the shared server. Stopped and removed when
+/// dropped.
+#[derive(Debug)]
+pub struct PrivatePostgres {
+    /// The port it listens on.
+    pub port: u16,
+    bin: PathBuf,
+    data: TempDir,
+}
+
+impl PrivatePostgres {
+    /// Creates and starts a cluster (a second or two).
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|versions| versions.filter_map(Result::ok).map(|version| version.path().join("bin")).max())
+            .filter(|bin| bin.join("initdb").exists())
+            .expect("PostgreSQL's initdb under /usr/lib/postgresql/<version>/bin");
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
+        let data = TempDir(std::env::temp_dir().join(format!("user-service-pg-{}", uuid::Uuid::new_v4().simple())));
+        // initdb refuses to run as root: run it (and the server) as the postgres user then.
+        let initdb = Self::as_cluster_owner(&bin.join("initdb"))
+            .args(["-D", &data.0.to_string_lossy(), "-U", "postgres", "-A", "trust", "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb runs");
+        assert!(initdb.success(), "initdb failed");
+        let cluster = Self { port, bin, data };
+        cluster.pg_ctl(&["start", "-w", "-o", &format!("-p {port} -k /tmp -c listen_addresses=127.0.0.1")]);
+        cluster
+    }
+
+    /// A command run as the owner of the cluster's files (`postgres` when the test is root).
+    fn as_cluster_owner(program: &std::path::Path) -> Command {
+        let root = Command::new("id").arg("-u").output().is_ok_and(|id| id.stdout.trim_ascii() == b"0");
+        if root {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let status = Self::as_cluster_owner(&self.bin.join("pg_ctl"))
+            .args(["-D", &self.data.0.to_string_lossy(), "-l", &self.data.0.join("log").to_string_lossy()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pg_ctl runs");
+        assert!(status.success(), "pg_ctl {args:?} failed");
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server at once (`-m immediate`), as a crash would.
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate"]);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Self::as_cluster_owner(&self.bin.join("pg_ctl"))
+            .args(["-D", &self.data.0.to_string_lossy(), "stop", "-m", "immediate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Runs `redis-cli -p <port> <args>` and returns its standard output.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
     std::process::Command::new("redis-cli")

@@ -1,6 +1,8 @@
 //! Health, the OpenAPI document, and behaviour when the database is unreachable.
 
-use api_tests::TestApp;
+use std::time::{Duration, Instant};
+
+use api_tests::{PrivatePostgres, TestApp};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn liveness_and_readiness_answer_with_the_envelope() {
@@ -36,6 +38,53 @@ async fn an_unreachable_database_is_503_with_retry_after_never_500() {
     assert_eq!(user.body["error"], "service_unavailable");
     assert_eq!(user.header("retry-after"), Some("1"));
     assert!(!user.body.to_string().contains("127.0.0.1"), "the cause must not leak: {}", user.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_stays_200_while_every_pooled_connection_is_busy() {
+    let app = TestApp::spawn_with(&[
+        ("DATABASE_POOL_SIZE", "2"),
+        ("DATABASE_POOL_TIMEOUT_MS", "3000"),
+        ("CACHE_ENABLED", "false"),
+    ])
+    .await;
+    let user = app.register("busy@example.com").await;
+    // A lock held outside the service makes every read of users wait, holding its pooled
+    // connection; more readers than connections queue for the pool.
+    let mut locker = app.db.pool().get().await.unwrap();
+    use diesel_async::SimpleAsyncConnection;
+    locker.batch_execute("BEGIN; LOCK TABLE users IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let readers: Vec<_> = (0..6)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), format!("{}/api/v1/users/{user}", app.address));
+            tokio::spawn(async move { client.get(url).send().await.map(|response| response.status().as_u16()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let ready = app.get("/health/ready").await;
+        assert_eq!(ready.status, 200, "a busy pool is not a database that does not answer: {}", ready.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    locker.batch_execute("COMMIT").await.unwrap();
+    for reader in readers {
+        let status = reader.await.unwrap().unwrap();
+        assert!([200, 503].contains(&status), "{status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_turns_503_within_the_probe_timeout_when_postgresql_stops() {
+    let postgres = PrivatePostgres::start();
+    let url = postgres.url();
+    let app = TestApp::spawn_with(&[("DATABASE_URL", url.as_str()), ("MIGRATE_ON_STARTUP", "true")]).await;
+    assert_eq!(app.get("/health/ready").await.status, 200);
+    postgres.stop();
+    let started = Instant::now();
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(ready.body["data"]["status"], "down");
+    assert!(started.elapsed() < Duration::from_millis(1_500), "readiness took {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread")]

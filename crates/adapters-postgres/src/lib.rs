@@ -16,6 +16,7 @@
 
 mod devices;
 pub mod errors;
+mod health;
 mod idempotency;
 pub mod migrations;
 pub mod pool;
@@ -27,17 +28,22 @@ pub mod testing;
 mod tests;
 mod users;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use diesel_async::RunQueryDsl;
 use domain::error::BoxError;
 use domain::ports::HealthProbe;
 
+use crate::health::HealthConnection;
 pub use pool::{PgPool, PoolSettings};
 
 /// The PostgreSQL-backed repositories, cheap to clone (it holds the pool).
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Where health probes run, when not on the pool.
+    health: Option<Arc<HealthConnection>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -47,9 +53,17 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
-    /// Wraps a pool built by [`pool::build`].
+    /// Wraps a pool built by [`pool::build`]; health probes borrow a pooled connection.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { pool, health: None }
+    }
+
+    /// Runs health probes on a connection of their own, made with `settings`: a pool busy
+    /// with requests is not a database that does not answer, and readiness must not fail
+    /// (taking every replica out of its load balancer at once) because of load.
+    #[must_use]
+    pub fn with_health_connection(self, settings: &PoolSettings) -> Self {
+        Self { health: Some(Arc::new(HealthConnection::new(settings))), ..self }
     }
 
     /// The underlying pool (for health reporting and metrics).
@@ -65,6 +79,9 @@ impl PgStore {
 #[async_trait]
 impl HealthProbe for PgStore {
     async fn check(&self) -> Result<(), BoxError> {
+        if let Some(health) = &self.health {
+            return health.check().await;
+        }
         let mut connection = self.pool.get().await?;
         diesel::sql_query("SELECT 1").execute(&mut connection).await?;
         Ok(())

@@ -47,15 +47,21 @@ impl PoolSettings {
     }
 }
 
+/// The statements every connection runs first: the statement timeout and the name it shows
+/// in `pg_stat_activity`.
+pub(crate) fn session_setup(settings: &PoolSettings) -> String {
+    format!(
+        "SET statement_timeout = {}; SET application_name = '{}'",
+        settings.statement_timeout.as_millis(),
+        settings.application_name.replace('\'', "''"),
+    )
+}
+
 /// Builds the pool. No connection is opened until the first checkout: with
 /// `MIGRATE_ON_STARTUP=false` the service starts (and reports itself unready) while the
 /// database is still coming up.
 pub fn build(settings: &PoolSettings) -> Result<PgPool, deadpool::managed::BuildError> {
-    let session_setup = format!(
-        "SET statement_timeout = {}; SET application_name = '{}'",
-        settings.statement_timeout.as_millis(),
-        settings.application_name.replace('\'', "''"),
-    );
+    let session_setup = session_setup(settings);
     let limits = PoolLimits {
         max_size: settings.max_size,
         wait_timeout: settings.wait_timeout,

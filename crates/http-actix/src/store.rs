@@ -25,13 +25,14 @@ impl Store {
     pub async fn open(settings: &DatabaseSettings, migrate: bool) -> anyhow::Result<Self> {
         match &settings.url {
             Some(url) => {
-                let pool = adapters_postgres::pool::build(&PoolSettings {
+                let pool_settings = PoolSettings {
                     max_size: settings.pool_size,
                     wait_timeout: settings.pool_timeout,
                     statement_timeout: settings.statement_timeout,
                     prepared_statements: settings.prepared_statements,
                     ..PoolSettings::new(url.clone())
-                })?;
+                };
+                let pool = adapters_postgres::pool::build(&pool_settings)?;
                 if migrate {
                     let applied = adapters_postgres::migrations::run_pending(&pool)
                         .await
@@ -39,7 +40,7 @@ impl Store {
                     tracing::info!(applied, "database migrations up to date");
                 }
                 tracing::info!(store = "postgresql", "storing users in PostgreSQL");
-                Ok(Self::Postgres(PgStore::new(pool)))
+                Ok(Self::Postgres(PgStore::new(pool).with_health_connection(&pool_settings)))
             }
             None => {
                 let sqlite = SqliteSettings { wait_timeout: settings.pool_timeout, ..SqliteSettings::default() };
