@@ -7,6 +7,7 @@
 # - TEST_REDIS_PORT: a Redis on 127.0.0.1 (default 6379), else a throwaway redis-server on
 #   a free port when Redis is installed, else it says what to install. Tests never flush it:
 #   they use key prefixes of their own, and start private servers to pause or kill.
+# - chromium: installed with apt-get when missing (and run as root), for the /docs test.
 set -euo pipefail
 
 free_port() {
@@ -23,6 +24,15 @@ cleanup() {
   if [ -n "$pg_datadir" ]; then "${pg_ctl[@]}" -D "$pg_datadir" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$pg_datadir"; fi
 }
 trap cleanup EXIT
+
+# Headless Chromium renders /docs in a test. Installed from Debian's packages when missing
+# and this script may (root with apt-get); otherwise that test says what to install.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "Installing chromium (headless browser for the /docs test)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
+    || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; } \
+    || echo "could not install chromium; the /docs browser test will fail" >&2
+fi
 
 redis_port="${TEST_REDIS_PORT:-6379}"
 if ! redis-cli -h 127.0.0.1 -p "$redis_port" ping >/dev/null 2>&1; then

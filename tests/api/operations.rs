@@ -87,6 +87,58 @@ async fn readiness_turns_503_within_the_probe_timeout_when_postgresql_stops() {
     assert!(started.elapsed() < Duration::from_millis(1_500), "readiness took {:?}", started.elapsed());
 }
 
+/// Runs headless Chromium on `url` (`mode`: `--dump-dom` or `--screenshot=<file>`) with a
+/// fresh profile and no network beyond loopback: anything else goes through a proxy on a
+/// closed port, so a page that needs a CDN stays blank.
+fn headless_chromium(url: &str, mode: &str) -> std::process::Output {
+    let profile = std::env::temp_dir().join(format!("user-service-chromium-{}", uuid::Uuid::new_v4().simple()));
+    let output = std::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .args(["--proxy-server=127.0.0.1:9", "--virtual-time-budget=15000", "--window-size=1280,2400"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(mode)
+        .arg(url)
+        .output()
+        .unwrap_or_else(|error| panic!("chromium does not run ({error}); tests/with-services.sh installs it"));
+    let _ = std::fs::remove_dir_all(profile);
+    output
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_docs_page_renders_every_operation_in_a_real_browser_with_no_network_beyond_loopback() {
+    let app = TestApp::spawn().await;
+    let page = app.anonymous.get(format!("{}/docs", app.address)).send().await.unwrap();
+    let policy = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(policy.contains("default-src 'self'") && policy.contains("script-src 'self'"), "{policy}");
+    assert!(!policy.contains("unsafe") && !policy.contains("http"), "only our own origin: {policy}");
+    let html = page.text().await.unwrap();
+    assert!(!html.contains("<script>") && !html.contains("//cdn") && !html.contains("https://"), "{html}");
+    let operations: usize = app.get("/openapi.json").await.body["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|path| path.as_object().unwrap().keys().filter(|key| *key != "parameters").count())
+        .sum();
+
+    let url = format!("{}/docs", app.address);
+    let dom = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || headless_chromium(&url, "--dump-dom")
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let rendered = dom.matches("class=\"opblock opblock-").count();
+    assert_eq!(rendered, operations, "rendered operations (of {operations}) in:\n{}", &dom[..dom.len().min(2000)]);
+    let screenshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench-results/docs.png");
+    let _ = std::fs::create_dir_all(screenshot.parent().unwrap());
+    let _ = std::fs::remove_file(&screenshot);
+    let mode = format!("--screenshot={}", screenshot.display());
+    tokio::task::spawn_blocking(move || headless_chromium(&url, &mode)).await.unwrap();
+    assert!(screenshot.exists(), "no screenshot at {}", screenshot.display());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openapi_document_lists_every_route_with_schemas_and_error_responses() {
     let app = TestApp::spawn().await;

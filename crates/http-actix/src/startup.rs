@@ -25,8 +25,7 @@ use actix_web::web::{self, Data};
 use actix_web::{App, HttpResponse, HttpServer};
 use adapters_memory::{MemoryCache, MemoryCacheConfig, MemoryRateLimiter};
 use adapters_redis::{RedisCache, RedisCacheConfig, RedisRateLimiter};
-use apistos::SwaggerUIConfig;
-use apistos::app::{BuildConfig, OpenApiWrapper};
+use apistos::app::OpenApiWrapper;
 use apistos::info::Info;
 use apistos::security::{ApiKey, ApiKeyIn, Http, SecurityScheme, SecurityType};
 use apistos::spec::Spec;
@@ -386,7 +385,8 @@ impl Application {
                 .wrap(from_fn(request_context))
                 .configure(routes::configure)
                 .default_service(web::to(|| async { Err::<HttpResponse, _>(ApiError::route_not_found()) }))
-                .build_with("/openapi.json", BuildConfig::default().with(SwaggerUIConfig::new(&"/docs")))
+                .build("/openapi.json")
+                .service(routes::docs::service())
         })
         .workers(settings.workers)
         // SIGTERM/SIGINT stop accepting, then in-flight requests get this long to finish.

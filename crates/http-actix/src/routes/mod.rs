@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod devices;
+pub mod docs;
 pub mod eligibility;
 pub mod health;
 pub mod legacy;
