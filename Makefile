@@ -10,10 +10,11 @@ CARGO ?= cargo
 run:
 	$(CARGO) run --bin user-service
 
-## test: unit, adapter and API tests against real PostgreSQL and Redis (see tests/with-services.sh)
+## test: unit, adapter and API tests against real PostgreSQL and Redis (see tests/with-services.sh),
+## then the OpenAPI document against the running service (schemathesis, tests/contract.sh)
 test:
 	@if ! $(CARGO) nextest --version >/dev/null 2>&1; then $(CARGO) install cargo-nextest --locked; fi
-	tests/with-services.sh $(CARGO) nextest run --workspace --no-fail-fast
+	tests/with-services.sh bash -c '$(CARGO) nextest run --workspace --no-fail-fast && CARGO=$(CARGO) tests/contract.sh'
 
 ## lint: formatting and clippy with warnings denied
 lint:

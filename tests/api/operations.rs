@@ -185,6 +185,18 @@ async fn the_openapi_document_lists_every_route_with_schemas_and_error_responses
     for (path, method) in [("/users/{id}", "get"), ("/api/users/{user_id}/devices/{token}/deactivate", "put")] {
         assert_eq!(document["paths"][path][method]["deprecated"], true, "{method} {path} should be deprecated");
     }
+    // Every reference resolves: one that does not makes contract tools skip what uses it.
+    let text = document.to_string();
+    let references: std::collections::BTreeSet<&str> =
+        text.split("\"$ref\":\"").skip(1).filter_map(|rest| rest.split('"').next()).collect();
+    assert!(!references.is_empty());
+    for reference in references {
+        let pointer = reference.strip_prefix('#').unwrap_or_else(|| panic!("an external reference: {reference}"));
+        assert!(document.pointer(pointer).is_some(), "{reference} does not resolve");
+    }
+    // What /metrics declares is what it answers.
+    let metrics = &document["paths"]["/metrics"]["get"]["responses"]["200"]["content"];
+    assert!(metrics.get("application/openmetrics-text").is_some(), "{metrics}");
     // Both security schemes are declared; public routes need none, bulk routes a service key.
     let schemes = &document["components"]["securitySchemes"];
     assert_eq!(schemes["ServiceKey"]["in"], "header");

@@ -31,6 +31,21 @@ pub struct FieldDetail {
     pub message: String,
 }
 
+/// The schema of `details`, with [`FieldDetail`] written out in place: error schemas are
+/// registered without their children, and a reference to a schema that is not in the
+/// document would leave every error response unresolvable.
+fn inline_field_details(generator: &mut schemars::r#gen::SchemaGenerator) -> schemars::schema::Schema {
+    schemars::schema::SchemaObject {
+        instance_type: Some(schemars::schema::InstanceType::Array.into()),
+        array: Some(Box::new(schemars::schema::ArrayValidation {
+            items: Some(FieldDetail::json_schema(generator).into()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+    .into()
+}
+
 /// The body of every error response.
 #[derive(Debug, Serialize, JsonSchema, ApiComponent)]
 pub struct ErrorEnvelope {
@@ -50,8 +65,9 @@ pub struct ErrorEnvelope {
     pub message: Cow<'static, str>,
     /// Always null.
     pub meta: Option<()>,
-    /// The invalid fields, on `validation_error`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// The invalid fields, on `validation_error` only (absent otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "inline_field_details")]
     pub details: Vec<FieldDetail>,
 }
 

@@ -168,7 +168,7 @@ pub async fn ready(state: Data<AppState>) -> HealthReply<CheckView> {
 /// Requests by route template, method and status with latency histograms; cache
 /// operations and backlog; database pool connections and waiters; password hashes running.
 /// With `METRICS_TOKEN` set, requires `Authorization: Bearer <METRICS_TOKEN>` (401 without).
-#[api_operation(tag = "health", no_security, skip_args = "request", produces = "text/plain")]
+#[api_operation(tag = "health", no_security, skip_args = "request", produces = "application/openmetrics-text")]
 pub async fn metrics(state: Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
     if let Some(token) = &state.metrics_token {
         token.check(&request)?;
