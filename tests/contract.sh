@@ -26,7 +26,7 @@ database_url="${server_url%/*}/$database"
 psql "$server_url" -qc "CREATE DATABASE $database" >/dev/null
 
 "$CARGO" build --quiet -p http-actix --bin user-service
-binary="${CARGO_TARGET_DIR:-target}/debug/user-service"
+binary="$(realpath "${CARGO_TARGET_DIR:-target}/debug/user-service")"
 workdir="$(mktemp -d)"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 key="contract-key-0123456789abcdef"
@@ -41,10 +41,15 @@ trap cleanup EXIT
 # From an empty directory, so that no .env is read.
 (cd "$workdir" && env -i PATH="$PATH" DATABASE_URL="$database_url" MIGRATE_ON_STARTUP=true HOST=127.0.0.1 \
   PORT="$port" SECRET_KEY=contract-secret-0123456789abcdef0123456789 SERVICE_API_KEYS="$key" \
-  RATE_LIMIT_PER_ADDRESS=100000000 LOG_LEVEL=warn LOG_FORMAT=json "$OLDPWD/$binary" >"$workdir/service.log" 2>&1) &
+  RATE_LIMIT_PER_ADDRESS=100000000 LOG_LEVEL=warn LOG_FORMAT=json "$binary" >"$workdir/service.log" 2>&1) &
 service_pid=$!
 base="http://127.0.0.1:$port"
 for _ in $(seq 1 100); do curl -fs "$base/health/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+if ! curl -fs "$base/health/ready" >/dev/null 2>&1; then
+  echo "the service did not become ready; its log:" >&2
+  cat "$workdir/service.log" >&2
+  exit 1
+fi
 
 # Existing ids, so that operations on one user or device reach their logic, not only 404.
 user=$(curl -fs -X POST "$base/api/v1/users" -H 'Content-Type: application/json' -H "X-Service-Key: $key" \
