@@ -316,14 +316,28 @@ pub struct PrivateRedis {
     /// The port it listens on.
     pub port: u16,
     child: Option<std::process::Child>,
+    /// Where [`Self::snapshot`] writes and a restart loads from; `None`: no persistence.
+    snapshots: Option<TempDir>,
 }
 
 impl PrivateRedis {
     /// Starts a server with no persistence and waits until it answers.
     pub async fn start() -> Self {
+        Self::start_in(None).await
+    }
+
+    /// Starts a server that saves only when told ([`Self::snapshot`]) and loads its last
+    /// snapshot when restarted, as a server restored from an old RDB file would.
+    pub async fn start_with_snapshots() -> Self {
+        let directory = std::env::temp_dir().join(format!("user-service-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&directory).expect("a directory for the snapshot");
+        Self::start_in(Some(TempDir(directory))).await
+    }
+
+    async fn start_in(snapshots: Option<TempDir>) -> Self {
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
-        let mut redis = Self { port, child: None };
+        let mut redis = Self { port, child: None, snapshots };
         redis.launch().await;
         redis
     }
@@ -334,11 +348,13 @@ impl PrivateRedis {
     }
 
     async fn launch(&mut self) {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server starts (is Redis installed?)");
+        let mut command = std::process::Command::new("redis-server");
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        if let Some(directory) = &self.snapshots {
+            command.arg("--dir").arg(&directory.0).args(["--dbfilename", "dump.rdb"]);
+        }
+        let child =
+            command.stdout(std::process::Stdio::null()).spawn().expect("redis-server starts (is Redis installed?)");
         self.child = Some(child);
         for _ in 0..100 {
             if self.cli(&["PING"]).trim() == "PONG" {
@@ -374,10 +390,17 @@ impl PrivateRedis {
         }
     }
 
-    /// Starts an empty server on the same port again.
+    /// Kills the server and starts it on the same port again: empty, or from its last
+    /// snapshot when it was started with snapshots.
     pub async fn restart(&mut self) {
         self.kill();
         self.launch().await;
+    }
+
+    /// Saves the data set now (`SAVE`); a restart loads it, whatever was written since.
+    pub fn snapshot(&self) {
+        assert!(self.snapshots.is_some(), "started without snapshots");
+        assert_eq!(self.cli(&["SAVE"]).trim(), "OK", "SAVE failed");
     }
 
     /// Runs `redis-cli` against this server and returns its output.

@@ -14,5 +14,6 @@ mod idempotency;
 mod operations;
 mod operations_scale;
 mod preferences;
+mod redis_faults;
 mod seed;
 mod users;

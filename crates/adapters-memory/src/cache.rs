@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use domain::cache::{CacheHealth, CacheLookup, FillTicket, ProfileCache};
+use domain::cache::{CacheHealth, CacheLookup, FillTicket, Invalidation, ProfileCache};
 use domain::user::UserId;
 
 /// How long an entry lives when not configured (`CACHE_TTL`'s default).
@@ -253,7 +253,7 @@ impl ProfileCache for MemoryCache {
         drop((replaced, evicted));
     }
 
-    async fn invalidate(&self, ids: &[UserId]) {
+    async fn invalidate(&self, ids: &[UserId]) -> Invalidation {
         let now = (self.clock)();
         let forgettable_after = now + self.generation_ttl;
         for &id in ids {
@@ -270,6 +270,8 @@ impl ProfileCache for MemoryCache {
             // Freed outside the lock.
             drop(deleted);
         }
+        // In process: every reader shares this memory, so the deletion is the confirmation.
+        Invalidation::Confirmed
     }
 
     async fn health(&self) -> CacheHealth {
@@ -451,16 +453,16 @@ mod tests {
         let clock = ManualClock::new();
         let cache = cache_on(&clock, single_shard(1_000_000));
         let id = UserId::generate();
-        cache.invalidate(&[id]).await;
+        assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
         clock.advance(DEFAULT_GENERATION_TTL - Duration::from_millis(1));
         for _ in 0..SWEEP_EVERY {
-            cache.invalidate(&[UserId::generate()]).await;
+            assert_eq!(cache.invalidate(&[UserId::generate()]).await, Invalidation::Confirmed);
         }
         assert!(lock(&cache.shards[0]).generations.contains_key(&id), "kept for its retention");
 
         clock.advance(Duration::from_millis(1));
         for _ in 0..SWEEP_EVERY {
-            cache.invalidate(&[UserId::generate()]).await;
+            assert_eq!(cache.invalidate(&[UserId::generate()]).await, Invalidation::Confirmed);
         }
         assert!(!lock(&cache.shards[0]).generations.contains_key(&id), "forgotten after it");
         assert_eq!(lock(&cache.shards[0]).floor, 1, "the floor is the forgotten generation");
@@ -470,9 +472,9 @@ mod tests {
     async fn generations_are_bounded_in_number_like_entries() {
         let cache = MemoryCache::new(single_shard(100));
         let oldest = UserId::generate();
-        cache.invalidate(&[oldest]).await;
+        assert_eq!(cache.invalidate(&[oldest]).await, Invalidation::Confirmed);
         for _ in 0..1_000 {
-            cache.invalidate(&[UserId::generate()]).await;
+            assert_eq!(cache.invalidate(&[UserId::generate()]).await, Invalidation::Confirmed);
         }
         assert!(cache.tracked_generations() <= 100, "{} generations", cache.tracked_generations());
         assert!(!lock(&cache.shards[0]).generations.contains_key(&oldest), "the oldest were forgotten");
@@ -484,11 +486,11 @@ mod tests {
         let cache = MemoryCache::new(single_shard(10));
         let id = UserId::generate();
         let never_invalidated = miss(&cache, id).await;
-        cache.invalidate(&[id]).await;
+        assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
         let after_one_write = miss(&cache, id).await;
-        cache.invalidate(&[id]).await;
+        assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
         for _ in 0..20 {
-            cache.invalidate(&[UserId::generate()]).await;
+            assert_eq!(cache.invalidate(&[UserId::generate()]).await, Invalidation::Confirmed);
         }
         assert!(!lock(&cache.shards[0]).generations.contains_key(&id));
         for stale in [never_invalidated, after_one_write] {
@@ -503,11 +505,11 @@ mod tests {
         let cache = cache_on(&clock, single_shard(1_000_000));
         let id = UserId::generate();
         let before = miss(&cache, id).await;
-        cache.invalidate(&[id]).await;
+        assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
         let after = miss(&cache, id).await;
         clock.advance(DEFAULT_GENERATION_TTL);
         for _ in 0..SWEEP_EVERY {
-            cache.invalidate(&[UserId::generate()]).await;
+            assert_eq!(cache.invalidate(&[UserId::generate()]).await, Invalidation::Confirmed);
         }
         assert!(!lock(&cache.shards[0]).generations.contains_key(&id));
         cache.fill(id, before, b"stale".to_vec()).await;
@@ -536,7 +538,7 @@ mod tests {
         });
         let id = UserId::generate();
         warm(&cache, id, b"bytes").await;
-        cache.invalidate(&[id]).await;
+        assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
         warm(&cache, UserId::generate(), b"bytes").await;
         assert_eq!(cache.cached_entries(), 1);
         assert_eq!(cache.shards.len(), 1);

@@ -14,10 +14,11 @@
 //! repository contract suite; what stays here is PostgreSQL's own SQL (the token-digest
 //! upsert, `regexp_replace`, window counts, advisory locks) and its migrations.
 
+mod dedicated;
 mod devices;
 pub mod errors;
-mod health;
 mod idempotency;
+mod ledger;
 pub mod migrations;
 pub mod pool;
 mod rows;
@@ -35,15 +36,15 @@ use diesel_async::RunQueryDsl;
 use domain::error::BoxError;
 use domain::ports::HealthProbe;
 
-use crate::health::HealthConnection;
+use crate::dedicated::DedicatedConnection;
 pub use pool::{PgPool, PoolSettings};
 
 /// The PostgreSQL-backed repositories, cheap to clone (it holds the pool).
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// Where health probes run, when not on the pool.
-    health: Option<Arc<HealthConnection>>,
+    /// Where health probes and the cache ledger's reads run, when not on the pool.
+    dedicated: Option<Arc<DedicatedConnection>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -53,17 +54,19 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
-    /// Wraps a pool built by [`pool::build`]; health probes borrow a pooled connection.
+    /// Wraps a pool built by [`pool::build`]; health probes and ledger reads borrow a
+    /// pooled connection.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, health: None }
+        Self { pool, dedicated: None }
     }
 
-    /// Runs health probes on a connection of their own, made with `settings`: a pool busy
-    /// with requests is not a database that does not answer, and readiness must not fail
-    /// (taking every replica out of its load balancer at once) because of load.
+    /// Runs health probes and the reads of the cache's invalidation ledger on a connection
+    /// of their own, made with `settings`: a pool busy with requests is not a database that
+    /// does not answer. Readiness must not fail (taking every replica out of its load
+    /// balancer at once) because of load, nor must the cache be bypassed because of it.
     #[must_use]
-    pub fn with_health_connection(self, settings: &PoolSettings) -> Self {
-        Self { health: Some(Arc::new(HealthConnection::new(settings))), ..self }
+    pub fn with_dedicated_connection(self, settings: &PoolSettings) -> Self {
+        Self { dedicated: Some(Arc::new(DedicatedConnection::new(settings))), ..self }
     }
 
     /// The underlying pool (for health reporting and metrics).
@@ -79,8 +82,11 @@ impl PgStore {
 #[async_trait]
 impl HealthProbe for PgStore {
     async fn check(&self) -> Result<(), BoxError> {
-        if let Some(health) = &self.health {
-            return health.check().await;
+        if let Some(dedicated) = &self.dedicated {
+            return dedicated
+                .run(async |connection| diesel::sql_query("SELECT 1").execute(connection).await)
+                .await
+                .map(drop);
         }
         let mut connection = self.pool.get().await?;
         diesel::sql_query("SELECT 1").execute(&mut connection).await?;

@@ -76,12 +76,13 @@ fn registration(token: &str) -> DeviceRegistration {
 #[tokio::test(flavor = "multi_thread")]
 async fn migrations_revert_completely_and_apply_again() {
     const TABLES: &str = "SELECT count(*) AS count FROM pg_tables WHERE schemaname = 'public' \
-                          AND tablename IN ('users', 'notification_preferences', 'devices', 'idempotency_records')";
+                          AND tablename IN ('users', 'notification_preferences', 'devices', 'idempotency_records', \
+                          'cache_invalidation_ledger')";
     const DIGEST_FUNCTION: &str = "SELECT count(*) AS count FROM pg_proc WHERE proname = 'device_token_digest'";
     let embedded = MigrationSource::<Pg>::migrations(&crate::migrations::MIGRATIONS).expect("embedded").len();
     assert!(embedded > 0);
     let fixture = PgFixture::new().await;
-    assert_eq!(fixture.count(TABLES).await, 4);
+    assert_eq!(fixture.count(TABLES).await, 5);
 
     let reverted = crate::migrations::revert_all(fixture.db.pool()).await.expect("revert every migration");
     assert_eq!(reverted, embedded);
@@ -90,7 +91,7 @@ async fn migrations_revert_completely_and_apply_again() {
 
     let applied = crate::migrations::run_pending(fixture.db.pool()).await.expect("apply every migration");
     assert_eq!(applied, reverted);
-    assert_eq!(fixture.count(TABLES).await, 4);
+    assert_eq!(fixture.count(TABLES).await, 5);
     assert_eq!(fixture.count(DIGEST_FUNCTION).await, 1);
     assert_eq!(crate::migrations::run_pending(fixture.db.pool()).await.expect("nothing pending"), 0);
 

@@ -21,6 +21,10 @@ pub const DEFAULT_EXTRA_INVALIDATION_DELAYS: [Duration; 3] =
 pub const MAX_EXTRA_INVALIDATION_DELAYS: usize = 5;
 /// The longest follow-up delay accepted.
 pub const MAX_EXTRA_INVALIDATION_DELAY: Duration = Duration::from_secs(10);
+/// The longest a change may wait for Redis to confirm its invalidation.
+pub const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(10);
+/// The longest read lease: a change recorded in the ledger waits this long.
+pub const MAX_READ_LEASE: Duration = Duration::from_secs(10);
 
 /// Everything [`RedisCache::build`](crate::RedisCache::build) needs. Start from
 /// [`RedisCacheConfig::new`] and override fields.
@@ -66,13 +70,23 @@ pub struct RedisCacheConfig {
     /// The most user ids kept for retry; beyond it the cache stops serving until the
     /// entries that may have missed their invalidation have expired.
     pub max_pending_invalidations: usize,
+    /// How long a change waits for Redis to confirm its invalidation (calling it despite the
+    /// breaker) before recording it in the invalidation ledger instead
+    /// (`CACHE_CONFIRM_WAIT_MS`).
+    pub confirm_wait: Duration,
+    /// How long a reader trusts the cache after each read of the invalidation ledger; a
+    /// change recorded there waits this long before it is acknowledged.
+    pub read_lease: Duration,
+    /// How often the ledger is read: the lease renewed, recorded invalidations replayed.
+    pub lease_renewal: Duration,
 }
 
 impl RedisCacheConfig {
     /// Defaults: prefix `user-service`, format `v1`, TTL 300 s, 100 ms per call, no extra
     /// keys (follow-ups 250 ms, 1 s and 2 s after an invalidation when there are some),
     /// generations kept 24 h, breaker open after 3 failures for 1 s, retries every 200 ms, at
-    /// most 100,000 pending ids.
+    /// most 100,000 pending ids; a change waits up to 500 ms for Redis before it is recorded
+    /// in the ledger; leases of 1 s, renewed every 200 ms.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -87,6 +101,9 @@ impl RedisCacheConfig {
             breaker_cooldown: Duration::from_secs(1),
             retry_interval: Duration::from_millis(200),
             max_pending_invalidations: 100_000,
+            confirm_wait: Duration::from_millis(500),
+            read_lease: Duration::from_secs(1),
+            lease_renewal: Duration::from_millis(200),
         }
     }
 
@@ -112,6 +129,17 @@ impl RedisCacheConfig {
         {
             // Without the placeholder every invalidation would delete one fixed key.
             return Err(RedisCacheError::TemplateWithoutId(template.clone()));
+        }
+        if self.confirm_wait.is_zero() || self.confirm_wait > MAX_CONFIRM_WAIT {
+            return Err(RedisCacheError::Invalid("the confirmation wait must be above 0 and at most 10 s"));
+        }
+        // A lease must outlast one renewal that fails, so that one slow read of the ledger
+        // does not turn the cache off.
+        if self.lease_renewal.is_zero() || self.lease_renewal * 2 > self.read_lease || self.read_lease > MAX_READ_LEASE
+        {
+            return Err(RedisCacheError::Invalid(
+                "the lease renewal must be above 0 and at most half the lease, and the lease at most 10 s",
+            ));
         }
         let delays = &self.extra_invalidation_delays;
         if delays.len() > MAX_EXTRA_INVALIDATION_DELAYS
@@ -164,6 +192,9 @@ impl fmt::Debug for RedisCacheConfig {
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("retry_interval", &self.retry_interval)
             .field("max_pending_invalidations", &self.max_pending_invalidations)
+            .field("confirm_wait", &self.confirm_wait)
+            .field("read_lease", &self.read_lease)
+            .field("lease_renewal", &self.lease_renewal)
             .finish()
     }
 }

@@ -2,6 +2,10 @@
 //! connection made on first use, a timeout, a circuit breaker, and [`Connection::run`], which
 //! makes one round trip within the configured timeout or reports that it could not.
 //!
+//! For the cache, each connection also knows which server process it reached
+//! ([`ServerId`], Redis's `run_id`, random at every start): an entry or a fill ticket from
+//! another process (a restart, empty or from an old snapshot; a failover) is never trusted.
+//!
 //! Why no pool: a pool checks its connection on every checkout (deadpool-redis sends `PING`),
 //! so a call cost two or three round trips. A multiplexed connection is shared by all calls
 //! (concurrent ones are pipelined on its socket) and checked by nothing but the calls
@@ -15,7 +19,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -31,10 +35,37 @@ pub(crate) enum Request<'a> {
     Script(&'a ScriptInvocation<'a>),
 }
 
+/// Which Redis server process a connection reached: its `run_id` (40 random hex digits
+/// chosen at every start), or empty for users that do not ask ([`Role::identify_server`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServerId(Arc<str>);
+
+impl ServerId {
+    /// A server id as written in a stamp (see the cache's entry format).
+    pub(crate) fn new(id: &str) -> Self {
+        Self(id.into())
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether a call respects the circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Breaker {
+    /// Skip Redis while the breaker is open (every call that must not wait for an outage).
+    Respect,
+    /// Call Redis anyway: for a caller that waits for Redis to confirm a change and would
+    /// otherwise wait for the cooldown rather than for Redis.
+    Ignore,
+}
+
 /// Why a call did not answer.
 #[derive(Debug)]
 enum Failure {
     Connect(redis::RedisError),
+    Identify(redis::RedisError),
     Redis(redis::RedisError),
     Timeout(Duration),
 }
@@ -43,6 +74,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Connect(error) => write!(f, "no connection: {error}"),
+            Self::Identify(error) => write!(f, "INFO server did not name the server's run_id: {error}"),
             Self::Redis(error) => write!(f, "{error}"),
             Self::Timeout(timeout) => write!(f, "no answer within {} ms", timeout.as_millis()),
         }
@@ -56,6 +88,8 @@ pub(crate) struct Role {
     pub(crate) name: &'static str,
     /// What happens while Redis is skipped, logged when the breaker opens.
     pub(crate) degraded: &'static str,
+    /// Whether each new connection asks which server process it reached (`INFO server`).
+    pub(crate) identify_server: bool,
 }
 
 /// The multiplexed connection in use, numbered so that a failed call drops the connection it
@@ -64,6 +98,7 @@ pub(crate) struct Role {
 struct Current {
     number: u64,
     connection: MultiplexedConnection,
+    server: ServerId,
 }
 
 /// A lazily made multiplexed connection, its timeout and its circuit breaker. Built without
@@ -126,12 +161,17 @@ impl Connection {
         if let Some(current) = self.slot().clone() {
             return Ok(current);
         }
-        let connection = self
+        let mut connection = self
             .client
             .get_multiplexed_async_connection_with_config(&self.connection_config)
             .await
             .map_err(Failure::Connect)?;
-        let current = Current { number: self.made.fetch_add(1, Ordering::Relaxed), connection };
+        let server = if self.role.identify_server {
+            identify(&mut connection).await.map_err(Failure::Identify)?
+        } else {
+            ServerId::new("")
+        };
+        let current = Current { number: self.made.fetch_add(1, Ordering::Relaxed), connection, server };
         *self.slot() = Some(current.clone());
         Ok(current)
     }
@@ -147,24 +187,56 @@ impl Connection {
 
     /// Runs one round trip unless the breaker skips Redis; `None` when skipped or failed.
     pub(crate) async fn run<T: FromRedisValue>(&self, request: Request<'_>) -> Option<T> {
-        if self.breaker.permit(Instant::now()) == Permit::Denied {
+        self.call(request, Breaker::Respect, None).await.map(|(value, _)| value)
+    }
+
+    /// [`Self::run`], also when the breaker is open.
+    pub(crate) async fn run_despite_breaker<T: FromRedisValue>(&self, request: Request<'_>) -> Option<T> {
+        self.call(request, Breaker::Ignore, None).await.map(|(value, _)| value)
+    }
+
+    /// [`Self::run`], with the server process that answered.
+    pub(crate) async fn run_identified<T: FromRedisValue>(&self, request: Request<'_>) -> Option<(T, ServerId)> {
+        self.call(request, Breaker::Respect, None).await
+    }
+
+    /// [`Self::run`] on a connection to the `server` process only: `None`, and nothing sent,
+    /// when the current connection reached another one.
+    pub(crate) async fn run_on<T: FromRedisValue>(&self, server: &ServerId, request: Request<'_>) -> Option<T> {
+        self.call(request, Breaker::Respect, Some(server)).await.map(|(value, _)| value)
+    }
+
+    /// One round trip within the timeout; see the public variants.
+    async fn call<T: FromRedisValue>(
+        &self,
+        request: Request<'_>,
+        breaker: Breaker,
+        only_on: Option<&ServerId>,
+    ) -> Option<(T, ServerId)> {
+        if breaker == Breaker::Respect && self.breaker.permit(Instant::now()) == Permit::Denied {
             return None;
         }
         // The connection the call used, to drop it if the call failed in a way that may have
         // broken it (read after the call future, cancelled or not, is gone).
         let used = OnceLock::new();
         let call = async {
-            let Current { number, mut connection } = self.acquire().await?;
+            let Current { number, mut connection, server } = self.acquire().await?;
             let _ = used.set(number);
+            if only_on.is_some_and(|expected| *expected != server) {
+                return Ok(None);
+            }
             let answer = match request {
                 Request::Command(command) => command.query_async(&mut connection).await,
                 Request::Pipeline(pipeline) => pipeline.query_async(&mut connection).await,
                 Request::Script(invocation) => invocation.invoke_async(&mut connection).await,
             };
-            answer.map_err(Failure::Redis)
+            answer.map(|value| Some((value, server))).map_err(Failure::Redis)
         };
         let outcome = match tokio::time::timeout(self.timeout, call).await {
-            Ok(outcome) => outcome,
+            // Not sent, to another server than the caller's: neither a success nor a failure.
+            Ok(Ok(None)) => return None,
+            Ok(Ok(Some(answer))) => Ok(answer),
+            Ok(Err(failure)) => Err(failure),
             Err(_) => Err(Failure::Timeout(self.timeout)),
         };
         if let (Err(failure), Some(number)) = (&outcome, used.get().copied())
@@ -203,9 +275,19 @@ impl Connection {
 /// no answer in time (a paused server, a lost network) may.
 fn breaks_the_connection(failure: &Failure) -> bool {
     match failure {
-        Failure::Connect(_) | Failure::Timeout(_) => true,
+        Failure::Connect(_) | Failure::Identify(_) | Failure::Timeout(_) => true,
         Failure::Redis(error) => {
             error.is_io_error() || error.is_connection_dropped() || error.is_timeout() || error.is_unrecoverable_error()
         }
     }
+}
+
+/// Asks a new connection which server process it reached.
+async fn identify(connection: &mut MultiplexedConnection) -> Result<ServerId, redis::RedisError> {
+    let info: String = redis::cmd("INFO").arg("server").query_async(connection).await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|run_id| ServerId::new(run_id.trim()))
+        .filter(|server| !server.as_str().is_empty())
+        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "no run_id in INFO server")))
 }

@@ -20,8 +20,20 @@
 //!   downstream keys, for all ids in one `MULTI`. Each entry also carries the generation it
 //!   was filled under and is served only while that is still current, so that writers
 //!   running another format version (a rolling deploy) invalidate it too.
-//! - **Never a reason to fail.** Calls are bounded as above. An invalidation is queued
-//!   before it is attempted and forgotten once Redis confirmed it, so that a failed or
+//! - **No entry from another server process.** Entries and tickets also carry the `run_id`
+//!   of the Redis process they were read from or filled in; one from another process (Redis
+//!   restarted empty or from an old snapshot, or failed over) is never served or filled, so
+//!   that a restored entry older than a confirmed invalidation stays unused.
+//! - **No acknowledged change is followed by a stale read.** An invalidation returns once
+//!   Redis confirmed it, calling Redis despite the breaker for up to
+//!   [`RedisCacheConfig::confirm_wait`]. Past that, it is recorded in the store's
+//!   [`InvalidationLedger`] and returns one lease later ([`lease`]): every instance reads the
+//!   ledger every [`RedisCacheConfig::lease_renewal`], serves no entry of a listed user, and
+//!   serves nothing at all once its last read is older than the lease; any instance that
+//!   reaches Redis replays the recorded invalidations and forgets them. Without a ledger, or
+//!   when recording fails, the invalidation is [`Invalidation::Unconfirmed`].
+//! - **Never a reason to fail a read.** Calls are bounded as above. An invalidation is
+//!   queued before it is attempted and forgotten once Redis confirmed it, so that a failed or
 //!   abandoned one is retried by a background task; lookups of its ids skip the cache until
 //!   then.
 //! - **Downstream copies stay deleted.** Clients that fill their own copy of our answer
@@ -34,6 +46,7 @@ mod breaker;
 pub mod config;
 mod connection;
 mod follow_up;
+mod lease;
 mod pending;
 mod rate_limit;
 #[cfg(test)]
@@ -44,14 +57,17 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use domain::cache::{CacheBacklog, CacheHealth, CacheLookup, FillTicket, ProfileCache};
+use domain::cache::{
+    CacheBacklog, CacheHealth, CacheLookup, FillTicket, Invalidation, InvalidationLedger, LedgerEntry, ProfileCache,
+};
 use domain::user::UserId;
 use redis::Script;
 use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
-use crate::connection::{Connection, Request, Role};
+use crate::connection::{Breaker, Connection, Request, Role, ServerId};
 use crate::follow_up::FollowUps;
+use crate::lease::{ReadLease, Renewal};
 use crate::pending::PendingInvalidations;
 
 pub use config::{RedisCacheConfig, RedisCacheError};
@@ -72,11 +88,11 @@ return 1
 ";
 
 /// What a cache without a fill guard does: stores whatever it loaded as current. KEYS:
-/// entry, generation. ARGV: payload, TTL in ms.
+/// entry, generation. ARGV: payload, TTL in ms, the server's run_id.
 #[cfg(any(test, feature = "test-support"))]
 const UNGUARDED_FILL: &str = r"
 local current = redis.call('GET', KEYS[2]) or ''
-redis.call('SET', KEYS[1], current .. '\n' .. ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[3] .. '/' .. current .. '\n' .. ARGV[1], 'PX', ARGV[2])
 return 1
 ";
 
@@ -92,6 +108,13 @@ const FOLLOW_UP_TICK: Duration = Duration::from_millis(50);
 /// How long [`ProfileCache::finish_pending`] waits beyond the last follow-up deletion.
 const FINISH_MARGIN: Duration = Duration::from_secs(1);
 
+/// How long a change waiting for Redis pauses between two attempts at its invalidation.
+const CONFIRM_RETRY: Duration = Duration::from_millis(25);
+
+/// The most ledger recordings read (and replayed) at once; with more, readers distrust
+/// every entry until the ledger is shorter.
+const LEDGER_READ_LIMIT: usize = RETRY_BATCH;
+
 /// A [`ProfileCache`] on Redis. Cheap to clone; the clones share the connection, the breaker and
 /// the retry queue. The retry task stops when the last clone is dropped.
 #[derive(Clone)]
@@ -106,6 +129,11 @@ struct Inner {
     generation_ttl_ms: u64,
     pending: PendingInvalidations,
     follow_ups: FollowUps,
+    /// How long a change waits for Redis before it is recorded in the ledger.
+    confirm_wait: Duration,
+    /// Where unconfirmed invalidations are recorded, with the lease that readers hold on
+    /// it; `None` for a cache built without a ledger.
+    ledger: Option<(Arc<dyn InvalidationLedger>, ReadLease)>,
     guarded_fill: Script,
     #[cfg(any(test, feature = "test-support"))]
     unguarded_fill: Script,
@@ -116,14 +144,37 @@ struct Inner {
 }
 
 impl RedisCache {
-    /// Builds the cache and starts its retry task. Does not connect: the first call does, so
-    /// the service starts while Redis is down. Must be called inside a Tokio runtime.
+    /// Builds the cache with the store's invalidation ledger, which every instance sharing
+    /// this Redis must use too, and starts its background task. Does not connect: the first
+    /// call does, so the service starts while Redis is down. Must be called inside a Tokio
+    /// runtime.
+    pub fn build_with_ledger(
+        config: RedisCacheConfig,
+        ledger: Arc<dyn InvalidationLedger>,
+    ) -> Result<Self, RedisCacheError> {
+        Self::build_inner(config, Some(ledger))
+    }
+
+    /// Builds the cache without a ledger: a change whose invalidation Redis does not
+    /// confirm within [`RedisCacheConfig::confirm_wait`] is then
+    /// [`Invalidation::Unconfirmed`]. Otherwise as [`Self::build_with_ledger`].
     pub fn build(config: RedisCacheConfig) -> Result<Self, RedisCacheError> {
+        Self::build_inner(config, None)
+    }
+
+    fn build_inner(
+        config: RedisCacheConfig,
+        ledger: Option<Arc<dyn InvalidationLedger>>,
+    ) -> Result<Self, RedisCacheError> {
         config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| RedisCacheError::NoRuntime)?;
         let connection = Connection::build(
             &config,
-            Role { name: "cache", degraded: "serving from the store and queueing invalidations" },
+            Role {
+                name: "cache",
+                degraded: "serving from the store; changes wait for Redis or the invalidation ledger",
+                identify_server: true,
+            },
         )?;
 
         let (shutdown, shutdown_received) = oneshot::channel();
@@ -149,6 +200,8 @@ impl RedisCache {
                 let capacity = config.max_pending_invalidations.saturating_mul(delays.len());
                 FollowUps::new(delays, capacity)
             },
+            confirm_wait: config.confirm_wait,
+            ledger: ledger.map(|ledger| (ledger, ReadLease::new(config.read_lease))),
             guarded_fill: Script::new(GUARDED_FILL),
             #[cfg(any(test, feature = "test-support"))]
             unguarded_fill: Script::new(UNGUARDED_FILL),
@@ -156,7 +209,12 @@ impl RedisCache {
             #[cfg(test)]
             retry_task: std::sync::Mutex::new(None),
         });
-        let task = runtime.spawn(background(Arc::downgrade(&inner), shutdown_received, config.retry_interval));
+        let task = runtime.spawn(background(
+            Arc::downgrade(&inner),
+            shutdown_received,
+            config.retry_interval,
+            config.lease_renewal,
+        ));
         #[cfg(test)]
         {
             *inner.retry_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
@@ -187,9 +245,19 @@ impl RedisCache {
     /// cache without the fill guard would do. Only for tests that show what the guard prevents.
     #[cfg(any(test, feature = "test-support"))]
     pub async fn fill_unguarded(&self, id: UserId, bytes: Vec<u8>) {
+        let ping = redis::cmd("PING");
+        let Some((_, server)) = self.inner.connection.run_identified::<String>(Request::Command(&ping)).await else {
+            return;
+        };
         let mut invocation = self.inner.unguarded_fill.key(self.inner.keys.entry(id));
-        invocation.key(self.inner.keys.generation(id)).arg(bytes).arg(self.inner.ttl_ms);
-        let _: Option<i64> = self.inner.connection.run(Request::Script(&invocation)).await;
+        invocation.key(self.inner.keys.generation(id)).arg(bytes).arg(self.inner.ttl_ms).arg(server.as_str());
+        let _: Option<i64> = self.inner.connection.run_on(&server, Request::Script(&invocation)).await;
+    }
+
+    /// How many users the last read of the ledger listed (for metrics): their cached
+    /// entries are not served until an instance replayed their invalidation.
+    pub fn deferred_invalidations(&self) -> usize {
+        self.inner.ledger.as_ref().map_or(0, |(_, lease)| lease.listed())
     }
 
     /// The retry task's handle, for tests that check it stops.
@@ -217,13 +285,13 @@ impl fmt::Debug for RedisCache {
 impl ProfileCache for RedisCache {
     async fn lookup(&self, id: UserId) -> CacheLookup {
         let inner = &self.inner;
-        if inner.pending.blocks(id) {
+        if !inner.may_use(id) {
             return CacheLookup::Unavailable;
         }
         let mut command = redis::cmd("MGET");
         command.arg(inner.keys.entry(id)).arg(inner.keys.generation(id));
-        let Some((entry, generation)) =
-            inner.connection.run::<(Option<Vec<u8>>, Option<String>)>(Request::Command(&command)).await
+        let Some(((entry, generation), server)) =
+            inner.connection.run_identified::<(Option<Vec<u8>>, Option<String>)>(Request::Command(&command)).await
         else {
             return CacheLookup::Unavailable;
         };
@@ -231,9 +299,10 @@ impl ProfileCache for RedisCache {
         if inner.pending.blocks(id) {
             return CacheLookup::Unavailable;
         }
-        match entry.and_then(|entry| current_payload(entry, generation.as_deref())) {
+        let stamp = stamp(&server, generation.as_deref());
+        match entry.and_then(|entry| current_payload(entry, &stamp)) {
             Some(payload) => CacheLookup::Hit(payload),
-            None => CacheLookup::Miss(FillTicket::new(generation)),
+            None => CacheLookup::Miss(FillTicket::new(Some(stamp))),
         }
     }
 
@@ -247,7 +316,9 @@ impl ProfileCache for RedisCache {
         for id in ids {
             command.arg(inner.keys.entry(*id)).arg(inner.keys.generation(*id));
         }
-        let Some(values) = inner.connection.run::<Vec<Option<Vec<u8>>>>(Request::Command(&command)).await else {
+        let Some((values, server)) =
+            inner.connection.run_identified::<Vec<Option<Vec<u8>>>>(Request::Command(&command)).await
+        else {
             return vec![CacheLookup::Unavailable; ids.len()];
         };
         if values.len() != ids.len() * 2 {
@@ -256,14 +327,15 @@ impl ProfileCache for RedisCache {
         ids.iter()
             .zip(values.chunks_exact(2))
             .map(|(id, pair)| {
-                // An invalidation of this id may be pending (queued or failed): skip the cache.
-                if inner.pending.blocks(*id) {
+                // An invalidation of this id may be pending (queued, failed or in the ledger).
+                if !inner.may_use(*id) {
                     return CacheLookup::Unavailable;
                 }
                 let generation = pair[1].as_ref().map(|bytes| String::from_utf8_lossy(bytes).into_owned());
-                match pair[0].clone().and_then(|entry| current_payload(entry, generation.as_deref())) {
+                let stamp = stamp(&server, generation.as_deref());
+                match pair[0].clone().and_then(|entry| current_payload(entry, &stamp)) {
                     Some(payload) => CacheLookup::Hit(payload),
-                    None => CacheLookup::Miss(FillTicket::new(generation)),
+                    None => CacheLookup::Miss(FillTicket::new(Some(stamp))),
                 }
             })
             .collect()
@@ -271,37 +343,44 @@ impl ProfileCache for RedisCache {
 
     async fn fill(&self, id: UserId, ticket: FillTicket, bytes: Vec<u8>) {
         let inner = &self.inner;
-        if inner.pending.blocks(id) {
+        let Some((server, generation)) = ticket.generation().and_then(parse_stamp) else {
+            return;
+        };
+        if !inner.may_use(id) {
             return;
         }
-        let generation = ticket.generation();
         let mut invocation = inner.guarded_fill.key(inner.keys.entry(id));
         invocation
             .key(inner.keys.generation(id))
-            .arg(encode_entry(generation, &bytes))
+            .arg(encode_entry(ticket.generation().unwrap_or_default(), &bytes))
             .arg(inner.ttl_ms)
-            .arg(if generation.is_some() { "1" } else { "0" })
-            .arg(generation.unwrap_or_default());
-        let _: Option<i64> = inner.connection.run(Request::Script(&invocation)).await;
+            .arg(if generation.is_empty() { "0" } else { "1" })
+            .arg(generation);
+        // Only in the server process the ticket was read from: in another one (a restart
+        // since), the generation the ticket names means nothing.
+        let _: Option<i64> = inner.connection.run_on(&server, Request::Script(&invocation)).await;
     }
 
-    async fn invalidate(&self, ids: &[UserId]) {
+    async fn invalidate(&self, ids: &[UserId]) -> Invalidation {
         if ids.is_empty() {
-            return;
+            return Invalidation::Confirmed;
         }
         let inner = &self.inner;
         // Queued first: if this future is dropped half-way, the retry task still does the work,
         // and meanwhile lookups of these ids skip the cache.
         let batch = inner.pending.queue(ids, Instant::now());
-        if inner.invalidate_now(ids).await {
+        if inner.confirm_within(ids, inner.confirm_wait).await {
             inner.pending.complete(&batch);
             inner.schedule_follow_ups(ids);
-        } else if inner.pending.give_up_unqueued(&batch, Instant::now()) {
+            return Invalidation::Confirmed;
+        }
+        if inner.pending.give_up_unqueued(&batch, Instant::now()) {
             tracing::warn!(
                 capacity = inner.pending.capacity(),
                 "too many cache invalidations pending: ids dropped, the cache is bypassed until their entries expire"
             );
         }
+        inner.defer(ids).await
     }
 
     async fn health(&self) -> CacheHealth {
@@ -315,6 +394,7 @@ impl ProfileCache for RedisCache {
         CacheBacklog {
             pending_invalidations: self.inner.pending.len(),
             scheduled_follow_ups: self.inner.follow_ups.len(),
+            deferred_invalidations: self.deferred_invalidations(),
         }
     }
 
@@ -339,9 +419,95 @@ impl ProfileCache for RedisCache {
 }
 
 impl Inner {
+    /// Whether `id`'s entry may be served or filled now: its invalidation is not pending
+    /// here, and the ledger, read within the lease, does not list it.
+    fn may_use(&self, id: UserId) -> bool {
+        !self.pending.blocks(id) && self.ledger.as_ref().is_none_or(|(_, lease)| lease.trusts(id, Instant::now()))
+    }
+
+    /// Sends the invalidation of `ids`, despite the breaker, until Redis confirms it or
+    /// `wait` has passed. Returns whether Redis confirmed it.
+    async fn confirm_within(&self, ids: &[UserId], wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.invalidate_now(ids, Breaker::Ignore).await {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            tokio::time::sleep(CONFIRM_RETRY.min(deadline - now)).await;
+        }
+    }
+
+    /// Records an invalidation Redis did not confirm in the ledger, then waits one lease:
+    /// by then every reader has read the ledger since, or stopped trusting the cache.
+    async fn defer(&self, ids: &[UserId]) -> Invalidation {
+        let Some((ledger, lease)) = &self.ledger else {
+            return Invalidation::Unconfirmed;
+        };
+        match ledger.record(ids).await {
+            Ok(()) => {
+                tokio::time::sleep(lease.duration()).await;
+                Invalidation::Deferred
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = %error,
+                    "neither Redis nor the invalidation ledger confirmed a cache invalidation: the change is \
+                     saved but not acknowledged"
+                );
+                Invalidation::Unconfirmed
+            }
+        }
+    }
+
+    /// Reads the ledger: renews the lease, then replays the recorded invalidations if
+    /// Redis answers, and forgets those it confirmed.
+    async fn renew_lease_and_replay(&self) {
+        let Some((ledger, lease)) = &self.ledger else { return };
+        let started = Instant::now();
+        // Bounded so that a hung read cannot hold the lease's renewals up beyond the lease.
+        let read = tokio::time::timeout(lease.duration() / 2, ledger.unconfirmed(LEDGER_READ_LIMIT + 1)).await;
+        let mut listed = match read {
+            Ok(Ok(listed)) => listed,
+            failed => {
+                if lease.renewal_failed() == Renewal::Failing {
+                    let error = match failed {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => "no answer in time".to_owned(),
+                    };
+                    tracing::warn!(
+                        error = %error,
+                        "cannot read the cache invalidation ledger: cached users are not served until it can be read"
+                    );
+                }
+                return;
+            }
+        };
+        let truncated = listed.len() > LEDGER_READ_LIMIT;
+        listed.truncate(LEDGER_READ_LIMIT);
+        if lease.renew(started, &listed, truncated) == Renewal::Recovered {
+            tracing::info!("the cache invalidation ledger is readable again");
+        }
+        if listed.is_empty() {
+            return;
+        }
+        let ids: Vec<UserId> = listed.iter().map(|entry: &LedgerEntry| entry.user).collect();
+        // Despite the breaker: one call per renewal is cheap even during an outage, and the
+        // downstream copies of recorded users are deleted as soon as Redis answers again.
+        if self.invalidate_now(&ids, Breaker::Ignore).await {
+            self.schedule_follow_ups(&ids);
+            if let Err(error) = ledger.forget(&listed).await {
+                tracing::debug!(error = %error, "replayed recorded cache invalidations, not yet forgotten");
+            }
+        }
+    }
+
     /// Moves the generation of `ids` on and deletes their entries and downstream copies, in
     /// one `MULTI`. Returns whether Redis confirmed it.
-    async fn invalidate_now(&self, ids: &[UserId]) -> bool {
+    async fn invalidate_now(&self, ids: &[UserId], breaker: Breaker) -> bool {
         // One fresh value serves every id of the call: it only has to differ from every
         // generation any of them had before.
         let generation = uuid::Uuid::new_v4().to_string();
@@ -360,7 +526,11 @@ impl Inner {
                 .arg(self.keys.extra(id))
                 .ignore();
         }
-        self.connection.run::<()>(Request::Pipeline(&pipeline)).await.is_some()
+        let request = Request::Pipeline(&pipeline);
+        match breaker {
+            Breaker::Respect => self.connection.run::<()>(request).await.is_some(),
+            Breaker::Ignore => self.connection.run_despite_breaker::<()>(request).await.is_some(),
+        }
     }
 
     /// Retries the pending invalidations, batch by batch, until one fails.
@@ -368,7 +538,7 @@ impl Inner {
         let passes = self.pending.len().div_ceil(RETRY_BATCH);
         for _ in 0..passes {
             let Some(batch) = self.pending.batch(RETRY_BATCH, Instant::now()) else { break };
-            if !self.invalidate_now(&batch.ids).await {
+            if !self.invalidate_now(&batch.ids, Breaker::Respect).await {
                 break;
             }
             self.pending.complete(&batch);
@@ -417,16 +587,28 @@ impl Inner {
 }
 
 /// The background task, until the cache is dropped: retries pending invalidations every
-/// `retry_interval` and sends due follow-up deletions every [`FOLLOW_UP_TICK`]. Holds the
-/// cache only while working, so that dropping it ends the task.
-async fn background(cache: Weak<Inner>, mut shutdown: oneshot::Receiver<()>, retry_interval: Duration) {
+/// `retry_interval`, sends due follow-up deletions every [`FOLLOW_UP_TICK`], and reads the
+/// ledger every `lease_renewal` (when there is one). Holds the cache only while working, so
+/// that dropping it ends the task.
+async fn background(
+    cache: Weak<Inner>,
+    mut shutdown: oneshot::Receiver<()>,
+    retry_interval: Duration,
+    lease_renewal: Duration,
+) {
     let mut retries = tokio::time::interval(retry_interval);
     retries.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut follow_up_ticks = tokio::time::interval(FOLLOW_UP_TICK);
     follow_up_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut lease_renewals = tokio::time::interval(lease_renewal);
+    lease_renewals.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
+            _ = lease_renewals.tick() => {
+                let Some(cache) = cache.upgrade() else { return };
+                cache.renew_lease_and_replay().await;
+            }
             _ = retries.tick() => {
                 let Some(cache) = cache.upgrade() else { return };
                 if cache.pending.len() > 0 || cache.pending.is_overflowing() {
@@ -466,21 +648,32 @@ impl Keys {
     }
 }
 
-/// An entry is the generation it was filled under (empty when there was none), a newline,
-/// and the payload. Generations are UUIDs, so they never contain a newline.
-fn encode_entry(generation: Option<&str>, payload: &[u8]) -> Vec<u8> {
-    let generation = generation.unwrap_or_default().as_bytes();
-    let mut entry = Vec::with_capacity(generation.len() + 1 + payload.len());
-    entry.extend_from_slice(generation);
+/// What an entry is valid under, and what a fill ticket names: the server process and the
+/// user's generation it was read in, as `{run_id}/{generation}` (the generation empty when
+/// there was none). Neither contains `/` or a newline (hex digits and UUIDs).
+fn stamp(server: &ServerId, generation: Option<&str>) -> String {
+    format!("{}/{}", server.as_str(), generation.unwrap_or_default())
+}
+
+/// The server and the generation (empty when none) a stamp names.
+fn parse_stamp(stamp: &str) -> Option<(ServerId, &str)> {
+    let (server, generation) = stamp.split_once('/')?;
+    (!server.is_empty()).then(|| (ServerId::new(server), generation))
+}
+
+/// An entry is the stamp it was filled under, a newline, and the payload.
+fn encode_entry(stamp: &str, payload: &[u8]) -> Vec<u8> {
+    let mut entry = Vec::with_capacity(stamp.len() + 1 + payload.len());
+    entry.extend_from_slice(stamp.as_bytes());
     entry.push(b'\n');
     entry.extend_from_slice(payload);
     entry
 }
 
-/// The payload of `entry` if it was filled under the `current` generation.
-fn current_payload(mut entry: Vec<u8>, current: Option<&str>) -> Option<Vec<u8>> {
+/// The payload of `entry` if it was filled under the `current` stamp.
+fn current_payload(mut entry: Vec<u8>, current: &str) -> Option<Vec<u8>> {
     let newline = entry.iter().position(|&byte| byte == b'\n')?;
-    if entry[..newline] != *current.unwrap_or_default().as_bytes() {
+    if entry[..newline] != *current.as_bytes() {
         return None;
     }
     Some(entry.split_off(newline + 1))

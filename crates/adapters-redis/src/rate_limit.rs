@@ -59,7 +59,11 @@ impl RedisRateLimiter {
         config.validate_connection()?;
         let connection = Connection::build(
             config,
-            Role { name: "rate limiter", degraded: "its counters are unavailable until it answers again" },
+            Role {
+                name: "rate limiter",
+                degraded: "its counters are unavailable until it answers again",
+                identify_server: false,
+            },
         )?;
         tracing::debug!(url = %connection.redacted_url, prefix = %config.key_prefix, "Redis rate limiter configured");
         Ok(Self { inner: Arc::new(Inner { connection, prefix: config.key_prefix.clone() }) })

@@ -14,16 +14,26 @@ use std::process::{Child, Command, Stdio};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use domain::cache::{CacheHealth, CacheLookup, FillTicket, ProfileCache};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use domain::cache::{
+    CacheHealth, CacheLookup, FillTicket, Invalidation, InvalidationLedger, LedgerEntry, ProfileCache,
+};
+use domain::ports::RepositoryError;
 use domain::rate_limit::{RateDecision, RateLimit, RateLimitUnavailable, RateLimiter};
 use domain::user::UserId;
 use redis::aio::MultiplexedConnection;
 use uuid::Uuid;
 
 use crate::breaker::{CircuitBreaker, Permit, Transition};
+use crate::connection::ServerId;
+use crate::lease::{ReadLease, Renewal};
 use crate::pending::PendingInvalidations;
 use crate::{
-    RedisCache, RedisCacheConfig, RedisCacheError, RedisRateLimiter, config, current_payload, encode_entry, rate_limit,
+    RedisCache, RedisCacheConfig, RedisCacheError, RedisRateLimiter, config, current_payload, encode_entry,
+    parse_stamp, rate_limit, stamp,
 };
 
 /// The shared server's URL.
@@ -89,6 +99,19 @@ async fn miss_ticket(cache: &RedisCache, id: UserId) -> FillTicket {
     }
 }
 
+/// The generation a ticket names (empty when the user had none).
+fn generation_in(ticket: &FillTicket) -> String {
+    let (_, generation) = parse_stamp(ticket.generation().expect("a ticket has a stamp")).expect("a valid stamp");
+    generation.to_owned()
+}
+
+/// The `run_id` of the server at `url`.
+async fn run_id(url: &str) -> String {
+    let info: String =
+        redis::cmd("INFO").arg("server").query_async(&mut raw_connection(url).await).await.expect("INFO");
+    info.lines().find_map(|line| line.strip_prefix("run_id:")).expect("a run_id").trim().to_owned()
+}
+
 /// Fills `id` with `bytes` and checks that it is then a hit.
 async fn warm(cache: &RedisCache, id: UserId, bytes: &[u8]) {
     let ticket = miss_ticket(cache, id).await;
@@ -129,12 +152,18 @@ impl PrivateRedis {
     }
 
     async fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--save", "", "--appendonly", "no", "--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
+        Self::start_in(port, None).await
+    }
+
+    /// Starts a server that saves only on `SAVE`, in `directory`, and loads what it saved
+    /// there when started again.
+    async fn start_in(port: u16, directory: Option<&std::path::Path>) -> Self {
+        let mut command = Command::new("redis-server");
+        command.args(["--save", "", "--appendonly", "no", "--port", &port.to_string(), "--bind", "127.0.0.1"]);
+        if let Some(directory) = directory {
+            command.arg("--dir").arg(directory);
+        }
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start redis-server");
         let server = Self { port, child: Some(child) };
         let url = server.url();
         eventually(Duration::from_secs(5), "the private redis-server answers", || async {
@@ -201,7 +230,7 @@ async fn an_entry_is_stored_under_its_versioned_key_for_the_configured_ttl() {
     let id = UserId::generate();
 
     let ticket = miss_ticket(&cache, id).await;
-    assert_eq!(ticket.generation(), None, "a user never invalidated has no generation");
+    assert_eq!(generation_in(&ticket), "", "a user never invalidated has no generation");
     cache.fill(id, ticket, b"{\"name\":\"Ada\"}".to_vec()).await;
 
     let mut connection = raw_connection(&shared_url()).await;
@@ -219,10 +248,10 @@ async fn an_invalidation_stores_a_random_generation_that_outlives_any_fill() {
     let id = UserId::generate();
     warm(&cache, id, b"old").await;
 
-    cache.invalidate(&[id]).await;
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
 
     let ticket = miss_ticket(&cache, id).await;
-    let generation = ticket.generation().expect("an invalidated user has a generation").to_owned();
+    let generation = generation_in(&ticket);
     let mut connection = raw_connection(&shared_url()).await;
     let stored: String =
         redis::cmd("GET").arg(format!("{prefix}:gen:{id}")).query_async(&mut connection).await.expect("GET");
@@ -247,8 +276,8 @@ async fn a_fill_whose_ticket_predates_an_invalidation_writes_nothing() {
     // that compares the entry's generation.
     for round in 0..2 {
         let ticket = miss_ticket(&cache, id).await;
-        assert_eq!(ticket.generation().is_some(), round == 1);
-        cache.invalidate(&[id]).await;
+        assert_eq!(!generation_in(&ticket).is_empty(), round == 1);
+        assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
         cache.fill(id, ticket, b"stale".to_vec()).await;
     }
     let mut connection = raw_connection(&shared_url()).await;
@@ -264,7 +293,7 @@ async fn without_the_fill_guard_the_same_interleaving_serves_the_stale_entry() {
     let id = UserId::generate();
 
     let _ticket = miss_ticket(&cache, id).await;
-    cache.invalidate(&[id]).await;
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
     cache.fill_unguarded(id, b"stale".to_vec()).await;
 
     assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"stale".to_vec()));
@@ -283,7 +312,7 @@ async fn an_invalidation_by_a_writer_running_another_format_version_hides_the_en
     warm(&old, id, b"v1 bytes").await;
     warm(&new, id, b"v2 bytes").await;
 
-    old.invalidate(&[id]).await;
+    assert_eq!(old.invalidate(&[id]).await, Invalidation::Confirmed);
 
     assert!(matches!(new.lookup(id).await, CacheLookup::Miss(_)), "a rolling deploy never serves stale data");
     assert!(matches!(old.lookup(id).await, CacheLookup::Miss(_)));
@@ -306,7 +335,7 @@ async fn an_invalidation_deletes_the_downstream_keys_named_by_the_templates() {
         let _: () = redis::cmd("SET").arg(key).arg("gateway copy").query_async(&mut connection).await.expect("SET");
     }
 
-    cache.invalidate(&[id]).await;
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
 
     assert!(!exists(&mut connection, &format!("{prefix}-usercache:{id}")).await);
     assert!(!exists(&mut connection, &format!("{prefix}-gw:{id}:body")).await);
@@ -331,7 +360,7 @@ async fn a_copy_put_back_after_an_invalidation_is_deleted_again_at_each_follow_u
     let mut connection = raw_connection(&shared_url()).await;
 
     let invalidated = Instant::now();
-    cache.invalidate(&[id]).await;
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
     assert_eq!(cache.scheduled_follow_ups(), 2);
     // A reader that loaded before the change fills its copy after our deletion...
     set_copy(&mut connection, &copy).await;
@@ -359,7 +388,7 @@ async fn a_copy_put_back_after_an_invalidation_is_deleted_again_at_each_follow_u
 #[tokio::test(flavor = "multi_thread")]
 async fn without_downstream_keys_nothing_is_scheduled() {
     let cache = RedisCache::build(shared_config()).expect("build");
-    cache.invalidate(&[UserId::generate()]).await;
+    assert_eq!(cache.invalidate(&[UserId::generate()]).await, Invalidation::Confirmed);
     assert_eq!(cache.scheduled_follow_ups(), 0);
 }
 
@@ -374,7 +403,7 @@ async fn follow_ups_due_while_redis_is_paused_are_sent_once_it_resumes() {
     let copy = format!("usercache:{id}");
     let mut connection = raw_connection(&server.url()).await;
 
-    cache.invalidate(&[id]).await;
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
     set_copy(&mut connection, &copy).await;
     server.pause();
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -399,7 +428,7 @@ async fn finishing_before_exit_waits_for_the_scheduled_follow_ups() {
     let mut connection = raw_connection(&shared_url()).await;
 
     let started = Instant::now();
-    cache.invalidate(&[id]).await;
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
     set_copy(&mut connection, &copy).await;
     cache.finish_pending().await;
     assert!(started.elapsed() >= Duration::from_millis(400), "returned before the follow-up was due");
@@ -412,7 +441,7 @@ async fn finishing_before_exit_waits_for_the_scheduled_follow_ups() {
 #[tokio::test(flavor = "multi_thread")]
 async fn invalidating_no_ids_does_nothing() {
     let cache = RedisCache::build(shared_config()).expect("build");
-    cache.invalidate(&[]).await;
+    assert_eq!(cache.invalidate(&[]).await, Invalidation::Confirmed);
     assert_eq!(cache.pending_invalidations(), 0);
 }
 
@@ -455,15 +484,22 @@ async fn an_invalidation_abandoned_half_way_is_finished_by_the_retry_task() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cache_builds_while_nothing_listens_and_then_answers_unavailable_quickly() {
     let url = format!("redis://127.0.0.1:{}", free_port());
-    let cache = RedisCache::build(config_for(&url, TIMEOUT)).expect("building does not connect");
+    let mut config = config_for(&url, TIMEOUT);
+    config.confirm_wait = Duration::from_millis(200);
+    let cache = RedisCache::build(config).expect("building does not connect");
     let id = UserId::generate();
 
     let started = Instant::now();
     assert_eq!(cache.lookup(id).await, CacheLookup::Unavailable);
     cache.fill(id, FillTicket::new(None), b"bytes".to_vec()).await;
-    cache.invalidate(&[id]).await;
     assert_eq!(cache.health().await, CacheHealth::Down);
-    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
+    // A change waits for Redis up to the confirmation wait; without a ledger, it is then
+    // unconfirmed.
+    let started = Instant::now();
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Unconfirmed);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_millis(700), "waited {waited:?}");
     assert_eq!(cache.pending_invalidations(), 1, "the failed invalidation waits for a retry");
 }
 
@@ -542,27 +578,61 @@ async fn a_paused_redis_costs_one_timeout_per_second_not_one_per_lookup() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn invalidations_made_while_redis_is_paused_are_applied_within_two_seconds_of_resuming() {
+async fn a_change_waits_for_a_paused_redis_and_is_confirmed_as_soon_as_it_resumes() {
     let server = PrivateRedis::start().await;
-    let cache = RedisCache::build(config_for(&server.url(), TIMEOUT)).expect("build");
+    let mut config = config_for(&server.url(), TIMEOUT);
+    config.confirm_wait = Duration::from_secs(3);
+    let cache = RedisCache::build(config).expect("build");
+    let (written, untouched) = (UserId::generate(), UserId::generate());
+    for id in [written, untouched] {
+        warm(&cache, id, b"filled before the pause").await;
+    }
+
+    server.pause();
+    // Lookups open the breaker; the change waits for Redis all the same, not for the cooldown.
+    for _ in 0..3 {
+        assert_eq!(cache.lookup(untouched).await, CacheLookup::Unavailable);
+    }
+    assert!(cache.is_bypassed());
+    let started = Instant::now();
+    let ids = [written];
+    let (invalidation, ()) = tokio::join!(cache.invalidate(&ids), async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        server.resume();
+    });
+    let waited = started.elapsed();
+    assert_eq!(invalidation, Invalidation::Confirmed);
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_millis(400) + TIMEOUT * 3,
+        "confirmed {waited:?} after the change, Redis resumed after 400 ms"
+    );
+    assert_eq!(cache.pending_invalidations(), 0);
+    assert!(!exists(&mut raw_connection(&server.url()).await, &cache.inner.keys.entry(written)).await);
+    assert!(matches!(cache.lookup(written).await, CacheLookup::Miss(_)));
+    assert_eq!(cache.lookup(untouched).await, CacheLookup::Hit(b"filled before the pause".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_redis_does_not_confirm_in_time_is_unconfirmed_without_a_ledger_and_applied_after_it_resumes() {
+    let server = PrivateRedis::start().await;
+    let mut config = config_for(&server.url(), TIMEOUT);
+    config.confirm_wait = Duration::from_millis(300);
+    let cache = RedisCache::build(config).expect("build");
     let (first, second, untouched) = (UserId::generate(), UserId::generate(), UserId::generate());
     for id in [first, second, untouched] {
         warm(&cache, id, b"filled before the pause").await;
     }
 
     server.pause();
-    // A write before the breaker opens: its invalidation times out and is queued.
-    let started = Instant::now();
-    cache.invalidate(&[first]).await;
-    assert!(started.elapsed() < TIMEOUT * 4, "the invalidation waited {:?}", started.elapsed());
-    for _ in 0..2 {
-        assert_eq!(cache.lookup(untouched).await, CacheLookup::Unavailable);
+    for id in [first, second] {
+        let started = Instant::now();
+        assert_eq!(cache.invalidate(&[id]).await, Invalidation::Unconfirmed);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_millis(300) + TIMEOUT * 3,
+            "{waited:?}"
+        );
     }
-    assert!(cache.is_bypassed());
-    // A write while the breaker is open: queued without waiting.
-    let started = Instant::now();
-    cache.invalidate(&[second]).await;
-    assert!(started.elapsed() < TIMEOUT / 2, "the invalidation waited {:?}", started.elapsed());
     assert_eq!(cache.pending_invalidations(), 2);
     assert_eq!(cache.lookup(first).await, CacheLookup::Unavailable);
 
@@ -584,12 +654,14 @@ async fn invalidations_made_while_redis_is_paused_are_applied_within_two_seconds
 async fn invalidations_made_while_redis_is_dead_are_applied_after_its_restart_and_lookups_recover() {
     let mut server = PrivateRedis::start().await;
     let port = server.port;
-    let cache = RedisCache::build(config_for(&server.url(), TIMEOUT)).expect("build");
+    let mut config = config_for(&server.url(), TIMEOUT);
+    config.confirm_wait = Duration::from_millis(100);
+    let cache = RedisCache::build(config).expect("build");
     let id = UserId::generate();
     warm(&cache, id, b"before the crash").await;
 
     server.kill();
-    cache.invalidate(&[id]).await;
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Unconfirmed);
     assert_eq!(cache.pending_invalidations(), 1);
     assert_eq!(cache.lookup(id).await, CacheLookup::Unavailable);
 
@@ -605,7 +677,7 @@ async fn invalidations_made_while_redis_is_dead_are_applied_after_its_restart_an
     );
 
     let ticket = miss_ticket(&cache, id).await;
-    assert!(ticket.generation().is_some());
+    assert!(!generation_in(&ticket).is_empty());
     cache.fill(id, ticket, b"after the restart".to_vec()).await;
     assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"after the restart".to_vec()));
 }
@@ -616,13 +688,14 @@ async fn an_id_whose_invalidation_is_pending_is_neither_served_nor_filled_while_
     let mut config = config_for(&server.url(), TIMEOUT);
     // No retry during this test: the invalidation stays pending while Redis answers again.
     config.retry_interval = Duration::from_secs(600);
+    config.confirm_wait = Duration::from_millis(100);
     let cache = RedisCache::build(config).expect("build");
     let (written, other) = (UserId::generate(), UserId::generate());
     warm(&cache, written, b"old").await;
     warm(&cache, other, b"other").await;
 
     server.pause();
-    cache.invalidate(&[written]).await;
+    assert_eq!(cache.invalidate(&[written]).await, Invalidation::Unconfirmed);
     server.resume();
     eventually(Duration::from_secs(2), "Redis answers again", || async {
         cache.lookup(other).await == CacheLookup::Hit(b"other".to_vec())
@@ -635,7 +708,8 @@ async fn an_id_whose_invalidation_is_pending_is_neither_served_nor_filled_while_
     let mut connection = raw_connection(&server.url()).await;
     let generation: Option<String> =
         redis::cmd("GET").arg(cache.inner.keys.generation(written)).query_async(&mut connection).await.expect("GET");
-    cache.fill(written, FillTicket::new(generation), b"stale".to_vec()).await;
+    let current = stamp(&ServerId::new(&run_id(&server.url()).await), generation.as_deref());
+    cache.fill(written, FillTicket::new(Some(current)), b"stale".to_vec()).await;
     let entry: Option<Vec<u8>> =
         redis::cmd("GET").arg(cache.inner.keys.entry(written)).query_async(&mut connection).await.expect("GET");
     assert!(entry.is_none_or(|entry| !entry.ends_with(b"stale")), "a pending id is never filled");
@@ -648,12 +722,13 @@ async fn a_full_invalidation_queue_bypasses_the_cache_until_the_entries_that_mis
     let mut config = config_for(&server.url(), TIMEOUT);
     config.max_pending_invalidations = 2;
     config.ttl = Duration::from_millis(1_500);
+    config.confirm_wait = Duration::from_millis(50);
     let cache = RedisCache::build(config).expect("build");
     let (a, b, c, bystander) = (UserId::generate(), UserId::generate(), UserId::generate(), UserId::generate());
 
     server.kill();
     let dropped_at = Instant::now();
-    cache.invalidate(&[a, b, c]).await;
+    assert_eq!(cache.invalidate(&[a, b, c]).await, Invalidation::Unconfirmed);
     assert_eq!(cache.pending_invalidations(), 2, "the queue holds at most 2 ids");
     let _restarted = PrivateRedis::start_on(port).await;
 
@@ -681,6 +756,256 @@ async fn the_retry_task_stops_when_the_last_clone_is_dropped() {
 
     drop(clone);
     tokio::time::timeout(Duration::from_secs(1), task).await.expect("the task stops").expect("the task ends cleanly");
+}
+
+// ----- Another server process: restarted empty or from an old snapshot -----
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_and_tickets_from_before_a_restart_from_an_old_snapshot_are_never_used() {
+    let directory = std::env::temp_dir().join(format!("redis-snapshot-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&directory).expect("a directory");
+    let port = free_port();
+    let mut server = PrivateRedis::start_in(port, Some(&directory)).await;
+    let cache = RedisCache::build(config_for(&server.url(), TIMEOUT)).expect("build");
+    let (changed, unchanged, reading) = (UserId::generate(), UserId::generate(), UserId::generate());
+    warm(&cache, changed, b"before the change").await;
+    warm(&cache, unchanged, b"never changed").await;
+    let before = run_id(&server.url()).await;
+    let _: () = redis::cmd("SAVE").query_async(&mut raw_connection(&server.url()).await).await.expect("SAVE");
+
+    // A change confirmed after the snapshot; a reader takes a ticket and loads meanwhile.
+    assert_eq!(cache.invalidate(&[changed]).await, Invalidation::Confirmed);
+    let ticket = miss_ticket(&cache, reading).await;
+    server.kill();
+    let server = PrivateRedis::start_in(port, Some(&directory)).await;
+    assert_ne!(run_id(&server.url()).await, before, "a new process");
+
+    // The snapshot brought the old entry and generation back...
+    let mut connection = raw_connection(&server.url()).await;
+    assert!(exists(&mut connection, &cache.inner.keys.entry(changed)).await, "the snapshot holds the old entry");
+    // ...but an entry of the old process is never served, changed or not.
+    eventually(Duration::from_secs(3), "the cache reaches the new process", || async {
+        cache.health().await == CacheHealth::Up
+    })
+    .await;
+    for id in [changed, unchanged] {
+        assert!(matches!(cache.lookup(id).await, CacheLookup::Miss(_)), "{id}: an entry of the old process");
+    }
+    // A ticket of the old process fills nothing in the new one.
+    cache.fill(reading, ticket, b"loaded before the restart".to_vec()).await;
+    assert!(!exists(&mut connection, &cache.inner.keys.entry(reading)).await);
+    // The cache works on as before.
+    warm(&cache, changed, b"after the restart").await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+// ----- The invalidation ledger and the read lease -----
+
+/// An in-process [`InvalidationLedger`] shared by the caches of a test, standing for the
+/// store's (whose own contract is tested with each store). Can be made to fail.
+#[derive(Default)]
+struct TestLedger {
+    entries: Mutex<Vec<LedgerEntry>>,
+    fail_reads: AtomicBool,
+    fail_records: AtomicBool,
+}
+
+impl TestLedger {
+    fn users(&self) -> Vec<UserId> {
+        self.entries.lock().expect("entries").iter().map(|entry| entry.user).collect()
+    }
+}
+
+fn store_down() -> RepositoryError {
+    RepositoryError::Unavailable("the test store is down".into())
+}
+
+#[async_trait]
+impl InvalidationLedger for TestLedger {
+    async fn record(&self, users: &[UserId]) -> Result<(), RepositoryError> {
+        if self.fail_records.load(Ordering::SeqCst) {
+            return Err(store_down());
+        }
+        let mut entries = self.entries.lock().expect("entries");
+        entries.retain(|entry| !users.contains(&entry.user));
+        let mut users = users.to_vec();
+        users.dedup();
+        entries.extend(users.into_iter().map(|user| LedgerEntry { user, mark: Uuid::new_v4() }));
+        Ok(())
+    }
+
+    async fn unconfirmed(&self, limit: usize) -> Result<Vec<LedgerEntry>, RepositoryError> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Err(store_down());
+        }
+        Ok(self.entries.lock().expect("entries").iter().take(limit).copied().collect())
+    }
+
+    async fn forget(&self, forgotten: &[LedgerEntry]) -> Result<(), RepositoryError> {
+        self.entries.lock().expect("entries").retain(|entry| !forgotten.contains(entry));
+        Ok(())
+    }
+}
+
+/// A cache of one instance on `url`, sharing `ledger` with the other instances of the test.
+fn instance(url: &str, ledger: &Arc<TestLedger>, prefix: &str) -> RedisCache {
+    let mut config = config_for(url, TIMEOUT);
+    config.key_prefix = prefix.to_owned();
+    config.confirm_wait = Duration::from_millis(200);
+    RedisCache::build_with_ledger(config, Arc::clone(ledger) as Arc<dyn InvalidationLedger>).expect("build")
+}
+
+/// Waits until `cache` holds a lease (its first ledger read is done).
+async fn leased(cache: &RedisCache) {
+    let probe = UserId::generate();
+    eventually(Duration::from_secs(2), "the first lease", || async {
+        !matches!(cache.lookup(probe).await, CacheLookup::Unavailable)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_redis_cannot_confirm_is_recorded_and_acknowledged_once_no_instance_serves_the_old_entry() {
+    let server = PrivateRedis::start().await;
+    let ledger = Arc::new(TestLedger::default());
+    let prefix = format!("test-{}", Uuid::new_v4());
+    // The writer's instance cannot reach Redis; the reader's can (a partition).
+    let writer = instance(&format!("redis://127.0.0.1:{}", free_port()), &ledger, &prefix);
+    let reader = instance(&server.url(), &ledger, &prefix);
+    let (changed, other) = (UserId::generate(), UserId::generate());
+    leased(&reader).await;
+    warm(&reader, changed, b"before the change").await;
+    warm(&reader, other, b"other").await;
+
+    let ids = [changed];
+    let acknowledged = std::sync::OnceLock::new();
+    let old = CacheLookup::Hit(b"before the change".to_vec());
+    let started = Instant::now();
+    let (invalidation, served_old_after_ack) = tokio::join!(
+        async {
+            let invalidation = writer.invalidate(&ids).await;
+            let _ = acknowledged.set(Instant::now());
+            invalidation
+        },
+        async {
+            // The reader reads on throughout: until the change is acknowledged it may serve the
+            // old entry (the read is concurrent with the change), never after.
+            let mut served_old_after_ack = 0;
+            while acknowledged.get().is_none_or(|at| at.elapsed() < Duration::from_millis(500)) {
+                let asked = Instant::now();
+                let lookup = reader.lookup(changed).await;
+                if lookup == old && acknowledged.get().is_some_and(|at| *at < asked) {
+                    served_old_after_ack += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            served_old_after_ack
+        }
+    );
+    assert_eq!(invalidation, Invalidation::Deferred);
+    assert_eq!(served_old_after_ack, 0, "the old entry was served after the change was acknowledged");
+    let waited = acknowledged.get().expect("acknowledged").duration_since(started);
+    // The confirmation wait (200 ms), then one lease (1 s).
+    assert!(waited >= Duration::from_millis(1_200), "acknowledged after {waited:?}");
+    assert_eq!(writer.pending_invalidations(), 1, "the writer keeps retrying too");
+
+    // The reader, which reaches Redis, replays the invalidation there and forgets the
+    // recording; it then serves fresh misses again.
+    eventually(Duration::from_secs(2), "the reader replayed the recorded invalidation", || async {
+        ledger.users().is_empty()
+    })
+    .await;
+    assert!(!exists(&mut raw_connection(&server.url()).await, &reader.inner.keys.entry(changed)).await);
+    eventually(Duration::from_secs(2), "the reader trusts the user again", || async {
+        matches!(reader.lookup(changed).await, CacheLookup::Miss(_))
+    })
+    .await;
+    assert_eq!(reader.lookup(other).await, CacheLookup::Hit(b"other".to_vec()), "only the recorded user was skipped");
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_user_is_not_served_by_any_instance_from_the_next_ledger_read_on() {
+    let server = PrivateRedis::start().await;
+    let ledger = Arc::new(TestLedger::default());
+    let prefix = format!("test-{}", Uuid::new_v4());
+    let reader = instance(&server.url(), &ledger, &prefix);
+    let (recorded, other) = (UserId::generate(), UserId::generate());
+    leased(&reader).await;
+    warm(&reader, recorded, b"old").await;
+    warm(&reader, other, b"other").await;
+    // Replays cannot succeed while Redis is paused, so the recording stays listed.
+    server.pause();
+    ledger.record(&[recorded]).await.expect("record");
+    let recorded_at = Instant::now();
+    server.resume();
+    let took = eventually(Duration::from_secs(1), "the recorded user is skipped", || async {
+        reader.lookup(recorded).await != CacheLookup::Hit(b"old".to_vec())
+    })
+    .await;
+    assert!(took <= reader.inner.ledger.as_ref().expect("a ledger").1.duration(), "{took:?}");
+    assert!(recorded_at.elapsed() < Duration::from_secs(3));
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_cannot_read_the_ledger_stops_serving_cached_entries_within_one_lease() {
+    let server = PrivateRedis::start().await;
+    let ledger = Arc::new(TestLedger::default());
+    let prefix = format!("test-{}", Uuid::new_v4());
+    let cache = instance(&server.url(), &ledger, &prefix);
+    let id = UserId::generate();
+    leased(&cache).await;
+    warm(&cache, id, b"cached").await;
+
+    ledger.fail_reads.store(true, Ordering::SeqCst);
+    let failed_at = Instant::now();
+    let took = eventually(Duration::from_secs(2), "the lease ran out", || async {
+        cache.lookup(id).await == CacheLookup::Unavailable
+    })
+    .await;
+    assert!(took <= Duration::from_millis(1_100), "served cached entries {took:?} after the ledger failed");
+    cache.fill(id, FillTicket::new(Some("x/".to_owned())), b"filled without a lease".to_vec()).await;
+
+    ledger.fail_reads.store(false, Ordering::SeqCst);
+    eventually(Duration::from_secs(2), "the cache is used again", || async {
+        cache.lookup(id).await == CacheLookup::Hit(b"cached".to_vec())
+    })
+    .await;
+    assert!(failed_at.elapsed() >= Duration::from_millis(500));
+    delete_prefixed(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_neither_redis_nor_the_ledger_confirms_is_unconfirmed() {
+    let ledger = Arc::new(TestLedger::default());
+    ledger.fail_records.store(true, Ordering::SeqCst);
+    let writer = instance(&format!("redis://127.0.0.1:{}", free_port()), &ledger, "unused");
+    assert_eq!(writer.invalidate(&[UserId::generate()]).await, Invalidation::Unconfirmed);
+    assert!(ledger.users().is_empty());
+}
+
+#[test]
+fn a_lease_lasts_from_the_start_of_the_ledger_read_and_excludes_what_it_listed() {
+    let lease = ReadLease::new(Duration::from_secs(1));
+    let start = Instant::now();
+    let (listed, other) = (UserId::generate(), UserId::generate());
+    assert!(!lease.trusts(other, start), "no lease before the first read");
+
+    assert_eq!(lease.renew(start, &[LedgerEntry { user: listed, mark: Uuid::new_v4() }], false), Renewal::Unchanged);
+    assert!(lease.trusts(other, start + Duration::from_millis(999)));
+    assert!(!lease.trusts(other, start + Duration::from_secs(1)), "ends one lease after the read began");
+    assert!(!lease.trusts(listed, start), "a listed user is never trusted");
+    assert_eq!(lease.listed(), 1);
+
+    assert_eq!(lease.renew(start, &[], true), Renewal::Unchanged);
+    assert!(!lease.trusts(other, start), "a truncated list distrusts everyone");
+
+    assert_eq!(lease.renewal_failed(), Renewal::Failing);
+    assert_eq!(lease.renewal_failed(), Renewal::Unchanged, "a lapse is reported once");
+    assert_eq!(lease.renew(start, &[], false), Renewal::Recovered);
+    assert!(lease.trusts(listed, start));
 }
 
 // ----- Configuration -----
@@ -942,15 +1267,26 @@ fn rate_limit_keys_are_kept_when_short_and_hashed_when_long_or_looking_hashed() 
 }
 
 #[test]
-fn an_entry_is_served_only_under_the_generation_it_was_filled_with() {
-    let entry = encode_entry(Some("gen-1"), b"payload\nwith newline");
-    assert_eq!(current_payload(entry.clone(), Some("gen-1")), Some(b"payload\nwith newline".to_vec()));
-    assert_eq!(current_payload(entry.clone(), Some("gen-2")), None);
-    assert_eq!(current_payload(entry, None), None);
-    let without_generation = encode_entry(None, b"");
-    assert_eq!(current_payload(without_generation.clone(), None), Some(Vec::new()));
-    assert_eq!(current_payload(without_generation, Some("gen-1")), None);
-    assert_eq!(current_payload(b"no separator".to_vec(), None), None);
+fn an_entry_is_served_only_under_the_server_and_generation_it_was_filled_with() {
+    let (server, restarted) = (ServerId::new("a1"), ServerId::new("b2"));
+    let filled = stamp(&server, Some("gen-1"));
+    assert_eq!(filled, "a1/gen-1");
+    let entry = encode_entry(&filled, b"payload\nwith newline");
+    assert_eq!(current_payload(entry.clone(), &filled), Some(b"payload\nwith newline".to_vec()));
+    assert_eq!(current_payload(entry.clone(), &stamp(&server, Some("gen-2"))), None);
+    assert_eq!(current_payload(entry.clone(), &stamp(&server, None)), None);
+    assert_eq!(current_payload(entry, &stamp(&restarted, Some("gen-1"))), None, "another server process");
+    let without_generation = encode_entry(&stamp(&server, None), b"");
+    assert_eq!(current_payload(without_generation.clone(), "a1/"), Some(Vec::new()));
+    assert_eq!(current_payload(without_generation, &stamp(&restarted, None)), None);
+    assert_eq!(current_payload(b"no separator".to_vec(), "a1/"), None);
+    // An entry written before stamps named the server (a rolling deploy) is never served.
+    assert_eq!(current_payload(b"gen-1\npayload".to_vec(), &stamp(&server, Some("gen-1"))), None);
+
+    assert_eq!(parse_stamp("a1/gen-1"), Some((server.clone(), "gen-1")));
+    assert_eq!(parse_stamp("a1/"), Some((server, "")));
+    assert_eq!(parse_stamp("/gen-1"), None, "no server");
+    assert_eq!(parse_stamp("gen-1"), None, "a stamp of the old format");
 }
 
 #[test]

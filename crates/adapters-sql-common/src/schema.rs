@@ -1,8 +1,8 @@
 //! The tables both stores declare to diesel.
 
 /// Declares diesel's view of the tables both stores create (each with migrations in its own
-/// dialect): `users`, `notification_preferences`, `devices`, `idempotency_records`, and how
-/// they join. Declared once so that the stores cannot drift apart.
+/// dialect): `users`, `notification_preferences`, `devices`, `idempotency_records`,
+/// `cache_invalidation_ledger`, and how they join. Declared once so that the stores cannot drift apart.
 ///
 /// The two SQL types that differ between backends come from the invoking module, which
 /// must name them `StoredUuid` and `StoredTimestamp` (PostgreSQL: `Uuid` and
@@ -71,6 +71,17 @@ macro_rules! tables {
                 response_location -> Nullable<Text>,
                 created_at -> StoredTimestamp,
                 expires_at -> StoredTimestamp,
+            }
+        }
+
+        diesel::table! {
+            use diesel::sql_types::*;
+            use super::{StoredTimestamp, StoredUuid};
+
+            cache_invalidation_ledger (user_id) {
+                user_id -> StoredUuid,
+                mark -> StoredUuid,
+                recorded_at -> StoredTimestamp,
             }
         }
 

@@ -36,6 +36,7 @@
 mod devices;
 pub mod errors;
 mod idempotency;
+mod ledger;
 pub mod migrations;
 pub mod pool;
 mod schema;

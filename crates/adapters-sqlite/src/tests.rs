@@ -139,9 +139,10 @@ async fn every_pooled_connection_uses_wal_foreign_keys_busy_timeout_and_normal_s
 #[tokio::test(flavor = "multi_thread")]
 async fn migrations_revert_completely_and_apply_again() {
     const TABLES: &str = "SELECT count(*) AS count FROM sqlite_schema WHERE type = 'table' \
-                          AND name IN ('users', 'notification_preferences', 'devices', 'idempotency_records')";
+                          AND name IN ('users', 'notification_preferences', 'devices', 'idempotency_records', \
+                          'cache_invalidation_ledger')";
     let test = TestStore::create().await.expect("open");
-    assert_eq!(test.count(TABLES).await.expect("count"), 4);
+    assert_eq!(test.count(TABLES).await.expect("count"), 5);
 
     let reverted = crate::migrations::revert_all(test.store().pool()).await.expect("revert every migration");
     assert!(reverted > 0);
@@ -149,7 +150,7 @@ async fn migrations_revert_completely_and_apply_again() {
 
     let applied = crate::migrations::run_pending(test.store().pool()).await.expect("apply every migration");
     assert_eq!(applied, reverted);
-    assert_eq!(test.count(TABLES).await.expect("count"), 4);
+    assert_eq!(test.count(TABLES).await.expect("count"), 5);
     create(test.store(), "ada@example.com").await.expect("the schema works again");
 }
 

@@ -25,7 +25,7 @@ use crate::idempotency::{claim, record_answer};
 use crate::schema::{CREDENTIALS, DEVICE, Id, PREFERENCES, USER, devices, lower, notification_preferences, users};
 
 /// `IN (…)` lists stay well below SQLite's limit on bound parameters.
-const IDS_PER_QUERY: usize = 500;
+pub(crate) const IDS_PER_QUERY: usize = 500;
 
 /// Whether a user other than `except` has `email`, compared as the unique index compares.
 fn email_taken(connection: &mut SqliteConnection, email: &str, except: Option<UserId>) -> QueryResult<bool> {

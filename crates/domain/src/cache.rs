@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::ports::RepositoryError;
 use crate::user::UserId;
 
 /// The cache generation a reader observed before loading from the store. Opaque.
@@ -31,6 +32,59 @@ impl FillTicket {
     pub fn generation(&self) -> Option<&str> {
         self.0.as_deref()
     }
+}
+
+/// What became of an invalidation: whether the change it follows may be acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Invalidation {
+    /// The cache deleted the entries: no reader anywhere is served them any more.
+    Confirmed,
+    /// The cache did not answer in time, but the invalidation is in the
+    /// [`InvalidationLedger`] and every reader has since stopped trusting these entries,
+    /// until an instance confirms it with the cache.
+    Deferred,
+    /// Neither: a reader elsewhere may still be served an old entry. It is retried in the
+    /// background; the change must not be acknowledged.
+    Unconfirmed,
+}
+
+impl Invalidation {
+    /// Whether no reader can be served the replaced value any more, so that the change may
+    /// be acknowledged.
+    pub fn is_effective(self) -> bool {
+        !matches!(self, Self::Unconfirmed)
+    }
+}
+
+/// One recording in the [`InvalidationLedger`]. A user recorded again gets a new mark, so
+/// that forgetting an older recording never forgets a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// Whose entries may be stale in the cache.
+    pub user: UserId,
+    /// Which recording this is.
+    pub mark: uuid::Uuid,
+}
+
+/// Invalidations a shared cache could not confirm, kept in the store so that every
+/// instance sees them: readers do not trust the cached entries of a recorded user, and any
+/// instance that reaches the cache replays the invalidation and forgets the recording. It
+/// is what lets a write be acknowledged while the cache is unreachable from its instance
+/// and perhaps reachable from others.
+///
+/// Errors: [`RepositoryError::Unavailable`] when the store cannot serve now;
+/// [`RepositoryError::Unexpected`] otherwise.
+#[async_trait]
+pub trait InvalidationLedger: Send + Sync {
+    /// Records `users` (duplicates allowed), each with a new mark; durable once it returns.
+    async fn record(&self, users: &[UserId]) -> Result<(), RepositoryError>;
+
+    /// Up to `limit` recordings, oldest first.
+    async fn unconfirmed(&self, limit: usize) -> Result<Vec<LedgerEntry>, RepositoryError>;
+
+    /// Forgets these recordings; a user recorded again since keeps its newer one.
+    async fn forget(&self, entries: &[LedgerEntry]) -> Result<(), RepositoryError>;
 }
 
 /// The result of a lookup.
@@ -63,6 +117,8 @@ pub struct CacheBacklog {
     pub pending_invalidations: usize,
     /// Follow-up deletions scheduled or being sent.
     pub scheduled_follow_ups: usize,
+    /// Users listed in the invalidation ledger at its last read.
+    pub deferred_invalidations: usize,
 }
 
 /// A cache of serialized user representations.
@@ -86,9 +142,12 @@ pub trait ProfileCache: Send + Sync {
     async fn fill(&self, id: UserId, ticket: FillTicket, bytes: Vec<u8>);
 
     /// Called after a committed change of these users: deletes their entries (and any
-    /// downstream copies) and moves their generation on. A failed invalidation is retried
-    /// in the background until it succeeds.
-    async fn invalidate(&self, ids: &[UserId]);
+    /// downstream copies) and moves their generation on. Returns once no reader can be
+    /// served the replaced value any more, or once a bound of the implementation's has
+    /// passed without that ([`Invalidation::Unconfirmed`]): the change must not be
+    /// acknowledged before, or another instance could serve the value it replaced. An
+    /// unconfirmed invalidation is retried in the background until it succeeds.
+    async fn invalidate(&self, ids: &[UserId]) -> Invalidation;
 
     /// Probes the cache for `/health`.
     async fn health(&self) -> CacheHealth;
@@ -116,7 +175,9 @@ impl ProfileCache for NoCache {
 
     async fn fill(&self, _id: UserId, _ticket: FillTicket, _bytes: Vec<u8>) {}
 
-    async fn invalidate(&self, _ids: &[UserId]) {}
+    async fn invalidate(&self, _ids: &[UserId]) -> Invalidation {
+        Invalidation::Confirmed
+    }
 
     async fn health(&self) -> CacheHealth {
         CacheHealth::Disabled
@@ -148,8 +209,8 @@ impl ProfileCache for InvalidationsOnly {
 
     async fn fill(&self, _id: UserId, _ticket: FillTicket, _bytes: Vec<u8>) {}
 
-    async fn invalidate(&self, ids: &[UserId]) {
-        self.0.invalidate(ids).await;
+    async fn invalidate(&self, ids: &[UserId]) -> Invalidation {
+        self.0.invalidate(ids).await
     }
 
     async fn health(&self) -> CacheHealth {
@@ -175,14 +236,14 @@ mod tests {
         let mut inner = MockProfileCache::new();
         inner.expect_lookup().never();
         inner.expect_fill().never();
-        inner.expect_invalidate().withf(move |ids| ids == [user]).times(1).return_const(());
+        inner.expect_invalidate().withf(move |ids| ids == [user]).times(1).return_const(Invalidation::Confirmed);
         inner.expect_finish_pending().times(1).return_const(());
         let cache = InvalidationsOnly(Arc::new(inner));
         futures_executor::block_on(async {
             assert_eq!(cache.lookup(user).await, CacheLookup::Unavailable);
             assert_eq!(cache.lookup_many(&[user, user]).await, vec![CacheLookup::Unavailable; 2]);
             cache.fill(user, FillTicket::new(None), b"ignored".to_vec()).await;
-            cache.invalidate(&[user]).await;
+            assert_eq!(cache.invalidate(&[user]).await, Invalidation::Confirmed);
             cache.finish_pending().await;
         });
     }

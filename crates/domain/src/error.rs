@@ -64,6 +64,11 @@ pub enum ServiceError {
     /// An idempotent request cannot run: its key is in flight or was used for another request.
     #[error(transparent)]
     Idempotency(#[from] crate::idempotency::IdempotencyConflict),
+    /// The change is committed, but the cache could not confirm its invalidation in time
+    /// (Redis unreachable): the write is not acknowledged, since another instance could still
+    /// serve the value it replaced. Retrying the same request confirms it.
+    #[error("the change is saved, but the cache could not confirm its invalidation")]
+    InvalidationUnconfirmed,
     /// A dependency (the database, the password hasher's capacity) cannot serve now; the
     /// caller may retry later.
     #[error("temporarily unavailable")]

@@ -73,6 +73,7 @@ fn unshare(error: &ServiceError) -> ServiceError {
         ServiceError::InvalidCredentials => ServiceError::InvalidCredentials,
         ServiceError::CurrentPasswordMismatch => ServiceError::CurrentPasswordMismatch,
         ServiceError::Idempotency(conflict) => ServiceError::Idempotency(*conflict),
+        ServiceError::InvalidationUnconfirmed => ServiceError::InvalidationUnconfirmed,
         ServiceError::Unavailable(source) => ServiceError::Unavailable(source.to_string().into()),
         ServiceError::Unexpected(source) => ServiceError::Unexpected(source.to_string().into()),
     }
@@ -117,10 +118,15 @@ impl UserService {
         Self { ports, inflight: Arc::default() }
     }
 
-    /// Invalidates the cached representations of users a write touched. Called after the
-    /// write returns, also when it failed: a failure may still have committed.
-    async fn invalidate(&self, ids: &[UserId]) {
-        self.ports.cache.invalidate(ids).await;
+    /// Invalidates the cached representations of the users a write touched, once the write
+    /// returned (also when it failed: a failure may still have committed), and answers with
+    /// the write's result: its own error first, then an invalidation the cache could not
+    /// confirm, since a change is acknowledged only once no reader can be served what it
+    /// replaced.
+    async fn after_write<T>(&self, written: Result<T, RepositoryError>, ids: &[UserId]) -> Result<T, ServiceError> {
+        let invalidation = self.ports.cache.invalidate(ids).await;
+        let value = written?;
+        if invalidation.is_effective() { Ok(value) } else { Err(ServiceError::InvalidationUnconfirmed) }
     }
 
     /// Registers a user with default preferences (overridden by the caller's choices) and,
@@ -156,11 +162,15 @@ impl UserService {
             created_at: now,
         };
         let created = self.ports.users.create(record, idempotency).await?;
-        if let Idempotent::Executed(CreatedUser { profile, device_moved_from: Some(previous_owner), .. }) = &created {
-            log_device_moved(*previous_owner, profile.user.id);
-            self.invalidate(&[*previous_owner]).await;
+        match &created {
+            Idempotent::Executed(CreatedUser { profile, device_moved_from: Some(previous_owner), .. }) => {
+                log_device_moved(*previous_owner, profile.user.id);
+                // A new user has no cached entry; the previous owner of its token does.
+                let previous_owner = *previous_owner;
+                self.after_write(Ok(created), &[previous_owner]).await
+            }
+            _ => Ok(created),
         }
-        Ok(created)
     }
 
     /// The answer stored for a completed idempotent request, if any.
@@ -320,8 +330,7 @@ impl UserService {
     pub async fn update_contact(&self, id: UserId, update: ContactUpdate) -> Result<UserProfile, ServiceError> {
         if !update.is_empty() {
             let result = self.ports.users.update_contact(id, update, self.ports.clock.now()).await;
-            self.invalidate(&[id]).await;
-            result?.ok_or(ServiceError::UserNotFound)?;
+            self.after_write(result, &[id]).await?.ok_or(ServiceError::UserNotFound)?;
         }
         self.profile(id).await
     }
@@ -329,8 +338,7 @@ impl UserService {
     /// Erases the user, its preferences and its devices.
     pub async fn delete(&self, id: UserId) -> Result<(), ServiceError> {
         let result = self.ports.users.delete(id).await;
-        self.invalidate(&[id]).await;
-        if result? { Ok(()) } else { Err(ServiceError::UserNotFound) }
+        if self.after_write(result, &[id]).await? { Ok(()) } else { Err(ServiceError::UserNotFound) }
     }
 
     /// The user's preferences.
@@ -341,8 +349,7 @@ impl UserService {
     /// Applies a partial preferences change.
     pub async fn update_preferences(&self, id: UserId, update: PreferencesUpdate) -> Result<Preferences, ServiceError> {
         let result = self.ports.users.update_preferences(id, update, self.ports.clock.now()).await;
-        self.invalidate(&[id]).await;
-        result?.ok_or(ServiceError::UserNotFound)
+        self.after_write(result, &[id]).await?.ok_or(ServiceError::UserNotFound)
     }
 
     /// Registers or refreshes a push token for the user, moving it from another user if
@@ -357,12 +364,13 @@ impl UserService {
         match &result {
             Ok(Idempotent::Executed(RegisteredDevice { previous_owner: Some(previous), .. })) => {
                 log_device_moved(*previous, user);
-                self.invalidate(&[user, *previous]).await;
+                let ids = [user, *previous];
+                self.after_write(result, &ids).await
             }
-            Ok(Idempotent::Replayed(_)) => {}
-            _ => self.invalidate(&[user]).await,
+            // A replay too: it acknowledges a change whose first run may have been cut short
+            // before its invalidation was confirmed.
+            _ => self.after_write(result, &[user]).await,
         }
-        Ok(result?)
     }
 
     /// The user's devices.
@@ -378,8 +386,7 @@ impl UserService {
         active: bool,
     ) -> Result<Device, ServiceError> {
         let result = self.ports.devices.set_active(user, selector, active, self.ports.clock.now()).await;
-        self.invalidate(&[user]).await;
-        match result? {
+        match self.after_write(result, &[user]).await? {
             Some(device) => Ok(device),
             None => Err(self.missing_device_error(user).await?),
         }
@@ -388,8 +395,7 @@ impl UserService {
     /// Removes one of the user's devices.
     pub async fn delete_device(&self, user: UserId, selector: &DeviceSelector) -> Result<(), ServiceError> {
         let result = self.ports.devices.delete(user, selector).await;
-        self.invalidate(&[user]).await;
-        if result? { Ok(()) } else { Err(self.missing_device_error(user).await?) }
+        if self.after_write(result, &[user]).await? { Ok(()) } else { Err(self.missing_device_error(user).await?) }
     }
 
     /// Checks an email and password. Unknown accounts are verified against a dummy hash so
@@ -467,7 +473,7 @@ mod tests {
 
     use super::*;
     use crate::auth::Credentials;
-    use crate::cache::{CacheLookup, FillTicket};
+    use crate::cache::{CacheLookup, FillTicket, Invalidation};
     use crate::cache::{MockProfileCache, NoCache};
     use crate::device::{HeldToken, PushToken};
     use crate::eligibility::Channel;
@@ -725,8 +731,12 @@ mod tests {
         let mut users = MockUserRepository::new();
         users.expect_update_preferences().returning(|_, _, _| Err(RepositoryError::Unavailable("lost".into())));
         let mut cache = MockProfileCache::new();
-        cache.expect_invalidate().withf(move |ids| ids == [user, previous]).times(1).return_const(());
-        cache.expect_invalidate().withf(move |ids| ids == [user]).times(1).return_const(());
+        cache
+            .expect_invalidate()
+            .withf(move |ids| ids == [user, previous])
+            .times(1)
+            .return_const(Invalidation::Confirmed);
+        cache.expect_invalidate().withf(move |ids| ids == [user]).times(1).return_const(Invalidation::Unconfirmed);
         let service = service_with_cache(users, devices, MockPasswordHasher::new(), Arc::new(cache));
         let registration = DeviceRegistration {
             token: PushToken::parse("moved-token").unwrap(),
@@ -735,7 +745,29 @@ mod tests {
         };
         futures_executor::block_on(service.register_device(user, registration, None)).unwrap();
         let failed = futures_executor::block_on(service.update_preferences(user, PreferencesUpdate::default()));
+        // The write's own error comes first.
         assert!(matches!(failed, Err(ServiceError::Unavailable(_))));
+    }
+
+    #[test]
+    fn a_change_is_acknowledged_only_once_its_invalidation_is_confirmed_or_deferred() {
+        let user = UserId::generate();
+        for (invalidation, acknowledged) in
+            [(Invalidation::Confirmed, true), (Invalidation::Deferred, true), (Invalidation::Unconfirmed, false)]
+        {
+            let mut users = MockUserRepository::new();
+            users.expect_update_preferences().times(1).returning(|_, _, now| Ok(Some(Preferences::defaults(now))));
+            let mut cache = MockProfileCache::new();
+            cache.expect_invalidate().withf(move |ids| ids == [user]).times(1).return_const(invalidation);
+            let service =
+                service_with_cache(users, MockDeviceRepository::new(), MockPasswordHasher::new(), Arc::new(cache));
+            let outcome = futures_executor::block_on(service.update_preferences(user, PreferencesUpdate::default()));
+            match outcome {
+                Ok(_) => assert!(acknowledged, "{invalidation:?} acknowledged"),
+                Err(ServiceError::InvalidationUnconfirmed) => assert!(!acknowledged, "{invalidation:?} refused"),
+                Err(other) => panic!("{invalidation:?}: {other:?}"),
+            }
+        }
     }
 
     /// A repository whose profile loads take a moment, so that readers overlap.

@@ -158,6 +158,9 @@ pub struct CacheSettings {
     /// Delays after each invalidation at which the downstream copies are deleted again
     /// (`CACHE_INVALIDATE_EXTRA_DELAYS`, comma-separated, e.g. `250ms,1s,2s`).
     pub extra_invalidation_delays: Vec<Duration>,
+    /// How long a change waits for Redis to confirm its invalidation before it is recorded
+    /// in the invalidation ledger instead (`CACHE_CONFIRM_WAIT_MS`, at most 10,000).
+    pub confirm_wait: Duration,
 }
 
 /// The log line format.
@@ -188,6 +191,7 @@ struct RawSettings {
     database_prepared_statements: Option<String>,
     redis_url: Option<String>,
     redis_timeout_ms: Option<String>,
+    cache_confirm_wait_ms: Option<String>,
     cache_key_prefix: Option<String>,
     cache_invalidate_extra_keys: Option<String>,
     cache_invalidate_extra_delays: Option<String>,
@@ -503,7 +507,11 @@ fn cache_settings(raw: &RawSettings) -> Result<Option<CacheSettings>, ConfigErro
         timeout: millis("REDIS_TIMEOUT_MS", raw.redis_timeout_ms.clone(), 100)?,
         extra_invalidation_keys: extra_keys(raw.cache_invalidate_extra_keys.clone())?,
         extra_invalidation_delays: extra_delays(raw.cache_invalidate_extra_delays.clone())?,
+        confirm_wait: millis("CACHE_CONFIRM_WAIT_MS", raw.cache_confirm_wait_ms.clone(), 500)?,
     };
+    if settings.confirm_wait > adapters_redis::config::MAX_CONFIRM_WAIT {
+        return Err(ConfigError("CACHE_CONFIRM_WAIT_MS must be at most 10000".into()));
+    }
     match non_empty(raw.redis_url.clone()) {
         None => Ok(None),
         Some(url) => Ok(Some(CacheSettings { url: redis_url(url)?, ..settings })),
@@ -719,6 +727,8 @@ mod tests {
             ("CACHE_INVALIDATE_EXTRA_DELAYS", "0ms"),
             ("CACHE_INVALIDATE_EXTRA_DELAYS", "11s"),
             ("CACHE_INVALIDATE_EXTRA_DELAYS", "1s,2s,3s,4s,5s,6s"),
+            ("CACHE_CONFIRM_WAIT_MS", "0"),
+            ("CACHE_CONFIRM_WAIT_MS", "10001"),
             ("TRUST_INTERNAL_NETWORK", "sometimes"),
             ("TRUSTED_PROXIES", "10.0.0.0/99"),
             ("JWT_TTL", "0"),

@@ -59,7 +59,8 @@ pub struct ErrorEnvelope {
     /// `authentication_required`, `invalid_credentials`, `forbidden`,
     /// `invalid_current_password`, `rate_limited`,
     /// `payload_too_large`, `unsupported_media_type`,
-    /// `service_unavailable`, `internal_error`.
+    /// `service_unavailable`, `change_not_confirmed` (503: the change is saved, retry the
+    /// same request to have it confirmed), `internal_error`.
     pub error: Cow<'static, str>,
     /// A human-readable explanation.
     pub message: Cow<'static, str>,
@@ -293,6 +294,15 @@ impl From<ServiceError> for ApiError {
                 "idempotency_in_flight",
                 "a request with this Idempotency-Key is still being processed; retry shortly",
             ),
+            ServiceError::InvalidationUnconfirmed => Self {
+                retry_after: Some(RETRY_AFTER_SECONDS),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "change_not_confirmed",
+                    "the change is saved, but the cache could not confirm it in time: retry the same request to \
+                     confirm it",
+                )
+            },
             ServiceError::Unavailable(cause) => Self::unavailable(cause),
             ServiceError::Unexpected(cause) => Self::internal(cause),
         }
@@ -378,7 +388,10 @@ const DOCUMENTED_ERRORS: [(u16, &str); 12] = [
     ),
     (429, "Over an abuse limit (`rate_limited`); see `Retry-After`"),
     (500, "A bug (`internal_error`); the body says nothing internal"),
-    (503, "A dependency is down or saturated (`service_unavailable`); see `Retry-After`"),
+    (
+        503,
+        "A dependency is down or saturated (`service_unavailable`), or a change was saved but neither the cache nor the store could confirm that no reader will be served the value it replaced (`change_not_confirmed`: retry the same request to confirm it); see `Retry-After`",
+    ),
 ];
 
 impl ApiErrorComponent for ApiError {

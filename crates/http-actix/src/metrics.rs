@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::cache::{CacheBacklog, CacheHealth, CacheLookup, FillTicket, ProfileCache};
+use domain::cache::{CacheBacklog, CacheHealth, CacheLookup, FillTicket, Invalidation, ProfileCache};
 use domain::user::UserId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -60,7 +60,9 @@ pub fn method_label(method: &actix_web::http::Method) -> &'static str {
 /// Labels of a cache operation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
-    /// `hit`, `miss`, `unavailable` (lookups), `fill` or `invalidate`.
+    /// `hit`, `miss`, `unavailable` (lookups), `fill`, `invalidate` (users invalidated), and
+    /// of those `invalidate_deferred` (recorded in the ledger: Redis did not confirm in time)
+    /// or `invalidate_unconfirmed` (neither: the change was not acknowledged).
     pub result: &'static str,
 }
 
@@ -77,6 +79,7 @@ pub struct Metrics {
     hashes_running: Gauge,
     pending_invalidations: Gauge,
     scheduled_follow_ups: Gauge,
+    deferred_invalidations: Gauge,
 }
 
 impl Default for Metrics {
@@ -118,6 +121,12 @@ impl Metrics {
             "Follow-up deletions of downstream copies not yet done",
             scheduled_follow_ups.clone(),
         );
+        let deferred_invalidations = Gauge::default();
+        registry.register(
+            "cache_deferred_invalidations",
+            "Users listed in the cache invalidation ledger at its last read: their entries are not served",
+            deferred_invalidations.clone(),
+        );
         Self {
             registry,
             requests,
@@ -129,6 +138,7 @@ impl Metrics {
             hashes_running,
             pending_invalidations,
             scheduled_follow_ups,
+            deferred_invalidations,
         }
     }
 
@@ -154,6 +164,7 @@ impl Metrics {
         self.hashes_running.set(i64::try_from(hashes_running).unwrap_or(i64::MAX));
         self.pending_invalidations.set(i64::try_from(backlog.pending_invalidations).unwrap_or(i64::MAX));
         self.scheduled_follow_ups.set(i64::try_from(backlog.scheduled_follow_ups).unwrap_or(i64::MAX));
+        self.deferred_invalidations.set(i64::try_from(backlog.deferred_invalidations).unwrap_or(i64::MAX));
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
@@ -208,9 +219,16 @@ impl ProfileCache for MeteredCache {
         self.inner.fill(id, ticket, bytes).await;
     }
 
-    async fn invalidate(&self, ids: &[UserId]) {
-        self.metrics.count_cache("invalidate", u64::try_from(ids.len()).unwrap_or(u64::MAX));
-        self.inner.invalidate(ids).await;
+    async fn invalidate(&self, ids: &[UserId]) -> Invalidation {
+        let users = u64::try_from(ids.len()).unwrap_or(u64::MAX);
+        self.metrics.count_cache("invalidate", users);
+        let invalidation = self.inner.invalidate(ids).await;
+        match invalidation {
+            Invalidation::Confirmed => {}
+            Invalidation::Deferred => self.metrics.count_cache("invalidate_deferred", users),
+            Invalidation::Unconfirmed => self.metrics.count_cache("invalidate_unconfirmed", users),
+        }
+        invalidation
     }
 
     async fn health(&self) -> CacheHealth {

@@ -31,7 +31,7 @@ use apistos::security::{ApiKey, ApiKeyIn, Http, SecurityScheme, SecurityType};
 use apistos::spec::Spec;
 use apistos::tag::Tag;
 use domain::auth::{Scope, Scopes};
-use domain::cache::{InvalidationsOnly, NoCache, ProfileCache};
+use domain::cache::{InvalidationLedger, InvalidationsOnly, NoCache, ProfileCache};
 use domain::ports::{HealthProbe, SystemClock};
 use domain::rate_limit::{FallbackRateLimiter, RateLimit, RateLimiter};
 use domain::service::{Ports, UserService};
@@ -152,12 +152,13 @@ fn openapi_spec() -> Spec {
     }
 }
 
-/// The Redis cache when `REDIS_URL` is set, else the in-process one; with
-/// `CACHE_ENABLED=false`, none, except that Redis still deletes the downstream copies of
-/// `CACHE_INVALIDATE_EXTRA_KEYS`. Never connects here: the service starts while Redis is down.
-fn build_cache(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn ProfileCache>> {
+/// The Redis cache when `REDIS_URL` is set (with the store's invalidation ledger), else the
+/// in-process one; with `CACHE_ENABLED=false`, none, except that Redis still deletes the
+/// downstream copies of `CACHE_INVALIDATE_EXTRA_KEYS`. Never connects here: the service
+/// starts while Redis is down.
+fn build_cache(settings: &Settings, store: &Store, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn ProfileCache>> {
     let redis = match &settings.cache {
-        Some(cache) => Some(build_redis_cache(cache)?),
+        Some(cache) => Some(build_redis_cache(cache, store.invalidation_ledger())?),
         None => {
             let templates = &settings.extra_invalidation_keys_without_redis;
             if !templates.is_empty() {
@@ -196,7 +197,10 @@ fn build_cache(settings: &Settings, metrics: &Arc<Metrics>) -> anyhow::Result<Ar
 }
 
 /// The Redis cache of `cache`, logging where it deletes downstream copies.
-fn build_redis_cache(cache: &CacheSettings) -> anyhow::Result<Arc<dyn ProfileCache>> {
+fn build_redis_cache(
+    cache: &CacheSettings,
+    ledger: Arc<dyn InvalidationLedger>,
+) -> anyhow::Result<Arc<dyn ProfileCache>> {
     let config = RedisCacheConfig {
         ttl: cache.ttl,
         key_prefix: cache.key_prefix.clone(),
@@ -204,11 +208,12 @@ fn build_redis_cache(cache: &CacheSettings) -> anyhow::Result<Arc<dyn ProfileCac
         timeout: cache.timeout,
         extra_invalidation_keys: cache.extra_invalidation_keys.clone(),
         extra_invalidation_delays: cache.extra_invalidation_delays.clone(),
+        confirm_wait: cache.confirm_wait,
         ..RedisCacheConfig::new(cache.url.clone())
     };
     let redacted_url = config.redacted_url();
     let database = config.database();
-    let redis = RedisCache::build(config).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
+    let redis = RedisCache::build_with_ledger(config, ledger).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
     tracing::info!(url = %redacted_url, ttl_seconds = cache.ttl.as_secs(), "caching users in Redis");
     if !cache.extra_invalidation_keys.is_empty() && cache.extra_invalidation_delays.is_empty() {
         tracing::warn!(
@@ -333,7 +338,7 @@ impl Application {
         let hasher = Argon2Hasher::new(settings.password_hash_concurrency, settings.password_hash_queue_timeout)
             .map_err(|error| anyhow::anyhow!("preparing password hashing failed: {error}"))?;
         let metrics = Arc::new(Metrics::new());
-        let cache = build_cache(&settings, &metrics)?;
+        let cache = build_cache(&settings, &store, &metrics)?;
         let limits = build_limits(&settings)?;
         let auth = auth_settings(&settings);
         let service = UserService::new(Ports {

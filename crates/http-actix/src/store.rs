@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use adapters_postgres::{PgStore, PoolSettings};
 use adapters_sqlite::{SqliteSettings, SqliteStore};
+use domain::cache::InvalidationLedger;
 use domain::ports::{DeviceRepository, HealthProbe, IdempotencyRepository, RepositoryError, UserRepository};
 
 use crate::config::DatabaseSettings;
@@ -40,7 +41,7 @@ impl Store {
                     tracing::info!(applied, "database migrations up to date");
                 }
                 tracing::info!(store = "postgresql", "storing users in PostgreSQL");
-                Ok(Self::Postgres(PgStore::new(pool).with_health_connection(&pool_settings)))
+                Ok(Self::Postgres(PgStore::new(pool).with_dedicated_connection(&pool_settings)))
             }
             None => {
                 let sqlite = SqliteSettings { wait_timeout: settings.pool_timeout, ..SqliteSettings::default() };
@@ -66,6 +67,14 @@ impl Store {
 
     /// The devices port.
     pub fn devices(&self) -> Arc<dyn DeviceRepository> {
+        match self {
+            Self::Postgres(store) => Arc::new(store.clone()),
+            Self::Sqlite(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The cache's invalidation ledger, shared by every instance on this store.
+    pub fn invalidation_ledger(&self) -> Arc<dyn InvalidationLedger> {
         match self {
             Self::Postgres(store) => Arc::new(store.clone()),
             Self::Sqlite(store) => Arc::new(store.clone()),

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use domain::cache::{CacheHealth, CacheLookup, FillTicket, ProfileCache};
+use domain::cache::{CacheHealth, CacheLookup, FillTicket, Invalidation, ProfileCache};
 use domain::user::UserId;
 
 /// Generates one `#[tokio::test]` per profile-cache contract case, in a module named
@@ -119,7 +119,7 @@ pub async fn lookups_without_an_invalidation_between_give_the_same_ticket(cache:
     let id = UserId::generate();
     let first = miss(cache, id, "the first lookup").await;
     assert_eq!(miss(cache, id, "the second lookup").await, first, "a user never invalidated");
-    cache.invalidate(&[id]).await;
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
     let after = miss(cache, id, "the first lookup after an invalidation").await;
     assert_eq!(miss(cache, id, "the second lookup after an invalidation").await, after);
 }
@@ -131,7 +131,7 @@ pub async fn a_fill_whose_ticket_predates_an_invalidation_is_discarded(cache: &d
     let id = UserId::generate();
     for round in ["a user never invalidated", "a user invalidated before"] {
         let ticket = miss(cache, id, round).await;
-        cache.invalidate(&[id]).await;
+        assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
         cache.fill(id, ticket, b"stale".to_vec()).await;
         assert_miss(cache, id, &format!("{round}: the stale fill must not be served")).await;
     }
@@ -142,7 +142,7 @@ pub async fn a_fill_whose_ticket_predates_an_invalidation_is_discarded(cache: &d
     let fast = miss(cache, cached, "the fast reader").await;
     cache.fill(cached, fast, b"old".to_vec()).await;
     assert_hit(cache, cached, b"old", "the fast reader's fill").await;
-    cache.invalidate(&[cached]).await;
+    assert_eq!(cache.invalidate(&[cached]).await, Invalidation::Confirmed);
     cache.fill(cached, slow, b"old".to_vec()).await;
     assert_miss(cache, cached, "the slow reader's fill after the write").await;
 }
@@ -152,10 +152,10 @@ pub async fn a_fill_whose_ticket_predates_an_invalidation_is_discarded(cache: &d
 pub async fn a_fill_with_a_ticket_from_before_two_invalidations_is_discarded(cache: &dyn ProfileCache) {
     let id = UserId::generate();
     let first = miss(cache, id, "before the writes").await;
-    cache.invalidate(&[id]).await;
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
     let second = miss(cache, id, "after one write").await;
     assert_ne!(second, first, "an invalidation moves the ticket on");
-    cache.invalidate(&[id]).await;
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
 
     cache.fill(id, first.clone(), b"two writes old".to_vec()).await;
     assert_miss(cache, id, "a ticket from before two writes").await;
@@ -176,14 +176,14 @@ pub async fn after_an_invalidation_a_lookup_misses_with_a_new_ticket_that_fills(
     cache.fill(id, before.clone(), b"old".to_vec()).await;
     assert_hit(cache, id, b"old", "after warming").await;
 
-    cache.invalidate(&[id]).await;
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
     let after = miss(cache, id, "after the invalidation").await;
     assert_ne!(after, before, "the miss carries a new ticket");
     cache.fill(id, after, b"new".to_vec()).await;
     assert_hit(cache, id, b"new", "the new ticket fills").await;
 
     let never_cached = UserId::generate();
-    cache.invalidate(&[never_cached]).await;
+    assert_eq!(cache.invalidate(&[never_cached]).await, Invalidation::Confirmed);
     warm(cache, never_cached, b"first").await;
 }
 
@@ -197,12 +197,12 @@ pub async fn invalidating_many_ids_at_once_deletes_every_entry_and_spares_the_ot
         cache.fill(id, ticket, id.to_string().into_bytes()).await;
     }
 
-    cache.invalidate(&[]).await;
+    assert_eq!(cache.invalidate(&[]).await, Invalidation::Confirmed);
     assert_hit(cache, ids[0], ids[0].to_string().as_bytes(), "invalidating no ids").await;
 
     let mut with_duplicate = ids.clone();
     with_duplicate.push(ids[0]);
-    cache.invalidate(&with_duplicate).await;
+    assert_eq!(cache.invalidate(&with_duplicate).await, Invalidation::Confirmed);
 
     for &id in &ids {
         assert_miss(cache, id, &format!("{id} after the invalidation")).await;
@@ -216,7 +216,7 @@ pub async fn fills_and_invalidations_of_different_users_are_independent(cache: &
     let written_ticket = miss(cache, written, "the written user").await;
     let other_ticket = miss(cache, other, "the other user").await;
 
-    cache.invalidate(&[written]).await;
+    assert_eq!(cache.invalidate(&[written]).await, Invalidation::Confirmed);
     cache.fill(other, other_ticket, b"other".to_vec()).await;
     assert_hit(cache, other, b"other", "another user's write does not refuse this fill").await;
     cache.fill(written, written_ticket, b"stale".to_vec()).await;
@@ -224,7 +224,7 @@ pub async fn fills_and_invalidations_of_different_users_are_independent(cache: &
 
     warm(cache, written, b"written").await;
     assert_hit(cache, other, b"other", "another user's fill does not replace this entry").await;
-    cache.invalidate(&[other]).await;
+    assert_eq!(cache.invalidate(&[other]).await, Invalidation::Confirmed);
     assert_hit(cache, written, b"written", "another user's invalidation does not delete this entry").await;
     assert_miss(cache, other, "the invalidated user").await;
 }
@@ -258,7 +258,7 @@ pub async fn lookup_many_answers_like_lookup_in_the_order_of_the_ids(cache: &dyn
     let (cached, unknown, invalidated) = (UserId::generate(), UserId::generate(), UserId::generate());
     warm(cache, cached, b"cached").await;
     warm(cache, invalidated, b"old").await;
-    cache.invalidate(&[invalidated]).await;
+    assert_eq!(cache.invalidate(&[invalidated]).await, Invalidation::Confirmed);
 
     let ids = [unknown, cached, invalidated, cached];
     let mut one_by_one = Vec::with_capacity(ids.len());
@@ -322,7 +322,7 @@ pub async fn concurrent_readers_never_see_a_value_older_than_an_acknowledged_wri
                 runtime.block_on(async {
                     for version in 1..=WRITES {
                         committed.store(version, Ordering::SeqCst);
-                        cache.invalidate(&[id]).await;
+                        assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
                         acknowledged.store(version, Ordering::SeqCst);
                         // Lets the readers look up between two writes.
                         std::thread::sleep(Duration::from_micros(50));

@@ -1,0 +1,85 @@
+//! The cache's [`InvalidationLedger`], in `cache_invalidation_ledger`. Reads run on the
+//! dedicated connection when there is one: readers renew their cache lease with them, and a
+//! busy pool must not make every instance stop using the cache.
+
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use domain::cache::{InvalidationLedger, LedgerEntry};
+use domain::ports::RepositoryError;
+use domain::user::UserId;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::PgStore;
+use crate::errors::from_diesel;
+use crate::schema::cache_invalidation_ledger as ledger;
+
+/// A recording to insert.
+#[derive(Insertable)]
+#[diesel(table_name = ledger)]
+struct NewRecording {
+    user_id: Uuid,
+    mark: Uuid,
+    recorded_at: OffsetDateTime,
+}
+
+/// One new recording per distinct user (one statement may not update a row twice).
+fn recordings(users: &[UserId]) -> Vec<NewRecording> {
+    let mut ids: Vec<Uuid> = users.iter().map(|user| user.as_uuid()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let recorded_at = OffsetDateTime::now_utc();
+    ids.into_iter().map(|user_id| NewRecording { user_id, mark: Uuid::new_v4(), recorded_at }).collect()
+}
+
+#[async_trait]
+impl InvalidationLedger for PgStore {
+    async fn record(&self, users: &[UserId]) -> Result<(), RepositoryError> {
+        let recordings = recordings(users);
+        if recordings.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection().await?;
+        diesel::insert_into(ledger::table)
+            .values(&recordings)
+            .on_conflict(ledger::user_id)
+            .do_update()
+            .set((ledger::mark.eq(excluded(ledger::mark)), ledger::recorded_at.eq(excluded(ledger::recorded_at))))
+            .execute(&mut connection)
+            .await
+            .map_err(from_diesel)?;
+        Ok(())
+    }
+
+    async fn unconfirmed(&self, limit: usize) -> Result<Vec<LedgerEntry>, RepositoryError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let query = async move |connection: &mut AsyncPgConnection| {
+            ledger::table
+                .select((ledger::user_id, ledger::mark))
+                .order(ledger::recorded_at)
+                .limit(limit)
+                .load::<(Uuid, Uuid)>(connection)
+                .await
+        };
+        let rows = match &self.dedicated {
+            Some(dedicated) => dedicated.run(query).await.map_err(RepositoryError::Unavailable)?,
+            None => query(&mut *self.connection().await?).await.map_err(from_diesel)?,
+        };
+        Ok(rows.into_iter().map(|(user, mark)| LedgerEntry { user: UserId::from(user), mark }).collect())
+    }
+
+    async fn forget(&self, entries: &[LedgerEntry]) -> Result<(), RepositoryError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let marks: Vec<Uuid> = entries.iter().map(|entry| entry.mark).collect();
+        let mut connection = self.connection().await?;
+        diesel::delete(ledger::table.filter(ledger::mark.eq_any(marks)))
+            .execute(&mut connection)
+            .await
+            .map_err(from_diesel)?;
+        Ok(())
+    }
+}
