@@ -12,8 +12,9 @@ use domain::auth::{Scope, Scopes};
 use secrecy::SecretString;
 use sha2::Digest;
 
+use serde::{Deserialize, Serialize};
+
 use crate::auth::client_address::Network;
-use serde::Deserialize;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -164,7 +165,8 @@ pub struct CacheSettings {
 }
 
 /// The log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// One JSON object per line, for log shippers.
     Json,
@@ -172,223 +174,580 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// A configuration error; the message names the variable.
+/// A configuration error; the message names the variable and never echoes a secret.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
 
-/// The raw variables, as `config` reads them (keys lower-cased).
-#[derive(Debug, Deserialize)]
-struct RawSettings {
-    host: Option<String>,
-    port: Option<String>,
-    database_url: Option<String>,
-    data_dir: Option<String>,
-    database_pool_size: Option<String>,
-    database_pool_timeout_ms: Option<String>,
-    database_statement_timeout_ms: Option<String>,
-    migrate_on_startup: Option<String>,
-    database_prepared_statements: Option<String>,
-    redis_url: Option<String>,
-    redis_timeout_ms: Option<String>,
-    cache_confirm_wait_ms: Option<String>,
-    cache_key_prefix: Option<String>,
-    cache_invalidate_extra_keys: Option<String>,
-    cache_invalidate_extra_delays: Option<String>,
-    secret_key: Option<String>,
-    service_api_keys: Option<String>,
-    trust_internal_network: Option<String>,
-    jwt_ttl: Option<String>,
-    jwt_issuer: Option<String>,
-    jwt_audience: Option<String>,
-    login_max_failures: Option<String>,
-    login_failure_window_seconds: Option<String>,
-    login_account_max_failures: Option<String>,
-    login_slowed_interval_seconds: Option<String>,
-    login_known_address_days: Option<String>,
-    rate_limit_per_address: Option<String>,
-    rate_limit_window_seconds: Option<String>,
-    trusted_proxies: Option<String>,
-    idempotency_ttl: Option<String>,
-    cache_ttl: Option<String>,
-    cache_enabled: Option<String>,
-    max_body_bytes: Option<String>,
-    request_body_timeout: Option<String>,
-    metrics_token: Option<String>,
-    password_hash_concurrency: Option<String>,
-    password_hash_queue_timeout_ms: Option<String>,
-    workers: Option<String>,
-    log_format: Option<String>,
-    log_level: Option<String>,
+/// The variables the service reads, one field per variable (its name upper-cased), typed,
+/// each with the default of [`Variables::default`]. Types whose values are secrets serialize
+/// masked, so that `user-service config` can print the whole struct.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+struct Variables {
+    host: Host,
+    port: Port,
+    database_url: Option<DatabaseUrl>,
+    data_dir: PathBuf,
+    database_pool_size: Positive<usize>,
+    database_pool_timeout_ms: Millis,
+    database_statement_timeout_ms: Millis,
+    migrate_on_startup: bool,
+    database_prepared_statements: bool,
+    redis_url: Option<RedisUrl>,
+    redis_timeout_ms: Millis,
+    cache_ttl: Seconds,
+    cache_enabled: bool,
+    cache_key_prefix: String,
+    cache_confirm_wait_ms: Millis,
+    cache_invalidate_extra_keys: KeyTemplates,
+    cache_invalidate_extra_delays: FollowUpDelays,
+    secret_key: Option<SecretKey>,
+    service_api_keys: ServiceKeys,
+    trust_internal_network: bool,
+    jwt_ttl: Seconds,
+    jwt_issuer: String,
+    jwt_audience: String,
+    login_max_failures: Positive<u32>,
+    login_failure_window_seconds: Seconds,
+    login_account_max_failures: Positive<u32>,
+    login_slowed_interval_seconds: Seconds,
+    login_known_address_days: Days,
+    rate_limit_per_address: Positive<u32>,
+    rate_limit_window_seconds: Seconds,
+    trusted_proxies: TrustedProxies,
+    idempotency_ttl: Seconds,
+    max_body_bytes: Positive<usize>,
+    request_body_timeout: Seconds,
+    metrics_token: Option<MetricsToken>,
+    password_hash_concurrency: Positive<usize>,
+    password_hash_queue_timeout_ms: Millis,
+    workers: Positive<usize>,
+    log_format: LogFormat,
+    log_level: LogLevel,
+}
+
+impl Default for Variables {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+        Self {
+            host: Host(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            port: Port(3001),
+            database_url: None,
+            data_dir: PathBuf::from("./data"),
+            database_pool_size: Positive(16),
+            database_pool_timeout_ms: Millis::of(2_000),
+            database_statement_timeout_ms: Millis::of(5_000),
+            migrate_on_startup: true,
+            database_prepared_statements: true,
+            redis_url: None,
+            redis_timeout_ms: Millis::of(100),
+            cache_ttl: Seconds::of(300),
+            cache_enabled: true,
+            cache_key_prefix: "user-service".to_owned(),
+            cache_confirm_wait_ms: Millis::of(500),
+            cache_invalidate_extra_keys: KeyTemplates::default(),
+            cache_invalidate_extra_delays: FollowUpDelays(
+                adapters_redis::config::DEFAULT_EXTRA_INVALIDATION_DELAYS.to_vec(),
+            ),
+            secret_key: None,
+            service_api_keys: ServiceKeys::default(),
+            trust_internal_network: false,
+            jwt_ttl: Seconds::of(3_600),
+            jwt_issuer: "user-service".to_owned(),
+            jwt_audience: "user-service".to_owned(),
+            login_max_failures: Positive(10),
+            login_failure_window_seconds: Seconds::of(900),
+            login_account_max_failures: Positive(20),
+            login_slowed_interval_seconds: Seconds::of(30),
+            login_known_address_days: Days(30),
+            rate_limit_per_address: Positive(20),
+            rate_limit_window_seconds: Seconds::of(60),
+            trusted_proxies: TrustedProxies::default(),
+            idempotency_ttl: Seconds::of(3_600),
+            max_body_bytes: Positive(64 * 1024),
+            request_body_timeout: Seconds::of(10),
+            metrics_token: None,
+            password_hash_concurrency: Positive(cpus),
+            password_hash_queue_timeout_ms: Millis::of(5_000),
+            workers: Positive(cpus),
+            log_format: LogFormat::Pretty,
+            log_level: LogLevel("info".to_owned()),
+        }
+    }
 }
 
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_source(None)
+        Variables::from_env()?.into_settings()
     }
 
     /// Reads the given variables instead of the environment (for tests).
     pub fn from_map(variables: HashMap<String, String>) -> Result<Self, ConfigError> {
-        Self::from_source(Some(variables.into_iter().collect()))
+        Variables::read(variables)?.into_settings()
+    }
+}
+
+/// The effective configuration read from the environment, one `NAME=value` line per
+/// variable with every secret masked (`user-service config`), or the error start-up would
+/// stop with.
+pub fn describe_env() -> Result<String, ConfigError> {
+    describe(Variables::from_env()?)
+}
+
+fn describe(variables: Variables) -> Result<String, ConfigError> {
+    variables.clone().into_settings()?;
+    let shown = serde_json::to_value(&variables).map_err(|error| ConfigError(format!("cannot be shown: {error}")))?;
+    let serde_json::Value::Object(fields) = shown else {
+        return Err(ConfigError("cannot be shown".into()));
+    };
+    Ok(fields
+        .into_iter()
+        .map(|(name, value)| {
+            let value = match value {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(text) => text,
+                other => other.to_string(),
+            };
+            format!("{}={value}\n", name.to_ascii_uppercase())
+        })
+        .collect())
+}
+
+impl Variables {
+    fn from_env() -> Result<Self, ConfigError> {
+        // Names or values that are not UTF-8 cannot be ours: skipped, not a panic.
+        let variables = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .collect();
+        Self::read(variables)
     }
 
-    fn from_source(source: Option<config::Map<String, String>>) -> Result<Self, ConfigError> {
-        let raw: RawSettings = config::Config::builder()
-            .add_source(config::Environment::default().source(source))
+    /// Reads `variables` (names in any case; a blank value counts as unset).
+    fn read(variables: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let set: config::Map<String, String> = variables
+            .into_iter()
+            .map(|(name, value)| (name, value.trim().to_owned()))
+            .filter(|(_, value)| !value.is_empty())
+            .collect();
+        config::Config::builder()
+            .add_source(config::Environment::default().source(Some(set)))
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|error| ConfigError(error.to_string()))?;
-        let cpus = std::thread::available_parallelism().map_or(2, usize::from);
-        let cache = cache_settings(&raw)?;
-        let extra_invalidation_keys_without_redis = match &cache {
-            None => extra_keys(raw.cache_invalidate_extra_keys.clone())?,
-            Some(_) => Vec::new(),
+            .map_err(naming_the_variable)
+    }
+
+    /// The settings, after the rules that involve several variables.
+    fn into_settings(self) -> Result<Settings, ConfigError> {
+        let postgres = self.database_url.is_some();
+        let (secret_key, secret_key_generated) = match self.secret_key {
+            Some(SecretKey(key)) => (key, false),
+            None if postgres => {
+                return Err(ConfigError(
+                    "SECRET_KEY is required with a PostgreSQL DATABASE_URL: at least 32 random bytes, \
+                     e.g. `openssl rand -hex 32`"
+                        .into(),
+                ));
+            }
+            // Two v4 UUIDs: 244 random bits from the operating system's generator.
+            None => (
+                SecretString::from(format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())),
+                true,
+            ),
         };
-        let cache_ttl = Duration::from_secs(positive("CACHE_TTL", raw.cache_ttl.clone(), 300)?);
-        let cache_enabled = boolean("CACHE_ENABLED", raw.cache_enabled.clone(), true)?;
-        let database_url = database_url(raw.database_url)?;
-        let (secret_key, secret_key_generated) = secret_key(raw.secret_key, database_url.is_some())?;
-        Ok(Self {
-            host: parse_or("HOST", raw.host, IpAddr::V4(Ipv4Addr::UNSPECIFIED))?,
-            port: parse_or("PORT", raw.port, 3001)?,
+        let confirm_wait = self.cache_confirm_wait_ms.0;
+        if confirm_wait > adapters_redis::config::MAX_CONFIRM_WAIT {
+            return Err(ConfigError(format!(
+                "CACHE_CONFIRM_WAIT_MS must be at most {}",
+                adapters_redis::config::MAX_CONFIRM_WAIT.as_millis()
+            )));
+        }
+        let extra_keys = self.cache_invalidate_extra_keys.0;
+        let (cache, extra_invalidation_keys_without_redis) = match self.redis_url {
+            Some(RedisUrl(url)) => (
+                Some(CacheSettings {
+                    url,
+                    ttl: self.cache_ttl.0,
+                    key_prefix: self.cache_key_prefix,
+                    timeout: self.redis_timeout_ms.0,
+                    extra_invalidation_keys: extra_keys,
+                    extra_invalidation_delays: self.cache_invalidate_extra_delays.0,
+                    confirm_wait,
+                }),
+                Vec::new(),
+            ),
+            None => (None, extra_keys),
+        };
+        Ok(Settings {
+            host: self.host.0,
+            port: self.port.0,
             database: DatabaseSettings {
-                url: database_url,
-                data_dir: PathBuf::from(non_empty(raw.data_dir).unwrap_or_else(|| "./data".to_owned())),
-                pool_size: positive("DATABASE_POOL_SIZE", raw.database_pool_size, 16)?.max(2),
-                pool_timeout: millis("DATABASE_POOL_TIMEOUT_MS", raw.database_pool_timeout_ms, 2_000)?,
-                statement_timeout: millis("DATABASE_STATEMENT_TIMEOUT_MS", raw.database_statement_timeout_ms, 5_000)?,
-                migrate_on_startup: boolean("MIGRATE_ON_STARTUP", raw.migrate_on_startup, true)?,
-                prepared_statements: boolean("DATABASE_PREPARED_STATEMENTS", raw.database_prepared_statements, true)?,
+                url: self.database_url.map(|DatabaseUrl(url)| url),
+                data_dir: self.data_dir,
+                // One connection for the request, one for whatever it waits on.
+                pool_size: self.database_pool_size.0.max(2),
+                pool_timeout: self.database_pool_timeout_ms.0,
+                statement_timeout: self.database_statement_timeout_ms.0,
+                migrate_on_startup: self.migrate_on_startup,
+                prepared_statements: self.database_prepared_statements,
             },
             cache,
             extra_invalidation_keys_without_redis,
-            cache_ttl,
-            cache_enabled,
+            cache_ttl: self.cache_ttl.0,
+            cache_enabled: self.cache_enabled,
             auth: AuthConfig {
                 secret_key,
                 secret_key_generated,
-                service_api_keys: service_keys(raw.service_api_keys)?,
-                trust_internal_network: boolean("TRUST_INTERNAL_NETWORK", raw.trust_internal_network, false)?,
-                jwt_ttl: Duration::from_secs(positive("JWT_TTL", raw.jwt_ttl, 3_600)?),
-                jwt_issuer: non_empty(raw.jwt_issuer).unwrap_or_else(|| "user-service".to_owned()),
-                jwt_audience: non_empty(raw.jwt_audience).unwrap_or_else(|| "user-service".to_owned()),
+                service_api_keys: self.service_api_keys.0,
+                trust_internal_network: self.trust_internal_network,
+                jwt_ttl: self.jwt_ttl.0,
+                jwt_issuer: self.jwt_issuer,
+                jwt_audience: self.jwt_audience,
             },
             limits: LimitSettings {
-                login_max_failures: positive("LOGIN_MAX_FAILURES", raw.login_max_failures, 10)?,
-                login_failure_window: Duration::from_secs(positive(
-                    "LOGIN_FAILURE_WINDOW_SECONDS",
-                    raw.login_failure_window_seconds,
-                    900,
-                )?),
-                login_account_max_failures: positive("LOGIN_ACCOUNT_MAX_FAILURES", raw.login_account_max_failures, 20)?,
-                login_slowed_interval: Duration::from_secs(positive(
-                    "LOGIN_SLOWED_INTERVAL_SECONDS",
-                    raw.login_slowed_interval_seconds,
-                    30,
-                )?),
-                login_known_address_for: Duration::from_secs(
-                    positive("LOGIN_KNOWN_ADDRESS_DAYS", raw.login_known_address_days, 30_u64)?.saturating_mul(86_400),
-                ),
-                per_address: positive("RATE_LIMIT_PER_ADDRESS", raw.rate_limit_per_address, 20)?,
-                per_address_window: Duration::from_secs(positive(
-                    "RATE_LIMIT_WINDOW_SECONDS",
-                    raw.rate_limit_window_seconds,
-                    60,
-                )?),
-                trusted_proxies: trusted_proxies(raw.trusted_proxies)?,
+                login_max_failures: self.login_max_failures.0,
+                login_failure_window: self.login_failure_window_seconds.0,
+                login_account_max_failures: self.login_account_max_failures.0,
+                login_slowed_interval: self.login_slowed_interval_seconds.0,
+                login_known_address_for: Duration::from_secs(self.login_known_address_days.0.saturating_mul(86_400)),
+                per_address: self.rate_limit_per_address.0,
+                per_address_window: self.rate_limit_window_seconds.0,
+                trusted_proxies: self.trusted_proxies.0,
             },
-            idempotency_ttl: Duration::from_secs(positive("IDEMPOTENCY_TTL", raw.idempotency_ttl, 3_600)?),
-            max_body_bytes: positive("MAX_BODY_BYTES", raw.max_body_bytes, 64 * 1024)?,
-            request_body_timeout: Duration::from_secs(positive("REQUEST_BODY_TIMEOUT", raw.request_body_timeout, 10)?),
-            metrics_token: metrics_token(raw.metrics_token)?,
-            password_hash_concurrency: positive("PASSWORD_HASH_CONCURRENCY", raw.password_hash_concurrency, cpus)?,
-            password_hash_queue_timeout: millis(
-                "PASSWORD_HASH_QUEUE_TIMEOUT_MS",
-                raw.password_hash_queue_timeout_ms,
-                5_000,
-            )?,
-            workers: positive("WORKERS", raw.workers, cpus)?,
-            log_format: match non_empty(raw.log_format).as_deref() {
-                None | Some("pretty") => LogFormat::Pretty,
-                Some("json") => LogFormat::Json,
-                Some(_) => return Err(ConfigError("LOG_FORMAT must be json or pretty".into())),
-            },
-            log_level: log_level(raw.log_level)?,
+            idempotency_ttl: self.idempotency_ttl.0,
+            max_body_bytes: self.max_body_bytes.0,
+            request_body_timeout: self.request_body_timeout.0,
+            metrics_token: self.metrics_token.map(|MetricsToken(token)| token),
+            password_hash_concurrency: self.password_hash_concurrency.0,
+            password_hash_queue_timeout: self.password_hash_queue_timeout_ms.0,
+            workers: self.workers.0,
+            log_format: self.log_format,
+            log_level: self.log_level.0,
         })
     }
 }
 
-fn non_empty(value: Option<String>) -> Option<String> {
-    value.map(|value| value.trim().to_owned()).filter(|value| !value.is_empty())
-}
-
-fn parse_or<T: std::str::FromStr>(name: &str, value: Option<String>, default: T) -> Result<T, ConfigError> {
-    match non_empty(value) {
-        None => Ok(default),
-        Some(value) => value.parse().map_err(|_| ConfigError(format!("{name} has an invalid value"))),
+/// `config`'s error, phrased with the variable's name and without the value, which may be a
+/// secret.
+fn naming_the_variable(error: config::ConfigError) -> ConfigError {
+    match error {
+        config::ConfigError::Type { key: Some(key), expected, .. } => {
+            ConfigError(format!("{} must be {expected}", key.to_ascii_uppercase()))
+        }
+        config::ConfigError::At { error, key: Some(key), .. } => {
+            let reason = match *error {
+                config::ConfigError::Message(reason) => reason,
+                other => other.to_string(),
+            };
+            ConfigError(format!("{} {reason}", key.to_ascii_uppercase()))
+        }
+        other => ConfigError(other.to_string()),
     }
 }
 
-fn positive<T: std::str::FromStr + PartialOrd + Default>(
-    name: &str,
-    value: Option<String>,
-    default: T,
-) -> Result<T, ConfigError> {
-    let parsed = parse_or(name, value, default)?;
-    if parsed <= T::default() {
-        return Err(ConfigError(format!("{name} must be a positive integer")));
-    }
-    Ok(parsed)
-}
+/// A positive integer.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(transparent)]
+struct Positive<T>(T);
 
-fn millis(name: &str, value: Option<String>, default: u64) -> Result<Duration, ConfigError> {
-    positive(name, value, default).map(Duration::from_millis)
-}
-
-fn boolean(name: &str, value: Option<String>, default: bool) -> Result<bool, ConfigError> {
-    match non_empty(value).map(|value| value.to_ascii_lowercase()).as_deref() {
-        None => Ok(default),
-        Some("true" | "1" | "yes" | "on") => Ok(true),
-        Some("false" | "0" | "no" | "off") => Ok(false),
-        Some(_) => Err(ConfigError(format!("{name} must be true or false"))),
+impl<'de, T: Deserialize<'de> + PartialOrd + Default> Deserialize<'de> for Positive<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = T::deserialize(deserializer).map_err(|_| serde::de::Error::custom("must be a positive integer"))?;
+        if value <= T::default() {
+            return Err(serde::de::Error::custom("must be a positive integer"));
+        }
+        Ok(Self(value))
     }
 }
 
-/// A tracing filter such as `info` or `warn,http_actix=debug`.
-fn log_level(value: Option<String>) -> Result<String, ConfigError> {
-    let level = non_empty(value).unwrap_or_else(|| "info".to_owned());
-    tracing_subscriber::EnvFilter::try_new(&level)
-        .map_err(|_| ConfigError("LOG_LEVEL must be a level (error, warn, info, debug, trace) or a filter".into()))?;
-    Ok(level)
+/// Declares a positive duration counted in one unit: read and shown as that count.
+macro_rules! duration_in {
+    ($name:ident, $unit:literal, $millis_per_unit:literal) => {
+        #[doc = concat!("A positive duration in ", $unit, ".")]
+        #[derive(Debug, Clone, Copy)]
+        struct $name(Duration);
+
+        impl $name {
+            const fn of(count: u64) -> Self {
+                Self(Duration::from_millis(count.saturating_mul($millis_per_unit)))
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                Positive::<u64>::deserialize(deserializer).map(|Positive(count)| Self::of(count))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_u128(self.0.as_millis() / $millis_per_unit)
+            }
+        }
+    };
 }
+
+duration_in!(Seconds, "seconds", 1000);
+duration_in!(Millis, "milliseconds", 1);
+
+/// A positive number of days.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(transparent)]
+struct Days(u64);
+
+impl<'de> Deserialize<'de> for Days {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Positive::<u64>::deserialize(deserializer).map(|Positive(days)| Self(days))
+    }
+}
+
+/// Implements `Deserialize` for a type read from one string by `TryFrom<String>` (whose
+/// error is the reason, phrased after the variable's name) and `Serialize` by a function
+/// that shows it, secrets masked.
+macro_rules! read_from_text {
+    ($name:ident, |$value:ident| $show:expr) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                Self::try_from(text).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let $value = self;
+                serializer.serialize_str(&$show)
+            }
+        }
+    };
+}
+
+/// `HOST`: an IP address to listen on.
+#[derive(Debug, Clone, Copy)]
+struct Host(IpAddr);
+
+impl TryFrom<String> for Host {
+    type Error = &'static str;
+
+    fn try_from(address: String) -> Result<Self, Self::Error> {
+        address.parse().map(Self).map_err(|_| "must be an IP address, such as 0.0.0.0 or ::")
+    }
+}
+
+read_from_text!(Host, |host| host.0.to_string());
+
+/// `PORT`: 0 (any free port) to 65535.
+#[derive(Debug, Clone, Copy)]
+struct Port(u16);
+
+impl TryFrom<String> for Port {
+    type Error = &'static str;
+
+    fn try_from(port: String) -> Result<Self, Self::Error> {
+        port.parse().map(Self).map_err(|_| "must be a port number, 0 to 65535")
+    }
+}
+
+read_from_text!(Port, |port| port.0.to_string());
+
+/// What a secret is shown as.
+const MASKED: &str = "********";
+
+/// The URL with its password, if any, masked.
+fn mask_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some(MASKED));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => MASKED.to_owned(),
+    }
+}
+
+/// `DATABASE_URL`: `postgres://`, `postgresql://` or the seed's `postgresql+asyncpg://`
+/// (rewritten); unset means the embedded SQLite store.
+#[derive(Debug, Clone)]
+struct DatabaseUrl(String);
+
+impl TryFrom<String> for DatabaseUrl {
+    type Error = &'static str;
+
+    fn try_from(url: String) -> Result<Self, Self::Error> {
+        for driver_prefix in ["postgresql+asyncpg://", "postgres+asyncpg://"] {
+            if let Some(rest) = url.strip_prefix(driver_prefix) {
+                return Ok(Self(format!("postgresql://{rest}")));
+            }
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self(url))
+        } else {
+            Err("must start with postgres:// or postgresql://")
+        }
+    }
+}
+
+read_from_text!(DatabaseUrl, |url| mask_password(&url.0));
+
+/// `REDIS_URL`: `redis://`, `rediss://` or a Unix socket.
+#[derive(Debug, Clone)]
+struct RedisUrl(String);
+
+impl TryFrom<String> for RedisUrl {
+    type Error = &'static str;
+
+    fn try_from(url: String) -> Result<Self, Self::Error> {
+        if ["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|scheme| url.starts_with(scheme)) {
+            Ok(Self(url))
+        } else {
+            Err("must start with redis:// or rediss://")
+        }
+    }
+}
+
+read_from_text!(RedisUrl, |url| mask_password(&url.0));
 
 /// The seed's example value, which must never sign real tokens.
 const PLACEHOLDER_SECRET_KEY: &str = "your_super_secret_key_here";
 
-/// `SECRET_KEY`: at least 32 bytes and not the seed's placeholder. Required with
-/// PostgreSQL; the embedded default generates one (returned with `true`) when it is unset.
-fn secret_key(value: Option<String>, postgres: bool) -> Result<(SecretString, bool), ConfigError> {
-    let Some(key) = non_empty(value) else {
-        if postgres {
-            return Err(ConfigError(
-                "SECRET_KEY is required with a PostgreSQL DATABASE_URL: at least 32 random bytes, \
-                 e.g. `openssl rand -hex 32`"
-                    .into(),
-            ));
+/// `SECRET_KEY`: at least 32 bytes and not the seed's placeholder.
+#[derive(Debug, Clone)]
+struct SecretKey(SecretString);
+
+impl TryFrom<String> for SecretKey {
+    type Error = &'static str;
+
+    fn try_from(key: String) -> Result<Self, Self::Error> {
+        if key == PLACEHOLDER_SECRET_KEY {
+            return Err("must not be the example placeholder; generate a random one");
         }
-        // Two v4 UUIDs: 244 random bits from the operating system's generator.
-        let generated = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        return Ok((SecretString::from(generated), true));
-    };
-    if key == PLACEHOLDER_SECRET_KEY {
-        return Err(ConfigError("SECRET_KEY must not be the example placeholder; generate a random one".into()));
+        if key.len() < 32 {
+            return Err("must be at least 32 bytes");
+        }
+        Ok(Self(SecretString::from(key)))
     }
-    if key.len() < 32 {
-        return Err(ConfigError("SECRET_KEY must be at least 32 bytes".into()));
-    }
-    Ok((SecretString::from(key), false))
 }
+
+read_from_text!(SecretKey, |_key| MASKED);
+
+/// `METRICS_TOKEN`: at least 16 characters.
+#[derive(Debug, Clone)]
+struct MetricsToken(SecretString);
+
+impl TryFrom<String> for MetricsToken {
+    type Error = &'static str;
+
+    fn try_from(token: String) -> Result<Self, Self::Error> {
+        if token.len() < 16 { Err("must be at least 16 characters") } else { Ok(Self(SecretString::from(token))) }
+    }
+}
+
+read_from_text!(MetricsToken, |_token| MASKED);
+
+/// `LOG_LEVEL`: a tracing filter such as `info` or `warn,http_actix=debug`.
+#[derive(Debug, Clone)]
+struct LogLevel(String);
+
+impl TryFrom<String> for LogLevel {
+    type Error = &'static str;
+
+    fn try_from(level: String) -> Result<Self, Self::Error> {
+        match tracing_subscriber::EnvFilter::try_new(&level) {
+            Ok(_) => Ok(Self(level)),
+            Err(_) => Err("must be a level (error, warn, info, debug, trace) or a filter"),
+        }
+    }
+}
+
+read_from_text!(LogLevel, |level| level.0.clone());
+
+/// `TRUSTED_PROXIES`: comma-separated addresses or CIDR ranges.
+#[derive(Debug, Clone, Default)]
+struct TrustedProxies(Vec<Network>);
+
+impl TryFrom<String> for TrustedProxies {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value
+            .split(',')
+            .filter(|entry| !entry.trim().is_empty())
+            .map(|entry| {
+                Network::parse(entry).ok_or_else(|| format!("has an invalid address or range: {}", entry.trim()))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+read_from_text!(TrustedProxies, |proxies| proxies.0.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+
+/// `CACHE_INVALIDATE_EXTRA_KEYS`: comma-separated key templates, each containing `{id}`.
+#[derive(Debug, Clone, Default)]
+struct KeyTemplates(Vec<String>);
+
+impl TryFrom<String> for KeyTemplates {
+    type Error = &'static str;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let templates: Vec<String> =
+            value.split(',').map(str::trim).filter(|key| !key.is_empty()).map(str::to_owned).collect();
+        if templates.iter().any(|template| !template.contains("{id}")) {
+            return Err("templates must each contain {id}");
+        }
+        Ok(Self(templates))
+    }
+}
+
+read_from_text!(KeyTemplates, |templates| templates.0.join(","));
+
+/// `CACHE_INVALIDATE_EXTRA_DELAYS`: `none`, or up to 5 comma-separated delays such as
+/// `250ms,1s,2s`, each above 0 and at most 10 s.
+#[derive(Debug, Clone)]
+struct FollowUpDelays(Vec<Duration>);
+
+impl TryFrom<String> for FollowUpDelays {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        use adapters_redis::config::{MAX_EXTRA_INVALIDATION_DELAY, MAX_EXTRA_INVALIDATION_DELAYS};
+        let invalid = || {
+            format!(
+                "must be `none` or up to {MAX_EXTRA_INVALIDATION_DELAYS} comma-separated delays such as 250ms or \
+                 2s, each above 0 and at most {} s",
+                MAX_EXTRA_INVALIDATION_DELAY.as_secs()
+            )
+        };
+        if value.eq_ignore_ascii_case("none") {
+            return Ok(Self(Vec::new()));
+        }
+        let delays: Vec<Duration> = value
+            .split(',')
+            .map(|delay| {
+                let delay = delay.trim();
+                let (digits, unit) = match delay.strip_suffix("ms") {
+                    Some(digits) => (digits, Duration::from_millis(1)),
+                    None => (delay.strip_suffix('s').ok_or_else(invalid)?, Duration::from_secs(1)),
+                };
+                let count: u32 = digits.trim().parse().map_err(|_| invalid())?;
+                Ok(unit * count)
+            })
+            .collect::<Result<_, String>>()?;
+        if delays.len() > MAX_EXTRA_INVALIDATION_DELAYS
+            || delays.iter().any(|delay| delay.is_zero() || *delay > MAX_EXTRA_INVALIDATION_DELAY)
+        {
+            return Err(invalid());
+        }
+        Ok(Self(delays))
+    }
+}
+
+read_from_text!(FollowUpDelays, |delays| if delays.0.is_empty() {
+    "none".to_owned()
+} else {
+    delays.0.iter().map(|delay| format!("{}ms", delay.as_millis())).collect::<Vec<_>>().join(",")
+});
 
 /// The shortest service key accepted.
 const MIN_SERVICE_KEY_LENGTH: usize = 16;
@@ -400,53 +759,72 @@ const MIN_SERVICE_KEY_LENGTH: usize = 16;
 ///
 /// A value with a `:` is read in the named form. Errors name the entry by position, never
 /// by content: it holds a key.
-fn service_keys(value: Option<String>) -> Result<Vec<ServiceKeyConfig>, ConfigError> {
-    let Some(value) = non_empty(value) else {
-        return Ok(Vec::new());
-    };
-    let keys: Vec<ServiceKeyConfig> = if value.contains(':') {
-        value
-            .split(';')
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-            .enumerate()
-            .map(|(index, entry)| named_service_key(index + 1, entry))
-            .collect::<Result<_, _>>()?
-    } else {
-        value
-            .split(',')
-            .map(str::trim)
-            .filter(|key| !key.is_empty())
-            .map(|key| ServiceKeyConfig { name: None, key: SecretString::from(key.to_owned()), scopes: Scopes::ALL })
-            .collect()
-    };
-    let mut names = std::collections::HashSet::new();
-    let mut digests = std::collections::HashSet::new();
-    for (index, key) in keys.iter().enumerate() {
-        let secret = secrecy::ExposeSecret::expose_secret(&key.key);
-        if secret.len() < MIN_SERVICE_KEY_LENGTH {
-            return Err(ConfigError(format!(
-                "SERVICE_API_KEYS entries must each be at least {MIN_SERVICE_KEY_LENGTH} characters (entry {})",
-                index + 1
-            )));
+#[derive(Debug, Clone, Default)]
+struct ServiceKeys(Vec<ServiceKeyConfig>);
+
+impl TryFrom<String> for ServiceKeys {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let keys: Vec<ServiceKeyConfig> = if value.contains(':') {
+            value
+                .split(';')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .enumerate()
+                .map(|(index, entry)| named_service_key(index + 1, entry))
+                .collect::<Result<_, _>>()?
+        } else {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|key| !key.is_empty())
+                .map(|key| ServiceKeyConfig {
+                    name: None,
+                    key: SecretString::from(key.to_owned()),
+                    scopes: Scopes::ALL,
+                })
+                .collect()
+        };
+        let mut names = std::collections::HashSet::new();
+        let mut digests = std::collections::HashSet::new();
+        for (index, key) in keys.iter().enumerate() {
+            let secret = secrecy::ExposeSecret::expose_secret(&key.key);
+            if secret.len() < MIN_SERVICE_KEY_LENGTH {
+                return Err(format!(
+                    "entries must each be at least {MIN_SERVICE_KEY_LENGTH} characters (entry {})",
+                    index + 1
+                ));
+            }
+            if key.name.as_ref().is_some_and(|name| !names.insert(name.clone())) {
+                return Err(format!("names each caller once (entry {})", index + 1));
+            }
+            if !digests.insert(sha2::Sha256::digest(secret.as_bytes())) {
+                return Err(format!("holds the same key twice (entry {})", index + 1));
+            }
         }
-        if key.name.as_ref().is_some_and(|name| !names.insert(name.clone())) {
-            return Err(ConfigError(format!("SERVICE_API_KEYS names each caller once (entry {})", index + 1)));
-        }
-        if !digests.insert(sha2::Sha256::digest(secret.as_bytes())) {
-            return Err(ConfigError(format!("SERVICE_API_KEYS holds the same key twice (entry {})", index + 1)));
-        }
+        Ok(Self(keys))
     }
-    Ok(keys)
 }
 
+read_from_text!(ServiceKeys, |keys| keys
+    .0
+    .iter()
+    .map(|key| {
+        let scopes: Vec<&str> = key.scopes.iter().map(|scope| scope.name()).collect();
+        let scopes = if key.scopes == Scopes::ALL { "*".to_owned() } else { scopes.join(",") };
+        format!("{}:{MASKED}:{scopes}", key.name.as_deref().unwrap_or("(plain)"))
+    })
+    .collect::<Vec<_>>()
+    .join(";"));
+
 /// One `name:key:scopes` entry of `SERVICE_API_KEYS` (the key may itself contain `:`).
-fn named_service_key(position: usize, entry: &str) -> Result<ServiceKeyConfig, ConfigError> {
+fn named_service_key(position: usize, entry: &str) -> Result<ServiceKeyConfig, String> {
     let malformed = || {
-        ConfigError(format!(
-            "SERVICE_API_KEYS entry {position} is not name:key:scopes (entries separated by ';', e.g. \
+        format!(
+            "entry {position} is not name:key:scopes (entries separated by ';', e.g. \
              gateway:KEY:users.read,eligibility.read;admin:KEY2:*)"
-        ))
+        )
     };
     let (name, rest) = entry.split_once(':').ok_or_else(malformed)?;
     let (key, scopes) = rest.rsplit_once(':').ok_or_else(malformed)?;
@@ -455,144 +833,19 @@ fn named_service_key(position: usize, entry: &str) -> Result<ServiceKeyConfig, C
         && name.len() <= 64
         && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"_.-".contains(&byte));
     if !valid_name {
-        return Err(ConfigError(format!(
-            "SERVICE_API_KEYS entry {position}: a caller's name is 1 to 64 letters, digits, '_', '.' or '-'"
-        )));
+        return Err(format!("entry {position}: a caller's name is 1 to 64 letters, digits, '_', '.' or '-'"));
     }
     // The error names the entry by position only: a plain key that happens to hold two ':'
     // is read in this form, and its pieces must not reach a log.
     let scopes = Scopes::parse(scopes).map_err(|_| {
         let known: Vec<&str> = Scope::ALL.iter().map(|scope| scope.name()).collect();
-        ConfigError(format!(
-            "SERVICE_API_KEYS entry {position}: the scopes after the last ':' must be * or comma-separated \
-             names among {} (a plain key that contains ':' must be written name:key:*)",
+        format!(
+            "entry {position}: the scopes after the last ':' must be * or comma-separated names among {} (a \
+             plain key that contains ':' must be written name:key:*)",
             known.join(", ")
-        ))
+        )
     })?;
     Ok(ServiceKeyConfig { name: Some(name.to_owned()), key: SecretString::from(key.trim().to_owned()), scopes })
-}
-
-/// `METRICS_TOKEN`: unset, or at least 16 characters.
-fn metrics_token(value: Option<String>) -> Result<Option<SecretString>, ConfigError> {
-    match non_empty(value) {
-        None => Ok(None),
-        Some(token) if token.len() < 16 => Err(ConfigError("METRICS_TOKEN must be at least 16 characters".into())),
-        Some(token) => Ok(Some(SecretString::from(token))),
-    }
-}
-
-/// Comma-separated addresses or CIDR ranges.
-fn trusted_proxies(value: Option<String>) -> Result<Vec<Network>, ConfigError> {
-    non_empty(value)
-        .map(|value| {
-            value
-                .split(',')
-                .filter(|entry| !entry.trim().is_empty())
-                .map(|entry| {
-                    Network::parse(entry).ok_or_else(|| {
-                        ConfigError(format!("TRUSTED_PROXIES has an invalid address or range: {}", entry.trim()))
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_else(|| Ok(Vec::new()))
-}
-
-/// The cache settings, checked even when `REDIS_URL` is unset so that a typo never hides.
-fn cache_settings(raw: &RawSettings) -> Result<Option<CacheSettings>, ConfigError> {
-    let settings = CacheSettings {
-        url: String::new(),
-        ttl: Duration::from_secs(positive("CACHE_TTL", raw.cache_ttl.clone(), 300)?),
-        key_prefix: non_empty(raw.cache_key_prefix.clone()).unwrap_or_else(|| "user-service".to_owned()),
-        timeout: millis("REDIS_TIMEOUT_MS", raw.redis_timeout_ms.clone(), 100)?,
-        extra_invalidation_keys: extra_keys(raw.cache_invalidate_extra_keys.clone())?,
-        extra_invalidation_delays: extra_delays(raw.cache_invalidate_extra_delays.clone())?,
-        confirm_wait: millis("CACHE_CONFIRM_WAIT_MS", raw.cache_confirm_wait_ms.clone(), 500)?,
-    };
-    if settings.confirm_wait > adapters_redis::config::MAX_CONFIRM_WAIT {
-        return Err(ConfigError("CACHE_CONFIRM_WAIT_MS must be at most 10000".into()));
-    }
-    match non_empty(raw.redis_url.clone()) {
-        None => Ok(None),
-        Some(url) => Ok(Some(CacheSettings { url: redis_url(url)?, ..settings })),
-    }
-}
-
-/// Accepts `redis://`, `rediss://` and `unix://` URLs.
-fn redis_url(url: String) -> Result<String, ConfigError> {
-    if ["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|scheme| url.starts_with(scheme)) {
-        Ok(url)
-    } else {
-        Err(ConfigError("REDIS_URL must start with redis:// or rediss://".into()))
-    }
-}
-
-/// Reads comma-separated key templates, each containing `{id}`.
-fn extra_keys(value: Option<String>) -> Result<Vec<String>, ConfigError> {
-    let templates: Vec<String> = non_empty(value)
-        .map(|value| value.split(',').map(str::trim).filter(|key| !key.is_empty()).map(str::to_owned).collect())
-        .unwrap_or_default();
-    if templates.iter().any(|template| !template.contains("{id}")) {
-        return Err(ConfigError("CACHE_INVALIDATE_EXTRA_KEYS templates must each contain {id}".into()));
-    }
-    Ok(templates)
-}
-
-/// Reads comma-separated delays such as `250ms,1s,2s` (at most 5, each above 0 and at most
-/// 10 s); unset means the adapter's default, `none` means no follow-up deletions.
-fn extra_delays(value: Option<String>) -> Result<Vec<Duration>, ConfigError> {
-    use adapters_redis::config::{
-        DEFAULT_EXTRA_INVALIDATION_DELAYS, MAX_EXTRA_INVALIDATION_DELAY, MAX_EXTRA_INVALIDATION_DELAYS,
-    };
-    let invalid = || {
-        ConfigError(format!(
-            "CACHE_INVALIDATE_EXTRA_DELAYS must be `none` or up to {MAX_EXTRA_INVALIDATION_DELAYS} comma-separated \
-             delays such as 250ms or 2s, each above 0 and at most {} s",
-            MAX_EXTRA_INVALIDATION_DELAY.as_secs()
-        ))
-    };
-    let Some(value) = non_empty(value) else {
-        return Ok(DEFAULT_EXTRA_INVALIDATION_DELAYS.to_vec());
-    };
-    if value.eq_ignore_ascii_case("none") {
-        return Ok(Vec::new());
-    }
-    let delays: Vec<Duration> = value
-        .split(',')
-        .map(|delay| {
-            let delay = delay.trim();
-            let (digits, unit) = match delay.strip_suffix("ms") {
-                Some(digits) => (digits, Duration::from_millis(1)),
-                None => (delay.strip_suffix('s').ok_or_else(invalid)?, Duration::from_secs(1)),
-            };
-            let count: u32 = digits.trim().parse().map_err(|_| invalid())?;
-            Ok(unit * count)
-        })
-        .collect::<Result<_, ConfigError>>()?;
-    if delays.len() > MAX_EXTRA_INVALIDATION_DELAYS
-        || delays.iter().any(|delay| delay.is_zero() || *delay > MAX_EXTRA_INVALIDATION_DELAY)
-    {
-        return Err(invalid());
-    }
-    Ok(delays)
-}
-
-/// Accepts `postgres://`, `postgresql://` and the seed's `postgresql+asyncpg://`; unset
-/// means the embedded SQLite store.
-fn database_url(value: Option<String>) -> Result<Option<String>, ConfigError> {
-    let Some(url) = non_empty(value) else {
-        return Ok(None);
-    };
-    for driver_prefix in ["postgresql+asyncpg://", "postgres+asyncpg://"] {
-        if let Some(rest) = url.strip_prefix(driver_prefix) {
-            return Ok(Some(format!("postgresql://{rest}")));
-        }
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Some(url))
-    } else {
-        Err(ConfigError("DATABASE_URL must start with postgres:// or postgresql://".into()))
-    }
 }
 
 #[cfg(test)]
@@ -700,6 +953,52 @@ mod tests {
 
     fn settings_error(pairs: &[(&str, &str)]) -> String {
         settings(pairs).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_effective_settings_are_shown_with_every_secret_masked() {
+        let variables = HashMap::from([
+            ("DATABASE_URL".to_owned(), "postgres://app:db-password-1234@db:5432/users".to_owned()),
+            ("REDIS_URL".to_owned(), "redis://:redis-password-5678@cache:6379/0".to_owned()),
+            ("SECRET_KEY".to_owned(), "secret-key-0123456789abcdef0123456789".to_owned()),
+            (
+                "SERVICE_API_KEYS".to_owned(),
+                "gateway:service-key-0123456789:users.read;admin:admin-key-0123456789:*".to_owned(),
+            ),
+            ("METRICS_TOKEN".to_owned(), "metrics-token-0123456789".to_owned()),
+            ("CACHE_TTL".to_owned(), " 60 ".to_owned()),
+        ]);
+        let shown = describe(Variables::read(variables).unwrap()).unwrap();
+        for secret in [
+            "db-password-1234",
+            "redis-password-5678",
+            "secret-key-0123",
+            "service-key-0123",
+            "admin-key-0123",
+            "metrics-token",
+        ] {
+            assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
+        }
+        for line in [
+            "DATABASE_URL=postgres://app:********@db:5432/users",
+            "REDIS_URL=redis://:********@cache:6379/0",
+            "SECRET_KEY=********",
+            "SERVICE_API_KEYS=gateway:********:users.read;admin:********:*",
+            "METRICS_TOKEN=********",
+            "CACHE_TTL=60",
+            "PORT=3001",
+            "REDIS_TIMEOUT_MS=100",
+            "CACHE_INVALIDATE_EXTRA_DELAYS=250ms,1000ms,2000ms",
+            "LOG_FORMAT=pretty",
+        ] {
+            assert!(shown.lines().any(|shown| shown == line), "{line} not in:\n{shown}");
+        }
+        // Invalid settings are not shown: the error is start-up's.
+        let error = describe(
+            Variables::read(HashMap::from([("DATABASE_URL".to_owned(), "postgres://h/db".to_owned())])).unwrap(),
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("SECRET_KEY is required"), "{error}");
     }
 
     #[test]

@@ -47,6 +47,12 @@ impl Network {
     }
 }
 
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
+    }
+}
+
 /// The client address of `request`, given the trusted proxies.
 pub fn client_address(request: &HttpRequest, trusted_proxies: &[Network]) -> Option<IpAddr> {
     let peer = request.peer_addr()?.ip();
