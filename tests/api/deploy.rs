@@ -103,40 +103,13 @@ fn effective_security<'a>(workload: &'a Value, key: &str) -> &'a Value {
     if own.is_null() { &pod_spec(workload)["securityContext"][key] } else { own }
 }
 
-/// The variable names the binary reads: the fields of `RawSettings` (the `config` crate
-/// reads one upper-case variable per field) and the upper-case string literals of
-/// `config.rs` outside its tests, plus `RUST_LOG` (`telemetry.rs`). A renamed variable
-/// drops out of this list.
+/// The variable names the binary reads: one per field of its settings, plus `RUST_LOG`
+/// (`telemetry.rs`). A renamed variable drops out of this list.
 fn variables_the_binary_reads() -> BTreeSet<String> {
-    let source = read("crates/http-actix/src/config.rs");
-    let code = source.split("#[cfg(test)]").next().unwrap_or_default();
-    let quotes: Vec<usize> = code.match_indices('"').map(|(index, _)| index).collect();
-    let mut names: BTreeSet<String> = quotes
-        .windows(2)
-        .map(|pair| &code[pair[0] + 1..pair[1]])
-        .filter(|literal| {
-            literal.len() > 1
-                && literal.starts_with(|first: char| first.is_ascii_uppercase())
-                && literal.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-        })
-        .map(str::to_owned)
-        .collect();
-    if let Some(rest) = code.split("struct RawSettings {").nth(1) {
-        let body = rest.split('}').next().unwrap_or_default();
-        for line in body.lines() {
-            let line = line.trim();
-            let line = line.strip_prefix("pub ").unwrap_or(line);
-            if let Some((field, _)) = line.split_once(':')
-                && !field.is_empty()
-                && field.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            {
-                names.insert(field.to_ascii_uppercase());
-            }
-        }
-    }
+    let mut names: BTreeSet<String> = http_actix::config::variable_names().into_iter().collect();
     names.insert("RUST_LOG".to_owned());
     for expected in ["PORT", "HOST", "DATABASE_URL", "SECRET_KEY", "SERVICE_API_KEYS", "LOG_FORMAT"] {
-        assert!(names.contains(expected), "scanning config.rs should find {expected}; found {names:?}");
+        assert!(names.contains(expected), "the settings should name {expected}; found {names:?}");
     }
     names
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use api_tests::{PrivateRedis, TestApp};
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::json;
@@ -232,21 +233,11 @@ async fn a_redis_restored_from_a_snapshot_older_than_the_writes_serves_nothing_s
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_neither_redis_nor_the_ledger_confirms_is_saved_but_answered_503_and_a_retry_confirms_it() {
-    use diesel_async::SimpleAsyncConnection;
-    // Nothing listens on port 9: no invalidation is ever confirmed by Redis.
-    let app = TestApp::spawn_with(&[("REDIS_URL", "redis://127.0.0.1:9/0"), ("CACHE_CONFIRM_WAIT_MS", "100")]).await;
+    let app = app_whose_changes_redis_never_confirms().await;
     let user = app.register("unconfirmed@example.com").await;
     let path = format!("/api/v1/users/{user}/preferences");
     let mut connection = app.db.pool().get().await.unwrap();
-    connection
-        .batch_execute(
-            "CREATE FUNCTION refuse_ledger() RETURNS trigger LANGUAGE plpgsql AS \
-             $$ BEGIN RAISE EXCEPTION 'the ledger is refused by the test'; END $$; \
-             CREATE TRIGGER refuse_ledger BEFORE INSERT OR UPDATE ON cache_invalidation_ledger \
-             FOR EACH ROW EXECUTE FUNCTION refuse_ledger();",
-        )
-        .await
-        .unwrap();
+    refuse_the_ledger(&mut connection).await;
 
     let refused = app.send(Method::PUT, &path, &json!({"email": false})).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
@@ -259,11 +250,140 @@ async fn a_change_neither_redis_nor_the_ledger_confirms_is_saved_but_answered_50
 
     // With the ledger back, the same request is acknowledged: Redis still does not answer,
     // so it is recorded, and acknowledged one lease later.
-    connection.batch_execute("DROP TRIGGER refuse_ledger ON cache_invalidation_ledger").await.unwrap();
+    accept_the_ledger(&mut connection).await;
     let started = Instant::now();
     let retried = app.send(Method::PUT, &path, &json!({"email": false})).await;
     assert_eq!(retried.status, 200, "{}", retried.body);
     assert!(started.elapsed() >= Duration::from_millis(1_100), "acknowledged after {:?}", started.elapsed());
     let recorded = "SELECT count(*) AS count FROM cache_invalidation_ledger";
     assert_eq!(app.db.count(recorded).await.unwrap(), 1, "recorded until an instance reaches Redis");
+}
+
+/// How the client retries a change answered 503 `change_not_confirmed`.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    SameIdempotencyKey,
+    Plain,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_keyed_retry_of_a_refused_device_move_serves_the_previous_owner_fresh_everywhere() {
+    a_refused_token_move_retried(Retry::SameIdempotencyKey, "devices").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_plain_retry_of_a_refused_device_move_serves_the_previous_owner_fresh_everywhere() {
+    a_refused_token_move_retried(Retry::Plain, "devices").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_keyed_retry_of_a_refused_registration_taking_a_token_serves_its_previous_owner_fresh() {
+    a_refused_token_move_retried(Retry::SameIdempotencyKey, "registration").await;
+}
+
+/// A token moves from its owner to another user on an instance that cannot reach Redis,
+/// while the ledger refuses writes too: 503. The retry is acknowledged; from then on no
+/// instance, the reader on Redis included, may serve the previous owner's old view (which
+/// still lists the token: its pushes would reach the other user's phone).
+async fn a_refused_token_move_retried(retry: Retry, by: &str) {
+    let redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let reader = TestApp::spawn_with(&[("REDIS_URL", url.as_str()), ("CACHE_CONFIRM_WAIT_MS", "100")]).await;
+    // Nothing listens on port 9: the writer is cut off from Redis.
+    let writer = reader.sibling(&[("REDIS_URL", "redis://127.0.0.1:9/0"), ("CACHE_CONFIRM_WAIT_MS", "100")]).await;
+    let owner = reader.register(&format!("owner-{by}@example.com")).await;
+    let token = format!("phone-moved-by-{by}");
+    let device = json!({"token": token, "platform": "ios"});
+    assert_eq!(reader.send(Method::POST, &format!("/api/v1/users/{owner}/devices"), &device).await.status, 201);
+    eventually_cached(&reader, &redis, &owner).await;
+
+    let (path, body) = match by {
+        "devices" => (format!("/api/v1/users/{}/devices", reader.register("taker@example.com").await), device),
+        _ => (
+            "/api/v1/users".to_owned(),
+            json!({"name": "Taker", "email": "taker@example.com", "password": "StrongPass123!", "push_token": token}),
+        ),
+    };
+    let body = body.to_string();
+    let keyed = [("Idempotency-Key", "move-once")];
+    let mut connection = writer.db.pool().get().await.unwrap();
+    refuse_the_ledger(&mut connection).await;
+    let refused = writer.request_as(&writer.client, &keyed, Method::POST, &path, Some(&body)).await;
+    assert_eq!(
+        (refused.status, refused.body["error"].as_str()),
+        (503, Some("change_not_confirmed")),
+        "{}",
+        refused.body
+    );
+    accept_the_ledger(&mut connection).await;
+
+    let headers: &[(&str, &str)] = match retry {
+        Retry::SameIdempotencyKey => &keyed,
+        Retry::Plain => &[],
+    };
+    let retried = writer.request_as(&writer.client, headers, Method::POST, &path, Some(&body)).await;
+    assert!(retried.status == 200 || retried.status == 201, "{}", retried.body);
+
+    let acknowledged = Instant::now();
+    let (mut reads, mut stale) = (0, 0);
+    while acknowledged.elapsed() < Duration::from_secs(3) {
+        for app in [&reader, &writer] {
+            let view = app.get(&format!("/api/v1/users/{owner}")).await;
+            assert_eq!(view.status, 200, "{}", view.body);
+            reads += 1;
+            stale += usize::from(view.body["data"]["push_token"] == token.as_str());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stale, 0, "{stale} of {reads} reads after the acknowledgement served the previous owner's old view");
+}
+
+/// Reads `user` on `app` until its entry is in Redis.
+async fn eventually_cached(app: &TestApp, redis: &PrivateRedis, user: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cli(&["--scan", "--pattern", &format!("*:user:{user}")]).trim().is_empty() {
+        assert!(Instant::now() < deadline, "{user} never cached");
+        assert_eq!(app.get(&format!("/api/v1/users/{user}")).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An instance whose Redis never answers (nothing listens on port 9), so that every change
+/// goes through the ledger, quickly.
+async fn app_whose_changes_redis_never_confirms() -> TestApp {
+    TestApp::spawn_with(&[("REDIS_URL", "redis://127.0.0.1:9/0"), ("CACHE_CONFIRM_WAIT_MS", "100")]).await
+}
+
+/// Makes every write to the ledger fail, as a store failing right after a change would.
+async fn refuse_the_ledger(connection: &mut AsyncPgConnection) {
+    connection
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION refuse_ledger() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'the ledger is refused by the test'; END $$; \
+             CREATE TRIGGER refuse_ledger BEFORE INSERT OR UPDATE ON cache_invalidation_ledger \
+             FOR EACH ROW EXECUTE FUNCTION refuse_ledger();",
+        )
+        .await
+        .unwrap();
+}
+
+async fn accept_the_ledger(connection: &mut AsyncPgConnection) {
+    connection.batch_execute("DROP TRIGGER refuse_ledger ON cache_invalidation_ledger").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_caching_off_an_unreachable_redis_neither_refuses_nor_records_a_change() {
+    // Redis only deletes the gateway's copies here: no reader of ours trusts it.
+    let app = TestApp::spawn_with(&[
+        ("REDIS_URL", "redis://127.0.0.1:9/0"),
+        ("CACHE_ENABLED", "false"),
+        ("CACHE_INVALIDATE_EXTRA_KEYS", "usercache:{id}"),
+        ("CACHE_CONFIRM_WAIT_MS", "100"),
+    ])
+    .await;
+    let user = app.register("uncached@example.com").await;
+    let changed = app.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"push": false})).await;
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    let recorded = "SELECT count(*) AS count FROM cache_invalidation_ledger";
+    assert_eq!(app.db.count(recorded).await.unwrap(), 0);
 }

@@ -1,7 +1,7 @@
 //! Idempotency records: claimed and written inside the transaction of the change they
 //! belong to, and [`IdempotencyRepository`] for the fast check before expensive work.
 
-use adapters_sql_common::rows::stored_status;
+use adapters_sql_common::rows::{stored_status, stored_user_ids};
 use async_trait::async_trait;
 use diesel::dsl::{now, sql};
 use diesel::prelude::*;
@@ -89,6 +89,7 @@ pub(crate) async fn record(
     response: &StoredResponse,
     created_at: OffsetDateTime,
 ) -> QueryResult<()> {
+    let invalidates = stored_user_ids(&response.invalidates);
     let values = (
         idempotency_records::caller.eq(&request.caller),
         idempotency_records::key.eq(request.key.as_str()),
@@ -98,6 +99,7 @@ pub(crate) async fn record(
         idempotency_records::response_location.eq(response.location.as_deref()),
         idempotency_records::created_at.eq(created_at),
         idempotency_records::expires_at.eq(request.expires_at),
+        idempotency_records::invalidates.eq(&invalidates),
     );
     diesel::insert_into(idempotency_records::table)
         .values(values)

@@ -1,9 +1,10 @@
-//! The cache's [`InvalidationLedger`], in `cache_invalidation_ledger`. Reads run on the
-//! dedicated connection when there is one: readers renew their cache lease with them, and a
-//! busy pool must not make every instance stop using the cache.
+//! The cache's [`InvalidationLedger`], in `cache_invalidation_ledger`. Reads and forgetting
+//! run on the ledger's dedicated connection when there is one: instances renew their cache
+//! lease with them, and a busy pool must not make every instance stop using the cache.
 
 use async_trait::async_trait;
 use diesel::prelude::*;
+use diesel::sql_types::{Array, Uuid as SqlUuid};
 use diesel::upsert::excluded;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use domain::cache::{InvalidationLedger, LedgerEntry};
@@ -53,7 +54,7 @@ impl InvalidationLedger for PgStore {
         Ok(())
     }
 
-    async fn unconfirmed(&self, limit: usize) -> Result<Vec<LedgerEntry>, RepositoryError> {
+    async fn recorded(&self, limit: usize) -> Result<Vec<LedgerEntry>, RepositoryError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let query = async move |connection: &mut AsyncPgConnection| {
             ledger::table
@@ -63,10 +64,7 @@ impl InvalidationLedger for PgStore {
                 .load::<(Uuid, Uuid)>(connection)
                 .await
         };
-        let rows = match &self.dedicated {
-            Some(dedicated) => dedicated.run(query).await.map_err(RepositoryError::Unavailable)?,
-            None => query(&mut *self.connection().await?).await.map_err(from_diesel)?,
-        };
+        let rows = self.on_ledger_connection(query).await?;
         Ok(rows.into_iter().map(|(user, mark)| LedgerEntry { user: UserId::from(user), mark }).collect())
     }
 
@@ -75,11 +73,31 @@ impl InvalidationLedger for PgStore {
             return Ok(());
         }
         let marks: Vec<Uuid> = entries.iter().map(|entry| entry.mark).collect();
-        let mut connection = self.connection().await?;
-        diesel::delete(ledger::table.filter(ledger::mark.eq_any(marks)))
-            .execute(&mut connection)
+        // Rows are locked in user order, as `record`'s upsert locks them, so that a replay
+        // forgetting several users never deadlocks with a change recording several.
+        let forget = async move |connection: &mut AsyncPgConnection| {
+            diesel::sql_query(
+                "DELETE FROM cache_invalidation_ledger WHERE user_id IN \
+                 (SELECT user_id FROM cache_invalidation_ledger WHERE mark = ANY($1) ORDER BY user_id FOR UPDATE)",
+            )
+            .bind::<Array<SqlUuid>, _>(marks)
+            .execute(connection)
             .await
-            .map_err(from_diesel)?;
+        };
+        self.on_ledger_connection(forget).await?;
         Ok(())
+    }
+}
+
+impl PgStore {
+    /// Runs `query` on the ledger's dedicated connection, or on a pooled one without it.
+    async fn on_ledger_connection<T>(
+        &self,
+        query: impl AsyncFnOnce(&mut AsyncPgConnection) -> QueryResult<T>,
+    ) -> Result<T, RepositoryError> {
+        match &self.dedicated {
+            Some(dedicated) => dedicated.ledger.run(query).await.map_err(RepositoryError::Unavailable),
+            None => query(&mut *self.connection().await?).await.map_err(from_diesel),
+        }
     }
 }

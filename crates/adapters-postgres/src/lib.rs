@@ -39,12 +39,18 @@ use domain::ports::HealthProbe;
 use crate::dedicated::DedicatedConnection;
 pub use pool::{PgPool, PoolSettings};
 
+/// Connections of their own, one per use, so that neither queues behind the other.
+struct Dedicated {
+    health: DedicatedConnection,
+    ledger: DedicatedConnection,
+}
+
 /// The PostgreSQL-backed repositories, cheap to clone (it holds the pool).
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// Where health probes and the cache ledger's reads run, when not on the pool.
-    dedicated: Option<Arc<DedicatedConnection>>,
+    /// Where health probes and the cache ledger's calls run, when not on the pool.
+    dedicated: Option<Arc<Dedicated>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -60,13 +66,16 @@ impl PgStore {
         Self { pool, dedicated: None }
     }
 
-    /// Runs health probes and the reads of the cache's invalidation ledger on a connection
-    /// of their own, made with `settings`: a pool busy with requests is not a database that
-    /// does not answer. Readiness must not fail (taking every replica out of its load
-    /// balancer at once) because of load, nor must the cache be bypassed because of it.
+    /// Runs health probes, and the reads and forgetting of the cache's invalidation ledger,
+    /// each on a connection of its own made with `settings`: a pool busy with requests is
+    /// not a database that does not answer. Readiness must not fail (taking every replica
+    /// out of its load balancer at once) because of load, nor must the cache be bypassed
+    /// because of it.
     #[must_use]
-    pub fn with_dedicated_connection(self, settings: &PoolSettings) -> Self {
-        Self { dedicated: Some(Arc::new(DedicatedConnection::new(settings))), ..self }
+    pub fn with_dedicated_connections(self, settings: &PoolSettings) -> Self {
+        let dedicated =
+            Dedicated { health: DedicatedConnection::new(settings), ledger: DedicatedConnection::new(settings) };
+        Self { dedicated: Some(Arc::new(dedicated)), ..self }
     }
 
     /// The underlying pool (for health reporting and metrics).
@@ -84,6 +93,7 @@ impl HealthProbe for PgStore {
     async fn check(&self) -> Result<(), BoxError> {
         if let Some(dedicated) = &self.dedicated {
             return dedicated
+                .health
                 .run(async |connection| diesel::sql_query("SELECT 1").execute(connection).await)
                 .await
                 .map(drop);

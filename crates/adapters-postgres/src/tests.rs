@@ -120,7 +120,12 @@ async fn a_key_held_by_a_running_transaction_is_in_flight() {
             fingerprint: vec![1],
             expires_at: OffsetDateTime::now_utc() + Duration::hours(1),
         },
-        render: Box::new(|_: &RegisteredDevice| StoredResponse { status: 201, body: Vec::new(), location: None }),
+        render: Box::new(|_: &RegisteredDevice| StoredResponse {
+            status: 201,
+            body: Vec::new(),
+            location: None,
+            invalidates: Vec::new(),
+        }),
     };
 
     let result = fixture.store.upsert(user, registration("busy-token"), OffsetDateTime::now_utc(), Some(write)).await;

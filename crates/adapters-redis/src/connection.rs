@@ -282,12 +282,27 @@ fn breaks_the_connection(failure: &Failure) -> bool {
     }
 }
 
-/// Asks a new connection which server process it reached.
+/// Asks a new connection which server process it reached, and warns if that server may
+/// evict keys.
 async fn identify(connection: &mut MultiplexedConnection) -> Result<ServerId, redis::RedisError> {
     let info: String = redis::cmd("INFO").arg("server").query_async(connection).await?;
-    info.lines()
+    let server = info
+        .lines()
         .find_map(|line| line.strip_prefix("run_id:"))
         .map(|run_id| ServerId::new(run_id.trim()))
         .filter(|server| !server.as_str().is_empty())
-        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "no run_id in INFO server")))
+        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "no run_id in INFO server")))?;
+    let memory: String = redis::cmd("INFO").arg("memory").query_async(connection).await?;
+    let field = |name: &str| memory.lines().find_map(|line| line.strip_prefix(name)).map(str::trim);
+    let bounded = field("maxmemory:").is_some_and(|bytes| bytes != "0");
+    let policy = field("maxmemory_policy:").unwrap_or("noeviction");
+    if bounded && policy != "noeviction" {
+        tracing::warn!(
+            policy,
+            "this Redis may evict keys (maxmemory is set with an eviction policy): an evicted generation key lets a \
+             fill read before a change land after it, so the cache may serve a stale user; set maxmemory-policy \
+             noeviction on the cache's Redis"
+        );
+    }
+    Ok(server)
 }

@@ -52,8 +52,9 @@ mod rate_limit;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -131,6 +132,9 @@ struct Inner {
     follow_ups: FollowUps,
     /// How long a change waits for Redis before it is recorded in the ledger.
     confirm_wait: Duration,
+    /// Invalidations answered [`Invalidation::Unconfirmed`], until Redis or the ledger
+    /// confirms them.
+    unconfirmed: Unconfirmed,
     /// Where unconfirmed invalidations are recorded, with the lease that readers hold on
     /// it; `None` for a cache built without a ledger.
     ledger: Option<(Arc<dyn InvalidationLedger>, ReadLease)>,
@@ -201,6 +205,7 @@ impl RedisCache {
                 FollowUps::new(delays, capacity)
             },
             confirm_wait: config.confirm_wait,
+            unconfirmed: Unconfirmed::default(),
             ledger: ledger.map(|ledger| (ledger, ReadLease::new(config.read_lease))),
             guarded_fill: Script::new(GUARDED_FILL),
             #[cfg(any(test, feature = "test-support"))]
@@ -209,12 +214,11 @@ impl RedisCache {
             #[cfg(test)]
             retry_task: std::sync::Mutex::new(None),
         });
-        let task = runtime.spawn(background(
-            Arc::downgrade(&inner),
-            shutdown_received,
-            config.retry_interval,
-            config.lease_renewal,
-        ));
+        let task = runtime.spawn(background(Arc::downgrade(&inner), shutdown_received, config.retry_interval));
+        if inner.ledger.is_some() {
+            // Detached too: it ends at its first renewal after the cache is dropped.
+            drop(runtime.spawn(renew_leases(Arc::downgrade(&inner), config.lease_renewal)));
+        }
         #[cfg(test)]
         {
             *inner.retry_task.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task);
@@ -369,9 +373,16 @@ impl ProfileCache for RedisCache {
         // Queued first: if this future is dropped half-way, the retry task still does the work,
         // and meanwhile lookups of these ids skip the cache.
         let batch = inner.pending.queue(ids, Instant::now());
-        if inner.confirm_within(ids, inner.confirm_wait).await {
+        // Earlier invalidations this instance could not confirm go along: no change is
+        // acknowledged here before they hold.
+        let carried = inner.unconfirmed.snapshot();
+        let mut all: Vec<UserId> = ids.iter().chain(&carried).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        if inner.confirm_within(&all, inner.confirm_wait).await {
             inner.pending.complete(&batch);
-            inner.schedule_follow_ups(ids);
+            inner.unconfirmed.remove(&carried);
+            inner.schedule_follow_ups(&all);
             return Invalidation::Confirmed;
         }
         if inner.pending.give_up_unqueued(&batch, Instant::now()) {
@@ -380,7 +391,18 @@ impl ProfileCache for RedisCache {
                 "too many cache invalidations pending: ids dropped, the cache is bypassed until their entries expire"
             );
         }
-        inner.defer(ids).await
+        let deferred = inner.defer(&all).await;
+        if deferred.is_effective() {
+            inner.unconfirmed.remove(&carried);
+        } else if inner.ledger.is_some() && inner.unconfirmed.add(ids) {
+            // (Without a ledger no reader of ours trusts an unconfirmed entry less for it: the
+            // ids only wait in the retry queue.)
+            tracing::warn!(
+                capacity = MAX_UNCONFIRMED,
+                "too many unconfirmed cache invalidations: ids dropped, later changes no longer wait for them"
+            );
+        }
+        deferred
     }
 
     async fn health(&self) -> CacheHealth {
@@ -464,12 +486,22 @@ impl Inner {
     }
 
     /// Reads the ledger: renews the lease, then replays the recorded invalidations if
-    /// Redis answers, and forgets those it confirmed.
+    /// Redis answers, and forgets those it confirmed. A ledger longer than one read (a long
+    /// outage) is worked through batch after batch, for up to half a lease, since until it
+    /// is short again no entry is served.
     async fn renew_lease_and_replay(&self) {
-        let Some((ledger, lease)) = &self.ledger else { return };
+        let Some((_, lease)) = &self.ledger else { return };
+        let started = Instant::now();
+        while self.renew_lease_and_replay_once().await && started.elapsed() < lease.duration() / 2 {}
+    }
+
+    /// One read of the ledger, with its replay; returns whether it left more recordings
+    /// to replay now (the read was truncated and its batch forgotten).
+    async fn renew_lease_and_replay_once(&self) -> bool {
+        let Some((ledger, lease)) = &self.ledger else { return false };
         let started = Instant::now();
         // Bounded so that a hung read cannot hold the lease's renewals up beyond the lease.
-        let read = tokio::time::timeout(lease.duration() / 2, ledger.unconfirmed(LEDGER_READ_LIMIT + 1)).await;
+        let read = tokio::time::timeout(lease.duration() / 2, ledger.recorded(LEDGER_READ_LIMIT + 1)).await;
         let mut listed = match read {
             Ok(Ok(listed)) => listed,
             failed => {
@@ -483,7 +515,7 @@ impl Inner {
                         "cannot read the cache invalidation ledger: cached users are not served until it can be read"
                     );
                 }
-                return;
+                return false;
             }
         };
         let truncated = listed.len() > LEDGER_READ_LIMIT;
@@ -492,15 +524,25 @@ impl Inner {
             tracing::info!("the cache invalidation ledger is readable again");
         }
         if listed.is_empty() {
-            return;
+            return false;
         }
         let ids: Vec<UserId> = listed.iter().map(|entry: &LedgerEntry| entry.user).collect();
         // Despite the breaker: one call per renewal is cheap even during an outage, and the
         // downstream copies of recorded users are deleted as soon as Redis answers again.
-        if self.invalidate_now(&ids, Breaker::Ignore).await {
-            self.schedule_follow_ups(&ids);
-            if let Err(error) = ledger.forget(&listed).await {
+        if !self.invalidate_now(&ids, Breaker::Ignore).await {
+            return false;
+        }
+        self.schedule_follow_ups(&ids);
+        // Bounded as the read is: a later renewal replays and forgets them again.
+        match tokio::time::timeout(lease.duration() / 2, ledger.forget(&listed)).await {
+            Ok(Ok(())) => truncated,
+            Ok(Err(error)) => {
                 tracing::debug!(error = %error, "replayed recorded cache invalidations, not yet forgotten");
+                false
+            }
+            Err(_) => {
+                tracing::debug!("replayed recorded cache invalidations, not yet forgotten (no answer in time)");
+                false
             }
         }
     }
@@ -533,8 +575,16 @@ impl Inner {
         }
     }
 
-    /// Retries the pending invalidations, batch by batch, until one fails.
+    /// Retries the pending invalidations, batch by batch, until one fails; records the
+    /// unconfirmed ones in the ledger, so that other instances stop serving their entries
+    /// even if Redis stays out of this instance's reach.
     async fn retry_pending(&self) {
+        if let Some((ledger, _)) = &self.ledger {
+            let unconfirmed = self.unconfirmed.snapshot();
+            if !unconfirmed.is_empty() && ledger.record(&unconfirmed).await.is_ok() {
+                self.unconfirmed.remove(&unconfirmed);
+            }
+        }
         let passes = self.pending.len().div_ceil(RETRY_BATCH);
         for _ in 0..passes {
             let Some(batch) = self.pending.batch(RETRY_BATCH, Instant::now()) else { break };
@@ -542,6 +592,7 @@ impl Inner {
                 break;
             }
             self.pending.complete(&batch);
+            self.unconfirmed.remove(&batch.ids);
             self.schedule_follow_ups(&batch.ids);
         }
         if let Some(dropped) = self.pending.end_overflow_if_due(Instant::now()) {
@@ -587,31 +638,19 @@ impl Inner {
 }
 
 /// The background task, until the cache is dropped: retries pending invalidations every
-/// `retry_interval`, sends due follow-up deletions every [`FOLLOW_UP_TICK`], and reads the
-/// ledger every `lease_renewal` (when there is one). Holds the cache only while working, so
-/// that dropping it ends the task.
-async fn background(
-    cache: Weak<Inner>,
-    mut shutdown: oneshot::Receiver<()>,
-    retry_interval: Duration,
-    lease_renewal: Duration,
-) {
+/// `retry_interval` and sends due follow-up deletions every [`FOLLOW_UP_TICK`]. Holds the
+/// cache only while working, so that dropping it ends the task.
+async fn background(cache: Weak<Inner>, mut shutdown: oneshot::Receiver<()>, retry_interval: Duration) {
     let mut retries = tokio::time::interval(retry_interval);
     retries.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut follow_up_ticks = tokio::time::interval(FOLLOW_UP_TICK);
     follow_up_ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut lease_renewals = tokio::time::interval(lease_renewal);
-    lease_renewals.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = lease_renewals.tick() => {
-                let Some(cache) = cache.upgrade() else { return };
-                cache.renew_lease_and_replay().await;
-            }
             _ = retries.tick() => {
                 let Some(cache) = cache.upgrade() else { return };
-                if cache.pending.len() > 0 || cache.pending.is_overflowing() {
+                if cache.pending.len() > 0 || cache.pending.is_overflowing() || !cache.unconfirmed.is_empty() {
                     cache.retry_pending().await;
                 }
             }
@@ -622,6 +661,64 @@ async fn background(
                 }
             }
         }
+    }
+}
+
+/// Renews the read lease every `lease_renewal` until the cache is dropped, in a task of its
+/// own so that no backlog of retries or follow-up deletions holds a renewal up past the
+/// lease (which would turn the cache off on this instance).
+async fn renew_leases(cache: Weak<Inner>, lease_renewal: Duration) {
+    let mut renewals = tokio::time::interval(lease_renewal);
+    renewals.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        renewals.tick().await;
+        let Some(cache) = cache.upgrade() else { return };
+        cache.renew_lease_and_replay().await;
+    }
+}
+
+/// The most unconfirmed invalidations kept; past it, ids are dropped (with a warning).
+const MAX_UNCONFIRMED: usize = 10_000;
+
+/// The users whose invalidation was answered [`Invalidation::Unconfirmed`] (neither Redis
+/// nor the ledger confirmed it: the change was answered 503). Every later invalidation of
+/// this instance carries them along, and the background task records them in the ledger,
+/// until one of them holds: so the retry the 503 asks for, with or without an
+/// `Idempotency-Key`, is acknowledged only once they hold too.
+#[derive(Debug, Default)]
+struct Unconfirmed(Mutex<HashSet<UserId>>);
+
+impl Unconfirmed {
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn snapshot(&self) -> Vec<UserId> {
+        self.lock().iter().copied().collect()
+    }
+
+    /// Adds `ids`; returns whether some were dropped for want of room.
+    fn add(&self, ids: &[UserId]) -> bool {
+        let mut unconfirmed = self.lock();
+        let room = MAX_UNCONFIRMED.saturating_sub(unconfirmed.len());
+        let dropped = ids.len() > room;
+        unconfirmed.extend(ids.iter().take(room));
+        dropped
+    }
+
+    fn remove(&self, ids: &[UserId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut unconfirmed = self.lock();
+        for id in ids {
+            unconfirmed.remove(id);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<UserId>> {
+        // Every update leaves the set consistent: poisoning carries no meaning here.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -35,11 +35,13 @@ macro_rules! row_columns {
             idempotency_records::response_status,
             idempotency_records::response_body,
             idempotency_records::response_location,
+            idempotency_records::invalidates,
         ) = (
             idempotency_records::request_fingerprint,
             idempotency_records::response_status,
             idempotency_records::response_body,
             idempotency_records::response_location,
+            idempotency_records::invalidates,
         );
     };
 }

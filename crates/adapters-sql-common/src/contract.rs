@@ -1084,6 +1084,7 @@ fn idempotent_device_write(
             status: if registered.created { 201 } else { 200 },
             body: registered.device.id.to_string().into_bytes(),
             location: Some("/somewhere".into()),
+            invalidates: Vec::new(),
         }),
     }
 }
@@ -1122,6 +1123,7 @@ pub async fn an_idempotent_write_stores_its_answer_and_a_retry_replays_it_withou
         status: 201,
         body: registered.device.id.to_string().into_bytes(),
         location: Some("/somewhere".into()),
+        invalidates: Vec::new(),
     };
     assert_eq!(retry, Idempotent::Replayed(expected.clone()));
     // The retry changed nothing: the platform is still the first one.
@@ -1156,6 +1158,7 @@ pub async fn an_idempotent_create_stores_its_answer_and_a_retry_replays_it_witho
             status: 201,
             body: created.profile.user.id.to_string().into_bytes(),
             location: Some(format!("/api/v1/users/{}", created.profile.user.id)),
+            invalidates: vec![created.profile.user.id, UserId::from(uuid::Uuid::nil())],
         }),
     };
     let new_user = record("idem@example.com", at(0));
@@ -1170,6 +1173,7 @@ pub async fn an_idempotent_create_stores_its_answer_and_a_retry_replays_it_witho
         status: 201,
         body: id.to_string().into_bytes(),
         location: Some(format!("/api/v1/users/{id}")),
+        invalidates: vec![id, UserId::from(uuid::Uuid::nil())],
     };
     assert!(matches!(retry, Idempotent::Replayed(ref response) if *response == expected), "{retry:?}");
     assert_eq!(fixture.count("SELECT count(*) AS count FROM users").await, 1);
@@ -1264,17 +1268,17 @@ fn users_of(entries: &[LedgerEntry]) -> Vec<UserId> {
 pub async fn the_ledger_lists_each_recorded_user_once_oldest_recording_first(fixture: &impl StoreFixture) {
     let store = fixture.store();
     let (first, second) = (UserId::generate(), UserId::generate());
-    assert!(store.unconfirmed(10).await.expect("list").is_empty());
+    assert!(store.recorded(10).await.expect("list").is_empty());
 
     store.record(&[first, first]).await.expect("record");
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     store.record(&[second]).await.expect("record");
-    let listed = store.unconfirmed(10).await.expect("list");
+    let listed = store.recorded(10).await.expect("list");
     assert_eq!(users_of(&listed), [first, second]);
 
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     store.record(&[first]).await.expect("record again");
-    let relisted = store.unconfirmed(10).await.expect("list");
+    let relisted = store.recorded(10).await.expect("list");
     assert_eq!(users_of(&relisted), [second, first]);
     assert_ne!(relisted[1].mark, listed[0].mark, "a new recording has a new mark");
     assert_eq!(relisted[0], listed[1]);
@@ -1286,16 +1290,16 @@ pub async fn forgetting_a_recording_keeps_a_newer_recording_of_the_same_user(fix
     let store = fixture.store();
     let user = UserId::generate();
     store.record(&[user]).await.expect("record");
-    let replayed = store.unconfirmed(10).await.expect("list");
+    let replayed = store.recorded(10).await.expect("list");
     store.record(&[user]).await.expect("a later write records the user again");
 
     store.forget(&replayed).await.expect("forget");
-    let left = store.unconfirmed(10).await.expect("list");
+    let left = store.recorded(10).await.expect("list");
     assert_eq!(users_of(&left), [user]);
     assert_ne!(left[0].mark, replayed[0].mark);
 
     store.forget(&left).await.expect("forget");
-    assert!(store.unconfirmed(10).await.expect("list").is_empty());
+    assert!(store.recorded(10).await.expect("list").is_empty());
     store.forget(&left).await.expect("forgetting twice is no error");
     store.forget(&[]).await.expect("forgetting nothing is no error");
     store.record(&[]).await.expect("recording nothing is no error");
@@ -1306,10 +1310,10 @@ pub async fn the_ledger_lists_at_most_the_limit_and_forgets_in_any_number(fixtur
     let store = fixture.store();
     let users: Vec<UserId> = (0..1_200).map(|_| UserId::generate()).collect();
     store.record(&users).await.expect("record");
-    assert_eq!(store.unconfirmed(3).await.expect("list").len(), 3);
-    let all = store.unconfirmed(5_000).await.expect("list");
+    assert_eq!(store.recorded(3).await.expect("list").len(), 3);
+    let all = store.recorded(5_000).await.expect("list");
     assert_eq!(all.len(), 1_200);
 
     store.forget(&all).await.expect("forget");
-    assert!(store.unconfirmed(5_000).await.expect("list").is_empty());
+    assert!(store.recorded(5_000).await.expect("list").is_empty());
 }

@@ -12,7 +12,7 @@ use domain::device::{Device, Platform, PushToken};
 use domain::idempotency::{IdempotencyRecord, StoredResponse};
 use domain::ports::RepositoryError;
 use domain::preferences::{ClockTime, Preferences, QuietHours, TimeZoneName};
-use domain::user::{EmailAddress, PasswordHash, PhoneNumber, User, UserName};
+use domain::user::{EmailAddress, PasswordHash, PhoneNumber, User, UserId, UserName};
 use time::{OffsetDateTime, Time};
 use uuid::Uuid;
 
@@ -176,13 +176,14 @@ impl From<CredentialsRow> for Credentials {
 }
 
 /// What replaying reads of an idempotency record: `request_fingerprint`, `response_status`,
-/// `response_body`, `response_location`.
+/// `response_body`, `response_location`, `invalidates`.
 #[derive(Debug, Queryable)]
 pub struct RecordRow {
     request_fingerprint: Vec<u8>,
     response_status: i16,
     response_body: Vec<u8>,
     response_location: Option<String>,
+    invalidates: String,
 }
 
 impl From<RecordRow> for IdempotencyRecord {
@@ -193,9 +194,20 @@ impl From<RecordRow> for IdempotencyRecord {
                 status: u16::try_from(row.response_status).unwrap_or_default(),
                 body: row.response_body,
                 location: row.response_location,
+                invalidates: row
+                    .invalidates
+                    .split_whitespace()
+                    .filter_map(|id| id.parse::<Uuid>().ok())
+                    .map(UserId::from)
+                    .collect(),
             },
         }
     }
+}
+
+/// The stored form of [`StoredResponse::invalidates`]: space-separated UUIDs.
+pub fn stored_user_ids(ids: &[UserId]) -> String {
+    ids.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
 }
 
 /// The stored form of an HTTP status (`smallint`): statuses are three digits, so the

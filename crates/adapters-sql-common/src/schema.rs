@@ -71,6 +71,7 @@ macro_rules! tables {
                 response_location -> Nullable<Text>,
                 created_at -> StoredTimestamp,
                 expires_at -> StoredTimestamp,
+                invalidates -> Text,
             }
         }
 

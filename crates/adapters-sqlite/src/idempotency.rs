@@ -6,7 +6,7 @@
 //! process and in others, until it commits with its record. A second request with the key
 //! waits for that, then finds the record and replays it; it is never "in flight".
 
-use adapters_sql_common::rows::{RecordRow, stored_status};
+use adapters_sql_common::rows::{RecordRow, stored_status, stored_user_ids};
 use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, TimestamptzSqlite};
@@ -57,6 +57,7 @@ struct NewRecord<'a> {
     response_location: Option<&'a str>,
     created_at: OffsetDateTime,
     expires_at: OffsetDateTime,
+    invalidates: String,
 }
 
 /// Stores the answer of `request`, replacing an expired record of the same key ([`claim`]
@@ -78,6 +79,7 @@ pub(crate) fn record_answer(
         response_location: response.location.as_deref(),
         created_at,
         expires_at: request.expires_at,
+        invalidates: stored_user_ids(&response.invalidates),
     };
     diesel::insert_into(idempotency_records::table).values(record).execute(connection)?;
     Ok(())

@@ -50,7 +50,7 @@ impl InvalidationLedger for SqliteStore {
         .await
     }
 
-    async fn unconfirmed(&self, limit: usize) -> Result<Vec<LedgerEntry>, RepositoryError> {
+    async fn recorded(&self, limit: usize) -> Result<Vec<LedgerEntry>, RepositoryError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<(Uuid, Uuid)> = self
             .read(move |connection| {

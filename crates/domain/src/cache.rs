@@ -81,7 +81,7 @@ pub trait InvalidationLedger: Send + Sync {
     async fn record(&self, users: &[UserId]) -> Result<(), RepositoryError>;
 
     /// Up to `limit` recordings, oldest first.
-    async fn unconfirmed(&self, limit: usize) -> Result<Vec<LedgerEntry>, RepositoryError>;
+    async fn recorded(&self, limit: usize) -> Result<Vec<LedgerEntry>, RepositoryError>;
 
     /// Forgets these recordings; a user recorded again since keeps its newer one.
     async fn forget(&self, entries: &[LedgerEntry]) -> Result<(), RepositoryError>;
@@ -187,7 +187,9 @@ impl ProfileCache for NoCache {
 /// Invalidations without caching: every lookup is `Unavailable`, so every read goes to the
 /// store, while invalidations still reach `inner`. With caching switched off, the downstream
 /// copies `inner` deletes on every change (another service's cache of our answers) stay as
-/// exact as with caching on.
+/// exact as with caching on. An invalidation is always [`Invalidation::Confirmed`] here: no
+/// reader of ours can be served a cached entry, so a cache that cannot be reached is never a
+/// reason to refuse a change (the downstream copies are deleted as soon as it can be).
 #[derive(Clone)]
 pub struct InvalidationsOnly(pub Arc<dyn ProfileCache>);
 
@@ -210,7 +212,8 @@ impl ProfileCache for InvalidationsOnly {
     async fn fill(&self, _id: UserId, _ticket: FillTicket, _bytes: Vec<u8>) {}
 
     async fn invalidate(&self, ids: &[UserId]) -> Invalidation {
-        self.0.invalidate(ids).await
+        let _deleted_downstream_or_retried = self.0.invalidate(ids).await;
+        Invalidation::Confirmed
     }
 
     async fn health(&self) -> CacheHealth {
@@ -236,7 +239,7 @@ mod tests {
         let mut inner = MockProfileCache::new();
         inner.expect_lookup().never();
         inner.expect_fill().never();
-        inner.expect_invalidate().withf(move |ids| ids == [user]).times(1).return_const(Invalidation::Confirmed);
+        inner.expect_invalidate().withf(move |ids| ids == [user]).times(1).return_const(Invalidation::Unconfirmed);
         inner.expect_finish_pending().times(1).return_const(());
         let cache = InvalidationsOnly(Arc::new(inner));
         futures_executor::block_on(async {

@@ -67,7 +67,7 @@ pub enum ServiceError {
     /// The change is committed, but the cache could not confirm its invalidation in time
     /// (Redis unreachable): the write is not acknowledged, since another instance could still
     /// serve the value it replaced. Retrying the same request confirms it.
-    #[error("the change is saved, but the cache could not confirm its invalidation")]
+    #[error("the change is saved, but neither the cache nor the invalidation ledger confirmed its invalidation")]
     InvalidationUnconfirmed,
     /// A dependency (the database, the password hasher's capacity) cannot serve now; the
     /// caller may retry later.

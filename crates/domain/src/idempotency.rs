@@ -11,6 +11,7 @@ use std::fmt;
 use time::OffsetDateTime;
 
 use crate::error::InvalidValue;
+use crate::user::UserId;
 
 /// A client-chosen key: 1–255 printable ASCII characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -41,6 +42,10 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
     /// The `Location` header, if any.
     pub location: Option<String>,
+    /// The users whose cached entries the change touched (set by the use case, not by the
+    /// renderer): a replay invalidates them again before it answers, since the first answer
+    /// may have been cut short before their invalidation held.
+    pub invalidates: Vec<UserId>,
 }
 
 impl fmt::Debug for StoredResponse {
@@ -49,6 +54,7 @@ impl fmt::Debug for StoredResponse {
             .field("status", &self.status)
             .field("body_bytes", &self.body.len())
             .field("location", &self.location)
+            .field("invalidates", &self.invalidates)
             .finish()
     }
 }
@@ -121,6 +127,18 @@ impl<T> IdempotentWrite<T> {
     }
 }
 
+impl<T: 'static> IdempotentWrite<T> {
+    /// The same write, storing with its answer the users whose cached entries it touched
+    /// (see [`StoredResponse::invalidates`]).
+    pub fn invalidating(self, touched: impl Fn(&T) -> Vec<UserId> + Send + 'static) -> Self {
+        let render = self.render;
+        Self {
+            request: self.request,
+            render: Box::new(move |result: &T| StoredResponse { invalidates: touched(result), ..render(result) }),
+        }
+    }
+}
+
 /// What an idempotent write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Idempotent<T> {
@@ -146,7 +164,7 @@ mod tests {
 
     #[test]
     fn a_record_replays_only_for_the_same_request() {
-        let response = StoredResponse { status: 201, body: b"{}".to_vec(), location: None };
+        let response = StoredResponse { status: 201, body: b"{}".to_vec(), location: None, invalidates: Vec::new() };
         let record = IdempotencyRecord { fingerprint: vec![1, 2, 3], response: response.clone() };
         assert_eq!(record.clone().replay_for(&[1, 2, 3]), Ok(response));
         assert_eq!(record.replay_for(&[9]), Err(IdempotencyConflict::KeyReused));

@@ -119,14 +119,37 @@ impl UserService {
     }
 
     /// Invalidates the cached representations of the users a write touched, once the write
-    /// returned (also when it failed: a failure may still have committed), and answers with
-    /// the write's result: its own error first, then an invalidation the cache could not
+    /// returned, if it may have changed them: `changed` says so of a result, a failure of
+    /// the store may still have committed, and a refused write changed nothing (so that
+    /// refusals cost no wait and no ledger row while Redis is down). Answers with the
+    /// write's result: its own error first, then an invalidation the cache could not
     /// confirm, since a change is acknowledged only once no reader can be served what it
     /// replaced.
-    async fn after_write<T>(&self, written: Result<T, RepositoryError>, ids: &[UserId]) -> Result<T, ServiceError> {
+    async fn after_write<T>(
+        &self,
+        written: Result<T, RepositoryError>,
+        ids: &[UserId],
+        changed: impl FnOnce(&T) -> bool,
+    ) -> Result<T, ServiceError> {
+        let may_have_changed = match &written {
+            Ok(value) => changed(value),
+            Err(RepositoryError::Unavailable(_) | RepositoryError::Unexpected(_)) => true,
+            Err(RepositoryError::EmailTaken | RepositoryError::UserNotFound | RepositoryError::Idempotency(_)) => false,
+        };
+        if !may_have_changed || ids.is_empty() {
+            return Ok(written?);
+        }
         let invalidation = self.ports.cache.invalidate(ids).await;
         let value = written?;
         if invalidation.is_effective() { Ok(value) } else { Err(ServiceError::InvalidationUnconfirmed) }
+    }
+
+    /// Answers a retry from the first request's record, after invalidating again the users
+    /// that request's change touched: the first answer may have been cut short before their
+    /// invalidation held (a 503 `change_not_confirmed` asks for exactly this retry).
+    async fn replayed<T>(&self, replay: StoredResponse) -> Result<Idempotent<T>, ServiceError> {
+        let ids = replay.invalidates.clone();
+        self.after_write(Ok(Idempotent::Replayed(replay)), &ids, |_| true).await
     }
 
     /// Registers a user with default preferences (overridden by the caller's choices) and,
@@ -142,7 +165,7 @@ impl UserService {
         if let Some(write) = &idempotency
             && let Some(replay) = self.stored_answer(&write.request).await?
         {
-            return Ok(Idempotent::Replayed(replay));
+            return self.replayed(replay).await;
         }
         let password_hash = self.ports.hasher.hash(new_user.password).await?;
         let now = self.ports.clock.now();
@@ -161,15 +184,18 @@ impl UserService {
             if_token_held: new_user.if_token_held,
             created_at: now,
         };
-        let created = self.ports.users.create(record, idempotency).await?;
-        match &created {
-            Idempotent::Executed(CreatedUser { profile, device_moved_from: Some(previous_owner), .. }) => {
-                log_device_moved(*previous_owner, profile.user.id);
-                // A new user has no cached entry; the previous owner of its token does.
-                let previous_owner = *previous_owner;
-                self.after_write(Ok(created), &[previous_owner]).await
+        // A new user has no cached entry; the previous owner of its token does.
+        let idempotency = idempotency
+            .map(|write| write.invalidating(|created: &CreatedUser| created.device_moved_from.into_iter().collect()));
+        match self.ports.users.create(record, idempotency).await? {
+            Idempotent::Executed(created) => {
+                let Some(previous_owner) = created.device_moved_from else {
+                    return Ok(Idempotent::Executed(created));
+                };
+                log_device_moved(previous_owner, created.profile.user.id);
+                self.after_write(Ok(Idempotent::Executed(created)), &[previous_owner], |_| true).await
             }
-            _ => Ok(created),
+            Idempotent::Replayed(replay) => self.replayed(replay).await,
         }
     }
 
@@ -330,7 +356,7 @@ impl UserService {
     pub async fn update_contact(&self, id: UserId, update: ContactUpdate) -> Result<UserProfile, ServiceError> {
         if !update.is_empty() {
             let result = self.ports.users.update_contact(id, update, self.ports.clock.now()).await;
-            self.after_write(result, &[id]).await?.ok_or(ServiceError::UserNotFound)?;
+            self.after_write(result, &[id], Option::is_some).await?.ok_or(ServiceError::UserNotFound)?;
         }
         self.profile(id).await
     }
@@ -338,7 +364,9 @@ impl UserService {
     /// Erases the user, its preferences and its devices.
     pub async fn delete(&self, id: UserId) -> Result<(), ServiceError> {
         let result = self.ports.users.delete(id).await;
-        if self.after_write(result, &[id]).await? { Ok(()) } else { Err(ServiceError::UserNotFound) }
+        // Nothing deleted still invalidates: it may be the retry of a deletion whose first
+        // answer was cut short before its invalidation held.
+        if self.after_write(result, &[id], |_| true).await? { Ok(()) } else { Err(ServiceError::UserNotFound) }
     }
 
     /// The user's preferences.
@@ -349,7 +377,7 @@ impl UserService {
     /// Applies a partial preferences change.
     pub async fn update_preferences(&self, id: UserId, update: PreferencesUpdate) -> Result<Preferences, ServiceError> {
         let result = self.ports.users.update_preferences(id, update, self.ports.clock.now()).await;
-        self.after_write(result, &[id]).await?.ok_or(ServiceError::UserNotFound)
+        self.after_write(result, &[id], Option::is_some).await?.ok_or(ServiceError::UserNotFound)
     }
 
     /// Registers or refreshes a push token for the user, moving it from another user if
@@ -360,16 +388,20 @@ impl UserService {
         registration: DeviceRegistration,
         idempotency: Option<IdempotentWrite<RegisteredDevice>>,
     ) -> Result<Idempotent<RegisteredDevice>, ServiceError> {
-        let result = self.ports.devices.upsert(user, registration, self.ports.clock.now(), idempotency).await;
-        match &result {
-            Ok(Idempotent::Executed(RegisteredDevice { previous_owner: Some(previous), .. })) => {
-                log_device_moved(*previous, user);
-                let ids = [user, *previous];
-                self.after_write(result, &ids).await
+        let touched = move |registered: &RegisteredDevice| {
+            [Some(user), registered.previous_owner].into_iter().flatten().collect()
+        };
+        let idempotency = idempotency.map(|write| write.invalidating(touched));
+        match self.ports.devices.upsert(user, registration, self.ports.clock.now(), idempotency).await {
+            Ok(Idempotent::Replayed(replay)) => self.replayed(replay).await,
+            Ok(Idempotent::Executed(registered)) => {
+                if let Some(previous) = registered.previous_owner {
+                    log_device_moved(previous, user);
+                }
+                let ids: Vec<UserId> = touched(&registered);
+                self.after_write(Ok(Idempotent::Executed(registered)), &ids, |_| true).await
             }
-            // A replay too: it acknowledges a change whose first run may have been cut short
-            // before its invalidation was confirmed.
-            _ => self.after_write(result, &[user]).await,
+            failed => self.after_write(failed, &[user], |_| true).await,
         }
     }
 
@@ -386,7 +418,7 @@ impl UserService {
         active: bool,
     ) -> Result<Device, ServiceError> {
         let result = self.ports.devices.set_active(user, selector, active, self.ports.clock.now()).await;
-        match self.after_write(result, &[user]).await? {
+        match self.after_write(result, &[user], Option::is_some).await? {
             Some(device) => Ok(device),
             None => Err(self.missing_device_error(user).await?),
         }
@@ -395,7 +427,12 @@ impl UserService {
     /// Removes one of the user's devices.
     pub async fn delete_device(&self, user: UserId, selector: &DeviceSelector) -> Result<(), ServiceError> {
         let result = self.ports.devices.delete(user, selector).await;
-        if self.after_write(result, &[user]).await? { Ok(()) } else { Err(self.missing_device_error(user).await?) }
+        // As for a user: nothing deleted may be the retry of a deletion.
+        if self.after_write(result, &[user], |_| true).await? {
+            Ok(())
+        } else {
+            Err(self.missing_device_error(user).await?)
+        }
     }
 
     /// Checks an email and password. Unknown accounts are verified against a dummy hash so
@@ -770,6 +807,54 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_write_that_changed_nothing_invalidates_nothing() {
+        let user = UserId::generate();
+        let mut users = MockUserRepository::new();
+        users.expect_update_preferences().times(1).returning(|_, _, _| Ok(None));
+        users.expect_update_contact().times(1).returning(|_, _, _| Err(RepositoryError::EmailTaken));
+        let mut cache = MockProfileCache::new();
+        // While Redis is down, a refusal must cost neither the wait nor a ledger row.
+        cache.expect_invalidate().never();
+        let service =
+            service_with_cache(users, MockDeviceRepository::new(), MockPasswordHasher::new(), Arc::new(cache));
+        let missing = futures_executor::block_on(service.update_preferences(user, PreferencesUpdate::default()));
+        assert!(matches!(missing, Err(ServiceError::UserNotFound)), "{missing:?}");
+        let update =
+            ContactUpdate { email: Some(EmailAddress::parse("taken@example.com").unwrap()), ..Default::default() };
+        let taken = futures_executor::block_on(service.update_contact(user, update));
+        assert!(matches!(taken, Err(ServiceError::EmailTaken)), "{taken:?}");
+    }
+
+    #[test]
+    fn a_replayed_device_move_invalidates_every_user_its_first_run_touched() {
+        let (user, previous) = (UserId::generate(), UserId::generate());
+        let mut devices = MockDeviceRepository::new();
+        devices.expect_upsert().times(1).returning(move |_, _, _, _| {
+            Ok(Idempotent::Replayed(StoredResponse {
+                status: 200,
+                body: Vec::new(),
+                location: None,
+                invalidates: vec![user, previous],
+            }))
+        });
+        let mut cache = MockProfileCache::new();
+        cache
+            .expect_invalidate()
+            .withf(move |ids| ids == [user, previous])
+            .times(1)
+            .return_const(Invalidation::Deferred);
+        let service =
+            service_with_cache(MockUserRepository::new(), devices, MockPasswordHasher::new(), Arc::new(cache));
+        let registration = DeviceRegistration {
+            token: PushToken::parse("moved-token").unwrap(),
+            platform: Platform::Ios,
+            active: true,
+        };
+        let replayed = futures_executor::block_on(service.register_device(user, registration, None));
+        assert!(matches!(replayed, Ok(Idempotent::Replayed(_))), "{replayed:?}");
+    }
+
     /// A repository whose profile loads take a moment, so that readers overlap.
     struct SlowProfiles(MockUserRepository);
 
@@ -909,7 +994,12 @@ mod tests {
                 fingerprint: fingerprint.to_vec(),
                 expires_at: OffsetDateTime::UNIX_EPOCH,
             },
-            render: Box::new(|_| StoredResponse { status: 201, body: b"fresh".to_vec(), location: None }),
+            render: Box::new(|_| StoredResponse {
+                status: 201,
+                body: b"fresh".to_vec(),
+                location: None,
+                invalidates: Vec::new(),
+            }),
         }
     }
 
@@ -933,7 +1023,12 @@ mod tests {
 
     #[test]
     fn a_completed_idempotent_registration_is_replayed_without_hashing() {
-        let stored = StoredResponse { status: 201, body: b"first answer".to_vec(), location: Some("/x".into()) };
+        let stored = StoredResponse {
+            status: 201,
+            body: b"first answer".to_vec(),
+            location: Some("/x".into()),
+            invalidates: Vec::new(),
+        };
         let record = IdempotencyRecord { fingerprint: vec![7], response: stored.clone() };
         let mut hasher = MockPasswordHasher::new();
         hasher.expect_hash().never();
@@ -946,7 +1041,7 @@ mod tests {
     fn a_key_reused_with_another_body_is_refused_without_hashing() {
         let record = IdempotencyRecord {
             fingerprint: vec![7],
-            response: StoredResponse { status: 201, body: Vec::new(), location: None },
+            response: StoredResponse { status: 201, body: Vec::new(), location: None, invalidates: Vec::new() },
         };
         let mut hasher = MockPasswordHasher::new();
         hasher.expect_hash().never();

@@ -296,6 +296,14 @@ pub fn describe_env() -> Result<String, ConfigError> {
     describe(Variables::from_env()?)
 }
 
+/// The names of the variables the service reads (`RUST_LOG` aside, which `telemetry` reads).
+pub fn variable_names() -> Vec<String> {
+    match serde_json::to_value(Variables::default()) {
+        Ok(serde_json::Value::Object(fields)) => fields.keys().map(|name| name.to_ascii_uppercase()).collect(),
+        _ => Vec::new(),
+    }
+}
+
 fn describe(variables: Variables) -> Result<String, ConfigError> {
     variables.clone().into_settings()?;
     let shown = serde_json::to_value(&variables).map_err(|error| ConfigError(format!("cannot be shown: {error}")))?;

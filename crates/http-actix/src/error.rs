@@ -60,7 +60,8 @@ pub struct ErrorEnvelope {
     /// `invalid_current_password`, `rate_limited`,
     /// `payload_too_large`, `unsupported_media_type`,
     /// `service_unavailable`, `change_not_confirmed` (503: the change is saved, retry the
-    /// same request to have it confirmed), `internal_error`.
+    /// same request, with the same `Idempotency-Key` for a `POST`, to have it confirmed),
+    /// `internal_error`.
     pub error: Cow<'static, str>,
     /// A human-readable explanation.
     pub message: Cow<'static, str>,
@@ -299,8 +300,8 @@ impl From<ServiceError> for ApiError {
                 ..Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "change_not_confirmed",
-                    "the change is saved, but the cache could not confirm it in time: retry the same request to \
-                     confirm it",
+                    "the change is saved, but neither the cache nor the invalidation ledger confirmed it in time: \
+                     retry the same request (with the same Idempotency-Key for a POST) to confirm it",
                 )
             },
             ServiceError::Unavailable(cause) => Self::unavailable(cause),
@@ -390,7 +391,7 @@ const DOCUMENTED_ERRORS: [(u16, &str); 12] = [
     (500, "A bug (`internal_error`); the body says nothing internal"),
     (
         503,
-        "A dependency is down or saturated (`service_unavailable`), or a change was saved but neither the cache nor the store could confirm that no reader will be served the value it replaced (`change_not_confirmed`: retry the same request to confirm it); see `Retry-After`",
+        "A dependency is down or saturated (`service_unavailable`), or a change was saved but neither the cache nor the store could confirm that no reader will be served the value it replaced (`change_not_confirmed`: retry the same request, with the same `Idempotency-Key` for a `POST`, to confirm it); see `Retry-After`",
     ),
 ];
 

@@ -158,7 +158,8 @@ fn openapi_spec() -> Spec {
 /// starts while Redis is down.
 fn build_cache(settings: &Settings, store: &Store, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn ProfileCache>> {
     let redis = match &settings.cache {
-        Some(cache) => Some(build_redis_cache(cache, store.invalidation_ledger())?),
+        // Without caching, no reader of ours trusts Redis: the ledger would protect nobody.
+        Some(cache) => Some(build_redis_cache(cache, settings.cache_enabled.then(|| store.invalidation_ledger()))?),
         None => {
             let templates = &settings.extra_invalidation_keys_without_redis;
             if !templates.is_empty() {
@@ -196,10 +197,11 @@ fn build_cache(settings: &Settings, store: &Store, metrics: &Arc<Metrics>) -> an
     Ok(Arc::new(MeteredCache::new(redis, Arc::clone(metrics))))
 }
 
-/// The Redis cache of `cache`, logging where it deletes downstream copies.
+/// The Redis cache of `cache`, with the store's invalidation ledger when it serves readers,
+/// logging where it deletes downstream copies.
 fn build_redis_cache(
     cache: &CacheSettings,
-    ledger: Arc<dyn InvalidationLedger>,
+    ledger: Option<Arc<dyn InvalidationLedger>>,
 ) -> anyhow::Result<Arc<dyn ProfileCache>> {
     let config = RedisCacheConfig {
         ttl: cache.ttl,
@@ -213,7 +215,11 @@ fn build_redis_cache(
     };
     let redacted_url = config.redacted_url();
     let database = config.database();
-    let redis = RedisCache::build_with_ledger(config, ledger).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
+    let redis = match ledger {
+        Some(ledger) => RedisCache::build_with_ledger(config, ledger),
+        None => RedisCache::build(config),
+    }
+    .map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
     tracing::info!(url = %redacted_url, ttl_seconds = cache.ttl.as_secs(), "caching users in Redis");
     if !cache.extra_invalidation_keys.is_empty() && cache.extra_invalidation_delays.is_empty() {
         tracing::warn!(

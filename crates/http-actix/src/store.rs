@@ -41,7 +41,7 @@ impl Store {
                     tracing::info!(applied, "database migrations up to date");
                 }
                 tracing::info!(store = "postgresql", "storing users in PostgreSQL");
-                Ok(Self::Postgres(PgStore::new(pool).with_dedicated_connection(&pool_settings)))
+                Ok(Self::Postgres(PgStore::new(pool).with_dedicated_connections(&pool_settings)))
             }
             None => {
                 let sqlite = SqliteSettings { wait_timeout: settings.pool_timeout, ..SqliteSettings::default() };

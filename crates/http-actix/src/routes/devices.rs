@@ -69,9 +69,16 @@ fn registered_answer(registered: &RegisteredDevice) -> StoredResponse {
             status: 201,
             body: success_bytes(view, "device registered"),
             location: Some(format!("/api/v1/users/{}/devices/{}", device.user_id, device.id)),
+            // Set by the use case.
+            invalidates: Vec::new(),
         }
     } else {
-        StoredResponse { status: 200, body: success_bytes(view, "device updated"), location: None }
+        StoredResponse {
+            status: 200,
+            body: success_bytes(view, "device updated"),
+            location: None,
+            invalidates: Vec::new(),
+        }
     }
 }
 

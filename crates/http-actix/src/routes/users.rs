@@ -72,6 +72,8 @@ fn registered_answer(created: &CreatedUser) -> StoredResponse {
         status: 201,
         body: success_bytes(UserView::from(profile), message),
         location: Some(format!("/api/v1/users/{}", profile.user.id)),
+        // Set by the use case.
+        invalidates: Vec::new(),
     }
 }
 
