@@ -111,6 +111,9 @@ async fn a_bulk_request_of_1000_ids_answers_in_order_with_unknown_users_marked()
     let too_many: Vec<String> = (0..1001).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     let reply = app.send(Method::POST, "/api/v1/eligibility", &json!({"channel": "push", "user_ids": too_many})).await;
     assert_eq!(reply.status, 422);
+    assert_eq!(reply.body["details"][0]["field"], "user_ids", "{}", reply.body);
+    let reply = app.send(Method::POST, "/api/v1/users/lookup", &json!({"ids": too_many})).await;
+    assert_eq!((reply.status, &reply.body["details"][0]["field"]), (422, &json!("ids")), "{}", reply.body);
     let reply =
         app.send(Method::POST, "/api/v1/eligibility", &json!({"channel": "push", "user_ids": ["not-a-uuid"]})).await;
     assert_eq!(reply.status, 422);

@@ -6,13 +6,15 @@
 //! ([`ServerId`], Redis's `run_id`, random at every start): an entry or a fill ticket from
 //! another process (a restart, empty or from an old snapshot; a failover) is never trusted.
 //!
-//! Why no pool: a pool checks its connection on every checkout (deadpool-redis sends `PING`),
-//! so a call cost two or three round trips. A multiplexed connection is shared by all calls
-//! (concurrent ones are pipelined on its socket) and checked by nothing but the calls
-//! themselves: one call is one round trip. It is made lazily, so that the service starts
-//! while Redis is down, and dropped when a call on it fails in a way that may have broken it
-//! (an I/O error, a closed socket, a timeout), so that the next call connects again: after a
-//! restart, a pause or a silent network loss alike.
+//! Connections come from a deadpool-redis pool, which makes them (with our timeouts) and
+//! checks a returned one with `PING` before handing it out again. That check would cost every
+//! call a second round trip, so the connection is checked out once and kept: a multiplexed
+//! connection is shared by all calls (concurrent ones are pipelined on its socket) and
+//! checked by nothing but the calls themselves, so one call is one round trip. It is checked
+//! out lazily, so that the service starts while Redis is down, and given up when a call on it
+//! fails in a way that may have broken it (an I/O error, a closed socket, a timeout): the next
+//! call checks one out again, which the pool verifies or makes anew, after a restart, a pause
+//! or a silent network loss alike.
 //!
 //! Nothing here knows about keys or values; what must not live here is anything specific to
 //! one port.
@@ -22,8 +24,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use deadpool_redis::{Manager, Pool, PoolError, Runtime};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, FromRedisValue, ScriptInvocation};
+use redis::{AsyncConnectionConfig, FromRedisValue, ScriptInvocation};
 
 use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::config::{RedisCacheConfig, RedisCacheError};
@@ -64,7 +67,7 @@ pub(crate) enum Breaker {
 /// Why a call did not answer.
 #[derive(Debug)]
 enum Failure {
-    Connect(redis::RedisError),
+    Connect(PoolError),
     Identify(redis::RedisError),
     Redis(redis::RedisError),
     Timeout(Duration),
@@ -99,13 +102,15 @@ struct Current {
     number: u64,
     connection: MultiplexedConnection,
     server: ServerId,
+    /// The pool's object, returned to the pool when the last call using it is done after
+    /// the connection was given up.
+    _checked_out: Arc<deadpool_redis::Connection>,
 }
 
-/// A lazily made multiplexed connection, its timeout and its circuit breaker. Built without
-/// connecting.
+/// A lazily checked-out multiplexed connection, its timeout and its circuit breaker. Built
+/// without connecting.
 pub(crate) struct Connection {
-    client: Client,
-    connection_config: AsyncConnectionConfig,
+    pool: Pool,
     /// The connection calls share; `None` before the first call and after one failed on it.
     current: Mutex<Option<Current>>,
     /// Held while connecting, so that calls arriving meanwhile wait for that connection
@@ -127,10 +132,19 @@ impl Connection {
         let connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout));
-        let client = Client::open(config.url.as_str()).map_err(|_| RedisCacheError::InvalidUrl)?;
+        let manager = Manager::new_with_config(config.url.as_str(), connection_config)
+            .map_err(|_| RedisCacheError::InvalidUrl)?;
+        // One connection in use; a second one can be made while calls still hold a given-up one.
+        let pool = Pool::builder(manager)
+            .max_size(2)
+            .wait_timeout(Some(config.timeout))
+            .create_timeout(Some(config.timeout))
+            .recycle_timeout(Some(config.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|_| RedisCacheError::InvalidUrl)?;
         Ok(Self {
-            client,
-            connection_config,
+            pool,
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             made: AtomicU64::new(0),
@@ -161,17 +175,15 @@ impl Connection {
         if let Some(current) = self.slot().clone() {
             return Ok(current);
         }
-        let mut connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.connection_config)
-            .await
-            .map_err(Failure::Connect)?;
+        let checked_out = self.pool.get().await.map_err(Failure::Connect)?;
+        let mut connection = (*checked_out).clone();
         let server = if self.role.identify_server {
             identify(&mut connection).await.map_err(Failure::Identify)?
         } else {
             ServerId::new("")
         };
-        let current = Current { number: self.made.fetch_add(1, Ordering::Relaxed), connection, server };
+        let number = self.made.fetch_add(1, Ordering::Relaxed);
+        let current = Current { number, connection, server, _checked_out: Arc::new(checked_out) };
         *self.slot() = Some(current.clone());
         Ok(current)
     }
@@ -220,7 +232,8 @@ impl Connection {
         // broken it (read after the call future, cancelled or not, is gone).
         let used = OnceLock::new();
         let call = async {
-            let Current { number, mut connection, server } = self.acquire().await?;
+            // The object stays checked out while this call uses its connection.
+            let Current { number, mut connection, server, _checked_out: _in_use } = self.acquire().await?;
             let _ = used.set(number);
             if only_on.is_some_and(|expected| *expected != server) {
                 return Ok(None);

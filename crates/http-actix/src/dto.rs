@@ -1,8 +1,12 @@
 //! Request and response bodies, and their one-step conversion into domain values.
 //!
 //! Requests refuse unknown fields (`deny_unknown_fields`), so nobody can set `id`,
-//! `password_hash` or similar by adding fields. `into_domain` parses every field and
-//! reports all invalid ones at once.
+//! `password_hash` or similar by adding fields. `into_domain` parses every field into the
+//! domain's value objects, which hold the rules of each value (once, for every caller of the
+//! domain), and reports all invalid ones at once. The rules of a request's shape alone (how
+//! many ids a bulk request may name) are declared on the DTO with garde, and checked by
+//! [`JsonBody`](crate::extract::JsonBody) into the same `details` list; DTOs without such
+//! rules say `#[garde(allow_unvalidated)]`.
 
 use std::borrow::Cow;
 
@@ -63,7 +67,7 @@ impl Fields {
 }
 
 /// Formats a timestamp as RFC 3339 UTC.
-fn rfc3339(at: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).unwrap_or_default()
 }
 
@@ -72,8 +76,9 @@ fn rfc3339(at: OffsetDateTime) -> String {
 // ---------------------------------------------------------------------------------------
 
 /// Preferences to set; omitted fields keep their value (defaults at registration).
-#[derive(Debug, Default, Deserialize, JsonSchema, ApiComponent)]
+#[derive(Debug, Default, Deserialize, JsonSchema, ApiComponent, garde::Validate)]
 #[serde(deny_unknown_fields)]
+#[garde(allow_unvalidated)]
 pub struct PreferencesRequest {
     /// Opt in to email notifications.
     pub email: Option<bool>,
@@ -137,8 +142,9 @@ impl PreferencesRequest {
 }
 
 /// A registration.
-#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent, garde::Validate)]
 #[serde(deny_unknown_fields)]
+#[garde(allow_unvalidated)]
 pub struct RegisterUserRequest {
     /// Display name, 1–100 characters.
     pub name: String,
@@ -178,8 +184,9 @@ impl RegisterUserRequest {
 }
 
 /// A change of contact details; omitted fields stay as they are.
-#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent, garde::Validate)]
 #[serde(deny_unknown_fields)]
+#[garde(allow_unvalidated)]
 pub struct UpdateContactRequest {
     /// New display name.
     pub name: Option<String>,
@@ -208,8 +215,9 @@ impl UpdateContactRequest {
 }
 
 /// A password change.
-#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent, garde::Validate)]
 #[serde(deny_unknown_fields)]
+#[garde(allow_unvalidated)]
 pub struct ChangePasswordRequest {
     /// The current password.
     pub current_password: String,
@@ -232,8 +240,9 @@ impl ChangePasswordRequest {
 }
 
 /// A device registration (an upsert by token).
-#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent, garde::Validate)]
 #[serde(deny_unknown_fields)]
+#[garde(allow_unvalidated)]
 pub struct RegisterDeviceRequest {
     /// The push token (for web push, the subscription endpoint URL), 1–4096 characters.
     pub token: String,

@@ -89,7 +89,21 @@ pub fn declares_unread_body(request: &HttpRequest) -> bool {
 /// The body timeout when the app configures none.
 const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+/// The declarative (garde) rules of a body that has passed deserialization, as the same
+/// `details` list the domain's parse errors give.
+fn validated<T: garde::Validate<Context = ()>>(value: T) -> Result<T, ApiError> {
+    match value.validate() {
+        Ok(()) => Ok(value),
+        Err(report) => Err(ApiError::validation(
+            report
+                .iter()
+                .map(|(path, error)| FieldError::new(path.to_string(), InvalidValue::owned(error.message().to_owned())))
+                .collect(),
+        )),
+    }
+}
+
+impl<T: DeserializeOwned + garde::Validate<Context = ()> + 'static> FromRequest for JsonBody<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
@@ -111,7 +125,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
                 _ => ApiError::invalid_json("the request body could not be read"),
             })?;
-            parse_json(&body).map(|value| JsonBody(value, body))
+            parse_json(&body).and_then(validated).map(|value| JsonBody(value, body))
         })
     }
 }

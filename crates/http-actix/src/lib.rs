@@ -2,12 +2,12 @@
 //!
 //! - [`config`]: settings from the environment.
 //! - [`startup`]: [`startup::Application`], which wires adapters into the domain's use cases
-//!   and serves them.
+//!   and serves them; [`state`]: the [`state::AppState`] it gives every handler.
 //! - [`routes`], [`dto`], [`extract`], [`envelope`], [`error`]: the REST surface, its bodies,
 //!   and the envelope every response uses.
-//! - [`password`]: the argon2id password hasher.
 //!
-//! Business rules live in the `domain` crate; storage in `adapters-postgres`.
+//! Business rules live in the `domain` crate; the ports' implementations in the `adapters-*`
+//! crates (PostgreSQL, SQLite, Redis, in-process, argon2).
 
 pub mod abuse;
 pub mod auth;
@@ -19,8 +19,8 @@ pub mod extract;
 pub mod idempotency;
 pub mod metrics;
 pub mod middleware;
-pub mod password;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::abuse::{Counters, GuessLimits, Limits};
+use crate::auth::failure_log::AuthFailureLog;
 use crate::auth::{AuthSettings, INTERNAL_NETWORK, MetricsToken, ServiceKeys, TokenKeys};
 use crate::config::{CacheSettings, Settings};
 use crate::dto::{CACHE_FORMAT_VERSION, JsonProfileEncoder};
@@ -15,14 +16,15 @@ use crate::error::ApiError;
 use crate::extract;
 use crate::idempotency::IdempotencySettings;
 use crate::metrics::{MeteredCache, Metrics};
-use crate::middleware::{AuthFailureLog, request_context};
-use crate::password::Argon2Hasher;
+use crate::middleware::request_context;
 use crate::routes;
+use crate::state::AppState;
 use crate::store::Store;
 use actix_web::dev::Server;
 use actix_web::middleware::{Compress, from_fn};
 use actix_web::web::{self, Data};
 use actix_web::{App, HttpResponse, HttpServer};
+use adapters_argon2::Argon2Hasher;
 use adapters_memory::{MemoryCache, MemoryCacheConfig, MemoryRateLimiter};
 use adapters_redis::{RedisCache, RedisCacheConfig, RedisRateLimiter};
 use apistos::app::OpenApiWrapper;
@@ -32,47 +34,12 @@ use apistos::spec::Spec;
 use apistos::tag::Tag;
 use domain::auth::{Scope, Scopes};
 use domain::cache::{InvalidationLedger, InvalidationsOnly, NoCache, ProfileCache};
-use domain::ports::{HealthProbe, SystemClock};
+use domain::ports::SystemClock;
 use domain::rate_limit::{FallbackRateLimiter, RateLimit, RateLimiter};
 use domain::service::{Ports, UserService};
 
 /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
 const SHUTDOWN_GRACE_SECONDS: u64 = 10;
-
-/// What every handler can reach.
-pub struct AppState {
-    /// The use cases.
-    pub service: UserService,
-    /// The database, for health probes.
-    pub database: Arc<dyn HealthProbe>,
-    /// The representation cache, for health probes.
-    pub cache: Arc<dyn ProfileCache>,
-    /// How callers authenticate.
-    pub auth: AuthSettings,
-    /// Abuse limits.
-    pub limits: Limits,
-    /// How idempotency records are kept and fingerprinted.
-    pub idempotency: IdempotencySettings,
-    /// Exported metrics.
-    pub metrics: Arc<Metrics>,
-    /// Reads the database pool's state for metrics.
-    pub pool_status: Arc<dyn Fn() -> Option<deadpool::Status> + Send + Sync>,
-    /// The password hasher, for its bulkhead's metrics.
-    pub hasher: Argon2Hasher,
-    /// When the service started, for `uptime_seconds`.
-    pub started_at: Instant,
-    /// Keeps the warnings about refused credentials to one per client address and reason
-    /// per minute.
-    pub auth_failure_log: AuthFailureLog,
-    /// The bearer token `/metrics` requires, if any.
-    pub metrics_token: Option<MetricsToken>,
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("started_at", &self.started_at).finish_non_exhaustive()
-    }
-}
 
 /// A bound, not yet running server.
 pub struct Application {

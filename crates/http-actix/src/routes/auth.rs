@@ -15,11 +15,12 @@ use crate::auth::MaybeCaller;
 use crate::envelope::Ok;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Login credentials.
-#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent, garde::Validate)]
 #[serde(deny_unknown_fields)]
+#[garde(allow_unvalidated)]
 pub struct LoginRequest {
     /// The account's email address.
     pub email: String,

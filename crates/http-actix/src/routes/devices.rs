@@ -18,7 +18,7 @@ use crate::envelope::{NoContent, Ok, success_bytes};
 use crate::error::{ApiError, to_completion};
 use crate::extract::{JsonBody, UserIdPath};
 use crate::idempotency::{IdempotencyKeyHeader, Replayable, idempotent_write};
-use crate::startup::AppState;
+use crate::state::AppState;
 use apistos::ApiComponent;
 
 /// Register or refresh a device

@@ -14,11 +14,11 @@ use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
 use crate::auth::{Caller, ServiceCaller};
-use crate::dto::UserIdField;
+use crate::dto::{UserIdField, rfc3339};
 use crate::envelope::Ok;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, UserIdPath};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The most users one bulk request may name.
 pub const MAX_BULK_IDS: usize = 1000;
@@ -34,22 +34,26 @@ pub struct EligibilityQuery {
 }
 
 /// Eligibility of many users.
-#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent, garde::Validate)]
 #[serde(deny_unknown_fields)]
+#[garde(allow_unvalidated)]
 pub struct BulkEligibilityRequest {
     /// `email` or `push`.
     pub channel: String,
     /// The instant to decide for (RFC 3339); default now.
     pub at: Option<String>,
     /// Up to 1000 user ids (canonical spelling); answers come in the same order.
+    #[garde(length(max = MAX_BULK_IDS))]
     pub user_ids: Vec<UserIdField>,
 }
 
 /// Representations of many users.
-#[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
+#[derive(Debug, Deserialize, JsonSchema, ApiComponent, garde::Validate)]
 #[serde(deny_unknown_fields)]
+#[garde(allow_unvalidated)]
 pub struct LookupRequest {
     /// Up to 1000 user ids (canonical spelling).
+    #[garde(length(max = MAX_BULK_IDS))]
     pub ids: Vec<UserIdField>,
 }
 
@@ -99,10 +103,6 @@ pub struct EligibilityView {
     pub next_allowed_at: Option<String>,
     /// Present when allowed or only held back by quiet hours.
     pub targets: Option<TargetsView>,
-}
-
-fn rfc3339(at: OffsetDateTime) -> String {
-    at.format(&Rfc3339).unwrap_or_default()
 }
 
 impl EligibilityView {
@@ -162,16 +162,6 @@ fn channel_and_instant(channel: &str, at: Option<&str>) -> Result<(Channel, Offs
     }
 }
 
-fn check_bulk_size(field: &'static str, count: usize) -> Result<(), ApiError> {
-    if count > MAX_BULK_IDS {
-        return Err(ApiError::validation(vec![FieldError::new(
-            field,
-            InvalidValue::new("at most 1000 ids per request"),
-        )]));
-    }
-    Result::Ok(())
-}
-
 /// Send eligibility of a user
 ///
 /// Whether `channel` may be used for the user at `at` (default now), and if not, why and
@@ -223,7 +213,6 @@ pub async fn bulk(
 ) -> Result<Ok<Vec<EligibilityView>>, ApiError> {
     caller.authorize(Scope::EligibilityRead)?;
     let request = body.0;
-    check_bulk_size("user_ids", request.user_ids.len())?;
     let (channel, at) = channel_and_instant(&request.channel, request.at.as_deref())?;
     let ids: Vec<UserId> = request.user_ids.into_iter().map(|id| id.0).collect();
     let decisions = state.service.eligibilities(&ids, channel, at).await?;
@@ -268,7 +257,6 @@ pub async fn lookup(
     body: JsonBody<LookupRequest>,
 ) -> Result<Ok<LookupView>, ApiError> {
     caller.authorize(Scope::UsersLookup)?;
-    check_bulk_size("ids", body.0.ids.len())?;
     let ids: Vec<UserId> = body.0.ids.into_iter().map(|id| id.0).collect();
     let found = state.service.encoded_profiles(&ids).await?;
     let mut seen = std::collections::HashSet::new();

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::envelope::Envelope;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use domain::cache::CacheHealth;
 
 /// How long a dependency may take to answer a health probe.

@@ -19,7 +19,7 @@ use crate::dto::{DeviceView, UserView};
 use crate::envelope::{Ok, OkEncoded};
 use crate::error::ApiError;
 use crate::extract::{NoQuery, UserIdPath};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 static DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
 

@@ -9,7 +9,7 @@ use crate::dto::{PreferencesRequest, PreferencesView};
 use crate::envelope::Ok;
 use crate::error::{ApiError, to_completion};
 use crate::extract::{JsonBody, UserIdPath};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Get preferences
 ///

@@ -16,7 +16,7 @@ use crate::error::{ApiError, to_completion};
 use crate::extract::{JsonBody, NoQuery, UserIdPath};
 use crate::idempotency::{IdempotencyKeyHeader, Replayable, idempotent_write};
 use crate::routes::auth::TokenView;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Register a user
 ///

@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{Output, ParamsString, PasswordHash as PhcHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use async_trait::async_trait;
@@ -63,7 +63,9 @@ impl Argon2Hasher {
                 .map_err(unexpected)?;
         }
         let mut memory = Vec::new();
-        let dummy = hash_with_memory(&mut memory, uuid::Uuid::new_v4().to_string().as_bytes())?;
+        let mut random_password = [0_u8; 32];
+        OsRng.fill_bytes(&mut random_password);
+        let dummy = hash_with_memory(&mut memory, &random_password)?;
         Ok(Self {
             slots: Arc::new(Semaphore::new(concurrency)),
             concurrency,

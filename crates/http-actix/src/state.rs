@@ -1,0 +1,52 @@
+//! [`AppState`]: what every handler and middleware can reach, built by
+//! `startup` and read by the routes, so that they depend on it and not on
+//! the composition root.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use adapters_argon2::Argon2Hasher;
+use domain::cache::ProfileCache;
+use domain::ports::HealthProbe;
+use domain::service::UserService;
+
+use crate::abuse::Limits;
+use crate::auth::credentials::{AuthSettings, MetricsToken};
+use crate::auth::failure_log::AuthFailureLog;
+use crate::idempotency::IdempotencySettings;
+use crate::metrics::Metrics;
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The use cases.
+    pub service: UserService,
+    /// The database, for health probes.
+    pub database: Arc<dyn HealthProbe>,
+    /// The representation cache, for health probes.
+    pub cache: Arc<dyn ProfileCache>,
+    /// How callers authenticate.
+    pub auth: AuthSettings,
+    /// Abuse limits.
+    pub limits: Limits,
+    /// How idempotency records are kept and fingerprinted.
+    pub idempotency: IdempotencySettings,
+    /// Exported metrics.
+    pub metrics: Arc<Metrics>,
+    /// Reads the database pool's state for metrics.
+    pub pool_status: Arc<dyn Fn() -> Option<deadpool::Status> + Send + Sync>,
+    /// The password hasher, for its bulkhead's metrics.
+    pub hasher: Argon2Hasher,
+    /// When the service started, for `uptime_seconds`.
+    pub started_at: Instant,
+    /// Keeps the warnings about refused credentials to one per client address and reason
+    /// per minute.
+    pub auth_failure_log: AuthFailureLog,
+    /// The bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<MetricsToken>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("started_at", &self.started_at).finish_non_exhaustive()
+    }
+}
