@@ -39,7 +39,7 @@ cleanup() {
 trap cleanup EXIT
 
 # From an empty directory, so that no .env is read.
-(cd "$workdir" && env -i PATH="$PATH" DATABASE_URL="$database_url" MIGRATE_ON_STARTUP=true HOST=127.0.0.1 \
+(cd "$workdir" && exec env -i PATH="$PATH" DATABASE_URL="$database_url" MIGRATE_ON_STARTUP=true HOST=127.0.0.1 \
   PORT="$port" SECRET_KEY=contract-secret-0123456789abcdef0123456789 SERVICE_API_KEYS="$key" \
   RATE_LIMIT_PER_ADDRESS=100000000 LOG_LEVEL=warn LOG_FORMAT=json "$binary" >"$workdir/service.log" 2>&1) &
 service_pid=$!
