@@ -19,7 +19,7 @@ use crate::errors::from_diesel;
 use crate::idempotency::{TxError, claim, record as record_answer};
 use crate::rows::{DEVICE, DeviceRow};
 use crate::schema::{devices, regexp_replace, users};
-use crate::users::device_order;
+use adapters_sql_common::device_order;
 
 /// Registers or moves a token in one statement. The CTE locks the existing row (if any)
 /// and reports its owner before the upsert changes it; `ON CONFLICT` on the token digest

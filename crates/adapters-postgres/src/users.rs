@@ -1,5 +1,6 @@
 //! [`UserRepository`] on PostgreSQL.
 
+use adapters_sql_common::device_order;
 use adapters_sql_common::profiles::{
     InitialDevice, created_user, page_offset, page_total, profiles_from_joined_rows, profiles_with_devices, uuids,
 };
@@ -22,14 +23,6 @@ use crate::errors::from_diesel;
 use crate::idempotency::{TxError, claim, record as record_answer};
 use crate::rows::{CREDENTIALS, CredentialsRow, DEVICE, DeviceRow, PREFERENCES, PreferencesRow, USER, UserRow};
 use crate::schema::{devices, lower, notification_preferences, users};
-
-/// The order of a profile's devices: active first, most recently seen first.
-macro_rules! device_order {
-    () => {
-        (devices::active.desc(), devices::last_seen_at.desc(), devices::id.desc())
-    };
-}
-pub(crate) use device_order;
 
 /// A partial update of `users`; `None` fields are left out of the `SET` list.
 #[derive(AsChangeset)]
@@ -140,7 +133,8 @@ impl UserRepository for PgStore {
             .inner_join(notification_preferences::table)
             .left_join(devices::table)
             .filter(users::id.eq_any(&ids))
-            .order((users::id, devices::active.desc(), devices::last_seen_at.desc(), devices::id.desc()))
+            .order(users::id)
+            .then_order_by(device_order!())
             .select((USER, PREFERENCES, DEVICE.nullable()))
             .load(&mut connection)
             .await

@@ -102,8 +102,30 @@ macro_rules! repository_contract_tests {
                     $crate::contract::$case(&fixture).await;
                 }
             )+
+
+            /// A case written in the suite but missing from the list above would never run.
+            #[test]
+            fn every_case_of_the_suite_runs() {
+                $crate::contract::assert_every_case_is_listed(&[$(stringify!($case)),+]);
+            }
         }
     };
+}
+
+/// Fails naming every case of this file (a `pub async fn` taking a fixture) that `listed`
+/// leaves out.
+pub fn assert_every_case_is_listed(listed: &[&str]) {
+    let unlisted: Vec<&str> = include_str!("contract.rs")
+        .split("pub async fn ")
+        .skip(1)
+        .filter_map(|rest| {
+            let (name, parameters) = rest.split_once('(')?;
+            let parameters = parameters.split_once(')')?.0;
+            parameters.contains("StoreFixture").then_some(name.trim())
+        })
+        .filter(|name| !listed.contains(name))
+        .collect();
+    assert!(unlisted.is_empty(), "cases missing from repository_contract_tests!: {unlisted:?}");
 }
 
 /// A store on a fresh, migrated, empty database, and what cases do around it. The

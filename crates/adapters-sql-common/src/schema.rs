@@ -91,3 +91,14 @@ macro_rules! tables {
         diesel::allow_tables_to_appear_in_same_query!(users, notification_preferences, devices);
     };
 }
+
+/// The order of a user's devices, the one rule both stores sort by: active first, most
+/// recently seen first, then the newest id (so that equal timestamps never reorder). The
+/// representation's `devices[0]` and `push_token` are the first of this order. Invoke it
+/// where the store's `devices` table module is in scope.
+#[macro_export]
+macro_rules! device_order {
+    () => {
+        (devices::active.desc(), devices::last_seen_at.desc(), devices::id.desc())
+    };
+}

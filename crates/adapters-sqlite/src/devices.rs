@@ -1,5 +1,6 @@
 //! [`DeviceRepository`] on SQLite.
 
+use adapters_sql_common::device_order;
 use adapters_sql_common::devices::{DeviceMatcher, UpsertedRow};
 use adapters_sql_common::rows::{DeviceRow, devices_from_rows};
 use async_trait::async_trait;
@@ -17,7 +18,7 @@ use crate::SqliteStore;
 use crate::errors::StoreError;
 use crate::idempotency::{claim, record_answer};
 use crate::schema::{DEVICE, Id, devices};
-use crate::users::{device_order, user_exists};
+use crate::users::user_exists;
 
 /// Registers or moves a token (in the caller's write transaction, so that the owner read
 /// first is still the owner when the upsert runs). `ON CONFLICT` on the unique token turns
@@ -115,7 +116,7 @@ impl DeviceRepository for SqliteStore {
                 }
                 let rows: Vec<DeviceRow> = devices::table
                     .filter(devices::user_id.eq(Id::from(user)))
-                    .order(device_order())
+                    .order(device_order!())
                     .select(DEVICE)
                     .load(connection)?;
                 Ok(Some(devices_from_rows(rows)?))

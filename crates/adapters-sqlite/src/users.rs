@@ -1,5 +1,6 @@
 //! [`UserRepository`] on SQLite.
 
+use adapters_sql_common::device_order;
 use adapters_sql_common::profiles::{
     InitialDevice, created_user, page_offset, page_total, profiles_with_devices, uuids,
 };
@@ -122,16 +123,9 @@ fn with_devices(
     let devices: Vec<DeviceRow> = if ids.is_empty() {
         Vec::new()
     } else {
-        devices::table.filter(devices::user_id.eq_any(ids)).order(device_order()).select(DEVICE).load(connection)?
+        devices::table.filter(devices::user_id.eq_any(ids)).order(device_order!()).select(DEVICE).load(connection)?
     };
     Ok(profiles_with_devices(users, devices)?)
-}
-
-/// The order of a profile's devices: active first, most recently seen first (timestamps
-/// are stored as text that sorts chronologically, see the migration).
-pub(crate) fn device_order()
--> (diesel::dsl::Desc<devices::active>, diesel::dsl::Desc<devices::last_seen_at>, diesel::dsl::Desc<devices::id>) {
-    (devices::active.desc(), devices::last_seen_at.desc(), devices::id.desc())
 }
 
 /// Loads the profiles of `ids` in one snapshot.

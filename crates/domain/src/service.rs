@@ -118,6 +118,12 @@ impl UserService {
         Self { ports, inflight: Arc::default() }
     }
 
+    /// The current time of the service's [`Clock`](crate::ports::Clock): what every time-based
+    /// decision of a caller (token lifetimes, record expiry, "now" in eligibility) must use.
+    pub fn now(&self) -> OffsetDateTime {
+        self.ports.clock.now()
+    }
+
     /// Invalidates the cached representations of the users a write touched, once the write
     /// returned, if it may have changed them: `changed` says so of a result, a failure of
     /// the store may still have committed, and a refused write changed nothing (so that

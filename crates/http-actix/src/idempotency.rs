@@ -99,6 +99,7 @@ pub fn idempotent_write<T>(
     request: &HttpRequest,
     body: &[u8],
     settings: &IdempotencySettings,
+    now: OffsetDateTime,
     render: RenderResponse<T>,
 ) -> Option<IdempotentWrite<T>> {
     let key = key.0?;
@@ -117,7 +118,7 @@ pub fn idempotent_write<T>(
         caller: caller_scope.unwrap_or_else(|| ANONYMOUS_CALLER.to_owned()),
         key,
         fingerprint: mac.finalize().into_bytes().to_vec(),
-        expires_at: OffsetDateTime::now_utc() + settings.ttl,
+        expires_at: now + settings.ttl,
     };
     Some(IdempotentWrite { request, render })
 }

@@ -74,7 +74,7 @@ async fn resolve(state: &AppState, request: &HttpRequest) -> Result<Option<Princ
                  logs in again",
             )
         };
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let now = state.service.now().unix_timestamp();
         let claims = auth.tokens.verify(token, now).map_err(|error| {
             tracing::debug!(%error, "access token refused");
             invalid_token()

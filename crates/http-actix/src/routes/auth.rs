@@ -44,7 +44,7 @@ pub struct TokenView {
 impl TokenView {
     /// Issues a token for an authenticated user.
     pub fn issue(state: &AppState, authenticated: Authenticated) -> Self {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let now = state.service.now().unix_timestamp();
         let tokens = &state.auth.tokens;
         Self {
             access_token: tokens.issue(authenticated.user_id.as_uuid(), authenticated.token_version, now),

@@ -51,7 +51,15 @@ pub async fn register(
     let JsonBody(dto, raw) = body;
     let registration = dto.into_domain()?;
     let scope = Some(caller.0.name());
-    let idempotency = idempotent_write(key, scope, &request, &raw, &state.idempotency, Box::new(registered_answer));
+    let idempotency = idempotent_write(
+        key,
+        scope,
+        &request,
+        &raw,
+        &state.idempotency,
+        state.service.now(),
+        Box::new(registered_answer),
+    );
     let service = state.service.clone();
     let written = to_completion(async move { service.register_device(user, registration, idempotency).await });
     Ok(match written.await? {

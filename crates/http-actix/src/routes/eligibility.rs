@@ -144,10 +144,14 @@ impl EligibilityView {
 }
 
 /// Parses `channel` and `at` (default now), reporting both fields' errors at once.
-fn channel_and_instant(channel: &str, at: Option<&str>) -> Result<(Channel, OffsetDateTime), ApiError> {
+fn channel_and_instant(
+    channel: &str,
+    at: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<(Channel, OffsetDateTime), ApiError> {
     let channel = Channel::parse(channel);
     let at = match at {
-        None => Result::Ok(OffsetDateTime::now_utc()),
+        None => Result::Ok(now),
         Some(raw) => OffsetDateTime::parse(raw, &Rfc3339)
             .map_err(|_| InvalidValue::new("must be an RFC 3339 date-time such as 2026-11-25T22:30:00Z")),
     };
@@ -185,7 +189,7 @@ pub async fn single(
     query: Query<EligibilityQuery>,
 ) -> Result<Ok<EligibilityView>, ApiError> {
     let user = caller.user(id.0, Scope::EligibilityRead)?;
-    let (channel, at) = channel_and_instant(&query.channel, query.at.as_deref())?;
+    let (channel, at) = channel_and_instant(&query.channel, query.at.as_deref(), state.service.now())?;
     let eligibility = state.service.eligibility(user, channel, at).await?;
     Result::Ok(Ok::new(EligibilityView::new(user, eligibility), "eligibility decided"))
 }
@@ -213,7 +217,7 @@ pub async fn bulk(
 ) -> Result<Ok<Vec<EligibilityView>>, ApiError> {
     caller.authorize(Scope::EligibilityRead)?;
     let request = body.0;
-    let (channel, at) = channel_and_instant(&request.channel, request.at.as_deref())?;
+    let (channel, at) = channel_and_instant(&request.channel, request.at.as_deref(), state.service.now())?;
     let ids: Vec<UserId> = request.user_ids.into_iter().map(|id| id.0).collect();
     let decisions = state.service.eligibilities(&ids, channel, at).await?;
     let views = decisions

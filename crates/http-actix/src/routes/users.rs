@@ -51,7 +51,15 @@ pub async fn register(
     let new_user = dto.into_domain(Principal::held_token_policy(caller.0.as_ref()))?;
     state.limits.per_address(caller.0.as_ref(), &request, "register").await?;
     let scope = caller.0.as_ref().map(Principal::name);
-    let idempotency = idempotent_write(key, scope, &request, &raw, &state.idempotency, Box::new(registered_answer));
+    let idempotency = idempotent_write(
+        key,
+        scope,
+        &request,
+        &raw,
+        &state.idempotency,
+        state.service.now(),
+        Box::new(registered_answer),
+    );
     let service = state.service.clone();
     let written = to_completion(async move { service.register(new_user, idempotency).await });
     Ok(match written.await? {
