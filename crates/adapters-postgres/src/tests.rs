@@ -102,6 +102,32 @@ async fn migrations_revert_completely_and_apply_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_diesel_schema_declares_exactly_the_columns_the_migrations_create() {
+    use crate::schema::{cache_invalidation_ledger, devices, idempotency_records, notification_preferences, users};
+    let fixture = PgFixture::new().await;
+    let declared = contract::declared_columns(&adapters_sql_common::select_every_column!(Pg));
+    for (table, column) in &declared {
+        let exists = format!(
+            "SELECT count(*) AS count FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name = '{table}' AND column_name = '{column}'"
+        );
+        assert_eq!(fixture.count(&exists).await, 1, "{table}.{column} is declared but not migrated");
+    }
+    for table in contract::TABLES {
+        // `devices.token_digest` is PostgreSQL's own: a generated column that only its unique
+        // constraint reads, never a query (SQLite's unique constraint is on the token itself).
+        let columns = format!(
+            "SELECT count(*) AS count FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name = '{table}' \
+             AND (table_name, column_name) <> ('devices', 'token_digest')"
+        );
+        let expected = declared.iter().filter(|(declared, _)| declared == table).count();
+        assert!(expected > 0, "{table} is not in the schema");
+        assert_eq!(fixture.count(&columns).await as usize, expected, "{table} has columns the schema lacks");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_key_held_by_a_running_transaction_is_in_flight() {
     let fixture = PgFixture::new().await;
     let user = match fixture.store.create(record("busy@example.com"), None).await.expect("create") {

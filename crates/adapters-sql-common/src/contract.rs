@@ -112,6 +112,45 @@ macro_rules! repository_contract_tests {
     };
 }
 
+/// The tables of the shared schema, as the migrations of both stores create them.
+pub const TABLES: [&str; 5] =
+    ["users", "notification_preferences", "devices", "idempotency_records", "cache_invalidation_ledger"];
+
+/// The SQL diesel writes, for `$backend`, to select every column of each table of
+/// [`TABLES`]; invoke it where the store's table modules are in scope. Read by
+/// [`declared_columns`].
+#[macro_export]
+macro_rules! select_every_column {
+    ($backend:ty) => {
+        [
+            $crate::select_every_column!(@one $backend, users),
+            $crate::select_every_column!(@one $backend, notification_preferences),
+            $crate::select_every_column!(@one $backend, devices),
+            $crate::select_every_column!(@one $backend, idempotency_records),
+            $crate::select_every_column!(@one $backend, cache_invalidation_ledger),
+        ]
+    };
+    (@one $backend:ty, $table:ident) => {
+        diesel::debug_query::<$backend, _>(&diesel::QueryDsl::select($table::table, $table::all_columns)).to_string()
+    };
+}
+
+/// The `(table, column)` pairs the diesel schema declares, read from the statements of
+/// [`select_every_column!`](crate::select_every_column) (either backend's quoting).
+pub fn declared_columns(selects: &[String]) -> Vec<(String, String)> {
+    selects
+        .iter()
+        .flat_map(|select| {
+            let columns = select.trim_start_matches("SELECT ").split(" FROM ").next().unwrap_or_default();
+            columns.split(", ").filter_map(|qualified| {
+                let unquoted: String = qualified.chars().filter(|c| !matches!(c, '"' | '`')).collect();
+                let (table, column) = unquoted.split_once('.')?;
+                Some((table.to_owned(), column.to_owned()))
+            })
+        })
+        .collect()
+}
+
 /// Fails naming every case of this file (a `pub async fn` taking a fixture) that `listed`
 /// leaves out.
 pub fn assert_every_case_is_listed(listed: &[&str]) {

@@ -155,6 +155,26 @@ async fn migrations_revert_completely_and_apply_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_diesel_schema_declares_exactly_the_columns_the_migrations_create() {
+    use crate::schema::{cache_invalidation_ledger, devices, idempotency_records, notification_preferences, users};
+    let test = TestStore::create().await.expect("open");
+    let declared = adapters_sql_common::contract::declared_columns(&adapters_sql_common::select_every_column!(
+        diesel::sqlite::Sqlite
+    ));
+    for (table, column) in &declared {
+        let exists = format!("SELECT count(*) AS count FROM pragma_table_info('{table}') WHERE name = '{column}'");
+        assert_eq!(test.count(&exists).await.expect("count"), 1, "{table}.{column} is declared but not migrated");
+    }
+    for table in adapters_sql_common::contract::TABLES {
+        let columns = format!("SELECT count(*) AS count FROM pragma_table_info('{table}')");
+        let expected = declared.iter().filter(|(declared, _)| declared == table).count();
+        assert!(expected > 0, "{table} is not in the schema");
+        let migrated = test.count(&columns).await.expect("count");
+        assert_eq!(usize::try_from(migrated).unwrap(), expected, "{table} has columns the schema lacks");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_write_waits_for_a_lock_held_by_another_connection_instead_of_failing() {
     let test = TestStore::create().await.expect("open");
     let started = Instant::now();
