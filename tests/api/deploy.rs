@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// Marks every value of the committed Secret as one to replace.
 const PLACEHOLDER_MARK: &str = "REPLACE_ME";
-/// The seed's example `SECRET_KEY`, which the service refuses (see `config.rs`).
+/// The seed's example `SECRET_KEY`, which the service refuses (see `config/values.rs`).
 const SEED_PLACEHOLDER_SECRET_KEY: &str = "your_super_secret_key_here";
 /// The port the service listens on by default and in every deployment.
 const PORT: u64 = 3001;

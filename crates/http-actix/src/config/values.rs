@@ -1,0 +1,416 @@
+//! The value types of the settings: each reads one variable's text (or number), checks it
+//! as it is read, and shows itself with any secret masked. Their errors are phrased to
+//! follow the variable's name and never repeat a secret.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use domain::auth::{Scope, Scopes};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use super::ServiceKeyConfig;
+use crate::auth::client_address::Network;
+
+/// A positive integer.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(transparent)]
+pub(super) struct Positive<T>(pub(super) T);
+
+impl<'de, T: Deserialize<'de> + PartialOrd + Default> Deserialize<'de> for Positive<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = T::deserialize(deserializer).map_err(|_| serde::de::Error::custom("must be a positive integer"))?;
+        if value <= T::default() {
+            return Err(serde::de::Error::custom("must be a positive integer"));
+        }
+        Ok(Self(value))
+    }
+}
+
+/// Declares a positive duration counted in one unit: read and shown as that count.
+macro_rules! duration_in {
+    ($name:ident, $unit:literal, $millis_per_unit:literal) => {
+        #[doc = concat!("A positive duration in ", $unit, ".")]
+        #[derive(Debug, Clone, Copy)]
+        pub(super) struct $name(pub(super) Duration);
+
+        impl $name {
+            pub(super) const fn of(count: u64) -> Self {
+                Self(Duration::from_millis(count.saturating_mul($millis_per_unit)))
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                Positive::<u64>::deserialize(deserializer).map(|Positive(count)| Self::of(count))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_u128(self.0.as_millis() / $millis_per_unit)
+            }
+        }
+    };
+}
+
+duration_in!(Seconds, "seconds", 1000);
+duration_in!(Millis, "milliseconds", 1);
+
+/// A positive number of days.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(transparent)]
+pub(super) struct Days(pub(super) u64);
+
+impl<'de> Deserialize<'de> for Days {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Positive::<u64>::deserialize(deserializer).map(|Positive(days)| Self(days))
+    }
+}
+
+/// Implements `Deserialize` for a type read from one string by `TryFrom<String>` (whose
+/// error is the reason, phrased after the variable's name) and `Serialize` by a function
+/// that shows it, secrets masked.
+macro_rules! read_from_text {
+    ($name:ident, |$value:ident| $show:expr) => {
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                Self::try_from(text).map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let $value = self;
+                serializer.serialize_str(&$show)
+            }
+        }
+    };
+}
+
+/// `HOST`: an IP address to listen on.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Host(pub(super) IpAddr);
+
+impl TryFrom<String> for Host {
+    type Error = &'static str;
+
+    fn try_from(address: String) -> Result<Self, Self::Error> {
+        address.parse().map(Self).map_err(|_| "must be an IP address, such as 0.0.0.0 or ::")
+    }
+}
+
+read_from_text!(Host, |host| host.0.to_string());
+
+/// `PORT`: 0 (any free port) to 65535.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Port(pub(super) u16);
+
+impl TryFrom<String> for Port {
+    type Error = &'static str;
+
+    fn try_from(port: String) -> Result<Self, Self::Error> {
+        port.parse().map(Self).map_err(|_| "must be a port number, 0 to 65535")
+    }
+}
+
+read_from_text!(Port, |port| port.0.to_string());
+
+/// What a secret is shown as.
+pub(super) const MASKED: &str = "********";
+
+/// The URL with its password, if any, masked.
+fn mask_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some(MASKED));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => MASKED.to_owned(),
+    }
+}
+
+/// `DATABASE_URL`: `postgres://`, `postgresql://` or the seed's `postgresql+asyncpg://`
+/// (rewritten); unset means the embedded SQLite store.
+#[derive(Debug, Clone)]
+pub(super) struct DatabaseUrl(pub(super) String);
+
+impl TryFrom<String> for DatabaseUrl {
+    type Error = &'static str;
+
+    fn try_from(url: String) -> Result<Self, Self::Error> {
+        for driver_prefix in ["postgresql+asyncpg://", "postgres+asyncpg://"] {
+            if let Some(rest) = url.strip_prefix(driver_prefix) {
+                return Ok(Self(format!("postgresql://{rest}")));
+            }
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self(url))
+        } else {
+            Err("must start with postgres:// or postgresql://")
+        }
+    }
+}
+
+read_from_text!(DatabaseUrl, |url| mask_password(&url.0));
+
+/// `REDIS_URL`: `redis://`, `rediss://` or a Unix socket.
+#[derive(Debug, Clone)]
+pub(super) struct RedisUrl(pub(super) String);
+
+impl TryFrom<String> for RedisUrl {
+    type Error = &'static str;
+
+    fn try_from(url: String) -> Result<Self, Self::Error> {
+        if ["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|scheme| url.starts_with(scheme)) {
+            Ok(Self(url))
+        } else {
+            Err("must start with redis:// or rediss://")
+        }
+    }
+}
+
+read_from_text!(RedisUrl, |url| mask_password(&url.0));
+
+/// The seed's example value, which must never sign real tokens.
+const PLACEHOLDER_SECRET_KEY: &str = "your_super_secret_key_here";
+
+/// `SECRET_KEY`: at least 32 bytes and not the seed's placeholder.
+#[derive(Debug, Clone)]
+pub(super) struct SecretKey(pub(super) SecretString);
+
+impl TryFrom<String> for SecretKey {
+    type Error = &'static str;
+
+    fn try_from(key: String) -> Result<Self, Self::Error> {
+        if key == PLACEHOLDER_SECRET_KEY {
+            return Err("must not be the example placeholder; generate a random one");
+        }
+        if key.len() < 32 {
+            return Err("must be at least 32 bytes");
+        }
+        Ok(Self(SecretString::from(key)))
+    }
+}
+
+read_from_text!(SecretKey, |_key| MASKED);
+
+/// `METRICS_TOKEN`: at least 16 characters.
+#[derive(Debug, Clone)]
+pub(super) struct MetricsToken(pub(super) SecretString);
+
+impl TryFrom<String> for MetricsToken {
+    type Error = &'static str;
+
+    fn try_from(token: String) -> Result<Self, Self::Error> {
+        if token.len() < 16 { Err("must be at least 16 characters") } else { Ok(Self(SecretString::from(token))) }
+    }
+}
+
+read_from_text!(MetricsToken, |_token| MASKED);
+
+/// `LOG_LEVEL`: a tracing filter such as `info` or `warn,http_actix=debug`.
+#[derive(Debug, Clone)]
+pub(super) struct LogLevel(pub(super) String);
+
+impl TryFrom<String> for LogLevel {
+    type Error = &'static str;
+
+    fn try_from(level: String) -> Result<Self, Self::Error> {
+        match tracing_subscriber::EnvFilter::try_new(&level) {
+            Ok(_) => Ok(Self(level)),
+            Err(_) => Err("must be a level (error, warn, info, debug, trace) or a filter"),
+        }
+    }
+}
+
+read_from_text!(LogLevel, |level| level.0.clone());
+
+/// `TRUSTED_PROXIES`: comma-separated addresses or CIDR ranges.
+#[derive(Debug, Clone, Default)]
+pub(super) struct TrustedProxies(pub(super) Vec<Network>);
+
+impl TryFrom<String> for TrustedProxies {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value
+            .split(',')
+            .filter(|entry| !entry.trim().is_empty())
+            .map(|entry| {
+                Network::parse(entry).ok_or_else(|| format!("has an invalid address or range: {}", entry.trim()))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+read_from_text!(TrustedProxies, |proxies| proxies.0.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+
+/// `CACHE_INVALIDATE_EXTRA_KEYS`: comma-separated key templates, each containing `{id}`.
+#[derive(Debug, Clone, Default)]
+pub(super) struct KeyTemplates(pub(super) Vec<String>);
+
+impl TryFrom<String> for KeyTemplates {
+    type Error = &'static str;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let templates: Vec<String> =
+            value.split(',').map(str::trim).filter(|key| !key.is_empty()).map(str::to_owned).collect();
+        if templates.iter().any(|template| !template.contains("{id}")) {
+            return Err("templates must each contain {id}");
+        }
+        Ok(Self(templates))
+    }
+}
+
+read_from_text!(KeyTemplates, |templates| templates.0.join(","));
+
+/// `CACHE_INVALIDATE_EXTRA_DELAYS`: `none`, or up to 5 comma-separated delays such as
+/// `250ms,1s,2s`, each above 0 and at most 10 s.
+#[derive(Debug, Clone)]
+pub(super) struct FollowUpDelays(pub(super) Vec<Duration>);
+
+impl TryFrom<String> for FollowUpDelays {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        use adapters_redis::config::{MAX_EXTRA_INVALIDATION_DELAY, MAX_EXTRA_INVALIDATION_DELAYS};
+        let invalid = || {
+            format!(
+                "must be `none` or up to {MAX_EXTRA_INVALIDATION_DELAYS} comma-separated delays such as 250ms or \
+                 2s, each above 0 and at most {} s",
+                MAX_EXTRA_INVALIDATION_DELAY.as_secs()
+            )
+        };
+        if value.eq_ignore_ascii_case("none") {
+            return Ok(Self(Vec::new()));
+        }
+        let delays: Vec<Duration> = value
+            .split(',')
+            .map(|delay| {
+                let delay = delay.trim();
+                let (digits, unit) = match delay.strip_suffix("ms") {
+                    Some(digits) => (digits, Duration::from_millis(1)),
+                    None => (delay.strip_suffix('s').ok_or_else(invalid)?, Duration::from_secs(1)),
+                };
+                let count: u32 = digits.trim().parse().map_err(|_| invalid())?;
+                Ok(unit * count)
+            })
+            .collect::<Result<_, String>>()?;
+        if delays.len() > MAX_EXTRA_INVALIDATION_DELAYS
+            || delays.iter().any(|delay| delay.is_zero() || *delay > MAX_EXTRA_INVALIDATION_DELAY)
+        {
+            return Err(invalid());
+        }
+        Ok(Self(delays))
+    }
+}
+
+read_from_text!(FollowUpDelays, |delays| if delays.0.is_empty() {
+    "none".to_owned()
+} else {
+    delays.0.iter().map(|delay| format!("{}ms", delay.as_millis())).collect::<Vec<_>>().join(",")
+});
+
+/// The shortest service key accepted.
+const MIN_SERVICE_KEY_LENGTH: usize = 16;
+
+/// `SERVICE_API_KEYS`, in one of two forms:
+/// - plain: comma-separated keys, each with every scope (`KEY1,KEY2`);
+/// - named: `;`-separated `name:key:scopes` entries, scopes being `*` or comma-separated
+///   scope names (`gateway:KEY1:users.read,eligibility.read;admin:KEY2:*`).
+///
+/// A value with a `:` is read in the named form. Errors name the entry by position, never
+/// by content: it holds a key.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ServiceKeys(pub(super) Vec<ServiceKeyConfig>);
+
+impl TryFrom<String> for ServiceKeys {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let keys: Vec<ServiceKeyConfig> = if value.contains(':') {
+            value
+                .split(';')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .enumerate()
+                .map(|(index, entry)| named_service_key(index + 1, entry))
+                .collect::<Result<_, _>>()?
+        } else {
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|key| !key.is_empty())
+                .map(|key| ServiceKeyConfig {
+                    name: None,
+                    key: SecretString::from(key.to_owned()),
+                    scopes: Scopes::ALL,
+                })
+                .collect()
+        };
+        let mut names = std::collections::HashSet::new();
+        let mut digests = std::collections::HashSet::new();
+        for (index, key) in keys.iter().enumerate() {
+            let secret = secrecy::ExposeSecret::expose_secret(&key.key);
+            if secret.len() < MIN_SERVICE_KEY_LENGTH {
+                return Err(format!(
+                    "entries must each be at least {MIN_SERVICE_KEY_LENGTH} characters (entry {})",
+                    index + 1
+                ));
+            }
+            if key.name.as_ref().is_some_and(|name| !names.insert(name.clone())) {
+                return Err(format!("names each caller once (entry {})", index + 1));
+            }
+            if !digests.insert(sha2::Sha256::digest(secret.as_bytes())) {
+                return Err(format!("holds the same key twice (entry {})", index + 1));
+            }
+        }
+        Ok(Self(keys))
+    }
+}
+
+read_from_text!(ServiceKeys, |keys| keys
+    .0
+    .iter()
+    .map(|key| {
+        let scopes: Vec<&str> = key.scopes.iter().map(|scope| scope.name()).collect();
+        let scopes = if key.scopes == Scopes::ALL { "*".to_owned() } else { scopes.join(",") };
+        format!("{}:{MASKED}:{scopes}", key.name.as_deref().unwrap_or("(plain)"))
+    })
+    .collect::<Vec<_>>()
+    .join(";"));
+
+/// One `name:key:scopes` entry of `SERVICE_API_KEYS` (the key may itself contain `:`).
+fn named_service_key(position: usize, entry: &str) -> Result<ServiceKeyConfig, String> {
+    let malformed = || {
+        format!(
+            "entry {position} is not name:key:scopes (entries separated by ';', e.g. \
+             gateway:KEY:users.read,eligibility.read;admin:KEY2:*)"
+        )
+    };
+    let (name, rest) = entry.split_once(':').ok_or_else(malformed)?;
+    let (key, scopes) = rest.rsplit_once(':').ok_or_else(malformed)?;
+    let name = name.trim();
+    let valid_name = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"_.-".contains(&byte));
+    if !valid_name {
+        return Err(format!("entry {position}: a caller's name is 1 to 64 letters, digits, '_', '.' or '-'"));
+    }
+    // The error names the entry by position only: a plain key that happens to hold two ':'
+    // is read in this form, and its pieces must not reach a log.
+    let scopes = Scopes::parse(scopes).map_err(|_| {
+        let known: Vec<&str> = Scope::ALL.iter().map(|scope| scope.name()).collect();
+        format!(
+            "entry {position}: the scopes after the last ':' must be * or comma-separated names among {} (a \
+             plain key that contains ':' must be written name:key:*)",
+            known.join(", ")
+        )
+    })?;
+    Ok(ServiceKeyConfig { name: Some(name.to_owned()), key: SecretString::from(key.trim().to_owned()), scopes })
+}
