@@ -118,7 +118,7 @@ impl UserService {
         Self { ports, inflight: Arc::default() }
     }
 
-    /// The current time of the service's [`Clock`](crate::ports::Clock): what every time-based
+    /// The current time of the service's [`Clock`]: what every time-based
     /// decision of a caller (token lifetimes, record expiry, "now" in eligibility) must use.
     pub fn now(&self) -> OffsetDateTime {
         self.ports.clock.now()

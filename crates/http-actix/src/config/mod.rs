@@ -29,7 +29,8 @@ pub struct Settings {
     pub host: IpAddr,
     /// Port to listen on (`PORT`; 0 picks a free port, as the tests do).
     pub port: u16,
-    /// PostgreSQL connection settings (`DATABASE_URL`, `DATABASE_POOL_*`).
+    /// The store: PostgreSQL (`DATABASE_URL`, `DATABASE_POOL_*`) or the embedded SQLite
+    /// file (`DATA_DIR`).
     pub database: DatabaseSettings,
     /// The Redis cache (`REDIS_URL`, `CACHE_*`, `REDIS_*`); `None` caches in process.
     pub cache: Option<CacheSettings>,
