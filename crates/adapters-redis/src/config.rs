@@ -228,15 +228,39 @@ impl fmt::Display for RedisCacheError {
 
 impl std::error::Error for RedisCacheError {}
 
-/// Replaces the secret part of a URL's user info with `***`: `redis://user:***@host`, and
-/// `redis://***@host` when there is no `:` (some clients take a lone user info as the
-/// password).
-pub(crate) fn redact_url(url: &str) -> String {
+/// Replaces the secrets of a connection URL (Redis or PostgreSQL) with `***`: the password
+/// of the user info (`redis://user:***@host`; `redis://***@host` when there is no `:`, as
+/// some clients take a lone user info as the password) and the values of `password` and
+/// `pass` query parameters (`unix:///r.sock?pass=***`, `postgres://h/db?password=***`).
+pub fn redact_url(url: &str) -> String {
+    let (url, fragment) = url.split_once('#').map_or((url, None), |(url, fragment)| (url, Some(fragment)));
+    let (base, query) = url.split_once('?').map_or((url, None), |(base, query)| (base, Some(query)));
+    let mut redacted = redact_user_info(base);
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if ["password", "pass"].contains(&name.to_ascii_lowercase().as_str()) => {
+                    format!("{name}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        redacted = format!("{redacted}?{}", pairs.join("&"));
+    }
+    match fragment {
+        Some(fragment) => format!("{redacted}#{fragment}"),
+        None => redacted,
+    }
+}
+
+/// [`redact_url`] for the part before the query.
+fn redact_user_info(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|index| index + 3) else {
         return url.to_owned();
     };
     let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority_end = rest.find('/').unwrap_or(rest.len());
     let Some(at) = rest[..authority_end].rfind('@') else {
         return url.to_owned();
     };

@@ -1071,7 +1071,12 @@ fn urls_are_redacted_whatever_their_user_info() {
     assert_eq!(config::redact_url("redis://:secret@host:6379/1"), "redis://:***@host:6379/1");
     assert_eq!(config::redact_url("rediss://user:p@ss@host"), "rediss://user:***@host");
     assert_eq!(config::redact_url("redis://secret@host"), "redis://***@host");
-    assert_eq!(config::redact_url("redis://host/0?password=x@y"), "redis://host/0?password=x@y");
+    assert_eq!(config::redact_url("redis://host/0?password=x@y"), "redis://host/0?password=***");
+    assert_eq!(config::redact_url("unix:///tmp/r.sock?db=0&pass=hunter2"), "unix:///tmp/r.sock?db=0&pass=***");
+    assert_eq!(
+        config::redact_url("postgres:///db?host=/tmp&PASSWORD=hunter2#x"),
+        "postgres:///db?host=/tmp&PASSWORD=***#x"
+    );
 }
 
 #[test]

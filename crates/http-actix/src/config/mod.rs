@@ -196,7 +196,7 @@ struct Variables {
     port: Port,
     database_url: Option<DatabaseUrl>,
     data_dir: PathBuf,
-    database_pool_size: Positive<usize>,
+    database_pool_size: Positive<usize, 1_000>,
     database_pool_timeout_ms: Millis,
     database_statement_timeout_ms: Millis,
     migrate_on_startup: bool,
@@ -224,12 +224,12 @@ struct Variables {
     rate_limit_window_seconds: Seconds,
     trusted_proxies: TrustedProxies,
     idempotency_ttl: Seconds,
-    max_body_bytes: Positive<usize>,
+    max_body_bytes: Positive<usize, { 16 * 1024 * 1024 }>,
     request_body_timeout: Seconds,
     metrics_token: Option<MetricsToken>,
-    password_hash_concurrency: Positive<usize>,
+    password_hash_concurrency: Positive<usize, 256>,
     password_hash_queue_timeout_ms: Millis,
-    workers: Positive<usize>,
+    workers: Positive<usize, 1_024>,
     log_format: LogFormat,
     log_level: LogLevel,
 }
@@ -332,17 +332,29 @@ fn describe(variables: Variables) -> Result<String, ConfigError> {
 
 impl Variables {
     fn from_env() -> Result<Self, ConfigError> {
-        // Names or values that are not UTF-8 cannot be ours: skipped, not a panic.
-        let variables = std::env::vars_os()
-            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
-            .collect();
+        let ours = variable_names();
+        let mut variables = HashMap::new();
+        for (name, value) in std::env::vars_os() {
+            // A name that is not UTF-8 is not ours; a value of ours that is not UTF-8 is an
+            // error, never a silent fallback to the default.
+            let Ok(name) = name.into_string() else { continue };
+            match value.into_string() {
+                Ok(value) => {
+                    variables.insert(name, value);
+                }
+                Err(_) if ours.contains(&name) => return Err(ConfigError(format!("{name} is not valid UTF-8"))),
+                Err(_) => {}
+            }
+        }
         Self::read(variables)
     }
 
-    /// Reads `variables` (names in any case; a blank value counts as unset).
+    /// Reads `variables`: upper-case names only (so that `port` never competes with `PORT`),
+    /// values trimmed, a blank value counting as unset.
     fn read(variables: HashMap<String, String>) -> Result<Self, ConfigError> {
         let set: config::Map<String, String> = variables
             .into_iter()
+            .filter(|(name, _)| *name == name.to_ascii_uppercase())
             .map(|(name, value)| (name, value.trim().to_owned()))
             .filter(|(_, value)| !value.is_empty())
             .collect();
@@ -593,8 +605,8 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
         }
         for line in [
-            "DATABASE_URL=postgres://app:********@db:5432/users",
-            "REDIS_URL=redis://:********@cache:6379/0",
+            "DATABASE_URL=postgres://app:***@db:5432/users",
+            "REDIS_URL=redis://:***@cache:6379/0",
             "SECRET_KEY=********",
             "SERVICE_API_KEYS=gateway:********:users.read;admin:********:*",
             "METRICS_TOKEN=********",
@@ -612,6 +624,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("SECRET_KEY is required"), "{error}");
+    }
+
+    #[test]
+    fn only_upper_case_names_are_read() {
+        assert_eq!(settings(&[("port", "1"), ("PORT", "2")]).unwrap().port, 2);
+        // Not ours: even an invalid value under a lower-case name is ignored.
+        assert!(settings(&[("cache_ttl", "0")]).is_ok());
     }
 
     #[test]
@@ -650,6 +669,16 @@ mod tests {
             ("LOGIN_ACCOUNT_MAX_FAILURES", "0"),
             ("LOGIN_SLOWED_INTERVAL_SECONDS", "soon"),
             ("LOGIN_KNOWN_ADDRESS_DAYS", "-1"),
+            ("LOGIN_KNOWN_ADDRESS_DAYS", "3651"),
+            ("IDEMPOTENCY_TTL", "18446744073709551615"),
+            ("IDEMPOTENCY_TTL", "315360001"),
+            ("CACHE_TTL", "true"),
+            ("CACHE_TTL", "1e3"),
+            ("JWT_TTL", "0.5"),
+            ("REDIS_TIMEOUT_MS", "3600001"),
+            ("WORKERS", "100000000"),
+            ("MAX_BODY_BYTES", "18446744073709551615"),
+            ("DATABASE_POOL_SIZE", "1001"),
         ] {
             let error = settings(&[(name, value)]).unwrap_err().to_string();
             assert!(error.contains(name), "{error} should name {name}");

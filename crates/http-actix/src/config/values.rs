@@ -13,25 +13,36 @@ use sha2::Digest;
 use super::ServiceKeyConfig;
 use crate::auth::client_address::Network;
 
-/// A positive integer.
+/// A positive integer of at most `MAX`, written in decimal digits (not `true`, `1e3` or
+/// `0.5`): every size and count the service is given has a bound.
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(transparent)]
-pub(super) struct Positive<T>(pub(super) T);
+pub(super) struct Positive<T, const MAX: u64 = { u64::MAX }>(pub(super) T);
 
-impl<'de, T: Deserialize<'de> + PartialOrd + Default> Deserialize<'de> for Positive<T> {
+impl<'de, T: TryFrom<u64>, const MAX: u64> Deserialize<'de> for Positive<T, MAX> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = T::deserialize(deserializer).map_err(|_| serde::de::Error::custom("must be a positive integer"))?;
-        if value <= T::default() {
-            return Err(serde::de::Error::custom("must be a positive integer"));
+        let invalid = || {
+            let reason = if MAX == u64::MAX {
+                "must be a positive integer".to_owned()
+            } else {
+                format!("must be a positive integer, at most {MAX}")
+            };
+            serde::de::Error::custom(reason)
+        };
+        let text = String::deserialize(deserializer).map_err(|_| invalid())?;
+        let count: u64 = text.parse().map_err(|_| invalid())?;
+        if count == 0 || count > MAX {
+            return Err(invalid());
         }
-        Ok(Self(value))
+        T::try_from(count).map(Self).map_err(|_| invalid())
     }
 }
 
-/// Declares a positive duration counted in one unit: read and shown as that count.
+/// Declares a positive duration counted in one unit, of at most `$max` units: read and
+/// shown as that count.
 macro_rules! duration_in {
-    ($name:ident, $unit:literal, $millis_per_unit:literal) => {
-        #[doc = concat!("A positive duration in ", $unit, ".")]
+    ($name:ident, $unit:literal, $millis_per_unit:literal, $max:expr) => {
+        #[doc = concat!("A positive duration in ", $unit, ", bounded.")]
         #[derive(Debug, Clone, Copy)]
         pub(super) struct $name(pub(super) Duration);
 
@@ -43,7 +54,7 @@ macro_rules! duration_in {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                Positive::<u64>::deserialize(deserializer).map(|Positive(count)| Self::of(count))
+                Positive::<u64, { $max }>::deserialize(deserializer).map(|Positive(count)| Self::of(count))
             }
         }
 
@@ -55,17 +66,19 @@ macro_rules! duration_in {
     };
 }
 
-duration_in!(Seconds, "seconds", 1000);
-duration_in!(Millis, "milliseconds", 1);
+// Ten years of seconds, an hour of milliseconds, ten years of days: more than any lifetime,
+// window or timeout needs, and far from the arithmetic limits of the times they are added to.
+duration_in!(Seconds, "seconds", 1000, 315_360_000);
+duration_in!(Millis, "milliseconds", 1, 3_600_000);
 
-/// A positive number of days.
+/// A positive number of days, at most ten years' worth.
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(transparent)]
 pub(super) struct Days(pub(super) u64);
 
 impl<'de> Deserialize<'de> for Days {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Positive::<u64>::deserialize(deserializer).map(|Positive(days)| Self(days))
+        Positive::<u64, 3_650>::deserialize(deserializer).map(|Positive(days)| Self(days))
     }
 }
 
@@ -121,16 +134,10 @@ read_from_text!(Port, |port| port.0.to_string());
 /// What a secret is shown as.
 pub(super) const MASKED: &str = "********";
 
-/// The URL with its password, if any, masked.
+/// The URL with its secrets masked (the user info's password, `password`/`pass` query
+/// values): the same masking as the log lines that name it.
 fn mask_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some(MASKED));
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => MASKED.to_owned(),
-    }
+    adapters_redis::config::redact_url(url)
 }
 
 /// `DATABASE_URL`: `postgres://`, `postgresql://` or the seed's `postgresql+asyncpg://`
