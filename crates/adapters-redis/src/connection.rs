@@ -102,9 +102,28 @@ struct Current {
     number: u64,
     connection: MultiplexedConnection,
     server: ServerId,
-    /// The pool's object, returned to the pool when the last call using it is done after
-    /// the connection was given up.
-    _checked_out: Arc<deadpool_redis::Connection>,
+    /// The pool's object, kept while the connection is in use.
+    checked_out: Arc<CheckedOut>,
+}
+
+/// A connection checked out of the pool. Once given up (a call failed on it in a way that
+/// may have broken it), it leaves the pool for good when the last call using it is done,
+/// rather than going back to wait there, perhaps for a long time, and pass a `PING` later
+/// on a server that may no longer be the right one.
+struct CheckedOut {
+    object: Mutex<Option<deadpool_redis::Connection>>,
+    given_up: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for CheckedOut {
+    fn drop(&mut self) {
+        let object = self.object.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(object) = object
+            && self.given_up.load(Ordering::Relaxed)
+        {
+            drop(deadpool_redis::Connection::take(object));
+        }
+    }
 }
 
 /// A lazily checked-out multiplexed connection, its timeout and its circuit breaker. Built
@@ -183,7 +202,8 @@ impl Connection {
             ServerId::new("")
         };
         let number = self.made.fetch_add(1, Ordering::Relaxed);
-        let current = Current { number, connection, server, _checked_out: Arc::new(checked_out) };
+        let checked_out = Arc::new(CheckedOut { object: Mutex::new(Some(checked_out)), given_up: Default::default() });
+        let current = Current { number, connection, server, checked_out };
         *self.slot() = Some(current.clone());
         Ok(current)
     }
@@ -232,9 +252,9 @@ impl Connection {
         // broken it (read after the call future, cancelled or not, is gone).
         let used = OnceLock::new();
         let call = async {
-            // The object stays checked out while this call uses its connection.
-            let Current { number, mut connection, server, _checked_out: _in_use } = self.acquire().await?;
-            let _ = used.set(number);
+            // The object stays checked out while this call uses its connection (`used` holds it).
+            let Current { number, mut connection, server, checked_out } = self.acquire().await?;
+            let _ = used.set((number, checked_out));
             if only_on.is_some_and(|expected| *expected != server) {
                 return Ok(None);
             }
@@ -252,11 +272,14 @@ impl Connection {
             Ok(Err(failure)) => Err(failure),
             Err(_) => Err(Failure::Timeout(self.timeout)),
         };
-        if let (Err(failure), Some(number)) = (&outcome, used.get().copied())
+        if let (Err(failure), Some((number, checked_out))) = (&outcome, used.get())
             && breaks_the_connection(failure)
         {
-            self.discard(number);
+            // Out of the pool for good, whether or not it is still the shared connection.
+            checked_out.given_up.store(true, Ordering::Relaxed);
+            self.discard(*number);
         }
+        drop(used);
         let role = self.role.name;
         match outcome {
             Ok(value) => {
