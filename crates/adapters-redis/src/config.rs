@@ -228,46 +228,61 @@ impl fmt::Display for RedisCacheError {
 
 impl std::error::Error for RedisCacheError {}
 
-/// Replaces the secrets of a connection URL (Redis or PostgreSQL) with `***`: the password
-/// of the user info (`redis://user:***@host`; `redis://***@host` when there is no `:`, as
-/// some clients take a lone user info as the password) and the values of `password` and
-/// `pass` query parameters (`unix:///r.sock?pass=***`, `postgres://h/db?password=***`).
+/// Replaces the secrets of a connection URL (Redis or PostgreSQL) with `***`, erring on the
+/// side of hiding too much, since drivers read URLs differently:
+/// - everything between the scheme and the last `@`, but for a user name before a `:`
+///   (`redis://user:***@host`; `redis://***@host` without a `:`, as some clients take a
+///   lone user info as the password): tokio-postgres ends the user info at the first `@`
+///   anywhere, so a password may hold `/`, `?` or `#`;
+/// - the value of every `password` or `pass` query parameter, its name percent-decoded as
+///   the drivers decode it, up to the next `&` (a `#` may belong to the value).
 pub fn redact_url(url: &str) -> String {
-    let (url, fragment) = url.split_once('#').map_or((url, None), |(url, fragment)| (url, Some(fragment)));
-    let (base, query) = url.split_once('?').map_or((url, None), |(base, query)| (base, Some(query)));
-    let mut redacted = redact_user_info(base);
-    if let Some(query) = query {
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) if ["password", "pass"].contains(&name.to_ascii_lowercase().as_str()) => {
-                    format!("{name}=***")
-                }
-                _ => pair.to_owned(),
-            })
-            .collect();
-        redacted = format!("{redacted}?{}", pairs.join("&"));
-    }
-    match fragment {
-        Some(fragment) => format!("{redacted}#{fragment}"),
-        None => redacted,
-    }
-}
-
-/// [`redact_url`] for the part before the query.
-fn redact_user_info(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|index| index + 3) else {
         return url.to_owned();
     };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
+    let (scheme, rest) = url.split_at(scheme_end);
+    let (user_info, rest) = match rest.rfind('@') {
+        Some(at) => {
+            let masked = match rest[..at].split_once(':') {
+                Some((user, _password)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            (masked, &rest[at..])
+        }
+        None => (String::new(), rest),
     };
-    let user_info = &rest[..at];
-    let redacted = match user_info.split_once(':') {
-        Some((user, _password)) => format!("{user}:***"),
-        None => "***".to_owned(),
+    let Some((before_query, query)) = rest.split_once('?') else {
+        return format!("{scheme}{user_info}{rest}");
     };
-    format!("{}{redacted}{}", &url[..scheme_end], &rest[at..])
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if ["password", "pass"].contains(&percent_decoded(name).to_ascii_lowercase().as_str()) => {
+                format!("{name}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{scheme}{user_info}{before_query}?{}", pairs.join("&"))
+}
+
+/// `text` with its `%XX` escapes decoded (an invalid escape is kept as it is).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escape = bytes.get(index + 1..index + 3).and_then(|hex| std::str::from_utf8(hex).ok());
+        match (bytes[index], escape.and_then(|hex| u8::from_str_radix(hex, 16).ok())) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                index += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }

@@ -303,10 +303,9 @@ impl ProfileCache for RedisCache {
         if inner.pending.blocks(id) {
             return CacheLookup::Unavailable;
         }
-        let stamp = stamp(&server, generation.as_deref());
-        match entry.and_then(|entry| current_payload(entry, &stamp)) {
+        match entry.and_then(|entry| current_payload(entry, &server, generation.as_deref())) {
             Some(payload) => CacheLookup::Hit(payload),
-            None => CacheLookup::Miss(FillTicket::new(Some(stamp))),
+            None => CacheLookup::Miss(FillTicket::new(Some(stamp(&server, generation.as_deref())))),
         }
     }
 
@@ -336,10 +335,9 @@ impl ProfileCache for RedisCache {
                     return CacheLookup::Unavailable;
                 }
                 let generation = pair[1].as_ref().map(|bytes| String::from_utf8_lossy(bytes).into_owned());
-                let stamp = stamp(&server, generation.as_deref());
-                match pair[0].clone().and_then(|entry| current_payload(entry, &stamp)) {
+                match pair[0].clone().and_then(|entry| current_payload(entry, &server, generation.as_deref())) {
                     Some(payload) => CacheLookup::Hit(payload),
-                    None => CacheLookup::Miss(FillTicket::new(Some(stamp))),
+                    None => CacheLookup::Miss(FillTicket::new(Some(stamp(&server, generation.as_deref())))),
                 }
             })
             .collect()
@@ -767,10 +765,13 @@ fn encode_entry(stamp: &str, payload: &[u8]) -> Vec<u8> {
     entry
 }
 
-/// The payload of `entry` if it was filled under the `current` stamp.
-fn current_payload(mut entry: Vec<u8>, current: &str) -> Option<Vec<u8>> {
+/// The payload of `entry` if it was filled under the stamp of `server` and `generation`
+/// (compared in place: a cached read allocates no stamp).
+fn current_payload(mut entry: Vec<u8>, server: &ServerId, generation: Option<&str>) -> Option<Vec<u8>> {
     let newline = entry.iter().position(|&byte| byte == b'\n')?;
-    if entry[..newline] != *current.as_bytes() {
+    let (server, generation) = (server.as_str().as_bytes(), generation.unwrap_or_default().as_bytes());
+    let filled_under = entry[..newline].strip_prefix(server)?.strip_prefix(b"/")?;
+    if filled_under != generation {
         return None;
     }
     Some(entry.split_off(newline + 1))

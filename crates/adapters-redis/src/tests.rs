@@ -1071,11 +1071,22 @@ fn urls_are_redacted_whatever_their_user_info() {
     assert_eq!(config::redact_url("redis://:secret@host:6379/1"), "redis://:***@host:6379/1");
     assert_eq!(config::redact_url("rediss://user:p@ss@host"), "rediss://user:***@host");
     assert_eq!(config::redact_url("redis://secret@host"), "redis://***@host");
-    assert_eq!(config::redact_url("redis://host/0?password=x@y"), "redis://host/0?password=***");
+    // An '@' anywhere hides everything before it: over-masking, never a leak.
+    assert_eq!(config::redact_url("redis://host/0?password=x@y"), "redis://***@y");
+    for (url, redacted) in [
+        ("postgres://app:pa/ss@db/users", "postgres://app:***@db/users"),
+        ("postgres://app:p?ss@db/users", "postgres://app:***@db/users"),
+        ("postgres://app:p#ss@db/users", "postgres://app:***@db/users"),
+        ("postgres://db/users?%70assword=hunter2", "postgres://db/users?%70assword=***"),
+        ("unix:///tmp/r.sock?%70ass=hunter2", "unix:///tmp/r.sock?%70ass=***"),
+        ("postgres://h/db?password=ab#cd&sslmode=require", "postgres://h/db?password=***&sslmode=require"),
+    ] {
+        assert_eq!(config::redact_url(url), redacted, "{url}");
+    }
     assert_eq!(config::redact_url("unix:///tmp/r.sock?db=0&pass=hunter2"), "unix:///tmp/r.sock?db=0&pass=***");
     assert_eq!(
         config::redact_url("postgres:///db?host=/tmp&PASSWORD=hunter2#x"),
-        "postgres:///db?host=/tmp&PASSWORD=***#x"
+        "postgres:///db?host=/tmp&PASSWORD=***"
     );
 }
 
@@ -1287,16 +1298,16 @@ fn an_entry_is_served_only_under_the_server_and_generation_it_was_filled_with() 
     let filled = stamp(&server, Some("gen-1"));
     assert_eq!(filled, "a1/gen-1");
     let entry = encode_entry(&filled, b"payload\nwith newline");
-    assert_eq!(current_payload(entry.clone(), &filled), Some(b"payload\nwith newline".to_vec()));
-    assert_eq!(current_payload(entry.clone(), &stamp(&server, Some("gen-2"))), None);
-    assert_eq!(current_payload(entry.clone(), &stamp(&server, None)), None);
-    assert_eq!(current_payload(entry, &stamp(&restarted, Some("gen-1"))), None, "another server process");
+    assert_eq!(current_payload(entry.clone(), &server, Some("gen-1")), Some(b"payload\nwith newline".to_vec()));
+    assert_eq!(current_payload(entry.clone(), &server, Some("gen-2")), None);
+    assert_eq!(current_payload(entry.clone(), &server, None), None);
+    assert_eq!(current_payload(entry, &restarted, Some("gen-1")), None, "another server process");
     let without_generation = encode_entry(&stamp(&server, None), b"");
-    assert_eq!(current_payload(without_generation.clone(), "a1/"), Some(Vec::new()));
-    assert_eq!(current_payload(without_generation, &stamp(&restarted, None)), None);
-    assert_eq!(current_payload(b"no separator".to_vec(), "a1/"), None);
+    assert_eq!(current_payload(without_generation.clone(), &server, None), Some(Vec::new()));
+    assert_eq!(current_payload(without_generation, &restarted, None), None);
+    assert_eq!(current_payload(b"no separator".to_vec(), &server, None), None);
     // An entry written before stamps named the server (a rolling deploy) is never served.
-    assert_eq!(current_payload(b"gen-1\npayload".to_vec(), &stamp(&server, Some("gen-1"))), None);
+    assert_eq!(current_payload(b"gen-1\npayload".to_vec(), &server, Some("gen-1")), None);
 
     assert_eq!(parse_stamp("a1/gen-1"), Some((server.clone(), "gen-1")));
     assert_eq!(parse_stamp("a1/"), Some((server, "")));

@@ -5,15 +5,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix_web::HttpRequest;
 use adapters_argon2::Argon2Hasher;
 use domain::cache::ProfileCache;
+use domain::idempotency::{IdempotentWrite, RenderResponse};
 use domain::ports::HealthProbe;
 use domain::service::UserService;
 
 use crate::abuse::Limits;
 use crate::auth::credentials::{AuthSettings, MetricsToken};
 use crate::auth::failure_log::AuthFailureLog;
-use crate::idempotency::IdempotencySettings;
+use crate::idempotency::{IdempotencyKeyHeader, IdempotencySettings, idempotent_write};
 use crate::metrics::Metrics;
 
 /// What every handler can reach.
@@ -48,5 +50,21 @@ pub struct AppState {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState").field("started_at", &self.started_at).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The idempotent write for a request with `key`, if it carries one: keys scoped to
+    /// `caller_scope`, records kept `IDEMPOTENCY_TTL` from the service's clock (see
+    /// [`idempotent_write`]).
+    pub fn idempotent_write<T>(
+        &self,
+        key: IdempotencyKeyHeader,
+        caller_scope: Option<String>,
+        request: &HttpRequest,
+        body: &[u8],
+        render: RenderResponse<T>,
+    ) -> Option<IdempotentWrite<T>> {
+        idempotent_write(key, caller_scope, request, body, &self.idempotency, self.service.now(), render)
     }
 }

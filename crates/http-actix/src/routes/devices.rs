@@ -17,7 +17,7 @@ use crate::dto::{DeviceListQuery, DeviceView, RegisterDeviceRequest};
 use crate::envelope::{NoContent, Ok, success_bytes};
 use crate::error::{ApiError, to_completion};
 use crate::extract::{JsonBody, UserIdPath};
-use crate::idempotency::{IdempotencyKeyHeader, Replayable, idempotent_write};
+use crate::idempotency::{IdempotencyKeyHeader, Replayable};
 use crate::state::AppState;
 use apistos::ApiComponent;
 
@@ -51,15 +51,7 @@ pub async fn register(
     let JsonBody(dto, raw) = body;
     let registration = dto.into_domain()?;
     let scope = Some(caller.0.name());
-    let idempotency = idempotent_write(
-        key,
-        scope,
-        &request,
-        &raw,
-        &state.idempotency,
-        state.service.now(),
-        Box::new(registered_answer),
-    );
+    let idempotency = state.idempotent_write(key, scope, &request, &raw, Box::new(registered_answer));
     let service = state.service.clone();
     let written = to_completion(async move { service.register_device(user, registration, idempotency).await });
     Ok(match written.await? {

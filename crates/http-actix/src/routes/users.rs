@@ -14,7 +14,7 @@ use crate::dto::{ChangePasswordRequest, PageQuery, RegisterUserRequest, UpdateCo
 use crate::envelope::{NoContent, Ok, OkEncoded, PageMeta, success_bytes};
 use crate::error::{ApiError, to_completion};
 use crate::extract::{JsonBody, NoQuery, UserIdPath};
-use crate::idempotency::{IdempotencyKeyHeader, Replayable, idempotent_write};
+use crate::idempotency::{IdempotencyKeyHeader, Replayable};
 use crate::routes::auth::TokenView;
 use crate::state::AppState;
 
@@ -51,15 +51,7 @@ pub async fn register(
     let new_user = dto.into_domain(Principal::held_token_policy(caller.0.as_ref()))?;
     state.limits.per_address(caller.0.as_ref(), &request, "register").await?;
     let scope = caller.0.as_ref().map(Principal::name);
-    let idempotency = idempotent_write(
-        key,
-        scope,
-        &request,
-        &raw,
-        &state.idempotency,
-        state.service.now(),
-        Box::new(registered_answer),
-    );
+    let idempotency = state.idempotent_write(key, scope, &request, &raw, Box::new(registered_answer));
     let service = state.service.clone();
     let written = to_completion(async move { service.register(new_user, idempotency).await });
     Ok(match written.await? {
