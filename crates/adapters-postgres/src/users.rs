@@ -15,64 +15,27 @@ use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository};
 use domain::preferences::{Preferences, PreferencesUpdate};
 use domain::user::{ContactUpdate, EmailAddress, Page, PageRequest, PasswordHash, User, UserId, UserProfile};
-use time::{OffsetDateTime, Time};
+use time::OffsetDateTime;
 
 use crate::PgStore;
 use crate::devices::{insert_device_if_new, upsert_device};
 use crate::errors::from_diesel;
 use crate::idempotency::{TxError, claim, record as record_answer};
-use crate::rows::{CREDENTIALS, CredentialsRow, DEVICE, DeviceRow, PREFERENCES, PreferencesRow, USER, UserRow};
+use crate::rows::{
+    CREDENTIALS, ContactChangeset, CredentialsRow, DEVICE, DeviceRow, NewUserValues, PREFERENCES, PreferencesChangeset,
+    PreferencesRow, PreferencesValues, USER, UserRow,
+};
 use crate::schema::{devices, lower, notification_preferences, users};
-
-/// A partial update of `users`; `None` fields are left out of the `SET` list.
-#[derive(AsChangeset)]
-#[diesel(table_name = users)]
-struct ContactChangeset<'a> {
-    name: Option<&'a str>,
-    email: Option<&'a str>,
-    phone: Option<Option<&'a str>>,
-    updated_at: OffsetDateTime,
-}
-
-/// A partial update of `notification_preferences`, applied in one statement so that
-/// concurrent updates of different fields both survive.
-#[derive(AsChangeset)]
-#[diesel(table_name = notification_preferences)]
-struct PreferencesChangeset<'a> {
-    email_enabled: Option<bool>,
-    push_enabled: Option<bool>,
-    quiet_hours_start: Option<Option<Time>>,
-    quiet_hours_end: Option<Option<Time>>,
-    timezone: Option<&'a str>,
-    updated_at: OffsetDateTime,
-}
 
 /// Inserts the user, its preferences and its optional device (in the caller's transaction).
 async fn insert_user(connection: &mut AsyncPgConnection, record: &NewUserRecord) -> Result<CreatedUser, TxError> {
     let user = diesel::insert_into(users::table)
-        .values((
-            users::id.eq(record.id.as_uuid()),
-            users::name.eq(record.name.as_str()),
-            users::email.eq(record.email.as_str()),
-            users::phone.eq(record.phone.as_ref().map(|phone| phone.as_str())),
-            users::password_hash.eq(record.password_hash.as_str()),
-            users::created_at.eq(record.created_at),
-            users::updated_at.eq(record.created_at),
-        ))
+        .values(NewUserValues::new(record))
         .returning(USER)
         .get_result(connection)
         .await?;
-    let values = PreferencesRow::new(record.id.as_uuid(), &record.preferences);
     let preferences = diesel::insert_into(notification_preferences::table)
-        .values((
-            notification_preferences::user_id.eq(values.user_id),
-            notification_preferences::email_enabled.eq(values.email_enabled),
-            notification_preferences::push_enabled.eq(values.push_enabled),
-            notification_preferences::quiet_hours_start.eq(values.quiet_hours_start),
-            notification_preferences::quiet_hours_end.eq(values.quiet_hours_end),
-            notification_preferences::timezone.eq(&values.timezone),
-            notification_preferences::updated_at.eq(values.updated_at),
-        ))
+        .values(PreferencesValues::new(record.id, &record.preferences))
         .returning(PREFERENCES)
         .get_result::<PreferencesRow>(connection)
         .await?;
@@ -186,14 +149,8 @@ impl UserRepository for PgStore {
         now: OffsetDateTime,
     ) -> Result<Option<User>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let changeset = ContactChangeset {
-            name: update.name.as_ref().map(|name| name.as_str()),
-            email: update.email.as_ref().map(|email| email.as_str()),
-            phone: update.phone.as_ref().map(|phone| phone.as_ref().map(|phone| phone.as_str())),
-            updated_at: now,
-        };
         let row = diesel::update(users::table.find(id.as_uuid()))
-            .set(changeset)
+            .set(ContactChangeset::new(&update, now))
             .returning(USER)
             .get_result::<UserRow>(&mut connection)
             .await
@@ -229,17 +186,8 @@ impl UserRepository for PgStore {
         now: OffsetDateTime,
     ) -> Result<Option<Preferences>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let quiet_hours = update.quiet_hours.map(|window| window.map(|window| (window.start(), window.end())));
-        let changeset = PreferencesChangeset {
-            email_enabled: update.email,
-            push_enabled: update.push,
-            quiet_hours_start: quiet_hours.map(|window| window.map(|(start, _)| start.as_time())),
-            quiet_hours_end: quiet_hours.map(|window| window.map(|(_, end)| end.as_time())),
-            timezone: update.timezone.as_ref().map(|zone| zone.as_str()),
-            updated_at: now,
-        };
         let row = diesel::update(notification_preferences::table.find(id.as_uuid()))
-            .set(changeset)
+            .set(PreferencesChangeset::new(&update, now))
             .returning(PREFERENCES)
             .get_result::<PreferencesRow>(&mut connection)
             .await

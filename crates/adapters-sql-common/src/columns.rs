@@ -6,42 +6,41 @@
 /// the store's `users`, `notification_preferences`, `devices` and `idempotency_records`
 /// table modules are in scope (each store has its own schema, with its own column types).
 ///
+/// Each tuple is checked at compile time against its row's field names
+/// ([`selects_fields`]): rows are read by position, so a tuple that names other columns, or
+/// the same ones in another order, would read one column into another field.
+///
 /// [`UserRow`]: crate::rows::UserRow
 /// [`CredentialsRow`]: crate::rows::CredentialsRow
 /// [`PreferencesRow`]: crate::rows::PreferencesRow
 /// [`DeviceRow`]: crate::rows::DeviceRow
 /// [`RecordRow`]: crate::rows::RecordRow
+/// [`selects_fields`]: crate::rows::selects_fields
 #[macro_export]
 macro_rules! row_columns {
     ($vis:vis) => {
-        /// What `UserRow` reads of `users` (never the password hash).
-        $vis const USER: (users::id, users::name, users::email, users::phone, users::created_at, users::updated_at) =
-            (users::id, users::name, users::email, users::phone, users::created_at, users::updated_at);
+        $crate::row_columns!(@tuple $vis USER: UserRow = users(id, name, email, phone, created_at, updated_at));
+        $crate::row_columns!(@tuple $vis CREDENTIALS: CredentialsRow = users(id, password_hash, token_version));
+        $crate::row_columns!(@tuple $vis PREFERENCES: PreferencesRow = notification_preferences(
+            user_id, email_enabled, push_enabled, quiet_hours_start, quiet_hours_end, timezone, updated_at
+        ));
+        $crate::row_columns!(@tuple $vis DEVICE: DeviceRow = devices(
+            id, user_id, token, platform, active, created_at, updated_at, last_seen_at
+        ));
+        $crate::row_columns!(@tuple $vis RECORD: RecordRow = idempotency_records(
+            request_fingerprint, response_status, response_body, response_location, invalidates
+        ));
+    };
+    (@tuple $vis:vis $name:ident: $row:ident = $table:ident($($column:ident),* $(,)?)) => {
+        #[doc = concat!("The columns of `", stringify!($table), "` that [`", stringify!($row), "`] reads, in its field order.")]
+        $vis const $name: ($($table::$column,)*) = ($($table::$column,)*);
 
-        /// What `CredentialsRow` reads of `users`.
-        $vis const CREDENTIALS: (users::id, users::password_hash, users::token_version) =
-            (users::id, users::password_hash, users::token_version);
-
-        /// Every column of `notification_preferences`, as `PreferencesRow` reads them.
-        $vis const PREFERENCES: <notification_preferences::table as diesel::Table>::AllColumns =
-            notification_preferences::all_columns;
-
-        /// Every column of `devices`, as `DeviceRow` reads them.
-        $vis const DEVICE: <devices::table as diesel::Table>::AllColumns = devices::all_columns;
-
-        /// What `RecordRow` reads of `idempotency_records`.
-        $vis const RECORD: (
-            idempotency_records::request_fingerprint,
-            idempotency_records::response_status,
-            idempotency_records::response_body,
-            idempotency_records::response_location,
-            idempotency_records::invalidates,
-        ) = (
-            idempotency_records::request_fingerprint,
-            idempotency_records::response_status,
-            idempotency_records::response_body,
-            idempotency_records::response_location,
-            idempotency_records::invalidates,
+        const _: () = assert!(
+            $crate::rows::selects_fields(
+                &[$(<$table::$column as diesel::Column>::NAME),*],
+                $crate::rows::$row::COLUMNS,
+            ),
+            concat!(stringify!($name), " must name the fields of ", stringify!($row), ", in order"),
         );
     };
 }

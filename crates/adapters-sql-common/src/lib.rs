@@ -4,7 +4,10 @@
 //! - [`tables!`]: diesel's view of the tables (the two column types that differ between
 //!   the backends come from each store);
 //! - [`rows`]: the rows both read (backend-generic `Queryable`s) and their conversion to
-//!   domain values; [`row_columns!`] declares the column tuples that select them;
+//!   domain values; [`row_columns!`] declares the column tuples that select them, checked
+//!   against the rows' field names at compile time;
+//! - [`row_writes!`]: what both write (a new user, contact and preferences changes), built
+//!   from the domain values by exhaustive destructuring;
 //! - [`pool`]: deadpool pools with explicit limits and per-connection session settings;
 //! - [`profiles`]: profiles assembled from rows, and page arithmetic;
 //! - [`devices`]: registration results and which device a selector names;
@@ -21,6 +24,7 @@ pub mod pool;
 pub mod profiles;
 pub mod rows;
 mod schema;
+mod writes;
 
 #[cfg(feature = "contract-tests")]
 pub mod contract;

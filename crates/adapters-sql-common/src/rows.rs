@@ -4,7 +4,12 @@
 //!
 //! The rows derive only `Queryable`, which works for any backend whose column types
 //! deserialize into these Rust types; each store selects them with its own column tuples
-//! (`Selectable` would tie a row to one store's schema).
+//! (`Selectable` would tie a row to one store's schema). `Queryable` reads by position, so
+//! every row also lists its field names ([`row!`]), and [`row_columns!`] checks at compile
+//! time that each store's tuple names the same columns in the same order: a field added to
+//! a row and not to the tuple, or two columns of one type swapped, does not build.
+//!
+//! [`row_columns!`]: crate::row_columns
 
 use diesel::Queryable;
 use domain::auth::Credentials;
@@ -21,8 +26,50 @@ pub fn corrupt_row(what: &'static str, detail: impl std::fmt::Display) -> Reposi
     RepositoryError::Unexpected(format!("stored {what} is invalid: {detail}").into())
 }
 
+/// Declares a `Queryable` row and `COLUMNS`, its field names in order (the names of the
+/// columns it must be selected with).
+macro_rules! row {
+    ($(#[$meta:meta])* pub struct $row:ident { $($(#[$field_meta:meta])* $vis:vis $field:ident: $type:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Queryable)]
+        pub struct $row {
+            $($(#[$field_meta])* $vis $field: $type,)*
+        }
+
+        impl $row {
+            /// The columns this row is read from, in the order of its fields.
+            pub const COLUMNS: &'static [&'static str] = &[$(stringify!($field)),*];
+        }
+    };
+}
+
+/// Whether a store's column tuple (`selected`, column names) reads a row's fields
+/// (`fields`): the same names in the same order. `const`, for the check in `row_columns!`.
+pub const fn selects_fields(selected: &[&str], fields: &[&str]) -> bool {
+    if selected.len() != fields.len() {
+        return false;
+    }
+    let mut index = 0;
+    while index < selected.len() {
+        let (column, field) = (selected[index].as_bytes(), fields[index].as_bytes());
+        if column.len() != field.len() {
+            return false;
+        }
+        let mut byte = 0;
+        while byte < column.len() {
+            if column[byte] != field[byte] {
+                return false;
+            }
+            byte += 1;
+        }
+        index += 1;
+    }
+    true
+}
+
+row! {
 /// The public columns of `users` (never the password hash).
-#[derive(Debug, Clone, Queryable)]
+#[derive(Debug, Clone)]
 pub struct UserRow {
     /// `users.id`.
     pub id: Uuid,
@@ -36,6 +83,7 @@ pub struct UserRow {
     pub created_at: OffsetDateTime,
     /// `users.updated_at`.
     pub updated_at: OffsetDateTime,
+}
 }
 
 impl TryFrom<UserRow> for User {
@@ -53,8 +101,9 @@ impl TryFrom<UserRow> for User {
     }
 }
 
+row! {
 /// A row of `notification_preferences`.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreferencesRow {
     /// `notification_preferences.user_id`.
     pub user_id: Uuid,
@@ -71,20 +120,6 @@ pub struct PreferencesRow {
     /// When the preferences last changed.
     pub updated_at: OffsetDateTime,
 }
-
-impl PreferencesRow {
-    /// The row that stores `preferences` for `user_id`.
-    pub fn new(user_id: Uuid, preferences: &Preferences) -> Self {
-        Self {
-            user_id,
-            email_enabled: preferences.email,
-            push_enabled: preferences.push,
-            quiet_hours_start: preferences.quiet_hours.map(|window| window.start().as_time()),
-            quiet_hours_end: preferences.quiet_hours.map(|window| window.end().as_time()),
-            timezone: preferences.timezone.as_str().to_owned(),
-            updated_at: preferences.updated_at,
-        }
-    }
 }
 
 impl TryFrom<PreferencesRow> for Preferences {
@@ -108,8 +143,9 @@ impl TryFrom<PreferencesRow> for Preferences {
     }
 }
 
+row! {
 /// A row of `devices`.
-#[derive(Debug, Clone, Queryable)]
+#[derive(Debug, Clone)]
 pub struct DeviceRow {
     /// `devices.id`.
     pub id: Uuid,
@@ -127,6 +163,7 @@ pub struct DeviceRow {
     pub updated_at: OffsetDateTime,
     /// When the token was last registered or refreshed.
     pub last_seen_at: OffsetDateTime,
+}
 }
 
 impl TryFrom<DeviceRow> for Device {
@@ -151,12 +188,13 @@ pub fn devices_from_rows(rows: impl IntoIterator<Item = DeviceRow>) -> Result<Ve
     rows.into_iter().map(Device::try_from).collect()
 }
 
+row! {
 /// What login reads of a user: `users.id`, `password_hash`, `token_version`.
-#[derive(Queryable)]
 pub struct CredentialsRow {
     id: Uuid,
     password_hash: String,
     token_version: i32,
+}
 }
 
 impl std::fmt::Debug for CredentialsRow {
@@ -175,15 +213,17 @@ impl From<CredentialsRow> for Credentials {
     }
 }
 
+row! {
 /// What replaying reads of an idempotency record: `request_fingerprint`, `response_status`,
 /// `response_body`, `response_location`, `invalidates`.
-#[derive(Debug, Queryable)]
+#[derive(Debug)]
 pub struct RecordRow {
     request_fingerprint: Vec<u8>,
     response_status: i16,
     response_body: Vec<u8>,
     response_location: Option<String>,
     invalidates: String,
+}
 }
 
 impl From<RecordRow> for IdempotencyRecord {

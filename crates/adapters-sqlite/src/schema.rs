@@ -35,6 +35,12 @@ impl ToSql<UuidText, Sqlite> for Id {
     }
 }
 
+impl From<Uuid> for Id {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
 impl From<domain::user::UserId> for Id {
     fn from(id: domain::user::UserId) -> Self {
         Self(id.as_uuid())
@@ -55,3 +61,4 @@ extern "SQL" {
 }
 
 adapters_sql_common::row_columns!(pub);
+adapters_sql_common::row_writes!(pub, Id);

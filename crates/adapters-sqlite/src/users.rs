@@ -13,9 +13,7 @@ use domain::device::HeldToken;
 use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository};
 use domain::preferences::{Preferences, PreferencesUpdate};
-use domain::user::{
-    ContactUpdate, EmailAddress, Page, PageRequest, PasswordHash, PhoneNumber, User, UserId, UserProfile,
-};
+use domain::user::{ContactUpdate, EmailAddress, Page, PageRequest, PasswordHash, User, UserId, UserProfile};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -23,7 +21,10 @@ use crate::SqliteStore;
 use crate::devices::{token_is_held, upsert_device};
 use crate::errors::StoreError;
 use crate::idempotency::{claim, record_answer};
-use crate::schema::{CREDENTIALS, DEVICE, Id, PREFERENCES, USER, devices, lower, notification_preferences, users};
+use crate::schema::{
+    CREDENTIALS, ContactChangeset, DEVICE, Id, NewUserValues, PREFERENCES, PreferencesChangeset, PreferencesValues,
+    USER, devices, lower, notification_preferences, users,
+};
 
 /// `IN (…)` lists stay well below SQLite's limit on bound parameters.
 pub(crate) const IDS_PER_QUERY: usize = 500;
@@ -42,38 +43,17 @@ pub(crate) fn user_exists(connection: &mut SqliteConnection, user: UserId) -> Qu
     diesel::select(exists(users::table.find(Id::from(user)))).get_result(connection)
 }
 
-/// Stored values of a user to insert.
-#[derive(Insertable)]
-#[diesel(table_name = users)]
-struct NewUserValues<'a> {
-    id: Id,
-    name: &'a str,
-    email: &'a str,
-    phone: Option<&'a str>,
-    password_hash: &'a str,
-    created_at: OffsetDateTime,
-    updated_at: OffsetDateTime,
-}
-
 /// Inserts the user, its preferences and its optional device (in the caller's transaction).
 fn insert_user(connection: &mut SqliteConnection, record: &NewUserRecord) -> Result<CreatedUser, StoreError> {
     if email_taken(connection, record.email.as_str(), None)? {
         return Err(RepositoryError::EmailTaken.into());
     }
-    let values = NewUserValues {
-        id: record.id.into(),
-        name: record.name.as_str(),
-        email: record.email.as_str(),
-        phone: record.phone.as_ref().map(PhoneNumber::as_str),
-        password_hash: record.password_hash.as_str(),
-        created_at: record.created_at,
-        updated_at: record.created_at,
-    };
-    let user: UserRow = diesel::insert_into(users::table).values(values).returning(USER).get_result(connection)?;
-    let preferences = PreferencesRow::new(record.id.as_uuid(), &record.preferences);
-    diesel::insert_into(notification_preferences::table)
-        .values(PreferencesValues::from(&preferences))
-        .execute(connection)?;
+    let user: UserRow =
+        diesel::insert_into(users::table).values(NewUserValues::new(record)).returning(USER).get_result(connection)?;
+    let preferences: PreferencesRow = diesel::insert_into(notification_preferences::table)
+        .values(PreferencesValues::new(record.id, &record.preferences))
+        .returning(PREFERENCES)
+        .get_result(connection)?;
     let device = match (&record.device, record.if_token_held) {
         (None, _) => InitialDevice::None,
         // Write transactions are serialized: the token read here is still unheld at the insert.
@@ -85,33 +65,6 @@ fn insert_user(connection: &mut SqliteConnection, record: &NewUserRecord) -> Res
         }
     };
     Ok(created_user(user, preferences, device)?)
-}
-
-/// A preferences row to insert, or to set in full (`None` quiet hours clear them).
-#[derive(Insertable, AsChangeset)]
-#[diesel(table_name = notification_preferences, primary_key(user_id), treat_none_as_null = true)]
-struct PreferencesValues<'a> {
-    user_id: Id,
-    email_enabled: bool,
-    push_enabled: bool,
-    quiet_hours_start: Option<time::Time>,
-    quiet_hours_end: Option<time::Time>,
-    timezone: &'a str,
-    updated_at: OffsetDateTime,
-}
-
-impl<'a> From<&'a PreferencesRow> for PreferencesValues<'a> {
-    fn from(row: &'a PreferencesRow) -> Self {
-        Self {
-            user_id: Id(row.user_id),
-            email_enabled: row.email_enabled,
-            push_enabled: row.push_enabled,
-            quiet_hours_start: row.quiet_hours_start,
-            quiet_hours_end: row.quiet_hours_end,
-            timezone: &row.timezone,
-            updated_at: row.updated_at,
-        }
-    }
 }
 
 /// The profiles of users already loaded with their preferences (in their order).
@@ -207,15 +160,8 @@ impl UserRepository for SqliteStore {
             {
                 return Err(RepositoryError::EmailTaken.into());
             }
-            // `None` parts of the tuple are left out of the `SET` list.
-            let changes = (
-                update.name.as_ref().map(|name| users::name.eq(name.as_str())),
-                update.email.as_ref().map(|email| users::email.eq(email.as_str())),
-                update.phone.as_ref().map(|phone| users::phone.eq(phone.as_ref().map(PhoneNumber::as_str))),
-                users::updated_at.eq(now),
-            );
             let row: Option<UserRow> = diesel::update(users::table.find(Id::from(id)))
-                .set(changes)
+                .set(ContactChangeset::new(&update, now))
                 .returning(USER)
                 .get_result(connection)
                 .optional()?;
@@ -247,23 +193,13 @@ impl UserRepository for SqliteStore {
         update: PreferencesUpdate,
         now: OffsetDateTime,
     ) -> Result<Option<Preferences>, RepositoryError> {
-        // Read, apply and write back inside one write transaction: no other writer runs in
-        // between, so concurrent updates of different fields all survive.
         self.write(move |connection| {
-            let Some(stored) = notification_preferences::table
-                .find(Id::from(id))
-                .select(PREFERENCES)
-                .get_result::<PreferencesRow>(connection)
-                .optional()?
-            else {
-                return Ok(None);
-            };
-            let updated = Preferences::try_from(stored)?.with_update(&update, now);
-            let row = PreferencesRow::new(id.as_uuid(), &updated);
-            diesel::update(notification_preferences::table.find(Id::from(id)))
-                .set(PreferencesValues::from(&row))
-                .execute(connection)?;
-            Ok(Some(updated))
+            let row: Option<PreferencesRow> = diesel::update(notification_preferences::table.find(Id::from(id)))
+                .set(PreferencesChangeset::new(&update, now))
+                .returning(PREFERENCES)
+                .get_result(connection)
+                .optional()?;
+            Ok(row.map(Preferences::try_from).transpose()?)
         })
         .await
     }

@@ -173,21 +173,19 @@ impl UserService {
         {
             return self.replayed(replay).await;
         }
-        let password_hash = self.ports.hasher.hash(new_user.password).await?;
+        // Exhaustive: a field added to `NewUser` does not build until it is stored or refused here.
+        let NewUser { name, email, password, phone, push_token, if_token_held, preferences } = new_user;
+        let password_hash = self.ports.hasher.hash(password).await?;
         let now = self.ports.clock.now();
         let record = NewUserRecord {
             id: UserId::generate(),
-            name: new_user.name,
-            email: new_user.email,
-            phone: new_user.phone,
+            name,
+            email,
+            phone,
             password_hash,
-            preferences: Preferences::defaults(now).with_update(&new_user.preferences, now),
-            device: new_user.push_token.map(|token| DeviceRegistration {
-                token,
-                platform: Platform::Unknown,
-                active: true,
-            }),
-            if_token_held: new_user.if_token_held,
+            preferences: Preferences::defaults(now).with_update(&preferences, now),
+            device: push_token.map(|token| DeviceRegistration { token, platform: Platform::Unknown, active: true }),
+            if_token_held,
             created_at: now,
         };
         // A new user has no cached entry; the previous owner of its token does.

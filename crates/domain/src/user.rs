@@ -277,7 +277,8 @@ pub struct ContactUpdate {
 impl ContactUpdate {
     /// Whether the update changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.name.is_none() && self.email.is_none() && self.phone.is_none()
+        let Self { name, email, phone } = self;
+        name.is_none() && email.is_none() && phone.is_none()
     }
 }
 

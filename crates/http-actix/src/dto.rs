@@ -342,13 +342,14 @@ pub struct PreferencesView {
 
 impl From<&Preferences> for PreferencesView {
     fn from(preferences: &Preferences) -> Self {
+        let Preferences { email, push, quiet_hours, timezone, updated_at } = preferences;
         Self {
-            email: preferences.email,
-            push: preferences.push,
-            quiet_hours_start: preferences.quiet_hours.map(|window| window.start().to_string()),
-            quiet_hours_end: preferences.quiet_hours.map(|window| window.end().to_string()),
-            timezone: preferences.timezone.as_str().to_owned(),
-            updated_at: rfc3339(preferences.updated_at),
+            email: *email,
+            push: *push,
+            quiet_hours_start: quiet_hours.map(|window| window.start().to_string()),
+            quiet_hours_end: quiet_hours.map(|window| window.end().to_string()),
+            timezone: timezone.as_str().to_owned(),
+            updated_at: rfc3339(*updated_at),
         }
     }
 }
@@ -415,18 +416,19 @@ pub struct UserView {
 
 impl From<&UserProfile> for UserView {
     fn from(profile: &UserProfile) -> Self {
-        let user = &profile.user;
+        // Exhaustive: a field added to `User` does not build until it is shown or left out here.
+        let User { id, name, email, phone, created_at, updated_at } = &profile.user;
         Self {
-            id: user.id.as_uuid(),
-            name: user.name.as_str().to_owned(),
-            email: user.email.as_str().to_owned(),
-            phone: user.phone.as_ref().map(|phone| phone.as_str().to_owned()),
+            id: id.as_uuid(),
+            name: name.as_str().to_owned(),
+            email: email.as_str().to_owned(),
+            phone: phone.as_ref().map(|phone| phone.as_str().to_owned()),
             preferences: PreferencesView::from(&profile.preferences),
             push_token: profile.push_token().map(|token| token.as_str().to_owned()),
             push_tokens: profile.active_push_tokens().map(|token| token.as_str().to_owned()).collect(),
             devices: profile.active_devices().map(DeviceView::from).collect(),
-            created_at: rfc3339(user.created_at),
-            updated_at: rfc3339(user.updated_at),
+            created_at: rfc3339(*created_at),
+            updated_at: rfc3339(*updated_at),
         }
     }
 }

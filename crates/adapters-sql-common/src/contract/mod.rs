@@ -74,6 +74,7 @@ macro_rules! repository_contract_tests {
             update_contact_of_an_unknown_id_is_none,
             delete_removes_the_user_with_its_preferences_and_devices,
             update_preferences_changes_only_the_given_fields,
+            every_preferences_update_is_stored_as_the_domain_rule_applies_it,
             update_preferences_of_an_unknown_id_is_none,
             concurrent_preference_updates_of_different_fields_all_survive,
             credentials_are_found_by_case_insensitive_email_and_by_id,

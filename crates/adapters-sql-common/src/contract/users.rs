@@ -431,6 +431,36 @@ pub async fn update_preferences_changes_only_the_given_fields(fixture: &impl Sto
     assert_eq!(profile.preferences, preferences);
 }
 
+/// Every combination of given and omitted fields is stored as the domain's rule
+/// ([`Preferences::with_update`]) applies it: the stores' changesets and the rule agree.
+pub async fn every_preferences_update_is_stored_as_the_domain_rule_applies_it(fixture: &impl StoreFixture) {
+    let store = fixture.store();
+    for combination in 0..16_u8 {
+        let email = format!("user{combination}@example.com");
+        let id = create_user(store, &email, at(0)).await;
+        let start = PreferencesUpdate {
+            email: Some(false),
+            quiet_hours: Some(Some(quiet_hours("21:00", "06:00"))),
+            timezone: Some(TimeZoneName::parse("Europe/Paris").unwrap()),
+            ..PreferencesUpdate::default()
+        };
+        let stored = store.update_preferences(id, start, at(1)).await.expect("update").expect("exists");
+        let given = |bit: u8| combination & (1 << bit) != 0;
+        let update = PreferencesUpdate {
+            email: given(0).then_some(true),
+            push: given(1).then_some(false),
+            // Clearing and setting quiet hours alternate between combinations.
+            quiet_hours: given(2).then(|| (combination % 8 == 4).then(|| quiet_hours("23:15", "05:30"))),
+            timezone: given(3).then(|| TimeZoneName::parse("America/New_York").unwrap()),
+        };
+
+        let expected = stored.clone().with_update(&update, at(2));
+        let updated = store.update_preferences(id, update.clone(), at(2)).await.expect("update").expect("exists");
+        assert_eq!(updated, expected, "{update:?} applied to {stored:?}");
+        assert_eq!(store.find_preferences(id).await.expect("find"), Some(expected), "{update:?} as stored");
+    }
+}
+
 /// Updating the preferences of an unknown id is `None` and writes nothing.
 pub async fn update_preferences_of_an_unknown_id_is_none(fixture: &impl StoreFixture) {
     let store = fixture.store();
