@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use diesel::dsl::case_when;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use domain::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
 use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{DeviceRepository, RepositoryError};
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::PgStore;
 use crate::errors::from_diesel;
-use crate::idempotency::{TxError, claim, record as record_answer};
+use crate::idempotency::{TxError, idempotent_transaction};
 use crate::rows::{DEVICE, DeviceRow};
 use crate::schema::{devices, regexp_replace, users};
 use adapters_sql_common::device_order;
@@ -152,23 +152,13 @@ impl DeviceRepository for PgStore {
         idempotency: Option<IdempotentWrite<RegisteredDevice>>,
     ) -> Result<Idempotent<RegisteredDevice>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let Some(write) = idempotency else {
-            let row = upsert_device(&mut connection, user, &registration, now).await.map_err(from_diesel)?;
-            return Ok(Idempotent::Executed(row.into_registered(user)?));
-        };
-        let outcome = connection
-            .transaction::<_, TxError, _>(async |connection| {
-                if let Some(replay) = claim(connection, &write.request).await? {
-                    return Ok(Idempotent::Replayed(replay));
-                }
+        idempotent_transaction(&mut connection, idempotency, move |connection| {
+            Box::pin(async move {
                 let row = upsert_device(connection, user, &registration, now).await?;
-                let registered = row.into_registered(user).map_err(TxError::Repository)?;
-                let response = (write.render)(&registered);
-                record_answer(connection, &write.request, &response, now).await?;
-                Ok(Idempotent::Executed(registered))
+                row.into_registered(user).map_err(TxError::Repository)
             })
-            .await?;
-        Ok(outcome)
+        })
+        .await
     }
 
     async fn list(&self, user: UserId) -> Result<Option<Vec<Device>>, RepositoryError> {

@@ -3,12 +3,16 @@
 
 use adapters_sql_common::rows::{stored_status, stored_user_ids};
 use async_trait::async_trait;
-use diesel::dsl::{now, sql};
+use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Text};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use domain::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord, IdempotentRequest, StoredResponse};
+use diesel::sql_types::{BigInt, Bool, Text, Timestamptz};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use domain::idempotency::{
+    IdempotencyConflict, IdempotencyKey, IdempotencyRecord, Idempotent, IdempotentRequest, IdempotentWrite,
+    StoredResponse,
+};
 use domain::ports::{IdempotencyRepository, RepositoryError};
+use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
 
 use crate::PgStore;
@@ -43,10 +47,12 @@ impl From<TxError> for RepositoryError {
     }
 }
 
+/// The record of `caller`'s `key` unexpired at `now`, if any.
 async fn find_unexpired(
     connection: &mut AsyncPgConnection,
     caller: &str,
     key: &str,
+    now: OffsetDateTime,
 ) -> QueryResult<Option<IdempotencyRecord>> {
     let row: Option<RecordRow> = idempotency_records::table
         .find((caller, key))
@@ -58,11 +64,36 @@ async fn find_unexpired(
     Ok(row.map(IdempotencyRecord::from))
 }
 
+/// Runs `write` in one transaction under `idempotency`: a completed request's stored answer
+/// instead when there is one, else the write, with its answer recorded in the same
+/// transaction. The one skeleton of every idempotent write of this store.
+pub(crate) async fn idempotent_transaction<T: Send>(
+    connection: &mut AsyncPgConnection,
+    idempotency: Option<IdempotentWrite<T>>,
+    write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, Result<T, TxError>> + Send,
+) -> Result<Idempotent<T>, RepositoryError> {
+    let outcome = connection
+        .transaction::<_, TxError, _>(async |connection| {
+            if let Some(idempotent) = &idempotency
+                && let Some(replay) = claim(connection, &idempotent.request).await?
+            {
+                return Ok(Idempotent::Replayed(replay));
+            }
+            let written = write(connection).await?;
+            if let Some(idempotent) = idempotency {
+                record(connection, &idempotent.request, &(idempotent.render)(&written)).await?;
+            }
+            Ok(Idempotent::Executed(written))
+        })
+        .await?;
+    Ok(outcome)
+}
+
 /// Claims `request`'s key for the current transaction. Returns the stored answer when the
 /// request already ran; fails when another transaction holds the key or it was used for
 /// another request. The lock is transaction-scoped: it is released at commit, when the
 /// record written by [`record`] becomes visible.
-pub(crate) async fn claim(
+async fn claim(
     connection: &mut AsyncPgConnection,
     request: &IdempotentRequest,
 ) -> Result<Option<StoredResponse>, TxError> {
@@ -76,18 +107,17 @@ pub(crate) async fn claim(
     if !locked {
         return Err(TxError::Conflict(IdempotencyConflict::InFlight));
     }
-    match find_unexpired(connection, &request.caller, request.key.as_str()).await? {
+    match find_unexpired(connection, &request.caller, request.key.as_str(), request.received_at).await? {
         Some(record) => record.replay_for(&request.fingerprint).map(Some).map_err(TxError::Conflict),
         None => Ok(None),
     }
 }
 
 /// Stores the answer of `request` (replacing an expired record of the same key).
-pub(crate) async fn record(
+async fn record(
     connection: &mut AsyncPgConnection,
     request: &IdempotentRequest,
     response: &StoredResponse,
-    created_at: OffsetDateTime,
 ) -> QueryResult<()> {
     let invalidates = stored_user_ids(&response.invalidates);
     let values = (
@@ -97,7 +127,7 @@ pub(crate) async fn record(
         idempotency_records::response_status.eq(stored_status(response.status)),
         idempotency_records::response_body.eq(&response.body),
         idempotency_records::response_location.eq(response.location.as_deref()),
-        idempotency_records::created_at.eq(created_at),
+        idempotency_records::created_at.eq(request.received_at),
         idempotency_records::expires_at.eq(request.expires_at),
         idempotency_records::invalidates.eq(&invalidates),
     );
@@ -117,20 +147,27 @@ impl IdempotencyRepository for PgStore {
         &self,
         caller: &str,
         key: &IdempotencyKey,
+        now: OffsetDateTime,
     ) -> Result<Option<IdempotencyRecord>, RepositoryError> {
         let mut connection = self.connection().await?;
-        find_unexpired(&mut connection, caller, key.as_str()).await.map_err(from_diesel)
+        find_unexpired(&mut connection, caller, key.as_str(), now).await.map_err(from_diesel)
     }
 }
 
 impl PgStore {
-    /// Deletes expired idempotency records, at most `batch` at a time; returns how many.
-    pub async fn purge_expired_idempotency_records(&self, batch: i64) -> Result<usize, RepositoryError> {
+    /// Deletes the idempotency records expired at `now`, at most `batch` at a time; returns
+    /// how many.
+    pub async fn purge_expired_idempotency_records(
+        &self,
+        batch: i64,
+        now: OffsetDateTime,
+    ) -> Result<usize, RepositoryError> {
         let mut connection = self.connection().await?;
         diesel::sql_query(
             "DELETE FROM idempotency_records WHERE ctid IN \
-             (SELECT ctid FROM idempotency_records WHERE expires_at <= now() LIMIT $1)",
+             (SELECT ctid FROM idempotency_records WHERE expires_at <= $1 LIMIT $2)",
         )
+        .bind::<Timestamptz, _>(now)
         .bind::<BigInt, _>(batch)
         .execute(&mut connection)
         .await

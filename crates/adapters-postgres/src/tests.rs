@@ -58,8 +58,8 @@ impl StoreFixture for PgFixture {
         .await;
     }
 
-    async fn purge_expired_idempotency_records(&self, batch: i64) -> usize {
-        self.store.purge_expired_idempotency_records(batch).await.expect("purge")
+    async fn purge_expired_idempotency_records(&self, batch: i64, now: OffsetDateTime) -> usize {
+        self.store.purge_expired_idempotency_records(batch, now).await.expect("purge")
     }
 }
 
@@ -144,6 +144,7 @@ async fn a_key_held_by_a_running_transaction_is_in_flight() {
             caller: "gateway".into(),
             key: IdempotencyKey::parse("busy").unwrap(),
             fingerprint: vec![1],
+            received_at: OffsetDateTime::now_utc(),
             expires_at: OffsetDateTime::now_utc() + Duration::hours(1),
         },
         render: Box::new(|_: &RegisteredDevice| StoredResponse {

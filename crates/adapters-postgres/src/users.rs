@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use diesel::dsl::{exists, sql};
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use domain::auth::Credentials;
 use domain::device::HeldToken;
 use domain::idempotency::{Idempotent, IdempotentWrite};
@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use crate::PgStore;
 use crate::devices::{insert_device_if_new, upsert_device};
 use crate::errors::from_diesel;
-use crate::idempotency::{TxError, claim, record as record_answer};
+use crate::idempotency::{TxError, idempotent_transaction};
 use crate::rows::{
     CREDENTIALS, ContactChangeset, CredentialsRow, DEVICE, DeviceRow, NewUserValues, PREFERENCES, PreferencesChangeset,
     PreferencesRow, PreferencesValues, USER, UserRow,
@@ -62,22 +62,10 @@ impl UserRepository for PgStore {
         idempotency: Option<IdempotentWrite<CreatedUser>>,
     ) -> Result<Idempotent<CreatedUser>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let outcome = connection
-            .transaction::<_, TxError, _>(async |connection| {
-                if let Some(write) = &idempotency
-                    && let Some(replay) = claim(connection, &write.request).await?
-                {
-                    return Ok(Idempotent::Replayed(replay));
-                }
-                let created = insert_user(connection, &record).await?;
-                if let Some(write) = idempotency {
-                    let response = (write.render)(&created);
-                    record_answer(connection, &write.request, &response, record.created_at).await?;
-                }
-                Ok(Idempotent::Executed(created))
-            })
-            .await?;
-        Ok(outcome)
+        idempotent_transaction(&mut connection, idempotency, move |connection| {
+            Box::pin(async move { insert_user(connection, &record).await })
+        })
+        .await
     }
 
     async fn find_profile(&self, id: UserId) -> Result<Option<UserProfile>, RepositoryError> {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::SqliteStore;
 use crate::errors::StoreError;
-use crate::idempotency::{claim, record_answer};
+use crate::idempotency::idempotently;
 use crate::schema::{DEVICE, Id, devices};
 use crate::users::user_exists;
 
@@ -94,16 +94,9 @@ impl DeviceRepository for SqliteStore {
         idempotency: Option<IdempotentWrite<RegisteredDevice>>,
     ) -> Result<Idempotent<RegisteredDevice>, RepositoryError> {
         self.write(move |connection| {
-            let Some(write) = idempotency else {
-                let row = upsert_device(connection, user, &registration, now)?;
-                return Ok(Idempotent::Executed(row.into_registered(user)?));
-            };
-            if let Some(replay) = claim(connection, &write.request)? {
-                return Ok(Idempotent::Replayed(replay));
-            }
-            let registered = upsert_device(connection, user, &registration, now)?.into_registered(user)?;
-            record_answer(connection, &write.request, &(write.render)(&registered), now)?;
-            Ok(Idempotent::Executed(registered))
+            idempotently(connection, idempotency, |connection| {
+                Ok(upsert_device(connection, user, &registration, now)?.into_registered(user)?)
+            })
         })
         .await
     }

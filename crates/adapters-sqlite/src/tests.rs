@@ -50,8 +50,8 @@ impl StoreFixture for SqliteFixture {
         .await;
     }
 
-    async fn purge_expired_idempotency_records(&self, batch: i64) -> usize {
-        self.0.store().purge_expired_idempotency_records(batch).await.expect("purge")
+    async fn purge_expired_idempotency_records(&self, batch: i64, now: OffsetDateTime) -> usize {
+        self.0.store().purge_expired_idempotency_records(batch, now).await.expect("purge")
     }
 }
 

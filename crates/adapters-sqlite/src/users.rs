@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::SqliteStore;
 use crate::devices::{token_is_held, upsert_device};
 use crate::errors::StoreError;
-use crate::idempotency::{claim, record_answer};
+use crate::idempotency::idempotently;
 use crate::schema::{
     CREDENTIALS, ContactChangeset, DEVICE, Id, NewUserValues, PREFERENCES, PreferencesChangeset, PreferencesValues,
     USER, devices, lower, notification_preferences, users,
@@ -105,15 +105,7 @@ impl UserRepository for SqliteStore {
         idempotency: Option<IdempotentWrite<CreatedUser>>,
     ) -> Result<Idempotent<CreatedUser>, RepositoryError> {
         self.write(move |connection| {
-            let Some(write) = idempotency else {
-                return Ok(Idempotent::Executed(insert_user(connection, &record)?));
-            };
-            if let Some(replay) = claim(connection, &write.request)? {
-                return Ok(Idempotent::Replayed(replay));
-            }
-            let created = insert_user(connection, &record)?;
-            record_answer(connection, &write.request, &(write.render)(&created), record.created_at)?;
-            Ok(Idempotent::Executed(created))
+            idempotently(connection, idempotency, |connection| insert_user(connection, &record))
         })
         .await
     }

@@ -68,6 +68,9 @@ pub struct IdempotentRequest {
     pub key: IdempotencyKey,
     /// A digest of the request (method, path, body): a retry must match it.
     pub fingerprint: Vec<u8>,
+    /// When the request arrived, by the service's clock: records that expired by then are
+    /// ignored.
+    pub received_at: OffsetDateTime,
     /// When the record may be forgotten.
     pub expires_at: OffsetDateTime,
 }

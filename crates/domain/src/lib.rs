@@ -18,6 +18,7 @@ pub mod idempotency;
 pub mod ports;
 pub mod preferences;
 pub mod rate_limit;
+mod read_through;
 pub mod service;
 pub mod user;
 mod validate;

@@ -210,12 +210,13 @@ pub trait DeviceRepository: Send + Sync {
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait IdempotencyRepository: Send + Sync {
-    /// The unexpired record of `caller`'s `key`, if any. A fast check before expensive work;
-    /// the write itself checks again under a lock.
+    /// The record of `caller`'s `key` unexpired at `now`, if any. A fast check before
+    /// expensive work; the write itself checks again under a lock.
     async fn find_record(
         &self,
         caller: &str,
         key: &IdempotencyKey,
+        now: OffsetDateTime,
     ) -> Result<Option<IdempotencyRecord>, RepositoryError>;
 }
 
@@ -285,4 +286,14 @@ impl Clock for SystemClock {
 pub trait HealthProbe: Send + Sync {
     /// Answers `Ok` when the dependency serves requests.
     async fn check(&self) -> Result<(), BoxError>;
+}
+
+/// Runs a task on the driver's runtime to its end, whether or not anyone still waits for
+/// its result: the use cases run every write this way ([`crate::service::UserService`]), so
+/// that a caller that goes away (a closed connection drops the handler's future) cannot cut
+/// a write between its commit and the cache invalidation that follows it. The domain stays
+/// free of any runtime; the driver gives its own (`tokio::spawn` in the web service).
+pub trait Spawner: Send + Sync {
+    /// Starts `task` and returns at once.
+    fn spawn(&self, task: futures_util::future::BoxFuture<'static, ()>);
 }

@@ -420,15 +420,3 @@ impl ApiErrorComponent for ApiError {
             .collect()
     }
 }
-
-/// Runs a write to completion on its own task, even if the client goes away: actix drops a
-/// handler's future when the connection closes, and a write must not stop between its commit
-/// and the cache invalidation that follows it.
-pub async fn to_completion<T: Send + 'static>(
-    write: impl std::future::Future<Output = Result<T, ServiceError>> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::spawn(write).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(error) => Err(ApiError::internal(Box::new(error))),
-    }
-}

@@ -118,6 +118,7 @@ pub fn idempotent_write<T>(
         caller: caller_scope.unwrap_or_else(|| ANONYMOUS_CALLER.to_owned()),
         key,
         fingerprint: mac.finalize().into_bytes().to_vec(),
+        received_at: now,
         expires_at: now + settings.ttl,
     };
     Some(IdempotentWrite { request, render })

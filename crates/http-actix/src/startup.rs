@@ -34,7 +34,7 @@ use apistos::spec::Spec;
 use apistos::tag::Tag;
 use domain::auth::{Scope, Scopes};
 use domain::cache::{InvalidationLedger, InvalidationsOnly, NoCache, ProfileCache};
-use domain::ports::SystemClock;
+use domain::ports::{Spawner, SystemClock};
 use domain::rate_limit::{FallbackRateLimiter, RateLimit, RateLimiter};
 use domain::service::{Ports, UserService};
 
@@ -289,12 +289,12 @@ const IDEMPOTENCY_PURGE_BATCH: i64 = 10_000;
 
 /// Deletes expired idempotency records in the background (they are ignored once expired;
 /// this only keeps the table small).
-fn spawn_idempotency_purge(store: Store) {
+fn spawn_idempotency_purge(store: Store, service: UserService) {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(IDEMPOTENCY_PURGE_INTERVAL);
         loop {
             interval.tick().await;
-            match store.purge_expired_idempotency_records(IDEMPOTENCY_PURGE_BATCH).await {
+            match store.purge_expired_idempotency_records(IDEMPOTENCY_PURGE_BATCH, service.now()).await {
                 Ok(0) => {}
                 Ok(purged) => tracing::debug!(purged, "expired idempotency records deleted"),
                 Err(error) => tracing::warn!(error = %crate::error::error_chain(&error), "idempotency purge failed"),
@@ -322,8 +322,9 @@ impl Application {
             clock: Arc::new(SystemClock),
             cache: cache.clone(),
             encoder: Arc::new(JsonProfileEncoder),
+            spawner: Arc::new(TokioSpawner),
         });
-        spawn_idempotency_purge(store.clone());
+        spawn_idempotency_purge(store.clone(), service.clone());
         let cache_to_finish = cache.clone();
         let state = Data::new(AppState {
             service,
@@ -394,5 +395,15 @@ impl Application {
     /// A handle that stops the server gracefully, as SIGTERM does.
     pub fn handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()
+    }
+}
+
+/// Runs the use cases' writes on tokio tasks, which outlive the request that started them
+/// (actix drops a handler's future when its connection closes).
+struct TokioSpawner;
+
+impl Spawner for TokioSpawner {
+    fn spawn(&self, task: futures_util::future::BoxFuture<'static, ()>) {
+        tokio::spawn(task);
     }
 }

@@ -106,10 +106,14 @@ impl Store {
     }
 
     /// Deletes expired idempotency records, at most `batch`.
-    pub async fn purge_expired_idempotency_records(&self, batch: i64) -> Result<usize, RepositoryError> {
+    pub async fn purge_expired_idempotency_records(
+        &self,
+        batch: i64,
+        now: time::OffsetDateTime,
+    ) -> Result<usize, RepositoryError> {
         match self {
-            Self::Postgres(store) => store.purge_expired_idempotency_records(batch).await,
-            Self::Sqlite(store) => store.purge_expired_idempotency_records(batch).await,
+            Self::Postgres(store) => store.purge_expired_idempotency_records(batch, now).await,
+            Self::Sqlite(store) => store.purge_expired_idempotency_records(batch, now).await,
         }
     }
 

@@ -7,6 +7,7 @@ fn idempotent_request(key: &str, fingerprint: u8, expires_at: OffsetDateTime) ->
         caller: "gateway".into(),
         key: IdempotencyKey::parse(key).unwrap(),
         fingerprint: vec![fingerprint],
+        received_at: OffsetDateTime::now_utc(),
         expires_at,
     }
 }
@@ -68,9 +69,14 @@ pub async fn an_idempotent_write_stores_its_answer_and_a_retry_replays_it_withou
     let devices = store.list(user).await.expect("list").expect("the user exists");
     assert_eq!(devices[0].platform, Platform::Ios);
     let key = IdempotencyKey::parse("k").unwrap();
-    let found = store.find_record("gateway", &key).await.expect("find").expect("the record exists");
+    let found =
+        store.find_record("gateway", &key, OffsetDateTime::now_utc()).await.expect("find").expect("the record exists");
     assert_eq!((found.fingerprint, found.response), (vec![1], expected));
-    assert_eq!(store.find_record("someone-else", &key).await.expect("find"), None, "keys are scoped by caller");
+    assert_eq!(
+        store.find_record("someone-else", &key, OffsetDateTime::now_utc()).await.expect("find"),
+        None,
+        "keys are scoped by caller"
+    );
 
     let reused = store
         .upsert(
@@ -164,7 +170,7 @@ pub async fn an_expired_record_no_longer_replays_and_is_purged(fixture: &impl St
         .expect("first write");
     assert!(matches!(first, Idempotent::Executed(_)));
     let key = IdempotencyKey::parse("old").unwrap();
-    assert_eq!(store.find_record("gateway", &key).await.expect("find"), None);
+    assert_eq!(store.find_record("gateway", &key, OffsetDateTime::now_utc()).await.expect("find"), None);
 
     // The same key runs again (the device is refreshed, not replayed) and its record is replaced.
     let again = store
@@ -177,7 +183,7 @@ pub async fn an_expired_record_no_longer_replays_and_is_purged(fixture: &impl St
         .await
         .expect("second write");
     assert!(matches!(again, Idempotent::Executed(RegisteredDevice { created: false, .. })));
-    assert!(store.find_record("gateway", &key).await.expect("find").is_some());
+    assert!(store.find_record("gateway", &key, OffsetDateTime::now_utc()).await.expect("find").is_some());
 
     store
         .upsert(
@@ -188,7 +194,7 @@ pub async fn an_expired_record_no_longer_replays_and_is_purged(fixture: &impl St
         )
         .await
         .expect("third write");
-    assert_eq!(fixture.purge_expired_idempotency_records(100).await, 1);
+    assert_eq!(fixture.purge_expired_idempotency_records(100, OffsetDateTime::now_utc()).await, 1);
     assert_eq!(fixture.count("SELECT count(*) AS count FROM idempotency_records").await, 1);
 }
 

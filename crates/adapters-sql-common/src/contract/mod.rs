@@ -206,7 +206,7 @@ pub trait StoreFixture: Send + Sync {
     async fn reject_device_inserts(&self);
 
     /// The store's purge of expired idempotency records.
-    async fn purge_expired_idempotency_records(&self, batch: i64) -> usize;
+    async fn purge_expired_idempotency_records(&self, batch: i64, now: OffsetDateTime) -> usize;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::auth::Caller;
 use crate::dto::{DeviceListQuery, DeviceView, RegisterDeviceRequest};
 use crate::envelope::{NoContent, Ok, success_bytes};
-use crate::error::{ApiError, to_completion};
+use crate::error::ApiError;
 use crate::extract::{JsonBody, UserIdPath};
 use crate::idempotency::{IdempotencyKeyHeader, Replayable};
 use crate::state::AppState;
@@ -52,9 +52,7 @@ pub async fn register(
     let registration = dto.into_domain()?;
     let scope = Some(caller.0.name());
     let idempotency = state.idempotent_write(key, scope, &request, &raw, Box::new(registered_answer));
-    let service = state.service.clone();
-    let written = to_completion(async move { service.register_device(user, registration, idempotency).await });
-    Ok(match written.await? {
+    Ok(match state.service.register_device(user, registration, idempotency).await? {
         Idempotent::Executed(registered) => Replayable::fresh(registered_answer(&registered)),
         Idempotent::Replayed(stored) => Replayable::replayed(stored),
     })
@@ -127,8 +125,7 @@ pub(crate) async fn set_active(
     active: bool,
 ) -> Result<Ok<DeviceView>, ApiError> {
     let selector = selector(device)?;
-    let service = state.service.clone();
-    let device = to_completion(async move { service.set_device_active(user, &selector, active).await }).await?;
+    let device = state.service.set_device_active(user, &selector, active).await?;
     Ok(Ok::new(DeviceView::from(&device), if active { "device activated" } else { "device deactivated" }))
 }
 
@@ -193,7 +190,6 @@ pub async fn delete(
     path: Path<DeviceSegment>,
 ) -> Result<NoContent, ApiError> {
     let (user, selector) = (caller.user(id.0, Scope::DevicesWrite)?, selector(&path.device)?);
-    let service = state.service.clone();
-    to_completion(async move { service.delete_device(user, &selector).await }).await?;
+    state.service.delete_device(user, &selector).await?;
     Ok(NoContent)
 }

@@ -7,7 +7,7 @@ use domain::auth::Scope;
 use crate::auth::Caller;
 use crate::dto::{PreferencesRequest, PreferencesView};
 use crate::envelope::Ok;
-use crate::error::{ApiError, to_completion};
+use crate::error::ApiError;
 use crate::extract::{JsonBody, UserIdPath};
 use crate::state::AppState;
 
@@ -52,7 +52,6 @@ pub async fn update(
 ) -> Result<Ok<PreferencesView>, ApiError> {
     let user = caller.user(id.0, Scope::PreferencesWrite)?;
     let update = body.0.into_domain()?;
-    let service = state.service.clone();
-    let preferences = to_completion(async move { service.update_preferences(user, update).await }).await?;
+    let preferences = state.service.update_preferences(user, update).await?;
     Ok(Ok::new(PreferencesView::from(&preferences), "preferences updated"))
 }

@@ -12,7 +12,7 @@ use domain::{FieldError, InvalidValue};
 use crate::auth::{Caller, MaybeCaller, ServiceCaller, UserCaller};
 use crate::dto::{ChangePasswordRequest, PageQuery, RegisterUserRequest, UpdateContactRequest, UserView};
 use crate::envelope::{NoContent, Ok, OkEncoded, PageMeta, success_bytes};
-use crate::error::{ApiError, to_completion};
+use crate::error::ApiError;
 use crate::extract::{JsonBody, NoQuery, UserIdPath};
 use crate::idempotency::{IdempotencyKeyHeader, Replayable};
 use crate::routes::auth::TokenView;
@@ -52,9 +52,7 @@ pub async fn register(
     state.limits.per_address(caller.0.as_ref(), &request, "register").await?;
     let scope = caller.0.as_ref().map(Principal::name);
     let idempotency = state.idempotent_write(key, scope, &request, &raw, Box::new(registered_answer));
-    let service = state.service.clone();
-    let written = to_completion(async move { service.register(new_user, idempotency).await });
-    Ok(match written.await? {
+    Ok(match state.service.register(new_user, idempotency).await? {
         Idempotent::Executed(created) => Replayable::fresh(registered_answer(&created)),
         Idempotent::Replayed(stored) => Replayable::replayed(stored),
     })
@@ -132,8 +130,7 @@ pub async fn update_contact(
 ) -> Result<Ok<UserView>, ApiError> {
     let user = caller.user(id.0, Scope::UsersWrite)?;
     let update = body.0.into_domain()?;
-    let service = state.service.clone();
-    let profile = to_completion(async move { service.update_contact(user, update).await }).await?;
+    let profile = state.service.update_contact(user, update).await?;
     Ok(Ok::new(UserView::from(&profile), "user updated"))
 }
 
@@ -149,8 +146,8 @@ pub async fn update_contact(
     error_code = 503
 )]
 pub async fn delete(state: Data<AppState>, caller: Caller, id: UserIdPath) -> Result<NoContent, ApiError> {
-    let (user, service) = (caller.user(id.0, Scope::UsersDelete)?, state.service.clone());
-    to_completion(async move { service.delete(user).await }).await?;
+    let user = caller.user(id.0, Scope::UsersDelete)?;
+    state.service.delete(user).await?;
     Ok(NoContent)
 }
 
@@ -185,8 +182,7 @@ pub async fn change_password(
     let user = caller.owner(id.0)?;
     let (current, new) = body.0.into_domain()?;
     state.limits.admit_current_password_guess(&request).await?;
-    let service = state.service.clone();
-    let token_version = to_completion(async move { service.change_password(user, current, new).await }).await?;
+    let token_version = state.service.change_password(user, current, new).await?;
     let authenticated = domain::auth::Authenticated { user_id: user, token_version };
     Ok(Ok::new(TokenView::issue(&state, authenticated), "password changed"))
 }

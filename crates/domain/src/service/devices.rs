@@ -1,0 +1,81 @@
+//! Push devices: registration (and moves between users), activation, removal.
+
+use super::{UserService, Write, log_device_moved};
+use crate::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
+use crate::error::ServiceError;
+use crate::idempotency::{Idempotent, IdempotentWrite};
+use crate::user::UserId;
+
+impl UserService {
+    /// Registers or refreshes a push token for the user, moving it from another user if
+    /// needed.
+    pub async fn register_device(
+        &self,
+        user: UserId,
+        registration: DeviceRegistration,
+        idempotency: Option<IdempotentWrite<RegisteredDevice>>,
+    ) -> Result<Idempotent<RegisteredDevice>, ServiceError> {
+        self.detached(move |write| async move {
+            let touched = move |registered: &RegisteredDevice| {
+                [Some(user), registered.previous_owner].into_iter().flatten().collect()
+            };
+            let idempotency = idempotency.map(|idempotent| idempotent.invalidating(touched));
+            match write.ports.devices.upsert(user, registration, write.now(), idempotency).await {
+                Ok(Idempotent::Replayed(replay)) => write.replayed(replay).await,
+                Ok(Idempotent::Executed(registered)) => {
+                    if let Some(previous) = registered.previous_owner {
+                        log_device_moved(previous, user);
+                    }
+                    let ids: Vec<UserId> = touched(&registered);
+                    write.after_write(Ok(Idempotent::Executed(registered)), &ids, |_| true).await
+                }
+                failed => write.after_write(failed, &[user], |_| true).await,
+            }
+        })
+        .await
+    }
+
+    /// Activates or deactivates one of the user's devices; idempotent.
+    pub async fn set_device_active(
+        &self,
+        user: UserId,
+        selector: &DeviceSelector,
+        active: bool,
+    ) -> Result<Device, ServiceError> {
+        let selector = selector.clone();
+        self.detached(move |write| async move {
+            let result = write.ports.devices.set_active(user, &selector, active, write.now()).await;
+            match write.after_write(result, &[user], Option::is_some).await? {
+                Some(device) => Ok(device),
+                None => Err(write.missing_device_error(user).await?),
+            }
+        })
+        .await
+    }
+
+    /// Removes one of the user's devices.
+    pub async fn delete_device(&self, user: UserId, selector: &DeviceSelector) -> Result<(), ServiceError> {
+        let selector = selector.clone();
+        self.detached(move |write| async move {
+            let result = write.ports.devices.delete(user, &selector).await;
+            // As for a user: nothing deleted may be the retry of a deletion.
+            if write.after_write(result, &[user], |_| true).await? {
+                Ok(())
+            } else {
+                Err(write.missing_device_error(user).await?)
+            }
+        })
+        .await
+    }
+}
+
+impl Write {
+    /// After a device lookup missed: says whether the user or only the device is unknown.
+    async fn missing_device_error(&self, user: UserId) -> Result<ServiceError, ServiceError> {
+        if self.ports.users.exists(user).await? {
+            Ok(ServiceError::DeviceNotFound)
+        } else {
+            Ok(ServiceError::UserNotFound)
+        }
+    }
+}
