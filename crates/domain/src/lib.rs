@@ -15,6 +15,7 @@ pub mod device;
 pub mod eligibility;
 pub mod error;
 pub mod idempotency;
+pub mod login_guard;
 pub mod ports;
 pub mod preferences;
 pub mod rate_limit;

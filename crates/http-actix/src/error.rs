@@ -269,6 +269,12 @@ impl ApiError {
     }
 }
 
+impl From<domain::login_guard::GuessRefused> for ApiError {
+    fn from(refused: domain::login_guard::GuessRefused) -> Self {
+        Self::too_many_requests(refused.retry_after)
+    }
+}
+
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         match error {

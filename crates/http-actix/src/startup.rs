@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::abuse::{Counters, GuessLimits, Limits};
+use crate::abuse::Limits;
 use crate::auth::failure_log::AuthFailureLog;
 use crate::auth::{AuthSettings, INTERNAL_NETWORK, MetricsToken, ServiceKeys, TokenKeys};
 use crate::config::{CacheSettings, Settings};
@@ -34,6 +34,7 @@ use apistos::spec::Spec;
 use apistos::tag::Tag;
 use domain::auth::{Scope, Scopes};
 use domain::cache::{InvalidationLedger, InvalidationsOnly, NoCache, ProfileCache};
+use domain::login_guard::{GuessLimits, LoginGuard};
 use domain::ports::{Spawner, SystemClock};
 use domain::rate_limit::{FallbackRateLimiter, RateLimit, RateLimiter};
 use domain::service::{Ports, UserService};
@@ -269,16 +270,17 @@ fn build_limits(settings: &Settings) -> anyhow::Result<Limits> {
         }
     };
     let limits = &settings.limits;
+    let guesses = GuessLimits {
+        per_address: RateLimit { limit: limits.login_max_failures, window: limits.login_failure_window },
+        per_account: RateLimit { limit: limits.login_account_max_failures, window: limits.login_failure_window },
+        slowed_interval: limits.login_slowed_interval,
+        known_for: limits.login_known_address_for,
+        token_lifetime: settings.auth.jwt_ttl,
+    };
     Ok(Limits {
-        counters: Counters { attempts: store(), guesses: store(), known_addresses: store() },
+        attempts: store(),
         per_address: RateLimit { limit: limits.per_address, window: limits.per_address_window },
-        guesses: GuessLimits {
-            per_address: RateLimit { limit: limits.login_max_failures, window: limits.login_failure_window },
-            per_account: RateLimit { limit: limits.login_account_max_failures, window: limits.login_failure_window },
-            slowed_interval: limits.login_slowed_interval,
-            known_for: limits.login_known_address_for,
-            token_lifetime: settings.auth.jwt_ttl,
-        },
+        guard: LoginGuard::new(store(), store(), guesses),
         trusted_proxies: limits.trusted_proxies.clone(),
     })
 }

@@ -10,7 +10,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::abuse::Guess;
 use crate::auth::MaybeCaller;
 use crate::envelope::Ok;
 use crate::error::ApiError;
@@ -100,9 +99,9 @@ pub async fn login(
         }
     };
     state.limits.per_address(caller.0.as_ref(), &request, "login").await?;
-    let guess = Guess::new(&state.limits, email.as_str(), &request);
-    state.limits.admit(&guess).await?;
+    let attempt = state.limits.login_attempt(email.as_str(), &request);
+    state.limits.guard.admit(&attempt).await?;
     let authenticated = state.service.login(&email, password).await?;
-    state.limits.record_success(&guess).await;
+    state.limits.guard.record_success(&attempt).await;
     Ok(Ok::new(TokenView::issue(&state, authenticated), "logged in"))
 }
