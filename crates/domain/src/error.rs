@@ -1,6 +1,10 @@
-//! Errors of the domain: invalid values, and what a use case can fail with.
+//! Errors of the domain: invalid values, and what a use case can fail with: each operation
+//! its own error ([`ReadError`], [`RegisterError`], …: only what it can return), each
+//! widening into [`ServiceError`], the union a driver maps in one place.
 
 use std::borrow::Cow;
+
+use crate::idempotency::IdempotencyConflict;
 
 /// Why a raw value could not become a value object. The message is safe to show to callers:
 /// it never echoes the rejected value.
@@ -71,13 +75,154 @@ pub enum ServiceError {
     InvalidationUnconfirmed,
     /// A dependency (the database, the password hasher's capacity) cannot serve now; the
     /// caller may retry later.
-    #[error("temporarily unavailable")]
+    #[error("{UNAVAILABLE}")]
     Unavailable(#[source] BoxError),
     /// Anything else: a bug or an unexpected state. Logged, never shown to callers.
-    #[error("unexpected failure")]
+    #[error("{UNEXPECTED}")]
     Unexpected(#[source] BoxError),
+}
+
+/// Declares the error of one operation: the variants of [`ServiceError`] it can return (unit
+/// variants, then `;` and variants carrying a `Copy` value), plus `Unavailable` and
+/// `Unexpected`, which every operation can return. Generates the conversions: into
+/// [`ServiceError`] (lossless, for a driver that maps every error in one place), and from
+/// it and the ports' errors. A variant the operation does not declare becomes
+/// `Unexpected`: a logged failure, never a wrong answer. Messages are [`ServiceError`]'s.
+macro_rules! operation_error {
+    ($(#[$meta:meta])* $name:ident { $($unit:ident),* $(; $($carrying:ident($value:ty)),*)? }) => {
+        $(#[$meta])*
+        #[derive(Debug)]
+        pub enum $name {
+            $(#[doc = concat!("See [`ServiceError::", stringify!($unit), "`].")] $unit,)*
+            $($(#[doc = concat!("See [`ServiceError::", stringify!($carrying), "`].")] $carrying($value),)*)?
+            /// A dependency cannot serve now; the caller may retry later.
+            Unavailable(BoxError),
+            /// A bug or an unexpected state: logged, never shown to callers.
+            Unexpected(BoxError),
+        }
+
+        impl From<$name> for ServiceError {
+            fn from(error: $name) -> Self {
+                match error {
+                    $($name::$unit => Self::$unit,)*
+                    $($($name::$carrying(value) => Self::$carrying(value),)*)?
+                    $name::Unavailable(source) => Self::Unavailable(source),
+                    $name::Unexpected(source) => Self::Unexpected(source),
+                }
+            }
+        }
+
+        impl From<ServiceError> for $name {
+            fn from(error: ServiceError) -> Self {
+                match error {
+                    $(ServiceError::$unit => Self::$unit,)*
+                    $($(ServiceError::$carrying(value) => Self::$carrying(value),)*)?
+                    ServiceError::Unavailable(source) => Self::Unavailable(source),
+                    ServiceError::Unexpected(source) => Self::Unexpected(source),
+                    #[allow(unreachable_patterns, reason = "an operation may declare every variant")]
+                    undeclared => Self::Unexpected(
+                        format!(concat!(stringify!($name), " does not declare: {}"), undeclared).into(),
+                    ),
+                }
+            }
+        }
+
+        impl From<crate::ports::RepositoryError> for $name {
+            fn from(error: crate::ports::RepositoryError) -> Self {
+                ServiceError::from(error).into()
+            }
+        }
+
+        impl From<crate::ports::HashError> for $name {
+            fn from(error: crate::ports::HashError) -> Self {
+                ServiceError::from(error).into()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self {
+                    $(Self::$unit => std::fmt::Display::fmt(&ServiceError::$unit, f),)*
+                    $($(Self::$carrying(value) => std::fmt::Display::fmt(&ServiceError::$carrying(*value), f),)*)?
+                    Self::Unavailable(_) => f.write_str(UNAVAILABLE),
+                    Self::Unexpected(_) => f.write_str(UNEXPECTED),
+                }
+            }
+        }
+
+        impl std::error::Error for $name {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                match self {
+                    Self::Unavailable(source) | Self::Unexpected(source) => Some(source.as_ref()),
+                    #[allow(unreachable_patterns, reason = "an operation may declare only these")]
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+/// What [`ServiceError::Unavailable`] says.
+const UNAVAILABLE: &str = "temporarily unavailable";
+/// What [`ServiceError::Unexpected`] says.
+const UNEXPECTED: &str = "unexpected failure";
+
+operation_error! {
+    /// Why a read of a user (profile, representation, preferences, devices, eligibility)
+    /// failed.
+    ReadError { UserNotFound }
+}
+
+operation_error! {
+    /// Why a registration failed.
+    RegisterError { EmailTaken, InvalidationUnconfirmed; Idempotency(IdempotencyConflict) }
+}
+
+operation_error! {
+    /// Why a change of contact details failed.
+    ContactError { UserNotFound, EmailTaken, InvalidationUnconfirmed }
+}
+
+operation_error! {
+    /// Why a change of preferences, or an erasure, failed.
+    ChangeError { UserNotFound, InvalidationUnconfirmed }
+}
+
+operation_error! {
+    /// Why a device registration, activation or removal failed.
+    DeviceError { UserNotFound, DeviceNotFound, InvalidationUnconfirmed; Idempotency(IdempotencyConflict) }
+}
+
+operation_error! {
+    /// Why a login failed.
+    LoginError { InvalidCredentials }
+}
+
+operation_error! {
+    /// Why a password change failed.
+    PasswordChangeError { UserNotFound, CurrentPasswordMismatch }
 }
 
 /// A boxed error that is `Send + Sync`, so that failures of any adapter can travel through
 /// the domain without the domain knowing their types.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operation_error_widens_to_the_same_service_error_and_says_the_same() {
+        let widened = ServiceError::from(DeviceError::Idempotency(IdempotencyConflict::InFlight));
+        assert!(matches!(widened, ServiceError::Idempotency(IdempotencyConflict::InFlight)));
+        assert_eq!(DeviceError::DeviceNotFound.to_string(), ServiceError::DeviceNotFound.to_string());
+        assert_eq!(LoginError::Unavailable("down".into()).to_string(), "temporarily unavailable");
+    }
+
+    #[test]
+    fn an_error_an_operation_does_not_declare_becomes_unexpected_never_another_answer() {
+        assert!(matches!(LoginError::from(ServiceError::UserNotFound), LoginError::Unexpected(_)));
+        assert!(matches!(ReadError::from(ServiceError::EmailTaken), ReadError::Unexpected(_)));
+        assert!(matches!(ChangeError::from(ServiceError::UserNotFound), ChangeError::UserNotFound));
+    }
+}

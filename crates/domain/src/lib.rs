@@ -24,4 +24,7 @@ pub mod service;
 pub mod user;
 mod validate;
 
-pub use error::{FieldError, InvalidValue, ServiceError};
+pub use error::{
+    ChangeError, ContactError, DeviceError, FieldError, InvalidValue, LoginError, PasswordChangeError, ReadError,
+    RegisterError, ServiceError,
+};

@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
 use crate::cache::{CacheLookup, FillTicket, ProfileCache};
-use crate::error::ServiceError;
+use crate::error::ReadError;
 use crate::ports::{ProfileEncoder, UserRepository};
 use crate::user::{UserId, UserProfile};
 
@@ -17,7 +17,7 @@ use crate::user::{UserId, UserProfile};
 pub type EncodedProfile = Arc<[u8]>;
 
 /// The outcome of one load, shareable between the readers that wait for it.
-type SharedLoad = Shared<BoxFuture<'static, Result<EncodedProfile, Arc<ServiceError>>>>;
+type SharedLoad = Shared<BoxFuture<'static, Result<EncodedProfile, Arc<ReadError>>>>;
 
 /// In-flight loads by user and the cache generation their reader observed: a reader joins
 /// a load only if it observed the same generation, so it never receives data loaded
@@ -25,17 +25,11 @@ type SharedLoad = Shared<BoxFuture<'static, Result<EncodedProfile, Arc<ServiceEr
 type InflightLoads = Mutex<HashMap<(UserId, FillTicket), SharedLoad>>;
 
 /// Re-creates a shared error for one reader.
-fn unshare(error: &ServiceError) -> ServiceError {
+fn unshare(error: &ReadError) -> ReadError {
     match error {
-        ServiceError::UserNotFound => ServiceError::UserNotFound,
-        ServiceError::DeviceNotFound => ServiceError::DeviceNotFound,
-        ServiceError::EmailTaken => ServiceError::EmailTaken,
-        ServiceError::InvalidCredentials => ServiceError::InvalidCredentials,
-        ServiceError::CurrentPasswordMismatch => ServiceError::CurrentPasswordMismatch,
-        ServiceError::Idempotency(conflict) => ServiceError::Idempotency(*conflict),
-        ServiceError::InvalidationUnconfirmed => ServiceError::InvalidationUnconfirmed,
-        ServiceError::Unavailable(source) => ServiceError::Unavailable(source.to_string().into()),
-        ServiceError::Unexpected(source) => ServiceError::Unexpected(source.to_string().into()),
+        ReadError::UserNotFound => ReadError::UserNotFound,
+        ReadError::Unavailable(source) => ReadError::Unavailable(source.to_string().into()),
+        ReadError::Unexpected(source) => ReadError::Unexpected(source.to_string().into()),
     }
 }
 
@@ -59,12 +53,12 @@ impl ReadThrough {
     }
 
     /// The user with preferences and devices, from the store.
-    pub(crate) async fn profile(&self, id: UserId) -> Result<UserProfile, ServiceError> {
-        self.users.find_profile(id).await?.ok_or(ServiceError::UserNotFound)
+    pub(crate) async fn profile(&self, id: UserId) -> Result<UserProfile, ReadError> {
+        self.users.find_profile(id).await?.ok_or(ReadError::UserNotFound)
     }
 
     /// The user's representation as the encoder serializes it, from the cache when warm.
-    pub(crate) async fn encoded_profile(&self, id: UserId) -> Result<EncodedProfile, ServiceError> {
+    pub(crate) async fn encoded_profile(&self, id: UserId) -> Result<EncodedProfile, ReadError> {
         let ticket = match self.cache.lookup(id).await {
             CacheLookup::Hit(bytes) => return Ok(bytes.into()),
             CacheLookup::Miss(ticket) => ticket,
@@ -95,7 +89,7 @@ impl ReadThrough {
 
     /// The profile in `encoded` when it decodes, else the user's profile from the store
     /// (bytes written by another format version).
-    pub(crate) async fn decoded(&self, id: UserId, encoded: &[u8]) -> Result<UserProfile, ServiceError> {
+    pub(crate) async fn decoded(&self, id: UserId, encoded: &[u8]) -> Result<UserProfile, ReadError> {
         match self.encoder.decode(encoded) {
             Some(profile) => Ok(profile),
             None => self.profile(id).await,
@@ -107,7 +101,7 @@ impl ReadThrough {
     pub(crate) async fn load_many(
         &self,
         ids: &[UserId],
-    ) -> Result<HashMap<UserId, (EncodedProfile, Option<UserProfile>)>, ServiceError> {
+    ) -> Result<HashMap<UserId, (EncodedProfile, Option<UserProfile>)>, ReadError> {
         let mut unique = Vec::with_capacity(ids.len());
         let mut seen = HashSet::with_capacity(ids.len());
         unique.extend(ids.iter().copied().filter(|id| seen.insert(*id)));
@@ -151,7 +145,7 @@ impl ReadThrough {
     pub(crate) async fn decoded_many(
         &self,
         loaded: HashMap<UserId, (EncodedProfile, Option<UserProfile>)>,
-    ) -> Result<Vec<UserProfile>, ServiceError> {
+    ) -> Result<Vec<UserProfile>, ReadError> {
         let mut profiles = Vec::with_capacity(loaded.len());
         let mut undecodable = Vec::new();
         for (id, (encoded, profile)) in loaded {
@@ -172,7 +166,7 @@ impl ReadThrough {
         self.inflight.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
     }
 
-    async fn load_and_fill(&self, id: UserId, ticket: FillTicket) -> Result<EncodedProfile, ServiceError> {
+    async fn load_and_fill(&self, id: UserId, ticket: FillTicket) -> Result<EncodedProfile, ReadError> {
         let profile = self.profile(id).await?;
         let bytes = self.encoder.encode(&profile);
         self.cache.fill(id, ticket, bytes.clone()).await;

@@ -275,6 +275,27 @@ impl From<domain::login_guard::GuessRefused> for ApiError {
     }
 }
 
+/// Each operation's error maps as the [`ServiceError`] it widens into: one mapping for all.
+macro_rules! map_like_service_error {
+    ($($operation_error:ty),* $(,)?) => {$(
+        impl From<$operation_error> for ApiError {
+            fn from(error: $operation_error) -> Self {
+                ServiceError::from(error).into()
+            }
+        }
+    )*};
+}
+
+map_like_service_error!(
+    domain::ReadError,
+    domain::RegisterError,
+    domain::ContactError,
+    domain::ChangeError,
+    domain::DeviceError,
+    domain::LoginError,
+    domain::PasswordChangeError,
+);
+
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         match error {

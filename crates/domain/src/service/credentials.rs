@@ -2,21 +2,21 @@
 
 use super::{UserService, Write};
 use crate::auth::Authenticated;
-use crate::error::ServiceError;
+use crate::error::{LoginError, PasswordChangeError, ServiceError};
 use crate::user::{EmailAddress, Password, PasswordHash, UserId};
 
 impl UserService {
     /// Checks an email and password. Unknown accounts are verified against a dummy hash so
     /// that they take as long to refuse as wrong passwords; a correct password stored under
     /// weaker hashing parameters is re-hashed.
-    pub async fn login(&self, email: &EmailAddress, password: Password) -> Result<Authenticated, ServiceError> {
+    pub async fn login(&self, email: &EmailAddress, password: Password) -> Result<Authenticated, LoginError> {
         let Some(credentials) = self.ports.users.find_credentials(email).await? else {
             self.ports.hasher.verify(password, self.ports.hasher.dummy_hash()).await?;
-            return Err(ServiceError::InvalidCredentials);
+            return Err(LoginError::InvalidCredentials);
         };
         let stored = credentials.password_hash.clone();
         if !self.ports.hasher.verify(password.clone(), stored).await? {
-            return Err(ServiceError::InvalidCredentials);
+            return Err(LoginError::InvalidCredentials);
         }
         if self.ports.hasher.needs_rehash(&credentials.password_hash) {
             let (user, weak) = (credentials.user_id, credentials.password_hash.clone());
@@ -24,7 +24,7 @@ impl UserService {
             let _ = self
                 .detached(move |write| async move {
                     write.upgrade_hash(user, weak, password).await;
-                    Ok(())
+                    Ok::<_, ServiceError>(())
                 })
                 .await;
         }
@@ -33,12 +33,17 @@ impl UserService {
 
     /// Changes the user's password after checking the current one; every access token
     /// issued before stops working. Returns the new token version.
-    pub async fn change_password(&self, user: UserId, current: Password, new: Password) -> Result<i32, ServiceError> {
+    pub async fn change_password(
+        &self,
+        user: UserId,
+        current: Password,
+        new: Password,
+    ) -> Result<i32, PasswordChangeError> {
         self.detached(move |write| async move {
             let users = &write.ports.users;
-            let credentials = users.credentials_of(user).await?.ok_or(ServiceError::UserNotFound)?;
+            let credentials = users.credentials_of(user).await?.ok_or(PasswordChangeError::UserNotFound)?;
             if !write.ports.hasher.verify(current, credentials.password_hash.clone()).await? {
-                return Err(ServiceError::CurrentPasswordMismatch);
+                return Err(PasswordChangeError::CurrentPasswordMismatch);
             }
             let hash = write.ports.hasher.hash(new).await?;
             // A concurrent change (or erasure) in between: the password checked is no longer
@@ -46,7 +51,7 @@ impl UserService {
             users
                 .replace_password_hash(user, credentials.password_hash, hash, true)
                 .await?
-                .ok_or(ServiceError::CurrentPasswordMismatch)
+                .ok_or(PasswordChangeError::CurrentPasswordMismatch)
         })
         .await
     }

@@ -2,7 +2,7 @@
 
 use super::{UserService, Write, log_device_moved};
 use crate::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
-use crate::error::ServiceError;
+use crate::error::DeviceError;
 use crate::idempotency::{Idempotent, IdempotentWrite};
 use crate::user::UserId;
 
@@ -14,22 +14,22 @@ impl UserService {
         user: UserId,
         registration: DeviceRegistration,
         idempotency: Option<IdempotentWrite<RegisteredDevice>>,
-    ) -> Result<Idempotent<RegisteredDevice>, ServiceError> {
+    ) -> Result<Idempotent<RegisteredDevice>, DeviceError> {
         self.detached(move |write| async move {
             let touched = move |registered: &RegisteredDevice| {
                 [Some(user), registered.previous_owner].into_iter().flatten().collect()
             };
             let idempotency = idempotency.map(|idempotent| idempotent.invalidating(touched));
             match write.ports.devices.upsert(user, registration, write.now(), idempotency).await {
-                Ok(Idempotent::Replayed(replay)) => write.replayed(replay).await,
+                Ok(Idempotent::Replayed(replay)) => Ok(write.replayed(replay).await?),
                 Ok(Idempotent::Executed(registered)) => {
                     if let Some(previous) = registered.previous_owner {
                         log_device_moved(previous, user);
                     }
                     let ids: Vec<UserId> = touched(&registered);
-                    write.after_write(Ok(Idempotent::Executed(registered)), &ids, |_| true).await
+                    Ok(write.after_write(Ok(Idempotent::Executed(registered)), &ids, |_| true).await?)
                 }
-                failed => write.after_write(failed, &[user], |_| true).await,
+                failed => Ok(write.after_write(failed, &[user], |_| true).await?),
             }
         })
         .await
@@ -41,7 +41,7 @@ impl UserService {
         user: UserId,
         selector: &DeviceSelector,
         active: bool,
-    ) -> Result<Device, ServiceError> {
+    ) -> Result<Device, DeviceError> {
         let selector = selector.clone();
         self.detached(move |write| async move {
             let result = write.ports.devices.set_active(user, &selector, active, write.now()).await;
@@ -54,7 +54,7 @@ impl UserService {
     }
 
     /// Removes one of the user's devices.
-    pub async fn delete_device(&self, user: UserId, selector: &DeviceSelector) -> Result<(), ServiceError> {
+    pub async fn delete_device(&self, user: UserId, selector: &DeviceSelector) -> Result<(), DeviceError> {
         let selector = selector.clone();
         self.detached(move |write| async move {
             let result = write.ports.devices.delete(user, &selector).await;
@@ -71,11 +71,11 @@ impl UserService {
 
 impl Write {
     /// After a device lookup missed: says whether the user or only the device is unknown.
-    async fn missing_device_error(&self, user: UserId) -> Result<ServiceError, ServiceError> {
+    async fn missing_device_error(&self, user: UserId) -> Result<DeviceError, DeviceError> {
         if self.ports.users.exists(user).await? {
-            Ok(ServiceError::DeviceNotFound)
+            Ok(DeviceError::DeviceNotFound)
         } else {
-            Ok(ServiceError::UserNotFound)
+            Ok(DeviceError::UserNotFound)
         }
     }
 }

@@ -31,7 +31,7 @@ use time::OffsetDateTime;
 use crate::cache::ProfileCache;
 use crate::device::Device;
 use crate::eligibility::{Channel, Eligibility, decide};
-use crate::error::ServiceError;
+use crate::error::{ReadError, ServiceError};
 use crate::idempotency::{Idempotent, IdempotentRequest, StoredResponse};
 use crate::ports::{
     Clock, DeviceRepository, HashError, IdempotencyRepository, PasswordHasher, ProfileEncoder, RepositoryError,
@@ -119,10 +119,11 @@ impl UserService {
 
     /// Runs `write` on its own task (the [`Spawner`]) and answers its result: the write runs
     /// to its end even if the caller stops waiting.
-    async fn detached<T, F>(&self, write: impl FnOnce(Write) -> F) -> Result<T, ServiceError>
+    async fn detached<T, E, F>(&self, write: impl FnOnce(Write) -> F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: Future<Output = Result<T, ServiceError>> + Send + 'static,
+        E: From<ServiceError> + Send + 'static,
+        F: Future<Output = Result<T, E>> + Send + 'static,
     {
         let (answer, answered) = futures_channel::oneshot::channel();
         let task = write(Write { ports: self.ports.clone() });
@@ -132,16 +133,16 @@ impl UserService {
         }));
         answered
             .await
-            .unwrap_or_else(|_| Err(ServiceError::Unexpected("a write's task stopped before answering".into())))
+            .unwrap_or_else(|_| Err(ServiceError::Unexpected("a write's task stopped before answering".into()).into()))
     }
 
     /// The user with preferences and devices.
-    pub async fn profile(&self, id: UserId) -> Result<UserProfile, ServiceError> {
+    pub async fn profile(&self, id: UserId) -> Result<UserProfile, ReadError> {
         self.reads.profile(id).await
     }
 
     /// The user's representation as the encoder serializes it, from the cache when warm.
-    pub async fn encoded_profile(&self, id: UserId) -> Result<EncodedProfile, ServiceError> {
+    pub async fn encoded_profile(&self, id: UserId) -> Result<EncodedProfile, ReadError> {
         self.reads.encoded_profile(id).await
     }
 
@@ -152,7 +153,7 @@ impl UserService {
         user: UserId,
         channel: Channel,
         at: OffsetDateTime,
-    ) -> Result<Eligibility, ServiceError> {
+    ) -> Result<Eligibility, ReadError> {
         let encoded = self.reads.encoded_profile(user).await?;
         let profile = self.reads.decoded(user, &encoded).await?;
         Ok(decide(&profile, channel, at))
@@ -160,10 +161,7 @@ impl UserService {
 
     /// The serialized representations of many users, in the order of `ids` (`None` for
     /// unknown users): cache hits in one cache round trip, misses in one store query.
-    pub async fn encoded_profiles(
-        &self,
-        ids: &[UserId],
-    ) -> Result<Vec<(UserId, Option<EncodedProfile>)>, ServiceError> {
+    pub async fn encoded_profiles(&self, ids: &[UserId]) -> Result<Vec<(UserId, Option<EncodedProfile>)>, ReadError> {
         let loaded = self.reads.load_many(ids).await?;
         Ok(ids.iter().map(|id| (*id, loaded.get(id).map(|(encoded, _)| Arc::clone(encoded)))).collect())
     }
@@ -175,7 +173,7 @@ impl UserService {
         ids: &[UserId],
         channel: Channel,
         at: OffsetDateTime,
-    ) -> Result<Vec<(UserId, Option<Eligibility>)>, ServiceError> {
+    ) -> Result<Vec<(UserId, Option<Eligibility>)>, ReadError> {
         let loaded = self.reads.load_many(ids).await?;
         let decisions: HashMap<UserId, Eligibility> = self
             .reads
@@ -188,22 +186,22 @@ impl UserService {
     }
 
     /// A page of users.
-    pub async fn list(&self, page: PageRequest) -> Result<Page<UserProfile>, ServiceError> {
+    pub async fn list(&self, page: PageRequest) -> Result<Page<UserProfile>, ReadError> {
         Ok(self.ports.users.list_profiles(page).await?)
     }
 
     /// The user's preferences.
-    pub async fn preferences(&self, id: UserId) -> Result<Preferences, ServiceError> {
-        self.ports.users.find_preferences(id).await?.ok_or(ServiceError::UserNotFound)
+    pub async fn preferences(&self, id: UserId) -> Result<Preferences, ReadError> {
+        self.ports.users.find_preferences(id).await?.ok_or(ReadError::UserNotFound)
     }
 
     /// The user's devices.
-    pub async fn devices(&self, user: UserId) -> Result<Vec<Device>, ServiceError> {
-        self.ports.devices.list(user).await?.ok_or(ServiceError::UserNotFound)
+    pub async fn devices(&self, user: UserId) -> Result<Vec<Device>, ReadError> {
+        self.ports.devices.list(user).await?.ok_or(ReadError::UserNotFound)
     }
 
     /// The token version access tokens of `user` must carry; `None` when the user is gone.
-    pub async fn token_version(&self, user: UserId) -> Result<Option<i32>, ServiceError> {
+    pub async fn token_version(&self, user: UserId) -> Result<Option<i32>, ReadError> {
         Ok(self.ports.users.token_version(user).await?)
     }
 }

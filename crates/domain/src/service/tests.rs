@@ -13,6 +13,7 @@ use crate::cache::{MockProfileCache, NoCache};
 use crate::device::{DeviceRegistration, DeviceSelector, Platform, RegisteredDevice};
 use crate::device::{HeldToken, PushToken};
 use crate::eligibility::Channel;
+use crate::error::{ChangeError, ContactError, DeviceError, LoginError, PasswordChangeError, RegisterError};
 use crate::idempotency::IdempotentWrite;
 use crate::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord};
 use crate::ports::{CreatedUser, NewUserRecord};
@@ -131,7 +132,7 @@ fn register_reports_a_taken_email() {
     users.expect_create().returning(|_, _| Err(RepositoryError::EmailTaken));
     let result =
         futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user(), None));
-    assert!(matches!(result, Err(ServiceError::EmailTaken)));
+    assert!(matches!(result, Err(RegisterError::EmailTaken)));
 }
 
 #[test]
@@ -142,7 +143,7 @@ fn a_saturated_hasher_is_unavailable_and_nothing_is_stored() {
     users.expect_create().never();
     let result =
         futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user(), None));
-    assert!(matches!(result, Err(ServiceError::Unavailable(_))));
+    assert!(matches!(result, Err(RegisterError::Unavailable(_))));
 }
 
 #[test]
@@ -154,7 +155,7 @@ fn an_empty_contact_update_writes_nothing() {
         service(users, MockDeviceRepository::new(), MockPasswordHasher::new())
             .update_contact(UserId::generate(), ContactUpdate::default()),
     );
-    assert!(matches!(result, Err(ServiceError::UserNotFound)));
+    assert!(matches!(result, Err(ContactError::UserNotFound)));
 }
 
 #[test]
@@ -168,7 +169,7 @@ fn a_missing_device_of_an_existing_user_is_device_not_found() {
     let result = futures_executor::block_on(
         service(users, devices, MockPasswordHasher::new()).set_device_active(user, &selector, false),
     );
-    assert!(matches!(result, Err(ServiceError::DeviceNotFound)));
+    assert!(matches!(result, Err(DeviceError::DeviceNotFound)));
 }
 
 #[test]
@@ -181,7 +182,7 @@ fn a_device_of_an_unknown_user_is_user_not_found() {
     let result = futures_executor::block_on(
         service(users, devices, MockPasswordHasher::new()).delete_device(UserId::generate(), &selector),
     );
-    assert!(matches!(result, Err(ServiceError::UserNotFound)));
+    assert!(matches!(result, Err(DeviceError::UserNotFound)));
 }
 
 #[test]
@@ -191,7 +192,7 @@ fn store_outages_surface_as_unavailable() {
     let result = futures_executor::block_on(
         service(users, MockDeviceRepository::new(), MockPasswordHasher::new()).profile(UserId::generate()),
     );
-    assert!(matches!(result, Err(ServiceError::Unavailable(_))));
+    assert!(matches!(result, Err(ReadError::Unavailable(_))));
 }
 
 fn john() -> UserProfile {
@@ -283,7 +284,7 @@ fn a_moved_device_invalidates_both_owners_and_a_failed_write_still_invalidates()
     futures_executor::block_on(service.register_device(user, registration, None)).unwrap();
     let failed = futures_executor::block_on(service.update_preferences(user, PreferencesUpdate::default()));
     // The write's own error comes first.
-    assert!(matches!(failed, Err(ServiceError::Unavailable(_))));
+    assert!(matches!(failed, Err(ChangeError::Unavailable(_))));
 }
 
 #[test]
@@ -301,7 +302,7 @@ fn a_change_is_acknowledged_only_once_its_invalidation_is_confirmed_or_deferred(
         let outcome = futures_executor::block_on(service.update_preferences(user, PreferencesUpdate::default()));
         match outcome {
             Ok(_) => assert!(acknowledged, "{invalidation:?} acknowledged"),
-            Err(ServiceError::InvalidationUnconfirmed) => assert!(!acknowledged, "{invalidation:?} refused"),
+            Err(ChangeError::InvalidationUnconfirmed) => assert!(!acknowledged, "{invalidation:?} refused"),
             Err(other) => panic!("{invalidation:?}: {other:?}"),
         }
     }
@@ -318,10 +319,10 @@ fn a_write_that_changed_nothing_invalidates_nothing() {
     cache.expect_invalidate().never();
     let service = service_with_cache(users, MockDeviceRepository::new(), MockPasswordHasher::new(), Arc::new(cache));
     let missing = futures_executor::block_on(service.update_preferences(user, PreferencesUpdate::default()));
-    assert!(matches!(missing, Err(ServiceError::UserNotFound)), "{missing:?}");
+    assert!(matches!(missing, Err(ChangeError::UserNotFound)), "{missing:?}");
     let update = ContactUpdate { email: Some(EmailAddress::parse("taken@example.com").unwrap()), ..Default::default() };
     let taken = futures_executor::block_on(service.update_contact(user, update));
-    assert!(matches!(taken, Err(ServiceError::EmailTaken)), "{taken:?}");
+    assert!(matches!(taken, Err(ContactError::EmailTaken)), "{taken:?}");
 }
 
 #[test]
@@ -540,7 +541,7 @@ fn a_key_reused_with_another_body_is_refused_without_hashing() {
     hasher.expect_hash().never();
     let service = service_with_records(Some(record), hasher);
     let result = futures_executor::block_on(service.register(new_user(), Some(idempotent_registration(&[8]))));
-    assert!(matches!(result, Err(ServiceError::Idempotency(IdempotencyConflict::KeyReused))));
+    assert!(matches!(result, Err(RegisterError::Idempotency(IdempotencyConflict::KeyReused))));
 }
 
 fn login_service(
@@ -557,7 +558,7 @@ fn stored_credentials(hash: &str) -> Credentials {
     Credentials { user_id: UserId::generate(), password_hash: PasswordHash::new(hash.into()), token_version: 3 }
 }
 
-fn login(service: &UserService, password: &str) -> Result<Authenticated, ServiceError> {
+fn login(service: &UserService, password: &str) -> Result<Authenticated, LoginError> {
     let email = EmailAddress::parse("john@example.com").unwrap();
     futures_executor::block_on(service.login(&email, Password::parse(password).unwrap()))
 }
@@ -568,7 +569,7 @@ fn an_unknown_account_is_verified_against_the_dummy_hash_and_refused_like_a_wron
     hasher.expect_dummy_hash().times(1).returning(|| PasswordHash::new("$argon2id$dummy".into()));
     hasher.expect_verify().withf(|_, hash| hash.as_str() == "$argon2id$dummy").times(1).returning(|_, _| Ok(false));
     let unknown = login(&login_service(None, hasher, MockUserRepository::new()), "StrongPass123!");
-    assert!(matches!(unknown, Err(ServiceError::InvalidCredentials)));
+    assert!(matches!(unknown, Err(LoginError::InvalidCredentials)));
 
     let mut hasher = MockPasswordHasher::new();
     hasher.expect_verify().times(1).returning(|_, _| Ok(false));
@@ -576,7 +577,7 @@ fn an_unknown_account_is_verified_against_the_dummy_hash_and_refused_like_a_wron
         &login_service(Some(stored_credentials("$argon2id$real")), hasher, MockUserRepository::new()),
         "WrongPass123!",
     );
-    assert!(matches!(wrong, Err(ServiceError::InvalidCredentials)));
+    assert!(matches!(wrong, Err(LoginError::InvalidCredentials)));
 }
 
 #[test]
@@ -622,7 +623,7 @@ fn a_password_change_checks_the_current_password_and_revokes_tokens() {
             Password::parse("NewPass123!").unwrap(),
         ))
     };
-    assert!(matches!(change("Wrong1234!"), Err(ServiceError::CurrentPasswordMismatch)));
+    assert!(matches!(change("Wrong1234!"), Err(PasswordChangeError::CurrentPasswordMismatch)));
     assert_eq!(change("Current123!").unwrap(), 4);
 }
 
@@ -643,7 +644,7 @@ fn a_password_change_that_lost_a_race_is_refused_not_silently_dropped() {
         Password::parse("Current123!").unwrap(),
         Password::parse("Another456!").unwrap(),
     ));
-    assert!(matches!(changed, Err(ServiceError::CurrentPasswordMismatch)), "{changed:?}");
+    assert!(matches!(changed, Err(PasswordChangeError::CurrentPasswordMismatch)), "{changed:?}");
 }
 
 #[test]

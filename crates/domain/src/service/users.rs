@@ -2,7 +2,7 @@
 
 use super::{UserService, log_device_moved};
 use crate::device::{DeviceRegistration, Platform};
-use crate::error::ServiceError;
+use crate::error::{ChangeError, ContactError, RegisterError, ServiceError};
 use crate::idempotency::{Idempotent, IdempotentWrite};
 use crate::ports::{CreatedUser, NewUserRecord};
 use crate::preferences::{Preferences, PreferencesUpdate};
@@ -18,12 +18,12 @@ impl UserService {
         &self,
         new_user: NewUser,
         idempotency: Option<IdempotentWrite<CreatedUser>>,
-    ) -> Result<Idempotent<CreatedUser>, ServiceError> {
+    ) -> Result<Idempotent<CreatedUser>, RegisterError> {
         self.detached(move |write| async move {
             if let Some(idempotent) = &idempotency
                 && let Some(replay) = write.stored_answer(&idempotent.request).await?
             {
-                return write.replayed(replay).await;
+                return Ok(write.replayed(replay).await?);
             }
             // Exhaustive: a field added to `NewUser` does not build until it is stored or refused here.
             let NewUser { name, email, password, phone, push_token, if_token_held, preferences } = new_user;
@@ -50,42 +50,42 @@ impl UserService {
                         return Ok(Idempotent::Executed(created));
                     };
                     log_device_moved(previous_owner, created.profile.user.id);
-                    write.after_write(Ok(Idempotent::Executed(created)), &[previous_owner], |_| true).await
+                    Ok(write.after_write(Ok(Idempotent::Executed(created)), &[previous_owner], |_| true).await?)
                 }
-                Idempotent::Replayed(replay) => write.replayed(replay).await,
+                Idempotent::Replayed(replay) => Ok(write.replayed(replay).await?),
             }
         })
         .await
     }
 
     /// Changes name, email or phone and returns the updated profile.
-    pub async fn update_contact(&self, id: UserId, update: ContactUpdate) -> Result<UserProfile, ServiceError> {
+    pub async fn update_contact(&self, id: UserId, update: ContactUpdate) -> Result<UserProfile, ContactError> {
         if !update.is_empty() {
             self.detached(move |write| async move {
                 let result = write.ports.users.update_contact(id, update, write.now()).await;
-                write.after_write(result, &[id], Option::is_some).await?.ok_or(ServiceError::UserNotFound)
+                write.after_write(result, &[id], Option::is_some).await?.ok_or(ContactError::UserNotFound)
             })
             .await?;
         }
-        self.profile(id).await
+        Ok(self.profile(id).await.map_err(ServiceError::from)?)
     }
 
     /// Erases the user, its preferences and its devices.
-    pub async fn delete(&self, id: UserId) -> Result<(), ServiceError> {
+    pub async fn delete(&self, id: UserId) -> Result<(), ChangeError> {
         self.detached(move |write| async move {
             let result = write.ports.users.delete(id).await;
             // Nothing deleted still invalidates: it may be the retry of a deletion whose first
             // answer was cut short before its invalidation held.
-            if write.after_write(result, &[id], |_| true).await? { Ok(()) } else { Err(ServiceError::UserNotFound) }
+            if write.after_write(result, &[id], |_| true).await? { Ok(()) } else { Err(ChangeError::UserNotFound) }
         })
         .await
     }
 
     /// Applies a partial preferences change.
-    pub async fn update_preferences(&self, id: UserId, update: PreferencesUpdate) -> Result<Preferences, ServiceError> {
+    pub async fn update_preferences(&self, id: UserId, update: PreferencesUpdate) -> Result<Preferences, ChangeError> {
         self.detached(move |write| async move {
             let result = write.ports.users.update_preferences(id, update, write.now()).await;
-            write.after_write(result, &[id], Option::is_some).await?.ok_or(ServiceError::UserNotFound)
+            write.after_write(result, &[id], Option::is_some).await?.ok_or(ChangeError::UserNotFound)
         })
         .await
     }
