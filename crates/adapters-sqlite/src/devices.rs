@@ -17,8 +17,7 @@ use uuid::Uuid;
 use crate::SqliteStore;
 use crate::errors::StoreError;
 use crate::idempotency::idempotently;
-use crate::schema::{DEVICE, Id, devices};
-use crate::users::user_exists;
+use crate::schema::{DEVICE, Id, devices, user_exists};
 
 /// Registers or moves a token (in the caller's write transaction, so that the owner read
 /// first is still the owner when the upsert runs). `ON CONFLICT` on the unique token turns

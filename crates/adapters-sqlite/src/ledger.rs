@@ -10,8 +10,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::SqliteStore;
-use crate::schema::{Id, cache_invalidation_ledger as ledger};
-use crate::users::IDS_PER_QUERY;
+use crate::schema::{IDS_PER_QUERY, Id, cache_invalidation_ledger as ledger};
 
 /// A recording to insert.
 #[derive(Insertable)]

@@ -1,8 +1,11 @@
 //! Diesel's view of the tables created by `migrations/` (declared together with the
-//! PostgreSQL store's by [`adapters_sql_common::tables!`]), and the column type SQLite lacks.
+//! PostgreSQL store's by [`adapters_sql_common::tables!`]), the column type SQLite lacks, and
+//! what every repository of this store shares: the lookup of a user, the size of `IN` lists.
 
 use diesel::deserialize::{self, FromSql};
+use diesel::dsl::exists;
 use diesel::expression::AsExpression;
+use diesel::prelude::*;
 use diesel::query_builder::QueryId;
 use diesel::serialize::{self, IsNull, Output, ToSql};
 use diesel::sql_types::SqlType;
@@ -53,6 +56,14 @@ type StoredUuid = UuidText;
 type StoredTimestamp = diesel::sql_types::TimestamptzSqlite;
 
 adapters_sql_common::tables!();
+
+/// `IN (…)` lists stay well below SQLite's limit on bound parameters.
+pub(crate) const IDS_PER_QUERY: usize = 500;
+
+/// Whether the user exists.
+pub(crate) fn user_exists(connection: &mut SqliteConnection, user: domain::user::UserId) -> QueryResult<bool> {
+    diesel::select(exists(users::table.find(Id::from(user)))).get_result(connection)
+}
 
 #[diesel::declare_sql_function]
 extern "SQL" {

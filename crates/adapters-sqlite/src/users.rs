@@ -22,12 +22,9 @@ use crate::devices::{token_is_held, upsert_device};
 use crate::errors::StoreError;
 use crate::idempotency::idempotently;
 use crate::schema::{
-    CREDENTIALS, ContactChangeset, DEVICE, Id, NewUserValues, PREFERENCES, PreferencesChangeset, PreferencesValues,
-    USER, devices, lower, notification_preferences, users,
+    CREDENTIALS, ContactChangeset, DEVICE, IDS_PER_QUERY, Id, NewUserValues, PREFERENCES, PreferencesChangeset,
+    PreferencesValues, USER, devices, lower, notification_preferences, user_exists, users,
 };
-
-/// `IN (…)` lists stay well below SQLite's limit on bound parameters.
-pub(crate) const IDS_PER_QUERY: usize = 500;
 
 /// Whether a user other than `except` has `email`, compared as the unique index compares.
 fn email_taken(connection: &mut SqliteConnection, email: &str, except: Option<UserId>) -> QueryResult<bool> {
@@ -36,11 +33,6 @@ fn email_taken(connection: &mut SqliteConnection, email: &str, except: Option<Us
         holders = holders.filter(users::id.ne(Id::from(except)));
     }
     diesel::select(exists(holders)).get_result(connection)
-}
-
-/// Whether the user exists.
-pub(crate) fn user_exists(connection: &mut SqliteConnection, user: UserId) -> QueryResult<bool> {
-    diesel::select(exists(users::table.find(Id::from(user)))).get_result(connection)
 }
 
 /// Inserts the user, its preferences and its optional device (in the caller's transaction).

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod device;
 pub mod eligibility;
 pub mod error;
+pub mod failure;
 pub mod idempotency;
 pub mod login_guard;
 pub mod ports;
@@ -24,7 +25,7 @@ pub mod service;
 pub mod user;
 mod validate;
 
-pub use error::{
-    ChangeError, ContactError, DeviceError, FieldError, InvalidValue, LoginError, PasswordChangeError, ReadError,
-    RegisterError, ServiceError,
+pub use error::{FieldError, InvalidValue};
+pub use failure::{
+    ChangeError, ContactError, DeviceError, LoginError, PasswordChangeError, ReadError, RegisterError, ServiceError,
 };

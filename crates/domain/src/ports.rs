@@ -1,7 +1,7 @@
 //! Ports: what the use cases need from the outside world. Adapters implement them
 //! (`adapters-postgres` and `adapters-sqlite` for storage, `adapters-argon2` for hashing;
-//! the clock is [`SystemClock`] here); every port is an object-safe `async_trait` held as
-//! `Arc<dyn Port>`.
+//! the clock is [`SystemClock`] here); every port is object-safe (the async ones through
+//! `async_trait`), held as `Arc<dyn Port>`.
 //!
 //! With the `mock` feature (or in this crate's tests) each trait has a `mockall` mock:
 //! `MockUserRepository`, `MockDeviceRepository`, `MockPasswordHasher`, `MockClock`.

@@ -9,7 +9,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
 use crate::cache::{CacheLookup, FillTicket, ProfileCache};
-use crate::error::ReadError;
+use crate::failure::ReadError;
 use crate::ports::{ProfileEncoder, UserRepository};
 use crate::user::{UserId, UserProfile};
 

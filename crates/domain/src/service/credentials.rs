@@ -2,7 +2,7 @@
 
 use super::{UserService, Write};
 use crate::auth::Authenticated;
-use crate::error::{LoginError, PasswordChangeError, ServiceError};
+use crate::failure::{LoginError, PasswordChangeError, ServiceError};
 use crate::user::{EmailAddress, Password, PasswordHash, UserId};
 
 impl UserService {

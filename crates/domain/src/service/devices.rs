@@ -2,7 +2,7 @@
 
 use super::{UserService, Write, log_device_moved};
 use crate::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
-use crate::error::DeviceError;
+use crate::failure::DeviceError;
 use crate::idempotency::{Idempotent, IdempotentWrite};
 use crate::user::UserId;
 

@@ -31,37 +31,16 @@ use time::OffsetDateTime;
 use crate::cache::ProfileCache;
 use crate::device::Device;
 use crate::eligibility::{Channel, Eligibility, decide};
-use crate::error::{ReadError, ServiceError};
+use crate::failure::{ReadError, ServiceError};
 use crate::idempotency::{Idempotent, IdempotentRequest, StoredResponse};
 use crate::ports::{
-    Clock, DeviceRepository, HashError, IdempotencyRepository, PasswordHasher, ProfileEncoder, RepositoryError,
-    Spawner, UserRepository,
+    Clock, DeviceRepository, IdempotencyRepository, PasswordHasher, ProfileEncoder, RepositoryError, Spawner,
+    UserRepository,
 };
 use crate::preferences::Preferences;
 pub use crate::read_through::EncodedProfile;
 use crate::read_through::ReadThrough;
 use crate::user::{Page, PageRequest, UserId, UserProfile};
-
-impl From<RepositoryError> for ServiceError {
-    fn from(error: RepositoryError) -> Self {
-        match error {
-            RepositoryError::EmailTaken => Self::EmailTaken,
-            RepositoryError::UserNotFound => Self::UserNotFound,
-            RepositoryError::Idempotency(conflict) => Self::Idempotency(conflict),
-            RepositoryError::Unavailable(source) => Self::Unavailable(source),
-            RepositoryError::Unexpected(source) => Self::Unexpected(source),
-        }
-    }
-}
-
-impl From<HashError> for ServiceError {
-    fn from(error: HashError) -> Self {
-        match error {
-            HashError::Overloaded => Self::Unavailable(Box::new(HashError::Overloaded)),
-            HashError::Unexpected(source) => Self::Unexpected(source),
-        }
-    }
-}
 
 /// The adapters the use cases run on.
 #[derive(Clone)]

@@ -13,10 +13,10 @@ use crate::cache::{MockProfileCache, NoCache};
 use crate::device::{DeviceRegistration, DeviceSelector, Platform, RegisteredDevice};
 use crate::device::{HeldToken, PushToken};
 use crate::eligibility::Channel;
-use crate::error::{ChangeError, ContactError, DeviceError, LoginError, PasswordChangeError, RegisterError};
+use crate::failure::{ChangeError, ContactError, DeviceError, LoginError, PasswordChangeError, RegisterError};
 use crate::idempotency::IdempotentWrite;
 use crate::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord};
-use crate::ports::{CreatedUser, NewUserRecord};
+use crate::ports::{CreatedUser, HashError, NewUserRecord};
 use crate::ports::{
     MockClock, MockDeviceRepository, MockIdempotencyRepository, MockPasswordHasher, MockProfileEncoder,
     MockUserRepository,

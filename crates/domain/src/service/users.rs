@@ -2,7 +2,7 @@
 
 use super::{UserService, log_device_moved};
 use crate::device::{DeviceRegistration, Platform};
-use crate::error::{ChangeError, ContactError, RegisterError, ServiceError};
+use crate::failure::{ChangeError, ContactError, RegisterError, ServiceError};
 use crate::idempotency::{Idempotent, IdempotentWrite};
 use crate::ports::{CreatedUser, NewUserRecord};
 use crate::preferences::{Preferences, PreferencesUpdate};
