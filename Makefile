@@ -32,9 +32,9 @@ build:
 	$(CARGO) build --release --bin user-service
 
 ## bench: release build, then load figures on PostgreSQL + Redis beside same-run references
-## (framework ceiling, pgbench, raw argon2id) → bench-results/latest.md (see crates/bench/run.sh)
+## (framework ceiling, pgbench, raw argon2id) → bench-results/latest.md (see crates/bench/bench.py)
 bench:
-	CARGO="$(CARGO)" crates/bench/run.sh
+	CARGO="$(CARGO)" python3 crates/bench/bench.py
 
 ## migrate: apply pending migrations to the configured store
 migrate:
