@@ -253,6 +253,17 @@ impl ServiceProcess {
         process
     }
 
+    /// Sends SIGTERM, as an orchestrator stopping the instance does.
+    pub fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success(), "SIGTERM was not delivered");
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().expect("the process can be polled").is_some()
+    }
+
     /// Every log line so far, parsed (lines that are not JSON are left out).
     pub fn log_lines(&self) -> Vec<Value> {
         self.logs

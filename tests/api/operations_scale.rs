@@ -4,7 +4,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api_tests::{SERVICE_KEY, TestApp, service_binary};
+use api_tests::{SERVICE_KEY, ServiceProcess, TestApp, service_binary};
+use diesel_async::SimpleAsyncConnection;
 use reqwest::Method;
 use serde_json::json;
 
@@ -156,4 +157,60 @@ async fn sigterm_during_load_lets_every_in_flight_request_finish() {
     .unwrap();
     let exit = exit.expect("the service exits within the grace period");
     assert!(exit.success(), "the service exits cleanly: {exit:?}");
+}
+
+/// A write whose client hung up is still running when SIGTERM arrives (its statement waits
+/// for a row lock): the instance waits for it to end before it exits, instead of exiting
+/// and leaving a statement that commits later with nobody to invalidate the caches.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_waits_for_a_write_whose_client_hung_up() {
+    let app = TestApp::spawn().await;
+    let user = app.register("hung-up@example.com").await;
+    let mut service = ServiceProcess::start(&app.db, &[("SERVICE_API_KEYS", SERVICE_KEY)]).await;
+
+    let mut locker = app.db.pool().get().await.unwrap();
+    locker
+        .batch_execute(&format!("BEGIN; SELECT 1 FROM notification_preferences WHERE user_id = '{user}' FOR UPDATE"))
+        .await
+        .unwrap();
+    // The client sends the change and hangs up before any answer.
+    let port = service.address.rsplit(':').next().unwrap().to_owned();
+    let body = r#"{"email": false}"#;
+    let request = format!(
+        "PUT /api/v1/users/{user}/preferences HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Service-Key: {SERVICE_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Closed with a reset (SO_LINGER 0), which the server notices at once and answers by
+    // dropping the handler: only a detached write goes on.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    #[expect(
+        deprecated,
+        reason = "a zero linger resets at once: the blocking on drop it warns of needs a positive one"
+    )]
+    socket.set_linger(Some(Duration::ZERO)).unwrap();
+    let mut client = socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut client, request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    service.terminate();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!service.has_exited(), "the instance exited while a write was still running");
+    locker.batch_execute("COMMIT").await.unwrap();
+
+    let started = Instant::now();
+    while !service.has_exited() {
+        assert!(started.elapsed() < Duration::from_secs(15), "the instance did not exit after the write ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let opted_out = app
+        .db
+        .count(&format!(
+            "SELECT count(*) AS count FROM notification_preferences WHERE user_id = '{user}' AND NOT email_enabled"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(opted_out, 1, "the write ran to its end before the instance exited");
 }

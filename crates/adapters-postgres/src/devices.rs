@@ -152,7 +152,12 @@ impl DeviceRepository for PgStore {
         idempotency: Option<IdempotentWrite<RegisteredDevice>>,
     ) -> Result<Idempotent<RegisteredDevice>, RepositoryError> {
         let mut connection = self.connection().await?;
-        idempotent_transaction(&mut connection, idempotency, move |connection| {
+        // Without a key the upsert is one statement: no transaction around it.
+        let Some(idempotency) = idempotency else {
+            let row = upsert_device(&mut connection, user, &registration, now).await.map_err(from_diesel)?;
+            return Ok(Idempotent::Executed(row.into_registered(user)?));
+        };
+        idempotent_transaction(&mut connection, Some(idempotency), move |connection| {
             Box::pin(async move {
                 let row = upsert_device(connection, user, &registration, now).await?;
                 row.into_registered(user).map_err(TxError::Repository)

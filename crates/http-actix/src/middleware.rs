@@ -44,6 +44,8 @@ pub async fn request_context(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    // Counted until its response is produced: a stop waits for it (and its writes).
+    let _in_flight = request.app_data::<Data<AppState>>().map(|state| state.in_flight.token());
     let request_id = caller_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let method = request.method().clone();
     let span = tracing::info_span!("request", request_id = %request_id, method = %method);

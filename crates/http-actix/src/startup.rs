@@ -38,6 +38,7 @@ use domain::login_guard::{GuessLimits, LoginGuard};
 use domain::ports::{Spawner, SystemClock};
 use domain::rate_limit::{FallbackRateLimiter, RateLimit, RateLimiter};
 use domain::service::{Ports, UserService};
+use tokio_util::task::TaskTracker;
 
 /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
 const SHUTDOWN_GRACE_SECONDS: u64 = 10;
@@ -48,6 +49,7 @@ pub struct Application {
     server: Server,
     store: Store,
     cache: Arc<dyn ProfileCache>,
+    in_flight: TaskTracker,
 }
 
 impl std::fmt::Debug for Application {
@@ -316,6 +318,8 @@ impl Application {
         let cache = build_cache(&settings, &store, &metrics)?;
         let limits = build_limits(&settings)?;
         let auth = auth_settings(&settings);
+        // Requests and the writes they detach, which a stop waits for.
+        let in_flight = TaskTracker::new();
         let service = UserService::new(Ports {
             users: store.users(),
             devices: store.devices(),
@@ -324,7 +328,7 @@ impl Application {
             clock: Arc::new(SystemClock),
             cache: cache.clone(),
             encoder: Arc::new(JsonProfileEncoder),
-            spawner: Arc::new(TokioSpawner),
+            spawner: Arc::new(TrackedSpawner(in_flight.clone())),
         });
         spawn_idempotency_purge(store.clone(), service.clone());
         let cache_to_finish = cache.clone();
@@ -347,6 +351,7 @@ impl Application {
             started_at: Instant::now(),
             auth_failure_log: AuthFailureLog::default(),
             metrics_token: settings.metrics_token.as_ref().map(MetricsToken::new),
+            in_flight: in_flight.clone(),
         });
 
         let listener = TcpListener::bind((settings.host, settings.port))?;
@@ -370,11 +375,13 @@ impl Application {
                 .service(routes::docs::service())
         })
         .workers(settings.workers)
-        // SIGTERM/SIGINT stop accepting, then in-flight requests get this long to finish.
+        // SIGTERM/SIGINT are handled by `run_until_stopped`, which drains before it stops.
+        .disable_signals()
+        // Requests still in flight at the stop get this long to finish.
         .shutdown_timeout(SHUTDOWN_GRACE_SECONDS)
         .listen(listener)?
         .run();
-        Ok(Self { port, server, store, cache: cache_to_finish })
+        Ok(Self { port, server, store, cache: cache_to_finish, in_flight })
     }
 
     /// The port the server listens on.
@@ -383,11 +390,30 @@ impl Application {
     }
 
     /// Serves until the server is stopped. SIGTERM and SIGINT stop accepting connections,
-    /// let in-flight requests finish (up to 10 s), let the cache finish what outlives the
-    /// writes (pending invalidations, follow-up deletions: a few seconds at most), then close
-    /// the database pool.
+    /// let in-flight requests and the writes they started finish, also those whose client
+    /// hung up (up to 10 s; a statement times out before), then stop the workers, let the
+    /// cache finish what outlives the writes (pending invalidations, follow-up deletions: a
+    /// few seconds at most), and close the database pool. Writes run on the workers'
+    /// runtimes: stopping the workers first would cut a write between its commit and its
+    /// invalidation.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let served = self.server.await;
+        let handle = self.server.handle();
+        // On a task of its own: the server answers `pause` and `stop` only while polled.
+        let mut server = tokio::spawn(self.server);
+        let served = tokio::select! {
+            served = &mut server => served,
+            () = stop_signal() => {
+                handle.pause().await;
+                self.in_flight.close();
+                let grace = std::time::Duration::from_secs(SHUTDOWN_GRACE_SECONDS);
+                if tokio::time::timeout(grace, self.in_flight.wait()).await.is_err() {
+                    tracing::warn!(still_running = self.in_flight.len(), "stopping with requests or writes still running");
+                }
+                handle.stop(true).await;
+                server.await
+            }
+        }
+        .unwrap_or_else(|failed| Err(std::io::Error::other(failed)));
         self.cache.finish_pending().await;
         self.store.close();
         tracing::info!("user-service stopped");
@@ -401,11 +427,31 @@ impl Application {
 }
 
 /// Runs the use cases' writes on tokio tasks, which outlive the request that started them
-/// (actix drops a handler's future when its connection closes).
-struct TokioSpawner;
+/// (actix drops a handler's future when its connection closes), tracked so that a stop
+/// waits for them.
+struct TrackedSpawner(TaskTracker);
 
-impl Spawner for TokioSpawner {
+impl Spawner for TrackedSpawner {
     fn spawn(&self, task: futures_util::future::BoxFuture<'static, ()>) {
-        tokio::spawn(task);
+        self.0.spawn(task);
+    }
+}
+
+/// SIGTERM (an orchestrator stopping the instance) or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "SIGTERM cannot be handled; stop with SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }

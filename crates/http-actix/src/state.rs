@@ -45,6 +45,8 @@ pub struct AppState {
     pub auth_failure_log: AuthFailureLog,
     /// The bearer token `/metrics` requires, if any.
     pub metrics_token: Option<MetricsToken>,
+    /// Requests and the writes they detached, which a stop waits for.
+    pub in_flight: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for AppState {
