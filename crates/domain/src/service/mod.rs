@@ -8,8 +8,9 @@
 //! **Writes run to their end.** Every write use case runs on its own task
 //! ([`UserService::detached`], through the [`Spawner`] port), so that a caller that stops
 //! waiting cannot cut it between its commit and its invalidation. The invalidation itself,
-//! [`Write::after_write`], exists only on the [`Write`] that a detached task receives: a
-//! write use case that forgot to detach would have no way to acknowledge its change.
+//! [`Write::after_write`], exists only on the [`Write`] that `detached` hands its task (no
+//! other code makes one): a write use case that does not detach has no way to acknowledge
+//! its change.
 //!
 //! **A change is acknowledged once no reader can be served what it replaced.** Every
 //! committed change invalidates the cached representations of the users it touched (a moved
