@@ -200,6 +200,13 @@ async fn a_stolen_token_cannot_guess_the_current_password_without_limit() {
     let right =
         hostile.send("198.51.100.1", &[("Authorization", &bearer)], Method::PUT, &path, Some(&change(PASSWORD))).await;
     assert_eq!(right.status, 429, "the spent token is refused whatever it sends");
+    // Respelling the header (the scheme's case, spaces) is still the same token's budget.
+    for respelled in [format!("bearer {token}"), format!("BEARER  {token}"), format!("bEaReR \t{token} ")] {
+        let reply = hostile
+            .send("198.51.100.1", &[("Authorization", &respelled)], Method::PUT, &path, Some(&change(PASSWORD)))
+            .await;
+        assert_eq!(reply.status, 429, "{respelled:?} bought a new budget");
+    }
     // The thief spent only that token's budget: the owner, with a token of its own, changes
     // the password (and so revokes the stolen token).
     let fresh = hostile.login("203.0.113.7", "victim@example.com", PASSWORD).await.body["data"]["access_token"]

@@ -195,9 +195,18 @@ async fn sigterm_waits_for_a_write_whose_client_hung_up() {
     drop(client);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
+    // A keep-alive client connected before the signal.
+    let keep_alive = reqwest::Client::new();
+    let live = format!("{}/health/live", service.address);
+    assert_eq!(keep_alive.get(&live).send().await.unwrap().status(), 200);
+
     service.terminate();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!service.has_exited(), "the instance exited while a write was still running");
+    // While it drains, a request on that connection is answered and told to close it.
+    let during_drain = keep_alive.get(&live).send().await.expect("an open connection is still served");
+    assert_eq!(during_drain.status(), 200);
+    assert_eq!(during_drain.headers().get("connection").map(|value| value.to_str().unwrap()), Some("close"));
     locker.batch_execute("COMMIT").await.unwrap();
 
     let started = Instant::now();

@@ -53,7 +53,7 @@ async fn find_unexpired(
     caller: &str,
     key: &str,
     now: OffsetDateTime,
-) -> QueryResult<Option<IdempotencyRecord>> {
+) -> Result<Option<IdempotencyRecord>, TxError> {
     let row: Option<RecordRow> = idempotency_records::table
         .find((caller, key))
         .filter(idempotency_records::expires_at.gt(now))
@@ -61,7 +61,7 @@ async fn find_unexpired(
         .get_result::<RecordRow>(connection)
         .await
         .optional()?;
-    Ok(row.map(IdempotencyRecord::from))
+    row.map(IdempotencyRecord::try_from).transpose().map_err(TxError::Repository)
 }
 
 /// Runs `write` in one transaction under `idempotency`: a completed request's stored answer
@@ -150,7 +150,7 @@ impl IdempotencyRepository for PgStore {
         now: OffsetDateTime,
     ) -> Result<Option<IdempotencyRecord>, RepositoryError> {
         let mut connection = self.connection().await?;
-        find_unexpired(&mut connection, caller, key.as_str(), now).await.map_err(from_diesel)
+        Ok(find_unexpired(&mut connection, caller, key.as_str(), now).await?)
     }
 }
 

@@ -226,22 +226,26 @@ pub struct RecordRow {
 }
 }
 
-impl From<RecordRow> for IdempotencyRecord {
-    fn from(row: RecordRow) -> Self {
-        Self {
+impl TryFrom<RecordRow> for IdempotencyRecord {
+    type Error = RepositoryError;
+
+    /// An unreadable user id is an error, never skipped: a replay must invalidate every user
+    /// its first run touched.
+    fn try_from(row: RecordRow) -> Result<Self, Self::Error> {
+        let invalidates = row
+            .invalidates
+            .split_whitespace()
+            .map(|id| id.parse::<Uuid>().map(UserId::from).map_err(|e| corrupt_row("invalidated user id", e)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
             fingerprint: row.request_fingerprint,
             response: StoredResponse {
                 status: u16::try_from(row.response_status).unwrap_or_default(),
                 body: row.response_body,
                 location: row.response_location,
-                invalidates: row
-                    .invalidates
-                    .split_whitespace()
-                    .filter_map(|id| id.parse::<Uuid>().ok())
-                    .map(UserId::from)
-                    .collect(),
+                invalidates,
             },
-        }
+        })
     }
 }
 

@@ -26,14 +26,14 @@ fn find_unexpired(
     caller: &str,
     key: &str,
     now: OffsetDateTime,
-) -> QueryResult<Option<IdempotencyRecord>> {
+) -> Result<Option<IdempotencyRecord>, StoreError> {
     let row: Option<RecordRow> = idempotency_records::table
         .find((caller, key))
         .filter(idempotency_records::expires_at.gt(now))
         .select(RECORD)
         .get_result(connection)
         .optional()?;
-    Ok(row.map(IdempotencyRecord::from))
+    Ok(row.map(IdempotencyRecord::try_from).transpose()?)
 }
 
 /// Runs `write` under `idempotency` inside the current write transaction: a completed
@@ -113,7 +113,7 @@ impl IdempotencyRepository for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Option<IdempotencyRecord>, RepositoryError> {
         let (caller, key) = (caller.to_owned(), key.as_str().to_owned());
-        self.read(move |connection| Ok(find_unexpired(connection, &caller, &key, now)?)).await
+        self.read(move |connection| find_unexpired(connection, &caller, &key, now)).await
     }
 }
 

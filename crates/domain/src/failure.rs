@@ -6,7 +6,8 @@ use crate::error::BoxError;
 use crate::idempotency::IdempotencyConflict;
 use crate::ports::{HashError, RepositoryError};
 
-/// What a use case of [`crate::service::UserService`] can fail with.
+/// Everything a use case of [`crate::service::UserService`] can fail with: the union that
+/// each operation's error widens into, for a driver that maps errors in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// No user has this id.

@@ -16,6 +16,7 @@ use domain::login_guard::{LoginAttempt, LoginGuard};
 use domain::rate_limit::{RateDecision, RateLimit, RateLimiter};
 
 use crate::auth::client_address::{Network, client_address};
+use crate::auth::credentials::bearer_credential;
 use crate::error::ApiError;
 
 /// The configured limits and their counters.
@@ -72,10 +73,13 @@ impl Limits {
     }
 
     /// Counts a guess at the current password made with the access token of `request`,
-    /// before it is checked: 429 once the token has made its budget of them.
+    /// before it is checked: 429 once the token has made its budget of them. Counted by the
+    /// token as authentication reads it (any case of `Bearer`, any spaces around it), so that
+    /// respelling the header never buys a new budget; a signed token has one spelling.
     pub async fn admit_current_password_guess(&self, request: &HttpRequest) -> Result<(), ApiError> {
-        let token = request.headers().get(actix_web::http::header::AUTHORIZATION).map(|value| value.as_bytes());
-        Ok(self.guard.admit_current_password_guess(token.unwrap_or_default()).await?)
+        let header = request.headers().get(actix_web::http::header::AUTHORIZATION).map(|value| value.as_bytes());
+        let token = header.and_then(bearer_credential).unwrap_or_default();
+        Ok(self.guard.admit_current_password_guess(token).await?)
     }
 }
 

@@ -45,7 +45,7 @@ pub async fn request_context(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     // Counted until its response is produced: a stop waits for it (and its writes).
-    let _in_flight = request.app_data::<Data<AppState>>().map(|state| state.in_flight.token());
+    let in_flight = request.app_data::<Data<AppState>>().map(|state| state.in_flight.token());
     let request_id = caller_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let method = request.method().clone();
     let span = tracing::info_span!("request", request_id = %request_id, method = %method);
@@ -64,7 +64,10 @@ pub async fn request_context(
         }
         response = response.into_response(replacement);
     }
-    if crate::extract::declares_unread_body(response.request()) {
+    // While the instance drains for a stop, keep-alive clients are told to go elsewhere,
+    // so that the drain ends with the requests already running.
+    let draining = in_flight.as_ref().is_some_and(|token| token.task_tracker().is_closed());
+    if draining || crate::extract::declares_unread_body(response.request()) {
         response.response_mut().head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
     }
     if let Ok(value) = HeaderValue::from_str(&request_id) {

@@ -406,10 +406,19 @@ impl Application {
                 handle.pause().await;
                 self.in_flight.close();
                 let grace = std::time::Duration::from_secs(SHUTDOWN_GRACE_SECONDS);
-                if tokio::time::timeout(grace, self.in_flight.wait()).await.is_err() {
+                // One grace period in all: what is still running after it is cut, not given
+                // the server's own graceful wait on top.
+                let drained = tokio::select! {
+                    waited = tokio::time::timeout(grace, self.in_flight.wait()) => waited.is_ok(),
+                    () = stop_signal() => {
+                        tracing::warn!("a second stop signal: stopping now");
+                        false
+                    }
+                };
+                if !drained {
                     tracing::warn!(still_running = self.in_flight.len(), "stopping with requests or writes still running");
                 }
-                handle.stop(true).await;
+                handle.stop(drained).await;
                 server.await
             }
         }

@@ -154,6 +154,36 @@ pub async fn concurrent_idempotent_writes_with_one_key_run_once(fixture: &impl S
     assert_eq!(fixture.count("SELECT count(*) AS count FROM idempotency_records").await, 1);
 }
 
+/// A record whose list of touched users was written around the service and no longer
+/// reads is an error, never a replay that would skip invalidating those users.
+pub async fn a_record_with_an_unreadable_touched_user_is_an_error_not_a_partial_replay(fixture: &impl StoreFixture) {
+    let store = fixture.store();
+    let user = create_user(store, "touched@example.com", at(0)).await;
+    store
+        .upsert(
+            user,
+            registration("touched-token", Platform::Web, true),
+            at(1),
+            Some(idempotent_device_write("touched", 1, far_future())),
+        )
+        .await
+        .expect("first write");
+    fixture.execute("UPDATE idempotency_records SET invalidates = 'not-a-user-id'").await;
+
+    let key = IdempotencyKey::parse("touched").unwrap();
+    let found = store.find_record("gateway", &key, OffsetDateTime::now_utc()).await;
+    assert!(matches!(found, Err(RepositoryError::Unexpected(_))), "{found:?}");
+    let retried = store
+        .upsert(
+            user,
+            registration("touched-token", Platform::Web, true),
+            at(2),
+            Some(idempotent_device_write("touched", 1, far_future())),
+        )
+        .await;
+    assert!(matches!(retried, Err(RepositoryError::Unexpected(_))), "{retried:?}");
+}
+
 /// An expired record is ignored (the key runs again and its record is replaced) and purged.
 pub async fn an_expired_record_no_longer_replays_and_is_purged(fixture: &impl StoreFixture) {
     let store = fixture.store();

@@ -98,6 +98,7 @@ macro_rules! repository_contract_tests {
             an_idempotent_create_stores_its_answer_and_a_retry_replays_it_without_writing,
             concurrent_idempotent_writes_with_one_key_run_once,
             an_expired_record_no_longer_replays_and_is_purged,
+            a_record_with_an_unreadable_touched_user_is_an_error_not_a_partial_replay,
             the_ledger_lists_each_recorded_user_once_oldest_recording_first,
             forgetting_a_recording_keeps_a_newer_recording_of_the_same_user,
             the_ledger_lists_at_most_the_limit_and_forgets_in_any_number,

@@ -9,13 +9,13 @@
 //! ([`UserService::detached`], through the [`Spawner`] port), so that a caller that stops
 //! waiting cannot cut it between its commit and its invalidation. The invalidation itself,
 //! [`Write::after_write`], exists only on the [`Write`] that `detached` hands its task (no
-//! other code makes one): a write use case that does not detach has no way to acknowledge
-//! its change.
+//! other code makes one). `UserService` still holds the cache port (the read engine reads
+//! through it), so "never invalidate outside a `Write`" is a rule kept by review.
 //!
 //! **A change is acknowledged once no reader can be served what it replaced.** Every
 //! committed change invalidates the cached representations of the users it touched (a moved
-//! device touches two), and answers [`ServiceError::InvalidationUnconfirmed`] when the cache
-//! could not confirm it.
+//! device touches two), and answers `InvalidationUnconfirmed` (of the operation's error)
+//! when the cache could not confirm it.
 
 mod credentials;
 mod devices;

@@ -4,7 +4,7 @@
 use actix_web::HttpRequest;
 use actix_web::web::{Data, Path, Query};
 use apistos::api_operation;
-use domain::ServiceError;
+use domain::DeviceError;
 use domain::auth::Scope;
 use domain::device::{DeviceSelector, RegisteredDevice};
 use domain::idempotency::{Idempotent, StoredResponse};
@@ -114,7 +114,7 @@ pub struct DeviceSegment {
 
 /// Reads the `{device}` segment: a device id or a token (percent-encoded or raw).
 fn selector(device: &str) -> Result<DeviceSelector, ApiError> {
-    DeviceSelector::parse(device).ok_or_else(|| ApiError::from(ServiceError::DeviceNotFound))
+    DeviceSelector::parse(device).ok_or_else(|| ApiError::from(DeviceError::DeviceNotFound))
 }
 
 /// Sets the state of a device; shared by the v1 and legacy routes.
