@@ -64,9 +64,15 @@ done
 to_erase=$(curl -fs -X POST "$base/api/v1/users" -H 'Content-Type: application/json' -H "X-Service-Key: $key" \
   -d '{"name": "Erased", "email": "erased@example.com", "password": "StrongPass123!"}' \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["data"]["id"])')
+# A category for the operations on one category (the removal gets one of its own).
+for category in contract-category contract-category-to-remove; do
+  curl -fs -X POST "$base/api/v1/categories" -H 'Content-Type: application/json' -H "X-Service-Key: $key" \
+    -d "{\"key\": \"$category\", \"name\": \"Contract\"}" >/dev/null
+done
 cat >"$workdir/schemathesis.toml" <<TOML
 [parameters]
 "path.id" = "$user"
+"path.key" = "contract-category"
 "path.user_id" = "$user"
 "path.device" = "contract-device-token"
 "path.token" = "contract-device-token"
@@ -74,6 +80,10 @@ cat >"$workdir/schemathesis.toml" <<TOML
 [[operations]]
 include-name = "DELETE /api/v1/users/{id}"
 parameters = { "path.id" = "$to_erase" }
+
+[[operations]]
+include-name = "DELETE /api/v1/categories/{key}"
+parameters = { "path.key" = "contract-category-to-remove" }
 
 [[operations]]
 include-name = "DELETE /api/v1/users/{id}/devices/{device}"

@@ -453,6 +453,7 @@ class Op:
     other_cpu: int = 0  # % taken by processes outside the benchmark
 
 
+BENCH_CATEGORY = "bench-digest"  # created by Bench.seed, chosen by every 4th user in SEED_SQL
 SEED_SQL = """
 BEGIN;
 INSERT INTO users (id, name, email, phone, password_hash, created_at, updated_at)
@@ -473,6 +474,11 @@ SELECT gen_random_uuid(), u.id, 'bench-token-' || u.id || '-' || d,
        CASE d WHEN 1 THEN 'android' ELSE 'ios' END, true, now(), now(), now() - d * interval '1 minute'
 FROM users AS u CROSS JOIN generate_series(1, 2) AS d
 WHERE u.id <> :'seed';
+-- Every fourth user chose push in the bench category (its default is off).
+INSERT INTO category_choices (user_id, category_key, email, push, updated_at)
+SELECT id, 'bench-digest', NULL, true, now()
+FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM users WHERE id <> :'seed') AS seeded
+WHERE n % 4 = 0;
 COMMIT;
 ANALYZE;
 """
@@ -579,7 +585,11 @@ class Bench:
         seed_id = re.search(r'"id":"([0-9a-f-]*)"', answer.decode(errors="replace"))
         if status >= 400 or not seed_id or not seed_id[1]:
             die(f"registration of the seed user answered: {status} {answer.decode(errors='replace')}")
-        log(f"seeding {cfg.users} users with preferences and 2 devices each")
+        category = f'{{"key":"{BENCH_CATEGORY}","name":"Bench digest","default":{{"email":true,"push":false}}}}'
+        status, answer = http_request(f"{self.service_url}/api/v1/categories", "POST", category, headers)
+        if status != 201:
+            die(f"creating the bench category answered: {status} {answer.decode(errors='replace')}")
+        log(f"seeding {cfg.users} users with preferences, 2 devices and a category choice (every 4th) each")
         run(psql(cfg, SERVICE_DB, "-v", f"users={cfg.users}", "-v", f"seed={seed_id[1]}"), input=SEED_SQL, text=True)
         select = psql(cfg, SERVICE_DB, "-Atc", "SELECT id FROM users WHERE email LIKE 'bench-%' ORDER BY id")
         ids = run(select, stdout=subprocess.PIPE, text=True).stdout.splitlines()
@@ -627,12 +637,15 @@ class Bench:
 
     # --- load and CPU ----------------------------------------------------------------------
 
-    def start_wrk(self, name: str, script: str, url: str, connections: int, threads: int) -> subprocess.Popen:
+    def start_wrk(
+        self, name: str, script: str, url: str, connections: int, threads: int, extra_env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         """wrk --latency into wrk-NAME.txt (the Lua scripts read the ids, the key and a run tag
-        from the environment)."""
+        from the environment, and what `extra_env` adds)."""
         cfg = self.cfg
         env = {
             **os.environ,
+            **(extra_env or {}),
             "BENCH_IDS": str(cfg.ids_file),
             "BENCH_SERVICE_KEY": SERVICE_KEY,
             "BENCH_LUA_DIR": str(LUA_DIR),
@@ -652,8 +665,10 @@ class Bench:
             die(f"{Path(process.args[0]).name} failed; see {report}")
         return round(usage.ru_utime, 3) + round(usage.ru_stime, 3)
 
-    def run_wrk(self, name: str, script: str, url: str, connections: int, threads: int) -> float:
-        process = self.start_wrk(name, script, url, connections, threads)
+    def run_wrk(
+        self, name: str, script: str, url: str, connections: int, threads: int, extra_env: dict[str, str] | None = None
+    ) -> float:
+        process = self.start_wrk(name, script, url, connections, threads, extra_env)
         return self.finish_client(name, process, self.cfg.work / f"wrk-{name}.txt")
 
     def record(self, name: str, connections: int, pid: int, client_cpu: float) -> None:
@@ -697,12 +712,19 @@ class Bench:
 
     # --- measured operations -----------------------------------------------------------------
 
-    def bench(self, name: str, script: str, connections: int, threads: int | None = None) -> None:
+    def bench(
+        self,
+        name: str,
+        script: str,
+        connections: int,
+        threads: int | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         """One wrk run of a Lua script against the current service."""
         threads = threads or self.cfg.threads
         log(f"{name}: {connections} connections, {threads} threads, {self.cfg.duration}s")
         before = self.measure_begin(self.service.pid)
-        client_cpu = self.run_wrk(name, script, self.service_url, connections, threads)
+        client_cpu = self.run_wrk(name, script, self.service_url, connections, threads, extra_env)
         self.record(name, connections, self.service.pid, client_cpu)
         self.measure_end(before, self.service.pid, name)
 
@@ -809,6 +831,7 @@ class Bench:
         self.bench("eligibility-single", "eligibility_single.lua", cfg.connections)
         self.bench("eligibility-bulk", "eligibility_bulk.lua", cfg.bulk_connections)
         self.bench("eligibility-bulk-1", "eligibility_bulk.lua", 1, 1)
+        self.bench("eligibility-bulk-category-1", "eligibility_bulk.lua", 1, 1, {"BENCH_CATEGORY": BENCH_CATEGORY})
         self.bench_argon2()
         self.bench("register", "register_user.lua", cfg.connections)
         time.sleep(2)  # hashes queued when wrk stopped finish before the second measure
@@ -845,6 +868,7 @@ OPERATION_ROWS = [
     ("eligibility-single", "GET eligibility (push)"),
     ("eligibility-bulk", "POST eligibility, 1000 ids"),
     ("eligibility-bulk-1", "POST eligibility, 1000 ids, one connection"),
+    ("eligibility-bulk-category-1", "POST eligibility, 1000 ids in a category, one connection"),
     ("register", "POST user (registration)"),
     ("storm-get", "GET user, cached, during the storm"),
     ("storm-register", "POST user, during the storm"),
@@ -911,6 +935,8 @@ def render_report(bench: Bench, now: datetime) -> str:
         ("Bulk eligibility (1000 ids) p50", p50["eligibility-bulk"],
          f" ms at {cfg.bulk_connections} connections (one connection: {p50['eligibility-bulk-1']} ms)",
          "<=", 20, " ms"),
+        ("Bulk eligibility (1000 ids) in a category p50, one request at a time", p50["eligibility-bulk-category-1"],
+         " ms", "<=", 20, " ms"),
         ("Idle RSS (VmRSS once ready)", idle_cached, " MiB", "<=", 30, " MB"),
         ("Peak RSS under load (VmHWM)", peak, " MiB", "<=", 150, " MB"),
         ("Time to ready, fresh database (migrations included)", ready_cached, " ms", "<=", 1000, " ms"),

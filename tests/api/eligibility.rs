@@ -19,7 +19,8 @@ async fn each_reason_is_reported_with_targets_and_the_end_of_quiet_hours() {
     assert_eq!(
         email.body["data"],
         json!({"user_id": user, "channel": "email", "at": "2026-06-01T12:00:00Z", "allowed": true, "reason": "ok",
-               "next_allowed_at": null, "targets": {"email": "eligible@example.com"}})
+               "next_allowed_at": null, "targets": {"email": "eligible@example.com"}, "category": null,
+               "as_recorded": false, "recorded_state_since": null})
     );
 
     let push = eligibility(&app, &user, "channel=push").await;
@@ -49,6 +50,10 @@ async fn each_reason_is_reported_with_targets_and_the_end_of_quiet_hours() {
     app.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"push": false})).await;
     let opted_out = eligibility(&app, &user, "channel=push&at=2026-03-08T06:30:00Z").await;
     assert_eq!(opted_out.body["data"]["reason"], "opted_out", "opt-out takes precedence over quiet hours");
+    // Nowhere to send takes precedence over an opt-out.
+    app.request(Method::DELETE, &format!("/api/v1/users/{user}/devices/phone-1"), None).await;
+    let nowhere = eligibility(&app, &user, "channel=push&at=2026-03-08T06:30:00Z").await;
+    assert_eq!(nowhere.body["data"]["reason"], "no_active_device");
     assert!(opted_out.body["data"]["targets"].is_null());
 }
 

@@ -4,6 +4,7 @@
 mod abuse;
 mod auth;
 mod cache;
+mod categories;
 mod clients;
 mod deploy;
 mod devices;

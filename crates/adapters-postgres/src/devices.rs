@@ -2,12 +2,13 @@
 
 use adapters_sql_common::devices::UpsertedRow;
 use adapters_sql_common::rows::devices_from_rows;
+use adapters_sql_common::writes::history_entries;
 use async_trait::async_trait;
-use diesel::dsl::case_when;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use domain::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use domain::consent::{Provenance, device_change};
+use domain::device::{Device, DeviceId, DeviceRegistration, DeviceSelector, RegisteredDevice};
 use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{DeviceRepository, RepositoryError};
 use domain::user::UserId;
@@ -16,13 +17,14 @@ use uuid::Uuid;
 
 use crate::PgStore;
 use crate::errors::from_diesel;
+use crate::history::lock_and_append;
 use crate::idempotency::{TxError, idempotent_transaction};
 use crate::rows::{DEVICE, DeviceRow};
 use crate::schema::{devices, regexp_replace, users};
 use adapters_sql_common::device_order;
 
 /// Registers or moves a token in one statement. The CTE locks the existing row (if any)
-/// and reports its owner before the upsert changes it; `ON CONFLICT` on the token digest
+/// and reports its owner and state before the upsert changes them; `ON CONFLICT` on the token digest
 /// makes concurrent registrations of one token converge on a single row. A row was created
 /// exactly when it carries the id this statement proposed.
 ///
@@ -31,7 +33,7 @@ use adapters_sql_common::device_order;
 /// `FOR UPDATE` skips a row the statement itself changed (the owner came back `NULL`).
 const UPSERT_DEVICE: &str = r#"
 WITH previous AS (
-    SELECT user_id FROM devices WHERE token_digest = device_token_digest($2) FOR UPDATE
+    SELECT user_id, active FROM devices WHERE token_digest = device_token_digest($2) FOR UPDATE
 )
 INSERT INTO devices AS d (id, user_id, token, platform, active, created_at, updated_at, last_seen_at)
 SELECT $1, $3, $2, $4, $5, $6, $6, $6
@@ -44,10 +46,22 @@ ON CONFLICT (token_digest) DO UPDATE SET
     last_seen_at = EXCLUDED.last_seen_at
 RETURNING d.id, d.user_id, d.token, d.platform, d.active, d.created_at, d.updated_at, d.last_seen_at,
     d.id = $1 AS created,
-    (SELECT user_id FROM previous) AS previous_owner
+    (SELECT user_id FROM previous) AS previous_owner,
+    (SELECT active FROM previous) AS previous_active
 "#;
 
-/// A row of [`UPSERT_DEVICE`]: the device's columns, then the two reports.
+/// Refreshes a token that `$2` already holds in the state `$4`: the most frequent
+/// registration (an app that registers its token at every start), which changes no consent
+/// and so needs no history, nor a transaction. Reports as [`UPSERT_DEVICE`] does; no row
+/// when the registration is anything else.
+const REFRESH_DEVICE: &str = r#"
+UPDATE devices SET platform = $3, updated_at = $5, last_seen_at = $5
+WHERE token_digest = device_token_digest($1) AND user_id = $2 AND active = $4
+RETURNING id, user_id, token, platform, active, created_at, updated_at, last_seen_at,
+    false AS created, user_id AS previous_owner, active AS previous_active
+"#;
+
+/// A row of [`UPSERT_DEVICE`] or [`REFRESH_DEVICE`]: the device's columns, then the reports.
 #[derive(QueryableByName)]
 struct UpsertedDevice {
     #[diesel(sql_type = SqlUuid)]
@@ -70,6 +84,24 @@ struct UpsertedDevice {
     created: bool,
     #[diesel(sql_type = Nullable<SqlUuid>)]
     previous_owner: Option<Uuid>,
+    #[diesel(sql_type = Nullable<Bool>)]
+    previous_active: Option<bool>,
+}
+
+impl From<UpsertedDevice> for UpsertedRow {
+    fn from(row: UpsertedDevice) -> Self {
+        let device = DeviceRow {
+            id: row.id,
+            user_id: row.user_id,
+            token: row.token,
+            platform: row.platform,
+            active: row.active,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            last_seen_at: row.last_seen_at,
+        };
+        Self { device, created: row.created, previous_owner: row.previous_owner, previous_active: row.previous_active }
+    }
 }
 
 /// Runs the upsert on `connection` (inside or outside a transaction).
@@ -88,17 +120,40 @@ pub(crate) async fn upsert_device(
         .bind::<Timestamptz, _>(now)
         .get_result(connection)
         .await?;
-    let device = DeviceRow {
-        id: row.id,
-        user_id: row.user_id,
-        token: row.token,
-        platform: row.platform,
-        active: row.active,
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-        last_seen_at: row.last_seen_at,
-    };
-    Ok(UpsertedRow { device, created: row.created, previous_owner: row.previous_owner })
+    Ok(row.into())
+}
+
+/// Runs [`REFRESH_DEVICE`]: `None` when the registration is not a refresh.
+async fn refresh_device(
+    connection: &mut AsyncPgConnection,
+    user: UserId,
+    registration: &DeviceRegistration,
+    now: OffsetDateTime,
+) -> QueryResult<Option<UpsertedRow>> {
+    let row: Option<UpsertedDevice> = diesel::sql_query(REFRESH_DEVICE)
+        .bind::<Text, _>(registration.token.as_str())
+        .bind::<SqlUuid, _>(user.as_uuid())
+        .bind::<Text, _>(registration.platform.as_str())
+        .bind::<Bool, _>(registration.active)
+        .bind::<Timestamptz, _>(now)
+        .get_result(connection)
+        .await
+        .optional()?;
+    Ok(row.map(UpsertedRow::from))
+}
+
+/// Registers the token with its consent history (in the caller's transaction): the device
+/// row is locked by the upsert, then the consent locks of the users whose history changes.
+async fn upsert_recorded(
+    connection: &mut AsyncPgConnection,
+    user: UserId,
+    registration: &DeviceRegistration,
+    now: OffsetDateTime,
+    by: &Provenance,
+) -> Result<RegisteredDevice, TxError> {
+    let row = upsert_device(connection, user, registration, now).await?;
+    lock_and_append(connection, row.history(user, by), now).await?;
+    row.into_registered(user).map_err(TxError::Repository)
 }
 
 /// Registers a token only if no user holds it yet (`ON CONFLICT DO NOTHING`: atomic against
@@ -125,7 +180,7 @@ pub(crate) async fn insert_device_if_new(
         .get_result(connection)
         .await
         .optional()?;
-    Ok(device.map(|device| UpsertedRow { device, created: true, previous_owner: None }))
+    Ok(device.map(|device| UpsertedRow { device, created: true, previous_owner: None, previous_active: None }))
 }
 
 /// Matches the user's device named by `selector`: by id, by exact token, or by the token
@@ -149,19 +204,19 @@ impl DeviceRepository for PgStore {
         user: UserId,
         registration: DeviceRegistration,
         now: OffsetDateTime,
+        by: &Provenance,
         idempotency: Option<IdempotentWrite<RegisteredDevice>>,
     ) -> Result<Idempotent<RegisteredDevice>, RepositoryError> {
         let mut connection = self.connection().await?;
-        // Without a key the upsert is one statement: no transaction around it.
-        let Some(idempotency) = idempotency else {
-            let row = upsert_device(&mut connection, user, &registration, now).await.map_err(from_diesel)?;
+        // Without a key, a refresh is one statement: no transaction, no history.
+        if idempotency.is_none()
+            && let Some(row) = refresh_device(&mut connection, user, &registration, now).await.map_err(from_diesel)?
+        {
             return Ok(Idempotent::Executed(row.into_registered(user)?));
-        };
-        idempotent_transaction(&mut connection, Some(idempotency), move |connection| {
-            Box::pin(async move {
-                let row = upsert_device(connection, user, &registration, now).await?;
-                row.into_registered(user).map_err(TxError::Repository)
-            })
+        }
+        let by = by.clone();
+        idempotent_transaction(&mut connection, idempotency, move |connection| {
+            Box::pin(async move { upsert_recorded(connection, user, &registration, now, &by).await })
         })
         .await
     }
@@ -189,27 +244,63 @@ impl DeviceRepository for PgStore {
         selector: &DeviceSelector,
         active: bool,
         now: OffsetDateTime,
+        by: &Provenance,
     ) -> Result<Option<Device>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let rows: Vec<DeviceRow> = diesel::update(devices::table)
-            .filter(selected_device!(user, selector))
-            .set((
-                devices::active.eq(active),
-                devices::updated_at.eq(case_when(devices::active.eq(active), devices::updated_at).otherwise(now)),
-            ))
-            .returning(DEVICE)
-            .get_results(&mut connection)
-            .await
-            .map_err(from_diesel)?;
-        rows.into_iter().next().map(Device::try_from).transpose()
+        let (selector, by) = (selector.clone(), by.clone());
+        let outcome = connection
+            .transaction::<_, TxError, _>(async |connection| {
+                // The old states, read under the devices' locks.
+                let selected: Vec<DeviceRow> = devices::table
+                    .filter(selected_device!(user, selector))
+                    .order(device_order!())
+                    .select(DEVICE)
+                    .for_update()
+                    .load(connection)
+                    .await?;
+                let changing: Vec<Uuid> =
+                    selected.iter().filter(|device| device.active != active).map(|device| device.id).collect();
+                let Some(first) = selected.into_iter().next() else { return Ok(None) };
+                if changing.is_empty() {
+                    // `updated_at` changes only with the state: nothing to write.
+                    return Ok(Some(first));
+                }
+                let updated: Vec<DeviceRow> = diesel::update(devices::table.filter(devices::id.eq_any(&changing)))
+                    .set((devices::active.eq(active), devices::updated_at.eq(now)))
+                    .returning(DEVICE)
+                    .get_results(connection)
+                    .await?;
+                let changes =
+                    changing.iter().filter_map(|id| device_change(DeviceId::from(*id), Some(!active), Some(active)));
+                lock_and_append(connection, history_entries(user, changes, &by), now).await?;
+                Ok(Some(updated.into_iter().find(|device| device.id == first.id).unwrap_or(first)))
+            })
+            .await?;
+        outcome.map(Device::try_from).transpose()
     }
 
-    async fn delete(&self, user: UserId, selector: &DeviceSelector) -> Result<bool, RepositoryError> {
+    async fn delete(
+        &self,
+        user: UserId,
+        selector: &DeviceSelector,
+        now: OffsetDateTime,
+        by: &Provenance,
+    ) -> Result<bool, RepositoryError> {
         let mut connection = self.connection().await?;
-        let deleted = diesel::delete(devices::table.filter(selected_device!(user, selector)))
-            .execute(&mut connection)
-            .await
-            .map_err(from_diesel)?;
-        Ok(deleted > 0)
+        let (selector, by) = (selector.clone(), by.clone());
+        let deleted = connection
+            .transaction::<_, TxError, _>(async |connection| {
+                let deleted: Vec<(Uuid, bool)> =
+                    diesel::delete(devices::table.filter(selected_device!(user, selector)))
+                        .returning((devices::id, devices::active))
+                        .get_results(connection)
+                        .await?;
+                let changes =
+                    deleted.iter().filter_map(|(id, active)| device_change(DeviceId::from(*id), Some(*active), None));
+                lock_and_append(connection, history_entries(user, changes, &by), now).await?;
+                Ok(!deleted.is_empty())
+            })
+            .await?;
+        Ok(deleted)
     }
 }

@@ -7,6 +7,14 @@ use domain::ports::RepositoryError;
 pub const USERS_EMAIL_UNIQUE: &str = "users_email_lower_key";
 /// The foreign key from devices to their owner.
 pub const DEVICES_USER_FOREIGN_KEY: &str = "devices_user_id_fkey";
+/// The primary key of the category catalogue.
+pub const CATEGORIES_KEY: &str = "notification_categories_pkey";
+/// The foreign key from users' choices to their category.
+pub const CHOICES_CATEGORY_FOREIGN_KEY: &str = "category_choices_category_key_fkey";
+/// The foreign key from users' choices to their owner's preferences.
+pub const CHOICES_USER_FOREIGN_KEY: &str = "category_choices_user_id_fkey";
+/// The foreign key from the consent history to its user's preferences.
+pub const HISTORY_USER_FOREIGN_KEY: &str = "consent_history_user_id_fkey";
 
 /// Maps a query error.
 pub fn from_diesel(error: DieselError) -> RepositoryError {
@@ -16,10 +24,23 @@ pub fn from_diesel(error: DieselError) -> RepositoryError {
         {
             RepositoryError::EmailTaken
         }
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+            if info.constraint_name() == Some(CATEGORIES_KEY) =>
+        {
+            RepositoryError::CategoryExists
+        }
         DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, info)
-            if info.constraint_name() == Some(DEVICES_USER_FOREIGN_KEY) =>
+            if matches!(
+                info.constraint_name(),
+                Some(DEVICES_USER_FOREIGN_KEY | CHOICES_USER_FOREIGN_KEY | HISTORY_USER_FOREIGN_KEY)
+            ) =>
         {
             RepositoryError::UserNotFound
+        }
+        DieselError::DatabaseError(DatabaseErrorKind::ForeignKeyViolation, info)
+            if info.constraint_name() == Some(CHOICES_CATEGORY_FOREIGN_KEY) =>
+        {
+            RepositoryError::CategoryNotFound
         }
         DieselError::DatabaseError(
             DatabaseErrorKind::ClosedConnection

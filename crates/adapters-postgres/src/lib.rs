@@ -1,5 +1,7 @@
-//! PostgreSQL adapter: implements the domain's [`UserRepository`](domain::ports::UserRepository)
-//! and [`DeviceRepository`](domain::ports::DeviceRepository) with diesel + diesel-async on a
+//! PostgreSQL adapter: implements the domain's [`UserRepository`](domain::ports::UserRepository),
+//! [`DeviceRepository`](domain::ports::DeviceRepository),
+//! [`CategoryRepository`](domain::ports::CategoryRepository) and
+//! [`ConsentHistory`](domain::ports::ConsentHistory) with diesel + diesel-async on a
 //! deadpool pool.
 //!
 //! - [`pool`]: the connection pool, with explicit timeouts and per-connection settings.
@@ -12,11 +14,16 @@
 //! The tables, rows, conversions to domain values, profile assembly and pool construction
 //! are shared with the SQLite store through `adapters-sql-common`, and both run its
 //! repository contract suite; what stays here is PostgreSQL's own SQL (the token-digest
-//! upsert, `regexp_replace`, window counts, advisory locks) and its migrations.
+//! upsert, `regexp_replace`, window counts, advisory locks, the preferences update that
+//! returns the old values, the history's append) and its migrations. Every write of a
+//! consent appends its history in its own transaction, under the user's consent lock (see
+//! the `history` module).
 
+mod categories;
 mod dedicated;
 mod devices;
 pub mod errors;
+mod history;
 mod idempotency;
 mod ledger;
 pub mod migrations;

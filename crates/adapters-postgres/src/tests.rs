@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
 use diesel_async::SimpleAsyncConnection;
+use domain::consent::Provenance;
 use domain::device::{DeviceRegistration, Platform, PushToken, RegisteredDevice};
 use domain::idempotency::{
     IdempotencyConflict, IdempotencyKey, Idempotent, IdempotentRequest, IdempotentWrite, StoredResponse,
@@ -77,12 +78,13 @@ fn registration(token: &str) -> DeviceRegistration {
 async fn migrations_revert_completely_and_apply_again() {
     const TABLES: &str = "SELECT count(*) AS count FROM pg_tables WHERE schemaname = 'public' \
                           AND tablename IN ('users', 'notification_preferences', 'devices', 'idempotency_records', \
-                          'cache_invalidation_ledger')";
+                          'cache_invalidation_ledger', 'notification_categories', 'category_revisions', \
+                          'category_choices', 'consent_history')";
     const DIGEST_FUNCTION: &str = "SELECT count(*) AS count FROM pg_proc WHERE proname = 'device_token_digest'";
     let embedded = MigrationSource::<Pg>::migrations(&crate::migrations::MIGRATIONS).expect("embedded").len();
     assert!(embedded > 0);
     let fixture = PgFixture::new().await;
-    assert_eq!(fixture.count(TABLES).await, 5);
+    assert_eq!(fixture.count(TABLES).await, 9);
 
     let reverted = crate::migrations::revert_all(fixture.db.pool()).await.expect("revert every migration");
     assert_eq!(reverted, embedded);
@@ -91,7 +93,7 @@ async fn migrations_revert_completely_and_apply_again() {
 
     let applied = crate::migrations::run_pending(fixture.db.pool()).await.expect("apply every migration");
     assert_eq!(applied, reverted);
-    assert_eq!(fixture.count(TABLES).await, 5);
+    assert_eq!(fixture.count(TABLES).await, 9);
     assert_eq!(fixture.count(DIGEST_FUNCTION).await, 1);
     assert_eq!(crate::migrations::run_pending(fixture.db.pool()).await.expect("nothing pending"), 0);
 
@@ -103,7 +105,10 @@ async fn migrations_revert_completely_and_apply_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_diesel_schema_declares_exactly_the_columns_the_migrations_create() {
-    use crate::schema::{cache_invalidation_ledger, devices, idempotency_records, notification_preferences, users};
+    use crate::schema::{
+        cache_invalidation_ledger, category_choices, category_revisions, consent_history, devices, idempotency_records,
+        notification_categories, notification_preferences, users,
+    };
     let fixture = PgFixture::new().await;
     let declared = contract::declared_columns(&adapters_sql_common::select_every_column!(Pg));
     for (table, column) in &declared {
@@ -155,9 +160,31 @@ async fn a_key_held_by_a_running_transaction_is_in_flight() {
         }),
     };
 
-    let result = fixture.store.upsert(user, registration("busy-token"), OffsetDateTime::now_utc(), Some(write)).await;
+    let result = fixture
+        .store
+        .upsert(user, registration("busy-token"), OffsetDateTime::now_utc(), &Provenance::default(), Some(write))
+        .await;
 
     assert!(matches!(result, Err(RepositoryError::Idempotency(IdempotencyConflict::InFlight))), "{result:?}");
     holder.batch_execute("ROLLBACK").await.expect("release");
     assert_eq!(fixture.count("SELECT count(*) AS count FROM devices").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consent_history_row_cannot_be_updated_only_erased_with_its_user() {
+    let fixture = PgFixture::new().await;
+    let user = match fixture.store.create(record("kept@example.com"), None).await.expect("create") {
+        Idempotent::Executed(created) => created.profile.user.id,
+        Idempotent::Replayed(_) => panic!("a write without a key is never replayed"),
+    };
+    let mut connection = fixture.db.pool().get().await.expect("a connection");
+
+    let rewritten = connection.batch_execute("UPDATE consent_history SET new_value = 'false'").await;
+
+    let error = rewritten.expect_err("the trigger refuses updates").to_string();
+    assert!(error.contains("append-only"), "{error}");
+    let unchanged = "SELECT count(*) AS count FROM consent_history WHERE new_value = 'false'";
+    assert_eq!(fixture.count(unchanged).await, 0);
+    assert!(UserRepository::delete(&fixture.store, user).await.expect("erase the user"));
+    assert_eq!(fixture.count("SELECT count(*) AS count FROM consent_history").await, 0);
 }

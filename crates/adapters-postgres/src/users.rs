@@ -4,30 +4,35 @@ use adapters_sql_common::device_order;
 use adapters_sql_common::profiles::{
     InitialDevice, created_user, page_offset, page_total, profiles_from_joined_rows, profiles_with_devices, uuids,
 };
+use adapters_sql_common::writes::history_entries;
 use async_trait::async_trait;
 use diesel::dsl::{exists, sql};
 use diesel::prelude::*;
-use diesel::sql_types::BigInt;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Time as SqlTime, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use domain::auth::Credentials;
+use domain::consent::{Provenance, contact_changes, preferences_changes};
 use domain::device::HeldToken;
 use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository};
 use domain::preferences::{Preferences, PreferencesUpdate};
 use domain::user::{ContactUpdate, EmailAddress, Page, PageRequest, PasswordHash, User, UserId, UserProfile};
-use time::OffsetDateTime;
+use time::{OffsetDateTime, Time};
+use uuid::Uuid;
 
 use crate::PgStore;
 use crate::devices::{insert_device_if_new, upsert_device};
 use crate::errors::from_diesel;
+use crate::history::{append, lock_and_append, lock_consent};
 use crate::idempotency::{TxError, idempotent_transaction};
 use crate::rows::{
-    CREDENTIALS, ContactChangeset, CredentialsRow, DEVICE, DeviceRow, NewUserValues, PREFERENCES, PreferencesChangeset,
+    CHOICE, CREDENTIALS, ChoiceRow, ContactChangeset, CredentialsRow, DEVICE, DeviceRow, NewUserValues, PREFERENCES,
     PreferencesRow, PreferencesValues, USER, UserRow,
 };
-use crate::schema::{devices, lower, notification_preferences, users};
+use crate::schema::{category_choices, devices, lower, notification_preferences, users};
 
-/// Inserts the user, its preferences and its optional device (in the caller's transaction).
+/// Inserts the user, its preferences and its optional device, with the registration's
+/// consent history (in the caller's transaction).
 async fn insert_user(connection: &mut AsyncPgConnection, record: &NewUserRecord) -> Result<CreatedUser, TxError> {
     let user = diesel::insert_into(users::table)
         .values(NewUserValues::new(record))
@@ -51,7 +56,128 @@ async fn insert_user(connection: &mut AsyncPgConnection, record: &NewUserRecord)
             }
         }
     };
-    created_user(user, preferences, device).map_err(TxError::Repository)
+    let (created, history) =
+        created_user(user, preferences, device, &record.provenance).map_err(TxError::Repository)?;
+    // The new user's rows are its own until the commit; a previous owner of the device is
+    // locked like any other write of its consent.
+    if let Some(previous_owner) = created.device_moved_from {
+        lock_consent(connection, &[previous_owner.as_uuid()]).await?;
+    }
+    append(connection, history, record.created_at).await?;
+    Ok(created)
+}
+
+/// Changes the preferences and returns them before and after, in one statement: the
+/// subquery locks the row (the user's consent lock) and reads it as it is under the lock,
+/// before the `SET` applies the change. `None` leaves a field as it is (the rule of
+/// [`PreferencesUpdate`], which the contract suite checks against the domain's).
+const UPDATE_PREFERENCES: &str = r#"
+UPDATE notification_preferences AS p SET
+    email_enabled = COALESCE($2, p.email_enabled),
+    push_enabled = COALESCE($3, p.push_enabled),
+    quiet_hours_start = CASE WHEN $4 THEN $5 ELSE p.quiet_hours_start END,
+    quiet_hours_end = CASE WHEN $4 THEN $6 ELSE p.quiet_hours_end END,
+    timezone = COALESCE($7, p.timezone),
+    updated_at = $8
+FROM (
+    SELECT user_id, email_enabled, push_enabled, quiet_hours_start, quiet_hours_end, timezone, updated_at
+    FROM notification_preferences WHERE user_id = $1 FOR UPDATE
+) AS old
+WHERE p.user_id = old.user_id
+RETURNING old.user_id, old.email_enabled, old.push_enabled, old.quiet_hours_start, old.quiet_hours_end,
+    old.timezone, old.updated_at,
+    p.email_enabled AS new_email_enabled, p.push_enabled AS new_push_enabled,
+    p.quiet_hours_start AS new_quiet_hours_start, p.quiet_hours_end AS new_quiet_hours_end,
+    p.timezone AS new_timezone, p.updated_at AS new_updated_at
+"#;
+
+/// A row of [`UPDATE_PREFERENCES`]: the preferences before, then after.
+#[derive(QueryableByName)]
+struct UpdatedPreferences {
+    #[diesel(sql_type = SqlUuid)]
+    user_id: Uuid,
+    #[diesel(sql_type = Bool)]
+    email_enabled: bool,
+    #[diesel(sql_type = Bool)]
+    push_enabled: bool,
+    #[diesel(sql_type = Nullable<SqlTime>)]
+    quiet_hours_start: Option<Time>,
+    #[diesel(sql_type = Nullable<SqlTime>)]
+    quiet_hours_end: Option<Time>,
+    #[diesel(sql_type = Text)]
+    timezone: String,
+    #[diesel(sql_type = Timestamptz)]
+    updated_at: OffsetDateTime,
+    #[diesel(sql_type = Bool)]
+    new_email_enabled: bool,
+    #[diesel(sql_type = Bool)]
+    new_push_enabled: bool,
+    #[diesel(sql_type = Nullable<SqlTime>)]
+    new_quiet_hours_start: Option<Time>,
+    #[diesel(sql_type = Nullable<SqlTime>)]
+    new_quiet_hours_end: Option<Time>,
+    #[diesel(sql_type = Text)]
+    new_timezone: String,
+    #[diesel(sql_type = Timestamptz)]
+    new_updated_at: OffsetDateTime,
+}
+
+impl UpdatedPreferences {
+    /// The rows before and after.
+    fn into_rows(self) -> (PreferencesRow, PreferencesRow) {
+        let old = PreferencesRow {
+            user_id: self.user_id,
+            email_enabled: self.email_enabled,
+            push_enabled: self.push_enabled,
+            quiet_hours_start: self.quiet_hours_start,
+            quiet_hours_end: self.quiet_hours_end,
+            timezone: self.timezone,
+            updated_at: self.updated_at,
+        };
+        let new = PreferencesRow {
+            user_id: self.user_id,
+            email_enabled: self.new_email_enabled,
+            push_enabled: self.new_push_enabled,
+            quiet_hours_start: self.new_quiet_hours_start,
+            quiet_hours_end: self.new_quiet_hours_end,
+            timezone: self.new_timezone,
+            updated_at: self.new_updated_at,
+        };
+        (old, new)
+    }
+}
+
+/// Applies `update` under the user's consent lock and appends the fields it changed to the
+/// history (in the caller's transaction); `None` when the user does not exist.
+async fn update_preferences_recorded(
+    connection: &mut AsyncPgConnection,
+    id: UserId,
+    update: &PreferencesUpdate,
+    now: OffsetDateTime,
+    by: &Provenance,
+) -> Result<Option<Preferences>, TxError> {
+    let PreferencesUpdate { email, push, quiet_hours, timezone } = update;
+    let window = quiet_hours.flatten();
+    let row: Option<UpdatedPreferences> = diesel::sql_query(UPDATE_PREFERENCES)
+        .bind::<SqlUuid, _>(id.as_uuid())
+        .bind::<Nullable<Bool>, _>(*email)
+        .bind::<Nullable<Bool>, _>(*push)
+        .bind::<Bool, _>(quiet_hours.is_some())
+        .bind::<Nullable<SqlTime>, _>(window.map(|window| window.start().as_time()))
+        .bind::<Nullable<SqlTime>, _>(window.map(|window| window.end().as_time()))
+        .bind::<Nullable<Text>, _>(timezone.as_ref().map(|zone| zone.as_str()))
+        .bind::<Timestamptz, _>(now)
+        .get_result(connection)
+        .await
+        .optional()?;
+    let Some(row) = row else { return Ok(None) };
+    let (old, new) = row.into_rows();
+    let (old, new) = (
+        Preferences::try_from(old).map_err(TxError::Repository)?,
+        Preferences::try_from(new).map_err(TxError::Repository)?,
+    );
+    append(connection, history_entries(id, preferences_changes(&old, &new), by), now).await?;
+    Ok(Some(new))
 }
 
 #[async_trait]
@@ -77,20 +203,25 @@ impl UserRepository for PgStore {
             return Ok(Vec::new());
         }
         let ids = uuids(ids);
-        let mut connection = self.connection().await?;
-        // One round trip: a user and its preferences repeat on each of its device rows (few
-        // per user), and the rows of one user are adjacent thanks to the order.
-        let rows: Vec<(UserRow, PreferencesRow, Option<DeviceRow>)> = users::table
+        let connection = self.connection().await?;
+        let connection: &AsyncPgConnection = &connection;
+        // A user and its preferences repeat on each of its device rows (few per user), and
+        // the rows of one user are adjacent thanks to the order. The choices are a second
+        // statement, pipelined with the first: one round trip for both.
+        let rows = users::table
             .inner_join(notification_preferences::table)
             .left_join(devices::table)
             .filter(users::id.eq_any(&ids))
             .order(users::id)
             .then_order_by(device_order!())
             .select((USER, PREFERENCES, DEVICE.nullable()))
-            .load(&mut connection)
-            .await
-            .map_err(from_diesel)?;
-        profiles_from_joined_rows(rows)
+            .load::<(UserRow, PreferencesRow, Option<DeviceRow>)>(&mut &*connection);
+        let choices = category_choices::table
+            .filter(category_choices::user_id.eq_any(&ids))
+            .select(CHOICE)
+            .load::<ChoiceRow>(&mut &*connection);
+        let (rows, choices) = futures_util::future::try_join(rows, choices).await.map_err(from_diesel)?;
+        profiles_from_joined_rows(rows, choices)
     }
 
     async fn list_profiles(&self, page: PageRequest) -> Result<Page<UserProfile>, RepositoryError> {
@@ -110,19 +241,24 @@ impl UserRepository for PgStore {
             None => users::table.count().get_result(&mut connection).await.map_err(from_diesel)?,
         };
         let ids: Vec<_> = rows.iter().map(|(user, _, _)| user.id).collect();
-        let devices: Vec<DeviceRow> = if ids.is_empty() {
-            Vec::new()
+        let (devices, choices) = if ids.is_empty() {
+            (Vec::new(), Vec::new())
         } else {
-            devices::table
+            let connection: &AsyncPgConnection = &connection;
+            // Pipelined: one round trip for both.
+            let devices = devices::table
                 .filter(devices::user_id.eq_any(&ids))
                 .order(device_order!())
                 .select(DEVICE)
-                .load(&mut connection)
-                .await
-                .map_err(from_diesel)?
+                .load::<DeviceRow>(&mut &*connection);
+            let choices = category_choices::table
+                .filter(category_choices::user_id.eq_any(&ids))
+                .select(CHOICE)
+                .load::<ChoiceRow>(&mut &*connection);
+            futures_util::future::try_join(devices, choices).await.map_err(from_diesel)?
         };
         let users = rows.into_iter().map(|(user, preferences, _)| (user, preferences));
-        Ok(Page { items: profiles_with_devices(users, devices)?, total: page_total(total) })
+        Ok(Page { items: profiles_with_devices(users, devices, choices)?, total: page_total(total) })
     }
 
     async fn exists(&self, id: UserId) -> Result<bool, RepositoryError> {
@@ -135,16 +271,35 @@ impl UserRepository for PgStore {
         id: UserId,
         update: ContactUpdate,
         now: OffsetDateTime,
+        by: &Provenance,
     ) -> Result<Option<User>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let row = diesel::update(users::table.find(id.as_uuid()))
-            .set(ContactChangeset::new(&update, now))
-            .returning(USER)
-            .get_result::<UserRow>(&mut connection)
-            .await
-            .optional()
-            .map_err(from_diesel)?;
-        row.map(User::try_from).transpose()
+        let by = by.clone();
+        let outcome = connection
+            .transaction::<_, TxError, _>(async |connection| {
+                // The user's row first, then its consent lock: the order in which erasing a
+                // user locks them (users, then the cascade), so that the two never deadlock.
+                let old: Option<UserRow> = users::table
+                    .find(id.as_uuid())
+                    .select(USER)
+                    .for_no_key_update()
+                    .get_result(connection)
+                    .await
+                    .optional()?;
+                let Some(old) = old else { return Ok(None) };
+                let new: UserRow = diesel::update(users::table.find(id.as_uuid()))
+                    .set(ContactChangeset::new(&update, now))
+                    .returning(USER)
+                    .get_result(connection)
+                    .await?;
+                let old = User::try_from(old).map_err(TxError::Repository)?;
+                let new = User::try_from(new).map_err(TxError::Repository)?;
+                let history = history_entries(id, contact_changes(&old, &new), &by);
+                lock_and_append(connection, history, now).await?;
+                Ok(Some(new))
+            })
+            .await?;
+        Ok(outcome)
     }
 
     async fn delete(&self, id: UserId) -> Result<bool, RepositoryError> {
@@ -172,16 +327,17 @@ impl UserRepository for PgStore {
         id: UserId,
         update: PreferencesUpdate,
         now: OffsetDateTime,
+        by: &Provenance,
     ) -> Result<Option<Preferences>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let row = diesel::update(notification_preferences::table.find(id.as_uuid()))
-            .set(PreferencesChangeset::new(&update, now))
-            .returning(PREFERENCES)
-            .get_result::<PreferencesRow>(&mut connection)
-            .await
-            .optional()
-            .map_err(from_diesel)?;
-        row.map(Preferences::try_from).transpose()
+        let by = by.clone();
+        // BEGIN, the update (old and new values), the history when a field changed, COMMIT.
+        let outcome = connection
+            .transaction::<_, TxError, _>(async |connection| {
+                update_preferences_recorded(connection, id, &update, now, &by).await
+            })
+            .await?;
+        Ok(outcome)
     }
 
     async fn find_credentials(&self, email: &EmailAddress) -> Result<Option<Credentials>, RepositoryError> {

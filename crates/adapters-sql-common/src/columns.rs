@@ -2,9 +2,10 @@
 
 /// Declares the column tuples that select the shared rows: `USER` ([`UserRow`]),
 /// `CREDENTIALS` ([`CredentialsRow`]), `PREFERENCES` ([`PreferencesRow`]), `DEVICE`
-/// ([`DeviceRow`]) and `RECORD` ([`RecordRow`]), with the visibility given. Invoke it where
-/// the store's `users`, `notification_preferences`, `devices` and `idempotency_records`
-/// table modules are in scope (each store has its own schema, with its own column types).
+/// ([`DeviceRow`]), `RECORD` ([`RecordRow`]), `CATEGORY` ([`CategoryRow`]), `REVISION`
+/// ([`RevisionRow`]), `CHOICE` ([`ChoiceRow`]) and `HISTORY` ([`HistoryRow`]), with the
+/// visibility given. Invoke it where the store's table modules are in scope (each store
+/// has its own schema, with its own column types).
 ///
 /// Each tuple is checked at compile time against its row's field names
 /// ([`selects_fields`]): rows are read by position, so a tuple that names other columns, or
@@ -15,6 +16,10 @@
 /// [`PreferencesRow`]: crate::rows::PreferencesRow
 /// [`DeviceRow`]: crate::rows::DeviceRow
 /// [`RecordRow`]: crate::rows::RecordRow
+/// [`CategoryRow`]: crate::rows::CategoryRow
+/// [`RevisionRow`]: crate::rows::RevisionRow
+/// [`ChoiceRow`]: crate::rows::ChoiceRow
+/// [`HistoryRow`]: crate::rows::HistoryRow
 /// [`selects_fields`]: crate::rows::selects_fields
 #[macro_export]
 macro_rules! row_columns {
@@ -29,6 +34,16 @@ macro_rules! row_columns {
         ));
         $crate::row_columns!(@tuple $vis RECORD: RecordRow = idempotency_records(
             request_fingerprint, response_status, response_body, response_location, invalidates
+        ));
+        $crate::row_columns!(@tuple $vis CATEGORY: CategoryRow = notification_categories(
+            key, name, description, critical, default_email, default_push, created_at, updated_at
+        ));
+        $crate::row_columns!(@tuple $vis REVISION: RevisionRow = category_revisions(
+            key, at, name, description, critical, default_email, default_push, removed
+        ));
+        $crate::row_columns!(@tuple $vis CHOICE: ChoiceRow = category_choices(user_id, category_key, email, push));
+        $crate::row_columns!(@tuple $vis HISTORY: HistoryRow = consent_history(
+            id, at, field, old_value, new_value, actor_kind, actor_name, request_id
         ));
     };
     (@tuple $vis:vis $name:ident: $row:ident = $table:ident($($column:ident),* $(,)?)) => {

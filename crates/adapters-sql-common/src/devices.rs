@@ -1,11 +1,13 @@
 //! Device registration results and device selection, the same whichever store ran them.
 
-use domain::device::{Device, DeviceSelector, RegisteredDevice};
+use domain::consent::{Provenance, device_change};
+use domain::device::{Device, DeviceId, DeviceSelector, RegisteredDevice};
 use domain::ports::RepositoryError;
 use domain::user::UserId;
 use uuid::Uuid;
 
 use crate::rows::DeviceRow;
+use crate::writes::HistoryEntry;
 
 /// The device row an upsert produced, before conversion.
 #[derive(Debug, Clone)]
@@ -16,12 +18,35 @@ pub struct UpsertedRow {
     pub created: bool,
     /// The owner before the upsert, if the token was known.
     pub previous_owner: Option<Uuid>,
+    /// Whether the device was active before the upsert, if the token was known.
+    pub previous_active: Option<bool>,
 }
 
 impl UpsertedRow {
     /// The user the token was moved from, when it belonged to someone other than `user`.
     pub fn moved_from(&self, user: Uuid) -> Option<UserId> {
         self.previous_owner.filter(|owner| *owner != user).map(UserId::from)
+    }
+
+    /// The consent history of the registration by `user`: its device's state for `user`
+    /// (from none, or from the state before), and for the user it was moved from, the
+    /// device gone. Both rows name the registering caller (`by`, else `user`) as the actor.
+    pub fn history(&self, user: UserId, by: &Provenance) -> Vec<HistoryEntry> {
+        let actor = by.actor_for(user);
+        let device = DeviceId::from(self.device.id);
+        let moved_from = self.moved_from(user.as_uuid());
+        let before = if moved_from.is_some() { None } else { self.previous_active };
+        let mut entries: Vec<HistoryEntry> = device_change(device, before, Some(self.device.active))
+            .map(|change| HistoryEntry::new(user, change, &actor, by))
+            .into_iter()
+            .collect();
+        if let Some(previous_owner) = moved_from {
+            entries.extend(
+                device_change(device, self.previous_active, None)
+                    .map(|change| HistoryEntry::new(previous_owner, change, &actor, by)),
+            );
+        }
+        entries
     }
 
     /// The registration as the port reports it to `user`.

@@ -6,8 +6,9 @@
 //! - [`rows`]: the rows both read (backend-generic `Queryable`s) and their conversion to
 //!   domain values; [`row_columns!`] declares the column tuples that select them, checked
 //!   against the rows' field names at compile time;
-//! - [`row_writes!`]: what both write (a new user, contact and preferences changes), built
-//!   from the domain values by exhaustive destructuring;
+//! - [`row_writes!`]: what both write (a new user, contact and preferences changes,
+//!   categories, their revisions and users' choices), built from the domain values by
+//!   exhaustive destructuring; [`writes::HistoryEntry`]: the consent history's rows;
 //! - [`pool`]: deadpool pools with explicit limits and per-connection session settings;
 //! - [`profiles`]: profiles assembled from rows, and page arithmetic;
 //! - [`devices`]: registration results and which device a selector names;
@@ -24,7 +25,7 @@ pub mod pool;
 pub mod profiles;
 pub mod rows;
 mod schema;
-mod writes;
+pub mod writes;
 
 #[cfg(feature = "contract-tests")]
 pub mod contract;

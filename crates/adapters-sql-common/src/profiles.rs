@@ -3,34 +3,41 @@
 
 use std::collections::HashMap;
 
+use domain::category::CategoryChoices;
+use domain::consent::{Provenance, registration_changes};
 use domain::ports::{CreatedUser, RepositoryError};
 use domain::preferences::Preferences;
 use domain::user::{PageRequest, User, UserId, UserProfile};
 use uuid::Uuid;
 
 use crate::devices::UpsertedRow;
-use crate::rows::{DeviceRow, PreferencesRow, UserRow, devices_from_rows};
+use crate::rows::{ChoiceRow, DeviceRow, PreferencesRow, UserRow, choices_by_user, devices_from_rows};
+use crate::writes::{HistoryEntry, history_entries};
 
 /// A profile from its rows; `devices` must come in profile order (active first, most
 /// recently seen first).
 pub fn profile_from_rows(
     user: UserRow,
     preferences: PreferencesRow,
+    categories: CategoryChoices,
     devices: impl IntoIterator<Item = DeviceRow>,
 ) -> Result<UserProfile, RepositoryError> {
     Ok(UserProfile {
         user: User::try_from(user)?,
         preferences: Preferences::try_from(preferences)?,
+        categories,
         devices: devices_from_rows(devices)?,
     })
 }
 
 /// Profiles from the rows of `users ⋈ preferences ⟕ devices`, in which the rows of one user
-/// are adjacent and its devices in profile order. A user without devices has one row
-/// without a device.
+/// are adjacent and its devices in profile order (a user without devices has one row
+/// without a device), with `choices` (of any of them) attached to their owners.
 pub fn profiles_from_joined_rows(
     rows: impl IntoIterator<Item = (UserRow, PreferencesRow, Option<DeviceRow>)>,
+    choices: impl IntoIterator<Item = ChoiceRow>,
 ) -> Result<Vec<UserProfile>, RepositoryError> {
+    let mut choices = choices_by_user(choices)?;
     let mut profiles = Vec::new();
     let mut rows = rows.into_iter().peekable();
     while let Some((user, preferences, first_device)) = rows.next() {
@@ -38,26 +45,30 @@ pub fn profiles_from_joined_rows(
         while let Some((_, _, device)) = rows.next_if(|(next, _, _)| next.id == user.id) {
             devices.extend(device);
         }
-        profiles.push(profile_from_rows(user, preferences, devices)?);
+        let categories = choices.remove(&user.id).unwrap_or_default();
+        profiles.push(profile_from_rows(user, preferences, categories, devices)?);
     }
     Ok(profiles)
 }
 
 /// Profiles of `users`, in their order, with `devices` (of any of them, in profile order)
-/// attached to their owners.
+/// and `choices` (of any of them) attached to their owners.
 pub fn profiles_with_devices(
     users: impl IntoIterator<Item = (UserRow, PreferencesRow)>,
     devices: impl IntoIterator<Item = DeviceRow>,
+    choices: impl IntoIterator<Item = ChoiceRow>,
 ) -> Result<Vec<UserProfile>, RepositoryError> {
     let mut devices_by_user: HashMap<Uuid, Vec<DeviceRow>> = HashMap::new();
     for device in devices {
         devices_by_user.entry(device.user_id).or_default().push(device);
     }
+    let mut choices = choices_by_user(choices)?;
     users
         .into_iter()
         .map(|(user, preferences)| {
             let devices = devices_by_user.remove(&user.id).unwrap_or_default();
-            profile_from_rows(user, preferences, devices)
+            let categories = choices.remove(&user.id).unwrap_or_default();
+            profile_from_rows(user, preferences, categories, devices)
         })
         .collect()
 }
@@ -74,20 +85,28 @@ pub enum InitialDevice {
     LeftWithItsOwner,
 }
 
-/// The result of creating a user: its rows and what became of its initial device.
+/// The result of creating a user: its rows and what became of its initial device, with the
+/// consent history of the registration (every field set, the initial device, and the
+/// device gone from the user it was moved from), made by `by`.
 pub fn created_user(
     user: UserRow,
     preferences: PreferencesRow,
     device: InitialDevice,
-) -> Result<CreatedUser, RepositoryError> {
+    by: &Provenance,
+) -> Result<(CreatedUser, Vec<HistoryEntry>), RepositoryError> {
     let token_left_with_its_owner = matches!(device, InitialDevice::LeftWithItsOwner);
     let device = match device {
         InitialDevice::Registered(row) => Some(row),
         InitialDevice::None | InitialDevice::LeftWithItsOwner => None,
     };
+    let id = UserId::from(user.id);
     let device_moved_from = device.as_ref().and_then(|device| device.moved_from(user.id));
-    let profile = profile_from_rows(user, preferences, device.map(|device| device.device))?;
-    Ok(CreatedUser { profile, device_moved_from, token_left_with_its_owner })
+    let device_history = device.as_ref().map(|device| device.history(id, by)).unwrap_or_default();
+    // A new user has made no category choice yet.
+    let profile = profile_from_rows(user, preferences, CategoryChoices::new(), device.map(|device| device.device))?;
+    let mut history = history_entries(id, registration_changes(&profile.user, &profile.preferences), by);
+    history.extend(device_history);
+    Ok((CreatedUser { profile, device_moved_from, token_left_with_its_owner }, history))
 }
 
 /// How many rows precede the page, as SQL's `OFFSET` takes it (saturated: a page beyond

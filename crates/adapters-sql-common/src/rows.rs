@@ -11,8 +11,14 @@
 //!
 //! [`row_columns!`]: crate::row_columns
 
+use std::collections::HashMap;
+
 use diesel::Queryable;
 use domain::auth::Credentials;
+use domain::category::{
+    Category, CategoryChoice, CategoryChoices, CategoryDescription, CategoryKey, CategoryName, ChannelDefaults,
+};
+use domain::consent::{Actor, ActorKind, ConsentChange, ConsentField, ConsentRecord, ConsentValue, HistoryPage};
 use domain::device::{Device, Platform, PushToken};
 use domain::idempotency::{IdempotencyRecord, StoredResponse};
 use domain::ports::RepositoryError;
@@ -258,4 +264,200 @@ pub fn stored_user_ids(ids: &[UserId]) -> String {
 /// saturation never happens in practice.
 pub fn stored_status(status: u16) -> i16 {
     i16::try_from(status).unwrap_or(i16::MAX)
+}
+
+row! {
+/// A row of `notification_categories`.
+#[derive(Debug, Clone)]
+pub struct CategoryRow {
+    /// The stable key.
+    pub key: String,
+    /// The display name.
+    pub name: String,
+    /// The optional description.
+    pub description: Option<String>,
+    /// Sent whatever the user opted out of.
+    pub critical: bool,
+    /// Email for users who did not choose.
+    pub default_email: bool,
+    /// Push for users who did not choose.
+    pub default_push: bool,
+    /// When the category was created.
+    pub created_at: OffsetDateTime,
+    /// When it last changed.
+    pub updated_at: OffsetDateTime,
+}
+}
+
+impl TryFrom<CategoryRow> for Category {
+    type Error = RepositoryError;
+
+    fn try_from(row: CategoryRow) -> Result<Self, Self::Error> {
+        Ok(Self {
+            key: CategoryKey::parse(&row.key).map_err(|e| corrupt_row("category key", e))?,
+            name: CategoryName::parse(&row.name).map_err(|e| corrupt_row("category name", e))?,
+            description: row
+                .description
+                .as_deref()
+                .map(CategoryDescription::parse)
+                .transpose()
+                .map_err(|e| corrupt_row("category description", e))?,
+            critical: row.critical,
+            defaults: ChannelDefaults { email: row.default_email, push: row.default_push },
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// Converts a list of category rows.
+pub fn categories_from_rows(rows: impl IntoIterator<Item = CategoryRow>) -> Result<Vec<Category>, RepositoryError> {
+    rows.into_iter().map(Category::try_from).collect()
+}
+
+row! {
+/// A row of `category_revisions`: what a category was from `at` on (or that it was removed).
+#[derive(Debug, Clone)]
+pub struct RevisionRow {
+    /// The category's key.
+    pub key: String,
+    /// When the revision was made.
+    pub at: OffsetDateTime,
+    /// The display name.
+    pub name: String,
+    /// The optional description.
+    pub description: Option<String>,
+    /// Sent whatever the user opted out of.
+    pub critical: bool,
+    /// Email for users who did not choose.
+    pub default_email: bool,
+    /// Push for users who did not choose.
+    pub default_push: bool,
+    /// Whether this revision removed the category.
+    pub removed: bool,
+}
+}
+
+/// The category as its revisions (one key's, up to an instant, oldest first) leave it:
+/// `None` when it did not exist then or the last revision removed it. Its creation time is
+/// that of the first revision since it was last removed (a key can be created again).
+pub fn category_from_revisions(
+    revisions: impl IntoIterator<Item = RevisionRow>,
+) -> Result<Option<Category>, RepositoryError> {
+    let mut current: Option<CategoryRow> = None;
+    for revision in revisions {
+        if revision.removed {
+            current = None;
+            continue;
+        }
+        let created_at = current.as_ref().map_or(revision.at, |category| category.created_at);
+        current = Some(CategoryRow {
+            key: revision.key,
+            name: revision.name,
+            description: revision.description,
+            critical: revision.critical,
+            default_email: revision.default_email,
+            default_push: revision.default_push,
+            created_at,
+            updated_at: revision.at,
+        });
+    }
+    current.map(Category::try_from).transpose()
+}
+
+row! {
+/// A row of `category_choices`: a user's own choice in one category.
+#[derive(Debug, Clone)]
+pub struct ChoiceRow {
+    /// The user.
+    pub user_id: Uuid,
+    /// The category.
+    pub category_key: String,
+    /// Email in this category, `None` for the default.
+    pub email: Option<bool>,
+    /// Push in this category, `None` for the default.
+    pub push: Option<bool>,
+}
+}
+
+impl ChoiceRow {
+    /// The choice the row stores.
+    pub fn choice(&self) -> CategoryChoice {
+        CategoryChoice { email: self.email, push: self.push }
+    }
+}
+
+/// The choices of each user among `rows` (rows of empty choices are left out).
+pub fn choices_by_user(
+    rows: impl IntoIterator<Item = ChoiceRow>,
+) -> Result<HashMap<Uuid, CategoryChoices>, RepositoryError> {
+    let mut by_user: HashMap<Uuid, CategoryChoices> = HashMap::new();
+    for row in rows {
+        let choice = row.choice();
+        if choice.is_empty() {
+            continue;
+        }
+        let key = CategoryKey::parse(&row.category_key).map_err(|e| corrupt_row("category key", e))?;
+        by_user.entry(row.user_id).or_default().insert(key, choice);
+    }
+    Ok(by_user)
+}
+
+row! {
+/// A row of `consent_history` (its user is known to the reader).
+#[derive(Debug, Clone)]
+pub struct HistoryRow {
+    /// The row's position: the cursor.
+    pub id: i64,
+    /// When the change was made.
+    pub at: OffsetDateTime,
+    /// The field's stored name (`preferences.email`).
+    pub field: String,
+    /// The value before.
+    pub old_value: Option<String>,
+    /// The value after.
+    pub new_value: Option<String>,
+    /// `user`, `service` or `trusted`.
+    pub actor_kind: String,
+    /// The actor's name.
+    pub actor_name: String,
+    /// The request's id.
+    pub request_id: Option<String>,
+}
+}
+
+impl TryFrom<HistoryRow> for ConsentRecord {
+    type Error = RepositoryError;
+
+    fn try_from(row: HistoryRow) -> Result<Self, Self::Error> {
+        let field = ConsentField::parse(&row.field).map_err(|e| corrupt_row("consent field", e))?;
+        let value = |stored: Option<&str>| {
+            ConsentValue::from_stored(&field, stored).map_err(|e| corrupt_row("consent value", e))
+        };
+        let (old, new) = (value(row.old_value.as_deref())?, value(row.new_value.as_deref())?);
+        let kind = ActorKind::from_stored(&row.actor_kind).ok_or_else(|| corrupt_row("actor kind", &row.actor_kind))?;
+        Ok(Self {
+            sequence: row.id,
+            at: row.at,
+            change: ConsentChange { field, old, new },
+            actor: Actor { kind, name: row.actor_name },
+            request_id: row.request_id,
+        })
+    }
+}
+
+/// Converts a list of history rows; a row the domain refuses is an error, never skipped.
+pub fn records_from_rows(rows: impl IntoIterator<Item = HistoryRow>) -> Result<Vec<ConsentRecord>, RepositoryError> {
+    rows.into_iter().map(ConsentRecord::try_from).collect()
+}
+
+/// A page of history from up to `limit + 1` rows read newest first: the extra row only
+/// says that there is a next page, which starts below the page's last row.
+pub fn history_page(mut rows: Vec<HistoryRow>, limit: u32) -> Result<HistoryPage, RepositoryError> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let records = records_from_rows(rows)?;
+    let next_cursor = if more { records.last().map(|record| record.sequence) } else { None };
+    Ok(HistoryPage { records, next_cursor })
 }

@@ -2,7 +2,8 @@
 
 /// Declares diesel's view of the tables both stores create (each with migrations in its own
 /// dialect): `users`, `notification_preferences`, `devices`, `idempotency_records`,
-/// `cache_invalidation_ledger`, and how they join. Declared once so that the stores cannot drift apart.
+/// `cache_invalidation_ledger`, `notification_categories`, `category_revisions`,
+/// `category_choices`, `consent_history`, and how they join. Declared once so that the stores cannot drift apart.
 ///
 /// The two SQL types that differ between backends come from the invoking module, which
 /// must name them `StoredUuid` and `StoredTimestamp` (PostgreSQL: `Uuid` and
@@ -86,9 +87,83 @@ macro_rules! tables {
             }
         }
 
+        diesel::table! {
+            use diesel::sql_types::*;
+            use super::StoredTimestamp;
+
+            notification_categories (key) {
+                key -> Text,
+                name -> Text,
+                description -> Nullable<Text>,
+                critical -> Bool,
+                default_email -> Bool,
+                default_push -> Bool,
+                created_at -> StoredTimestamp,
+                updated_at -> StoredTimestamp,
+            }
+        }
+
+        diesel::table! {
+            use diesel::sql_types::*;
+            use super::StoredTimestamp;
+
+            category_revisions (id) {
+                id -> BigInt,
+                key -> Text,
+                at -> StoredTimestamp,
+                name -> Text,
+                description -> Nullable<Text>,
+                critical -> Bool,
+                default_email -> Bool,
+                default_push -> Bool,
+                removed -> Bool,
+            }
+        }
+
+        diesel::table! {
+            use diesel::sql_types::*;
+            use super::{StoredTimestamp, StoredUuid};
+
+            category_choices (user_id, category_key) {
+                user_id -> StoredUuid,
+                category_key -> Text,
+                email -> Nullable<Bool>,
+                push -> Nullable<Bool>,
+                updated_at -> StoredTimestamp,
+            }
+        }
+
+        diesel::table! {
+            use diesel::sql_types::*;
+            use super::{StoredTimestamp, StoredUuid};
+
+            consent_history (id) {
+                id -> BigInt,
+                user_id -> StoredUuid,
+                at -> StoredTimestamp,
+                field -> Text,
+                old_value -> Nullable<Text>,
+                new_value -> Nullable<Text>,
+                actor_kind -> Text,
+                actor_name -> Text,
+                request_id -> Nullable<Text>,
+            }
+        }
+
         diesel::joinable!(notification_preferences -> users (user_id));
         diesel::joinable!(devices -> users (user_id));
-        diesel::allow_tables_to_appear_in_same_query!(users, notification_preferences, devices);
+        diesel::joinable!(category_choices -> users (user_id));
+        diesel::joinable!(category_choices -> notification_categories (category_key));
+        diesel::joinable!(consent_history -> users (user_id));
+        diesel::allow_tables_to_appear_in_same_query!(
+            users,
+            notification_preferences,
+            devices,
+            notification_categories,
+            category_revisions,
+            category_choices,
+            consent_history,
+        );
     };
 }
 

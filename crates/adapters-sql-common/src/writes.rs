@@ -1,12 +1,76 @@
 //! What both stores write: a new user, a contact change, a preferences row and a partial
-//! preferences change, each built from its domain value by exhaustive destructuring, so that
-//! a field added to the domain value does not build until it is written here.
+//! preferences change, a category, its revisions and users' choices, each built from its
+//! domain value by exhaustive destructuring, so that a field added to the domain value does
+//! not build until it is written here; and the consent history's rows ([`HistoryEntry`]).
+
+use domain::consent::{Actor, ConsentChange, Provenance};
+use domain::user::UserId;
+use uuid::Uuid;
+
+/// A row to append to `consent_history`, all but its time: each store fixes `at` in the
+/// write's transaction, under the user's consent lock, as the later of the write's `now`
+/// and the user's latest row (so that times never decrease along a user's rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// Whose consent changed.
+    pub user_id: Uuid,
+    /// The field's stored name.
+    pub field: String,
+    /// The value before.
+    pub old_value: Option<String>,
+    /// The value after.
+    pub new_value: Option<String>,
+    /// The actor's kind (`user`, `service`, `trusted`).
+    pub actor_kind: &'static str,
+    /// The actor's name.
+    pub actor_name: String,
+    /// The request's id.
+    pub request_id: Option<String>,
+}
+
+impl HistoryEntry {
+    /// The row that records `change` of `user`'s consent, made by `actor` in the request of
+    /// `by`.
+    pub fn new(user: UserId, change: ConsentChange, actor: &Actor, by: &Provenance) -> Self {
+        let ConsentChange { field, old, new } = change;
+        Self {
+            user_id: user.as_uuid(),
+            field: field.to_string(),
+            old_value: old.to_stored(),
+            new_value: new.to_stored(),
+            actor_kind: actor.kind.as_str(),
+            actor_name: actor.name.clone(),
+            request_id: by.request_id.clone(),
+        }
+    }
+}
+
+/// The rows that record `changes` of `user`'s consent, made by `by` (the user itself when
+/// `by` names no actor).
+pub fn history_entries(
+    user: UserId,
+    changes: impl IntoIterator<Item = ConsentChange>,
+    by: &Provenance,
+) -> Vec<HistoryEntry> {
+    let actor = by.actor_for(user);
+    changes.into_iter().map(|change| HistoryEntry::new(user, change, &actor, by)).collect()
+}
+
+/// The distinct users of `entries`, in UUID order: the order in which a write takes their
+/// consent locks, so that two writes that lock several users never deadlock.
+pub fn users_of(entries: &[HistoryEntry]) -> Vec<Uuid> {
+    let mut users: Vec<Uuid> = entries.iter().map(|entry| entry.user_id).collect();
+    users.sort_unstable();
+    users.dedup();
+    users
+}
 
 /// Declares the shared write structs with the visibility given: `NewUserValues` and
 /// `ContactChangeset` (table `users`), `PreferencesValues` and `PreferencesChangeset` (table
-/// `notification_preferences`). `$id` is the store's type to bind a stored UUID
-/// (`From<Uuid>`). Invoke it where the store's `users` and `notification_preferences` table
-/// modules are in scope.
+/// `notification_preferences`), `CategoryValues` (`notification_categories`, to insert and
+/// to update), `RevisionValues` (`category_revisions`) and `ChoiceValues`
+/// (`category_choices`, to insert and to update). `$id` is the store's type to bind a stored
+/// UUID (`From<Uuid>`). Invoke it where the store's table modules are in scope.
 ///
 /// The changesets leave `None` fields out of the `SET` list: that is the rule of
 /// [`PreferencesUpdate`] and [`ContactUpdate`] ("`None` leaves a field as it is"), applied
@@ -46,6 +110,7 @@ macro_rules! row_writes {
                     preferences: _,
                     device: _,
                     if_token_held: _,
+                    provenance: _,
                 } = record;
                 Self {
                     id: <$id>::from(id.as_uuid()),
@@ -136,6 +201,100 @@ macro_rules! row_writes {
                     timezone: timezone.as_ref().map(|zone| zone.as_str()),
                     updated_at: now,
                 }
+            }
+        }
+
+        /// A whole category row: inserted when created, set (all but its key and creation
+        /// time) when changed.
+        #[derive(diesel::Insertable, diesel::AsChangeset)]
+        #[diesel(table_name = notification_categories, primary_key(key), treat_none_as_null = true)]
+        $vis struct CategoryValues<'a> {
+            key: &'a str,
+            name: &'a str,
+            description: Option<&'a str>,
+            critical: bool,
+            default_email: bool,
+            default_push: bool,
+            #[diesel(skip_update)]
+            created_at: ::time::OffsetDateTime,
+            updated_at: ::time::OffsetDateTime,
+        }
+
+        impl<'a> CategoryValues<'a> {
+            /// The row that stores `category`.
+            $vis fn new(category: &'a ::domain::category::Category) -> Self {
+                let ::domain::category::Category { key, name, description, critical, defaults, created_at, updated_at } =
+                    category;
+                let ::domain::category::ChannelDefaults { email, push } = defaults;
+                Self {
+                    key: key.as_str(),
+                    name: name.as_str(),
+                    description: description.as_ref().map(|description| description.as_str()),
+                    critical: *critical,
+                    default_email: *email,
+                    default_push: *push,
+                    created_at: *created_at,
+                    updated_at: *updated_at,
+                }
+            }
+        }
+
+        /// A revision of a category: what it is from `at` on, or that it was removed then.
+        #[derive(diesel::Insertable)]
+        #[diesel(table_name = category_revisions)]
+        $vis struct RevisionValues<'a> {
+            key: &'a str,
+            at: ::time::OffsetDateTime,
+            name: &'a str,
+            description: Option<&'a str>,
+            critical: bool,
+            default_email: bool,
+            default_push: bool,
+            removed: bool,
+        }
+
+        impl<'a> RevisionValues<'a> {
+            /// The revision that `category` is as it is now (`removed`: it was just removed),
+            /// made at `at`.
+            $vis fn new(category: &'a ::domain::category::Category, at: ::time::OffsetDateTime, removed: bool) -> Self {
+                let ::domain::category::Category { key, name, description, critical, defaults, created_at: _, updated_at: _ } =
+                    category;
+                let ::domain::category::ChannelDefaults { email, push } = defaults;
+                Self {
+                    key: key.as_str(),
+                    at,
+                    name: name.as_str(),
+                    description: description.as_ref().map(|description| description.as_str()),
+                    critical: *critical,
+                    default_email: *email,
+                    default_push: *push,
+                    removed,
+                }
+            }
+        }
+
+        /// A user's non-empty choice in a category: inserted, or set on the existing row
+        /// (`None` channels stored as `NULL`, the default).
+        #[derive(diesel::Insertable, diesel::AsChangeset)]
+        #[diesel(table_name = category_choices, primary_key(user_id, category_key), treat_none_as_null = true)]
+        $vis struct ChoiceValues<'a> {
+            user_id: $id,
+            category_key: &'a str,
+            email: Option<bool>,
+            push: Option<bool>,
+            updated_at: ::time::OffsetDateTime,
+        }
+
+        impl<'a> ChoiceValues<'a> {
+            /// The row that stores `user`'s `choice` in the category `key`, made at `now`.
+            $vis fn new(
+                user: ::domain::user::UserId,
+                key: &'a ::domain::category::CategoryKey,
+                choice: ::domain::category::CategoryChoice,
+                now: ::time::OffsetDateTime,
+            ) -> Self {
+                let ::domain::category::CategoryChoice { email, push } = choice;
+                Self { user_id: <$id>::from(user.as_uuid()), category_key: key.as_str(), email, push, updated_at: now }
             }
         }
     };

@@ -3,11 +3,12 @@
 use adapters_sql_common::device_order;
 use adapters_sql_common::devices::{DeviceMatcher, UpsertedRow};
 use adapters_sql_common::rows::{DeviceRow, devices_from_rows};
+use adapters_sql_common::writes::history_entries;
 use async_trait::async_trait;
-use diesel::dsl::case_when;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
-use domain::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
+use domain::consent::{Provenance, device_change};
+use domain::device::{Device, DeviceId, DeviceRegistration, DeviceSelector, RegisteredDevice};
 use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{DeviceRepository, RepositoryError};
 use domain::user::UserId;
@@ -16,11 +17,12 @@ use uuid::Uuid;
 
 use crate::SqliteStore;
 use crate::errors::StoreError;
+use crate::history::append;
 use crate::idempotency::idempotently;
 use crate::schema::{DEVICE, Id, devices, user_exists};
 
-/// Registers or moves a token (in the caller's write transaction, so that the owner read
-/// first is still the owner when the upsert runs). `ON CONFLICT` on the unique token turns
+/// Registers or moves a token (in the caller's write transaction, so that the owner and
+/// state read first are still those when the upsert runs). `ON CONFLICT` on the unique token turns
 /// a known token into an update; the row was created exactly when it carries the id this
 /// call proposed.
 pub(crate) fn upsert_device(
@@ -34,8 +36,11 @@ pub(crate) fn upsert_device(
         return Err(RepositoryError::UserNotFound.into());
     }
     let token = registration.token.as_str();
-    let previous_owner: Option<Uuid> =
-        devices::table.filter(devices::token.eq(token)).select(devices::user_id).get_result(connection).optional()?;
+    let previous: Option<(Uuid, bool)> = devices::table
+        .filter(devices::token.eq(token))
+        .select((devices::user_id, devices::active))
+        .get_result(connection)
+        .optional()?;
     let proposed = Uuid::now_v7();
     let device: DeviceRow = diesel::insert_into(devices::table)
         .values((
@@ -59,7 +64,12 @@ pub(crate) fn upsert_device(
         ))
         .returning(DEVICE)
         .get_result(connection)?;
-    Ok(UpsertedRow { created: device.id == proposed, device, previous_owner })
+    Ok(UpsertedRow {
+        created: device.id == proposed,
+        device,
+        previous_owner: previous.map(|(owner, _)| owner),
+        previous_active: previous.map(|(_, active)| active),
+    })
 }
 
 /// Whether some user holds the registration's token.
@@ -68,19 +78,25 @@ pub(crate) fn token_is_held(connection: &mut SqliteConnection, registration: &De
         .get_result(connection)
 }
 
-/// The ids of `user`'s devices that `selector` names. The merged-slashes comparison runs
-/// here rather than in SQL (SQLite has no `regexp_replace`); a user has few devices.
+/// The ids and states of `user`'s devices that `selector` names, in profile order. The
+/// merged-slashes comparison runs here rather than in SQL (SQLite has no `regexp_replace`);
+/// a user has few devices.
 fn selected_devices(
     connection: &mut SqliteConnection,
     user: UserId,
     selector: &DeviceSelector,
-) -> QueryResult<Vec<Id>> {
+) -> QueryResult<Vec<(Uuid, bool)>> {
     let matcher = DeviceMatcher::new(selector);
-    let candidates: Vec<(Uuid, String)> = devices::table
+    let candidates: Vec<(Uuid, String, bool)> = devices::table
         .filter(devices::user_id.eq(Id::from(user)))
-        .select((devices::id, devices::token))
+        .order(device_order!())
+        .select((devices::id, devices::token, devices::active))
         .load(connection)?;
-    Ok(candidates.into_iter().filter(|(id, token)| matcher.matches(*id, token)).map(|(id, _)| Id(id)).collect())
+    Ok(candidates
+        .into_iter()
+        .filter(|(id, token, _)| matcher.matches(*id, token))
+        .map(|(id, _, active)| (id, active))
+        .collect())
 }
 
 #[async_trait]
@@ -90,11 +106,15 @@ impl DeviceRepository for SqliteStore {
         user: UserId,
         registration: DeviceRegistration,
         now: OffsetDateTime,
+        by: &Provenance,
         idempotency: Option<IdempotentWrite<RegisteredDevice>>,
     ) -> Result<Idempotent<RegisteredDevice>, RepositoryError> {
+        let by = by.clone();
         self.write(move |connection| {
             idempotently(connection, idempotency, |connection| {
-                Ok(upsert_device(connection, user, &registration, now)?.into_registered(user)?)
+                let row = upsert_device(connection, user, &registration, now)?;
+                append(connection, row.history(user, &by), now)?;
+                Ok(row.into_registered(user)?)
             })
         })
         .await
@@ -123,35 +143,48 @@ impl DeviceRepository for SqliteStore {
         selector: &DeviceSelector,
         active: bool,
         now: OffsetDateTime,
+        by: &Provenance,
     ) -> Result<Option<Device>, RepositoryError> {
-        let selector = selector.clone();
+        let (selector, by) = (selector.clone(), by.clone());
         self.write(move |connection| {
-            let ids = selected_devices(connection, user, &selector)?;
-            if ids.is_empty() {
-                return Ok(None);
-            }
+            let selected = selected_devices(connection, user, &selector)?;
+            let Some((first, _)) = selected.first().copied() else { return Ok(None) };
             // `updated_at` moves only for a device whose state changes.
-            let unchanged = devices::active.eq(active);
-            let rows: Vec<DeviceRow> = diesel::update(devices::table.filter(devices::id.eq_any(ids)))
-                .set((
-                    devices::active.eq(active),
-                    devices::updated_at.eq(case_when(unchanged, devices::updated_at).otherwise(now)),
-                ))
-                .returning(DEVICE)
-                .get_results(connection)?;
-            Ok(rows.into_iter().next().map(Device::try_from).transpose()?)
+            let changing: Vec<Uuid> =
+                selected.iter().filter(|(_, current)| *current != active).map(|(id, _)| *id).collect();
+            if !changing.is_empty() {
+                diesel::update(devices::table.filter(devices::id.eq_any(changing.iter().copied().map(Id))))
+                    .set((devices::active.eq(active), devices::updated_at.eq(now)))
+                    .execute(connection)?;
+                let changes =
+                    changing.iter().filter_map(|id| device_change(DeviceId::from(*id), Some(!active), Some(active)));
+                append(connection, history_entries(user, changes, &by), now)?;
+            }
+            let device: DeviceRow = devices::table.find(Id(first)).select(DEVICE).get_result(connection)?;
+            Ok(Some(Device::try_from(device)?))
         })
         .await
     }
 
-    async fn delete(&self, user: UserId, selector: &DeviceSelector) -> Result<bool, RepositoryError> {
-        let selector = selector.clone();
+    async fn delete(
+        &self,
+        user: UserId,
+        selector: &DeviceSelector,
+        now: OffsetDateTime,
+        by: &Provenance,
+    ) -> Result<bool, RepositoryError> {
+        let (selector, by) = (selector.clone(), by.clone());
         self.write(move |connection| {
-            let ids = selected_devices(connection, user, &selector)?;
-            if ids.is_empty() {
+            let selected = selected_devices(connection, user, &selector)?;
+            if selected.is_empty() {
                 return Ok(false);
             }
-            Ok(diesel::delete(devices::table.filter(devices::id.eq_any(ids))).execute(connection)? > 0)
+            diesel::delete(devices::table.filter(devices::id.eq_any(selected.iter().map(|(id, _)| Id(*id)))))
+                .execute(connection)?;
+            let changes =
+                selected.iter().filter_map(|(id, active)| device_change(DeviceId::from(*id), Some(*active), None));
+            append(connection, history_entries(user, changes, &by), now)?;
+            Ok(true)
         })
         .await
     }

@@ -1,7 +1,9 @@
 //! SQLite adapter, the embedded default store: implements the domain's
 //! [`UserRepository`](domain::ports::UserRepository),
-//! [`DeviceRepository`](domain::ports::DeviceRepository) and
-//! [`IdempotencyRepository`](domain::ports::IdempotencyRepository) on one data file,
+//! [`DeviceRepository`](domain::ports::DeviceRepository),
+//! [`IdempotencyRepository`](domain::ports::IdempotencyRepository),
+//! [`CategoryRepository`](domain::ports::CategoryRepository) and
+//! [`ConsentHistory`](domain::ports::ConsentHistory) on one data file,
 //! `{data_dir}/user-service.sqlite3`, with SQLite compiled in (no system library).
 //!
 //! - [`open`]: creates the data directory, builds the pool, applies the migrations.
@@ -24,8 +26,10 @@
 //!
 //! Because writers are serialized, checks made inside a write transaction hold until it
 //! commits: a taken email and an unknown owner are found by a query rather than by the
-//! violated constraint (SQLite does not name it, see [`errors`]), and an idempotency key is
-//! claimed by looking for its record. No idempotent write can be "in flight" when another
+//! violated constraint (SQLite does not name it, see [`errors`]) as are a taken category key
+//! and an unknown category, an idempotency key is claimed by looking for its record, and
+//! the consent history's old values and latest time are read without any lock of their own.
+//! No idempotent write can be "in flight" when another
 //! one with the same key starts its transaction: the second waits for the first to commit,
 //! then replays its answer.
 //!
@@ -33,8 +37,10 @@
 //! `block_in_place` when a request is dropped mid-statement). Nothing here logs secrets:
 //! only the data file's path and migration counts are logged.
 
+mod categories;
 mod devices;
 pub mod errors;
+mod history;
 mod idempotency;
 mod ledger;
 pub mod migrations;

@@ -140,9 +140,10 @@ async fn every_pooled_connection_uses_wal_foreign_keys_busy_timeout_and_normal_s
 async fn migrations_revert_completely_and_apply_again() {
     const TABLES: &str = "SELECT count(*) AS count FROM sqlite_schema WHERE type = 'table' \
                           AND name IN ('users', 'notification_preferences', 'devices', 'idempotency_records', \
-                          'cache_invalidation_ledger')";
+                          'cache_invalidation_ledger', 'notification_categories', 'category_revisions', \
+                          'category_choices', 'consent_history')";
     let test = TestStore::create().await.expect("open");
-    assert_eq!(test.count(TABLES).await.expect("count"), 5);
+    assert_eq!(test.count(TABLES).await.expect("count"), 9);
 
     let reverted = crate::migrations::revert_all(test.store().pool()).await.expect("revert every migration");
     assert!(reverted > 0);
@@ -150,13 +151,16 @@ async fn migrations_revert_completely_and_apply_again() {
 
     let applied = crate::migrations::run_pending(test.store().pool()).await.expect("apply every migration");
     assert_eq!(applied, reverted);
-    assert_eq!(test.count(TABLES).await.expect("count"), 5);
+    assert_eq!(test.count(TABLES).await.expect("count"), 9);
     create(test.store(), "ada@example.com").await.expect("the schema works again");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_diesel_schema_declares_exactly_the_columns_the_migrations_create() {
-    use crate::schema::{cache_invalidation_ledger, devices, idempotency_records, notification_preferences, users};
+    use crate::schema::{
+        cache_invalidation_ledger, category_choices, category_revisions, consent_history, devices, idempotency_records,
+        notification_categories, notification_preferences, users,
+    };
     let test = TestStore::create().await.expect("open");
     let declared = adapters_sql_common::contract::declared_columns(&adapters_sql_common::select_every_column!(
         diesel::sqlite::Sqlite
@@ -266,4 +270,19 @@ fn timestamps_are_stored_as_text_that_sorts_chronologically() {
     let mut sorted = stored.clone();
     sorted.sort();
     assert_eq!(sorted, stored);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consent_history_row_cannot_be_updated_only_erased_with_its_user() {
+    let test = TestStore::create().await.expect("open");
+    let user = create(test.store(), "kept@example.com").await.expect("create");
+
+    let rewritten = test.execute("UPDATE consent_history SET new_value = 'false'").await;
+
+    let error = rewritten.expect_err("the trigger refuses updates").to_string();
+    assert!(error.contains("append-only"), "{error}");
+    let unchanged = "SELECT count(*) AS count FROM consent_history WHERE new_value = 'false'";
+    assert_eq!(test.count(unchanged).await.expect("count"), 0);
+    assert!(UserRepository::delete(test.store(), user).await.expect("erase the user"));
+    assert_eq!(test.count("SELECT count(*) AS count FROM consent_history").await.expect("count"), 0);
 }

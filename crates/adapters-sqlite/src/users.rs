@@ -4,11 +4,13 @@ use adapters_sql_common::device_order;
 use adapters_sql_common::profiles::{
     InitialDevice, created_user, page_offset, page_total, profiles_with_devices, uuids,
 };
-use adapters_sql_common::rows::{CredentialsRow, DeviceRow, PreferencesRow, UserRow};
+use adapters_sql_common::rows::{ChoiceRow, CredentialsRow, DeviceRow, PreferencesRow, UserRow};
+use adapters_sql_common::writes::history_entries;
 use async_trait::async_trait;
 use diesel::dsl::exists;
 use diesel::prelude::*;
 use domain::auth::Credentials;
+use domain::consent::{Provenance, contact_changes, preferences_changes};
 use domain::device::HeldToken;
 use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository};
@@ -20,10 +22,11 @@ use uuid::Uuid;
 use crate::SqliteStore;
 use crate::devices::{token_is_held, upsert_device};
 use crate::errors::StoreError;
+use crate::history::append;
 use crate::idempotency::idempotently;
 use crate::schema::{
-    CREDENTIALS, ContactChangeset, DEVICE, IDS_PER_QUERY, Id, NewUserValues, PREFERENCES, PreferencesChangeset,
-    PreferencesValues, USER, devices, lower, notification_preferences, user_exists, users,
+    CHOICE, CREDENTIALS, ContactChangeset, DEVICE, IDS_PER_QUERY, Id, NewUserValues, PREFERENCES, PreferencesChangeset,
+    PreferencesValues, USER, category_choices, devices, lower, notification_preferences, user_exists, users,
 };
 
 /// Whether a user other than `except` has `email`, compared as the unique index compares.
@@ -56,21 +59,31 @@ fn insert_user(connection: &mut SqliteConnection, record: &NewUserRecord) -> Res
             InitialDevice::Registered(upsert_device(connection, record.id, registration, record.created_at)?)
         }
     };
-    Ok(created_user(user, preferences, device)?)
+    let (created, history) = created_user(user, preferences, device, &record.provenance)?;
+    append(connection, history, record.created_at)?;
+    Ok(created)
 }
 
-/// The profiles of users already loaded with their preferences (in their order).
+/// The profiles of users already loaded with their preferences (in their order), with
+/// their devices and category choices.
 fn with_devices(
     connection: &mut SqliteConnection,
     users: Vec<(UserRow, PreferencesRow)>,
 ) -> Result<Vec<UserProfile>, StoreError> {
     let ids: Vec<Id> = users.iter().map(|(user, _)| Id(user.id)).collect();
-    let devices: Vec<DeviceRow> = if ids.is_empty() {
-        Vec::new()
+    let (devices, choices): (Vec<DeviceRow>, Vec<ChoiceRow>) = if ids.is_empty() {
+        (Vec::new(), Vec::new())
     } else {
-        devices::table.filter(devices::user_id.eq_any(ids)).order(device_order!()).select(DEVICE).load(connection)?
+        let devices = devices::table
+            .filter(devices::user_id.eq_any(&ids))
+            .order(device_order!())
+            .select(DEVICE)
+            .load(connection)?;
+        let choices =
+            category_choices::table.filter(category_choices::user_id.eq_any(&ids)).select(CHOICE).load(connection)?;
+        (devices, choices)
     };
-    Ok(profiles_with_devices(users, devices)?)
+    Ok(profiles_with_devices(users, devices, choices)?)
 }
 
 /// Loads the profiles of `ids` in one snapshot.
@@ -137,19 +150,25 @@ impl UserRepository for SqliteStore {
         id: UserId,
         update: ContactUpdate,
         now: OffsetDateTime,
+        by: &Provenance,
     ) -> Result<Option<User>, RepositoryError> {
+        let by = by.clone();
         self.write(move |connection| {
+            let old: Option<UserRow> =
+                users::table.find(Id::from(id)).select(USER).get_result(connection).optional()?;
+            let Some(old) = old else { return Ok(None) };
             if let Some(email) = &update.email
                 && email_taken(connection, email.as_str(), Some(id))?
             {
                 return Err(RepositoryError::EmailTaken.into());
             }
-            let row: Option<UserRow> = diesel::update(users::table.find(Id::from(id)))
+            let new: UserRow = diesel::update(users::table.find(Id::from(id)))
                 .set(ContactChangeset::new(&update, now))
                 .returning(USER)
-                .get_result(connection)
-                .optional()?;
-            Ok(row.map(User::try_from).transpose()?)
+                .get_result(connection)?;
+            let (old, new) = (User::try_from(old)?, User::try_from(new)?);
+            append(connection, history_entries(id, contact_changes(&old, &new), &by), now)?;
+            Ok(Some(new))
         })
         .await
     }
@@ -176,14 +195,20 @@ impl UserRepository for SqliteStore {
         id: UserId,
         update: PreferencesUpdate,
         now: OffsetDateTime,
+        by: &Provenance,
     ) -> Result<Option<Preferences>, RepositoryError> {
+        let by = by.clone();
         self.write(move |connection| {
-            let row: Option<PreferencesRow> = diesel::update(notification_preferences::table.find(Id::from(id)))
+            let preferences = notification_preferences::table.find(Id::from(id));
+            let old: Option<PreferencesRow> = preferences.select(PREFERENCES).get_result(connection).optional()?;
+            let Some(old) = old else { return Ok(None) };
+            let new: PreferencesRow = diesel::update(preferences)
                 .set(PreferencesChangeset::new(&update, now))
                 .returning(PREFERENCES)
-                .get_result(connection)
-                .optional()?;
-            Ok(row.map(Preferences::try_from).transpose()?)
+                .get_result(connection)?;
+            let (old, new) = (Preferences::try_from(old)?, Preferences::try_from(new)?);
+            append(connection, history_entries(id, preferences_changes(&old, &new), &by), now)?;
+            Ok(Some(new))
         })
         .await
     }

@@ -1,8 +1,11 @@
--- POST /api/v1/eligibility for 1000 random seeded users. The bodies are built once per
--- thread (16 of them, used in turn) so that wrk spends its time sending, not concatenating.
+-- POST /api/v1/eligibility for 1000 random seeded users (in the category BENCH_CATEGORY
+-- names, if set). The bodies are built once per thread (16 of them, used in turn) so that
+-- wrk spends its time sending, not concatenating.
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
 local BATCH = 1000
+local category = os.getenv("BENCH_CATEGORY")
+local category_field = (category and category ~= "") and ('"category":"' .. category .. '",') or ""
 local bodies = {}
 local next_body = 0
 
@@ -14,7 +17,7 @@ function init(args)
     for i = 1, BATCH do
       quoted[i] = '"' .. random_id() .. '"'
     end
-    bodies[b] = '{"channel":"push","user_ids":[' .. table.concat(quoted, ",") .. "]}"
+    bodies[b] = '{"channel":"push",' .. category_field .. '"user_ids":[' .. table.concat(quoted, ",") .. "]}"
   end
 end
 

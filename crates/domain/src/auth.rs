@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use crate::consent::{Actor, ActorKind};
 use crate::device::HeldToken;
 use crate::user::{PasswordHash, UserId};
 
@@ -33,11 +34,13 @@ pub enum Scope {
     DevicesDeactivate,
     /// Ask whether users may be notified (one or many).
     EligibilityRead,
+    /// Manage the notification category catalogue.
+    Admin,
 }
 
 impl Scope {
     /// Every scope, in the order they are documented.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::UsersRead,
         Self::UsersList,
         Self::UsersLookup,
@@ -47,6 +50,7 @@ impl Scope {
         Self::DevicesWrite,
         Self::DevicesDeactivate,
         Self::EligibilityRead,
+        Self::Admin,
     ];
 
     /// The name used in configuration, logs and error messages (`users.read`).
@@ -61,6 +65,7 @@ impl Scope {
             Self::DevicesWrite => "devices.write",
             Self::DevicesDeactivate => "devices.deactivate",
             Self::EligibilityRead => "eligibility.read",
+            Self::Admin => "admin",
         }
     }
 
@@ -248,6 +253,20 @@ impl Principal {
         match caller {
             Some(Self::Service { scopes, .. }) if scopes.contains(Scope::DevicesWrite) => HeldToken::Move,
             _ => HeldToken::Leave,
+        }
+    }
+
+    /// Who the caller is in a user's consent history: a user, a service that presented a
+    /// key, or a caller the network vouches for (`trusted`).
+    pub fn actor(&self) -> Actor {
+        match self {
+            Self::Service { name, proof: ServiceProof::Key, .. } => {
+                Actor { kind: ActorKind::Service, name: name.clone() }
+            }
+            Self::Service { name, proof: ServiceProof::Network, .. } => {
+                Actor { kind: ActorKind::Trusted, name: name.clone() }
+            }
+            Self::User(id) => Actor::user(*id),
         }
     }
 

@@ -10,7 +10,7 @@ use crate::user::UserId;
 use crate::validate::{canonical_uuid, reject_invisible_characters};
 
 /// A device's identifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeviceId(Uuid);
 
 impl DeviceId {

@@ -14,9 +14,11 @@ use jiff::civil::{DateTime, Time};
 use jiff::tz::{Offset, TimeZone};
 use time::OffsetDateTime;
 
+use crate::category::{Category, CategoryChoice};
+use crate::consent::{ChannelName, ConsentState};
 use crate::device::{Platform, PushToken};
 use crate::error::InvalidValue;
-use crate::preferences::{ClockTime, QuietHours, TimeZoneName};
+use crate::preferences::{ClockTime, Preferences, QuietHours, TimeZoneName};
 use crate::user::{EmailAddress, UserProfile};
 
 /// A delivery channel a user can opt in to.
@@ -47,16 +49,30 @@ impl Channel {
     }
 }
 
+impl From<Channel> for ChannelName {
+    fn from(channel: Channel) -> Self {
+        match channel {
+            Channel::Email => Self::Email,
+            Channel::Push => Self::Push,
+        }
+    }
+}
+
 /// Why sending is allowed or not. When several reasons apply, the first in declaration
-/// order wins: an opted-out user is never reported as merely in quiet hours.
+/// order wins: nowhere to send beats everything, a critical category beats every opt-out
+/// and quiet hours, and an opted-out user is never reported as merely in quiet hours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
-    /// The user turned the channel off.
-    OptedOut,
     /// Email channel, but the user has no email address.
     NoAddress,
     /// Push channel, but the user has no active device.
     NoActiveDevice,
+    /// The category is critical: sent whatever the user opted out of, quiet hours included.
+    Critical,
+    /// The user turned the channel off.
+    OptedOut,
+    /// The user turned the channel off in this category (or its default is off).
+    CategoryOptedOut,
     /// The user's quiet hours are in progress; see [`Eligibility::next_allowed_at`].
     QuietHours,
     /// Nothing holds the notification back.
@@ -67,9 +83,11 @@ impl Reason {
     /// The snake-case code used in the API.
     pub const fn as_str(&self) -> &'static str {
         match self {
-            Self::OptedOut => "opted_out",
             Self::NoAddress => "no_address",
             Self::NoActiveDevice => "no_active_device",
+            Self::Critical => "critical",
+            Self::OptedOut => "opted_out",
+            Self::CategoryOptedOut => "category_opted_out",
             Self::QuietHours => "quiet_hours",
             Self::Ok => "ok",
         }
@@ -94,7 +112,7 @@ pub struct Eligibility {
     pub at: OffsetDateTime,
     /// Whether a notification may be sent at `at`.
     pub allowed: bool,
-    /// Why (`Ok` exactly when `allowed`).
+    /// Why (`Ok` or `Critical` exactly when `allowed`).
     pub reason: Reason,
     /// When quiet hours end, for [`Reason::QuietHours`] only; `None` otherwise, including
     /// when waiting would not help (opted out, nowhere to send).
@@ -103,22 +121,12 @@ pub struct Eligibility {
     pub targets: Option<Targets>,
 }
 
-/// Decides whether `profile` may receive a notification on `channel` at `at`.
+/// Decides whether `profile` may receive a notification on `channel` at `at`, in
+/// `category` if one is given (the profile's own choice in it applies).
 ///
-/// Precedence: opted out, then no address (email) or no active device (push), then quiet
-/// hours, then ok.
-pub fn decide(profile: &UserProfile, channel: Channel, at: OffsetDateTime) -> Eligibility {
-    let preferences = &profile.preferences;
-    let refused = |reason| Eligibility { channel, at, allowed: false, reason, next_allowed_at: None, targets: None };
-
-    let opted_in = match channel {
-        Channel::Email => preferences.email,
-        Channel::Push => preferences.push,
-    };
-    if !opted_in {
-        return refused(Reason::OptedOut);
-    }
-
+/// Precedence ([`Reason`]): no address (email) or no active device (push); then a critical
+/// category allows; then the global channel switch, the category, quiet hours; then ok.
+pub fn decide(profile: &UserProfile, channel: Channel, category: Option<&Category>, at: OffsetDateTime) -> Eligibility {
     let targets = match channel {
         Channel::Email => email_address(profile).map(Targets::Email),
         Channel::Push => {
@@ -127,13 +135,64 @@ pub fn decide(profile: &UserProfile, channel: Channel, at: OffsetDateTime) -> El
             (!tokens.is_empty()).then_some(Targets::Tokens(tokens))
         }
     };
-    let Some(targets) = targets else {
+    let in_category = category.map(|category| (category, profile.categories.get(&category.key)));
+    let reachable = targets.is_some();
+    decide_on(&profile.preferences, in_category, channel, at, reachable, targets)
+}
+
+/// Decides from a state rebuilt from the consent history (what the user had agreed to at
+/// `at`, with the category as the catalogue had it then). Names no targets: it answers
+/// whether a send was allowed, not where one would go today.
+pub fn decide_as_recorded(
+    state: &ConsentState,
+    channel: Channel,
+    category: Option<&Category>,
+    at: OffsetDateTime,
+) -> Eligibility {
+    let reachable = match channel {
+        Channel::Email => state.email.is_some(),
+        Channel::Push => state.has_active_device(),
+    };
+    let in_category = category.map(|category| (category, state.categories.get(&category.key)));
+    decide_on(&state.preferences, in_category, channel, at, reachable, None)
+}
+
+/// The decision itself, in [`Reason`]'s order.
+fn decide_on(
+    preferences: &Preferences,
+    category: Option<(&Category, Option<&CategoryChoice>)>,
+    channel: Channel,
+    at: OffsetDateTime,
+    reachable: bool,
+    targets: Option<Targets>,
+) -> Eligibility {
+    let refused = |reason| Eligibility { channel, at, allowed: false, reason, next_allowed_at: None, targets: None };
+    if !reachable {
         return refused(match channel {
             Channel::Email => Reason::NoAddress,
             Channel::Push => Reason::NoActiveDevice,
         });
+    }
+    if category.is_some_and(|(category, _)| category.critical) {
+        return Eligibility { channel, at, allowed: true, reason: Reason::Critical, next_allowed_at: None, targets };
+    }
+    let opted_in = match channel {
+        Channel::Email => preferences.email,
+        Channel::Push => preferences.push,
     };
-
+    if !opted_in {
+        return refused(Reason::OptedOut);
+    }
+    if let Some((category, choice)) = category {
+        let resolved = category.resolve(choice);
+        let opted_in = match channel {
+            Channel::Email => resolved.email,
+            Channel::Push => resolved.push,
+        };
+        if !opted_in {
+            return refused(Reason::CategoryOptedOut);
+        }
+    }
     let quiet = match &preferences.quiet_hours {
         Some(quiet) => quiet_window_end(quiet, &preferences.timezone, at),
         None => Ok(None),
@@ -144,7 +203,7 @@ pub fn decide(profile: &UserProfile, channel: Channel, at: OffsetDateTime) -> El
         // Fails closed: a wrong "yes" is the worst answer this service can give.
         Err(WindowEndUnknown) => (false, Reason::QuietHours, None),
     };
-    Eligibility { channel, at, allowed, reason, next_allowed_at, targets: Some(targets) }
+    Eligibility { channel, at, allowed, reason, next_allowed_at, targets }
 }
 
 /// The address to email. Every user has one today; the `Option` keeps [`Reason::NoAddress`]
@@ -231,6 +290,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::category::{CategoryChoices, CategoryKey};
     use crate::device::{Device, DeviceId};
     use crate::preferences::Preferences;
     use crate::user::{User, UserId, UserName};
@@ -280,6 +340,7 @@ mod tests {
                 timezone: zone("Africa/Lagos"),
                 updated_at: now,
             },
+            categories: CategoryChoices::new(),
             devices: vec![device("fcm-token", Platform::Android, true, now)],
         }
     }
@@ -294,17 +355,16 @@ mod tests {
         for bad in ["Email", "sms", "", "push "] {
             assert!(Channel::parse(bad).is_err(), "{bad:?} should be rejected");
         }
-        let names: Vec<_> =
-            [Reason::OptedOut, Reason::NoAddress, Reason::NoActiveDevice, Reason::QuietHours, Reason::Ok]
-                .iter()
-                .map(Reason::as_str)
-                .collect();
-        assert_eq!(names, ["opted_out", "no_address", "no_active_device", "quiet_hours", "ok"]);
+        let names: Vec<_> = EVERY_REASON.iter().map(Reason::as_str).collect();
+        assert_eq!(
+            names,
+            ["no_address", "no_active_device", "critical", "opted_out", "category_opted_out", "quiet_hours", "ok"]
+        );
     }
 
     #[test]
     fn an_opted_in_reachable_user_outside_quiet_hours_may_be_emailed() {
-        let decision = decide(&profile(), Channel::Email, NOON_IN_LAGOS);
+        let decision = decide(&profile(), Channel::Email, None, NOON_IN_LAGOS);
         assert_eq!(
             decision,
             Eligibility {
@@ -326,7 +386,7 @@ mod tests {
             device("inactive", Platform::Web, false, datetime!(2026-05-02 00:00 UTC)),
             device("older", Platform::Android, true, datetime!(2026-05-01 00:00 UTC)),
         ];
-        let decision = decide(&profile, Channel::Push, NOON_IN_LAGOS);
+        let decision = decide(&profile, Channel::Push, None, NOON_IN_LAGOS);
         assert!(decision.allowed);
         assert_eq!(decision.reason, Reason::Ok);
         assert_eq!(
@@ -340,7 +400,7 @@ mod tests {
 
     #[test]
     fn quiet_hours_hold_back_but_keep_the_targets_and_say_when_to_retry() {
-        let decision = decide(&profile(), Channel::Push, MIDNIGHT_IN_LAGOS);
+        let decision = decide(&profile(), Channel::Push, None, MIDNIGHT_IN_LAGOS);
         assert!(!decision.allowed);
         assert_eq!(decision.reason, Reason::QuietHours);
         assert_eq!(decision.next_allowed_at, Some(datetime!(2026-06-02 06:00 UTC)));
@@ -351,39 +411,605 @@ mod tests {
     fn a_user_without_quiet_hours_may_be_reached_at_any_time() {
         let mut profile = profile();
         profile.preferences.quiet_hours = None;
-        assert_eq!(decide(&profile, Channel::Email, MIDNIGHT_IN_LAGOS).reason, Reason::Ok);
+        assert_eq!(decide(&profile, Channel::Email, None, MIDNIGHT_IN_LAGOS).reason, Reason::Ok);
     }
 
     #[test]
-    fn opting_out_wins_over_a_missing_device_and_quiet_hours() {
+    fn a_missing_device_wins_over_opting_out_and_quiet_hours() {
+        // Nowhere to send comes first since categories (issue 15); it used to be opted_out.
         let mut profile = profile();
         profile.preferences.push = false;
         profile.devices.clear();
-        let decision = decide(&profile, Channel::Push, MIDNIGHT_IN_LAGOS);
-        assert_eq!((decision.allowed, decision.reason), (false, Reason::OptedOut));
+        let decision = decide(&profile, Channel::Push, None, MIDNIGHT_IN_LAGOS);
+        assert_eq!((decision.allowed, decision.reason), (false, Reason::NoActiveDevice));
         assert_eq!((decision.next_allowed_at, decision.targets), (None, None));
 
+        // Opting out still wins over quiet hours.
         profile.preferences.email = false;
-        assert_eq!(decide(&profile, Channel::Email, MIDNIGHT_IN_LAGOS).reason, Reason::OptedOut);
+        let decision = decide(&profile, Channel::Email, None, MIDNIGHT_IN_LAGOS);
+        assert_eq!((decision.allowed, decision.reason), (false, Reason::OptedOut));
+        assert_eq!((decision.next_allowed_at, decision.targets), (None, None));
     }
 
     #[test]
     fn opting_out_of_one_channel_leaves_the_other_open() {
         let mut profile = profile();
         profile.preferences.email = false;
-        assert_eq!(decide(&profile, Channel::Push, NOON_IN_LAGOS).reason, Reason::Ok);
-        assert_eq!(decide(&profile, Channel::Email, NOON_IN_LAGOS).reason, Reason::OptedOut);
+        assert_eq!(decide(&profile, Channel::Push, None, NOON_IN_LAGOS).reason, Reason::Ok);
+        assert_eq!(decide(&profile, Channel::Email, None, NOON_IN_LAGOS).reason, Reason::OptedOut);
     }
 
     #[test]
     fn no_active_device_wins_over_quiet_hours() {
         let mut profile = profile();
         profile.devices = vec![device("inactive", Platform::Web, false, NOON_IN_LAGOS)];
-        let decision = decide(&profile, Channel::Push, MIDNIGHT_IN_LAGOS);
+        let decision = decide(&profile, Channel::Push, None, MIDNIGHT_IN_LAGOS);
         assert_eq!((decision.allowed, decision.reason), (false, Reason::NoActiveDevice));
         assert_eq!((decision.next_allowed_at, decision.targets), (None, None));
         // The email channel does not need a device.
-        assert_eq!(decide(&profile, Channel::Email, NOON_IN_LAGOS).reason, Reason::Ok);
+        assert_eq!(decide(&profile, Channel::Email, None, NOON_IN_LAGOS).reason, Reason::Ok);
+    }
+
+    // ---- Categories: a domain table of decisions -------------------------------------------
+
+    /// Every reason, in declaration (precedence) order.
+    const EVERY_REASON: [Reason; 7] = [
+        Reason::NoAddress,
+        Reason::NoActiveDevice,
+        Reason::Critical,
+        Reason::OptedOut,
+        Reason::CategoryOptedOut,
+        Reason::QuietHours,
+        Reason::Ok,
+    ];
+
+    fn category(key: &str, critical: bool, email: bool, push: bool) -> Category {
+        let now = datetime!(2026-01-01 00:00 UTC);
+        Category::new(
+            crate::category::NewCategory {
+                key: CategoryKey::parse(key).unwrap(),
+                name: crate::category::CategoryName::parse(key).unwrap(),
+                description: None,
+                critical,
+                defaults: crate::category::ChannelDefaults { email, push },
+            },
+            now,
+        )
+    }
+
+    /// Critical, on by default: password resets, fraud alerts.
+    fn security() -> Category {
+        category("security", true, true, true)
+    }
+
+    /// Email on, push off by default.
+    fn marketing() -> Category {
+        category("marketing", false, true, false)
+    }
+
+    /// On by default on both channels.
+    fn order_updates() -> Category {
+        category("order-updates", false, true, true)
+    }
+
+    /// [`profile`] changed by `change`.
+    fn profile_with(change: impl FnOnce(&mut UserProfile)) -> UserProfile {
+        let mut profile = profile();
+        change(&mut profile);
+        profile
+    }
+
+    /// Records the user's own choice in the category `key`.
+    fn choose(profile: &mut UserProfile, key: &str, email: Option<bool>, push: Option<bool>) {
+        profile.categories.insert(CategoryKey::parse(key).unwrap(), CategoryChoice { email, push });
+    }
+
+    /// [`profile`] with quiet hours `quiet` (`HH:MM-HH:MM`) in `zone_name`.
+    fn quiet_in(zone_name: &str, quiet: &str) -> UserProfile {
+        let (start, end) = quiet.split_once('-').unwrap();
+        profile_with(|profile| {
+            profile.preferences.timezone = zone(zone_name);
+            profile.preferences.quiet_hours = Some(window(start, end));
+        })
+    }
+
+    /// Where `decide` should send when it names targets.
+    fn targets_of(profile: &UserProfile, channel: Channel) -> Targets {
+        match channel {
+            Channel::Email => Targets::Email(profile.user.email.clone()),
+            Channel::Push => Targets::Tokens(
+                profile.active_devices().map(|device| (device.token.clone(), device.platform)).collect(),
+            ),
+        }
+    }
+
+    /// One decision: who, on which channel, in which category, when, and the expected
+    /// reason and end of quiet hours (`allowed` and the targets follow from the reason).
+    struct Row {
+        case: &'static str,
+        profile: UserProfile,
+        channel: Channel,
+        category: Option<Category>,
+        at: OffsetDateTime,
+        reason: Reason,
+        next_allowed_at: Option<OffsetDateTime>,
+    }
+
+    /// Berlin, 2026-03-29: 02:00 CET (01:00Z) jumps to 03:00 CEST.
+    const BERLIN_SPRING_FORWARD: OffsetDateTime = datetime!(2026-03-29 01:00 UTC);
+    /// Berlin, 2026-10-25: 03:00 CEST (01:00Z) falls back to 02:00 CET.
+    const BERLIN_FALL_BACK: OffsetDateTime = datetime!(2026-10-25 01:00 UTC);
+    /// New York, 2026-03-08: 02:00 EST (07:00Z) jumps to 03:00 EDT.
+    const NEW_YORK_SPRING_FORWARD: OffsetDateTime = datetime!(2026-03-08 07:00 UTC);
+    /// New York, 2026-11-01: 02:00 EDT (06:00Z) falls back to 01:00 EST.
+    const NEW_YORK_FALL_BACK: OffsetDateTime = datetime!(2026-11-01 06:00 UTC);
+
+    /// The table. The base profile is opted in to both channels, has an email address and
+    /// one active Android device, and is quiet 22:00–07:00 in Lagos (no DST).
+    ///
+    /// `no_address` has no row: every user has an email address today, so `decide` cannot
+    /// answer it (see `email_address`); a state rebuilt from the history can, see
+    /// `as_recorded_email_needs_an_address_on_record`.
+    fn decision_table() -> Vec<Row> {
+        use Channel::{Email, Push};
+        use Reason::{CategoryOptedOut, Critical, NoActiveDevice, Ok, OptedOut, QuietHours};
+        let lagos_morning = Some(datetime!(2026-06-02 06:00 UTC));
+        let without_active_device = |profile: &mut UserProfile| {
+            profile.devices = vec![device("inactive", Platform::Web, false, NOON_IN_LAGOS)];
+        };
+        let row = |case, profile, channel, category, at, reason, next_allowed_at| Row {
+            case,
+            profile,
+            channel,
+            category,
+            at,
+            reason,
+            next_allowed_at,
+        };
+        vec![
+            // Nowhere to send comes first, before a critical category and before opt-outs.
+            row(
+                "no device, critical category",
+                profile_with(without_active_device),
+                Push,
+                Some(security()),
+                NOON_IN_LAGOS,
+                NoActiveDevice,
+                None,
+            ),
+            row(
+                "no device beats opt-out and quiet hours",
+                profile_with(|profile| {
+                    without_active_device(profile);
+                    profile.preferences.push = false;
+                }),
+                Push,
+                Some(marketing()),
+                MIDNIGHT_IN_LAGOS,
+                NoActiveDevice,
+                None,
+            ),
+            row(
+                "only inactive devices, no category",
+                profile_with(without_active_device),
+                Push,
+                None,
+                NOON_IN_LAGOS,
+                NoActiveDevice,
+                None,
+            ),
+            // A critical category allows whatever the user opted out of.
+            row("critical, nothing in the way", profile(), Email, Some(security()), NOON_IN_LAGOS, Critical, None),
+            row("critical beats quiet hours", profile(), Push, Some(security()), MIDNIGHT_IN_LAGOS, Critical, None),
+            row(
+                "critical beats the global switch",
+                profile_with(|profile| profile.preferences.email = false),
+                Email,
+                Some(security()),
+                NOON_IN_LAGOS,
+                Critical,
+                None,
+            ),
+            row(
+                "critical beats the user's choice in it",
+                profile_with(|profile| choose(profile, "security", Some(false), Some(false))),
+                Push,
+                Some(security()),
+                NOON_IN_LAGOS,
+                Critical,
+                None,
+            ),
+            row(
+                "critical with defaults off",
+                profile(),
+                Email,
+                Some(category("legal", true, false, false)),
+                NOON_IN_LAGOS,
+                Critical,
+                None,
+            ),
+            row(
+                "critical beats every opt-out and quiet hours at once",
+                profile_with(|profile| {
+                    profile.preferences.push = false;
+                    choose(profile, "security", None, Some(false));
+                }),
+                Push,
+                Some(security()),
+                MIDNIGHT_IN_LAGOS,
+                Critical,
+                None,
+            ),
+            // The global switch, then the category, then quiet hours.
+            row(
+                "opted out, no category",
+                profile_with(|profile| profile.preferences.email = false),
+                Email,
+                None,
+                NOON_IN_LAGOS,
+                OptedOut,
+                None,
+            ),
+            row(
+                "the global switch beats a category the user opted in to",
+                profile_with(|profile| {
+                    profile.preferences.email = false;
+                    choose(profile, "order-updates", Some(true), None);
+                }),
+                Email,
+                Some(order_updates()),
+                NOON_IN_LAGOS,
+                OptedOut,
+                None,
+            ),
+            row(
+                "the global switch beats a category off by default and quiet hours",
+                profile_with(|profile| profile.preferences.push = false),
+                Push,
+                Some(marketing()),
+                MIDNIGHT_IN_LAGOS,
+                OptedOut,
+                None,
+            ),
+            row("category off by default", profile(), Push, Some(marketing()), NOON_IN_LAGOS, CategoryOptedOut, None),
+            row(
+                "category off beats quiet hours",
+                profile(),
+                Push,
+                Some(marketing()),
+                MIDNIGHT_IN_LAGOS,
+                CategoryOptedOut,
+                None,
+            ),
+            row(
+                "the user's choice turns on a channel off by default",
+                profile_with(|profile| choose(profile, "marketing", None, Some(true))),
+                Push,
+                Some(marketing()),
+                NOON_IN_LAGOS,
+                Ok,
+                None,
+            ),
+            row(
+                "the user's choice turns off a channel on by default",
+                profile_with(|profile| choose(profile, "marketing", Some(false), None)),
+                Email,
+                Some(marketing()),
+                NOON_IN_LAGOS,
+                CategoryOptedOut,
+                None,
+            ),
+            row(
+                "a choice naming only email: email off",
+                profile_with(|profile| choose(profile, "order-updates", Some(false), None)),
+                Email,
+                Some(order_updates()),
+                NOON_IN_LAGOS,
+                CategoryOptedOut,
+                None,
+            ),
+            row(
+                "a choice naming only email: push follows its default (on)",
+                profile_with(|profile| choose(profile, "order-updates", Some(false), None)),
+                Push,
+                Some(order_updates()),
+                NOON_IN_LAGOS,
+                Ok,
+                None,
+            ),
+            row(
+                "a choice naming only push: email follows its default (on)",
+                profile_with(|profile| choose(profile, "marketing", None, Some(true))),
+                Email,
+                Some(marketing()),
+                NOON_IN_LAGOS,
+                Ok,
+                None,
+            ),
+            row(
+                "a choice in another category does not apply",
+                profile_with(|profile| choose(profile, "marketing", Some(false), Some(false))),
+                Email,
+                Some(order_updates()),
+                NOON_IN_LAGOS,
+                Ok,
+                None,
+            ),
+            row(
+                "without a category, category choices do not apply",
+                profile_with(|profile| choose(profile, "marketing", Some(false), Some(false))),
+                Email,
+                None,
+                NOON_IN_LAGOS,
+                Ok,
+                None,
+            ),
+            row("quiet hours, no category", profile(), Email, None, MIDNIGHT_IN_LAGOS, QuietHours, lagos_morning),
+            row(
+                "quiet hours, category on by default",
+                profile(),
+                Push,
+                Some(order_updates()),
+                MIDNIGHT_IN_LAGOS,
+                QuietHours,
+                lagos_morning,
+            ),
+            row(
+                "quiet hours, category turned on by the user",
+                profile_with(|profile| choose(profile, "marketing", None, Some(true))),
+                Push,
+                Some(marketing()),
+                MIDNIGHT_IN_LAGOS,
+                QuietHours,
+                lagos_morning,
+            ),
+            row("ok, no category", profile(), Push, None, NOON_IN_LAGOS, Ok, None),
+            row("ok, category on by default", profile(), Email, Some(order_updates()), NOON_IN_LAGOS, Ok, None),
+            // DST edges with categories: quiet hours end when the local clock really leaves them.
+            row(
+                "Berlin spring-forward: an end in the gap ends at the jump",
+                quiet_in("Europe/Berlin", "22:00-02:30"),
+                Email,
+                Some(order_updates()),
+                datetime!(2026-03-29 00:30 UTC), // 01:30 CET
+                QuietHours,
+                Some(BERLIN_SPRING_FORWARD),
+            ),
+            row(
+                "Berlin spring-forward: after the jump the gap's end is past",
+                quiet_in("Europe/Berlin", "22:00-02:30"),
+                Email,
+                Some(order_updates()),
+                BERLIN_SPRING_FORWARD, // 03:00 CEST
+                Ok,
+                None,
+            ),
+            row(
+                "Berlin spring-forward: a night window ends at 07:00 CEST, an hour early in UTC",
+                quiet_in("Europe/Berlin", "23:00-07:00"),
+                Push,
+                Some(order_updates()),
+                datetime!(2026-03-29 00:30 UTC), // 01:30 CET
+                QuietHours,
+                Some(datetime!(2026-03-29 05:00 UTC)),
+            ),
+            row(
+                "Berlin fall-back: a night window ends at 07:00 CET, an hour late in UTC",
+                quiet_in("Europe/Berlin", "23:00-07:00"),
+                Push,
+                Some(order_updates()),
+                datetime!(2026-10-25 00:30 UTC), // 02:30 CEST
+                QuietHours,
+                Some(datetime!(2026-10-25 06:00 UTC)),
+            ),
+            row(
+                "Berlin fall-back: the clock falling back out of the window ends it",
+                {
+                    let mut profile = quiet_in("Europe/Berlin", "02:30-04:00");
+                    choose(&mut profile, "marketing", None, Some(true));
+                    profile
+                },
+                Push,
+                Some(marketing()),
+                datetime!(2026-10-25 00:40 UTC), // 02:40 CEST
+                QuietHours,
+                Some(BERLIN_FALL_BACK),
+            ),
+            row(
+                "Berlin fall-back: the repeated 02:00-02:30 is outside the window",
+                quiet_in("Europe/Berlin", "02:30-04:00"),
+                Email,
+                Some(marketing()),
+                datetime!(2026-10-25 01:15 UTC), // 02:15 CET
+                Ok,
+                None,
+            ),
+            row(
+                "Berlin fall-back: a category off by default still says no, with no time to wait for",
+                quiet_in("Europe/Berlin", "02:30-04:00"),
+                Push,
+                Some(marketing()),
+                datetime!(2026-10-25 00:40 UTC),
+                CategoryOptedOut,
+                None,
+            ),
+            row(
+                "New York spring-forward: critical during quiet hours at the edge",
+                quiet_in("America/New_York", "22:00-07:00"),
+                Push,
+                Some(security()),
+                datetime!(2026-03-08 06:30 UTC), // 01:30 EST
+                Critical,
+                None,
+            ),
+            row(
+                "New York spring-forward: the same instant, not critical",
+                quiet_in("America/New_York", "22:00-07:00"),
+                Push,
+                Some(order_updates()),
+                datetime!(2026-03-08 06:30 UTC),
+                QuietHours,
+                Some(datetime!(2026-03-08 11:00 UTC)), // 07:00 EDT
+            ),
+            row(
+                "New York spring-forward: critical right after the jump",
+                quiet_in("America/New_York", "01:00-02:30"),
+                Email,
+                Some(security()),
+                NEW_YORK_SPRING_FORWARD,
+                Critical,
+                None,
+            ),
+            row(
+                "New York spring-forward: an end in the gap ends at the jump",
+                quiet_in("America/New_York", "01:00-02:30"),
+                Email,
+                Some(order_updates()),
+                datetime!(2026-03-08 06:59 UTC), // 01:59 EST
+                QuietHours,
+                Some(NEW_YORK_SPRING_FORWARD),
+            ),
+            row(
+                "New York fall-back: critical in the repeated hour",
+                quiet_in("America/New_York", "22:00-07:00"),
+                Email,
+                Some(security()),
+                datetime!(2026-11-01 06:30 UTC), // 01:30 EST, the second time
+                Critical,
+                None,
+            ),
+            row(
+                "New York fall-back: the window lasts the repeated hour longer",
+                quiet_in("America/New_York", "22:00-07:00"),
+                Email,
+                Some(order_updates()),
+                datetime!(2026-11-01 05:30 UTC), // 01:30 EDT, the first time
+                QuietHours,
+                Some(datetime!(2026-11-01 12:00 UTC)), // 07:00 EST
+            ),
+            row(
+                "New York fall-back: an end reached before the fall-back ends the window",
+                quiet_in("America/New_York", "00:00-01:30"),
+                Push,
+                Some(order_updates()),
+                datetime!(2026-11-01 05:10 UTC), // 01:10 EDT
+                QuietHours,
+                Some(datetime!(2026-11-01 05:30 UTC)),
+            ),
+            row(
+                "New York fall-back: the repeated hour starts a new quiet spell",
+                quiet_in("America/New_York", "00:00-01:30"),
+                Push,
+                Some(order_updates()),
+                NEW_YORK_FALL_BACK, // 01:00 EST
+                QuietHours,
+                Some(datetime!(2026-11-01 06:30 UTC)),
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_table_of_decisions() {
+        let mut seen = std::collections::HashSet::new();
+        for Row { case, profile, channel, category, at, reason, next_allowed_at } in decision_table() {
+            let decision = decide(&profile, channel, category.as_ref(), at);
+            let allowed = matches!(reason, Reason::Ok | Reason::Critical);
+            let targets = matches!(reason, Reason::Ok | Reason::Critical | Reason::QuietHours)
+                .then(|| targets_of(&profile, channel));
+            assert_eq!(decision, Eligibility { channel, at, allowed, reason, next_allowed_at, targets }, "{case}");
+            // The same decision from the same consent as a state, without targets.
+            let recorded = decide_as_recorded(&ConsentState::of(&profile), channel, category.as_ref(), at);
+            assert_eq!(recorded, Eligibility { targets: None, ..decision }, "{case}, as recorded");
+            seen.insert(reason);
+        }
+        for reason in EVERY_REASON {
+            // Exhaustive: a new reason does not build until the table says how it is covered.
+            match reason {
+                Reason::NoAddress => assert!(!seen.contains(&reason), "no_address became reachable: add rows"),
+                Reason::NoActiveDevice
+                | Reason::Critical
+                | Reason::OptedOut
+                | Reason::CategoryOptedOut
+                | Reason::QuietHours
+                | Reason::Ok => assert!(seen.contains(&reason), "no row decides {reason:?}"),
+            }
+        }
+    }
+
+    /// A state rebuilt from the history: the base profile's consent, with one device.
+    fn recorded_state() -> ConsentState {
+        ConsentState::of(&profile())
+    }
+
+    #[test]
+    fn as_recorded_email_needs_an_address_on_record() {
+        let mut state = recorded_state();
+        let decision = decide_as_recorded(&state, Channel::Email, None, NOON_IN_LAGOS);
+        assert_eq!((decision.allowed, decision.reason), (true, Reason::Ok));
+
+        state.email = None;
+        for category in [None, Some(security()), Some(order_updates())] {
+            let decision = decide_as_recorded(&state, Channel::Email, category.as_ref(), MIDNIGHT_IN_LAGOS);
+            assert_eq!(
+                decision,
+                Eligibility {
+                    channel: Channel::Email,
+                    at: MIDNIGHT_IN_LAGOS,
+                    allowed: false,
+                    reason: Reason::NoAddress,
+                    next_allowed_at: None,
+                    targets: None,
+                },
+                "{category:?}"
+            );
+        }
+        // Push does not need an address.
+        assert_eq!(decide_as_recorded(&state, Channel::Push, None, NOON_IN_LAGOS).reason, Reason::Ok);
+    }
+
+    #[test]
+    fn as_recorded_push_needs_a_device_that_was_active_then() {
+        let mut state = recorded_state();
+        let reason =
+            |state: &ConsentState| decide_as_recorded(state, Channel::Push, Some(&security()), NOON_IN_LAGOS).reason;
+        assert_eq!(reason(&state), Reason::Critical);
+
+        let (inactive, active) = (DeviceId::generate(), DeviceId::generate());
+        state.devices = std::collections::BTreeMap::from([(inactive, false)]);
+        assert_eq!(reason(&state), Reason::NoActiveDevice);
+        state.devices.clear();
+        assert_eq!(reason(&state), Reason::NoActiveDevice);
+        state.devices.extend([(inactive, false), (active, true)]);
+        assert_eq!(reason(&state), Reason::Critical);
+        // Email does not need a device.
+        state.devices.clear();
+        assert_eq!(decide_as_recorded(&state, Channel::Email, None, NOON_IN_LAGOS).reason, Reason::Ok);
+    }
+
+    #[test]
+    fn as_recorded_decisions_name_no_targets_but_keep_the_end_of_quiet_hours() {
+        let state = recorded_state();
+        for (channel, category, at, reason, next_allowed_at) in [
+            (Channel::Email, None, NOON_IN_LAGOS, Reason::Ok, None),
+            (Channel::Push, Some(security()), MIDNIGHT_IN_LAGOS, Reason::Critical, None),
+            (Channel::Push, None, MIDNIGHT_IN_LAGOS, Reason::QuietHours, Some(datetime!(2026-06-02 06:00 UTC))),
+        ] {
+            let decision = decide_as_recorded(&state, channel, category.as_ref(), at);
+            assert_eq!((decision.reason, decision.next_allowed_at), (reason, next_allowed_at));
+            assert_eq!(decision.targets, None, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn as_recorded_decisions_use_the_recorded_choices_and_switches() {
+        let mut state = recorded_state();
+        let marketing = marketing();
+        let push = |state: &ConsentState| decide_as_recorded(state, Channel::Push, Some(&marketing), NOON_IN_LAGOS);
+        assert_eq!(push(&state).reason, Reason::CategoryOptedOut);
+        state.categories.insert(marketing.key.clone(), CategoryChoice { email: None, push: Some(true) });
+        assert_eq!(push(&state).reason, Reason::Ok);
+        state.preferences.push = false;
+        assert_eq!(push(&state).reason, Reason::OptedOut);
     }
 
     #[test]
@@ -392,13 +1018,13 @@ mod tests {
         // that starts before and ends after that, and an instant beyond it, are undecidable:
         // never a wrong "yes".
         for at in [datetime!(9999-12-30 21:30 UTC), datetime!(9999-12-31 23:30 UTC)] {
-            let decision = decide(&profile(), Channel::Email, at);
+            let decision = decide(&profile(), Channel::Email, None, at);
             assert_eq!((decision.allowed, decision.reason), (false, Reason::QuietHours), "{at}");
             assert_eq!(decision.next_allowed_at, None);
             assert!(decision.targets.is_some());
         }
         // Outside the window on such a day, the answer is still ok.
-        assert_eq!(decide(&profile(), Channel::Email, datetime!(9999-12-30 10:00 UTC)).reason, Reason::Ok);
+        assert_eq!(decide(&profile(), Channel::Email, None, datetime!(9999-12-30 10:00 UTC)).reason, Reason::Ok);
     }
 
     #[test]

@@ -25,6 +25,18 @@ pub enum ServiceError {
     /// Another user already has this email address.
     #[error("email address already registered")]
     EmailTaken,
+    /// No category has this key.
+    #[error("category not found")]
+    CategoryNotFound,
+    /// A category with this key already exists.
+    #[error("a category with this key already exists")]
+    CategoryExists,
+    /// The category was not removed: this many users have choices in it.
+    #[error("users have choices in this category; remove it with force=true to drop them")]
+    CategoryInUse(u64),
+    /// An as-recorded question about a time before the user registered.
+    #[error("the user was not registered yet at that time")]
+    NotYetRegistered,
     /// An idempotent request cannot run: its key is in flight or was used for another request.
     #[error(transparent)]
     Idempotency(#[from] crate::idempotency::IdempotencyConflict),
@@ -134,6 +146,21 @@ operation_error! {
 }
 
 operation_error! {
+    /// Why an eligibility question failed.
+    EligibilityError { UserNotFound, CategoryNotFound, NotYetRegistered }
+}
+
+operation_error! {
+    /// Why a change of the category catalogue failed.
+    CatalogueError { CategoryNotFound, CategoryExists, InvalidationUnconfirmed; CategoryInUse(u64) }
+}
+
+operation_error! {
+    /// Why a change of a user's choice in a category failed.
+    ChoiceError { UserNotFound, CategoryNotFound, InvalidationUnconfirmed }
+}
+
+operation_error! {
     /// Why a registration failed.
     RegisterError { EmailTaken, InvalidationUnconfirmed; Idempotency(IdempotencyConflict) }
 }
@@ -168,6 +195,8 @@ impl From<RepositoryError> for ServiceError {
         match error {
             RepositoryError::EmailTaken => Self::EmailTaken,
             RepositoryError::UserNotFound => Self::UserNotFound,
+            RepositoryError::CategoryNotFound => Self::CategoryNotFound,
+            RepositoryError::CategoryExists => Self::CategoryExists,
             RepositoryError::Idempotency(conflict) => Self::Idempotency(conflict),
             RepositoryError::Unavailable(source) => Self::Unavailable(source),
             RepositoryError::Unexpected(source) => Self::Unexpected(source),

@@ -11,6 +11,8 @@
 
 pub mod auth;
 pub mod cache;
+pub mod category;
+pub mod consent;
 pub mod device;
 pub mod eligibility;
 pub mod error;
@@ -27,5 +29,6 @@ mod validate;
 
 pub use error::{FieldError, InvalidValue};
 pub use failure::{
-    ChangeError, ContactError, DeviceError, LoginError, PasswordChangeError, ReadError, RegisterError, ServiceError,
+    CatalogueError, ChangeError, ChoiceError, ContactError, DeviceError, EligibilityError, LoginError,
+    PasswordChangeError, ReadError, RegisterError, ServiceError,
 };

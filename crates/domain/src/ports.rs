@@ -4,12 +4,15 @@
 //! `async_trait`), held as `Arc<dyn Port>`.
 //!
 //! With the `mock` feature (or in this crate's tests) each trait has a `mockall` mock:
-//! `MockUserRepository`, `MockDeviceRepository`, `MockPasswordHasher`, `MockClock`.
+//! `MockUserRepository`, `MockDeviceRepository`, `MockCategoryRepository`,
+//! `MockConsentHistory`, `MockIdempotencyRepository`, `MockPasswordHasher`, `MockClock`, …
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::auth::Credentials;
+use crate::category::{Category, CategoryChoice, CategoryKey, CategoryPatch};
+use crate::consent::{ConsentRecord, HistoryPage, Provenance};
 use crate::device::{Device, DeviceRegistration, DeviceSelector, HeldToken, RegisteredDevice};
 use crate::error::BoxError;
 use crate::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord, Idempotent, IdempotentWrite};
@@ -28,6 +31,12 @@ pub enum RepositoryError {
     /// The user the write refers to does not exist (or was deleted meanwhile).
     #[error("user not found")]
     UserNotFound,
+    /// The category the write refers to does not exist.
+    #[error("category not found")]
+    CategoryNotFound,
+    /// A category with this key already exists.
+    #[error("category already exists")]
+    CategoryExists,
     /// The store cannot serve now (no connection within the pool's timeout, connection
     /// lost, statement timeout); retrying later may succeed.
     #[error("store unavailable")]
@@ -61,6 +70,8 @@ pub struct NewUserRecord {
     pub if_token_held: HeldToken,
     /// The registration time.
     pub created_at: OffsetDateTime,
+    /// Who registers, for the consent history.
+    pub provenance: Provenance,
 }
 
 /// A user just created.
@@ -116,7 +127,8 @@ pub trait UserRepository: Send + Sync {
     async fn exists(&self, id: UserId) -> Result<bool, RepositoryError>;
 
     /// Applies a non-empty contact change and returns the updated user, `Ok(None)` when no
-    /// user has this id.
+    /// user has this id. A changed email address or phone number is recorded in the consent
+    /// history in the same transaction.
     ///
     /// Errors: [`RepositoryError::EmailTaken`] when the new address belongs to another user.
     async fn update_contact(
@@ -124,6 +136,7 @@ pub trait UserRepository: Send + Sync {
         id: UserId,
         update: ContactUpdate,
         now: OffsetDateTime,
+        by: &Provenance,
     ) -> Result<Option<User>, RepositoryError>;
 
     /// Deletes the user, its preferences and its devices. `Ok(false)` when no user had this id.
@@ -133,12 +146,15 @@ pub trait UserRepository: Send + Sync {
     async fn find_preferences(&self, id: UserId) -> Result<Option<Preferences>, RepositoryError>;
 
     /// Applies a partial change atomically (concurrent updates of different fields both
-    /// survive) and returns the result, `Ok(None)` when no user has this id.
+    /// survive) and returns the result, `Ok(None)` when no user has this id. Each changed
+    /// field is recorded in the consent history in the same transaction, its old value read
+    /// under the write's lock ([`crate::consent::preferences_changes`]).
     async fn update_preferences(
         &self,
         id: UserId,
         update: PreferencesUpdate,
         now: OffsetDateTime,
+        by: &Provenance,
     ) -> Result<Option<Preferences>, RepositoryError>;
 
     /// The credentials of the account with this email (compared case-insensitively).
@@ -184,6 +200,7 @@ pub trait DeviceRepository: Send + Sync {
         user: UserId,
         registration: DeviceRegistration,
         now: OffsetDateTime,
+        by: &Provenance,
         idempotency: Option<IdempotentWrite<RegisteredDevice>>,
     ) -> Result<Idempotent<RegisteredDevice>, RepositoryError>;
 
@@ -200,10 +217,116 @@ pub trait DeviceRepository: Send + Sync {
         selector: &DeviceSelector,
         active: bool,
         now: OffsetDateTime,
+        by: &Provenance,
     ) -> Result<Option<Device>, RepositoryError>;
 
     /// Deletes the user's device named by `selector`; `Ok(false)` when there is none.
-    async fn delete(&self, user: UserId, selector: &DeviceSelector) -> Result<bool, RepositoryError>;
+    async fn delete(
+        &self,
+        user: UserId,
+        selector: &DeviceSelector,
+        now: OffsetDateTime,
+        by: &Provenance,
+    ) -> Result<bool, RepositoryError>;
+}
+
+/// What removing a category did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CategoryRemoval {
+    /// Removed, with the users whose choices in it were dropped (their representations
+    /// changed).
+    Removed(Vec<UserId>),
+    /// Not removed: this many users have choices in it (remove with `force`).
+    InUse(u64),
+    /// No such category.
+    NotFound,
+}
+
+/// A user's choice in a category: set some channels, or clear it (back to the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChoiceChange {
+    /// Set the channels the choice names; the others stay as they are.
+    Set(CategoryChoice),
+    /// Forget the user's choice: the category's defaults apply again.
+    Clear,
+}
+
+/// The category catalogue and users' choices in it. Every write of the catalogue appends
+/// a revision, so that [`CategoryRepository::as_of`] can say what a category was at an
+/// instant; every change of a user's choice is recorded in the consent history in the same
+/// transaction.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait CategoryRepository: Send + Sync {
+    /// Every category, by key.
+    async fn list(&self) -> Result<Vec<Category>, RepositoryError>;
+
+    /// The category with this key.
+    async fn find(&self, key: &CategoryKey) -> Result<Option<Category>, RepositoryError>;
+
+    /// The category as it was at `at` (`Ok(None)`: it did not exist then).
+    async fn as_of(&self, key: &CategoryKey, at: OffsetDateTime) -> Result<Option<Category>, RepositoryError>;
+
+    /// Adds a category.
+    ///
+    /// Errors: [`RepositoryError::CategoryExists`] when the key is taken.
+    async fn create(&self, category: Category) -> Result<(), RepositoryError>;
+
+    /// Applies a non-empty patch and returns the category, `Ok(None)` when there is none.
+    async fn update(
+        &self,
+        key: &CategoryKey,
+        patch: CategoryPatch,
+        now: OffsetDateTime,
+    ) -> Result<Option<Category>, RepositoryError>;
+
+    /// Removes a category: refused while users have choices in it, unless `force`, which
+    /// drops those choices (each recorded in the owner's consent history, by `by`).
+    async fn remove(
+        &self,
+        key: &CategoryKey,
+        force: bool,
+        now: OffsetDateTime,
+        by: &Provenance,
+    ) -> Result<CategoryRemoval, RepositoryError>;
+
+    /// Changes `user`'s choice in the category and returns the choice now stored
+    /// (`CategoryChoice::default()` when cleared); `Ok(None)` when no user has this id.
+    ///
+    /// Errors: [`RepositoryError::CategoryNotFound`] when there is no such category.
+    async fn change_choice(
+        &self,
+        user: UserId,
+        key: &CategoryKey,
+        change: ChoiceChange,
+        now: OffsetDateTime,
+        by: &Provenance,
+    ) -> Result<Option<CategoryChoice>, RepositoryError>;
+}
+
+/// What the history says after an instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedSince {
+    /// The changes made after the instant, newest first.
+    pub changes: Vec<ConsentRecord>,
+    /// When the last change at or before the instant was made (what the state at the
+    /// instant rests on), if any.
+    pub last_before: Option<OffsetDateTime>,
+}
+
+/// Users' consent history: appended by the writes of the other repositories, read here.
+/// No method changes or deletes a row; erasing a user erases its history with it.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait ConsentHistory: Send + Sync {
+    /// A page of `user`'s history, newest first: at most `limit` rows older than the
+    /// `before` cursor (a [`ConsentRecord::sequence`]); `Ok(None)` when no user has this id.
+    async fn page(&self, user: UserId, limit: u32, before: Option<i64>)
+    -> Result<Option<HistoryPage>, RepositoryError>;
+
+    /// The changes of `user` made after `at`, newest first, and the time of the last one
+    /// at or before it.
+    async fn since(&self, user: UserId, at: OffsetDateTime) -> Result<RecordedSince, RepositoryError>;
 }
 
 /// Stored answers of idempotent requests.

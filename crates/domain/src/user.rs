@@ -6,6 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::category::CategoryChoices;
 use crate::device::{Device, HeldToken, PushToken};
 use crate::error::InvalidValue;
 use crate::preferences::{Preferences, PreferencesUpdate};
@@ -221,6 +222,9 @@ pub struct UserProfile {
     pub user: User,
     /// What they agreed to receive.
     pub preferences: Preferences,
+    /// Their own choices in notification categories (the catalogue's defaults apply to the
+    /// categories not named).
+    pub categories: CategoryChoices,
     /// Where to push: active devices first, most recently seen first. A profile read back
     /// from a representation holds the active devices only.
     pub devices: Vec<Device>,

@@ -9,11 +9,14 @@
 //! rules say `#[garde(allow_unvalidated)]`.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use apistos::ApiComponent;
+use domain::category::{CategoryChoice, CategoryKey, ResolvedChoice};
 use domain::device::{Device, DeviceRegistration, HeldToken, Platform, PushToken};
 use domain::ports::ProfileEncoder;
 use domain::preferences::{ClockTime, Preferences, PreferencesUpdate, QuietHours, TimeZoneName};
+use domain::service::PreferencesOverview;
 use domain::user::{ContactUpdate, EmailAddress, NewUser, Password, PhoneNumber, User, UserId, UserName, UserProfile};
 use domain::{FieldError, InvalidValue};
 use schemars::JsonSchema;
@@ -25,7 +28,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -271,12 +274,7 @@ impl RegisterDeviceRequest {
 
 /// The platforms a caller may register, as an enum in the schema.
 fn platform_schema(_generator: &mut schemars::r#gen::SchemaGenerator) -> schemars::schema::Schema {
-    schemars::schema::SchemaObject {
-        instance_type: Some(schemars::schema::InstanceType::String.into()),
-        enum_values: Some(vec!["web".into(), "ios".into(), "android".into()]),
-        ..Default::default()
-    }
-    .into()
+    string_enum(&["web", "ios", "android"])
 }
 
 /// `?active=` of the device list.
@@ -354,6 +352,71 @@ impl From<&Preferences> for PreferencesView {
     }
 }
 
+/// A user's own choice in one category.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema, ApiComponent)]
+pub struct CategoryChoiceView {
+    /// Email in this category, or null for the category's default.
+    pub email: Option<bool>,
+    /// Push in this category, or null for the category's default.
+    pub push: Option<bool>,
+}
+
+/// A category's setting as it applies to the user.
+#[derive(Debug, Serialize, JsonSchema, ApiComponent)]
+pub struct ResolvedChoiceView {
+    /// Email in this category.
+    pub email: bool,
+    /// Push in this category.
+    pub push: bool,
+    /// `user` when the user chose (at least one channel), `default` when the category's
+    /// defaults apply.
+    #[schemars(schema_with = "choice_source_schema")]
+    pub source: &'static str,
+}
+
+impl From<ResolvedChoice> for ResolvedChoiceView {
+    fn from(resolved: ResolvedChoice) -> Self {
+        Self { email: resolved.email, push: resolved.push, source: resolved.source.as_str() }
+    }
+}
+
+fn choice_source_schema(_generator: &mut schemars::r#gen::SchemaGenerator) -> schemars::schema::Schema {
+    string_enum(&["user", "default"])
+}
+
+/// A string schema with these values only.
+pub(crate) fn string_enum(values: &[&str]) -> schemars::schema::Schema {
+    schemars::schema::SchemaObject {
+        instance_type: Some(schemars::schema::InstanceType::String.into()),
+        enum_values: Some(values.iter().map(|value| (*value).into()).collect()),
+        ..Default::default()
+    }
+    .into()
+}
+
+/// Preferences with every category of the catalogue resolved for the user.
+#[derive(Debug, Serialize, JsonSchema, ApiComponent)]
+pub struct PreferencesOverviewView {
+    /// The global channel switches, quiet hours and time zone.
+    #[serde(flatten)]
+    pub preferences: PreferencesView,
+    /// Every category by key, with the user's setting in it.
+    pub categories: BTreeMap<String, ResolvedChoiceView>,
+}
+
+impl From<&PreferencesOverview> for PreferencesOverviewView {
+    fn from(overview: &PreferencesOverview) -> Self {
+        Self {
+            preferences: PreferencesView::from(&overview.preferences),
+            categories: overview
+                .categories
+                .iter()
+                .map(|(category, resolved)| (category.key.as_str().to_owned(), ResolvedChoiceView::from(*resolved)))
+                .collect(),
+        }
+    }
+}
+
 /// A push device.
 #[derive(Debug, Serialize, Deserialize, JsonSchema, ApiComponent)]
 pub struct DeviceView {
@@ -408,6 +471,10 @@ pub struct UserView {
     /// is one it may push to; `GET /api/v1/users/{id}/devices` lists all of them with their
     /// state.
     pub devices: Vec<DeviceView>,
+    /// The user's own choices in notification categories, by category key (`null` on a
+    /// channel: the category's default applies); categories not named follow their defaults.
+    /// `GET /api/v1/users/{id}/preferences` resolves every category.
+    pub category_choices: BTreeMap<String, CategoryChoiceView>,
     /// Registration time (RFC 3339).
     pub created_at: String,
     /// Last change of contact details (RFC 3339).
@@ -418,6 +485,13 @@ impl From<&UserProfile> for UserView {
     fn from(profile: &UserProfile) -> Self {
         // Exhaustive: a field added to `User` does not build until it is shown or left out here.
         let User { id, name, email, phone, created_at, updated_at } = &profile.user;
+        let category_choices = profile
+            .categories
+            .iter()
+            .map(|(key, choice)| {
+                (key.as_str().to_owned(), CategoryChoiceView { email: choice.email, push: choice.push })
+            })
+            .collect();
         Self {
             id: id.as_uuid(),
             name: name.as_str().to_owned(),
@@ -427,6 +501,7 @@ impl From<&UserProfile> for UserView {
             push_token: profile.push_token().map(|token| token.as_str().to_owned()),
             push_tokens: profile.active_push_tokens().map(|token| token.as_str().to_owned()).collect(),
             devices: profile.active_devices().map(DeviceView::from).collect(),
+            category_choices,
             created_at: rfc3339(*created_at),
             updated_at: rfc3339(*updated_at),
         }
@@ -435,8 +510,9 @@ impl From<&UserProfile> for UserView {
 
 /// The version of the cached representation's format: change it whenever what
 /// [`UserView`] serializes changes (fields or meaning), so that no instance ever serves an
-/// entry written by code with another idea of it (`v2`: `devices` holds active devices only).
-pub const CACHE_FORMAT_VERSION: &str = "v2";
+/// entry written by code with another idea of it (`v2`: `devices` holds active devices only;
+/// `v3`: `category_choices`).
+pub const CACHE_FORMAT_VERSION: &str = "v3";
 
 /// Serializes profiles as [`UserView`] JSON: what `GET /api/v1/users/{id}` puts in `data`
 /// and what the cache stores.
@@ -486,6 +562,13 @@ impl UserView {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
+        let categories = self
+            .category_choices
+            .into_iter()
+            .map(|(key, choice)| {
+                Some((CategoryKey::parse(&key).ok()?, CategoryChoice { email: choice.email, push: choice.push }))
+            })
+            .collect::<Option<_>>()?;
         Some(UserProfile {
             user: User {
                 id: user_id,
@@ -502,6 +585,7 @@ impl UserView {
                 timezone: TimeZoneName::parse(&preferences.timezone).ok()?,
                 updated_at: parse_time(&preferences.updated_at)?,
             },
+            categories,
             devices,
         })
     }

@@ -288,6 +288,9 @@ macro_rules! map_like_service_error {
 
 map_like_service_error!(
     domain::ReadError,
+    domain::EligibilityError,
+    domain::CatalogueError,
+    domain::ChoiceError,
     domain::RegisterError,
     domain::ContactError,
     domain::ChangeError,
@@ -312,6 +315,25 @@ impl From<ServiceError> for ApiError {
             ServiceError::EmailTaken => {
                 Self::new(StatusCode::CONFLICT, "email_taken", "a user with this email address already exists")
             }
+            ServiceError::CategoryNotFound => {
+                Self::new(StatusCode::NOT_FOUND, "category_not_found", "no notification category has this key")
+            }
+            ServiceError::CategoryExists => {
+                Self::new(StatusCode::CONFLICT, "category_exists", "a category with this key already exists")
+            }
+            ServiceError::CategoryInUse(users) => Self::new(
+                StatusCode::CONFLICT,
+                "category_in_use",
+                format!(
+                    "{users} user(s) have choices in this category; DELETE with ?force=true drops them (each drop is \
+                     recorded in the user's consent history)"
+                ),
+            ),
+            ServiceError::NotYetRegistered => Self::new(
+                StatusCode::NOT_FOUND,
+                "not_yet_registered",
+                "the user was not registered yet at that instant, so nothing was recorded for it",
+            ),
             ServiceError::Idempotency(IdempotencyConflict::KeyReused) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",

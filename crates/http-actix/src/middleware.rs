@@ -22,6 +22,11 @@ use crate::state::AppState;
 /// The header carrying the request id, in and out.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The request's id (`X-Request-Id`: the caller's, or one assigned here), for what a
+/// handler records (the consent history names the request of each change).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// A caller's request id is kept when it is short, printable ASCII (it ends up in logs).
 fn caller_request_id(request: &ServiceRequest) -> Option<String> {
     let value = request.headers().get(&REQUEST_ID)?.to_str().ok()?;
@@ -49,6 +54,7 @@ pub async fn request_context(
     let request_id = caller_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let method = request.method().clone();
     let span = tracing::info_span!("request", request_id = %request_id, method = %method);
+    request.extensions_mut().insert(RequestId(request_id.clone()));
     let started = Instant::now();
 
     // Handlers and extractors turn their errors into responses; only a failing middleware

@@ -112,7 +112,15 @@ fn openapi_spec() -> Spec {
         tags: vec![
             tag("auth", "Access tokens for end users"),
             tag("users", "Registration, profile and contact details"),
-            tag("preferences", "Per-channel opt-in and quiet hours"),
+            tag(
+                "preferences",
+                "Per-channel opt-in, quiet hours, per-category choices, and the consent history of every change",
+            ),
+            tag(
+                "categories",
+                "The catalogue of notification categories: kinds of message users opt in to or out of; critical \
+                 ones are sent whatever users opted out of",
+            ),
             tag("devices", "Push tokens for web, iOS and Android"),
             tag("eligibility", "May this user be notified on this channel now, and if not, when?"),
             tag("health", "Liveness, readiness and dependency health"),
@@ -323,6 +331,8 @@ impl Application {
         let service = UserService::new(Ports {
             users: store.users(),
             devices: store.devices(),
+            categories: store.categories(),
+            history: store.consent_history(),
             idempotency: store.idempotency(),
             hasher: Arc::new(hasher.clone()),
             clock: Arc::new(SystemClock),

@@ -7,9 +7,25 @@ use std::sync::Arc;
 use adapters_postgres::{PgStore, PoolSettings};
 use adapters_sqlite::{SqliteSettings, SqliteStore};
 use domain::cache::InvalidationLedger;
-use domain::ports::{DeviceRepository, HealthProbe, IdempotencyRepository, RepositoryError, UserRepository};
+use domain::ports::{
+    CategoryRepository, ConsentHistory, DeviceRepository, HealthProbe, IdempotencyRepository, RepositoryError,
+    UserRepository,
+};
 
 use crate::config::DatabaseSettings;
+
+/// Declares one method per port, each handing out the open store as that port.
+macro_rules! ports {
+    ($($(#[$doc:meta])* $name:ident: $port:ident,)*) => {$(
+        $(#[$doc])*
+        pub fn $name(&self) -> Arc<dyn $port> {
+            match self {
+                Self::Postgres(store) => Arc::new(store.clone()),
+                Self::Sqlite(store) => Arc::new(store.clone()),
+            }
+        }
+    )*};
+}
 
 /// The open store.
 #[derive(Clone, Debug)]
@@ -57,44 +73,21 @@ impl Store {
         }
     }
 
-    /// The users port.
-    pub fn users(&self) -> Arc<dyn UserRepository> {
-        match self {
-            Self::Postgres(store) => Arc::new(store.clone()),
-            Self::Sqlite(store) => Arc::new(store.clone()),
-        }
-    }
-
-    /// The devices port.
-    pub fn devices(&self) -> Arc<dyn DeviceRepository> {
-        match self {
-            Self::Postgres(store) => Arc::new(store.clone()),
-            Self::Sqlite(store) => Arc::new(store.clone()),
-        }
-    }
-
-    /// The cache's invalidation ledger, shared by every instance on this store.
-    pub fn invalidation_ledger(&self) -> Arc<dyn InvalidationLedger> {
-        match self {
-            Self::Postgres(store) => Arc::new(store.clone()),
-            Self::Sqlite(store) => Arc::new(store.clone()),
-        }
-    }
-
-    /// The idempotency-records port.
-    pub fn idempotency(&self) -> Arc<dyn IdempotencyRepository> {
-        match self {
-            Self::Postgres(store) => Arc::new(store.clone()),
-            Self::Sqlite(store) => Arc::new(store.clone()),
-        }
-    }
-
-    /// The health probe.
-    pub fn probe(&self) -> Arc<dyn HealthProbe> {
-        match self {
-            Self::Postgres(store) => Arc::new(store.clone()),
-            Self::Sqlite(store) => Arc::new(store.clone()),
-        }
+    ports! {
+        /// The users port.
+        users: UserRepository,
+        /// The devices port.
+        devices: DeviceRepository,
+        /// The category catalogue and users' choices in it.
+        categories: CategoryRepository,
+        /// Users' consent history.
+        consent_history: ConsentHistory,
+        /// The cache's invalidation ledger, shared by every instance on this store.
+        invalidation_ledger: InvalidationLedger,
+        /// The idempotency-records port.
+        idempotency: IdempotencyRepository,
+        /// The health probe.
+        probe: HealthProbe,
     }
 
     /// The connection pool's state, for metrics.

@@ -15,7 +15,7 @@ pub async fn upsert_of_a_new_token_creates_a_device(fixture: &impl StoreFixture)
     assert_eq!((device.user_id, device.token.as_str(), device.platform), (id, "new-token", Platform::Ios));
     assert!(!device.active);
     assert_eq!((device.created_at, device.updated_at, device.last_seen_at), (at(1), at(1), at(1)));
-    assert_eq!(store.list(id).await.expect("list"), Some(vec![registered.device.clone()]));
+    assert_eq!(DeviceRepository::list(store, id).await.expect("list"), Some(vec![registered.device.clone()]));
     assert_eq!(fixture.count("SELECT count(*) AS count FROM devices").await, 1);
 }
 
@@ -53,8 +53,8 @@ pub async fn upsert_of_a_token_held_by_another_user_moves_it_and_names_the_previ
     assert_eq!(moved.device.user_id, second);
     assert_eq!(moved.device.last_seen_at, at(3));
     assert_eq!(fixture.count("SELECT count(*) AS count FROM devices").await, 1);
-    assert_eq!(store.list(first).await.expect("list"), Some(Vec::new()));
-    assert_eq!(store.list(second).await.expect("list"), Some(vec![moved.device.clone()]));
+    assert_eq!(DeviceRepository::list(store, first).await.expect("list"), Some(Vec::new()));
+    assert_eq!(DeviceRepository::list(store, second).await.expect("list"), Some(vec![moved.device.clone()]));
 
     let back = upsert(store, first, registration("token", Platform::Ios, true), at(4)).await.expect("move back");
     assert_eq!(back.previous_owner, Some(second));
@@ -89,7 +89,7 @@ pub async fn upsert_accepts_a_token_of_the_maximum_length(fixture: &impl StoreFi
     assert_eq!(moved.previous_owner, Some(first));
     assert_eq!(fixture.count("SELECT count(*) AS count FROM devices").await, 1);
 
-    let device = store.set_active(second, &selector(&token), false, at(4)).await.expect("set active");
+    let device = store.set_active(second, &selector(&token), false, at(4), &by()).await.expect("set active");
     assert_eq!(device.map(|device| device.id), Some(created.device.id));
 }
 
@@ -116,8 +116,8 @@ pub async fn concurrent_upserts_of_one_token_leave_one_row_and_report_one_creati
     assert!(results.iter().all(|registered| registered.device.id == id), "all upserts hit one row");
     assert_eq!(fixture.count("SELECT count(*) AS count FROM devices").await, 1);
     let owners: usize = [
-        store.list(users[0]).await.expect("list").expect("exists").len(),
-        store.list(users[1]).await.expect("list").expect("exists").len(),
+        DeviceRepository::list(store, users[0]).await.expect("list").expect("exists").len(),
+        DeviceRepository::list(store, users[1]).await.expect("list").expect("exists").len(),
     ]
     .iter()
     .sum();
@@ -133,24 +133,24 @@ pub async fn set_active_finds_a_device_by_id_or_by_token(fixture: &impl StoreFix
     let other =
         upsert(store, id, registration("other-token", Platform::Ios, true), at(1)).await.expect("upsert").device;
 
-    let by_id = store.set_active(id, &selector(&device.id.to_string()), false, at(2)).await.expect("by id");
+    let by_id = store.set_active(id, &selector(&device.id.to_string()), false, at(2), &by()).await.expect("by id");
     let by_id = by_id.expect("found by id");
     assert_eq!(by_id.id, device.id);
     assert!(!by_id.active);
     assert_eq!(by_id.updated_at, at(2));
     assert_eq!(by_id.last_seen_at, at(1), "a state change is not a sighting");
 
-    let by_token = store.set_active(id, &selector("plain-token"), true, at(3)).await.expect("by token");
+    let by_token = store.set_active(id, &selector("plain-token"), true, at(3), &by()).await.expect("by token");
     let by_token = by_token.expect("found by token");
     assert_eq!(by_token.id, device.id);
     assert!(by_token.active);
     assert_eq!(by_token.updated_at, at(3));
 
-    let untouched = store.list(id).await.expect("list").expect("exists");
+    let untouched = DeviceRepository::list(store, id).await.expect("list").expect("exists");
     let untouched = untouched.iter().find(|listed| listed.id == other.id).expect("the other device");
     assert_eq!(untouched, &other);
 
-    let unknown = store.set_active(id, &selector("no-such-token"), false, at(4)).await.expect("unknown");
+    let unknown = store.set_active(id, &selector("no-such-token"), false, at(4), &by()).await.expect("unknown");
     assert_eq!(unknown, None);
 }
 
@@ -161,7 +161,7 @@ pub async fn set_active_finds_a_web_push_token_whose_double_slashes_were_merged(
     let endpoint = "https://push.example.com//wp/abc:DEF_123";
     let device = upsert(store, id, registration(endpoint, Platform::Web, true), at(1)).await.expect("upsert").device;
 
-    let merged = store.set_active(id, &selector("https:/push.example.com/wp/abc:DEF_123"), false, at(2)).await;
+    let merged = store.set_active(id, &selector("https:/push.example.com/wp/abc:DEF_123"), false, at(2), &by()).await;
     let merged = merged.expect("set active").expect("found by the merged token");
 
     assert_eq!(merged.id, device.id);
@@ -175,16 +175,16 @@ pub async fn set_active_to_the_current_state_leaves_updated_at_unchanged(fixture
     let id = create_user(store, "john@example.com", at(0)).await;
     upsert(store, id, registration("token", Platform::Android, true), at(1)).await.expect("upsert");
 
-    let still_active = store.set_active(id, &selector("token"), true, at(2)).await.expect("set").expect("found");
+    let still_active = store.set_active(id, &selector("token"), true, at(2), &by()).await.expect("set").expect("found");
     assert!(still_active.active);
     assert_eq!(still_active.updated_at, at(1));
 
-    let deactivated = store.set_active(id, &selector("token"), false, at(3)).await.expect("set").expect("found");
+    let deactivated = store.set_active(id, &selector("token"), false, at(3), &by()).await.expect("set").expect("found");
     assert_eq!(deactivated.updated_at, at(3));
-    let again = store.set_active(id, &selector("token"), false, at(4)).await.expect("set").expect("found");
+    let again = store.set_active(id, &selector("token"), false, at(4), &by()).await.expect("set").expect("found");
     assert!(!again.active);
     assert_eq!(again.updated_at, at(3));
-    assert_eq!(store.list(id).await.expect("list").expect("exists"), vec![again]);
+    assert_eq!(DeviceRepository::list(store, id).await.expect("list").expect("exists"), vec![again]);
 }
 
 /// Another user's device is out of reach, by token and by id.
@@ -194,12 +194,14 @@ pub async fn set_active_on_another_users_device_is_none_and_changes_nothing(fixt
     let intruder = create_user(store, "intruder@example.com", at(1)).await;
     let device = upsert(store, owner, registration("token", Platform::Ios, true), at(2)).await.expect("upsert").device;
 
-    let by_token = store.set_active(intruder, &selector("token"), false, at(3)).await.expect("by token");
-    let by_id = store.set_active(intruder, &selector(&device.id.to_string()), false, at(3)).await.expect("by id");
-    let unknown_user = store.set_active(UserId::generate(), &selector("token"), false, at(3)).await.expect("unknown");
+    let by_token = store.set_active(intruder, &selector("token"), false, at(3), &by()).await.expect("by token");
+    let by_id =
+        store.set_active(intruder, &selector(&device.id.to_string()), false, at(3), &by()).await.expect("by id");
+    let unknown_user =
+        store.set_active(UserId::generate(), &selector("token"), false, at(3), &by()).await.expect("unknown");
 
     assert_eq!((by_token, by_id, unknown_user), (None, None, None));
-    assert_eq!(store.list(owner).await.expect("list").expect("exists"), vec![device]);
+    assert_eq!(DeviceRepository::list(store, owner).await.expect("list").expect("exists"), vec![device]);
 }
 
 /// Deleting a device by id, token or merged token removes that device of that user only.
@@ -214,15 +216,29 @@ pub async fn delete_device_removes_only_the_named_device_of_that_user(fixture: &
         .expect("upsert");
     let kept = upsert(store, owner, registration("kept", Platform::Android, true), at(5)).await.expect("upsert").device;
 
-    assert!(!DeviceRepository::delete(store, other, &selector("by-token")).await.expect("delete as another user"));
+    assert!(
+        !DeviceRepository::delete(store, other, &selector("by-token"), at(9), &by())
+            .await
+            .expect("delete as another user")
+    );
     assert_eq!(fixture.count("SELECT count(*) AS count FROM devices").await, 4);
 
-    assert!(DeviceRepository::delete(store, owner, &selector("by-token")).await.expect("delete by token"));
-    assert!(DeviceRepository::delete(store, owner, &selector(&by_id.id.to_string())).await.expect("delete by id"));
-    assert!(DeviceRepository::delete(store, owner, &selector("https:/push.example.com/wp/x")).await.expect("merged"));
-    assert!(!DeviceRepository::delete(store, owner, &selector("by-token")).await.expect("delete again"));
+    assert!(
+        DeviceRepository::delete(store, owner, &selector("by-token"), at(9), &by()).await.expect("delete by token")
+    );
+    assert!(
+        DeviceRepository::delete(store, owner, &selector(&by_id.id.to_string()), at(9), &by())
+            .await
+            .expect("delete by id")
+    );
+    assert!(
+        DeviceRepository::delete(store, owner, &selector("https:/push.example.com/wp/x"), at(9), &by())
+            .await
+            .expect("merged")
+    );
+    assert!(!DeviceRepository::delete(store, owner, &selector("by-token"), at(9), &by()).await.expect("delete again"));
 
-    assert_eq!(store.list(owner).await.expect("list"), Some(vec![kept]));
+    assert_eq!(DeviceRepository::list(store, owner).await.expect("list"), Some(vec![kept]));
     assert_eq!(fixture.count("SELECT count(*) AS count FROM devices").await, 1);
 }
 
@@ -231,8 +247,8 @@ pub async fn device_list_is_none_for_an_unknown_user_and_empty_for_a_user_withou
     let store = fixture.store();
     let id = create_user(store, "john@example.com", at(0)).await;
 
-    assert_eq!(store.list(UserId::generate()).await.expect("list unknown"), None);
-    assert_eq!(store.list(id).await.expect("list"), Some(Vec::new()));
+    assert_eq!(DeviceRepository::list(store, UserId::generate()).await.expect("list unknown"), None);
+    assert_eq!(DeviceRepository::list(store, id).await.expect("list"), Some(Vec::new()));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ pub async fn an_idempotent_write_stores_its_answer_and_a_retry_replays_it_withou
             user,
             registration("idem-token", Platform::Ios, true),
             at(1),
+            &by(),
             Some(idempotent_device_write("k", 1, far_future())),
         )
         .await
@@ -54,6 +55,7 @@ pub async fn an_idempotent_write_stores_its_answer_and_a_retry_replays_it_withou
             user,
             registration("idem-token", Platform::Android, false),
             at(2),
+            &by(),
             Some(idempotent_device_write("k", 1, far_future())),
         )
         .await
@@ -66,7 +68,7 @@ pub async fn an_idempotent_write_stores_its_answer_and_a_retry_replays_it_withou
     };
     assert_eq!(retry, Idempotent::Replayed(expected.clone()));
     // The retry changed nothing: the platform is still the first one.
-    let devices = store.list(user).await.expect("list").expect("the user exists");
+    let devices = DeviceRepository::list(store, user).await.expect("list").expect("the user exists");
     assert_eq!(devices[0].platform, Platform::Ios);
     let key = IdempotencyKey::parse("k").unwrap();
     let found =
@@ -83,6 +85,7 @@ pub async fn an_idempotent_write_stores_its_answer_and_a_retry_replays_it_withou
             user,
             registration("idem-token", Platform::Ios, true),
             at(3),
+            &by(),
             Some(idempotent_device_write("k", 2, far_future())),
         )
         .await;
@@ -108,10 +111,10 @@ pub async fn an_idempotent_create_stores_its_answer_and_a_retry_replays_it_witho
     let new_user = record("idem@example.com", at(0));
     let id = new_user.id;
 
-    let first = store.create(new_user, Some(write())).await.expect("first write");
+    let first = UserRepository::create(store, new_user, Some(write())).await.expect("first write");
     assert!(matches!(first, Idempotent::Executed(ref created) if created.profile.user.id == id), "{first:?}");
     // The retry carries a fresh id, as a retried request would: it must not be used.
-    let retry = store.create(record("idem@example.com", at(1)), Some(write())).await.expect("retry");
+    let retry = UserRepository::create(store, record("idem@example.com", at(1)), Some(write())).await.expect("retry");
 
     let expected = StoredResponse {
         status: 201,
@@ -134,7 +137,7 @@ pub async fn concurrent_idempotent_writes_with_one_key_run_once(fixture: &impl S
         let store = store.clone();
         let write = idempotent_device_write("once", 1, far_future());
         let registration = registration(&format!("token-{task}"), Platform::Web, true);
-        async move { store.upsert(user, registration, at(1), Some(write)).await }
+        async move { store.upsert(user, registration, at(1), &by(), Some(write)).await }
     })
     .await;
     let (mut executed, mut replayed) = (Vec::new(), Vec::new());
@@ -164,6 +167,7 @@ pub async fn a_record_with_an_unreadable_touched_user_is_an_error_not_a_partial_
             user,
             registration("touched-token", Platform::Web, true),
             at(1),
+            &by(),
             Some(idempotent_device_write("touched", 1, far_future())),
         )
         .await
@@ -178,6 +182,7 @@ pub async fn a_record_with_an_unreadable_touched_user_is_an_error_not_a_partial_
             user,
             registration("touched-token", Platform::Web, true),
             at(2),
+            &by(),
             Some(idempotent_device_write("touched", 1, far_future())),
         )
         .await;
@@ -194,6 +199,7 @@ pub async fn an_expired_record_no_longer_replays_and_is_purged(fixture: &impl St
             user,
             registration("old-token", Platform::Web, true),
             at(1),
+            &by(),
             Some(idempotent_device_write("old", 1, past)),
         )
         .await
@@ -208,6 +214,7 @@ pub async fn an_expired_record_no_longer_replays_and_is_purged(fixture: &impl St
             user,
             registration("old-token", Platform::Web, true),
             at(2),
+            &by(),
             Some(idempotent_device_write("old", 1, far_future())),
         )
         .await
@@ -220,6 +227,7 @@ pub async fn an_expired_record_no_longer_replays_and_is_purged(fixture: &impl St
             user,
             registration("other-token", Platform::Web, true),
             at(3),
+            &by(),
             Some(idempotent_device_write("stale", 1, past)),
         )
         .await

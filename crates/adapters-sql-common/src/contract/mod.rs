@@ -17,12 +17,18 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use domain::cache::{InvalidationLedger, LedgerEntry};
+use domain::category::{
+    Category, CategoryChoice, CategoryDescription, CategoryKey, CategoryName, CategoryPatch, ChannelDefaults,
+    NewCategory,
+};
+use domain::consent::{Actor, ActorKind, ConsentRecord, Provenance};
 use domain::device::{Device, DeviceRegistration, DeviceSelector, HeldToken, Platform, PushToken, RegisteredDevice};
 use domain::idempotency::{
     IdempotencyConflict, IdempotencyKey, Idempotent, IdempotentRequest, IdempotentWrite, StoredResponse,
 };
 use domain::ports::{
-    CreatedUser, DeviceRepository, IdempotencyRepository, NewUserRecord, RepositoryError, UserRepository,
+    CategoryRemoval, CategoryRepository, ChoiceChange, ConsentHistory, CreatedUser, DeviceRepository,
+    IdempotencyRepository, NewUserRecord, RepositoryError, UserRepository,
 };
 use domain::preferences::{ClockTime, Preferences, PreferencesUpdate, QuietHours, TimeZoneName};
 use domain::user::{
@@ -32,12 +38,16 @@ use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::Barrier;
 
+mod categories;
 mod devices;
+mod history;
 mod idempotency;
 mod ledger;
 mod users;
 
+pub use categories::*;
 pub use devices::*;
+pub use history::*;
 pub use idempotency::*;
 pub use ledger::*;
 pub use users::*;
@@ -102,6 +112,25 @@ macro_rules! repository_contract_tests {
             the_ledger_lists_each_recorded_user_once_oldest_recording_first,
             forgetting_a_recording_keeps_a_newer_recording_of_the_same_user,
             the_ledger_lists_at_most_the_limit_and_forgets_in_any_number,
+            categories_are_created_listed_and_found_and_a_taken_key_is_category_exists,
+            update_changes_what_the_patch_names_and_an_unknown_key_is_none,
+            remove_refuses_a_category_in_use_and_force_drops_the_choices_with_their_history,
+            as_of_answers_what_a_category_was_at_an_instant,
+            change_choice_sets_channels_partially_and_clear_returns_to_the_defaults,
+            change_choice_in_an_unknown_category_is_category_not_found_and_for_an_unknown_user_is_none,
+            profiles_carry_the_users_category_choices,
+            registration_records_every_field_set_and_the_initial_device,
+            a_registration_that_moves_a_token_records_it_in_both_histories,
+            preferences_updates_record_only_the_fields_they_change,
+            contact_updates_record_email_and_phone_but_not_the_name,
+            device_registrations_record_new_refreshed_changed_and_moved_devices,
+            set_active_and_delete_record_the_device_state,
+            pages_come_newest_first_with_a_working_cursor,
+            a_change_never_gets_an_earlier_time_than_the_previous_row,
+            since_splits_the_history_at_the_instant,
+            erasing_a_user_erases_its_history,
+            concurrent_preference_updates_leave_a_consistent_history,
+            a_history_row_the_domain_refuses_is_an_error_not_skipped,
         );
     };
     (@cases $fixture:expr; $($case:ident),+ $(,)?) => {
@@ -125,8 +154,17 @@ macro_rules! repository_contract_tests {
 }
 
 /// The tables of the shared schema, as the migrations of both stores create them.
-pub const TABLES: [&str; 5] =
-    ["users", "notification_preferences", "devices", "idempotency_records", "cache_invalidation_ledger"];
+pub const TABLES: [&str; 9] = [
+    "users",
+    "notification_preferences",
+    "devices",
+    "idempotency_records",
+    "cache_invalidation_ledger",
+    "notification_categories",
+    "category_revisions",
+    "category_choices",
+    "consent_history",
+];
 
 /// The SQL diesel writes, for `$backend`, to select every column of each table of
 /// [`TABLES`]; invoke it where the store's table modules are in scope. Read by
@@ -140,6 +178,10 @@ macro_rules! select_every_column {
             $crate::select_every_column!(@one $backend, devices),
             $crate::select_every_column!(@one $backend, idempotency_records),
             $crate::select_every_column!(@one $backend, cache_invalidation_ledger),
+            $crate::select_every_column!(@one $backend, notification_categories),
+            $crate::select_every_column!(@one $backend, category_revisions),
+            $crate::select_every_column!(@one $backend, category_choices),
+            $crate::select_every_column!(@one $backend, consent_history),
         ]
     };
     (@one $backend:ty, $table:ident) => {
@@ -172,6 +214,8 @@ pub fn assert_every_case_is_listed(listed: &[&str]) {
         include_str!("devices.rs"),
         include_str!("idempotency.rs"),
         include_str!("ledger.rs"),
+        include_str!("categories.rs"),
+        include_str!("history.rs"),
     ];
     let unlisted: Vec<&str> = sources
         .iter()
@@ -191,7 +235,14 @@ pub fn assert_every_case_is_listed(listed: &[&str]) {
 #[async_trait]
 pub trait StoreFixture: Send + Sync {
     /// The store under test.
-    type Store: UserRepository + DeviceRepository + IdempotencyRepository + InvalidationLedger + Clone + 'static;
+    type Store: UserRepository
+        + DeviceRepository
+        + IdempotencyRepository
+        + InvalidationLedger
+        + CategoryRepository
+        + ConsentHistory
+        + Clone
+        + 'static;
 
     /// The store.
     fn store(&self) -> &Self::Store;
@@ -246,9 +297,17 @@ async fn upsert(
     registration: DeviceRegistration,
     now: OffsetDateTime,
 ) -> Result<RegisteredDevice, RepositoryError> {
-    match store.upsert(user, registration, now, None).await? {
+    match store.upsert(user, registration, now, &by(), None).await? {
         Idempotent::Executed(registered) => Ok(registered),
         Idempotent::Replayed(_) => panic!("a write without a key is never replayed"),
+    }
+}
+
+/// Who the cases' writes are made by: a service, in a request with an id.
+fn by() -> Provenance {
+    Provenance {
+        actor: Some(Actor { kind: ActorKind::Service, name: "gateway".to_owned() }),
+        request_id: Some("request-1".to_owned()),
     }
 }
 
@@ -264,6 +323,7 @@ pub fn record(email: &str, created_at: OffsetDateTime) -> NewUserRecord {
         device: None,
         if_token_held: HeldToken::Move,
         created_at,
+        provenance: Provenance::default(),
     }
 }
 
@@ -281,6 +341,59 @@ fn selector(raw: &str) -> DeviceSelector {
 
 fn quiet_hours(start: &str, end: &str) -> QuietHours {
     QuietHours::new(ClockTime::parse(start).unwrap(), ClockTime::parse(end).unwrap()).unwrap()
+}
+
+/// A category of the catalogue, created at `now`.
+fn category(key: &str, critical: bool, email: bool, push: bool, now: OffsetDateTime) -> Category {
+    Category::new(
+        NewCategory {
+            key: CategoryKey::parse(key).unwrap(),
+            name: CategoryName::parse(&format!("The {key} category")).unwrap(),
+            description: None,
+            critical,
+            defaults: ChannelDefaults { email, push },
+        },
+        now,
+    )
+}
+
+fn key(raw: &str) -> CategoryKey {
+    CategoryKey::parse(raw).unwrap()
+}
+
+/// The whole history of `user`, oldest first, read page by page.
+async fn history_of(store: &impl ConsentHistory, user: UserId) -> Vec<ConsentRecord> {
+    let mut records = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.page(user, 7, cursor).await.expect("read a page").expect("the user exists");
+        records.extend(page.records);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    records.reverse();
+    records
+}
+
+/// The history of `user` as `(field, old, new)`, oldest first, from `skip` rows on.
+async fn changes_of(
+    store: &impl ConsentHistory,
+    user: UserId,
+    skip: usize,
+) -> Vec<(String, Option<String>, Option<String>)> {
+    history_of(store, user)
+        .await
+        .into_iter()
+        .skip(skip)
+        .map(|record| (record.change.field.to_string(), record.change.old.to_stored(), record.change.new.to_stored()))
+        .collect()
+}
+
+/// `(field, old, new)` as [`changes_of`] gives them.
+fn change(field: &str, old: Option<&str>, new: Option<&str>) -> (String, Option<String>, Option<String>) {
+    (field.to_owned(), old.map(str::to_owned), new.map(str::to_owned))
 }
 
 fn tokens(devices: &[Device]) -> Vec<&str> {

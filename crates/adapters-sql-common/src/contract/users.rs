@@ -207,7 +207,7 @@ pub async fn devices_come_active_first_then_most_recently_seen_first(fixture: &i
     let profile = store.find_profile(id).await.expect("find").expect("the user exists");
     assert_eq!(tokens(&profile.devices), expected);
     assert_eq!(profile.push_token().map(PushToken::as_str), Some("active-new"));
-    let listed = store.list(id).await.expect("list").expect("the user exists");
+    let listed = DeviceRepository::list(store, id).await.expect("list").expect("the user exists");
     assert_eq!(tokens(&listed), expected);
     let page = store.list_profiles(PageRequest::new(1, 10).unwrap()).await.expect("list profiles");
     assert_eq!(tokens(&page.items[0].devices), expected);
@@ -229,7 +229,7 @@ pub async fn device_order_respects_sub_second_differences(fixture: &impl StoreFi
     }
     let expected = ["at-1s", "at-500ms", "at-250ms", "at-1us", "at-0"];
 
-    let listed = store.list(id).await.expect("list").expect("the user exists");
+    let listed = DeviceRepository::list(store, id).await.expect("list").expect("the user exists");
     assert_eq!(tokens(&listed), expected);
     assert_eq!(listed[3].last_seen_at, base + Duration::microseconds(1), "microseconds are kept");
     let profile = store.find_profile(id).await.expect("find").expect("the user exists");
@@ -305,14 +305,14 @@ pub async fn update_contact_changes_only_the_given_fields(fixture: &impl StoreFi
     create(store, new_user).await.expect("create");
 
     let renamed = ContactUpdate { name: Some(UserName::parse("Johnny").unwrap()), ..ContactUpdate::default() };
-    let user = store.update_contact(id, renamed, at(1)).await.expect("update").expect("the user exists");
+    let user = store.update_contact(id, renamed, at(1), &by()).await.expect("update").expect("the user exists");
     assert_eq!(user.name.as_str(), "Johnny");
     assert_eq!(user.email.as_str(), "john@example.com");
     assert_eq!(user.phone.as_ref().map(PhoneNumber::as_str), Some("+2348012345678"));
     assert_eq!((user.created_at, user.updated_at), (at(0), at(1)));
 
     let cleared = ContactUpdate { phone: Some(None), ..ContactUpdate::default() };
-    let user = store.update_contact(id, cleared, at(2)).await.expect("update").expect("the user exists");
+    let user = store.update_contact(id, cleared, at(2), &by()).await.expect("update").expect("the user exists");
     assert_eq!(user.phone, None);
     assert_eq!(user.name.as_str(), "Johnny");
 
@@ -321,7 +321,7 @@ pub async fn update_contact_changes_only_the_given_fields(fixture: &impl StoreFi
         phone: Some(Some(PhoneNumber::parse("+15551234567").unwrap())),
         ..ContactUpdate::default()
     };
-    let user = store.update_contact(id, moved, at(3)).await.expect("update").expect("the user exists");
+    let user = store.update_contact(id, moved, at(3), &by()).await.expect("update").expect("the user exists");
     assert_eq!(user.email.as_str(), "johnny@example.com");
     assert_eq!(user.phone.as_ref().map(PhoneNumber::as_str), Some("+15551234567"));
     assert_eq!(user.name.as_str(), "Johnny");
@@ -345,7 +345,7 @@ pub async fn update_contact_to_another_users_email_is_email_taken_and_changes_no
             email: Some(EmailAddress::parse(email).unwrap()),
             ..ContactUpdate::default()
         };
-        let result = store.update_contact(id, update, at(2)).await;
+        let result = store.update_contact(id, update, at(2), &by()).await;
         assert!(matches!(result, Err(RepositoryError::EmailTaken)), "{email}: {result:?}");
     }
     let stored = store.find_profile(id).await.expect("find").expect("the user exists");
@@ -355,7 +355,7 @@ pub async fn update_contact_to_another_users_email_is_email_taken_and_changes_no
 
     let own =
         ContactUpdate { email: Some(EmailAddress::parse("john@example.com").unwrap()), ..ContactUpdate::default() };
-    assert!(store.update_contact(id, own, at(3)).await.expect("update").is_some());
+    assert!(store.update_contact(id, own, at(3), &by()).await.expect("update").is_some());
 }
 
 /// Updating an unknown id is `None` and writes nothing.
@@ -364,7 +364,7 @@ pub async fn update_contact_of_an_unknown_id_is_none(fixture: &impl StoreFixture
     create_user(store, "john@example.com", at(0)).await;
     let update = ContactUpdate { name: Some(UserName::parse("Nobody").unwrap()), ..ContactUpdate::default() };
 
-    assert_eq!(store.update_contact(UserId::generate(), update, at(1)).await.expect("update"), None);
+    assert_eq!(store.update_contact(UserId::generate(), update, at(1), &by()).await.expect("update"), None);
     assert_eq!(fixture.count("SELECT count(*) AS count FROM users WHERE name = 'Nobody'").await, 0);
 }
 
@@ -401,7 +401,7 @@ pub async fn update_preferences_changes_only_the_given_fields(fixture: &impl Sto
     let id = create_user(store, "john@example.com", at(0)).await;
 
     let push_off = PreferencesUpdate { push: Some(false), ..PreferencesUpdate::default() };
-    let preferences = store.update_preferences(id, push_off, at(1)).await.expect("update").expect("exists");
+    let preferences = store.update_preferences(id, push_off, at(1), &by()).await.expect("update").expect("exists");
     assert_eq!(
         preferences,
         Preferences { push: false, updated_at: at(1), ..Preferences::defaults(at(0)) },
@@ -413,7 +413,7 @@ pub async fn update_preferences_changes_only_the_given_fields(fixture: &impl Sto
         timezone: Some(TimeZoneName::parse("Africa/Lagos").unwrap()),
         ..PreferencesUpdate::default()
     };
-    let preferences = store.update_preferences(id, night, at(2)).await.expect("update").expect("exists");
+    let preferences = store.update_preferences(id, night, at(2), &by()).await.expect("update").expect("exists");
     assert!(preferences.email);
     assert!(!preferences.push, "an omitted field keeps its stored value");
     assert_eq!(preferences.quiet_hours, Some(quiet_hours("22:30", "06:45")));
@@ -421,7 +421,7 @@ pub async fn update_preferences_changes_only_the_given_fields(fixture: &impl Sto
     assert_eq!(preferences.updated_at, at(2));
 
     let cleared = PreferencesUpdate { quiet_hours: Some(None), ..PreferencesUpdate::default() };
-    let preferences = store.update_preferences(id, cleared, at(3)).await.expect("update").expect("exists");
+    let preferences = store.update_preferences(id, cleared, at(3), &by()).await.expect("update").expect("exists");
     assert_eq!(preferences.quiet_hours, None);
     assert_eq!(preferences.timezone.as_str(), "Africa/Lagos");
     assert!(!preferences.push);
@@ -444,7 +444,7 @@ pub async fn every_preferences_update_is_stored_as_the_domain_rule_applies_it(fi
             timezone: Some(TimeZoneName::parse("Europe/Paris").unwrap()),
             ..PreferencesUpdate::default()
         };
-        let stored = store.update_preferences(id, start, at(1)).await.expect("update").expect("exists");
+        let stored = store.update_preferences(id, start, at(1), &by()).await.expect("update").expect("exists");
         let given = |bit: u8| combination & (1 << bit) != 0;
         let update = PreferencesUpdate {
             email: given(0).then_some(true),
@@ -455,7 +455,8 @@ pub async fn every_preferences_update_is_stored_as_the_domain_rule_applies_it(fi
         };
 
         let expected = stored.clone().with_update(&update, at(2));
-        let updated = store.update_preferences(id, update.clone(), at(2)).await.expect("update").expect("exists");
+        let updated =
+            store.update_preferences(id, update.clone(), at(2), &by()).await.expect("update").expect("exists");
         assert_eq!(updated, expected, "{update:?} applied to {stored:?}");
         assert_eq!(store.find_preferences(id).await.expect("find"), Some(expected), "{update:?} as stored");
     }
@@ -467,7 +468,7 @@ pub async fn update_preferences_of_an_unknown_id_is_none(fixture: &impl StoreFix
     create_user(store, "john@example.com", at(0)).await;
     let update = PreferencesUpdate { email: Some(false), ..PreferencesUpdate::default() };
 
-    assert_eq!(store.update_preferences(UserId::generate(), update, at(1)).await.expect("update"), None);
+    assert_eq!(store.update_preferences(UserId::generate(), update, at(1), &by()).await.expect("update"), None);
     assert_eq!(
         fixture.count("SELECT count(*) AS count FROM notification_preferences WHERE NOT email_enabled").await,
         0
@@ -487,7 +488,7 @@ pub async fn concurrent_preference_updates_of_different_fields_all_survive(fixtu
             2 => PreferencesUpdate { quiet_hours: Some(Some(quiet_hours("22:00", "07:00"))), ..Default::default() },
             _ => PreferencesUpdate { timezone: Some(TimeZoneName::parse("Asia/Tokyo").unwrap()), ..Default::default() },
         };
-        async move { store.update_preferences(id, update, at(1)).await }
+        async move { store.update_preferences(id, update, at(1), &by()).await }
     })
     .await;
     for result in results {

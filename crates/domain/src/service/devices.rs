@@ -1,6 +1,7 @@
 //! Push devices: registration (and moves between users), activation, removal.
 
 use super::{UserService, Write, log_device_moved};
+use crate::consent::Provenance;
 use crate::device::{Device, DeviceRegistration, DeviceSelector, RegisteredDevice};
 use crate::failure::DeviceError;
 use crate::idempotency::{Idempotent, IdempotentWrite};
@@ -13,6 +14,7 @@ impl UserService {
         &self,
         user: UserId,
         registration: DeviceRegistration,
+        by: Provenance,
         idempotency: Option<IdempotentWrite<RegisteredDevice>>,
     ) -> Result<Idempotent<RegisteredDevice>, DeviceError> {
         self.detached(move |write| async move {
@@ -20,7 +22,7 @@ impl UserService {
                 [Some(user), registered.previous_owner].into_iter().flatten().collect()
             };
             let idempotency = idempotency.map(|idempotent| idempotent.invalidating(touched));
-            match write.ports.devices.upsert(user, registration, write.now(), idempotency).await {
+            match write.ports.devices.upsert(user, registration, write.now(), &by, idempotency).await {
                 Ok(Idempotent::Replayed(replay)) => Ok(write.replayed(replay).await?),
                 Ok(Idempotent::Executed(registered)) => {
                     if let Some(previous) = registered.previous_owner {
@@ -41,10 +43,11 @@ impl UserService {
         user: UserId,
         selector: &DeviceSelector,
         active: bool,
+        by: Provenance,
     ) -> Result<Device, DeviceError> {
         let selector = selector.clone();
         self.detached(move |write| async move {
-            let result = write.ports.devices.set_active(user, &selector, active, write.now()).await;
+            let result = write.ports.devices.set_active(user, &selector, active, write.now(), &by).await;
             match write.after_write(result, &[user], Option::is_some).await? {
                 Some(device) => Ok(device),
                 None => Err(write.missing_device_error(user).await?),
@@ -54,10 +57,15 @@ impl UserService {
     }
 
     /// Removes one of the user's devices.
-    pub async fn delete_device(&self, user: UserId, selector: &DeviceSelector) -> Result<(), DeviceError> {
+    pub async fn delete_device(
+        &self,
+        user: UserId,
+        selector: &DeviceSelector,
+        by: Provenance,
+    ) -> Result<(), DeviceError> {
         let selector = selector.clone();
         self.detached(move |write| async move {
-            let result = write.ports.devices.delete(user, &selector).await;
+            let result = write.ports.devices.delete(user, &selector, write.now(), &by).await;
             // As for a user: nothing deleted may be the retry of a deletion.
             if write.after_write(result, &[user], |_| true).await? {
                 Ok(())

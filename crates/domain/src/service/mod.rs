@@ -3,6 +3,8 @@
 //! - `mod.rs`: the service, its ports, the reads, and the two rules every write follows;
 //! - `users.rs` (registration, contact, preferences, erasure), `devices.rs` and
 //!   `credentials.rs` (login, password change): the writes, one file per concern;
+//! - `categories.rs`: the category catalogue, users' choices in it, the consent history and
+//!   eligibility as recorded at a past instant;
 //! - the read engine under the reads (cache, fill guard, single flight) is `read_through.rs`.
 //!
 //! **Writes run to their end.** Every write use case runs on its own task
@@ -17,6 +19,7 @@
 //! device touches two), and answers `InvalidationUnconfirmed` (of the operation's error)
 //! when the cache could not confirm it.
 
+mod categories;
 mod credentials;
 mod devices;
 mod users;
@@ -24,24 +27,22 @@ mod users;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 
 use crate::cache::ProfileCache;
 use crate::device::Device;
-use crate::eligibility::{Channel, Eligibility, decide};
 use crate::failure::{ReadError, ServiceError};
 use crate::idempotency::{Idempotent, IdempotentRequest, StoredResponse};
 use crate::ports::{
-    Clock, DeviceRepository, IdempotencyRepository, PasswordHasher, ProfileEncoder, RepositoryError, Spawner,
-    UserRepository,
+    CategoryRepository, Clock, ConsentHistory, DeviceRepository, IdempotencyRepository, PasswordHasher, ProfileEncoder,
+    RepositoryError, Spawner, UserRepository,
 };
-use crate::preferences::Preferences;
 pub use crate::read_through::EncodedProfile;
 use crate::read_through::ReadThrough;
 use crate::user::{Page, PageRequest, UserId, UserProfile};
+pub use categories::{PreferencesOverview, RecordedEligibility};
 
 /// The adapters the use cases run on.
 #[derive(Clone)]
@@ -51,6 +52,10 @@ pub struct Ports {
     pub users: Arc<dyn UserRepository>,
     /// Devices.
     pub devices: Arc<dyn DeviceRepository>,
+    /// The category catalogue and users' choices in it.
+    pub categories: Arc<dyn CategoryRepository>,
+    /// Users' consent history.
+    pub history: Arc<dyn ConsentHistory>,
     /// Stored answers of idempotent requests.
     pub idempotency: Arc<dyn IdempotencyRepository>,
     /// Password hashing.
@@ -126,19 +131,6 @@ impl UserService {
         self.reads.encoded_profile(id).await
     }
 
-    /// Whether `user` may be sent to on `channel` at `at`, decided from the cached profile
-    /// when warm.
-    pub async fn eligibility(
-        &self,
-        user: UserId,
-        channel: Channel,
-        at: OffsetDateTime,
-    ) -> Result<Eligibility, ReadError> {
-        let encoded = self.reads.encoded_profile(user).await?;
-        let profile = self.reads.decoded(user, &encoded).await?;
-        Ok(decide(&profile, channel, at))
-    }
-
     /// The serialized representations of many users, in the order of `ids` (`None` for
     /// unknown users): cache hits in one cache round trip, misses in one store query.
     pub async fn encoded_profiles(&self, ids: &[UserId]) -> Result<Vec<(UserId, Option<EncodedProfile>)>, ReadError> {
@@ -146,33 +138,9 @@ impl UserService {
         Ok(ids.iter().map(|id| (*id, loaded.get(id).map(|(encoded, _)| Arc::clone(encoded)))).collect())
     }
 
-    /// Send eligibility of many users on one channel at one instant, in the order of `ids`
-    /// (`None` for unknown users).
-    pub async fn eligibilities(
-        &self,
-        ids: &[UserId],
-        channel: Channel,
-        at: OffsetDateTime,
-    ) -> Result<Vec<(UserId, Option<Eligibility>)>, ReadError> {
-        let loaded = self.reads.load_many(ids).await?;
-        let decisions: HashMap<UserId, Eligibility> = self
-            .reads
-            .decoded_many(loaded)
-            .await?
-            .iter()
-            .map(|profile| (profile.user.id, decide(profile, channel, at)))
-            .collect();
-        Ok(ids.iter().map(|id| (*id, decisions.get(id).cloned())).collect())
-    }
-
     /// A page of users.
     pub async fn list(&self, page: PageRequest) -> Result<Page<UserProfile>, ReadError> {
         Ok(self.ports.users.list_profiles(page).await?)
-    }
-
-    /// The user's preferences.
-    pub async fn preferences(&self, id: UserId) -> Result<Preferences, ReadError> {
-        self.ports.users.find_preferences(id).await?.ok_or(ReadError::UserNotFound)
     }
 
     /// The user's devices.
@@ -208,7 +176,13 @@ impl Write {
         let may_have_changed = match &written {
             Ok(value) => changed(value),
             Err(RepositoryError::Unavailable(_) | RepositoryError::Unexpected(_)) => true,
-            Err(RepositoryError::EmailTaken | RepositoryError::UserNotFound | RepositoryError::Idempotency(_)) => false,
+            Err(
+                RepositoryError::EmailTaken
+                | RepositoryError::UserNotFound
+                | RepositoryError::CategoryNotFound
+                | RepositoryError::CategoryExists
+                | RepositoryError::Idempotency(_),
+            ) => false,
         };
         if !may_have_changed || ids.is_empty() {
             return Ok(written?);

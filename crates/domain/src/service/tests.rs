@@ -3,6 +3,7 @@
 use futures_util::FutureExt;
 use mockall::predicate::eq;
 use time::OffsetDateTime;
+use time::macros::datetime;
 
 use std::sync::{Arc, Mutex};
 
@@ -10,18 +11,30 @@ use super::*;
 use crate::auth::{Authenticated, Credentials};
 use crate::cache::{CacheLookup, FillTicket, Invalidation};
 use crate::cache::{MockProfileCache, NoCache};
+use crate::category::{
+    Category, CategoryChoice, CategoryChoices, CategoryKey, CategoryName, ChannelDefaults, ChoiceSource, NewCategory,
+    ResolvedChoice,
+};
+use crate::consent::{
+    Actor, ActorKind, ChannelName, ConsentChange, ConsentField, ConsentRecord, ConsentValue, Provenance,
+};
+use crate::device::DeviceId;
 use crate::device::{DeviceRegistration, DeviceSelector, Platform, RegisteredDevice};
 use crate::device::{HeldToken, PushToken};
 use crate::eligibility::Channel;
+use crate::eligibility::{Eligibility, Reason};
+use crate::failure::{CatalogueError, ChoiceError, EligibilityError};
 use crate::failure::{ChangeError, ContactError, DeviceError, LoginError, PasswordChangeError, RegisterError};
 use crate::idempotency::IdempotentWrite;
 use crate::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord};
+use crate::ports::{CategoryRemoval, ChoiceChange, RecordedSince};
 use crate::ports::{CreatedUser, HashError, NewUserRecord};
 use crate::ports::{
-    MockClock, MockDeviceRepository, MockIdempotencyRepository, MockPasswordHasher, MockProfileEncoder,
-    MockUserRepository,
+    MockCategoryRepository, MockClock, MockConsentHistory, MockDeviceRepository, MockIdempotencyRepository,
+    MockPasswordHasher, MockProfileEncoder, MockUserRepository,
 };
-use crate::preferences::PreferencesUpdate;
+use crate::preferences::{ClockTime, QuietHours};
+use crate::preferences::{Preferences, PreferencesUpdate};
 use crate::user::{ContactUpdate, NewUser};
 use crate::user::{EmailAddress, Password, PasswordHash, User, UserName};
 
@@ -55,6 +68,8 @@ fn service_with_cache(
     UserService::new(Ports {
         users: Arc::new(users),
         devices: Arc::new(devices),
+        categories: Arc::new(MockCategoryRepository::new()),
+        history: Arc::new(MockConsentHistory::new()),
         idempotency: Arc::new(MockIdempotencyRepository::new()),
         hasher: Arc::new(hasher),
         clock: Arc::new(fixed_clock()),
@@ -75,6 +90,7 @@ fn profile_of(record: &NewUserRecord) -> UserProfile {
             updated_at: record.created_at,
         },
         preferences: record.preferences.clone(),
+        categories: CategoryChoices::new(),
         devices: Vec::new(),
     }
 }
@@ -115,8 +131,11 @@ fn register_stores_the_hash_defaults_with_choices_and_an_unknown_platform_device
             }))
         });
 
-    let registered =
-        futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user(), None));
+    let registered = futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(
+        new_user(),
+        Provenance::default(),
+        None,
+    ));
     let Ok(Idempotent::Executed(CreatedUser { profile, .. })) = registered else {
         panic!("a fresh registration executes: {registered:?}");
     };
@@ -130,8 +149,11 @@ fn register_reports_a_taken_email() {
     hasher.expect_hash().returning(|_| Ok(PasswordHash::new("h".into())));
     let mut users = MockUserRepository::new();
     users.expect_create().returning(|_, _| Err(RepositoryError::EmailTaken));
-    let result =
-        futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user(), None));
+    let result = futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(
+        new_user(),
+        Provenance::default(),
+        None,
+    ));
     assert!(matches!(result, Err(RegisterError::EmailTaken)));
 }
 
@@ -141,8 +163,11 @@ fn a_saturated_hasher_is_unavailable_and_nothing_is_stored() {
     hasher.expect_hash().returning(|_| Err(HashError::Overloaded));
     let mut users = MockUserRepository::new();
     users.expect_create().never();
-    let result =
-        futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(new_user(), None));
+    let result = futures_executor::block_on(service(users, MockDeviceRepository::new(), hasher).register(
+        new_user(),
+        Provenance::default(),
+        None,
+    ));
     assert!(matches!(result, Err(RegisterError::Unavailable(_))));
 }
 
@@ -152,8 +177,11 @@ fn an_empty_contact_update_writes_nothing() {
     users.expect_update_contact().never();
     users.expect_find_profile().times(1).returning(|_| Ok(None));
     let result = futures_executor::block_on(
-        service(users, MockDeviceRepository::new(), MockPasswordHasher::new())
-            .update_contact(UserId::generate(), ContactUpdate::default()),
+        service(users, MockDeviceRepository::new(), MockPasswordHasher::new()).update_contact(
+            UserId::generate(),
+            ContactUpdate::default(),
+            Provenance::default(),
+        ),
     );
     assert!(matches!(result, Err(ContactError::UserNotFound)));
 }
@@ -163,12 +191,15 @@ fn a_missing_device_of_an_existing_user_is_device_not_found() {
     let user = UserId::generate();
     let selector = DeviceSelector::parse("fcm_device_token_123").unwrap();
     let mut devices = MockDeviceRepository::new();
-    devices.expect_set_active().returning(|_, _, _, _| Ok(None));
+    devices.expect_set_active().returning(|_, _, _, _, _| Ok(None));
     let mut users = MockUserRepository::new();
     users.expect_exists().with(eq(user)).returning(|_| Ok(true));
-    let result = futures_executor::block_on(
-        service(users, devices, MockPasswordHasher::new()).set_device_active(user, &selector, false),
-    );
+    let result = futures_executor::block_on(service(users, devices, MockPasswordHasher::new()).set_device_active(
+        user,
+        &selector,
+        false,
+        Provenance::default(),
+    ));
     assert!(matches!(result, Err(DeviceError::DeviceNotFound)));
 }
 
@@ -176,12 +207,14 @@ fn a_missing_device_of_an_existing_user_is_device_not_found() {
 fn a_device_of_an_unknown_user_is_user_not_found() {
     let selector = DeviceSelector::parse("fcm_device_token_123").unwrap();
     let mut devices = MockDeviceRepository::new();
-    devices.expect_delete().returning(|_, _| Ok(false));
+    devices.expect_delete().returning(|_, _, _, _| Ok(false));
     let mut users = MockUserRepository::new();
     users.expect_exists().returning(|_| Ok(false));
-    let result = futures_executor::block_on(
-        service(users, devices, MockPasswordHasher::new()).delete_device(UserId::generate(), &selector),
-    );
+    let result = futures_executor::block_on(service(users, devices, MockPasswordHasher::new()).delete_device(
+        UserId::generate(),
+        &selector,
+        Provenance::default(),
+    ));
     assert!(matches!(result, Err(DeviceError::UserNotFound)));
 }
 
@@ -207,6 +240,7 @@ fn john() -> UserProfile {
             updated_at: now,
         },
         preferences: Preferences::defaults(now),
+        categories: CategoryChoices::new(),
         devices: Vec::new(),
     }
 }
@@ -257,7 +291,7 @@ fn a_moved_device_invalidates_both_owners_and_a_failed_write_still_invalidates()
     let user = UserId::generate();
     let previous = UserId::generate();
     let mut devices = MockDeviceRepository::new();
-    devices.expect_upsert().times(1).returning(move |owner, registration, now, _| {
+    devices.expect_upsert().times(1).returning(move |owner, registration, now, _, _| {
         Ok(Idempotent::Executed(RegisteredDevice {
             device: Device {
                 id: crate::device::DeviceId::generate(),
@@ -274,15 +308,19 @@ fn a_moved_device_invalidates_both_owners_and_a_failed_write_still_invalidates()
         }))
     });
     let mut users = MockUserRepository::new();
-    users.expect_update_preferences().returning(|_, _, _| Err(RepositoryError::Unavailable("lost".into())));
+    users.expect_update_preferences().returning(|_, _, _, _| Err(RepositoryError::Unavailable("lost".into())));
     let mut cache = MockProfileCache::new();
     cache.expect_invalidate().withf(move |ids| ids == [user, previous]).times(1).return_const(Invalidation::Confirmed);
     cache.expect_invalidate().withf(move |ids| ids == [user]).times(1).return_const(Invalidation::Unconfirmed);
     let service = service_with_cache(users, devices, MockPasswordHasher::new(), Arc::new(cache));
     let registration =
         DeviceRegistration { token: PushToken::parse("moved-token").unwrap(), platform: Platform::Ios, active: true };
-    futures_executor::block_on(service.register_device(user, registration, None)).unwrap();
-    let failed = futures_executor::block_on(service.update_preferences(user, PreferencesUpdate::default()));
+    futures_executor::block_on(service.register_device(user, registration, Provenance::default(), None)).unwrap();
+    let failed = futures_executor::block_on(service.update_preferences(
+        user,
+        PreferencesUpdate::default(),
+        Provenance::default(),
+    ));
     // The write's own error comes first.
     assert!(matches!(failed, Err(ChangeError::Unavailable(_))));
 }
@@ -294,12 +332,16 @@ fn a_change_is_acknowledged_only_once_its_invalidation_is_confirmed_or_deferred(
         [(Invalidation::Confirmed, true), (Invalidation::Deferred, true), (Invalidation::Unconfirmed, false)]
     {
         let mut users = MockUserRepository::new();
-        users.expect_update_preferences().times(1).returning(|_, _, now| Ok(Some(Preferences::defaults(now))));
+        users.expect_update_preferences().times(1).returning(|_, _, now, _| Ok(Some(Preferences::defaults(now))));
         let mut cache = MockProfileCache::new();
         cache.expect_invalidate().withf(move |ids| ids == [user]).times(1).return_const(invalidation);
         let service =
             service_with_cache(users, MockDeviceRepository::new(), MockPasswordHasher::new(), Arc::new(cache));
-        let outcome = futures_executor::block_on(service.update_preferences(user, PreferencesUpdate::default()));
+        let outcome = futures_executor::block_on(service.update_preferences(
+            user,
+            PreferencesUpdate::default(),
+            Provenance::default(),
+        ));
         match outcome {
             Ok(_) => assert!(acknowledged, "{invalidation:?} acknowledged"),
             Err(ChangeError::InvalidationUnconfirmed) => assert!(!acknowledged, "{invalidation:?} refused"),
@@ -312,16 +354,20 @@ fn a_change_is_acknowledged_only_once_its_invalidation_is_confirmed_or_deferred(
 fn a_write_that_changed_nothing_invalidates_nothing() {
     let user = UserId::generate();
     let mut users = MockUserRepository::new();
-    users.expect_update_preferences().times(1).returning(|_, _, _| Ok(None));
-    users.expect_update_contact().times(1).returning(|_, _, _| Err(RepositoryError::EmailTaken));
+    users.expect_update_preferences().times(1).returning(|_, _, _, _| Ok(None));
+    users.expect_update_contact().times(1).returning(|_, _, _, _| Err(RepositoryError::EmailTaken));
     let mut cache = MockProfileCache::new();
     // While Redis is down, a refusal must cost neither the wait nor a ledger row.
     cache.expect_invalidate().never();
     let service = service_with_cache(users, MockDeviceRepository::new(), MockPasswordHasher::new(), Arc::new(cache));
-    let missing = futures_executor::block_on(service.update_preferences(user, PreferencesUpdate::default()));
+    let missing = futures_executor::block_on(service.update_preferences(
+        user,
+        PreferencesUpdate::default(),
+        Provenance::default(),
+    ));
     assert!(matches!(missing, Err(ChangeError::UserNotFound)), "{missing:?}");
     let update = ContactUpdate { email: Some(EmailAddress::parse("taken@example.com").unwrap()), ..Default::default() };
-    let taken = futures_executor::block_on(service.update_contact(user, update));
+    let taken = futures_executor::block_on(service.update_contact(user, update, Provenance::default()));
     assert!(matches!(taken, Err(ContactError::EmailTaken)), "{taken:?}");
 }
 
@@ -329,7 +375,7 @@ fn a_write_that_changed_nothing_invalidates_nothing() {
 fn a_replayed_device_move_invalidates_every_user_its_first_run_touched() {
     let (user, previous) = (UserId::generate(), UserId::generate());
     let mut devices = MockDeviceRepository::new();
-    devices.expect_upsert().times(1).returning(move |_, _, _, _| {
+    devices.expect_upsert().times(1).returning(move |_, _, _, _, _| {
         Ok(Idempotent::Replayed(StoredResponse {
             status: 200,
             body: Vec::new(),
@@ -342,7 +388,7 @@ fn a_replayed_device_move_invalidates_every_user_its_first_run_touched() {
     let service = service_with_cache(MockUserRepository::new(), devices, MockPasswordHasher::new(), Arc::new(cache));
     let registration =
         DeviceRegistration { token: PushToken::parse("moved-token").unwrap(), platform: Platform::Ios, active: true };
-    let replayed = futures_executor::block_on(service.register_device(user, registration, None));
+    let replayed = futures_executor::block_on(service.register_device(user, registration, Provenance::default(), None));
     assert!(matches!(replayed, Ok(Idempotent::Replayed(_))), "{replayed:?}");
 }
 
@@ -389,8 +435,9 @@ impl UserRepository for SlowProfiles {
         id: UserId,
         update: ContactUpdate,
         now: OffsetDateTime,
+        by: &Provenance,
     ) -> Result<Option<User>, RepositoryError> {
-        self.0.update_contact(id, update, now).await
+        self.0.update_contact(id, update, now, by).await
     }
     async fn delete(&self, id: UserId) -> Result<bool, RepositoryError> {
         self.0.delete(id).await
@@ -403,8 +450,9 @@ impl UserRepository for SlowProfiles {
         id: UserId,
         update: PreferencesUpdate,
         now: OffsetDateTime,
+        by: &Provenance,
     ) -> Result<Option<Preferences>, RepositoryError> {
-        self.0.update_preferences(id, update, now).await
+        self.0.update_preferences(id, update, now, by).await
     }
 
     async fn find_credentials(&self, email: &EmailAddress) -> Result<Option<Credentials>, RepositoryError> {
@@ -441,6 +489,8 @@ fn single_flight_service(tickets: Vec<FillTicket>, expected_loads: usize) -> Use
     UserService::new(Ports {
         users: Arc::new(SlowProfiles(users)),
         devices: Arc::new(MockDeviceRepository::new()),
+        categories: Arc::new(MockCategoryRepository::new()),
+        history: Arc::new(MockConsentHistory::new()),
         idempotency: Arc::new(MockIdempotencyRepository::new()),
         hasher: Arc::new(MockPasswordHasher::new()),
         clock: Arc::new(fixed_clock()),
@@ -506,6 +556,8 @@ fn service_with_records(record: Option<IdempotencyRecord>, hasher: MockPasswordH
     UserService::new(Ports {
         users: Arc::new(users),
         devices: Arc::new(MockDeviceRepository::new()),
+        categories: Arc::new(MockCategoryRepository::new()),
+        history: Arc::new(MockConsentHistory::new()),
         idempotency: Arc::new(idempotency),
         hasher: Arc::new(hasher),
         clock: Arc::new(fixed_clock()),
@@ -527,7 +579,11 @@ fn a_completed_idempotent_registration_is_replayed_without_hashing() {
     let mut hasher = MockPasswordHasher::new();
     hasher.expect_hash().never();
     let service = service_with_records(Some(record), hasher);
-    let result = futures_executor::block_on(service.register(new_user(), Some(idempotent_registration(&[7]))));
+    let result = futures_executor::block_on(service.register(
+        new_user(),
+        Provenance::default(),
+        Some(idempotent_registration(&[7])),
+    ));
     assert_eq!(result.unwrap(), Idempotent::Replayed(stored));
 }
 
@@ -540,7 +596,11 @@ fn a_key_reused_with_another_body_is_refused_without_hashing() {
     let mut hasher = MockPasswordHasher::new();
     hasher.expect_hash().never();
     let service = service_with_records(Some(record), hasher);
-    let result = futures_executor::block_on(service.register(new_user(), Some(idempotent_registration(&[8]))));
+    let result = futures_executor::block_on(service.register(
+        new_user(),
+        Provenance::default(),
+        Some(idempotent_registration(&[8])),
+    ));
     assert!(matches!(result, Err(RegisterError::Idempotency(IdempotencyConflict::KeyReused))));
 }
 
@@ -682,6 +742,8 @@ fn bulk_eligibility_reads_hits_from_the_cache_and_all_misses_in_one_query() {
     let service = UserService::new(Ports {
         users: Arc::new(users),
         devices: Arc::new(MockDeviceRepository::new()),
+        categories: Arc::new(MockCategoryRepository::new()),
+        history: Arc::new(MockConsentHistory::new()),
         idempotency: Arc::new(MockIdempotencyRepository::new()),
         hasher: Arc::new(MockPasswordHasher::new()),
         clock: Arc::new(fixed_clock()),
@@ -691,7 +753,8 @@ fn bulk_eligibility_reads_hits_from_the_cache_and_all_misses_in_one_query() {
     });
 
     let decisions =
-        futures_executor::block_on(service.eligibilities(&ids, Channel::Email, OffsetDateTime::UNIX_EPOCH)).unwrap();
+        futures_executor::block_on(service.eligibilities(&ids, Channel::Email, None, OffsetDateTime::UNIX_EPOCH))
+            .unwrap();
     let reasons: Vec<Option<&str>> =
         decisions.iter().map(|(_, decision)| decision.as_ref().map(|d| d.reason.as_str())).collect();
     assert_eq!(reasons, vec![None, Some("ok"), Some("ok"), Some("ok")]);
@@ -704,7 +767,7 @@ fn a_write_runs_to_its_end_and_invalidates_when_its_caller_stops_waiting() {
     let (release, released) = std::sync::mpsc::channel::<()>();
     let released = Mutex::new(released);
     let mut users = MockUserRepository::new();
-    users.expect_update_preferences().times(1).returning(move |_, _, now| {
+    users.expect_update_preferences().times(1).returning(move |_, _, now, _| {
         // The store answers only after the caller is gone (a write run by the caller itself
         // would wait here, inside the caller's first poll, and fail the test).
         released
@@ -723,10 +786,529 @@ fn a_write_runs_to_its_end_and_invalidates_when_its_caller_stops_waiting() {
     let service = service_with_cache(users, MockDeviceRepository::new(), MockPasswordHasher::new(), Arc::new(cache));
 
     // Polled once (the write starts), then dropped, as actix drops a closed connection's handler.
-    assert!(service.update_preferences(user, PreferencesUpdate::default()).now_or_never().is_none());
+    assert!(
+        service.update_preferences(user, PreferencesUpdate::default(), Provenance::default()).now_or_never().is_none()
+    );
     release.send(()).unwrap();
 
     was_invalidated
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("the write went on to its invalidation after its caller stopped waiting");
+}
+
+// ---- Categories, choices, and eligibility as recorded (service/categories.rs) --------------
+
+fn key(raw: &str) -> CategoryKey {
+    CategoryKey::parse(raw).unwrap()
+}
+
+/// A non-critical category with these defaults.
+fn category(raw: &str, email: bool, push: bool) -> Category {
+    Category::new(
+        NewCategory {
+            key: key(raw),
+            name: CategoryName::parse(raw).unwrap(),
+            description: None,
+            critical: false,
+            defaults: ChannelDefaults { email, push },
+        },
+        REGISTERED,
+    )
+}
+
+/// An operator removing or changing things on someone's behalf.
+fn operator() -> Provenance {
+    Provenance {
+        actor: Some(Actor { kind: ActorKind::Service, name: "ops-console".into() }),
+        request_id: Some("req-42".into()),
+    }
+}
+
+/// A service over the catalogue, the history, the user store, a cache and an encoder;
+/// a port a test does not prepare panics if called.
+fn catalogue_service(
+    users: MockUserRepository,
+    categories: MockCategoryRepository,
+    history: MockConsentHistory,
+    cache: Arc<dyn ProfileCache>,
+    encoder: MockProfileEncoder,
+) -> UserService {
+    UserService::new(Ports {
+        users: Arc::new(users),
+        devices: Arc::new(MockDeviceRepository::new()),
+        categories: Arc::new(categories),
+        history: Arc::new(history),
+        idempotency: Arc::new(MockIdempotencyRepository::new()),
+        hasher: Arc::new(MockPasswordHasher::new()),
+        clock: Arc::new(fixed_clock()),
+        cache,
+        encoder: Arc::new(encoder),
+        spawner: Arc::new(ThreadSpawner),
+    })
+}
+
+/// When Ada registered: email and push on, no quiet hours, UTC, one active device.
+const REGISTERED: OffsetDateTime = datetime!(2026-03-01 09:00 UTC);
+const OPTED_OUT_OF_EMAIL: OffsetDateTime = datetime!(2026-03-02 10:00 UTC);
+const SET_QUIET_HOURS: OffsetDateTime = datetime!(2026-03-03 10:00 UTC);
+const OPTED_BACK_IN_TO_EMAIL: OffsetDateTime = datetime!(2026-03-04 10:00 UTC);
+const OPTED_OUT_OF_MARKETING_EMAIL: OffsetDateTime = datetime!(2026-03-05 10:00 UTC);
+const DEACTIVATED_HER_PHONE: OffsetDateTime = datetime!(2026-03-06 10:00 UTC);
+
+fn ada_phone() -> DeviceId {
+    DeviceId::from(uuid::Uuid::from_u128(7))
+}
+
+/// Ada as the store has her today, after every change of [`ada_history`].
+fn ada_today() -> UserProfile {
+    UserProfile {
+        user: User {
+            id: UserId::from(uuid::Uuid::from_u128(1)),
+            name: UserName::parse("Ada").unwrap(),
+            email: EmailAddress::parse("ada@example.com").unwrap(),
+            phone: None,
+            created_at: REGISTERED,
+            updated_at: REGISTERED,
+        },
+        preferences: Preferences {
+            quiet_hours: Some(
+                QuietHours::new(ClockTime::parse("22:00").unwrap(), ClockTime::parse("07:00").unwrap()).unwrap(),
+            ),
+            ..Preferences::defaults(DEACTIVATED_HER_PHONE)
+        },
+        categories: CategoryChoices::from([(key("marketing"), CategoryChoice { email: Some(false), push: None })]),
+        devices: vec![Device {
+            id: ada_phone(),
+            user_id: UserId::from(uuid::Uuid::from_u128(1)),
+            token: PushToken::parse("ada-phone").unwrap(),
+            platform: Platform::Android,
+            active: false,
+            created_at: REGISTERED,
+            updated_at: DEACTIVATED_HER_PHONE,
+            last_seen_at: DEACTIVATED_HER_PHONE,
+        }],
+    }
+}
+
+/// Ada's history, oldest first: her registration, then one change a day.
+fn ada_history() -> Vec<ConsentRecord> {
+    let flag = |field: ConsentField, old: Option<bool>, new: bool| ConsentChange {
+        field,
+        old: old.map_or(ConsentValue::Unset, ConsentValue::Flag),
+        new: ConsentValue::Flag(new),
+    };
+    let changes = [
+        (REGISTERED, flag(ConsentField::Channel(ChannelName::Email), None, true)),
+        (REGISTERED, flag(ConsentField::Channel(ChannelName::Push), None, true)),
+        (REGISTERED, flag(ConsentField::DeviceActive(ada_phone()), None, true)),
+        (OPTED_OUT_OF_EMAIL, flag(ConsentField::Channel(ChannelName::Email), Some(true), false)),
+        (
+            SET_QUIET_HOURS,
+            ConsentChange {
+                field: ConsentField::QuietHours,
+                old: ConsentValue::Unset,
+                new: ConsentValue::Text("22:00-07:00".into()),
+            },
+        ),
+        (OPTED_BACK_IN_TO_EMAIL, flag(ConsentField::Channel(ChannelName::Email), Some(false), true)),
+        (OPTED_OUT_OF_MARKETING_EMAIL, flag(ConsentField::Category(key("marketing"), ChannelName::Email), None, false)),
+        (DEACTIVATED_HER_PHONE, flag(ConsentField::DeviceActive(ada_phone()), Some(true), false)),
+    ];
+    (1..)
+        .zip(changes)
+        .map(|(sequence, (at, change))| ConsentRecord {
+            sequence,
+            at,
+            change,
+            actor: Actor::user(ada_today().user.id),
+            request_id: None,
+        })
+        .collect()
+}
+
+/// What a store answers to `ConsentHistory::since` over `records`.
+fn recorded_since(records: &[ConsentRecord], at: OffsetDateTime) -> RecordedSince {
+    RecordedSince {
+        changes: records.iter().rev().filter(|record| record.at > at).cloned().collect(),
+        last_before: records.iter().map(|record| record.at).filter(|recorded| *recorded <= at).max(),
+    }
+}
+
+/// A history port answering from Ada's recorded rows.
+fn ada_history_port() -> MockConsentHistory {
+    let mut history = MockConsentHistory::new();
+    let records = ada_history();
+    history
+        .expect_since()
+        .withf(|user, _| *user == ada_today().user.id)
+        .returning(move |_, at| Ok(recorded_since(&records, at)));
+    history
+}
+
+/// A store that has Ada, read directly: a cached representation holds only the active
+/// devices, so a decision as recorded never reads through the cache.
+fn ada_store() -> MockUserRepository {
+    let mut users = MockUserRepository::new();
+    users.expect_find_profile().returning(|id| Ok((id == ada_today().user.id).then(ada_today)));
+    users
+}
+
+fn no_cache_reads() -> Arc<dyn ProfileCache> {
+    let mut cache = MockProfileCache::new();
+    cache.expect_lookup().never();
+    cache.expect_lookup_many().never();
+    Arc::new(cache)
+}
+
+#[test]
+fn eligibility_as_recorded_takes_back_every_later_change_to_rebuild_the_consent_at_the_instant() {
+    let mut categories = MockCategoryRepository::new();
+    categories.expect_find().never();
+    categories
+        .expect_as_of()
+        .withf(|key, _| key.as_str() == "marketing")
+        .returning(|_, _| Ok(Some(category("marketing", true, true))));
+    let service =
+        catalogue_service(ada_store(), categories, ada_history_port(), no_cache_reads(), MockProfileEncoder::new());
+    let marketing = key("marketing");
+
+    use Channel::{Email, Push};
+    use Reason::{CategoryOptedOut, NoActiveDevice, Ok as Allowed, OptedOut, QuietHours};
+    // (instant, channel, category, reason, end of quiet hours, what the answer rests on)
+    let cases = [
+        (datetime!(2026-03-01 12:00 UTC), Email, None, Allowed, None, REGISTERED),
+        (REGISTERED, Email, None, Allowed, None, REGISTERED),
+        // A change at the very instant counts: it was made at or before it.
+        (OPTED_OUT_OF_EMAIL, Email, None, OptedOut, None, OPTED_OUT_OF_EMAIL),
+        // 23:00 UTC is quiet today, but there were no quiet hours yet.
+        (datetime!(2026-03-02 23:00 UTC), Email, None, OptedOut, None, OPTED_OUT_OF_EMAIL),
+        (datetime!(2026-03-02 23:00 UTC), Push, None, Allowed, None, OPTED_OUT_OF_EMAIL),
+        (
+            datetime!(2026-03-03 23:00 UTC),
+            Push,
+            None,
+            QuietHours,
+            Some(datetime!(2026-03-04 07:00 UTC)),
+            SET_QUIET_HOURS,
+        ),
+        (datetime!(2026-03-04 12:00 UTC), Email, Some(&marketing), Allowed, None, OPTED_BACK_IN_TO_EMAIL),
+        (
+            datetime!(2026-03-05 12:00 UTC),
+            Email,
+            Some(&marketing),
+            CategoryOptedOut,
+            None,
+            OPTED_OUT_OF_MARKETING_EMAIL,
+        ),
+        (datetime!(2026-03-05 12:00 UTC), Push, None, Allowed, None, OPTED_OUT_OF_MARKETING_EMAIL),
+        (datetime!(2026-03-07 12:00 UTC), Push, None, NoActiveDevice, None, DEACTIVATED_HER_PHONE),
+    ];
+    for (at, channel, category, reason, next_allowed_at, rests_on) in cases {
+        let recorded =
+            futures_executor::block_on(service.eligibility_as_recorded(ada_today().user.id, channel, category, at))
+                .unwrap();
+        let allowed = reason == Allowed;
+        assert_eq!(
+            recorded,
+            RecordedEligibility {
+                eligibility: Eligibility { channel, at, allowed, reason, next_allowed_at, targets: None },
+                rests_on,
+            },
+            "{channel:?} at {at}"
+        );
+    }
+}
+
+#[test]
+fn eligibility_as_recorded_before_registration_is_not_yet_registered() {
+    let mut categories = MockCategoryRepository::new();
+    categories.expect_as_of().never();
+    let mut history = MockConsentHistory::new();
+    history.expect_since().never();
+    let service = catalogue_service(ada_store(), categories, history, no_cache_reads(), MockProfileEncoder::new());
+    let a_second_early = REGISTERED - time::Duration::SECOND;
+    let answer = futures_executor::block_on(service.eligibility_as_recorded(
+        ada_today().user.id,
+        Channel::Email,
+        Some(&key("marketing")),
+        a_second_early,
+    ));
+    assert!(matches!(answer, Err(EligibilityError::NotYetRegistered)), "{answer:?}");
+
+    let unknown = futures_executor::block_on(service.eligibility_as_recorded(
+        UserId::generate(),
+        Channel::Email,
+        None,
+        REGISTERED,
+    ));
+    assert!(matches!(unknown, Err(EligibilityError::UserNotFound)), "{unknown:?}");
+}
+
+#[test]
+fn eligibility_as_recorded_decides_with_the_category_as_the_catalogue_had_it_then() {
+    let at = datetime!(2026-03-04 12:00 UTC);
+    let mut categories = MockCategoryRepository::new();
+    // Today marketing is on by default; on 4 March its email default was off.
+    categories.expect_find().never();
+    categories
+        .expect_as_of()
+        .withf(move |key, asked| key.as_str() == "marketing" && *asked == at)
+        .times(1)
+        .returning(|_, _| Ok(Some(category("marketing", false, true))));
+    categories.expect_as_of().withf(|key, _| key.as_str() == "launched-later").times(1).returning(|_, _| Ok(None));
+    let service =
+        catalogue_service(ada_store(), categories, ada_history_port(), no_cache_reads(), MockProfileEncoder::new());
+    let ada = ada_today().user.id;
+
+    let then =
+        futures_executor::block_on(service.eligibility_as_recorded(ada, Channel::Email, Some(&key("marketing")), at));
+    assert_eq!(then.unwrap().eligibility.reason, Reason::CategoryOptedOut);
+    // A category that did not exist at the instant is unknown, as a category that never did.
+    let missing = futures_executor::block_on(service.eligibility_as_recorded(
+        ada,
+        Channel::Email,
+        Some(&key("launched-later")),
+        at,
+    ));
+    assert!(matches!(missing, Err(EligibilityError::CategoryNotFound)), "{missing:?}");
+}
+
+#[test]
+fn eligibility_as_recorded_rests_on_the_registration_when_nothing_was_recorded_before_the_instant() {
+    // A user registered before the history existed: no row at or before the instant.
+    let mut history = MockConsentHistory::new();
+    history.expect_since().times(1).returning(|_, _| Ok(RecordedSince { changes: Vec::new(), last_before: None }));
+    let service = catalogue_service(
+        ada_store(),
+        MockCategoryRepository::new(),
+        history,
+        no_cache_reads(),
+        MockProfileEncoder::new(),
+    );
+    let at = datetime!(2026-04-01 12:00 UTC);
+    let recorded =
+        futures_executor::block_on(service.eligibility_as_recorded(ada_today().user.id, Channel::Email, None, at))
+            .unwrap();
+    assert_eq!(recorded.rests_on, REGISTERED);
+    assert_eq!(recorded.eligibility.reason, Reason::Ok);
+}
+
+#[test]
+fn eligibility_as_recorded_refuses_a_history_row_that_does_not_fit_its_field() {
+    let mut history = MockConsentHistory::new();
+    history.expect_since().returning(|_, _| {
+        Ok(RecordedSince {
+            changes: vec![ConsentRecord {
+                sequence: 9,
+                at: DEACTIVATED_HER_PHONE,
+                change: ConsentChange {
+                    field: ConsentField::Channel(ChannelName::Email),
+                    old: ConsentValue::Text("yes".into()),
+                    new: ConsentValue::Flag(true),
+                },
+                actor: Actor::user(ada_today().user.id),
+                request_id: None,
+            }],
+            last_before: Some(REGISTERED),
+        })
+    });
+    let service = catalogue_service(
+        ada_store(),
+        MockCategoryRepository::new(),
+        history,
+        no_cache_reads(),
+        MockProfileEncoder::new(),
+    );
+    let answer = futures_executor::block_on(service.eligibility_as_recorded(
+        ada_today().user.id,
+        Channel::Email,
+        None,
+        REGISTERED,
+    ));
+    assert!(matches!(answer, Err(EligibilityError::Unexpected(_))), "never a guess: {answer:?}");
+}
+
+#[test]
+fn eligibility_in_an_unknown_category_is_category_not_found_before_any_user_is_read() {
+    let mut categories = MockCategoryRepository::new();
+    categories.expect_find().withf(|key| key.as_str() == "nope").returning(|_| Ok(None));
+    let mut users = MockUserRepository::new();
+    users.expect_find_profile().never();
+    users.expect_find_profiles().never();
+    let service =
+        catalogue_service(users, categories, MockConsentHistory::new(), no_cache_reads(), MockProfileEncoder::new());
+    let nope = key("nope");
+
+    let single =
+        futures_executor::block_on(service.eligibility(UserId::generate(), Channel::Push, Some(&nope), REGISTERED));
+    assert!(matches!(single, Err(EligibilityError::CategoryNotFound)), "{single:?}");
+    let bulk = futures_executor::block_on(service.eligibilities(
+        &[UserId::generate()],
+        Channel::Push,
+        Some(&nope),
+        REGISTERED,
+    ));
+    assert!(matches!(bulk, Err(EligibilityError::CategoryNotFound)), "{bulk:?}");
+}
+
+#[test]
+fn eligibility_in_a_category_applies_the_users_choice_from_the_cached_representation() {
+    let mut categories = MockCategoryRepository::new();
+    categories.expect_find().returning(|_| Ok(Some(category("marketing", true, false))));
+    let mut cache = MockProfileCache::new();
+    cache.expect_lookup().returning(|_| CacheLookup::Hit(b"cached".to_vec()));
+    let mut encoder = MockProfileEncoder::new();
+    let mut cached = ada_today();
+    cached.devices[0].active = true;
+    encoder.expect_decode().returning(move |_| Some(cached.clone()));
+    let mut users = MockUserRepository::new();
+    users.expect_find_profile().never();
+    let service = catalogue_service(users, categories, MockConsentHistory::new(), Arc::new(cache), encoder);
+    let marketing = key("marketing");
+    let noon = datetime!(2026-03-10 12:00 UTC);
+    let reason = |channel| {
+        futures_executor::block_on(service.eligibility(ada_today().user.id, channel, Some(&marketing), noon))
+            .unwrap()
+            .reason
+    };
+    // Her choice turned email off; push is off by default and she did not choose.
+    assert_eq!(reason(Channel::Email), Reason::CategoryOptedOut);
+    assert_eq!(reason(Channel::Push), Reason::CategoryOptedOut);
+}
+
+#[test]
+fn removing_a_category_with_force_invalidates_the_users_whose_choices_were_dropped() {
+    let (grace, linus) = (UserId::generate(), UserId::generate());
+    let mut categories = MockCategoryRepository::new();
+    categories
+        .expect_remove()
+        .withf(|key, force, _, by| key.as_str() == "marketing" && *force && *by == operator())
+        .times(1)
+        .returning(move |_, _, _, _| Ok(CategoryRemoval::Removed(vec![grace, linus])));
+    let mut cache = MockProfileCache::new();
+    cache.expect_invalidate().withf(move |ids| ids == [grace, linus]).times(1).return_const(Invalidation::Confirmed);
+    let service = catalogue_service(
+        MockUserRepository::new(),
+        categories,
+        MockConsentHistory::new(),
+        Arc::new(cache),
+        MockProfileEncoder::new(),
+    );
+    futures_executor::block_on(service.remove_category(key("marketing"), true, operator())).unwrap();
+}
+
+#[test]
+fn a_forced_removal_whose_invalidation_is_unconfirmed_is_not_acknowledged() {
+    let grace = UserId::generate();
+    let mut categories = MockCategoryRepository::new();
+    categories.expect_remove().returning(move |_, _, _, _| Ok(CategoryRemoval::Removed(vec![grace])));
+    let mut cache = MockProfileCache::new();
+    cache.expect_invalidate().withf(move |ids| ids == [grace]).times(1).return_const(Invalidation::Unconfirmed);
+    let service = catalogue_service(
+        MockUserRepository::new(),
+        categories,
+        MockConsentHistory::new(),
+        Arc::new(cache),
+        MockProfileEncoder::new(),
+    );
+    let removed = futures_executor::block_on(service.remove_category(key("marketing"), true, operator()));
+    assert!(matches!(removed, Err(CatalogueError::InvalidationUnconfirmed)), "{removed:?}");
+}
+
+#[test]
+fn removing_a_category_in_use_without_force_is_category_in_use_and_invalidates_nobody() {
+    let mut categories = MockCategoryRepository::new();
+    categories
+        .expect_remove()
+        .withf(|_, force, _, _| !*force)
+        .times(1)
+        .returning(|_, _, _, _| Ok(CategoryRemoval::InUse(3)));
+    categories
+        .expect_remove()
+        .withf(|key, _, _, _| key.as_str() == "gone")
+        .returning(|_, _, _, _| Ok(CategoryRemoval::NotFound));
+    categories
+        .expect_remove()
+        .withf(|key, _, _, _| key.as_str() == "unused")
+        .returning(|_, _, _, _| Ok(CategoryRemoval::Removed(Vec::new())));
+    let mut cache = MockProfileCache::new();
+    cache.expect_invalidate().never();
+    let service = catalogue_service(
+        MockUserRepository::new(),
+        categories,
+        MockConsentHistory::new(),
+        Arc::new(cache),
+        MockProfileEncoder::new(),
+    );
+    let in_use = futures_executor::block_on(service.remove_category(key("marketing"), false, operator()));
+    assert!(matches!(in_use, Err(CatalogueError::CategoryInUse(3))), "{in_use:?}");
+    let gone = futures_executor::block_on(service.remove_category(key("gone"), true, operator()));
+    assert!(matches!(gone, Err(CatalogueError::CategoryNotFound)), "{gone:?}");
+    // Nobody had chosen: nothing cached changed.
+    futures_executor::block_on(service.remove_category(key("unused"), true, operator())).unwrap();
+}
+
+#[test]
+fn changing_a_category_choice_invalidates_the_user_and_answers_the_setting_that_now_applies() {
+    let ada = ada_today().user.id;
+    let chosen = CategoryChoice { email: None, push: Some(true) };
+    let mut categories = MockCategoryRepository::new();
+    categories
+        .expect_change_choice()
+        .withf(move |user, key, change, _, by| {
+            *user == ada && key.as_str() == "marketing" && *change == ChoiceChange::Set(chosen) && *by == operator()
+        })
+        .times(1)
+        .returning(move |_, _, _, _, _| Ok(Some(chosen)));
+    categories.expect_find().returning(|_| Ok(Some(category("marketing", true, false))));
+    let mut cache = MockProfileCache::new();
+    cache.expect_invalidate().withf(move |ids| ids == [ada]).times(1).return_const(Invalidation::Confirmed);
+    let service = catalogue_service(
+        MockUserRepository::new(),
+        categories,
+        MockConsentHistory::new(),
+        Arc::new(cache),
+        MockProfileEncoder::new(),
+    );
+    let (category, resolved) = futures_executor::block_on(service.change_category_choice(
+        ada,
+        key("marketing"),
+        ChoiceChange::Set(chosen),
+        operator(),
+    ))
+    .unwrap();
+    assert_eq!(category.key.as_str(), "marketing");
+    assert_eq!(resolved, ResolvedChoice { email: true, push: true, source: ChoiceSource::User });
+}
+
+#[test]
+fn a_choice_refused_for_an_unknown_user_or_category_invalidates_nobody() {
+    let mut categories = MockCategoryRepository::new();
+    categories
+        .expect_change_choice()
+        .withf(|_, key, _, _, _| key.as_str() == "marketing")
+        .returning(|_, _, _, _, _| Ok(None));
+    categories
+        .expect_change_choice()
+        .withf(|_, key, _, _, _| key.as_str() == "nope")
+        .returning(|_, _, _, _, _| Err(RepositoryError::CategoryNotFound));
+    let mut cache = MockProfileCache::new();
+    cache.expect_invalidate().never();
+    let service = catalogue_service(
+        MockUserRepository::new(),
+        categories,
+        MockConsentHistory::new(),
+        Arc::new(cache),
+        MockProfileEncoder::new(),
+    );
+    let change = |raw: &str| {
+        futures_executor::block_on(service.change_category_choice(
+            UserId::generate(),
+            key(raw),
+            ChoiceChange::Clear,
+            Provenance::default(),
+        ))
+    };
+    assert!(matches!(change("marketing"), Err(ChoiceError::UserNotFound)));
+    assert!(matches!(change("nope"), Err(ChoiceError::CategoryNotFound)));
 }

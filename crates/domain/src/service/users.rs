@@ -1,6 +1,7 @@
 //! Registration, contact details, preferences and erasure.
 
 use super::{UserService, log_device_moved};
+use crate::consent::Provenance;
 use crate::device::{DeviceRegistration, Platform};
 use crate::failure::{ChangeError, ContactError, RegisterError, ServiceError};
 use crate::idempotency::{Idempotent, IdempotentWrite};
@@ -17,6 +18,7 @@ impl UserService {
     pub async fn register(
         &self,
         new_user: NewUser,
+        by: Provenance,
         idempotency: Option<IdempotentWrite<CreatedUser>>,
     ) -> Result<Idempotent<CreatedUser>, RegisterError> {
         self.detached(move |write| async move {
@@ -39,6 +41,7 @@ impl UserService {
                 device: push_token.map(|token| DeviceRegistration { token, platform: Platform::Unknown, active: true }),
                 if_token_held,
                 created_at: now,
+                provenance: by,
             };
             // A new user has no cached entry; the previous owner of its token does.
             let idempotency = idempotency.map(|idempotent| {
@@ -59,10 +62,15 @@ impl UserService {
     }
 
     /// Changes name, email or phone and returns the updated profile.
-    pub async fn update_contact(&self, id: UserId, update: ContactUpdate) -> Result<UserProfile, ContactError> {
+    pub async fn update_contact(
+        &self,
+        id: UserId,
+        update: ContactUpdate,
+        by: Provenance,
+    ) -> Result<UserProfile, ContactError> {
         if !update.is_empty() {
             self.detached(move |write| async move {
-                let result = write.ports.users.update_contact(id, update, write.now()).await;
+                let result = write.ports.users.update_contact(id, update, write.now(), &by).await;
                 write.after_write(result, &[id], Option::is_some).await?.ok_or(ContactError::UserNotFound)
             })
             .await?;
@@ -70,7 +78,8 @@ impl UserService {
         Ok(self.profile(id).await.map_err(ServiceError::from)?)
     }
 
-    /// Erases the user, its preferences and its devices.
+    /// Erases the user, its preferences, its devices, its category choices and its consent
+    /// history (the right to erasure wins over the record).
     pub async fn delete(&self, id: UserId) -> Result<(), ChangeError> {
         self.detached(move |write| async move {
             let result = write.ports.users.delete(id).await;
@@ -82,9 +91,14 @@ impl UserService {
     }
 
     /// Applies a partial preferences change.
-    pub async fn update_preferences(&self, id: UserId, update: PreferencesUpdate) -> Result<Preferences, ChangeError> {
+    pub async fn update_preferences(
+        &self,
+        id: UserId,
+        update: PreferencesUpdate,
+        by: Provenance,
+    ) -> Result<Preferences, ChangeError> {
         self.detached(move |write| async move {
-            let result = write.ports.users.update_preferences(id, update, write.now()).await;
+            let result = write.ports.users.update_preferences(id, update, write.now(), &by).await;
             write.after_write(result, &[id], Option::is_some).await?.ok_or(ChangeError::UserNotFound)
         })
         .await

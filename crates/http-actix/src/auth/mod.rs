@@ -24,9 +24,11 @@ use apistos::ApiComponent;
 use apistos::Schema;
 use apistos::reference_or::ReferenceOr;
 use domain::auth::{Principal, Scope, Scopes, ServiceProof};
+use domain::consent::Provenance;
 use domain::user::UserId;
 
 use crate::error::ApiError;
+use crate::middleware::RequestId;
 use crate::state::AppState;
 use credentials::bearer_credential;
 pub use credentials::{AuthSettings, CallerName, INTERNAL_NETWORK, MetricsToken, ServiceKeys};
@@ -98,8 +100,9 @@ async fn resolve(state: &AppState, request: &HttpRequest) -> Result<Option<Princ
 
 type ResolveFuture<T> = Pin<Box<dyn Future<Output = Result<T, ApiError>>>>;
 
-/// Resolves the caller and names it on the request for the log line.
-fn resolve_request(request: &HttpRequest) -> ResolveFuture<Option<Principal>> {
+/// Resolves the caller and names it on the request for the log line; also reads the
+/// request's id, for the provenance of the changes the request makes.
+fn resolve_request(request: &HttpRequest) -> ResolveFuture<(Option<Principal>, Option<String>)> {
     let request = request.clone();
     Box::pin(async move {
         let state = request
@@ -109,14 +112,15 @@ fn resolve_request(request: &HttpRequest) -> ResolveFuture<Option<Principal>> {
         if let Some(principal) = &principal {
             request.extensions_mut().insert(CallerName(principal.name()));
         }
-        Ok(principal)
+        let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone());
+        Ok((principal, request_id))
     })
 }
 
 /// An authenticated caller; a request without credentials is refused with 401. Handlers
 /// authorize it for what their route does with [`Caller::user`].
 #[derive(Debug, Clone)]
-pub struct Caller(pub Principal);
+pub struct Caller(pub Principal, Option<String>);
 
 impl FromRequest for Caller {
     type Error = ApiError;
@@ -124,7 +128,10 @@ impl FromRequest for Caller {
 
     fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let resolving = resolve_request(request);
-        Box::pin(async move { resolving.await?.map(Caller).ok_or_else(ApiError::authentication_required) })
+        Box::pin(async move {
+            let (principal, request_id) = resolving.await?;
+            Ok(Caller(principal.ok_or_else(ApiError::authentication_required)?, request_id))
+        })
     }
 }
 
@@ -135,11 +142,16 @@ impl Caller {
         self.0.authorize_for_user(id, scope).map_err(ApiError::forbidden)?;
         Ok(id)
     }
+
+    /// Who asks, in which request: what the consent history records of its changes.
+    pub fn provenance(&self) -> Provenance {
+        Provenance { actor: Some(self.0.actor()), request_id: self.1.clone() }
+    }
 }
 
 /// The caller if it presented a credential (public routes such as registration).
 #[derive(Debug, Clone)]
-pub struct MaybeCaller(pub Option<Principal>);
+pub struct MaybeCaller(pub Option<Principal>, Option<String>);
 
 impl FromRequest for MaybeCaller {
     type Error = ApiError;
@@ -147,7 +159,15 @@ impl FromRequest for MaybeCaller {
 
     fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let resolving = resolve_request(request);
-        Box::pin(async move { resolving.await.map(MaybeCaller) })
+        Box::pin(async move { resolving.await.map(|(principal, request_id)| MaybeCaller(principal, request_id)) })
+    }
+}
+
+impl MaybeCaller {
+    /// As [`Caller::provenance`]; no credential is the user acting on itself (its own
+    /// registration).
+    pub fn provenance(&self) -> Provenance {
+        Provenance { actor: self.0.as_ref().map(Principal::actor), request_id: self.1.clone() }
     }
 }
 
@@ -155,7 +175,7 @@ impl FromRequest for MaybeCaller {
 /// authorize it with [`ServiceCaller::authorize`] (403 for end users and for services
 /// without the route's scope).
 #[derive(Debug, Clone)]
-pub struct ServiceCaller(Principal);
+pub struct ServiceCaller(Principal, Option<String>);
 
 impl FromRequest for ServiceCaller {
     type Error = ApiError;
@@ -163,7 +183,10 @@ impl FromRequest for ServiceCaller {
 
     fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let resolving = resolve_request(request);
-        Box::pin(async move { Ok(ServiceCaller(resolving.await?.ok_or_else(ApiError::authentication_required)?)) })
+        Box::pin(async move {
+            let (principal, request_id) = resolving.await?;
+            Ok(ServiceCaller(principal.ok_or_else(ApiError::authentication_required)?, request_id))
+        })
     }
 }
 
@@ -171,6 +194,11 @@ impl ServiceCaller {
     /// Checks that the caller is a service holding `scope`.
     pub fn authorize(&self, scope: Scope) -> Result<(), ApiError> {
         self.0.authorize_across_users(scope).map_err(ApiError::forbidden)
+    }
+
+    /// As [`Caller::provenance`].
+    pub fn provenance(&self) -> Provenance {
+        Provenance { actor: Some(self.0.actor()), request_id: self.1.clone() }
     }
 }
 
@@ -185,7 +213,7 @@ impl FromRequest for UserCaller {
 
     fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let resolving = resolve_request(request);
-        Box::pin(async move { Ok(UserCaller(resolving.await?.ok_or_else(ApiError::authentication_required)?)) })
+        Box::pin(async move { Ok(UserCaller(resolving.await?.0.ok_or_else(ApiError::authentication_required)?)) })
     }
 }
 

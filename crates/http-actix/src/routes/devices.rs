@@ -52,7 +52,7 @@ pub async fn register(
     let registration = dto.into_domain()?;
     let scope = Some(caller.0.name());
     let idempotency = state.idempotent_write(key, scope, &request, &raw, Box::new(registered_answer));
-    Ok(match state.service.register_device(user, registration, idempotency).await? {
+    Ok(match state.service.register_device(user, registration, caller.provenance(), idempotency).await? {
         Idempotent::Executed(registered) => Replayable::fresh(registered_answer(&registered)),
         Idempotent::Replayed(stored) => Replayable::replayed(stored),
     })
@@ -120,12 +120,13 @@ fn selector(device: &str) -> Result<DeviceSelector, ApiError> {
 /// Sets the state of a device; shared by the v1 and legacy routes.
 pub(crate) async fn set_active(
     state: &AppState,
+    caller: &Caller,
     user: UserId,
     device: &str,
     active: bool,
 ) -> Result<Ok<DeviceView>, ApiError> {
     let selector = selector(device)?;
-    let device = state.service.set_device_active(user, &selector, active).await?;
+    let device = state.service.set_device_active(user, &selector, active, caller.provenance()).await?;
     Ok(Ok::new(DeviceView::from(&device), if active { "device activated" } else { "device deactivated" }))
 }
 
@@ -147,7 +148,7 @@ pub async fn activate(
     id: UserIdPath,
     path: Path<DeviceSegment>,
 ) -> Result<Ok<DeviceView>, ApiError> {
-    set_active(&state, caller.user(id.0, Scope::DevicesWrite)?, &path.device, true).await
+    set_active(&state, &caller, caller.user(id.0, Scope::DevicesWrite)?, &path.device, true).await
 }
 
 /// Deactivate a device
@@ -169,7 +170,7 @@ pub async fn deactivate(
     id: UserIdPath,
     path: Path<DeviceSegment>,
 ) -> Result<Ok<DeviceView>, ApiError> {
-    set_active(&state, caller.user(id.0, Scope::DevicesDeactivate)?, &path.device, false).await
+    set_active(&state, &caller, caller.user(id.0, Scope::DevicesDeactivate)?, &path.device, false).await
 }
 
 /// Remove a device
@@ -190,6 +191,6 @@ pub async fn delete(
     path: Path<DeviceSegment>,
 ) -> Result<NoContent, ApiError> {
     let (user, selector) = (caller.user(id.0, Scope::DevicesWrite)?, selector(&path.device)?);
-    state.service.delete_device(user, &selector).await?;
+    state.service.delete_device(user, &selector, caller.provenance()).await?;
     Ok(NoContent)
 }

@@ -3,7 +3,9 @@
 
 use actix_web::web::{Data, Query};
 use apistos::{ApiComponent, api_operation};
+use domain::EligibilityError;
 use domain::auth::Scope;
+use domain::category::CategoryKey;
 use domain::eligibility::{Channel, Eligibility, Targets};
 use domain::user::UserId;
 use domain::{FieldError, InvalidValue};
@@ -23,14 +25,20 @@ use crate::state::AppState;
 /// The most users one bulk request may name.
 pub const MAX_BULK_IDS: usize = 1000;
 
-/// `?channel=email|push&at=<RFC 3339>`.
+/// `?channel=email|push&category=<key>&at=<RFC 3339>&as_recorded=true`.
 #[derive(Debug, Deserialize, JsonSchema, ApiComponent)]
 #[serde(deny_unknown_fields)]
 pub struct EligibilityQuery {
     /// `email` or `push`.
     pub channel: String,
+    /// A category key: its critical flag, and the user's choice in it (or its default),
+    /// join the decision.
+    pub category: Option<String>,
     /// The instant to decide for (RFC 3339); default now.
     pub at: Option<String>,
+    /// `true` answers with the user's consent as it was recorded at `at` (a past instant,
+    /// required): rebuilt from the consent history, with the category as it was then.
+    pub as_recorded: Option<bool>,
 }
 
 /// Eligibility of many users.
@@ -40,6 +48,8 @@ pub struct EligibilityQuery {
 pub struct BulkEligibilityRequest {
     /// `email` or `push`.
     pub channel: String,
+    /// A category key, for every id; an unknown one answers `unknown_category` for each.
+    pub category: Option<String>,
     /// The instant to decide for (RFC 3339); default now.
     pub at: Option<String>,
     /// Up to 1000 user ids (canonical spelling); answers come in the same order.
@@ -93,20 +103,45 @@ pub struct EligibilityView {
     pub at: String,
     /// Whether a notification may be sent now.
     pub allowed: bool,
-    /// `ok`, `opted_out`, `no_address`, `no_active_device`, `quiet_hours`, or
-    /// `user_not_found` (bulk only), in that order of precedence.
+    /// In order of precedence: `no_address`, `no_active_device` (nowhere to send);
+    /// `critical` (allowed: a critical category ignores opt-outs and quiet hours);
+    /// `opted_out` (the channel's global switch), `category_opted_out`, `quiet_hours`; `ok`.
+    /// Bulk only: `user_not_found`, `unknown_category`.
+    #[schemars(schema_with = "reason_schema")]
     pub reason: &'static str,
     /// For `quiet_hours`: the first instant the user's wall clock leaves the window
     /// (daylight-saving transitions included); otherwise null. Also null, with `quiet_hours`,
     /// when that end lies beyond the year 9999 and cannot be computed: the decision then fails
     /// closed.
     pub next_allowed_at: Option<String>,
-    /// Present when allowed or only held back by quiet hours.
+    /// Present when allowed or only held back by quiet hours (never in an as-recorded
+    /// answer: it says whether a send was allowed then, not where one would go today).
     pub targets: Option<TargetsView>,
+    /// The category decided for, or null.
+    pub category: Option<String>,
+    /// Whether the answer was rebuilt from the consent history as recorded at `at`.
+    pub as_recorded: bool,
+    /// As-recorded answers only: when the last recorded change at or before `at` was made
+    /// (the registration at the earliest); the state the answer rests on held from then.
+    pub recorded_state_since: Option<String>,
+}
+
+fn reason_schema(_generator: &mut schemars::r#gen::SchemaGenerator) -> schemars::schema::Schema {
+    crate::dto::string_enum(&[
+        "ok",
+        "critical",
+        "opted_out",
+        "category_opted_out",
+        "no_address",
+        "no_active_device",
+        "quiet_hours",
+        "user_not_found",
+        "unknown_category",
+    ])
 }
 
 impl EligibilityView {
-    fn new(user: UserId, eligibility: Eligibility) -> Self {
+    fn new(user: UserId, eligibility: Eligibility, category: Option<&CategoryKey>) -> Self {
         let targets = eligibility.targets.map(|targets| match targets {
             Targets::Email(address) => TargetsView::Email { email: address.as_str().to_owned() },
             Targets::Tokens(tokens) => TargetsView::Push {
@@ -127,38 +162,70 @@ impl EligibilityView {
             reason: eligibility.reason.as_str(),
             next_allowed_at: eligibility.next_allowed_at.map(rfc3339),
             targets,
+            category: category.map(|key| key.as_str().to_owned()),
+            as_recorded: false,
+            recorded_state_since: None,
         }
     }
 
-    fn not_found(user: UserId, channel: Channel, at: OffsetDateTime) -> Self {
+    /// A refusal without a decision (bulk): `user_not_found` or `unknown_category`.
+    fn undecided(
+        user: UserId,
+        channel: Channel,
+        category: Option<&CategoryKey>,
+        at: OffsetDateTime,
+        reason: &'static str,
+    ) -> Self {
         Self {
             user_id: user.as_uuid(),
             channel: channel.as_str(),
             at: rfc3339(at),
             allowed: false,
-            reason: "user_not_found",
+            reason,
             next_allowed_at: None,
             targets: None,
+            category: category.map(|key| key.as_str().to_owned()),
+            as_recorded: false,
+            recorded_state_since: None,
         }
     }
 }
 
-/// Parses `channel` and `at` (default now), reporting both fields' errors at once.
-fn channel_and_instant(
+/// What a decision is asked for.
+struct Question {
+    channel: Channel,
+    category: Option<CategoryKey>,
+    at: OffsetDateTime,
+}
+
+/// Parses `channel`, `category` and `at` (default now), reporting every field's error at
+/// once. `as_recorded` needs an explicit `at` that is not in the future.
+fn question(
     channel: &str,
+    category: Option<&str>,
     at: Option<&str>,
+    as_recorded: bool,
     now: OffsetDateTime,
-) -> Result<(Channel, OffsetDateTime), ApiError> {
+) -> Result<Question, ApiError> {
     let channel = Channel::parse(channel);
+    let category = category.map(CategoryKey::parse).transpose();
     let at = match at {
+        None if as_recorded => Err(InvalidValue::new("as_recorded=true needs the past instant to answer for")),
         None => Result::Ok(now),
         Some(raw) => OffsetDateTime::parse(raw, &Rfc3339)
-            .map_err(|_| InvalidValue::new("must be an RFC 3339 date-time such as 2026-11-25T22:30:00Z")),
+            .map_err(|_| InvalidValue::new("must be an RFC 3339 date-time such as 2026-11-25T22:30:00Z"))
+            .and_then(|at| {
+                if as_recorded && at > now {
+                    Err(InvalidValue::new("with as_recorded=true, must not be in the future: nothing is recorded yet"))
+                } else {
+                    Result::Ok(at)
+                }
+            }),
     };
-    match (channel, at) {
-        (Result::Ok(channel), Result::Ok(at)) => Result::Ok((channel, at)),
-        (channel, at) => Err(ApiError::validation(
-            [("channel", channel.err()), ("at", at.err())]
+    match (channel, category, at) {
+        (Result::Ok(channel), Result::Ok(category), Result::Ok(at)) => Result::Ok(Question { channel, category, at }),
+        (channel, category, at) => Err(ApiError::validation(
+            [("channel", channel.err()), ("category", category.err()), ("at", at.err())]
                 .into_iter()
                 .filter_map(|(field, error)| error.map(|error| FieldError::new(field, error)))
                 .collect(),
@@ -168,11 +235,20 @@ fn channel_and_instant(
 
 /// Send eligibility of a user
 ///
-/// Whether `channel` may be used for the user at `at` (default now), and if not, why and
-/// when. Reasons in order of precedence: `opted_out`, `no_address` / `no_active_device`,
-/// `quiet_hours` (with `next_allowed_at`, the end of the window in the user's time zone,
-/// daylight-saving transitions included), `ok`. `targets` names the address or the active
-/// tokens when allowed or only held back by quiet hours. Scope `eligibility.read`.
+/// Whether `channel` may be used for the user at `at` (default now), in `category` if
+/// given, and if not, why and when. Reasons in order of precedence: `no_address` /
+/// `no_active_device`; `critical` (allowed: a critical category ignores opt-outs and quiet
+/// hours); `opted_out` (the channel's global switch), `category_opted_out`, `quiet_hours`
+/// (with `next_allowed_at`, the end of the window in the user's time zone, daylight-saving
+/// transitions included); `ok`. `targets` names the address or the active tokens when
+/// allowed or only held back by quiet hours. An unknown category is 404
+/// `category_not_found`.
+///
+/// With `as_recorded=true` and a past `at`, the answer is the user's consent as it was
+/// recorded then, rebuilt from the consent history (with the category as the catalogue had
+/// it then); `recorded_state_since` says since when that state held, and `targets` is null.
+/// An instant before the user registered is 404 `not_yet_registered`. Scope
+/// `eligibility.read`, or the user itself.
 #[api_operation(
     tag = "eligibility",
     error_code = 400,
@@ -189,15 +265,27 @@ pub async fn single(
     query: Query<EligibilityQuery>,
 ) -> Result<Ok<EligibilityView>, ApiError> {
     let user = caller.user(id.0, Scope::EligibilityRead)?;
-    let (channel, at) = channel_and_instant(&query.channel, query.at.as_deref(), state.service.now())?;
-    let eligibility = state.service.eligibility(user, channel, at).await?;
-    Result::Ok(Ok::new(EligibilityView::new(user, eligibility), "eligibility decided"))
+    let as_recorded = query.as_recorded.unwrap_or(false);
+    let Question { channel, category, at } =
+        question(&query.channel, query.category.as_deref(), query.at.as_deref(), as_recorded, state.service.now())?;
+    if as_recorded {
+        let recorded = state.service.eligibility_as_recorded(user, channel, category.as_ref(), at).await?;
+        let view = EligibilityView {
+            as_recorded: true,
+            recorded_state_since: Some(rfc3339(recorded.rests_on)),
+            ..EligibilityView::new(user, recorded.eligibility, category.as_ref())
+        };
+        return Result::Ok(Ok::new(view, "eligibility as recorded"));
+    }
+    let eligibility = state.service.eligibility(user, channel, category.as_ref(), at).await?;
+    Result::Ok(Ok::new(EligibilityView::new(user, eligibility, category.as_ref()), "eligibility decided"))
 }
 
 /// Send eligibility of many users
 ///
-/// One decision per id, in request order; unknown ids get `reason: "user_not_found"`. Up to
-/// 1000 ids. Cached users are read in one cache round trip, the others in one query.
+/// One decision per id, in request order, on `channel` (in `category` if given); unknown
+/// ids get `reason: "user_not_found"`, and every id gets `unknown_category` when the
+/// category does not exist. Up to 1000 ids. Cached users are read in one cache round trip, the others in one query.
 /// Service callers with scope `eligibility.read` only.
 #[api_operation(
     tag = "eligibility",
@@ -217,16 +305,24 @@ pub async fn bulk(
 ) -> Result<Ok<Vec<EligibilityView>>, ApiError> {
     caller.authorize(Scope::EligibilityRead)?;
     let request = body.0;
-    let (channel, at) = channel_and_instant(&request.channel, request.at.as_deref(), state.service.now())?;
+    let Question { channel, category, at } =
+        question(&request.channel, request.category.as_deref(), request.at.as_deref(), false, state.service.now())?;
     let ids: Vec<UserId> = request.user_ids.into_iter().map(|id| id.0).collect();
-    let decisions = state.service.eligibilities(&ids, channel, at).await?;
-    let views = decisions
-        .into_iter()
-        .map(|(user, decision)| match decision {
-            Some(eligibility) => EligibilityView::new(user, eligibility),
-            None => EligibilityView::not_found(user, channel, at),
-        })
-        .collect();
+    let category = category.as_ref();
+    let views = match state.service.eligibilities(&ids, channel, category, at).await {
+        Result::Ok(decisions) => decisions
+            .into_iter()
+            .map(|(user, decision)| match decision {
+                Some(eligibility) => EligibilityView::new(user, eligibility, category),
+                None => EligibilityView::undecided(user, channel, category, at, "user_not_found"),
+            })
+            .collect(),
+        Err(EligibilityError::CategoryNotFound) => ids
+            .iter()
+            .map(|user| EligibilityView::undecided(*user, channel, category, at, "unknown_category"))
+            .collect(),
+        Err(error) => return Err(error.into()),
+    };
     Result::Ok(Ok::new(views, "eligibility decided"))
 }
 

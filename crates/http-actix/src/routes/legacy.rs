@@ -136,7 +136,7 @@ async fn deactivate_raw(
     let path_tail = request.uri().path().splitn(6, '/').nth(5).unwrap_or_default();
     let query = request.uri().query().unwrap_or_default();
     let token = raw_token(path_tail, query).ok_or_else(ApiError::route_not_found)?;
-    super::devices::set_active(state, user, &token, false).await
+    super::devices::set_active(state, caller, user, &token, false).await
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! envelope. Errors convert into [`ApiError`](crate::error::ApiError).
 
 pub mod auth;
+pub mod categories;
+pub mod consent;
 pub mod devices;
 pub mod docs;
 pub mod eligibility;
@@ -40,6 +42,19 @@ pub fn configure(config: &mut ServiceConfig) {
                     resource("/users/{id}/preferences")
                         .route(get().to(preferences::get))
                         .route(put().to(preferences::update)),
+                )
+                .service(
+                    resource("/users/{id}/preferences/categories/{key}")
+                        .route(put().to(categories::set_choice))
+                        .route(delete().to(categories::clear_choice)),
+                )
+                .service(resource("/users/{id}/consent-history").route(get().to(consent::history)))
+                .service(resource("/categories").route(get().to(categories::list)).route(post().to(categories::create)))
+                .service(
+                    resource("/categories/{key}")
+                        .route(get().to(categories::get))
+                        .route(patch().to(categories::update))
+                        .route(delete().to(categories::remove)),
                 )
                 .service(
                     resource("/users/{id}/devices").route(post().to(devices::register)).route(get().to(devices::list)),

@@ -5,7 +5,7 @@ use apistos::api_operation;
 use domain::auth::Scope;
 
 use crate::auth::Caller;
-use crate::dto::{PreferencesRequest, PreferencesView};
+use crate::dto::{PreferencesOverviewView, PreferencesRequest, PreferencesView};
 use crate::envelope::Ok;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, UserIdPath};
@@ -13,7 +13,10 @@ use crate::state::AppState;
 
 /// Get preferences
 ///
-/// Scope `users.read`.
+/// The global channel switches (`email`, `push`: what the seed's gateway reads), quiet hours
+/// and time zone, and `categories`: every category of the catalogue by key, with the
+/// user's setting in it (`source: user` when the user chose, `default` when the category's
+/// defaults apply). Scope `users.read`.
 #[api_operation(
     tag = "preferences",
     error_code = 400,
@@ -22,9 +25,13 @@ use crate::state::AppState;
     error_code = 404,
     error_code = 503
 )]
-pub async fn get(state: Data<AppState>, caller: Caller, id: UserIdPath) -> Result<Ok<PreferencesView>, ApiError> {
-    let preferences = state.service.preferences(caller.user(id.0, Scope::UsersRead)?).await?;
-    Ok(Ok::new(PreferencesView::from(&preferences), "preferences retrieved"))
+pub async fn get(
+    state: Data<AppState>,
+    caller: Caller,
+    id: UserIdPath,
+) -> Result<Ok<PreferencesOverviewView>, ApiError> {
+    let overview = state.service.preferences(caller.user(id.0, Scope::UsersRead)?).await?;
+    Ok(Ok::new(PreferencesOverviewView::from(&overview), "preferences retrieved"))
 }
 
 /// Update preferences
@@ -52,6 +59,6 @@ pub async fn update(
 ) -> Result<Ok<PreferencesView>, ApiError> {
     let user = caller.user(id.0, Scope::PreferencesWrite)?;
     let update = body.0.into_domain()?;
-    let preferences = state.service.update_preferences(user, update).await?;
+    let preferences = state.service.update_preferences(user, update, caller.provenance()).await?;
     Ok(Ok::new(PreferencesView::from(&preferences), "preferences updated"))
 }

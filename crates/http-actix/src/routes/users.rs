@@ -52,7 +52,7 @@ pub async fn register(
     state.limits.per_address(caller.0.as_ref(), &request, "register").await?;
     let scope = caller.0.as_ref().map(Principal::name);
     let idempotency = state.idempotent_write(key, scope, &request, &raw, Box::new(registered_answer));
-    Ok(match state.service.register(new_user, idempotency).await? {
+    Ok(match state.service.register(new_user, caller.provenance(), idempotency).await? {
         Idempotent::Executed(created) => Replayable::fresh(registered_answer(&created)),
         Idempotent::Replayed(stored) => Replayable::replayed(stored),
     })
@@ -130,7 +130,7 @@ pub async fn update_contact(
 ) -> Result<Ok<UserView>, ApiError> {
     let user = caller.user(id.0, Scope::UsersWrite)?;
     let update = body.0.into_domain()?;
-    let profile = state.service.update_contact(user, update).await?;
+    let profile = state.service.update_contact(user, update, caller.provenance()).await?;
     Ok(Ok::new(UserView::from(&profile), "user updated"))
 }
 

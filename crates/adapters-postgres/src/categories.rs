@@ -1,0 +1,233 @@
+//! [`CategoryRepository`] on PostgreSQL.
+//!
+//! Locks, always in this order so that no two writes deadlock: the category's row (`FOR
+//! UPDATE` to remove it, `FOR NO KEY UPDATE` to change it, `FOR KEY SHARE` to choose in
+//! it), then users' consent locks (see [`crate::history`]). A choice taken while a category
+//! is being removed waits for the removal, then finds no category; a removal waits for the
+//! choices being made, then drops them too.
+
+use adapters_sql_common::rows::{CategoryRow, ChoiceRow, RevisionRow, categories_from_rows, category_from_revisions};
+use adapters_sql_common::writes::{HistoryEntry, history_entries};
+use async_trait::async_trait;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use domain::category::{Category, CategoryChoice, CategoryKey, CategoryPatch};
+use domain::consent::{Provenance, choice_changes};
+use domain::ports::{CategoryRemoval, CategoryRepository, ChoiceChange, RepositoryError};
+use domain::user::UserId;
+use time::OffsetDateTime;
+
+use crate::PgStore;
+use crate::errors::from_diesel;
+use crate::history::{append, lock_consent};
+use crate::idempotency::TxError;
+use crate::rows::{CATEGORY, CHOICE, CategoryValues, ChoiceValues, REVISION, RevisionValues};
+use crate::schema::{category_choices, category_revisions, notification_categories};
+
+#[async_trait]
+impl CategoryRepository for PgStore {
+    async fn list(&self) -> Result<Vec<Category>, RepositoryError> {
+        let mut connection = self.connection().await?;
+        let rows: Vec<CategoryRow> = notification_categories::table
+            .order(notification_categories::key)
+            .select(CATEGORY)
+            .load(&mut connection)
+            .await
+            .map_err(from_diesel)?;
+        categories_from_rows(rows)
+    }
+
+    async fn find(&self, key: &CategoryKey) -> Result<Option<Category>, RepositoryError> {
+        let mut connection = self.connection().await?;
+        let row: Option<CategoryRow> = notification_categories::table
+            .find(key.as_str())
+            .select(CATEGORY)
+            .get_result(&mut connection)
+            .await
+            .optional()
+            .map_err(from_diesel)?;
+        row.map(Category::try_from).transpose()
+    }
+
+    async fn as_of(&self, key: &CategoryKey, at: OffsetDateTime) -> Result<Option<Category>, RepositoryError> {
+        let mut connection = self.connection().await?;
+        // A category has few revisions: all of them up to `at` also give its creation time.
+        let revisions: Vec<RevisionRow> = category_revisions::table
+            .filter(category_revisions::key.eq(key.as_str()))
+            .filter(category_revisions::at.le(at))
+            .order((category_revisions::at, category_revisions::id))
+            .select(REVISION)
+            .load(&mut connection)
+            .await
+            .map_err(from_diesel)?;
+        category_from_revisions(revisions)
+    }
+
+    async fn create(&self, category: Category) -> Result<(), RepositoryError> {
+        let mut connection = self.connection().await?;
+        // A taken key fails the insert on the primary key (mapped to "exists").
+        connection
+            .transaction::<_, TxError, _>(async |connection| {
+                diesel::insert_into(notification_categories::table)
+                    .values(CategoryValues::new(&category))
+                    .execute(connection)
+                    .await?;
+                diesel::insert_into(category_revisions::table)
+                    .values(RevisionValues::new(&category, category.updated_at, false))
+                    .execute(connection)
+                    .await?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn update(
+        &self,
+        key: &CategoryKey,
+        patch: CategoryPatch,
+        now: OffsetDateTime,
+    ) -> Result<Option<Category>, RepositoryError> {
+        let mut connection = self.connection().await?;
+        let key = key.clone();
+        let outcome = connection
+            .transaction::<_, TxError, _>(async |connection| {
+                // `NO KEY`: users' choices (which only share the key) go on meanwhile.
+                let row: Option<CategoryRow> = notification_categories::table
+                    .find(key.as_str())
+                    .select(CATEGORY)
+                    .for_no_key_update()
+                    .get_result(connection)
+                    .await
+                    .optional()?;
+                let Some(row) = row else { return Ok(None) };
+                let category = patch.apply(Category::try_from(row).map_err(TxError::Repository)?, now);
+                diesel::update(notification_categories::table.find(key.as_str()))
+                    .set(CategoryValues::new(&category))
+                    .execute(connection)
+                    .await?;
+                diesel::insert_into(category_revisions::table)
+                    .values(RevisionValues::new(&category, now, false))
+                    .execute(connection)
+                    .await?;
+                Ok(Some(category))
+            })
+            .await?;
+        Ok(outcome)
+    }
+
+    async fn remove(
+        &self,
+        key: &CategoryKey,
+        force: bool,
+        now: OffsetDateTime,
+        by: &Provenance,
+    ) -> Result<CategoryRemoval, RepositoryError> {
+        let mut connection = self.connection().await?;
+        let (key, by) = (key.clone(), by.clone());
+        let outcome = connection
+            .transaction::<_, TxError, _>(async |connection| {
+                // Locked against new choices first: those under way end before this reads.
+                let row: Option<CategoryRow> = notification_categories::table
+                    .find(key.as_str())
+                    .select(CATEGORY)
+                    .for_update()
+                    .get_result(connection)
+                    .await
+                    .optional()?;
+                let Some(row) = row else { return Ok(CategoryRemoval::NotFound) };
+                let category = Category::try_from(row).map_err(TxError::Repository)?;
+                let in_category = category_choices::table.filter(category_choices::category_key.eq(key.as_str()));
+                if !force {
+                    let users: i64 = in_category.count().get_result(connection).await?;
+                    if users > 0 {
+                        return Ok(CategoryRemoval::InUse(u64::try_from(users).unwrap_or_default()));
+                    }
+                }
+                let choices: Vec<ChoiceRow> = in_category.select(CHOICE).load(connection).await?;
+                let users: Vec<UserId> = choices.iter().map(|choice| UserId::from(choice.user_id)).collect();
+                let history: Vec<HistoryEntry> = choices
+                    .iter()
+                    .flat_map(|choice| {
+                        let changes = choice_changes(&key, choice.choice(), CategoryChoice::default());
+                        history_entries(UserId::from(choice.user_id), changes, &by)
+                    })
+                    .collect();
+                if !history.is_empty() {
+                    lock_consent(connection, &choices.iter().map(|choice| choice.user_id).collect::<Vec<_>>()).await?;
+                    append(connection, history, now).await?;
+                }
+                // The choices go with the category (ON DELETE CASCADE).
+                diesel::delete(notification_categories::table.find(key.as_str())).execute(connection).await?;
+                diesel::insert_into(category_revisions::table)
+                    .values(RevisionValues::new(&category, now, true))
+                    .execute(connection)
+                    .await?;
+                Ok(CategoryRemoval::Removed(users))
+            })
+            .await?;
+        Ok(outcome)
+    }
+
+    async fn change_choice(
+        &self,
+        user: UserId,
+        key: &CategoryKey,
+        change: ChoiceChange,
+        now: OffsetDateTime,
+        by: &Provenance,
+    ) -> Result<Option<CategoryChoice>, RepositoryError> {
+        let mut connection = self.connection().await?;
+        let (key, by) = (key.clone(), by.clone());
+        let outcome = connection
+            .transaction::<_, TxError, _>(async |connection| {
+                // The category cannot go away until this commits (a removal waits for it).
+                let category: Option<String> = notification_categories::table
+                    .find(key.as_str())
+                    .select(notification_categories::key)
+                    .for_key_share()
+                    .get_result(connection)
+                    .await
+                    .optional()?;
+                if category.is_none() {
+                    return Err(TxError::Repository(RepositoryError::CategoryNotFound));
+                }
+                // The user's consent lock serializes its choices: the old one is read under it.
+                if lock_consent(connection, &[user.as_uuid()]).await?.is_empty() {
+                    return Ok(None);
+                }
+                let stored: Option<ChoiceRow> = category_choices::table
+                    .find((user.as_uuid(), key.as_str()))
+                    .select(CHOICE)
+                    .get_result(connection)
+                    .await
+                    .optional()?;
+                let old = stored.as_ref().map(ChoiceRow::choice).unwrap_or_default();
+                let new = match change {
+                    ChoiceChange::Set(update) => old.with_update(update),
+                    ChoiceChange::Clear => CategoryChoice::default(),
+                };
+                if new == old {
+                    return Ok(Some(new));
+                }
+                let own_choice = category_choices::table.find((user.as_uuid(), key.as_str()));
+                if new.is_empty() {
+                    // A choice that says nothing is no choice: the defaults apply.
+                    diesel::delete(own_choice).execute(connection).await?;
+                } else {
+                    let values = ChoiceValues::new(user, &key, new, now);
+                    diesel::insert_into(category_choices::table)
+                        .values(&values)
+                        .on_conflict((category_choices::user_id, category_choices::category_key))
+                        .do_update()
+                        .set(&values)
+                        .execute(connection)
+                        .await?;
+                }
+                append(connection, history_entries(user, choice_changes(&key, old, new), &by), now).await?;
+                Ok(Some(new))
+            })
+            .await?;
+        Ok(outcome)
+    }
+}
