@@ -289,9 +289,12 @@ async fn sixty_unguarded_gateway_fills_racing_opt_outs_leave_no_stale_copy() {
     let races = users.iter().enumerate().map(|(index, id)| {
         let (gateway, admin, id) = (std::sync::Arc::clone(&gateway), admin.clone(), id.clone());
         let url = format!("{}/api/v1/users/{id}/preferences", service.address);
-        // Spread over the first 40 ms: some reads start before the write, some after.
+        // Spread over the first 40 ms: some reads start before the write, some after. The
+        // gateway's own work after its read (100-400 ms) outlasts most writes, a transaction of
+        // four round trips, so that a third or so of the fills put a body read before the
+        // write back after it was acknowledged, however loaded the machine.
         let gateway_start = Duration::from_millis((index as u64 * 7) % 40);
-        let gateway_work = Duration::from_millis((index as u64 * 37) % 300);
+        let gateway_work = Duration::from_millis(100 + (index as u64 * 37) % 300);
         tokio::spawn(async move {
             let fill = async {
                 tokio::time::sleep(gateway_start).await;

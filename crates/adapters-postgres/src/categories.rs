@@ -10,19 +10,47 @@ use adapters_sql_common::rows::{CategoryRow, ChoiceRow, RevisionRow, categories_
 use adapters_sql_common::writes::{HistoryEntry, history_entries};
 use async_trait::async_trait;
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel::sql_types::{Nullable, Text, Timestamptz};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use domain::category::{Category, CategoryChoice, CategoryKey, CategoryPatch};
 use domain::consent::{Provenance, choice_changes};
 use domain::ports::{CategoryRemoval, CategoryRepository, ChoiceChange, RepositoryError};
 use domain::user::UserId;
 use time::OffsetDateTime;
 
-use crate::PgStore;
 use crate::errors::from_diesel;
 use crate::history::{append, lock_consent};
 use crate::idempotency::TxError;
 use crate::rows::{CATEGORY, CHOICE, CategoryValues, ChoiceValues, REVISION, RevisionValues};
 use crate::schema::{category_choices, category_revisions, notification_categories};
+use crate::{PgStore, RecordedAt};
+
+/// The instant of a new revision of `key`, taken once the write holds the category's lock:
+/// `at` (the database's clock when `None`, see [`crate::RecordClock`]), or the key's latest
+/// revision if that is later, so that revisions in `id` order never go back in time and
+/// [`as_of`] reads them in the order they were made.
+///
+/// [`as_of`]: CategoryRepository::as_of
+async fn revision_time(
+    connection: &mut AsyncPgConnection,
+    key: &CategoryKey,
+    at: RecordedAt,
+) -> QueryResult<OffsetDateTime> {
+    #[derive(QueryableByName)]
+    struct Instant {
+        #[diesel(sql_type = Timestamptz)]
+        at: OffsetDateTime,
+    }
+    let instant: Instant = diesel::sql_query(
+        "SELECT GREATEST(COALESCE($1, clock_timestamp()), (SELECT max(at) FROM category_revisions WHERE key = $2)) \
+         AS at",
+    )
+    .bind::<Nullable<Timestamptz>, _>(at)
+    .bind::<Text, _>(key.as_str())
+    .get_result(connection)
+    .await?;
+    Ok(instant.at)
+}
 
 #[async_trait]
 impl CategoryRepository for PgStore {
@@ -63,23 +91,31 @@ impl CategoryRepository for PgStore {
         category_from_revisions(revisions)
     }
 
-    async fn create(&self, category: Category) -> Result<(), RepositoryError> {
+    async fn create(&self, category: Category) -> Result<Category, RepositoryError> {
         let mut connection = self.connection().await?;
-        // A taken key fails the insert on the primary key (mapped to "exists").
-        connection
+        let recorded_at = self.recorded_at(category.updated_at);
+        // A taken key fails the insert on the primary key (mapped to "exists"), and holds the
+        // new row's lock until the revision is written.
+        let created = connection
             .transaction::<_, TxError, _>(async |connection| {
                 diesel::insert_into(notification_categories::table)
                     .values(CategoryValues::new(&category))
                     .execute(connection)
                     .await?;
-                diesel::insert_into(category_revisions::table)
-                    .values(RevisionValues::new(&category, category.updated_at, false))
+                let at = revision_time(connection, &category.key, recorded_at).await?;
+                let category = Category { created_at: at, updated_at: at, ..category };
+                diesel::update(notification_categories::table.find(category.key.as_str()))
+                    .set(CategoryValues::new(&category))
                     .execute(connection)
                     .await?;
-                Ok(())
+                diesel::insert_into(category_revisions::table)
+                    .values(RevisionValues::new(&category, at, false))
+                    .execute(connection)
+                    .await?;
+                Ok(category)
             })
             .await?;
-        Ok(())
+        Ok(created)
     }
 
     async fn update(
@@ -89,6 +125,7 @@ impl CategoryRepository for PgStore {
         now: OffsetDateTime,
     ) -> Result<Option<Category>, RepositoryError> {
         let mut connection = self.connection().await?;
+        let recorded_at = self.recorded_at(now);
         let key = key.clone();
         let outcome = connection
             .transaction::<_, TxError, _>(async |connection| {
@@ -101,13 +138,14 @@ impl CategoryRepository for PgStore {
                     .await
                     .optional()?;
                 let Some(row) = row else { return Ok(None) };
-                let category = patch.apply(Category::try_from(row).map_err(TxError::Repository)?, now);
+                let at = revision_time(connection, &key, recorded_at).await?;
+                let category = patch.apply(Category::try_from(row).map_err(TxError::Repository)?, at);
                 diesel::update(notification_categories::table.find(key.as_str()))
                     .set(CategoryValues::new(&category))
                     .execute(connection)
                     .await?;
                 diesel::insert_into(category_revisions::table)
-                    .values(RevisionValues::new(&category, now, false))
+                    .values(RevisionValues::new(&category, at, false))
                     .execute(connection)
                     .await?;
                 Ok(Some(category))
@@ -124,6 +162,7 @@ impl CategoryRepository for PgStore {
         by: &Provenance,
     ) -> Result<CategoryRemoval, RepositoryError> {
         let mut connection = self.connection().await?;
+        let recorded_at = self.recorded_at(now);
         let (key, by) = (key.clone(), by.clone());
         let outcome = connection
             .transaction::<_, TxError, _>(async |connection| {
@@ -155,12 +194,13 @@ impl CategoryRepository for PgStore {
                     .collect();
                 if !history.is_empty() {
                     lock_consent(connection, &choices.iter().map(|choice| choice.user_id).collect::<Vec<_>>()).await?;
-                    append(connection, history, now).await?;
+                    append(connection, history, recorded_at).await?;
                 }
                 // The choices go with the category (ON DELETE CASCADE).
                 diesel::delete(notification_categories::table.find(key.as_str())).execute(connection).await?;
+                let at = revision_time(connection, &key, recorded_at).await?;
                 diesel::insert_into(category_revisions::table)
-                    .values(RevisionValues::new(&category, now, true))
+                    .values(RevisionValues::new(&category, at, true))
                     .execute(connection)
                     .await?;
                 Ok(CategoryRemoval::Removed(users))
@@ -178,6 +218,7 @@ impl CategoryRepository for PgStore {
         by: &Provenance,
     ) -> Result<Option<CategoryChoice>, RepositoryError> {
         let mut connection = self.connection().await?;
+        let recorded_at = self.recorded_at(now);
         let (key, by) = (key.clone(), by.clone());
         let outcome = connection
             .transaction::<_, TxError, _>(async |connection| {
@@ -224,7 +265,7 @@ impl CategoryRepository for PgStore {
                         .execute(connection)
                         .await?;
                 }
-                append(connection, history_entries(user, choice_changes(&key, old, new), &by), now).await?;
+                append(connection, history_entries(user, choice_changes(&key, old, new), &by), recorded_at).await?;
                 Ok(Some(new))
             })
             .await?;

@@ -15,40 +15,58 @@ use domain::user::UserId;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::PgStore;
 use crate::errors::from_diesel;
 use crate::history::lock_and_append;
 use crate::idempotency::{TxError, idempotent_transaction};
 use crate::rows::{DEVICE, DeviceRow};
 use crate::schema::{devices, regexp_replace, users};
+use crate::{PgStore, RecordedAt};
 use adapters_sql_common::device_order;
 
-/// Registers or moves a token in one statement. The CTE locks the existing row (if any)
-/// and reports its owner and state before the upsert changes them; `ON CONFLICT` on the token digest
-/// makes concurrent registrations of one token converge on a single row. A row was created
-/// exactly when it carries the id this statement proposed.
+/// Registers or moves a token in one statement, changing only a row it has locked: `old`
+/// locks the token's row and reads its owner and state under the lock (`FOR UPDATE` in `READ
+/// COMMITTED` reads the latest committed version of a row the snapshot sees), `moved`
+/// updates that row, and only when there was none does `inserted` insert one. A row inserted
+/// by a transaction that committed after the statement's snapshot is out of `old`'s sight:
+/// `ON CONFLICT DO NOTHING` leaves it alone (after waiting for its commit) and the statement
+/// returns no row, for [`upsert_device`] to run it again with a snapshot that sees it. (`ON
+/// CONFLICT DO UPDATE` would take such a row over with its owner unknown: a move that neither
+/// invalidates nor records the user it took the device from.)
 ///
-/// The inserted row is selected from a join with `previous` so that the CTE runs before
-/// the upsert: read only from `RETURNING`, it would run after the row was updated, and
-/// `FOR UPDATE` skips a row the statement itself changed (the owner came back `NULL`).
+/// Locks in the order of every write: the registering user's row (`FOR KEY SHARE`, what the
+/// foreign key of a move takes anyway, but taken first: `old`'s filter on `owner`, always
+/// true, is evaluated once before its scan, for that order alone), then the device, then (the
+/// caller) the consent locks. A move that waited for the new owner's row while holding the
+/// device would deadlock with the erasure of that user, which locks the user's row, then its
+/// devices. An unknown user is still the foreign key's violation.
 const UPSERT_DEVICE: &str = r#"
-WITH previous AS (
-    SELECT user_id, active FROM devices WHERE token_digest = device_token_digest($2) FOR UPDATE
+WITH owner AS (
+    SELECT id FROM users WHERE id = $3 FOR KEY SHARE
+),
+old AS (
+    SELECT id, user_id, active FROM devices
+    WHERE token_digest = device_token_digest($2) AND (SELECT count(*) FROM owner) <= 1
+    FOR UPDATE
+),
+moved AS (
+    UPDATE devices AS d SET user_id = $3, platform = $4, active = $5, updated_at = $6, last_seen_at = $6
+    FROM old WHERE d.id = old.id
+    RETURNING d.id, d.user_id, d.token, d.platform, d.active, d.created_at, d.updated_at, d.last_seen_at,
+        false AS created, old.user_id AS previous_owner, old.active AS previous_active
+),
+inserted AS (
+    INSERT INTO devices (id, user_id, token, platform, active, created_at, updated_at, last_seen_at)
+    SELECT $1, $3, $2, $4, $5, $6, $6, $6 WHERE NOT EXISTS (SELECT FROM old)
+    ON CONFLICT (token_digest) DO NOTHING
+    RETURNING id, user_id, token, platform, active, created_at, updated_at, last_seen_at,
+        true AS created, NULL::uuid AS previous_owner, NULL::boolean AS previous_active
 )
-INSERT INTO devices AS d (id, user_id, token, platform, active, created_at, updated_at, last_seen_at)
-SELECT $1, $3, $2, $4, $5, $6, $6, $6
-FROM (VALUES (true)) AS registration LEFT JOIN previous ON true
-ON CONFLICT (token_digest) DO UPDATE SET
-    user_id = EXCLUDED.user_id,
-    platform = EXCLUDED.platform,
-    active = EXCLUDED.active,
-    updated_at = EXCLUDED.updated_at,
-    last_seen_at = EXCLUDED.last_seen_at
-RETURNING d.id, d.user_id, d.token, d.platform, d.active, d.created_at, d.updated_at, d.last_seen_at,
-    d.id = $1 AS created,
-    (SELECT user_id FROM previous) AS previous_owner,
-    (SELECT active FROM previous) AS previous_active
+SELECT * FROM moved UNION ALL SELECT * FROM inserted
 "#;
+
+/// How many times [`UPSERT_DEVICE`] runs before giving up: each run that returns nothing saw
+/// a concurrent write of the token commit (an insert, or a removal then an insert).
+const UPSERT_ATTEMPTS: usize = 3;
 
 /// Refreshes a token that `$2` already holds in the state `$4`: the most frequent
 /// registration (an app that registers its token at every start), which changes no consent
@@ -104,23 +122,32 @@ impl From<UpsertedDevice> for UpsertedRow {
     }
 }
 
-/// Runs the upsert on `connection` (inside or outside a transaction).
+/// Runs [`UPSERT_DEVICE`] in the caller's transaction (its lock on the row lasts until the
+/// commit), again while a concurrent insert of the token keeps winning, [`UPSERT_ATTEMPTS`]
+/// times at most.
 pub(crate) async fn upsert_device(
     connection: &mut AsyncPgConnection,
     user: UserId,
     registration: &DeviceRegistration,
     now: OffsetDateTime,
-) -> QueryResult<UpsertedRow> {
-    let row: UpsertedDevice = diesel::sql_query(UPSERT_DEVICE)
-        .bind::<SqlUuid, _>(Uuid::now_v7())
-        .bind::<Text, _>(registration.token.as_str())
-        .bind::<SqlUuid, _>(user.as_uuid())
-        .bind::<Text, _>(registration.platform.as_str())
-        .bind::<Bool, _>(registration.active)
-        .bind::<Timestamptz, _>(now)
-        .get_result(connection)
-        .await?;
-    Ok(row.into())
+) -> Result<UpsertedRow, TxError> {
+    for _ in 0..UPSERT_ATTEMPTS {
+        let row: Option<UpsertedDevice> = diesel::sql_query(UPSERT_DEVICE)
+            .bind::<SqlUuid, _>(Uuid::now_v7())
+            .bind::<Text, _>(registration.token.as_str())
+            .bind::<SqlUuid, _>(user.as_uuid())
+            .bind::<Text, _>(registration.platform.as_str())
+            .bind::<Bool, _>(registration.active)
+            .bind::<Timestamptz, _>(now)
+            .get_result(connection)
+            .await
+            .optional()?;
+        if let Some(row) = row {
+            return Ok(row.into());
+        }
+    }
+    let contended = format!("the token's device changed under {UPSERT_ATTEMPTS} registrations in a row");
+    Err(TxError::Repository(RepositoryError::Unavailable(contended.into())))
 }
 
 /// Runs [`REFRESH_DEVICE`]: `None` when the registration is not a refresh.
@@ -149,10 +176,11 @@ async fn upsert_recorded(
     user: UserId,
     registration: &DeviceRegistration,
     now: OffsetDateTime,
+    recorded_at: RecordedAt,
     by: &Provenance,
 ) -> Result<RegisteredDevice, TxError> {
     let row = upsert_device(connection, user, registration, now).await?;
-    lock_and_append(connection, row.history(user, by), now).await?;
+    lock_and_append(connection, row.history(user, by), recorded_at).await?;
     row.into_registered(user).map_err(TxError::Repository)
 }
 
@@ -184,15 +212,22 @@ pub(crate) async fn insert_device_if_new(
 }
 
 /// Matches the user's device named by `selector`: by id, by exact token, or by the token
-/// with runs of `/` merged (what some proxies do to web-push endpoints in paths).
+/// with runs of `/` merged (what some proxies do to web-push endpoints in paths). `in $alias`
+/// matches in an alias of the table (a subquery of a statement on `devices`).
 macro_rules! selected_device {
     ($user:expr, $selector:expr) => {
-        devices::user_id.eq($user.as_uuid()).and(
-            devices::id
-                .nullable()
+        selected_device!(@columns $user, $selector, devices::user_id, devices::id, devices::token)
+    };
+    ($user:expr, $selector:expr, in $alias:expr) => {
+        selected_device!(@columns $user, $selector,
+            $alias.field(devices::user_id), $alias.field(devices::id), $alias.field(devices::token))
+    };
+    (@columns $user:expr, $selector:expr, $user_id:expr, $id:expr, $token:expr) => {
+        $user_id.eq($user.as_uuid()).and(
+            $id.nullable()
                 .eq($selector.id().map(|id| id.as_uuid()))
-                .or(devices::token.eq($selector.token()).nullable())
-                .or(regexp_replace(devices::token, "/{2,}", "/", "g").eq($selector.merged_slashes_token()).nullable()),
+                .or($token.eq($selector.token()).nullable())
+                .or(regexp_replace($token, "/{2,}", "/", "g").eq($selector.merged_slashes_token()).nullable()),
         )
     };
 }
@@ -214,9 +249,9 @@ impl DeviceRepository for PgStore {
         {
             return Ok(Idempotent::Executed(row.into_registered(user)?));
         }
-        let by = by.clone();
+        let (by, recorded_at) = (by.clone(), self.recorded_at(now));
         idempotent_transaction(&mut connection, idempotency, move |connection| {
-            Box::pin(async move { upsert_recorded(connection, user, &registration, now, &by).await })
+            Box::pin(async move { upsert_recorded(connection, user, &registration, now, recorded_at, &by).await })
         })
         .await
     }
@@ -247,20 +282,23 @@ impl DeviceRepository for PgStore {
         by: &Provenance,
     ) -> Result<Option<Device>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let (selector, by) = (selector.clone(), by.clone());
+        let (selector, by, recorded_at) = (selector.clone(), by.clone(), self.recorded_at(now));
         let outcome = connection
             .transaction::<_, TxError, _>(async |connection| {
-                // The old states, read under the devices' locks.
+                // The old states, read under the devices' locks, taken in id order as every
+                // write that locks several devices does (erasing a user), lest two deadlock.
                 let selected: Vec<DeviceRow> = devices::table
                     .filter(selected_device!(user, selector))
-                    .order(device_order!())
+                    .order(devices::id)
                     .select(DEVICE)
                     .for_update()
                     .load(connection)
                     .await?;
                 let changing: Vec<Uuid> =
                     selected.iter().filter(|device| device.active != active).map(|device| device.id).collect();
-                let Some(first) = selected.into_iter().next() else { return Ok(None) };
+                // The first in `device_order!`: active first, then most recently seen, then id.
+                let first = selected.into_iter().max_by_key(|device| (device.active, device.last_seen_at, device.id));
+                let Some(first) = first else { return Ok(None) };
                 if changing.is_empty() {
                     // `updated_at` changes only with the state: nothing to write.
                     return Ok(Some(first));
@@ -272,7 +310,7 @@ impl DeviceRepository for PgStore {
                     .await?;
                 let changes =
                     changing.iter().filter_map(|id| device_change(DeviceId::from(*id), Some(!active), Some(active)));
-                lock_and_append(connection, history_entries(user, changes, &by), now).await?;
+                lock_and_append(connection, history_entries(user, changes, &by), recorded_at).await?;
                 Ok(Some(updated.into_iter().find(|device| device.id == first.id).unwrap_or(first)))
             })
             .await?;
@@ -287,17 +325,23 @@ impl DeviceRepository for PgStore {
         by: &Provenance,
     ) -> Result<bool, RepositoryError> {
         let mut connection = self.connection().await?;
-        let (selector, by) = (selector.clone(), by.clone());
+        let (selector, by, recorded_at) = (selector.clone(), by.clone(), self.recorded_at(now));
         let deleted = connection
             .transaction::<_, TxError, _>(async |connection| {
-                let deleted: Vec<(Uuid, bool)> =
-                    diesel::delete(devices::table.filter(selected_device!(user, selector)))
-                        .returning((devices::id, devices::active))
-                        .get_results(connection)
-                        .await?;
+                // Locked in id order (see `set_active`) by the subquery, then deleted.
+                let locking = diesel::alias!(devices as locking);
+                let locked = locking
+                    .filter(selected_device!(user, selector, in locking))
+                    .order(locking.field(devices::id))
+                    .select(locking.field(devices::id))
+                    .for_update();
+                let deleted: Vec<(Uuid, bool)> = diesel::delete(devices::table.filter(devices::id.eq_any(locked)))
+                    .returning((devices::id, devices::active))
+                    .get_results(connection)
+                    .await?;
                 let changes =
                     deleted.iter().filter_map(|(id, active)| device_change(DeviceId::from(*id), Some(*active), None));
-                lock_and_append(connection, history_entries(user, changes, &by), now).await?;
+                lock_and_append(connection, history_entries(user, changes, &by), recorded_at).await?;
                 Ok(!deleted.is_empty())
             })
             .await?;

@@ -4,9 +4,11 @@
 //! A write that appends to a user's history first holds the user's *consent lock*, the row
 //! of `notification_preferences` (`FOR UPDATE`, or the update of that row): the old values
 //! it records are read under it, and its rows get their `id` and `at` while no other write
-//! of the user's consent runs. `at` is the later of the write's `now` and the user's latest
-//! row, read by the `INSERT` itself: a statement that starts after the lock was taken, so
-//! that (in `READ COMMITTED`) it sees the rows of the write that held the lock before.
+//! of the user's consent runs. `at` is the database's clock when the `INSERT` runs (the last
+//! statement of the write, under its locks; see [`crate::RecordClock`]), or the user's
+//! latest row if that is later.
+//! The `INSERT` starts after the lock was taken, so that (in `READ COMMITTED`) it sees the
+//! rows of the write that held the lock before.
 
 use adapters_sql_common::rows::{HistoryRow, history_page, records_from_rows};
 use adapters_sql_common::writes::{HistoryEntry, users_of};
@@ -21,19 +23,21 @@ use domain::user::UserId;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::PgStore;
 use crate::errors::from_diesel;
 use crate::rows::HISTORY;
 use crate::schema::{consent_history, notification_preferences, users};
+use crate::{PgStore, RecordedAt};
 
-/// Appends rows of several users at once, in their order; each user's rows get the later
-/// of `$1` and that user's latest `at`.
+/// Appends rows of several users at once, in their order; each user's rows get one instant,
+/// the later of `$1` (the database's clock when `NULL`, read once: a write's rows are one
+/// change, never half of one at any instant) and that user's latest `at`.
 const APPEND: &str = r#"
+WITH stamp AS (SELECT COALESCE($1, clock_timestamp()) AS at)
 INSERT INTO consent_history (user_id, at, field, old_value, new_value, actor_kind, actor_name, request_id)
 SELECT entry.user_id,
-       GREATEST($1, (SELECT max(h.at) FROM consent_history h WHERE h.user_id = entry.user_id)),
+       GREATEST(stamp.at, (SELECT max(h.at) FROM consent_history h WHERE h.user_id = entry.user_id)),
        entry.field, entry.old_value, entry.new_value, entry.actor_kind, entry.actor_name, entry.request_id
-FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
+FROM stamp, unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
     WITH ORDINALITY AS entry(user_id, field, old_value, new_value, actor_kind, actor_name, request_id, position)
 ORDER BY entry.position
 "#;
@@ -53,12 +57,12 @@ pub(crate) async fn lock_consent(connection: &mut AsyncPgConnection, users: &[Uu
         .await
 }
 
-/// Appends `entries` in one statement (nothing when there are none). The caller holds the
-/// consent locks of their users.
+/// Appends `entries` in one statement (nothing when there are none), recorded at `at` (the
+/// store's [`PgStore::recorded_at`]). The caller holds the consent locks of their users.
 pub(crate) async fn append(
     connection: &mut AsyncPgConnection,
     entries: Vec<HistoryEntry>,
-    now: OffsetDateTime,
+    at: impl Into<RecordedAt>,
 ) -> QueryResult<()> {
     if entries.is_empty() {
         return Ok(());
@@ -69,7 +73,7 @@ pub(crate) async fn append(
     }
     let Columns { user_ids, fields, old_values, new_values, actor_kinds, actor_names, request_ids } = columns;
     diesel::sql_query(APPEND)
-        .bind::<Timestamptz, _>(now)
+        .bind::<Nullable<Timestamptz>, _>(at.into())
         .bind::<Array<SqlUuid>, _>(user_ids)
         .bind::<Array<Text>, _>(fields)
         .bind::<Array<Nullable<Text>>, _>(old_values)
@@ -86,13 +90,13 @@ pub(crate) async fn append(
 pub(crate) async fn lock_and_append(
     connection: &mut AsyncPgConnection,
     entries: Vec<HistoryEntry>,
-    now: OffsetDateTime,
+    at: impl Into<RecordedAt>,
 ) -> QueryResult<()> {
     if entries.is_empty() {
         return Ok(());
     }
     lock_consent(connection, &users_of(&entries)).await?;
-    append(connection, entries, now).await
+    append(connection, entries, at).await
 }
 
 /// [`HistoryEntry`]s as the arrays [`APPEND`] unnests.
@@ -156,10 +160,14 @@ impl ConsentHistory for PgStore {
         let connection = self.connection().await?;
         let connection: &AsyncPgConnection = &connection;
         // Pipelined: both statements are sent at once.
+        // The first change of each field after `at`: its old value is the field's value at
+        // `at`, so no later row is needed (the rows sent are bounded by the number of fields,
+        // not by how many changes were made since).
         let changes = consent_history::table
             .filter(consent_history::user_id.eq(user.as_uuid()))
             .filter(consent_history::at.gt(at))
-            .order(consent_history::id.desc())
+            .distinct_on(consent_history::field)
+            .order((consent_history::field, consent_history::id))
             .select(HISTORY)
             .load::<HistoryRow>(&mut &*connection);
         let last_before = consent_history::table

@@ -58,7 +58,24 @@ pub struct PgStore {
     pool: PgPool,
     /// Where health probes and the cache ledger's calls run, when not on the pool.
     dedicated: Option<Arc<Dedicated>>,
+    /// Whose clock stamps the consent history and category revisions.
+    record_clock: RecordClock,
 }
+
+/// Whose clock stamps what the store records (consent history rows, category revisions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordClock {
+    /// PostgreSQL's, read under the write's locks just before its commit: one clock for
+    /// every instance, so that an instance whose clock runs ahead cannot record a change in
+    /// the future (nor push the later changes of other instances behind it), and the
+    /// recorded instant is as close to the commit that makes the change visible as it gets.
+    Database,
+    /// The `now` each write is given (the domain's clock): for tests that need known instants.
+    Caller,
+}
+
+/// The instant a write records, as [`RecordClock`] says: `None` asks the database's clock.
+pub(crate) type RecordedAt = Option<time::OffsetDateTime>;
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,7 +87,21 @@ impl PgStore {
     /// Wraps a pool built by [`pool::build`]; health probes and ledger reads borrow a
     /// pooled connection.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, dedicated: None }
+        Self { pool, dedicated: None, record_clock: RecordClock::Database }
+    }
+
+    /// Stamps what the store records with `clock` (the default is [`RecordClock::Database`]).
+    #[must_use]
+    pub fn with_record_clock(self, clock: RecordClock) -> Self {
+        Self { record_clock: clock, ..self }
+    }
+
+    /// What a write given `now` records as its instant.
+    pub(crate) fn recorded_at(&self, now: time::OffsetDateTime) -> RecordedAt {
+        match self.record_clock {
+            RecordClock::Database => None,
+            RecordClock::Caller => Some(now),
+        }
     }
 
     /// Runs health probes, and the reads and forgetting of the cache's invalidation ledger,

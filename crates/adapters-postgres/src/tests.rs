@@ -1,7 +1,10 @@
 //! Tests of [`PgStore`] against a real PostgreSQL, one database per test cloned from a
 //! migrated template (see [`crate::testing`]): the repository contract suite shared with
 //! SQLite (`adapters_sql_common::contract`), then what only PostgreSQL has to show (its
-//! migrations' `down.sql`, the advisory lock that reports a key in flight).
+//! migrations' `down.sql`, the advisory lock that reports a key in flight, the races of
+//! concurrent writes on its row locks).
+
+use std::sync::Arc;
 
 use adapters_sql_common::contract::{self, StoreFixture};
 use async_trait::async_trait;
@@ -9,12 +12,15 @@ use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
 use diesel_async::SimpleAsyncConnection;
 use domain::consent::Provenance;
-use domain::device::{DeviceRegistration, Platform, PushToken, RegisteredDevice};
+use domain::device::{DeviceRegistration, DeviceSelector, Platform, PushToken, RegisteredDevice};
 use domain::idempotency::{
     IdempotencyConflict, IdempotencyKey, Idempotent, IdempotentRequest, IdempotentWrite, StoredResponse,
 };
-use domain::ports::{DeviceRepository, NewUserRecord, RepositoryError, UserRepository};
+use domain::ports::{ConsentHistory, CreatedUser, DeviceRepository, NewUserRecord, RepositoryError, UserRepository};
+use domain::user::{ContactUpdate, EmailAddress, UserId};
 use time::{Duration, OffsetDateTime};
+use tokio::sync::Barrier;
+use uuid::Uuid;
 
 use crate::PgStore;
 use crate::testing::TestDatabase;
@@ -28,7 +34,7 @@ struct PgFixture {
 impl PgFixture {
     async fn new() -> Self {
         let db = TestDatabase::create().await.expect("create the test database");
-        let store = PgStore::new(db.pool().clone());
+        let store = PgStore::new(db.pool().clone()).with_record_clock(crate::RecordClock::Caller);
         Self { db, store }
     }
 }
@@ -187,4 +193,195 @@ async fn a_consent_history_row_cannot_be_updated_only_erased_with_its_user() {
     assert_eq!(fixture.count(unchanged).await, 0);
     assert!(UserRepository::delete(&fixture.store, user).await.expect("erase the user"));
     assert_eq!(fixture.count("SELECT count(*) AS count FROM consent_history").await, 0);
+}
+
+/// The last `(field, old, new)` of `user`'s consent history.
+async fn last_change(store: &PgStore, user: UserId) -> (String, Option<String>, Option<String>) {
+    let page = ConsentHistory::page(store, user, 1, None).await.expect("read the history").expect("the user exists");
+    let record = page.records.into_iter().next().expect("a row");
+    (record.change.field.to_string(), record.change.old.to_stored(), record.change.new.to_stored())
+}
+
+fn user_of(created: Idempotent<CreatedUser>) -> CreatedUser {
+    match created {
+        Idempotent::Executed(created) => created,
+        Idempotent::Replayed(_) => panic!("a write without a key is never replayed"),
+    }
+}
+
+/// Inserts `token` for `owner` in a transaction of its own, left open: the store's write
+/// that runs next blocks on its conflict until [`commit_when_blocked`] commits it.
+async fn insert_uncommitted(fixture: &PgFixture, owner: UserId, token: &str) -> (crate::pool::PgConnection, Uuid) {
+    let mut holder = fixture.db.pool().get().await.expect("a connection");
+    let device = Uuid::now_v7();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO devices (id, user_id, token, platform, active, created_at, updated_at, last_seen_at) \
+             VALUES ('{device}', '{}', '{token}', 'web', true, now(), now(), now());",
+            owner.as_uuid()
+        ))
+        .await
+        .expect("insert the token, uncommitted");
+    (holder, device)
+}
+
+/// Commits `holder`'s transaction once another backend of the test database waits on a lock.
+async fn commit_when_blocked(fixture: &PgFixture, mut holder: crate::pool::PgConnection) {
+    const WAITING: &str = "SELECT count(*) AS count FROM pg_stat_activity \
+                           WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fixture.count(WAITING).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the store's write never waited on the uncommitted token");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    holder.batch_execute("COMMIT").await.expect("commit the concurrent insert");
+}
+
+/// A token that another transaction inserts while a registration of it runs is moved with
+/// its owner named (whose profile is then invalidated) and the move in both histories:
+/// the owner is read from the row's committed version, not from the registration's snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_inserted_by_a_concurrent_transaction_is_moved_from_its_owner() {
+    let fixture = PgFixture::new().await;
+    let first = user_of(fixture.store.create(record("first@example.com"), None).await.expect("create")).profile.user.id;
+    let second =
+        user_of(fixture.store.create(record("second@example.com"), None).await.expect("create")).profile.user.id;
+    let (holder, device) = insert_uncommitted(&fixture, first, "raced-token").await;
+
+    let store = fixture.store.clone();
+    let upsert = tokio::spawn(async move {
+        store.upsert(second, registration("raced-token"), OffsetDateTime::now_utc(), &Provenance::default(), None).await
+    });
+    commit_when_blocked(&fixture, holder).await;
+    let registered = match upsert.await.expect("the task").expect("upsert") {
+        Idempotent::Executed(registered) => registered,
+        Idempotent::Replayed(_) => panic!("a write without a key is never replayed"),
+    };
+
+    assert_eq!((registered.device.id.as_uuid(), registered.created), (device, false));
+    assert_eq!(registered.previous_owner, Some(first));
+    let field = format!("devices.{device}.active");
+    assert_eq!(last_change(&fixture.store, first).await, (field.clone(), Some("true".into()), None));
+    assert_eq!(last_change(&fixture.store, second).await, (field, None, Some("true".into())));
+}
+
+/// The same race through a registration that moves a held token to the new user.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registration_moves_a_token_that_a_concurrent_transaction_inserted_from_its_owner() {
+    let fixture = PgFixture::new().await;
+    let first = user_of(fixture.store.create(record("first@example.com"), None).await.expect("create")).profile.user.id;
+    let (holder, device) = insert_uncommitted(&fixture, first, "raced-token").await;
+
+    let store = fixture.store.clone();
+    let mut new_user = record("second@example.com");
+    new_user.device = Some(registration("raced-token"));
+    let second = new_user.id;
+    let create = tokio::spawn(async move { store.create(new_user, None).await });
+    commit_when_blocked(&fixture, holder).await;
+    let created = user_of(create.await.expect("the task").expect("create"));
+
+    assert_eq!(created.device_moved_from, Some(first));
+    assert_eq!(created.profile.devices.iter().map(|device| device.id.as_uuid()).collect::<Vec<_>>(), [device]);
+    let field = format!("devices.{device}.active");
+    assert_eq!(last_change(&fixture.store, first).await, (field.clone(), Some("true".into()), None));
+    assert_eq!(last_change(&fixture.store, second).await, (field, None, Some("true".into())));
+}
+
+/// Erasing a user while its device moves away, changes state (set or registered) or is
+/// removed, and while its contact changes, never deadlocks (a deadlock is a 503): each write
+/// takes the device rows before the consent locks, and erasure takes the devices before its
+/// cascade takes the consent lock.
+#[tokio::test(flavor = "multi_thread")]
+async fn erasing_a_user_while_its_devices_and_contact_change_never_deadlocks() {
+    const ROUNDS: usize = 200;
+    const WRITES: usize = 6;
+    let fixture = PgFixture::new().await;
+    let mut deadlocks = Vec::new();
+    for round in 0..ROUNDS {
+        let token = format!("token-{round}");
+        let mut owner = record(&format!("owner-{round}@example.com"));
+        owner.device = Some(registration(&token));
+        let owner = user_of(fixture.store.create(owner, None).await.expect("create")).profile.user.id;
+        let other =
+            user_of(fixture.store.create(record(&format!("other-{round}@example.com")), None).await.expect("create"))
+                .profile
+                .user
+                .id;
+        let barrier = Arc::new(Barrier::new(WRITES));
+        let task = |write: usize| {
+            let (store, barrier, token) = (fixture.store.clone(), Arc::clone(&barrier), token.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let (now, by) = (OffsetDateTime::now_utc(), Provenance::default());
+                let selector = DeviceSelector::parse(&token).expect("a selector");
+                match write {
+                    0 => store.upsert(other, registration(&token), now, &by, None).await.map(drop),
+                    1 => store.set_active(owner, &selector, false, now, &by).await.map(drop),
+                    2 => DeviceRepository::delete(&store, owner, &selector, now, &by).await.map(drop),
+                    3 => {
+                        let email = EmailAddress::parse(&format!("renamed-{round}@example.com")).expect("an email");
+                        let update = ContactUpdate { email: Some(email), ..ContactUpdate::default() };
+                        store.update_contact(owner, update, now, &by).await.map(drop)
+                    }
+                    4 => UserRepository::delete(&store, owner).await.map(drop),
+                    _ => {
+                        let deactivated = DeviceRegistration { active: false, ..registration(&token) };
+                        store.upsert(owner, deactivated, now, &by, None).await.map(drop)
+                    }
+                }
+            })
+        };
+        let writes: Vec<_> = (0..WRITES).map(task).collect();
+        for (write, handle) in writes.into_iter().enumerate() {
+            match handle.await.expect("the task") {
+                Err(RepositoryError::Unavailable(error)) => {
+                    deadlocks.push(format!("round {round}, write {write}: {error:?}"))
+                }
+                // A write that comes after the erasure finds no user: expected.
+                Ok(()) | Err(RepositoryError::UserNotFound) => {}
+                Err(error) => panic!("round {round}, write {write}: {error:?}"),
+            }
+        }
+    }
+    assert!(deadlocks.is_empty(), "{} writes failed in {ROUNDS} rounds: {deadlocks:#?}", deadlocks.len());
+}
+
+/// In production the database's clock stamps the history, one instant per write, under the
+/// write's locks: an instance whose clock is wrong (years behind, or ahead) records neither
+/// in the past nor in the future, and a write's rows are one change at one instant.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_clock_stamps_the_history_whatever_the_instances_clocks_say() {
+    let fixture = PgFixture::new().await;
+    let store = PgStore::new(fixture.db.pool().clone());
+    let behind = OffsetDateTime::UNIX_EPOCH + Duration::days(365 * 30);
+    let ahead = OffsetDateTime::now_utc() + Duration::days(365);
+    let started = OffsetDateTime::now_utc() - Duration::seconds(5);
+
+    let mut new_user = record("clock@example.com");
+    new_user.created_at = behind;
+    let id = user_of(store.create(new_user, None).await.expect("create")).profile.user.id;
+    let several = domain::preferences::PreferencesUpdate {
+        email: Some(false),
+        push: Some(false),
+        timezone: Some(domain::preferences::TimeZoneName::parse("Africa/Lagos").unwrap()),
+        ..Default::default()
+    };
+    store.update_preferences(id, several, ahead, &Provenance::default()).await.expect("update").expect("exists");
+    let phone = domain::user::PhoneNumber::parse("+2348012345678").unwrap();
+    let contact = ContactUpdate { phone: Some(Some(phone)), ..ContactUpdate::default() };
+    store.update_contact(id, contact, behind, &Provenance::default()).await.expect("contact").expect("exists");
+
+    let page = store.page(id, 100, None).await.expect("page").expect("exists");
+    let finished = OffsetDateTime::now_utc() + Duration::seconds(5);
+    assert!(
+        page.records.iter().all(|record| started < record.at && record.at < finished),
+        "every row at the database's now, none at the callers' clocks: {:?}",
+        page.records.iter().map(|record| record.at).collect::<Vec<_>>()
+    );
+    let (contact_row, preference_rows) = page.records.split_first().expect("rows");
+    assert_eq!(contact_row.change.field.to_string(), "contact.phone");
+    let of_the_update: Vec<_> = preference_rows.iter().take(3).map(|record| record.at).collect();
+    assert_eq!(of_the_update.len(), 3);
+    assert!(of_the_update.iter().all(|at| *at == of_the_update[0]), "one write, one instant: {of_the_update:?}");
+    assert!(contact_row.at >= of_the_update[0], "never before the previous row");
 }

@@ -11,7 +11,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Time as SqlTime, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use domain::auth::Credentials;
-use domain::consent::{Provenance, contact_changes, preferences_changes};
+use domain::consent::{Provenance, contact_changes};
 use domain::device::HeldToken;
 use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository};
@@ -20,7 +20,6 @@ use domain::user::{ContactUpdate, EmailAddress, Page, PageRequest, PasswordHash,
 use time::{OffsetDateTime, Time};
 use uuid::Uuid;
 
-use crate::PgStore;
 use crate::devices::{insert_device_if_new, upsert_device};
 use crate::errors::from_diesel;
 use crate::history::{append, lock_and_append, lock_consent};
@@ -30,10 +29,15 @@ use crate::rows::{
     PreferencesRow, PreferencesValues, USER, UserRow,
 };
 use crate::schema::{category_choices, devices, lower, notification_preferences, users};
+use crate::{PgStore, RecordedAt};
 
 /// Inserts the user, its preferences and its optional device, with the registration's
 /// consent history (in the caller's transaction).
-async fn insert_user(connection: &mut AsyncPgConnection, record: &NewUserRecord) -> Result<CreatedUser, TxError> {
+async fn insert_user(
+    connection: &mut AsyncPgConnection,
+    record: &NewUserRecord,
+    recorded_at: RecordedAt,
+) -> Result<CreatedUser, TxError> {
     let user = diesel::insert_into(users::table)
         .values(NewUserValues::new(record))
         .returning(USER)
@@ -63,35 +67,57 @@ async fn insert_user(connection: &mut AsyncPgConnection, record: &NewUserRecord)
     if let Some(previous_owner) = created.device_moved_from {
         lock_consent(connection, &[previous_owner.as_uuid()]).await?;
     }
-    append(connection, history, record.created_at).await?;
+    append(connection, history, recorded_at).await?;
     Ok(created)
 }
 
-/// Changes the preferences and returns them before and after, in one statement: the
-/// subquery locks the row (the user's consent lock) and reads it as it is under the lock,
-/// before the `SET` applies the change. `None` leaves a field as it is (the rule of
-/// [`PreferencesUpdate`], which the contract suite checks against the domain's).
+/// Changes the preferences and appends each changed field to the consent history, in one
+/// statement (one round trip, no `BEGIN`/`COMMIT`: the write the platform makes most, which
+/// must stay as fast as a plain update). `old` locks the row (its consent lock) and reads
+/// the values before; `new` applies the partial change (`NULL` keeps a field, `$4` says
+/// whether quiet hours are set, to `$5`–`$6`, or cleared); `recorded` appends one row per
+/// field whose value changed, all at one instant `stamp` read after the lock was granted
+/// (see [`crate::history`]; the user's latest row is read by `consent_history_latest_at`, whose
+/// snapshot, unlike this statement's, includes the rows of a write this one waited for). The fields and their stored values are written here as
+/// `domain::consent` writes them (`preferences_changes`, `ConsentValue::to_stored`); the
+/// contract suite checks the rows of both stores against the domain's.
 const UPDATE_PREFERENCES: &str = r#"
-UPDATE notification_preferences AS p SET
-    email_enabled = COALESCE($2, p.email_enabled),
-    push_enabled = COALESCE($3, p.push_enabled),
-    quiet_hours_start = CASE WHEN $4 THEN $5 ELSE p.quiet_hours_start END,
-    quiet_hours_end = CASE WHEN $4 THEN $6 ELSE p.quiet_hours_end END,
-    timezone = COALESCE($7, p.timezone),
-    updated_at = $8
-FROM (
-    SELECT user_id, email_enabled, push_enabled, quiet_hours_start, quiet_hours_end, timezone, updated_at
+WITH old AS (
+    SELECT user_id, email_enabled, push_enabled, quiet_hours_start, quiet_hours_end, timezone
     FROM notification_preferences WHERE user_id = $1 FOR UPDATE
-) AS old
-WHERE p.user_id = old.user_id
-RETURNING old.user_id, old.email_enabled, old.push_enabled, old.quiet_hours_start, old.quiet_hours_end,
-    old.timezone, old.updated_at,
-    p.email_enabled AS new_email_enabled, p.push_enabled AS new_push_enabled,
-    p.quiet_hours_start AS new_quiet_hours_start, p.quiet_hours_end AS new_quiet_hours_end,
-    p.timezone AS new_timezone, p.updated_at AS new_updated_at
+), new AS (
+    UPDATE notification_preferences AS p SET
+        email_enabled = COALESCE($2, old.email_enabled),
+        push_enabled = COALESCE($3, old.push_enabled),
+        quiet_hours_start = CASE WHEN $4 THEN $5 ELSE old.quiet_hours_start END,
+        quiet_hours_end = CASE WHEN $4 THEN $6 ELSE old.quiet_hours_end END,
+        timezone = COALESCE($7, old.timezone),
+        updated_at = $8
+    FROM old
+    WHERE p.user_id = old.user_id
+    RETURNING p.user_id, p.email_enabled, p.push_enabled, p.quiet_hours_start, p.quiet_hours_end, p.timezone,
+        p.updated_at
+), stamp AS (
+    SELECT GREATEST(COALESCE($9, clock_timestamp()), consent_history_latest_at(old.user_id)) AS at
+    FROM old
+), recorded AS (
+    INSERT INTO consent_history (user_id, at, field, old_value, new_value, actor_kind, actor_name, request_id)
+    SELECT old.user_id, stamp.at, change.field, change.old_value, change.new_value, $10, $11, $12
+    FROM old JOIN new USING (user_id) CROSS JOIN stamp, LATERAL (VALUES
+        (1, 'preferences.email', old.email_enabled::text, new.email_enabled::text),
+        (2, 'preferences.push', old.push_enabled::text, new.push_enabled::text),
+        (3, 'preferences.quiet_hours',
+            to_char(old.quiet_hours_start, 'HH24:MI') || '-' || to_char(old.quiet_hours_end, 'HH24:MI'),
+            to_char(new.quiet_hours_start, 'HH24:MI') || '-' || to_char(new.quiet_hours_end, 'HH24:MI')),
+        (4, 'preferences.timezone', old.timezone, new.timezone)
+    ) AS change(position, field, old_value, new_value)
+    WHERE change.old_value IS DISTINCT FROM change.new_value
+    ORDER BY change.position
+)
+SELECT user_id, email_enabled, push_enabled, quiet_hours_start, quiet_hours_end, timezone, updated_at FROM new
 "#;
 
-/// A row of [`UPDATE_PREFERENCES`]: the preferences before, then after.
+/// A row of [`UPDATE_PREFERENCES`]: the preferences after the change.
 #[derive(QueryableByName)]
 struct UpdatedPreferences {
     #[diesel(sql_type = SqlUuid)]
@@ -108,76 +134,21 @@ struct UpdatedPreferences {
     timezone: String,
     #[diesel(sql_type = Timestamptz)]
     updated_at: OffsetDateTime,
-    #[diesel(sql_type = Bool)]
-    new_email_enabled: bool,
-    #[diesel(sql_type = Bool)]
-    new_push_enabled: bool,
-    #[diesel(sql_type = Nullable<SqlTime>)]
-    new_quiet_hours_start: Option<Time>,
-    #[diesel(sql_type = Nullable<SqlTime>)]
-    new_quiet_hours_end: Option<Time>,
-    #[diesel(sql_type = Text)]
-    new_timezone: String,
-    #[diesel(sql_type = Timestamptz)]
-    new_updated_at: OffsetDateTime,
 }
 
-impl UpdatedPreferences {
-    /// The rows before and after.
-    fn into_rows(self) -> (PreferencesRow, PreferencesRow) {
-        let old = PreferencesRow {
-            user_id: self.user_id,
-            email_enabled: self.email_enabled,
-            push_enabled: self.push_enabled,
-            quiet_hours_start: self.quiet_hours_start,
-            quiet_hours_end: self.quiet_hours_end,
-            timezone: self.timezone,
-            updated_at: self.updated_at,
-        };
-        let new = PreferencesRow {
-            user_id: self.user_id,
-            email_enabled: self.new_email_enabled,
-            push_enabled: self.new_push_enabled,
-            quiet_hours_start: self.new_quiet_hours_start,
-            quiet_hours_end: self.new_quiet_hours_end,
-            timezone: self.new_timezone,
-            updated_at: self.new_updated_at,
-        };
-        (old, new)
+impl From<UpdatedPreferences> for PreferencesRow {
+    fn from(row: UpdatedPreferences) -> Self {
+        let UpdatedPreferences {
+            user_id,
+            email_enabled,
+            push_enabled,
+            quiet_hours_start,
+            quiet_hours_end,
+            timezone,
+            updated_at,
+        } = row;
+        Self { user_id, email_enabled, push_enabled, quiet_hours_start, quiet_hours_end, timezone, updated_at }
     }
-}
-
-/// Applies `update` under the user's consent lock and appends the fields it changed to the
-/// history (in the caller's transaction); `None` when the user does not exist.
-async fn update_preferences_recorded(
-    connection: &mut AsyncPgConnection,
-    id: UserId,
-    update: &PreferencesUpdate,
-    now: OffsetDateTime,
-    by: &Provenance,
-) -> Result<Option<Preferences>, TxError> {
-    let PreferencesUpdate { email, push, quiet_hours, timezone } = update;
-    let window = quiet_hours.flatten();
-    let row: Option<UpdatedPreferences> = diesel::sql_query(UPDATE_PREFERENCES)
-        .bind::<SqlUuid, _>(id.as_uuid())
-        .bind::<Nullable<Bool>, _>(*email)
-        .bind::<Nullable<Bool>, _>(*push)
-        .bind::<Bool, _>(quiet_hours.is_some())
-        .bind::<Nullable<SqlTime>, _>(window.map(|window| window.start().as_time()))
-        .bind::<Nullable<SqlTime>, _>(window.map(|window| window.end().as_time()))
-        .bind::<Nullable<Text>, _>(timezone.as_ref().map(|zone| zone.as_str()))
-        .bind::<Timestamptz, _>(now)
-        .get_result(connection)
-        .await
-        .optional()?;
-    let Some(row) = row else { return Ok(None) };
-    let (old, new) = row.into_rows();
-    let (old, new) = (
-        Preferences::try_from(old).map_err(TxError::Repository)?,
-        Preferences::try_from(new).map_err(TxError::Repository)?,
-    );
-    append(connection, history_entries(id, preferences_changes(&old, &new), by), now).await?;
-    Ok(Some(new))
 }
 
 #[async_trait]
@@ -188,8 +159,9 @@ impl UserRepository for PgStore {
         idempotency: Option<IdempotentWrite<CreatedUser>>,
     ) -> Result<Idempotent<CreatedUser>, RepositoryError> {
         let mut connection = self.connection().await?;
+        let recorded_at = self.recorded_at(record.created_at);
         idempotent_transaction(&mut connection, idempotency, move |connection| {
-            Box::pin(async move { insert_user(connection, &record).await })
+            Box::pin(async move { insert_user(connection, &record, recorded_at).await })
         })
         .await
     }
@@ -274,7 +246,7 @@ impl UserRepository for PgStore {
         by: &Provenance,
     ) -> Result<Option<User>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let by = by.clone();
+        let (by, recorded_at) = (by.clone(), self.recorded_at(now));
         let outcome = connection
             .transaction::<_, TxError, _>(async |connection| {
                 // The user's row first, then its consent lock: the order in which erasing a
@@ -295,7 +267,7 @@ impl UserRepository for PgStore {
                 let old = User::try_from(old).map_err(TxError::Repository)?;
                 let new = User::try_from(new).map_err(TxError::Repository)?;
                 let history = history_entries(id, contact_changes(&old, &new), &by);
-                lock_and_append(connection, history, now).await?;
+                lock_and_append(connection, history, recorded_at).await?;
                 Ok(Some(new))
             })
             .await?;
@@ -304,9 +276,35 @@ impl UserRepository for PgStore {
 
     async fn delete(&self, id: UserId) -> Result<bool, RepositoryError> {
         let mut connection = self.connection().await?;
-        // Preferences and devices go with the user (ON DELETE CASCADE).
-        let deleted =
-            diesel::delete(users::table.find(id.as_uuid())).execute(&mut connection).await.map_err(from_diesel)?;
+        let deleted = connection
+            .transaction::<_, TxError, _>(async |connection| {
+                // What the delete erases is locked first, in the order of the other writes (the
+                // cascade locks the preferences, the consent lock, before the devices): the
+                // user's row, as `update_contact` and a device registration for the user do;
+                // then, with no device able to join the user any more, in a statement whose
+                // snapshot sees every device that did, its devices in id order, as every write
+                // that locks several devices, and before the consent locks, as every device write.
+                let user: Option<Uuid> = users::table
+                    .find(id.as_uuid())
+                    .select(users::id)
+                    .for_update()
+                    .get_result(connection)
+                    .await
+                    .optional()?;
+                if user.is_none() {
+                    return Ok(0);
+                }
+                devices::table
+                    .filter(devices::user_id.eq(id.as_uuid()))
+                    .order(devices::id)
+                    .select(devices::id)
+                    .for_update()
+                    .execute(connection)
+                    .await?;
+                // Preferences, devices, choices and history go with the user (ON DELETE CASCADE).
+                Ok(diesel::delete(users::table.find(id.as_uuid())).execute(connection).await?)
+            })
+            .await?;
         Ok(deleted > 0)
     }
 
@@ -330,14 +328,27 @@ impl UserRepository for PgStore {
         by: &Provenance,
     ) -> Result<Option<Preferences>, RepositoryError> {
         let mut connection = self.connection().await?;
-        let by = by.clone();
-        // BEGIN, the update (old and new values), the history when a field changed, COMMIT.
-        let outcome = connection
-            .transaction::<_, TxError, _>(async |connection| {
-                update_preferences_recorded(connection, id, &update, now, &by).await
-            })
-            .await?;
-        Ok(outcome)
+        let PreferencesUpdate { email, push, quiet_hours, timezone } = &update;
+        let window = quiet_hours.flatten();
+        let actor = by.actor_for(id);
+        let row: Option<UpdatedPreferences> = diesel::sql_query(UPDATE_PREFERENCES)
+            .bind::<SqlUuid, _>(id.as_uuid())
+            .bind::<Nullable<Bool>, _>(*email)
+            .bind::<Nullable<Bool>, _>(*push)
+            .bind::<Bool, _>(quiet_hours.is_some())
+            .bind::<Nullable<SqlTime>, _>(window.map(|window| window.start().as_time()))
+            .bind::<Nullable<SqlTime>, _>(window.map(|window| window.end().as_time()))
+            .bind::<Nullable<Text>, _>(timezone.as_ref().map(|zone| zone.as_str()))
+            .bind::<Timestamptz, _>(now)
+            .bind::<Nullable<Timestamptz>, _>(self.recorded_at(now))
+            .bind::<Text, _>(actor.kind.as_str())
+            .bind::<Text, _>(&actor.name)
+            .bind::<Nullable<Text>, _>(by.request_id.as_deref())
+            .get_result(&mut connection)
+            .await
+            .optional()
+            .map_err(from_diesel)?;
+        row.map(|row| Preferences::try_from(PreferencesRow::from(row))).transpose()
     }
 
     async fn find_credentials(&self, email: &EmailAddress) -> Result<Option<Credentials>, RepositoryError> {

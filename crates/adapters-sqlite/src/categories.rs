@@ -59,7 +59,7 @@ impl CategoryRepository for SqliteStore {
         .await
     }
 
-    async fn create(&self, category: Category) -> Result<(), RepositoryError> {
+    async fn create(&self, category: Category) -> Result<Category, RepositoryError> {
         self.write(move |connection| {
             // Checked first: SQLite does not name the violated constraint.
             let taken = notification_categories::table.find(category.key.as_str());
@@ -72,7 +72,7 @@ impl CategoryRepository for SqliteStore {
             diesel::insert_into(category_revisions::table)
                 .values(RevisionValues::new(&category, category.updated_at, false))
                 .execute(connection)?;
-            Ok(())
+            Ok(category)
         })
         .await
     }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use adapters_sql_common::rows::{HistoryRow, history_page, records_from_rows};
 use adapters_sql_common::writes::{HistoryEntry, users_of};
 use async_trait::async_trait;
+use diesel::dsl::min;
 use diesel::prelude::*;
 use domain::consent::HistoryPage;
 use domain::ports::{ConsentHistory, RecordedSince, RepositoryError};
@@ -108,9 +109,17 @@ impl ConsentHistory for SqliteStore {
     async fn since(&self, user: UserId, at: OffsetDateTime) -> Result<RecordedSince, RepositoryError> {
         self.read(move |connection| {
             connection.transaction(|connection| {
-                let changes: Vec<HistoryRow> = consent_history::table
+                // The first change of each field after `at`: its old value is the field's
+                // value at `at`, so no later row is needed (the cost is bounded by the number of
+                // fields, not by how many changes were made since).
+                let first_of_each_field: Vec<i64> = consent_history::table
                     .filter(consent_history::user_id.eq(Id::from(user)))
                     .filter(consent_history::at.gt(at))
+                    .group_by(consent_history::field)
+                    .select(min(consent_history::id).assume_not_null())
+                    .load(connection)?;
+                let changes: Vec<HistoryRow> = consent_history::table
+                    .filter(consent_history::id.eq_any(first_of_each_field))
                     .order(consent_history::id.desc())
                     .select(HISTORY)
                     .load(connection)?;

@@ -12,6 +12,7 @@ use std::fmt;
 use time::OffsetDateTime;
 
 use crate::error::InvalidValue;
+use crate::validate::{check_length, reject_control_characters, reject_hidden_text};
 
 /// A category's key: a slug of 1–64 characters, lower-case letters, digits, `-` and `_`,
 /// starting with a letter or digit. Stable: users' choices and history refer to it.
@@ -79,17 +80,14 @@ impl CategoryDescription {
     }
 }
 
+/// Trimmed text of 1 to `max` characters, checked as a user's name is: no control
+/// characters, no bidirectional overrides (which would show a settings page something other
+/// than what is stored), and something visible.
 fn bounded_text(raw: &str, max: usize) -> Result<String, InvalidValue> {
     let trimmed = raw.trim();
-    if trimmed.is_empty() {
-        return Err(InvalidValue::new("must not be empty"));
-    }
-    if trimmed.chars().count() > max {
-        return Err(InvalidValue::owned(format!("must be at most {max} characters")));
-    }
-    if trimmed.chars().any(char::is_control) {
-        return Err(InvalidValue::new("must not contain control characters"));
-    }
+    reject_control_characters(trimmed)?;
+    reject_hidden_text(trimmed)?;
+    check_length(trimmed, 1, max)?;
     Ok(trimmed.to_owned())
 }
 
@@ -293,6 +291,8 @@ mod tests {
         assert!(CategoryDescription::parse(&"d".repeat(500)).is_ok());
         assert!(CategoryDescription::parse(&"d".repeat(501)).is_err());
         assert!(CategoryName::parse("a\u{7}b").is_err());
+        assert!(CategoryName::parse("Deals\u{202e}txt.exe").is_err(), "a bidirectional override");
+        assert!(CategoryDescription::parse("\u{200b}\u{200b}").is_err(), "nothing visible");
     }
 
     #[test]

@@ -255,6 +255,10 @@ pub enum ChoiceChange {
 /// a revision, so that [`CategoryRepository::as_of`] can say what a category was at an
 /// instant; every change of a user's choice is recorded in the consent history in the same
 /// transaction.
+///
+/// The `now` of a write is the domain's clock; a store whose clock every instance shares
+/// (PostgreSQL's) stamps revisions and history rows with that clock instead, taken under
+/// the write's locks, so that instants recorded by different instances compare.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait CategoryRepository: Send + Sync {
@@ -267,10 +271,10 @@ pub trait CategoryRepository: Send + Sync {
     /// The category as it was at `at` (`Ok(None)`: it did not exist then).
     async fn as_of(&self, key: &CategoryKey, at: OffsetDateTime) -> Result<Option<Category>, RepositoryError>;
 
-    /// Adds a category.
+    /// Adds a category and returns it as stored (its times as the store recorded them).
     ///
     /// Errors: [`RepositoryError::CategoryExists`] when the key is taken.
-    async fn create(&self, category: Category) -> Result<(), RepositoryError>;
+    async fn create(&self, category: Category) -> Result<Category, RepositoryError>;
 
     /// Applies a non-empty patch and returns the category, `Ok(None)` when there is none.
     async fn update(
@@ -307,7 +311,9 @@ pub trait CategoryRepository: Send + Sync {
 /// What the history says after an instant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedSince {
-    /// The changes made after the instant, newest first.
+    /// For each field changed after the instant, its first change after it (in any order):
+    /// its old value is the field's value at the instant, all that taking the changes back
+    /// needs, however many were made since.
     pub changes: Vec<ConsentRecord>,
     /// When the last change at or before the instant was made (what the state at the
     /// instant rests on), if any.
@@ -324,8 +330,8 @@ pub trait ConsentHistory: Send + Sync {
     async fn page(&self, user: UserId, limit: u32, before: Option<i64>)
     -> Result<Option<HistoryPage>, RepositoryError>;
 
-    /// The changes of `user` made after `at`, newest first, and the time of the last one
-    /// at or before it.
+    /// The first change of each of `user`'s fields made after `at`, and the time of the
+    /// last change at or before it.
     async fn since(&self, user: UserId, at: OffsetDateTime) -> Result<RecordedSince, RepositoryError>;
 }
 

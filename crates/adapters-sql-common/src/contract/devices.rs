@@ -124,6 +124,43 @@ pub async fn concurrent_upserts_of_one_token_leave_one_row_and_report_one_creati
     assert_eq!(owners, 1);
 }
 
+/// Concurrent registrations of one new token by two users record every move in both
+/// histories: each registration that takes the device from the other user names it, so that
+/// each user's rows for the device form one chain (each row starts from the value the one
+/// before left) that ends in the device's state for that user.
+pub async fn concurrent_registrations_of_a_new_token_record_every_move_in_both_histories(fixture: &impl StoreFixture) {
+    let store = fixture.store();
+    let users =
+        [create_user(store, "first@example.com", at(0)).await, create_user(store, "second@example.com", at(0)).await];
+
+    let results: Vec<RegisteredDevice> = all_at_once(|task| {
+        let store = store.clone();
+        let user = users[task % 2];
+        async move { upsert(&store, user, registration("raced-token", Platform::Web, true), at(1)).await }
+    })
+    .await
+    .into_iter()
+    .map(|result| result.expect("every upsert succeeds"))
+    .collect();
+
+    let device = results[0].device.id;
+    let field = format!("devices.{device}.active");
+    for user in users {
+        let owns = DeviceRepository::list(store, user).await.expect("list").expect("exists").len() == 1;
+        let mut state = None;
+        for (changed, old, new) in changes_of(store, user, 0).await {
+            if changed == field {
+                assert_eq!(old, state, "{user:?}: a row that does not start where the one before ended");
+                state = new;
+            }
+        }
+        assert_eq!(state, owns.then(|| "true".to_owned()), "{user:?}: the history ends elsewhere than the device");
+    }
+    let moves = results.iter().filter(|registered| registered.previous_owner.is_some()).count();
+    let moved_away = changes_of(store, users[0], 0).await.into_iter().chain(changes_of(store, users[1], 0).await);
+    assert_eq!(moved_away.filter(|(changed, _, new)| *changed == field && new.is_none()).count(), moves);
+}
+
 /// A device is named by its id or by its token; a state change is not a sighting.
 pub async fn set_active_finds_a_device_by_id_or_by_token(fixture: &impl StoreFixture) {
     let store = fixture.store();

@@ -244,8 +244,8 @@ pub async fn a_change_never_gets_an_earlier_time_than_the_previous_row(fixture: 
     assert_eq!(times, [at(10), at(12), at(12)]);
 }
 
-/// `since` gives the changes after the instant, newest first, and when the last change at
-/// or before it was made.
+/// `since` gives the first change of each field after the instant (whose old value is the
+/// field's value then), and when the last change at or before it was made.
 pub async fn since_splits_the_history_at_the_instant(fixture: &impl StoreFixture) {
     let store = fixture.store();
     let id = create_user(store, "john@example.com", at(0)).await;
@@ -265,9 +265,18 @@ pub async fn since_splits_the_history_at_the_instant(fixture: &impl StoreFixture
     let early = store.since(id, at(5)).await.expect("since");
     assert_eq!(early.last_before, Some(at(0)), "the registration");
     let times: Vec<_> = early.changes.iter().map(|record| record.at).collect();
-    assert_eq!(times, [at(30), at(20), at(10)], "newest first");
+    assert_eq!(times, [at(10)], "only the first of the three changes of the field after the instant");
+    assert_eq!(
+        (early.changes[0].change.old.to_stored().as_deref(), early.changes[0].change.new.to_stored().as_deref()),
+        (Some("true"), Some("false")),
+        "its old value is the field's value at the instant"
+    );
     let before = store.since(id, at(-1)).await.expect("since");
-    assert_eq!((before.last_before, before.changes.len()), (None, REGISTRATION_ROWS + 3));
+    let fields: std::collections::HashSet<String> =
+        before.changes.iter().map(|record| record.change.field.to_string()).collect();
+    assert_eq!((before.last_before, before.changes.len()), (None, REGISTRATION_ROWS), "one per field: {fields:?}");
+    assert_eq!(fields.len(), REGISTRATION_ROWS);
+    assert!(before.changes.iter().all(|record| record.at == at(0)), "the registration's rows");
     let after = store.since(id, at(40)).await.expect("since");
     assert_eq!((after.last_before, after.changes.len()), (Some(at(30)), 0));
 }
@@ -346,6 +355,7 @@ pub async fn a_history_row_the_domain_refuses_is_an_error_not_skipped(fixture: &
 
     let page = store.page(id, 10, None).await;
     assert!(matches!(page, Err(RepositoryError::Unexpected(_))), "{page:?}");
-    let since = store.since(id, at(-1)).await;
+    // After the registration, the corrupt row is the first change of its field.
+    let since = store.since(id, at(0)).await;
     assert!(matches!(since, Err(RepositoryError::Unexpected(_))), "{since:?}");
 }

@@ -96,6 +96,7 @@ macro_rules! repository_contract_tests {
             upsert_for_an_unknown_user_is_user_not_found,
             upsert_accepts_a_token_of_the_maximum_length,
             concurrent_upserts_of_one_token_leave_one_row_and_report_one_creation,
+            concurrent_registrations_of_a_new_token_record_every_move_in_both_histories,
             concurrent_registrations_of_different_users_all_succeed,
             concurrent_registrations_of_one_email_create_exactly_one_user,
             set_active_finds_a_device_by_id_or_by_token,

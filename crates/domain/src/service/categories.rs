@@ -46,11 +46,9 @@ impl UserService {
 
     /// Adds a category to the catalogue.
     pub async fn create_category(&self, new: NewCategory) -> Result<Category, CatalogueError> {
-        self.detached(move |write| async move {
-            let category = Category::new(new, write.now());
-            write.ports.categories.create(category.clone()).await?;
-            Ok(category)
-        })
+        self.detached(
+            move |write| async move { Ok(write.ports.categories.create(Category::new(new, write.now())).await?) },
+        )
         .await
     }
 
@@ -174,8 +172,9 @@ impl UserService {
     }
 
     /// Whether `user` could be sent to on `channel` (in `category`) at the past instant `at`,
-    /// as their consent was then: today's state with every later change taken back, newest
-    /// first, and the category as the catalogue had it then.
+    /// as their consent was then: today's state with each field changed since taken back to
+    /// its value at `at` (the old value of its first change after `at`), and the category as
+    /// the catalogue had it then.
     ///
     /// The profile is read before the history: a change committed in between is then in the
     /// history but not in the profile, and taking it back sets the value the profile already
@@ -202,10 +201,15 @@ impl UserService {
                 EligibilityError::Unexpected(format!("consent history row {}: {error}", record.sequence).into())
             })?;
         }
-        Ok(RecordedEligibility {
-            eligibility: decide_as_recorded(&state, channel, category.as_ref(), at),
-            rests_on: since.last_before.unwrap_or(profile.user.created_at),
-        })
+        // Every user has an address from its registration on: none at `at` is an instant
+        // before the registration's rows (a store may stamp them with its own clock).
+        if state.email.is_none() {
+            return Err(EligibilityError::NotYetRegistered);
+        }
+        // The answer rests on the user's last change and on the category's version then.
+        let user_state_since = since.last_before.unwrap_or(profile.user.created_at);
+        let rests_on = category.as_ref().map_or(user_state_since, |category| user_state_since.max(category.updated_at));
+        Ok(RecordedEligibility { eligibility: decide_as_recorded(&state, channel, category.as_ref(), at), rests_on })
     }
 
     async fn category_for_decisions(&self, key: Option<&CategoryKey>) -> Result<Option<Category>, EligibilityError> {

@@ -18,7 +18,7 @@ use crate::auth::{Caller, ServiceCaller};
 use crate::dto::{ResolvedChoiceView, rfc3339};
 use crate::envelope::{Ok, success_bytes};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, UserIdPath};
+use crate::extract::{JsonBody, NoQuery, UserIdPath};
 use crate::state::AppState;
 
 /// What a category's users receive until they choose.
@@ -212,8 +212,12 @@ crate::envelope::envelope_component!(
 ///
 /// The catalogue, by key. Any authenticated caller (a service with any scope, or an end
 /// user: a settings page lists them).
-#[api_operation(tag = "categories", error_code = 401, error_code = 503)]
-pub async fn list(state: Data<AppState>, _caller: Caller) -> Result<Ok<Vec<CategoryView>>, ApiError> {
+#[api_operation(tag = "categories", error_code = 400, error_code = 401, error_code = 503)]
+pub async fn list(
+    state: Data<AppState>,
+    _caller: Caller,
+    _no_query: NoQuery,
+) -> Result<Ok<Vec<CategoryView>>, ApiError> {
     let categories = state.service.categories().await?;
     Result::Ok(Ok::new(categories.iter().map(CategoryView::from).collect(), "categories retrieved"))
 }
@@ -221,11 +225,19 @@ pub async fn list(state: Data<AppState>, _caller: Caller) -> Result<Ok<Vec<Categ
 /// Get a category
 ///
 /// Any authenticated caller.
-#[api_operation(tag = "categories", error_code = 401, error_code = 404, error_code = 422, error_code = 503)]
+#[api_operation(
+    tag = "categories",
+    error_code = 400,
+    error_code = 401,
+    error_code = 404,
+    error_code = 422,
+    error_code = 503
+)]
 pub async fn get(
     state: Data<AppState>,
     _caller: Caller,
     path: Path<CategorySegment>,
+    _no_query: NoQuery,
 ) -> Result<Ok<CategoryView>, ApiError> {
     let category = state.service.category(&path.parse()?).await?;
     Result::Ok(Ok::new(CategoryView::from(&category), "category retrieved"))

@@ -1,0 +1,1 @@
+DROP FUNCTION consent_history_latest_at(uuid);
