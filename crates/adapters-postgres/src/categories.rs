@@ -184,6 +184,13 @@ impl CategoryRepository for PgStore {
                     }
                 }
                 let choices: Vec<ChoiceRow> = in_category.select(CHOICE).load(connection).await?;
+                // A user erased since the choices were read (its erasure committed while this
+                // waited for its consent lock) has no history left to append to: only the
+                // users whose locks are granted get rows, and their choices are the ones dropped.
+                let owners: Vec<_> = choices.iter().map(|choice| choice.user_id).collect();
+                let remaining = if owners.is_empty() { Vec::new() } else { lock_consent(connection, &owners).await? };
+                let choices: Vec<&ChoiceRow> =
+                    choices.iter().filter(|choice| remaining.contains(&choice.user_id)).collect();
                 let users: Vec<UserId> = choices.iter().map(|choice| UserId::from(choice.user_id)).collect();
                 let history: Vec<HistoryEntry> = choices
                     .iter()
@@ -192,10 +199,7 @@ impl CategoryRepository for PgStore {
                         history_entries(UserId::from(choice.user_id), changes, &by)
                     })
                     .collect();
-                if !history.is_empty() {
-                    lock_consent(connection, &choices.iter().map(|choice| choice.user_id).collect::<Vec<_>>()).await?;
-                    append(connection, history, recorded_at).await?;
-                }
+                append(connection, history, recorded_at).await?;
                 // The choices go with the category (ON DELETE CASCADE).
                 diesel::delete(notification_categories::table.find(key.as_str())).execute(connection).await?;
                 let at = revision_time(connection, &key, recorded_at).await?;

@@ -385,3 +385,55 @@ async fn the_database_clock_stamps_the_history_whatever_the_instances_clocks_say
     assert!(of_the_update.iter().all(|at| *at == of_the_update[0]), "one write, one instant: {of_the_update:?}");
     assert!(contact_row.at >= of_the_update[0], "never before the previous row");
 }
+
+/// A forced removal of a category that waits for the erasure of a user with a choice in it
+/// (the erasure holds the user's consent lock) removes the category with the other users'
+/// choices, and writes no history for the erased user (whose history went with it): it was
+/// a 500 and a rolled-back removal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forced_removal_waiting_for_an_erasure_drops_the_other_choices() {
+    use domain::category::{Category, CategoryChoice, CategoryKey, CategoryName, ChannelDefaults};
+    use domain::ports::{CategoryRemoval, CategoryRepository, ChoiceChange};
+
+    let fixture = PgFixture::new().await;
+    let store = &fixture.store;
+    let now = OffsetDateTime::now_utc();
+    let key = CategoryKey::parse("promo").unwrap();
+    let category = Category {
+        key: key.clone(),
+        name: CategoryName::parse("Promo").unwrap(),
+        description: None,
+        critical: false,
+        defaults: ChannelDefaults { email: true, push: true },
+        created_at: now,
+        updated_at: now,
+    };
+    CategoryRepository::create(store, category).await.expect("create");
+    let register = async |email| {
+        let created = UserRepository::create(store, record(email), None).await.expect("create");
+        user_of(created).profile.user.id
+    };
+    let (erased, kept) = (register("erased@example.com").await, register("kept@example.com").await);
+    let opt_out = ChoiceChange::Set(CategoryChoice { email: Some(false), push: None });
+    for user in [erased, kept] {
+        store.change_choice(user, &key, opt_out, now, &Provenance::default()).await.expect("choose").expect("user");
+    }
+
+    let mut eraser = fixture.db.pool().get().await.expect("a connection");
+    eraser
+        .batch_execute(&format!("BEGIN; DELETE FROM users WHERE id = '{}';", erased.as_uuid()))
+        .await
+        .expect("erase, uncommitted");
+    let removing = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move { store.remove(&key, true, OffsetDateTime::now_utc(), &Provenance::default()).await })
+    };
+    commit_when_blocked(&fixture, eraser).await;
+
+    let removed = removing.await.expect("the task").expect("the removal succeeds");
+    assert_eq!(removed, CategoryRemoval::Removed(vec![kept]));
+    assert_eq!(store.find(&key).await.expect("find"), None);
+    assert_eq!(last_change(store, kept).await, ("categories.promo.email".to_owned(), Some("false".into()), None));
+    let orphans = "SELECT count(*) AS count FROM consent_history WHERE user_id NOT IN (SELECT id FROM users)";
+    assert_eq!(fixture.count(orphans).await, 0);
+}

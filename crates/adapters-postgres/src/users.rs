@@ -72,50 +72,11 @@ async fn insert_user(
 }
 
 /// Changes the preferences and appends each changed field to the consent history, in one
-/// statement (one round trip, no `BEGIN`/`COMMIT`: the write the platform makes most, which
-/// must stay as fast as a plain update). `old` locks the row (its consent lock) and reads
-/// the values before; `new` applies the partial change (`NULL` keeps a field, `$4` says
-/// whether quiet hours are set, to `$5`–`$6`, or cleared); `recorded` appends one row per
-/// field whose value changed, all at one instant `stamp` read after the lock was granted
-/// (see [`crate::history`]; the user's latest row is read by `consent_history_latest_at`, whose
-/// snapshot, unlike this statement's, includes the rows of a write this one waited for). The fields and their stored values are written here as
-/// `domain::consent` writes them (`preferences_changes`, `ConsentValue::to_stored`); the
-/// contract suite checks the rows of both stores against the domain's.
-const UPDATE_PREFERENCES: &str = r#"
-WITH old AS (
-    SELECT user_id, email_enabled, push_enabled, quiet_hours_start, quiet_hours_end, timezone
-    FROM notification_preferences WHERE user_id = $1 FOR UPDATE
-), new AS (
-    UPDATE notification_preferences AS p SET
-        email_enabled = COALESCE($2, old.email_enabled),
-        push_enabled = COALESCE($3, old.push_enabled),
-        quiet_hours_start = CASE WHEN $4 THEN $5 ELSE old.quiet_hours_start END,
-        quiet_hours_end = CASE WHEN $4 THEN $6 ELSE old.quiet_hours_end END,
-        timezone = COALESCE($7, old.timezone),
-        updated_at = $8
-    FROM old
-    WHERE p.user_id = old.user_id
-    RETURNING p.user_id, p.email_enabled, p.push_enabled, p.quiet_hours_start, p.quiet_hours_end, p.timezone,
-        p.updated_at
-), stamp AS (
-    SELECT GREATEST(COALESCE($9, clock_timestamp()), consent_history_latest_at(old.user_id)) AS at
-    FROM old
-), recorded AS (
-    INSERT INTO consent_history (user_id, at, field, old_value, new_value, actor_kind, actor_name, request_id)
-    SELECT old.user_id, stamp.at, change.field, change.old_value, change.new_value, $10, $11, $12
-    FROM old JOIN new USING (user_id) CROSS JOIN stamp, LATERAL (VALUES
-        (1, 'preferences.email', old.email_enabled::text, new.email_enabled::text),
-        (2, 'preferences.push', old.push_enabled::text, new.push_enabled::text),
-        (3, 'preferences.quiet_hours',
-            to_char(old.quiet_hours_start, 'HH24:MI') || '-' || to_char(old.quiet_hours_end, 'HH24:MI'),
-            to_char(new.quiet_hours_start, 'HH24:MI') || '-' || to_char(new.quiet_hours_end, 'HH24:MI')),
-        (4, 'preferences.timezone', old.timezone, new.timezone)
-    ) AS change(position, field, old_value, new_value)
-    WHERE change.old_value IS DISTINCT FROM change.new_value
-    ORDER BY change.position
-)
-SELECT user_id, email_enabled, push_enabled, quiet_hours_start, quiet_hours_end, timezone, updated_at FROM new
-"#;
+/// call of the function `update_preferences_recorded` (see its migration): one round trip, no
+/// `BEGIN`/`COMMIT`, and plans cached by PostgreSQL, for the write the platform makes most.
+/// The row is the preferences after the change; none when the user does not exist.
+const UPDATE_PREFERENCES: &str = "SELECT user_id, email_enabled, push_enabled, quiet_hours_start, quiet_hours_end, \
+    timezone, updated_at FROM update_preferences_recorded($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 /// A row of [`UPDATE_PREFERENCES`]: the preferences after the change.
 #[derive(QueryableByName)]

@@ -187,13 +187,6 @@ impl UserService {
         at: OffsetDateTime,
     ) -> Result<RecordedEligibility, EligibilityError> {
         let profile = self.ports.users.find_profile(user).await?.ok_or(EligibilityError::UserNotFound)?;
-        if at < profile.user.created_at {
-            return Err(EligibilityError::NotYetRegistered);
-        }
-        let category = match category {
-            Some(key) => Some(self.ports.categories.as_of(key, at).await?.ok_or(EligibilityError::CategoryNotFound)?),
-            None => None,
-        };
         let since = self.ports.history.since(user, at).await?;
         let mut state = ConsentState::of(&profile);
         for record in &since.changes {
@@ -202,10 +195,18 @@ impl UserService {
             })?;
         }
         // Every user has an address from its registration on: none at `at` is an instant
-        // before the registration's rows (a store may stamp them with its own clock).
-        if state.email.is_none() {
+        // before the registration's rows. Those rows may be stamped by the store's clock,
+        // `created_at` by the registering instance's: an instant before `created_at` counts
+        // as before the registration only when nothing was recorded by then (a user
+        // registered before the history existed has no such rows).
+        let before_created = at < profile.user.created_at && since.last_before.is_none();
+        if state.email.is_none() || before_created {
             return Err(EligibilityError::NotYetRegistered);
         }
+        let category = match category {
+            Some(key) => Some(self.ports.categories.as_of(key, at).await?.ok_or(EligibilityError::CategoryNotFound)?),
+            None => None,
+        };
         // The answer rests on the user's last change and on the category's version then.
         let user_state_since = since.last_before.unwrap_or(profile.user.created_at);
         let rests_on = category.as_ref().map_or(user_state_since, |category| user_state_since.max(category.updated_at));

@@ -1024,7 +1024,8 @@ fn eligibility_as_recorded_before_registration_is_not_yet_registered() {
     let mut categories = MockCategoryRepository::new();
     categories.expect_as_of().never();
     let mut history = MockConsentHistory::new();
-    history.expect_since().never();
+    // Nothing recorded by then: before the registration.
+    history.expect_since().returning(|_, _| Ok(RecordedSince { changes: Vec::new(), last_before: None }));
     let service = catalogue_service(ada_store(), categories, history, no_cache_reads(), MockProfileEncoder::new());
     let a_second_early = REGISTERED - time::Duration::SECOND;
     let answer = futures_executor::block_on(service.eligibility_as_recorded(
@@ -1091,6 +1092,29 @@ fn eligibility_as_recorded_rests_on_the_registration_when_nothing_was_recorded_b
             .unwrap();
     assert_eq!(recorded.rests_on, REGISTERED);
     assert_eq!(recorded.eligibility.reason, Reason::Ok);
+}
+
+#[test]
+fn an_instant_before_created_at_but_after_recorded_rows_is_answered_not_refused() {
+    // The registering instance's clock ran ahead of the store's: the registration's rows are
+    // recorded a little before `created_at`. An instant between them is after the registration.
+    let recorded_registration = REGISTERED - time::Duration::seconds(3);
+    let mut history = MockConsentHistory::new();
+    history
+        .expect_since()
+        .returning(move |_, _| Ok(RecordedSince { changes: Vec::new(), last_before: Some(recorded_registration) }));
+    let service = catalogue_service(
+        ada_store(),
+        MockCategoryRepository::new(),
+        history,
+        no_cache_reads(),
+        MockProfileEncoder::new(),
+    );
+    let between = REGISTERED - time::Duration::seconds(1);
+    let recorded =
+        futures_executor::block_on(service.eligibility_as_recorded(ada_today().user.id, Channel::Email, None, between))
+            .unwrap();
+    assert_eq!(recorded.rests_on, recorded_registration);
 }
 
 #[test]

@@ -1,1 +1,0 @@
-DROP FUNCTION consent_history_latest_at(uuid);
