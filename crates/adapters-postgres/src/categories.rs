@@ -94,18 +94,14 @@ impl CategoryRepository for PgStore {
     async fn create(&self, category: Category) -> Result<Category, RepositoryError> {
         let mut connection = self.connection().await?;
         let recorded_at = self.recorded_at(category.updated_at);
-        // A taken key fails the insert on the primary key (mapped to "exists"), and holds the
-        // new row's lock until the revision is written.
+        // A taken key fails the insert on the primary key (mapped to "exists"); a concurrent
+        // creation of the same key waits for this one's commit, then fails so.
         let created = connection
             .transaction::<_, TxError, _>(async |connection| {
-                diesel::insert_into(notification_categories::table)
-                    .values(CategoryValues::new(&category))
-                    .execute(connection)
-                    .await?;
                 let at = revision_time(connection, &category.key, recorded_at).await?;
                 let category = Category { created_at: at, updated_at: at, ..category };
-                diesel::update(notification_categories::table.find(category.key.as_str()))
-                    .set(CategoryValues::new(&category))
+                diesel::insert_into(notification_categories::table)
+                    .values(CategoryValues::new(&category))
                     .execute(connection)
                     .await?;
                 diesel::insert_into(category_revisions::table)

@@ -28,6 +28,24 @@ fn find_category(connection: &mut SqliteConnection, key: &str) -> Result<Option<
     Ok(row.map(Category::try_from).transpose()?)
 }
 
+/// The instant of a new revision of `key`: `now`, or the key's latest revision if that is
+/// later (writes are serialized, but their clock readings were taken before they waited), so
+/// that revisions in `id` order never go back in time and `as_of` reads them in the order
+/// they were made.
+fn revision_time(
+    connection: &mut SqliteConnection,
+    key: &CategoryKey,
+    now: OffsetDateTime,
+) -> QueryResult<OffsetDateTime> {
+    let latest: Option<OffsetDateTime> = category_revisions::table
+        .filter(category_revisions::key.eq(key.as_str()))
+        .order(category_revisions::id.desc())
+        .select(category_revisions::at)
+        .first(connection)
+        .optional()?;
+    Ok(latest.map_or(now, |latest| latest.max(now)))
+}
+
 #[async_trait]
 impl CategoryRepository for SqliteStore {
     async fn list(&self) -> Result<Vec<Category>, RepositoryError> {
@@ -66,11 +84,13 @@ impl CategoryRepository for SqliteStore {
             if diesel::select(exists(taken)).get_result(connection)? {
                 return Err(RepositoryError::CategoryExists.into());
             }
+            let at = revision_time(connection, &category.key, category.updated_at)?;
+            let category = Category { created_at: at, updated_at: at, ..category };
             diesel::insert_into(notification_categories::table)
                 .values(CategoryValues::new(&category))
                 .execute(connection)?;
             diesel::insert_into(category_revisions::table)
-                .values(RevisionValues::new(&category, category.updated_at, false))
+                .values(RevisionValues::new(&category, at, false))
                 .execute(connection)?;
             Ok(category)
         })
@@ -86,12 +106,13 @@ impl CategoryRepository for SqliteStore {
         let key = key.clone();
         self.write(move |connection| {
             let Some(category) = find_category(connection, key.as_str())? else { return Ok(None) };
-            let category = patch.apply(category, now);
+            let at = revision_time(connection, &key, now)?;
+            let category = patch.apply(category, at);
             diesel::update(notification_categories::table.find(key.as_str()))
                 .set(CategoryValues::new(&category))
                 .execute(connection)?;
             diesel::insert_into(category_revisions::table)
-                .values(RevisionValues::new(&category, now, false))
+                .values(RevisionValues::new(&category, at, false))
                 .execute(connection)?;
             Ok(Some(category))
         })
@@ -128,8 +149,9 @@ impl CategoryRepository for SqliteStore {
             append(connection, history, now)?;
             // The choices go with the category (ON DELETE CASCADE).
             diesel::delete(notification_categories::table.find(key.as_str())).execute(connection)?;
+            let at = revision_time(connection, &key, now)?;
             diesel::insert_into(category_revisions::table)
-                .values(RevisionValues::new(&category, now, true))
+                .values(RevisionValues::new(&category, at, true))
                 .execute(connection)?;
             Ok(CategoryRemoval::Removed(choices.iter().map(|choice| UserId::from(choice.user_id)).collect()))
         })
