@@ -397,7 +397,12 @@ async fn the_history_records_each_change_with_its_actor_and_request() {
     assert_eq!(rows[0]["actor"], json!({"kind": "trusted", "name": "internal-network"}));
     assert_eq!((&rows[1]["field"], &rows[1]["old"], &rows[1]["new"]), (&json!(field), &Value::Null, &json!(true)));
 
-    // Only the user itself or a service reads it.
+    // Only the user itself or a service with `consent.read` reads it: not a caller the
+    // network vouches for (it holds `users.read`, and a history holds past addresses).
+    let trusted =
+        app.request_as(&app.anonymous, &[], Method::GET, &format!("/api/v1/users/{user}/consent-history"), None).await;
+    assert_eq!(trusted.status, 403, "{}", trusted.body);
+    assert!(trusted.body["message"].as_str().unwrap().contains("consent.read"), "{}", trusted.body);
     app.register("other@example.com").await;
     let other = app.login("other@example.com", "StrongPass123!").await;
     let other_bearer = format!("Bearer {other}");

@@ -34,13 +34,15 @@ pub enum Scope {
     DevicesDeactivate,
     /// Ask whether users may be notified (one or many).
     EligibilityRead,
+    /// Read a user's consent history (past addresses included).
+    ConsentRead,
     /// Manage the notification category catalogue.
     Admin,
 }
 
 impl Scope {
     /// Every scope, in the order they are documented.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::UsersRead,
         Self::UsersList,
         Self::UsersLookup,
@@ -50,6 +52,7 @@ impl Scope {
         Self::DevicesWrite,
         Self::DevicesDeactivate,
         Self::EligibilityRead,
+        Self::ConsentRead,
         Self::Admin,
     ];
 
@@ -65,6 +68,7 @@ impl Scope {
             Self::DevicesWrite => "devices.write",
             Self::DevicesDeactivate => "devices.deactivate",
             Self::EligibilityRead => "eligibility.read",
+            Self::ConsentRead => "consent.read",
             Self::Admin => "admin",
         }
     }

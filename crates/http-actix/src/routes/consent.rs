@@ -134,8 +134,9 @@ impl From<&HistoryPage> for HistoryPageView {
 /// Every change to what the user agreed to receive and where they can be reached (channel
 /// switches, category choices, quiet hours, time zone, email and phone, device activation),
 /// newest first, each with who made it and in which request. Append-only: no route changes
-/// or deletes a row; erasing the user erases its history with it. Scope `users.read`, or
-/// the user itself.
+/// or deletes a row; erasing the user erases its history with it. Scope `consent.read` (a
+/// history holds past addresses: not part of `users.read`, nor of what a caller the network
+/// vouches for gets), or the user itself.
 #[api_operation(
     tag = "preferences",
     error_code = 400,
@@ -151,7 +152,7 @@ pub async fn history(
     id: UserIdPath,
     query: Query<HistoryQuery>,
 ) -> Result<Ok<HistoryPageView>, ApiError> {
-    let user = caller.user(id.0, Scope::UsersRead)?;
+    let user = caller.user(id.0, Scope::ConsentRead)?;
     let (limit, before) = query.parse()?;
     let page = state.service.consent_history(user, limit, before).await?;
     Result::Ok(Ok::new(HistoryPageView::from(&page), "consent history retrieved"))
