@@ -269,18 +269,6 @@ impl UserRepository for PgStore {
         Ok(deleted > 0)
     }
 
-    async fn find_preferences(&self, id: UserId) -> Result<Option<Preferences>, RepositoryError> {
-        let mut connection = self.connection().await?;
-        let row = notification_preferences::table
-            .find(id.as_uuid())
-            .select(PREFERENCES)
-            .get_result::<PreferencesRow>(&mut connection)
-            .await
-            .optional()
-            .map_err(from_diesel)?;
-        row.map(Preferences::try_from).transpose()
-    }
-
     async fn update_preferences(
         &self,
         id: UserId,

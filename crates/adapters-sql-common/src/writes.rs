@@ -8,8 +8,8 @@ use domain::user::UserId;
 use uuid::Uuid;
 
 /// A row to append to `consent_history`, all but its time: each store fixes `at` in the
-/// write's transaction, under the user's consent lock, as the later of the write's `now`
-/// and the user's latest row (so that times never decrease along a user's rows).
+/// write's transaction, under the user's consent lock, once for the write (PostgreSQL's
+/// clock, or the write's `now`), never before the user's latest row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
     /// Whose consent changed.

@@ -178,18 +178,6 @@ impl UserRepository for SqliteStore {
         self.write(move |connection| Ok(diesel::delete(users::table.find(Id::from(id))).execute(connection)? > 0)).await
     }
 
-    async fn find_preferences(&self, id: UserId) -> Result<Option<Preferences>, RepositoryError> {
-        self.read(move |connection| {
-            let row: Option<PreferencesRow> = notification_preferences::table
-                .find(Id::from(id))
-                .select(PREFERENCES)
-                .get_result(connection)
-                .optional()?;
-            Ok(row.map(Preferences::try_from).transpose()?)
-        })
-        .await
-    }
-
     async fn update_preferences(
         &self,
         id: UserId,

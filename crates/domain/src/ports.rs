@@ -142,9 +142,6 @@ pub trait UserRepository: Send + Sync {
     /// Deletes the user, its preferences and its devices. `Ok(false)` when no user had this id.
     async fn delete(&self, id: UserId) -> Result<bool, RepositoryError>;
 
-    /// Loads the preferences, `Ok(None)` when no user has this id.
-    async fn find_preferences(&self, id: UserId) -> Result<Option<Preferences>, RepositoryError>;
-
     /// Applies a partial change atomically (concurrent updates of different fields both
     /// survive) and returns the result, `Ok(None)` when no user has this id. Each changed
     /// field is recorded in the consent history in the same transaction, its old value read

@@ -149,6 +149,36 @@ impl<T: JsonSchema> Responder for OkEncoded<T> {
     }
 }
 
+/// A 201 response with `data` and the `Location` of what was created.
+#[derive(Debug)]
+pub struct Created<T: JsonSchema> {
+    data: T,
+    location: String,
+    message: &'static str,
+}
+
+impl<T: JsonSchema> Created<T> {
+    /// `data`, found at `location`, with a summary.
+    pub fn new(data: T, location: String, message: &'static str) -> Self {
+        Self { data, location, message }
+    }
+}
+
+impl<T: Serialize + JsonSchema> Responder for Created<T> {
+    type Body = BoxBody;
+
+    fn respond_to(self, _request: &HttpRequest) -> HttpResponse {
+        let mut response = json_response(
+            StatusCode::CREATED,
+            &Envelope { success: true, data: Some(self.data), error: None, message: self.message.into(), meta: None },
+        );
+        if let Ok(location) = HeaderValue::try_from(self.location) {
+            response.headers_mut().insert(actix_web::http::header::LOCATION, location);
+        }
+        response
+    }
+}
+
 /// A 204 response without a body.
 #[derive(Debug)]
 pub struct NoContent;
@@ -213,6 +243,7 @@ pub(crate) use envelope_component;
 
 envelope_component!(Ok, [(StatusCode::OK, "Success")]);
 envelope_component!(OkEncoded, [(StatusCode::OK, "Success")]);
+envelope_component!(Created, [(StatusCode::CREATED, "Created; `Location` names it")]);
 
 impl ApiComponent for NoContent {
     fn child_schemas() -> Vec<(String, ReferenceOr<Schema>)> {

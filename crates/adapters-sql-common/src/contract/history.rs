@@ -335,7 +335,7 @@ pub async fn concurrent_preference_updates_leave_a_consistent_history(fixture: &
         assert_ne!(record.change.old, record.change.new, "a row records a change");
         latest.insert(field, record.change.new.to_stored());
     }
-    let stored = store.find_preferences(id).await.expect("find").expect("exists");
+    let stored = preferences_of(store, id).await.expect("exists");
     assert_eq!(latest["preferences.email"].as_deref(), Some(stored.email.to_string().as_str()));
     assert_eq!(latest["preferences.push"].as_deref(), Some(stored.push.to_string().as_str()));
     assert_eq!(latest["preferences.timezone"].as_deref(), Some(stored.timezone.as_str()));

@@ -269,6 +269,12 @@ pub trait StoreFixture: Send + Sync {
 const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
 
 /// A fixed instant plus `minutes`.
+/// The stored preferences of `id` (`None`: no such user), read as senders read them: with
+/// the profile.
+async fn preferences_of(store: &impl UserRepository, id: UserId) -> Option<Preferences> {
+    store.find_profile(id).await.expect("find the profile").map(|profile| profile.preferences)
+}
+
 fn at(minutes: i64) -> OffsetDateTime {
     datetime!(2026-11-25 09:00:00 UTC) + Duration::minutes(minutes)
 }

@@ -55,7 +55,7 @@ pub async fn create_without_a_device_stores_default_preferences_and_no_device(fi
     assert_eq!(profile.preferences, Preferences::defaults(at(0)));
     assert!(profile.devices.is_empty());
     assert_eq!(profile.user.phone, None);
-    assert_eq!(store.find_preferences(id).await.expect("find preferences"), Some(Preferences::defaults(at(0))));
+    assert_eq!(preferences_of(store, id).await, Some(Preferences::defaults(at(0))));
     assert_eq!(fixture.count("SELECT count(*) AS count FROM devices").await, 0);
 }
 
@@ -155,13 +155,12 @@ pub async fn create_that_leaves_held_tokens_registers_the_user_without_one_anoth
     assert_eq!(fixture.count("SELECT count(*) AS count FROM devices").await, 2);
 }
 
-/// Unknown ids have no profile and no preferences.
+/// Unknown ids have no profile.
 pub async fn find_profile_of_an_unknown_id_is_none(fixture: &impl StoreFixture) {
     let store = fixture.store();
     create_user(store, "john@example.com", at(0)).await;
 
     assert_eq!(store.find_profile(UserId::generate()).await.expect("find"), None);
-    assert_eq!(store.find_preferences(UserId::generate()).await.expect("find preferences"), None);
 }
 
 /// `find_profiles` returns the same profiles as `find_profile`, one per known id.
@@ -426,7 +425,7 @@ pub async fn update_preferences_changes_only_the_given_fields(fixture: &impl Sto
     assert_eq!(preferences.timezone.as_str(), "Africa/Lagos");
     assert!(!preferences.push);
 
-    assert_eq!(store.find_preferences(id).await.expect("find"), Some(preferences.clone()));
+    assert_eq!(preferences_of(store, id).await, Some(preferences.clone()));
     let profile = store.find_profile(id).await.expect("find").expect("the user exists");
     assert_eq!(profile.preferences, preferences);
 }
@@ -458,7 +457,7 @@ pub async fn every_preferences_update_is_stored_as_the_domain_rule_applies_it(fi
         let updated =
             store.update_preferences(id, update.clone(), at(2), &by()).await.expect("update").expect("exists");
         assert_eq!(updated, expected, "{update:?} applied to {stored:?}");
-        assert_eq!(store.find_preferences(id).await.expect("find"), Some(expected), "{update:?} as stored");
+        assert_eq!(preferences_of(store, id).await, Some(expected), "{update:?} as stored");
     }
 }
 
@@ -495,7 +494,7 @@ pub async fn concurrent_preference_updates_of_different_fields_all_survive(fixtu
         result.expect("every update succeeds").expect("the user exists");
     }
 
-    let preferences = store.find_preferences(id).await.expect("find").expect("the user exists");
+    let preferences = preferences_of(store, id).await.expect("the user exists");
     assert!(!preferences.email && !preferences.push, "{preferences:?}");
     assert_eq!(preferences.quiet_hours, Some(quiet_hours("22:00", "07:00")));
     assert_eq!(preferences.timezone.as_str(), "Asia/Tokyo");

@@ -442,9 +442,6 @@ impl UserRepository for SlowProfiles {
     async fn delete(&self, id: UserId) -> Result<bool, RepositoryError> {
         self.0.delete(id).await
     }
-    async fn find_preferences(&self, id: UserId) -> Result<Option<Preferences>, RepositoryError> {
-        self.0.find_preferences(id).await
-    }
     async fn update_preferences(
         &self,
         id: UserId,

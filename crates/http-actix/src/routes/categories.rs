@@ -2,21 +2,20 @@
 //! and `/api/v1/users/{id}/preferences/categories/{key}`: a user's choice in one category.
 
 use actix_web::web::{Data, Path, Query};
-use actix_web::{HttpResponse, Responder};
 use apistos::{ApiComponent, api_operation};
+use domain::FieldError;
 use domain::auth::Scope;
 use domain::category::{
     Category, CategoryChoice, CategoryDescription, CategoryKey, CategoryName, CategoryPatch, ChannelDefaults,
     NewCategory, ResolvedChoice,
 };
 use domain::ports::ChoiceChange;
-use domain::{FieldError, InvalidValue};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Caller, ServiceCaller};
 use crate::dto::{ResolvedChoiceView, rfc3339};
-use crate::envelope::{Ok, success_bytes};
+use crate::envelope::{Created, Ok};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, NoQuery, UserIdPath};
 use crate::state::AppState;
@@ -172,11 +171,9 @@ pub struct CategorySegment {
     pub key: String,
 }
 
-impl CategorySegment {
-    /// The key, or 422 naming the field.
-    fn parse(&self) -> Result<CategoryKey, ApiError> {
-        CategoryKey::parse(&self.key).map_err(|error| ApiError::validation(vec![FieldError::new("key", error)]))
-    }
+/// A category key from a path, or 422 naming the field.
+fn path_key(raw: &str) -> Result<CategoryKey, ApiError> {
+    CategoryKey::parse(raw).map_err(|error| ApiError::validation(vec![FieldError::new("key", error)]))
 }
 
 /// `?force=` of a category removal.
@@ -187,26 +184,6 @@ pub struct RemoveQuery {
     /// recorded in its user's consent history); default false (409 `category_in_use`).
     pub force: Option<bool>,
 }
-
-/// A 201 answer with the new category and its `Location`.
-#[derive(Debug)]
-pub struct CreatedCategory<T: JsonSchema>(T, String);
-
-impl<T: Serialize + JsonSchema> Responder for CreatedCategory<T> {
-    type Body = actix_web::body::BoxBody;
-
-    fn respond_to(self, _request: &actix_web::HttpRequest) -> HttpResponse {
-        HttpResponse::Created()
-            .insert_header((actix_web::http::header::LOCATION, self.1))
-            .content_type("application/json")
-            .body(success_bytes(self.0, "category created"))
-    }
-}
-
-crate::envelope::envelope_component!(
-    CreatedCategory,
-    [(actix_web::http::StatusCode::CREATED, "Created; `Location` names the new category")]
-);
 
 /// List categories
 ///
@@ -239,7 +216,7 @@ pub async fn get(
     path: Path<CategorySegment>,
     _no_query: NoQuery,
 ) -> Result<Ok<CategoryView>, ApiError> {
-    let category = state.service.category(&path.parse()?).await?;
+    let category = state.service.category(&path_key(&path.key)?).await?;
     Result::Ok(Ok::new(CategoryView::from(&category), "category retrieved"))
 }
 
@@ -264,11 +241,11 @@ pub async fn create(
     state: Data<AppState>,
     caller: ServiceCaller,
     body: JsonBody<CreateCategoryRequest>,
-) -> Result<CreatedCategory<CategoryView>, ApiError> {
+) -> Result<Created<CategoryView>, ApiError> {
     caller.authorize(Scope::Admin)?;
     let category = state.service.create_category(body.0.into_domain()?).await?;
     let location = format!("/api/v1/categories/{}", category.key);
-    Result::Ok(CreatedCategory(CategoryView::from(&category), location))
+    Result::Ok(Created::new(CategoryView::from(&category), location, "category created"))
 }
 
 /// Change a category
@@ -294,7 +271,7 @@ pub async fn update(
     body: JsonBody<UpdateCategoryRequest>,
 ) -> Result<Ok<CategoryView>, ApiError> {
     caller.authorize(Scope::Admin)?;
-    let key = path.parse()?;
+    let key = path_key(&path.key)?;
     let category = state.service.update_category(key, body.0.into_domain()?).await?;
     Result::Ok(Ok::new(CategoryView::from(&category), "category updated"))
 }
@@ -321,7 +298,7 @@ pub async fn remove(
     query: Query<RemoveQuery>,
 ) -> Result<crate::envelope::NoContent, ApiError> {
     caller.authorize(Scope::Admin)?;
-    let key = path.parse()?;
+    let key = path_key(&path.key)?;
     state.service.remove_category(key, query.force.unwrap_or(false), caller.provenance()).await?;
     Result::Ok(crate::envelope::NoContent)
 }
@@ -367,11 +344,6 @@ pub struct UserCategorySegments {
     pub key: String,
 }
 
-fn key_of(segments: &UserCategorySegments) -> Result<CategoryKey, ApiError> {
-    CategoryKey::parse(&segments.key)
-        .map_err(|error: InvalidValue| ApiError::validation(vec![FieldError::new("key", error)]))
-}
-
 /// Set a category choice
 ///
 /// Sets the user's choice on the channels given (`{"email": false}` leaves push as it was);
@@ -397,7 +369,7 @@ pub async fn set_choice(
     body: JsonBody<CategoryChoiceRequest>,
 ) -> Result<Ok<CategorySettingView>, ApiError> {
     let user = caller.user(id.0, Scope::PreferencesWrite)?;
-    let key = key_of(&path)?;
+    let key = path_key(&path.key)?;
     let choice = CategoryChoice { email: body.0.email, push: body.0.push };
     let (category, resolved) =
         state.service.change_category_choice(user, key, ChoiceChange::Set(choice), caller.provenance()).await?;
@@ -424,7 +396,7 @@ pub async fn clear_choice(
     path: Path<UserCategorySegments>,
 ) -> Result<Ok<CategorySettingView>, ApiError> {
     let user = caller.user(id.0, Scope::PreferencesWrite)?;
-    let key = key_of(&path)?;
+    let key = path_key(&path.key)?;
     let (category, resolved) =
         state.service.change_category_choice(user, key, ChoiceChange::Clear, caller.provenance()).await?;
     Result::Ok(Ok::new(setting_view(&category, resolved), "category choice cleared"))
