@@ -417,6 +417,16 @@ async fn the_history_records_each_change_with_its_actor_and_request() {
         reply.assert_envelope();
     }
 
+    // A registration without a credential of its own (the gateway forwards the app's, from
+    // the network it vouches for) is the user registering itself.
+    let body = r#"{"name": "Self", "email": "self@example.com", "password": "StrongPass123!"}"#;
+    let registered = app.request_as(&app.anonymous, &[], Method::POST, "/api/v1/users", Some(body)).await;
+    assert_eq!(registered.status, 201, "{}", registered.body);
+    let newcomer = registered.body["data"]["id"].as_str().unwrap().to_owned();
+    for row in history(&app, &newcomer, "").await {
+        assert_eq!(row["actor"], json!({"kind": "user", "name": newcomer}), "{row}");
+    }
+
     // Erasure wins: the history goes with the user.
     assert_eq!(app.request(Method::DELETE, &format!("/api/v1/users/{user}"), None).await.status, 204);
     let gone = app.get(&path).await;

@@ -274,6 +274,12 @@ impl Principal {
         }
     }
 
+    /// Whether the caller presented a credential of its own (a key or an access token),
+    /// rather than only being vouched for by the network.
+    pub fn holds_credential(&self) -> bool {
+        !matches!(self, Self::Service { proof: ServiceProof::Network, .. })
+    }
+
     /// Whether the caller proved itself with a key (the per-address limits spare those,
     /// since one gateway acts for many clients; a caller the network vouches for is
     /// counted like anyone else).

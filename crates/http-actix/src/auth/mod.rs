@@ -164,10 +164,12 @@ impl FromRequest for MaybeCaller {
 }
 
 impl MaybeCaller {
-    /// As [`Caller::provenance`]; no credential is the user acting on itself (its own
-    /// registration).
-    pub fn provenance(&self) -> Provenance {
-        Provenance { actor: self.0.as_ref().map(Principal::actor), request_id: self.1.clone() }
+    /// Who registers, in which request: a caller without a credential of its own (none, or
+    /// only the network's vouching, as when the gateway forwards an app's registration) is
+    /// the user registering itself; a key or a token names its holder.
+    pub fn registration_provenance(&self) -> Provenance {
+        let actor = self.0.as_ref().filter(|caller| caller.holds_credential()).map(Principal::actor);
+        Provenance { actor, request_id: self.1.clone() }
     }
 }
 

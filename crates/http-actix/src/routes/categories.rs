@@ -303,7 +303,8 @@ pub async fn remove(
     Result::Ok(crate::envelope::NoContent)
 }
 
-/// A user's choice to set; an omitted channel keeps the user's current setting.
+/// A user's choice to set; an omitted (or `null`) channel keeps the user's current setting.
+/// `DELETE` returns both channels to the category's defaults.
 #[derive(Debug, Deserialize, JsonSchema, ApiComponent, garde::Validate)]
 #[serde(deny_unknown_fields)]
 #[garde(allow_unvalidated)]

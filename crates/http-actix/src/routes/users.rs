@@ -52,7 +52,7 @@ pub async fn register(
     state.limits.per_address(caller.0.as_ref(), &request, "register").await?;
     let scope = caller.0.as_ref().map(Principal::name);
     let idempotency = state.idempotent_write(key, scope, &request, &raw, Box::new(registered_answer));
-    Ok(match state.service.register(new_user, caller.provenance(), idempotency).await? {
+    Ok(match state.service.register(new_user, caller.registration_provenance(), idempotency).await? {
         Idempotent::Executed(created) => Replayable::fresh(registered_answer(&created)),
         Idempotent::Replayed(stored) => Replayable::replayed(stored),
     })
