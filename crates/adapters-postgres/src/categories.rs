@@ -14,6 +14,7 @@ use diesel::sql_types::{Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use domain::category::{Category, CategoryChoice, CategoryKey, CategoryPatch};
 use domain::consent::{Provenance, choice_changes};
+use domain::event::{EventType, NewEvent};
 use domain::ports::{CategoryRemoval, CategoryRepository, ChoiceChange, RepositoryError};
 use domain::user::UserId;
 use time::OffsetDateTime;
@@ -21,6 +22,7 @@ use time::OffsetDateTime;
 use crate::errors::from_diesel;
 use crate::history::{append, lock_consent};
 use crate::idempotency::TxError;
+use crate::outbox;
 use crate::rows::{CATEGORY, CHOICE, CategoryValues, ChoiceValues, REVISION, RevisionValues};
 use crate::schema::{category_choices, category_revisions, notification_categories};
 use crate::{PgStore, RecordedAt};
@@ -108,6 +110,8 @@ impl CategoryRepository for PgStore {
                     .values(RevisionValues::new(&category, at, false))
                     .execute(connection)
                     .await?;
+                outbox::append(connection, vec![NewEvent::category(EventType::CategoryCreated, &category)], Some(at))
+                    .await?;
                 Ok(category)
             })
             .await?;
@@ -143,6 +147,8 @@ impl CategoryRepository for PgStore {
                 diesel::insert_into(category_revisions::table)
                     .values(RevisionValues::new(&category, at, false))
                     .execute(connection)
+                    .await?;
+                outbox::append(connection, vec![NewEvent::category(EventType::CategoryUpdated, &category)], Some(at))
                     .await?;
                 Ok(Some(category))
             })
@@ -203,6 +209,13 @@ impl CategoryRepository for PgStore {
                     .values(RevisionValues::new(&category, at, true))
                     .execute(connection)
                     .await?;
+                // Each user whose choice went, then the catalogue.
+                let mut events: Vec<NewEvent> = users
+                    .iter()
+                    .map(|user| NewEvent::category_choice_changed(*user, &key, CategoryChoice::default()))
+                    .collect();
+                events.push(NewEvent::category_removed(&key));
+                outbox::append(connection, events, Some(at)).await?;
                 Ok(CategoryRemoval::Removed(users))
             })
             .await?;
@@ -266,6 +279,8 @@ impl CategoryRepository for PgStore {
                         .await?;
                 }
                 append(connection, history_entries(user, choice_changes(&key, old, new), &by), recorded_at).await?;
+                outbox::append(connection, vec![NewEvent::category_choice_changed(user, &key, new)], recorded_at)
+                    .await?;
                 Ok(Some(new))
             })
             .await?;

@@ -1,6 +1,7 @@
 //! [`DeviceRepository`] on PostgreSQL.
 
 use adapters_sql_common::devices::UpsertedRow;
+use adapters_sql_common::events::{activation_events, deletion_events};
 use adapters_sql_common::rows::devices_from_rows;
 use adapters_sql_common::writes::history_entries;
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use crate::errors::from_diesel;
 use crate::history::lock_and_append;
 use crate::idempotency::{TxError, idempotent_transaction};
+use crate::outbox;
 use crate::rows::{DEVICE, DeviceRow};
 use crate::schema::{devices, regexp_replace, users};
 use crate::{PgStore, RecordedAt};
@@ -44,7 +46,7 @@ WITH owner AS (
     SELECT id FROM users WHERE id = $3 FOR KEY SHARE
 ),
 old AS (
-    SELECT id, user_id, active FROM devices
+    SELECT id, user_id, active, platform FROM devices
     WHERE token_digest = device_token_digest($2) AND (SELECT count(*) FROM owner) <= 1
     FOR UPDATE
 ),
@@ -52,14 +54,16 @@ moved AS (
     UPDATE devices AS d SET user_id = $3, platform = $4, active = $5, updated_at = $6, last_seen_at = $6
     FROM old WHERE d.id = old.id
     RETURNING d.id, d.user_id, d.token, d.platform, d.active, d.created_at, d.updated_at, d.last_seen_at,
-        false AS created, old.user_id AS previous_owner, old.active AS previous_active
+        false AS created, old.user_id AS previous_owner, old.active AS previous_active,
+        old.platform AS previous_platform
 ),
 inserted AS (
     INSERT INTO devices (id, user_id, token, platform, active, created_at, updated_at, last_seen_at)
     SELECT $1, $3, $2, $4, $5, $6, $6, $6 WHERE NOT EXISTS (SELECT FROM old)
     ON CONFLICT (token_digest) DO NOTHING
     RETURNING id, user_id, token, platform, active, created_at, updated_at, last_seen_at,
-        true AS created, NULL::uuid AS previous_owner, NULL::boolean AS previous_active
+        true AS created, NULL::uuid AS previous_owner, NULL::boolean AS previous_active,
+        NULL::text AS previous_platform
 )
 SELECT * FROM moved UNION ALL SELECT * FROM inserted
 "#;
@@ -68,15 +72,16 @@ SELECT * FROM moved UNION ALL SELECT * FROM inserted
 /// a concurrent write of the token commit (an insert, or a removal then an insert).
 const UPSERT_ATTEMPTS: usize = 3;
 
-/// Refreshes a token that `$2` already holds in the state `$4`: the most frequent
-/// registration (an app that registers its token at every start), which changes no consent
-/// and so needs no history, nor a transaction. Reports as [`UPSERT_DEVICE`] does; no row
-/// when the registration is anything else.
+/// Refreshes a token that `$2` already holds in the state `$4` on the platform `$3`: the
+/// most frequent registration (an app that registers its token at every start), which
+/// changes no consent and nothing a consumer of change events keeps, and so needs no
+/// history, no event, nor a transaction. Reports as [`UPSERT_DEVICE`] does; no row when the
+/// registration is anything else.
 const REFRESH_DEVICE: &str = r#"
-UPDATE devices SET platform = $3, updated_at = $5, last_seen_at = $5
-WHERE token_digest = device_token_digest($1) AND user_id = $2 AND active = $4
+UPDATE devices SET updated_at = $5, last_seen_at = $5
+WHERE token_digest = device_token_digest($1) AND user_id = $2 AND active = $4 AND platform = $3
 RETURNING id, user_id, token, platform, active, created_at, updated_at, last_seen_at,
-    false AS created, user_id AS previous_owner, active AS previous_active
+    false AS created, user_id AS previous_owner, active AS previous_active, platform AS previous_platform
 "#;
 
 /// A row of [`UPSERT_DEVICE`] or [`REFRESH_DEVICE`]: the device's columns, then the reports.
@@ -104,6 +109,8 @@ struct UpsertedDevice {
     previous_owner: Option<Uuid>,
     #[diesel(sql_type = Nullable<Bool>)]
     previous_active: Option<bool>,
+    #[diesel(sql_type = Nullable<Text>)]
+    previous_platform: Option<String>,
 }
 
 impl From<UpsertedDevice> for UpsertedRow {
@@ -118,7 +125,13 @@ impl From<UpsertedDevice> for UpsertedRow {
             updated_at: row.updated_at,
             last_seen_at: row.last_seen_at,
         };
-        Self { device, created: row.created, previous_owner: row.previous_owner, previous_active: row.previous_active }
+        Self {
+            device,
+            created: row.created,
+            previous_owner: row.previous_owner,
+            previous_active: row.previous_active,
+            previous_platform: row.previous_platform,
+        }
     }
 }
 
@@ -181,6 +194,7 @@ async fn upsert_recorded(
 ) -> Result<RegisteredDevice, TxError> {
     let row = upsert_device(connection, user, registration, now).await?;
     lock_and_append(connection, row.history(user, by), recorded_at).await?;
+    outbox::append(connection, row.events(user).map_err(TxError::Repository)?, recorded_at).await?;
     row.into_registered(user).map_err(TxError::Repository)
 }
 
@@ -208,7 +222,13 @@ pub(crate) async fn insert_device_if_new(
         .get_result(connection)
         .await
         .optional()?;
-    Ok(device.map(|device| UpsertedRow { device, created: true, previous_owner: None, previous_active: None }))
+    Ok(device.map(|device| UpsertedRow {
+        device,
+        created: true,
+        previous_owner: None,
+        previous_active: None,
+        previous_platform: None,
+    }))
 }
 
 /// Matches the user's device named by `selector`: by id, by exact token, or by the token
@@ -311,7 +331,10 @@ impl DeviceRepository for PgStore {
                 let changes =
                     changing.iter().filter_map(|id| device_change(DeviceId::from(*id), Some(!active), Some(active)));
                 lock_and_append(connection, history_entries(user, changes, &by), recorded_at).await?;
-                Ok(Some(updated.into_iter().find(|device| device.id == first.id).unwrap_or(first)))
+                let first = updated.iter().find(|device| device.id == first.id).cloned().unwrap_or(first);
+                let events = activation_events(updated, active).map_err(TxError::Repository)?;
+                outbox::append(connection, events, recorded_at).await?;
+                Ok(Some(first))
             })
             .await?;
         outcome.map(Device::try_from).transpose()
@@ -335,14 +358,18 @@ impl DeviceRepository for PgStore {
                     .order(locking.field(devices::id))
                     .select(locking.field(devices::id))
                     .for_update();
-                let deleted: Vec<(Uuid, bool)> = diesel::delete(devices::table.filter(devices::id.eq_any(locked)))
-                    .returning((devices::id, devices::active))
+                let deleted: Vec<DeviceRow> = diesel::delete(devices::table.filter(devices::id.eq_any(locked)))
+                    .returning(DEVICE)
                     .get_results(connection)
                     .await?;
-                let changes =
-                    deleted.iter().filter_map(|(id, active)| device_change(DeviceId::from(*id), Some(*active), None));
+                let changes = deleted
+                    .iter()
+                    .filter_map(|device| device_change(DeviceId::from(device.id), Some(device.active), None));
                 lock_and_append(connection, history_entries(user, changes, &by), recorded_at).await?;
-                Ok(!deleted.is_empty())
+                let removed = !deleted.is_empty();
+                outbox::append(connection, deletion_events(user, deleted).map_err(TxError::Repository)?, recorded_at)
+                    .await?;
+                Ok(removed)
             })
             .await?;
         Ok(deleted)

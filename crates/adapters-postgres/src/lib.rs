@@ -27,6 +27,7 @@ mod history;
 mod idempotency;
 mod ledger;
 pub mod migrations;
+mod outbox;
 pub mod pool;
 mod rows;
 mod schema;

@@ -5,7 +5,7 @@ pub(crate) use adapters_sql_common::rows::{ChoiceRow, CredentialsRow, DeviceRow,
 
 use crate::schema::{
     category_choices, category_revisions, consent_history, devices, idempotency_records, notification_categories,
-    notification_preferences, users,
+    notification_preferences, outbox_events, users,
 };
 
 adapters_sql_common::row_columns!(pub(crate));

@@ -112,8 +112,8 @@ async fn migrations_revert_completely_and_apply_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_diesel_schema_declares_exactly_the_columns_the_migrations_create() {
     use crate::schema::{
-        cache_invalidation_ledger, category_choices, category_revisions, consent_history, devices, idempotency_records,
-        notification_categories, notification_preferences, users,
+        cache_invalidation_ledger, category_choices, category_revisions, consent_history, devices, event_sequences,
+        idempotency_records, notification_categories, notification_preferences, outbox_events, users,
     };
     let fixture = PgFixture::new().await;
     let declared = contract::declared_columns(&adapters_sql_common::select_every_column!(Pg));

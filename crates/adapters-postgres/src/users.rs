@@ -1,6 +1,7 @@
 //! [`UserRepository`] on PostgreSQL.
 
 use adapters_sql_common::device_order;
+use adapters_sql_common::events::created_user_events;
 use adapters_sql_common::profiles::{
     InitialDevice, created_user, page_offset, page_total, profiles_from_joined_rows, profiles_with_devices, uuids,
 };
@@ -13,6 +14,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use domain::auth::Credentials;
 use domain::consent::{Provenance, contact_changes};
 use domain::device::HeldToken;
+use domain::event::NewEvent;
 use domain::idempotency::{Idempotent, IdempotentWrite};
 use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository};
 use domain::preferences::{Preferences, PreferencesUpdate};
@@ -24,6 +26,7 @@ use crate::devices::{insert_device_if_new, upsert_device};
 use crate::errors::from_diesel;
 use crate::history::{append, lock_and_append, lock_consent};
 use crate::idempotency::{TxError, idempotent_transaction};
+use crate::outbox;
 use crate::rows::{
     CHOICE, CREDENTIALS, ChoiceRow, ContactChangeset, CredentialsRow, DEVICE, DeviceRow, NewUserValues, PREFERENCES,
     PreferencesRow, PreferencesValues, USER, UserRow,
@@ -68,6 +71,7 @@ async fn insert_user(
         lock_consent(connection, &[previous_owner.as_uuid()]).await?;
     }
     append(connection, history, recorded_at).await?;
+    outbox::append(connection, created_user_events(&created), recorded_at).await?;
     Ok(created)
 }
 
@@ -76,7 +80,7 @@ async fn insert_user(
 /// `BEGIN`/`COMMIT`, and plans cached by PostgreSQL, for the write the platform makes most.
 /// The row is the preferences after the change; none when the user does not exist.
 const UPDATE_PREFERENCES: &str = "SELECT user_id, email_enabled, push_enabled, quiet_hours_start, quiet_hours_end, \
-    timezone, updated_at FROM update_preferences_recorded($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+    timezone, updated_at FROM update_preferences_recorded($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 /// A row of [`UPDATE_PREFERENCES`]: the preferences after the change.
 #[derive(QueryableByName)]
@@ -229,6 +233,9 @@ impl UserRepository for PgStore {
                 let new = User::try_from(new).map_err(TxError::Repository)?;
                 let history = history_entries(id, contact_changes(&old, &new), &by);
                 lock_and_append(connection, history, recorded_at).await?;
+                if old.name != new.name || old.email != new.email || old.phone != new.phone {
+                    outbox::append(connection, vec![NewEvent::user_updated(&new)], recorded_at).await?;
+                }
                 Ok(Some(new))
             })
             .await?;
@@ -263,7 +270,10 @@ impl UserRepository for PgStore {
                     .execute(connection)
                     .await?;
                 // Preferences, devices, choices and history go with the user (ON DELETE CASCADE).
-                Ok(diesel::delete(users::table.find(id.as_uuid())).execute(connection).await?)
+                let deleted = diesel::delete(users::table.find(id.as_uuid())).execute(connection).await?;
+                // The port gives no instant: the database's clock stamps the event.
+                outbox::append(connection, vec![NewEvent::user_erased(id)], None).await?;
+                Ok(deleted)
             })
             .await?;
         Ok(deleted > 0)
@@ -293,6 +303,7 @@ impl UserRepository for PgStore {
             .bind::<Text, _>(actor.kind.as_str())
             .bind::<Text, _>(&actor.name)
             .bind::<Nullable<Text>, _>(by.request_id.as_deref())
+            .bind::<SqlUuid, _>(Uuid::now_v7())
             .get_result(&mut connection)
             .await
             .optional()

@@ -3,7 +3,7 @@
 /// Declares the column tuples that select the shared rows: `USER` ([`UserRow`]),
 /// `CREDENTIALS` ([`CredentialsRow`]), `PREFERENCES` ([`PreferencesRow`]), `DEVICE`
 /// ([`DeviceRow`]), `RECORD` ([`RecordRow`]), `CATEGORY` ([`CategoryRow`]), `REVISION`
-/// ([`RevisionRow`]), `CHOICE` ([`ChoiceRow`]) and `HISTORY` ([`HistoryRow`]), with the
+/// ([`RevisionRow`]), `CHOICE` ([`ChoiceRow`]), `HISTORY` ([`HistoryRow`]) and `EVENT` ([`EventRow`]), with the
 /// visibility given. Invoke it where the store's table modules are in scope (each store
 /// has its own schema, with its own column types).
 ///
@@ -12,6 +12,7 @@
 /// the same ones in another order, would read one column into another field.
 ///
 /// [`UserRow`]: crate::rows::UserRow
+/// [`EventRow`]: crate::rows::EventRow
 /// [`CredentialsRow`]: crate::rows::CredentialsRow
 /// [`PreferencesRow`]: crate::rows::PreferencesRow
 /// [`DeviceRow`]: crate::rows::DeviceRow
@@ -44,6 +45,9 @@ macro_rules! row_columns {
         $crate::row_columns!(@tuple $vis CHOICE: ChoiceRow = category_choices(user_id, category_key, email, push));
         $crate::row_columns!(@tuple $vis HISTORY: HistoryRow = consent_history(
             id, at, field, old_value, new_value, actor_kind, actor_name, request_id
+        ));
+        $crate::row_columns!(@tuple $vis EVENT: EventRow = outbox_events(
+            position, id, subject, sequence, event_type, recorded_at, data, feed_position
         ));
     };
     (@tuple $vis:vis $name:ident: $row:ident = $table:ident($($column:ident),* $(,)?)) => {

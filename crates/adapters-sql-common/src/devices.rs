@@ -20,6 +20,8 @@ pub struct UpsertedRow {
     pub previous_owner: Option<Uuid>,
     /// Whether the device was active before the upsert, if the token was known.
     pub previous_active: Option<bool>,
+    /// The device's platform before the upsert, if the token was known.
+    pub previous_platform: Option<String>,
 }
 
 impl UpsertedRow {

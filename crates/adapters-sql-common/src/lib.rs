@@ -12,6 +12,7 @@
 //! - [`pool`]: deadpool pools with explicit limits and per-connection session settings;
 //! - [`profiles`]: profiles assembled from rows, and page arithmetic;
 //! - [`devices`]: registration results and which device a selector names;
+//! - [`events`]: the change events a write records (the transactional outbox);
 //! - `contract` (feature `contract-tests`): the repository ports' contract test suite, run
 //!   against both stores.
 //!
@@ -21,6 +22,7 @@
 
 mod columns;
 pub mod devices;
+pub mod events;
 pub mod pool;
 pub mod profiles;
 pub mod rows;

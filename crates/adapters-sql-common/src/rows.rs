@@ -20,6 +20,7 @@ use domain::category::{
 };
 use domain::consent::{Actor, ActorKind, ConsentChange, ConsentField, ConsentRecord, ConsentValue, HistoryPage};
 use domain::device::{Device, Platform, PushToken};
+use domain::event::ChangeEvent;
 use domain::idempotency::{IdempotencyRecord, StoredResponse};
 use domain::ports::RepositoryError;
 use domain::preferences::{ClockTime, Preferences, QuietHours, TimeZoneName};
@@ -460,4 +461,34 @@ pub fn history_page(mut rows: Vec<HistoryRow>, limit: u32) -> Result<HistoryPage
     let records = records_from_rows(rows)?;
     let next_cursor = if more { records.last().map(|record| record.sequence) } else { None };
     Ok(HistoryPage { records, next_cursor })
+}
+
+row! {
+/// A row of `outbox_events`, as the relay and the pull feed read it.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    /// The insertion order.
+    pub position: i64,
+    /// The event's id.
+    pub id: Uuid,
+    /// A user id, or `categories/<key>`.
+    pub subject: String,
+    /// The subject's sequence number.
+    pub sequence: i64,
+    /// The CloudEvents `type`.
+    pub event_type: String,
+    /// When the change was recorded.
+    pub recorded_at: OffsetDateTime,
+    /// The new state, as JSON text.
+    pub data: String,
+    /// The place in the pull feed, once the relay gave it one.
+    pub feed_position: Option<i64>,
+}
+}
+
+impl From<EventRow> for ChangeEvent {
+    fn from(row: EventRow) -> Self {
+        let EventRow { position: _, id, subject, sequence, event_type, recorded_at, data, feed_position: _ } = row;
+        Self { id, kind: event_type, subject, sequence, time: recorded_at, data }
+    }
 }

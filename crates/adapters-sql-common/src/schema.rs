@@ -3,7 +3,7 @@
 /// Declares diesel's view of the tables both stores create (each with migrations in its own
 /// dialect): `users`, `notification_preferences`, `devices`, `idempotency_records`,
 /// `cache_invalidation_ledger`, `notification_categories`, `category_revisions`,
-/// `category_choices`, `consent_history`, and how they join. Declared once so that the stores cannot drift apart.
+/// `category_choices`, `consent_history`, `event_sequences`, `outbox_events`, and how they join. Declared once so that the stores cannot drift apart.
 ///
 /// The two SQL types that differ between backends come from the invoking module, which
 /// must name them `StoredUuid` and `StoredTimestamp` (PostgreSQL: `Uuid` and
@@ -147,6 +147,32 @@ macro_rules! tables {
                 actor_kind -> Text,
                 actor_name -> Text,
                 request_id -> Nullable<Text>,
+            }
+        }
+
+        diesel::table! {
+            use diesel::sql_types::*;
+
+            event_sequences (subject) {
+                subject -> Text,
+                last_sequence -> BigInt,
+            }
+        }
+
+        diesel::table! {
+            use diesel::sql_types::*;
+            use super::{StoredTimestamp, StoredUuid};
+
+            outbox_events (position) {
+                position -> BigInt,
+                id -> StoredUuid,
+                subject -> Text,
+                sequence -> BigInt,
+                event_type -> Text,
+                recorded_at -> StoredTimestamp,
+                data -> Text,
+                feed_position -> Nullable<BigInt>,
+                published_at -> Nullable<StoredTimestamp>,
             }
         }
 

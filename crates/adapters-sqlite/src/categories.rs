@@ -9,6 +9,7 @@ use diesel::dsl::exists;
 use diesel::prelude::*;
 use domain::category::{Category, CategoryChoice, CategoryKey, CategoryPatch};
 use domain::consent::{Provenance, choice_changes};
+use domain::event::{EventType, NewEvent};
 use domain::ports::{CategoryRemoval, CategoryRepository, ChoiceChange, RepositoryError};
 use domain::user::UserId;
 use time::OffsetDateTime;
@@ -16,6 +17,7 @@ use time::OffsetDateTime;
 use crate::SqliteStore;
 use crate::errors::StoreError;
 use crate::history::append;
+use crate::outbox;
 use crate::schema::{
     CATEGORY, CHOICE, CategoryValues, ChoiceValues, Id, REVISION, RevisionValues, category_choices, category_revisions,
     notification_categories, user_exists,
@@ -92,6 +94,7 @@ impl CategoryRepository for SqliteStore {
             diesel::insert_into(category_revisions::table)
                 .values(RevisionValues::new(&category, at, false))
                 .execute(connection)?;
+            outbox::append(connection, vec![NewEvent::category(EventType::CategoryCreated, &category)], at)?;
             Ok(category)
         })
         .await
@@ -114,6 +117,7 @@ impl CategoryRepository for SqliteStore {
             diesel::insert_into(category_revisions::table)
                 .values(RevisionValues::new(&category, at, false))
                 .execute(connection)?;
+            outbox::append(connection, vec![NewEvent::category(EventType::CategoryUpdated, &category)], at)?;
             Ok(Some(category))
         })
         .await
@@ -153,7 +157,15 @@ impl CategoryRepository for SqliteStore {
             diesel::insert_into(category_revisions::table)
                 .values(RevisionValues::new(&category, at, true))
                 .execute(connection)?;
-            Ok(CategoryRemoval::Removed(choices.iter().map(|choice| UserId::from(choice.user_id)).collect()))
+            let users: Vec<UserId> = choices.iter().map(|choice| UserId::from(choice.user_id)).collect();
+            // Each user whose choice went, then the catalogue.
+            let mut events: Vec<NewEvent> = users
+                .iter()
+                .map(|user| NewEvent::category_choice_changed(*user, &key, CategoryChoice::default()))
+                .collect();
+            events.push(NewEvent::category_removed(&key));
+            outbox::append(connection, events, at)?;
+            Ok(CategoryRemoval::Removed(users))
         })
         .await
     }
@@ -198,6 +210,7 @@ impl CategoryRepository for SqliteStore {
                     .execute(connection)?;
             }
             append(connection, history_entries(user, choice_changes(&key, old, new), &by), now)?;
+            outbox::append(connection, vec![NewEvent::category_choice_changed(user, &key, new)], now)?;
             Ok(Some(new))
         })
         .await

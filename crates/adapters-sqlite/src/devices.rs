@@ -2,6 +2,7 @@
 
 use adapters_sql_common::device_order;
 use adapters_sql_common::devices::{DeviceMatcher, UpsertedRow};
+use adapters_sql_common::events::{activation_events, deletion_events};
 use adapters_sql_common::rows::{DeviceRow, devices_from_rows};
 use adapters_sql_common::writes::history_entries;
 use async_trait::async_trait;
@@ -19,6 +20,7 @@ use crate::SqliteStore;
 use crate::errors::StoreError;
 use crate::history::append;
 use crate::idempotency::idempotently;
+use crate::outbox;
 use crate::schema::{DEVICE, Id, devices, user_exists};
 
 /// Registers or moves a token (in the caller's write transaction, so that the owner and
@@ -36,9 +38,9 @@ pub(crate) fn upsert_device(
         return Err(RepositoryError::UserNotFound.into());
     }
     let token = registration.token.as_str();
-    let previous: Option<(Uuid, bool)> = devices::table
+    let previous: Option<(Uuid, bool, String)> = devices::table
         .filter(devices::token.eq(token))
-        .select((devices::user_id, devices::active))
+        .select((devices::user_id, devices::active, devices::platform))
         .get_result(connection)
         .optional()?;
     let proposed = Uuid::now_v7();
@@ -67,8 +69,9 @@ pub(crate) fn upsert_device(
     Ok(UpsertedRow {
         created: device.id == proposed,
         device,
-        previous_owner: previous.map(|(owner, _)| owner),
-        previous_active: previous.map(|(_, active)| active),
+        previous_owner: previous.as_ref().map(|(owner, _, _)| *owner),
+        previous_active: previous.as_ref().map(|(_, active, _)| *active),
+        previous_platform: previous.map(|(_, _, platform)| platform),
     })
 }
 
@@ -114,6 +117,7 @@ impl DeviceRepository for SqliteStore {
             idempotently(connection, idempotency, |connection| {
                 let row = upsert_device(connection, user, &registration, now)?;
                 append(connection, row.history(user, &by), now)?;
+                outbox::append(connection, row.events(user)?, now)?;
                 Ok(row.into_registered(user)?)
             })
         })
@@ -153,12 +157,15 @@ impl DeviceRepository for SqliteStore {
             let changing: Vec<Uuid> =
                 selected.iter().filter(|(_, current)| *current != active).map(|(id, _)| *id).collect();
             if !changing.is_empty() {
-                diesel::update(devices::table.filter(devices::id.eq_any(changing.iter().copied().map(Id))))
-                    .set((devices::active.eq(active), devices::updated_at.eq(now)))
-                    .execute(connection)?;
+                let updated: Vec<DeviceRow> =
+                    diesel::update(devices::table.filter(devices::id.eq_any(changing.iter().copied().map(Id))))
+                        .set((devices::active.eq(active), devices::updated_at.eq(now)))
+                        .returning(DEVICE)
+                        .get_results(connection)?;
                 let changes =
                     changing.iter().filter_map(|id| device_change(DeviceId::from(*id), Some(!active), Some(active)));
                 append(connection, history_entries(user, changes, &by), now)?;
+                outbox::append(connection, activation_events(updated, active)?, now)?;
             }
             let device: DeviceRow = devices::table.find(Id(first)).select(DEVICE).get_result(connection)?;
             Ok(Some(Device::try_from(device)?))
@@ -179,11 +186,14 @@ impl DeviceRepository for SqliteStore {
             if selected.is_empty() {
                 return Ok(false);
             }
-            diesel::delete(devices::table.filter(devices::id.eq_any(selected.iter().map(|(id, _)| Id(*id)))))
-                .execute(connection)?;
+            let deleted: Vec<DeviceRow> =
+                diesel::delete(devices::table.filter(devices::id.eq_any(selected.iter().map(|(id, _)| Id(*id)))))
+                    .returning(DEVICE)
+                    .get_results(connection)?;
             let changes =
                 selected.iter().filter_map(|(id, active)| device_change(DeviceId::from(*id), Some(*active), None));
             append(connection, history_entries(user, changes, &by), now)?;
+            outbox::append(connection, deletion_events(user, deleted)?, now)?;
             Ok(true)
         })
         .await

@@ -44,6 +44,7 @@ mod history;
 mod idempotency;
 mod ledger;
 pub mod migrations;
+mod outbox;
 pub mod pool;
 mod schema;
 #[cfg(feature = "test-support")]
@@ -120,6 +121,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// Writers of this process take turns here before `BEGIN IMMEDIATE` (see the crate docs).
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Held by this process's event relay round (one at a time).
+    relay: Arc<tokio::sync::Mutex<()>>,
     wait_timeout: Duration,
 }
 
@@ -133,7 +136,12 @@ impl SqliteStore {
     /// Wraps a pool built by [`pool::build`] on a migrated data file; writers wait at most
     /// `wait_timeout` for their turn. [`open`] does all of it.
     pub fn new(pool: SqlitePool, wait_timeout: Duration) -> Self {
-        Self { pool, writer: Arc::new(tokio::sync::Mutex::new(())), wait_timeout }
+        Self {
+            pool,
+            writer: Arc::new(tokio::sync::Mutex::new(())),
+            relay: Arc::new(tokio::sync::Mutex::new(())),
+            wait_timeout,
+        }
     }
 
     /// The underlying pool (for health reporting and metrics).

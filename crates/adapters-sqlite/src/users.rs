@@ -1,6 +1,7 @@
 //! [`UserRepository`] on SQLite.
 
 use adapters_sql_common::device_order;
+use adapters_sql_common::events::created_user_events;
 use adapters_sql_common::profiles::{
     InitialDevice, created_user, page_offset, page_total, profiles_with_devices, uuids,
 };
@@ -12,8 +13,9 @@ use diesel::prelude::*;
 use domain::auth::Credentials;
 use domain::consent::{Provenance, contact_changes, preferences_changes};
 use domain::device::HeldToken;
+use domain::event::NewEvent;
 use domain::idempotency::{Idempotent, IdempotentWrite};
-use domain::ports::{CreatedUser, NewUserRecord, RepositoryError, UserRepository};
+use domain::ports::{Clock, CreatedUser, NewUserRecord, RepositoryError, SystemClock, UserRepository};
 use domain::preferences::{Preferences, PreferencesUpdate};
 use domain::user::{ContactUpdate, EmailAddress, Page, PageRequest, PasswordHash, User, UserId, UserProfile};
 use time::OffsetDateTime;
@@ -24,6 +26,7 @@ use crate::devices::{token_is_held, upsert_device};
 use crate::errors::StoreError;
 use crate::history::append;
 use crate::idempotency::idempotently;
+use crate::outbox;
 use crate::schema::{
     CHOICE, CREDENTIALS, ContactChangeset, DEVICE, IDS_PER_QUERY, Id, NewUserValues, PREFERENCES, PreferencesChangeset,
     PreferencesValues, USER, category_choices, devices, lower, notification_preferences, user_exists, users,
@@ -61,6 +64,7 @@ fn insert_user(connection: &mut SqliteConnection, record: &NewUserRecord) -> Res
     };
     let (created, history) = created_user(user, preferences, device, &record.provenance)?;
     append(connection, history, record.created_at)?;
+    outbox::append(connection, created_user_events(&created), record.created_at)?;
     Ok(created)
 }
 
@@ -168,6 +172,9 @@ impl UserRepository for SqliteStore {
                 .get_result(connection)?;
             let (old, new) = (User::try_from(old)?, User::try_from(new)?);
             append(connection, history_entries(id, contact_changes(&old, &new), &by), now)?;
+            if old.name != new.name || old.email != new.email || old.phone != new.phone {
+                outbox::append(connection, vec![NewEvent::user_updated(&new)], now)?;
+            }
             Ok(Some(new))
         })
         .await
@@ -175,7 +182,15 @@ impl UserRepository for SqliteStore {
 
     async fn delete(&self, id: UserId) -> Result<bool, RepositoryError> {
         // Preferences and devices go with the user (ON DELETE CASCADE, foreign keys on).
-        self.write(move |connection| Ok(diesel::delete(users::table.find(Id::from(id))).execute(connection)? > 0)).await
+        self.write(move |connection| {
+            let deleted = diesel::delete(users::table.find(Id::from(id))).execute(connection)? > 0;
+            if deleted {
+                // The port gives no instant: the system clock stamps the event.
+                outbox::append(connection, vec![NewEvent::user_erased(id)], SystemClock.now())?;
+            }
+            Ok(deleted)
+        })
+        .await
     }
 
     async fn update_preferences(
@@ -195,7 +210,11 @@ impl UserRepository for SqliteStore {
                 .returning(PREFERENCES)
                 .get_result(connection)?;
             let (old, new) = (Preferences::try_from(old)?, Preferences::try_from(new)?);
-            append(connection, history_entries(id, preferences_changes(&old, &new), &by), now)?;
+            let changes = preferences_changes(&old, &new);
+            if !changes.is_empty() {
+                append(connection, history_entries(id, changes, &by), now)?;
+                outbox::append(connection, vec![NewEvent::preferences_changed(id, &new)], now)?;
+            }
             Ok(Some(new))
         })
         .await

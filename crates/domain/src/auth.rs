@@ -38,11 +38,13 @@ pub enum Scope {
     ConsentRead,
     /// Manage the notification category catalogue.
     Admin,
+    /// Read the change events feed (every user's changes, addresses included).
+    EventsRead,
 }
 
 impl Scope {
     /// Every scope, in the order they are documented.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::UsersRead,
         Self::UsersList,
         Self::UsersLookup,
@@ -54,6 +56,7 @@ impl Scope {
         Self::EligibilityRead,
         Self::ConsentRead,
         Self::Admin,
+        Self::EventsRead,
     ];
 
     /// The name used in configuration, logs and error messages (`users.read`).
@@ -70,6 +73,7 @@ impl Scope {
             Self::EligibilityRead => "eligibility.read",
             Self::ConsentRead => "consent.read",
             Self::Admin => "admin",
+            Self::EventsRead => "events.read",
         }
     }
 

@@ -16,6 +16,7 @@ pub mod consent;
 pub mod device;
 pub mod eligibility;
 pub mod error;
+pub mod event;
 pub mod failure;
 pub mod idempotency;
 pub mod login_guard;

@@ -15,6 +15,7 @@ use crate::category::{Category, CategoryChoice, CategoryKey, CategoryPatch};
 use crate::consent::{ConsentRecord, HistoryPage, Provenance};
 use crate::device::{Device, DeviceRegistration, DeviceSelector, HeldToken, RegisteredDevice};
 use crate::error::BoxError;
+use crate::event::{Backlog, ChangeEvent, RelayRound};
 use crate::idempotency::{IdempotencyConflict, IdempotencyKey, IdempotencyRecord, Idempotent, IdempotentWrite};
 use crate::preferences::{Preferences, PreferencesUpdate};
 use crate::user::{
@@ -330,6 +331,73 @@ pub trait ConsentHistory: Send + Sync {
     /// The first change of each of `user`'s fields made after `at`, and the time of the
     /// last change at or before it.
     async fn since(&self, user: UserId, at: OffsetDateTime) -> Result<RecordedSince, RepositoryError>;
+}
+
+/// Why publishing events failed. Nothing was marked published: the events are sent again.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The broker cannot be reached (connection refused or lost, timeout).
+    #[error("event broker unreachable")]
+    Unreachable(#[source] BoxError),
+    /// The broker refuses us: wrong credentials or virtual host, or the exchange cannot be
+    /// declared (another type under the same name). An operator must act.
+    #[error("event broker refuses the publisher")]
+    Refused(#[source] BoxError),
+    /// The broker did not confirm every event (a negative acknowledgement, or no answer in time).
+    #[error("event broker did not confirm")]
+    Unconfirmed(#[source] BoxError),
+}
+
+/// Where change events go: a message broker.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait EventPublisher: Send + Sync {
+    /// Publishes `events` in their order and returns once the broker has confirmed every
+    /// one of them (publisher confirms): only then may they be marked published.
+    async fn publish(&self, events: &[ChangeEvent]) -> Result<(), PublishError>;
+}
+
+/// Why a relay round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] RepositoryError),
+    /// The broker failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// The events every write records in its own transaction (the transactional outbox), each
+/// with its subject's next sequence number. The relay gives them their place in the pull
+/// feed (the order in which their transactions committed) and publishes them.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait EventOutbox: Send + Sync {
+    /// One relay round, run by one instance at a time (`Busy` when another holds the relay):
+    /// gives the events committed since the last round their feed positions, then, with a
+    /// `publisher`, publishes up to `limit` unpublished events in feed order and marks them
+    /// published once the broker confirmed them (on an error none is marked, all are sent
+    /// again next round: at least once).
+    async fn relay<'a>(
+        &self,
+        publisher: Option<&'a dyn EventPublisher>,
+        limit: u32,
+        now: OffsetDateTime,
+    ) -> Result<RelayRound, RelayError>;
+
+    /// At most `limit` events of the feed after the event `after` (from the oldest kept
+    /// when `None`), oldest first. `Ok(None)`: no event has the id `after` (never, or
+    /// pruned since): the consumer must start again from the oldest.
+    async fn feed(&self, after: Option<uuid::Uuid>, limit: u32) -> Result<Option<Vec<ChangeEvent>>, RepositoryError>;
+
+    /// Deletes events recorded before `before` that are done with: published ones (with a
+    /// broker), or those in the feed (`published_only == false`, without a broker). Returns
+    /// how many were deleted (in bounded batches: call again while it deletes).
+    async fn prune(&self, before: OffsetDateTime, published_only: bool) -> Result<u64, RepositoryError>;
+
+    /// The events not yet published (`unpublished`) or not yet in the feed.
+    async fn backlog(&self, unpublished: bool) -> Result<Backlog, RepositoryError>;
 }
 
 /// Stored answers of idempotent requests.

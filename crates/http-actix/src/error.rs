@@ -152,6 +152,15 @@ impl ApiError {
         Self { details, ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_error", "invalid request fields") }
     }
 
+    /// 410: a cursor of the events feed names no event (pruned, or never recorded).
+    pub fn cursor_expired() -> Self {
+        Self::new(
+            StatusCode::GONE,
+            "cursor_expired",
+            "no event has this id (older than the retention, or never recorded): start again without `after`",
+        )
+    }
+
     /// 404: no route matches.
     pub fn route_not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")

@@ -15,6 +15,7 @@ pub mod config;
 pub mod dto;
 pub mod envelope;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod idempotency;
 pub mod metrics;

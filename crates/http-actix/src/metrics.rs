@@ -80,6 +80,18 @@ pub struct Metrics {
     pending_invalidations: Gauge,
     scheduled_follow_ups: Gauge,
     deferred_invalidations: Gauge,
+    events_pending: Gauge,
+    events_oldest_pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    events_published: Counter,
+    events_publish_failures: Family<FailureLabels, Counter>,
+    events_confirm_latency: Histogram,
+}
+
+/// Labels of a failed publication of events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// `unreachable`, `refused` or `unconfirmed`.
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -127,6 +139,36 @@ impl Metrics {
             "Users listed in the cache invalidation ledger at its last read: their entries are not served",
             deferred_invalidations.clone(),
         );
+        let events_pending = Gauge::default();
+        registry.register(
+            "events_outbox_pending",
+            "Change events recorded but not yet published (or, without a broker, not yet in the feed); counted up to 100000",
+            events_pending.clone(),
+        );
+        let events_oldest_pending_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "events_outbox_oldest_pending_seconds",
+            "Age of the oldest change event not yet published",
+            events_oldest_pending_seconds.clone(),
+        );
+        let events_published = Counter::default();
+        registry.register(
+            "events_published",
+            "Change events published and confirmed by the broker",
+            events_published.clone(),
+        );
+        let events_publish_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "events_publish_failures",
+            "Failed publications of change events by reason",
+            events_publish_failures.clone(),
+        );
+        let events_confirm_latency = Histogram::new(exponential_buckets(0.000_5, 2.0, 14));
+        registry.register(
+            "events_confirm_duration_seconds",
+            "From the first publish of a batch of events to the broker's last confirm",
+            events_confirm_latency.clone(),
+        );
         Self {
             registry,
             requests,
@@ -139,7 +181,30 @@ impl Metrics {
             pending_invalidations,
             scheduled_follow_ups,
             deferred_invalidations,
+            events_pending,
+            events_oldest_pending_seconds,
+            events_published,
+            events_publish_failures,
+            events_confirm_latency,
         }
+    }
+
+    /// A batch of `count` events published and confirmed in `latency`.
+    pub fn observe_publication(&self, count: usize, latency: Duration) {
+        self.events_published.inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+        self.events_confirm_latency.observe(latency.as_secs_f64());
+    }
+
+    /// A failed publication.
+    pub fn count_publish_failure(&self, reason: &'static str) {
+        self.events_publish_failures.get_or_create(&FailureLabels { reason }).inc();
+    }
+
+    /// The outbox's backlog measured at `now`.
+    pub fn set_event_backlog(&self, backlog: domain::event::Backlog, now: time::OffsetDateTime) {
+        self.events_pending.set(i64::try_from(backlog.pending).unwrap_or(i64::MAX));
+        let age = backlog.oldest.map_or(0.0, |oldest| (now - oldest).as_seconds_f64().max(0.0));
+        self.events_oldest_pending_seconds.set(age);
     }
 
     /// Records a finished request: `route` is a route template or `unmatched`.

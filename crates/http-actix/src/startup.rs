@@ -10,9 +10,10 @@ use std::time::Instant;
 use crate::abuse::Limits;
 use crate::auth::failure_log::AuthFailureLog;
 use crate::auth::{AuthSettings, INTERNAL_NETWORK, MetricsToken, ServiceKeys, TokenKeys};
-use crate::config::{CacheSettings, Settings};
+use crate::config::{CacheSettings, EventsSettings, Settings};
 use crate::dto::{CACHE_FORMAT_VERSION, JsonProfileEncoder};
 use crate::error::ApiError;
+use crate::events::Relay;
 use crate::extract;
 use crate::idempotency::IdempotencySettings;
 use crate::metrics::{MeteredCache, Metrics};
@@ -24,6 +25,7 @@ use actix_web::dev::Server;
 use actix_web::middleware::{Compress, from_fn};
 use actix_web::web::{self, Data};
 use actix_web::{App, HttpResponse, HttpServer};
+use adapters_amqp::{AmqpPublisher, AmqpSettings};
 use adapters_argon2::Argon2Hasher;
 use adapters_memory::{MemoryCache, MemoryCacheConfig, MemoryRateLimiter};
 use adapters_redis::{RedisCache, RedisCacheConfig, RedisRateLimiter};
@@ -35,9 +37,10 @@ use apistos::tag::Tag;
 use domain::auth::{Scope, Scopes};
 use domain::cache::{InvalidationLedger, InvalidationsOnly, NoCache, ProfileCache};
 use domain::login_guard::{GuessLimits, LoginGuard};
-use domain::ports::{Spawner, SystemClock};
+use domain::ports::{EventPublisher, Spawner, SystemClock};
 use domain::rate_limit::{FallbackRateLimiter, RateLimit, RateLimiter};
 use domain::service::{Ports, UserService};
+use secrecy::ExposeSecret;
 use tokio_util::task::TaskTracker;
 
 /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
@@ -295,6 +298,28 @@ fn build_limits(settings: &Settings) -> anyhow::Result<Limits> {
     })
 }
 
+/// How long connecting to the event broker and waiting for its confirms may take: a
+/// broker slower than this is treated as down for the round (the events wait).
+const BROKER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+const BROKER_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The event broker, when `AMQP_URL` is set (it connects at the first publication, so that
+/// a broker down at start delays nothing else).
+fn build_publisher(settings: &EventsSettings) -> anyhow::Result<Option<Arc<dyn EventPublisher>>> {
+    let Some(url) = &settings.amqp_url else {
+        tracing::info!("no AMQP_URL: change events are recorded and served by GET /api/v1/events only");
+        return Ok(None);
+    };
+    let publisher = AmqpPublisher::new(AmqpSettings {
+        url: url.expose_secret().to_owned(),
+        exchange: settings.exchange.clone(),
+        connect_timeout: BROKER_CONNECT_TIMEOUT,
+        confirm_timeout: BROKER_CONFIRM_TIMEOUT,
+    })?;
+    tracing::info!(exchange = %settings.exchange, "publishing change events to the AMQP broker");
+    Ok(Some(Arc::new(publisher)))
+}
+
 /// How often expired idempotency records are deleted, and how many at a time.
 const IDEMPOTENCY_PURGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 const IDEMPOTENCY_PURGE_BATCH: i64 = 10_000;
@@ -341,11 +366,23 @@ impl Application {
             spawner: Arc::new(TrackedSpawner(in_flight.clone())),
         });
         spawn_idempotency_purge(store.clone(), service.clone());
+        let events = store.events();
+        let relay = Relay {
+            outbox: events.clone(),
+            publisher: build_publisher(&settings.events)?,
+            batch: settings.events.relay_batch,
+            retention: settings.events.retention,
+            clock: Arc::new(SystemClock),
+            metrics: metrics.clone(),
+        }
+        .spawn();
         let cache_to_finish = cache.clone();
         let state = Data::new(AppState {
             service,
             database: store.probe(),
             cache,
+            events,
+            relay,
             auth,
             limits,
             idempotency: IdempotencySettings {

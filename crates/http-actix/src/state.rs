@@ -9,12 +9,13 @@ use actix_web::HttpRequest;
 use adapters_argon2::Argon2Hasher;
 use domain::cache::ProfileCache;
 use domain::idempotency::{IdempotentWrite, RenderResponse};
-use domain::ports::HealthProbe;
+use domain::ports::{EventOutbox, HealthProbe};
 use domain::service::UserService;
 
 use crate::abuse::Limits;
 use crate::auth::credentials::{AuthSettings, MetricsToken};
 use crate::auth::failure_log::AuthFailureLog;
+use crate::events::RelayState;
 use crate::idempotency::{IdempotencyKeyHeader, IdempotencySettings, idempotent_write};
 use crate::metrics::Metrics;
 
@@ -26,6 +27,10 @@ pub struct AppState {
     pub database: Arc<dyn HealthProbe>,
     /// The representation cache, for health probes.
     pub cache: Arc<dyn ProfileCache>,
+    /// The change events, for the pull feed.
+    pub events: Arc<dyn EventOutbox>,
+    /// What the event relay last saw, for `/health`.
+    pub relay: Arc<RelayState>,
     /// How callers authenticate.
     pub auth: AuthSettings,
     /// Abuse limits.

@@ -8,8 +8,8 @@ use adapters_postgres::{PgStore, PoolSettings};
 use adapters_sqlite::{SqliteSettings, SqliteStore};
 use domain::cache::InvalidationLedger;
 use domain::ports::{
-    CategoryRepository, ConsentHistory, DeviceRepository, HealthProbe, IdempotencyRepository, RepositoryError,
-    UserRepository,
+    CategoryRepository, ConsentHistory, DeviceRepository, EventOutbox, HealthProbe, IdempotencyRepository,
+    RepositoryError, UserRepository,
 };
 
 use crate::config::DatabaseSettings;
@@ -86,6 +86,8 @@ impl Store {
         invalidation_ledger: InvalidationLedger,
         /// The idempotency-records port.
         idempotency: IdempotencyRepository,
+        /// The change events' outbox.
+        events: EventOutbox,
         /// The health probe.
         probe: HealthProbe,
     }

@@ -40,6 +40,7 @@ use tokio::sync::Barrier;
 
 mod categories;
 mod devices;
+mod events;
 mod history;
 mod idempotency;
 mod ledger;
@@ -47,6 +48,7 @@ mod users;
 
 pub use categories::*;
 pub use devices::*;
+pub use events::*;
 pub use history::*;
 pub use idempotency::*;
 pub use ledger::*;
@@ -132,6 +134,13 @@ macro_rules! repository_contract_tests {
             erasing_a_user_erases_its_history,
             concurrent_preference_updates_leave_a_consistent_history,
             a_history_row_the_domain_refuses_is_an_error_not_skipped,
+            every_write_records_its_events_numbered_per_subject,
+            a_failed_or_empty_write_records_no_event,
+            the_feed_pages_in_commit_order_and_an_unknown_cursor_is_none,
+            the_relay_publishes_in_feed_order_and_marks_only_what_the_broker_confirmed,
+            pruning_deletes_only_done_events_older_than_the_cutoff,
+            concurrent_writes_of_one_user_are_numbered_in_commit_order,
+            one_relay_runs_at_a_time,
         );
     };
     (@cases $fixture:expr; $($case:ident),+ $(,)?) => {
@@ -155,7 +164,7 @@ macro_rules! repository_contract_tests {
 }
 
 /// The tables of the shared schema, as the migrations of both stores create them.
-pub const TABLES: [&str; 9] = [
+pub const TABLES: [&str; 11] = [
     "users",
     "notification_preferences",
     "devices",
@@ -165,6 +174,8 @@ pub const TABLES: [&str; 9] = [
     "category_revisions",
     "category_choices",
     "consent_history",
+    "event_sequences",
+    "outbox_events",
 ];
 
 /// The SQL diesel writes, for `$backend`, to select every column of each table of
@@ -183,6 +194,8 @@ macro_rules! select_every_column {
             $crate::select_every_column!(@one $backend, category_revisions),
             $crate::select_every_column!(@one $backend, category_choices),
             $crate::select_every_column!(@one $backend, consent_history),
+            $crate::select_every_column!(@one $backend, event_sequences),
+            $crate::select_every_column!(@one $backend, outbox_events),
         ]
     };
     (@one $backend:ty, $table:ident) => {
@@ -217,6 +230,7 @@ pub fn assert_every_case_is_listed(listed: &[&str]) {
         include_str!("ledger.rs"),
         include_str!("categories.rs"),
         include_str!("history.rs"),
+        include_str!("events.rs"),
     ];
     let unlisted: Vec<&str> = sources
         .iter()
@@ -242,6 +256,7 @@ pub trait StoreFixture: Send + Sync {
         + InvalidationLedger
         + CategoryRepository
         + ConsentHistory
+        + domain::ports::EventOutbox
         + Clone
         + 'static;
 

@@ -18,8 +18,8 @@ use crate::auth::client_address::Network;
 mod values;
 
 use values::{
-    DatabaseUrl, Days, FollowUpDelays, Host, KeyTemplates, LogLevel, MetricsToken, Millis, Port, Positive, RedisUrl,
-    Seconds, SecretKey, ServiceKeys, TrustedProxies,
+    AmqpUrl, DatabaseUrl, Days, ExchangeName, FollowUpDelays, Host, KeyTemplates, LogLevel, MetricsToken, Millis, Port,
+    Positive, RedisUrl, Seconds, SecretKey, ServiceKeys, TrustedProxies,
 };
 
 /// The validated configuration.
@@ -34,6 +34,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// The Redis cache (`REDIS_URL`, `CACHE_*`, `REDIS_*`); `None` caches in process.
     pub cache: Option<CacheSettings>,
+    /// Change events (`AMQP_URL`, `AMQP_EXCHANGE`, `EVENTS_*`).
+    pub events: EventsSettings,
     /// `CACHE_INVALIDATE_EXTRA_KEYS` given without `REDIS_URL`: nothing can delete those
     /// copies (warned at start).
     pub extra_invalidation_keys_without_redis: Vec<String>,
@@ -149,6 +151,30 @@ pub struct LimitSettings {
     pub trusted_proxies: Vec<Network>,
 }
 
+/// Change events: where they are published, how long they are kept.
+#[derive(Clone)]
+pub struct EventsSettings {
+    /// The broker (`AMQP_URL`); `None`: events are recorded and served by the pull feed only.
+    pub amqp_url: Option<SecretString>,
+    /// The topic exchange events are published to (`AMQP_EXCHANGE`, default `user.events`).
+    pub exchange: String,
+    /// How long events are kept once done with (`EVENTS_RETENTION`, seconds, default 7 days).
+    pub retention: Duration,
+    /// How many events one relay round publishes at most (`EVENTS_RELAY_BATCH`, ≤ 1000).
+    pub relay_batch: u32,
+}
+
+impl std::fmt::Debug for EventsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventsSettings")
+            .field("broker", &self.amqp_url.is_some())
+            .field("exchange", &self.exchange)
+            .field("retention", &self.retention)
+            .field("relay_batch", &self.relay_batch)
+            .finish()
+    }
+}
+
 /// How the Redis cache is reached and used.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
@@ -203,6 +229,10 @@ struct Variables {
     database_prepared_statements: bool,
     redis_url: Option<RedisUrl>,
     redis_timeout_ms: Millis,
+    amqp_url: Option<AmqpUrl>,
+    amqp_exchange: ExchangeName,
+    events_retention: Seconds,
+    events_relay_batch: Positive<u32, 1_000>,
     cache_ttl: Seconds,
     cache_enabled: bool,
     cache_key_prefix: String,
@@ -249,6 +279,10 @@ impl Default for Variables {
             database_prepared_statements: true,
             redis_url: None,
             redis_timeout_ms: Millis::of(100),
+            amqp_url: None,
+            amqp_exchange: ExchangeName("user.events".to_owned()),
+            events_retention: Seconds::of(7 * 86_400),
+            events_relay_batch: Positive(500),
             cache_ttl: Seconds::of(300),
             cache_enabled: true,
             cache_key_prefix: "user-service".to_owned(),
@@ -421,6 +455,12 @@ impl Variables {
             },
             cache,
             extra_invalidation_keys_without_redis,
+            events: EventsSettings {
+                amqp_url: self.amqp_url.map(|AmqpUrl(url)| url),
+                exchange: self.amqp_exchange.0,
+                retention: self.events_retention.0,
+                relay_batch: self.events_relay_batch.0,
+            },
             cache_ttl: self.cache_ttl.0,
             cache_enabled: self.cache_enabled,
             auth: AuthConfig {

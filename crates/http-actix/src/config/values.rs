@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use domain::auth::{Scope, Scopes};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
@@ -181,6 +181,52 @@ impl TryFrom<String> for RedisUrl {
 }
 
 read_from_text!(RedisUrl, |url| mask_password(&url.0));
+
+/// `AMQP_URL`: `amqp://` or `amqps://`; unset means no broker (events go to the pull feed only).
+#[derive(Clone)]
+pub(super) struct AmqpUrl(pub(super) SecretString);
+
+impl std::fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&mask_password(self.0.expose_secret()))
+    }
+}
+
+impl TryFrom<String> for AmqpUrl {
+    type Error = &'static str;
+
+    fn try_from(url: String) -> Result<Self, Self::Error> {
+        if url.starts_with("amqp://") || url.starts_with("amqps://") {
+            Ok(Self(SecretString::from(url)))
+        } else {
+            Err("must start with amqp:// or amqps://")
+        }
+    }
+}
+
+read_from_text!(AmqpUrl, |url| mask_password(url.0.expose_secret()));
+
+/// `AMQP_EXCHANGE`: an exchange name as RabbitMQ accepts it (letters, digits, `-`, `_`,
+/// `.`, `:`; at most 127 bytes), not one of the broker's own (`amq.*`).
+#[derive(Debug, Clone)]
+pub(super) struct ExchangeName(pub(super) String);
+
+impl TryFrom<String> for ExchangeName {
+    type Error = &'static str;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+        if name.is_empty() || name.len() > 127 || !name.chars().all(allowed) {
+            return Err("must be 1 to 127 letters, digits, '-', '_', '.' or ':'");
+        }
+        if name.starts_with("amq.") {
+            return Err("must not start with amq. (reserved by the broker)");
+        }
+        Ok(Self(name))
+    }
+}
+
+read_from_text!(ExchangeName, |name| name.0.clone());
 
 /// The seed's example value, which must never sign real tokens.
 const PLACEHOLDER_SECRET_KEY: &str = "your_super_secret_key_here";

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::envelope::Envelope;
 use crate::error::ApiError;
+use crate::events::EventsStatus;
 use crate::state::AppState;
 use domain::cache::CacheHealth;
 
@@ -29,6 +30,21 @@ pub struct CheckView {
     pub latency_ms: Option<f64>,
 }
 
+/// The change events' state.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EventsView {
+    /// `ok`, `lagging` (the oldest unpublished event waits more than 10 s; never makes the
+    /// service unready), `down` (the broker refused or failed the last publication; the
+    /// events wait in the outbox) or `disabled` (no `AMQP_URL`: the pull feed only).
+    pub status: &'static str,
+    /// Events not yet published (without a broker: not yet in the feed), counted up to 100,000.
+    pub pending: u64,
+    /// The oldest of them's age, in seconds (null when none waits).
+    pub oldest_pending_age_seconds: Option<f64>,
+    /// Why the last publication failed while `down`: `unreachable`, `refused` or `unconfirmed`.
+    pub reason: Option<&'static str>,
+}
+
 /// The dependencies' states.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ChecksView {
@@ -36,12 +52,15 @@ pub struct ChecksView {
     pub database: CheckView,
     /// Redis.
     pub cache: CheckView,
+    /// The event broker and the outbox.
+    pub events: EventsView,
 }
 
 /// The service's health.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct HealthView {
-    /// `ok`, `degraded` (the cache is down; still 200) or `down` (the database is down; 503).
+    /// `ok`, `degraded` (the cache or the event broker is down; still 200) or `down` (the
+    /// database is down; 503).
     pub status: &'static str,
     /// The service version.
     pub version: &'static str,
@@ -124,16 +143,24 @@ async fn probe_cache(state: &AppState) -> CheckView {
 
 /// Service health
 ///
-/// The database and cache with probe latency. The cache being down only degrades the
-/// service (200, `degraded`); the database being down makes it unable to serve (503, `down`).
+/// The database and cache with probe latency, and the change events' backlog. The cache or
+/// the event broker being down only degrades the service (200, `degraded`); the database
+/// being down makes it unable to serve (503, `down`).
 #[api_operation(tag = "health", no_security)]
 pub async fn health(state: Data<AppState>) -> HealthReply<HealthView> {
     let (database, cache) = futures_util::join!(probe_database(&state), probe_cache(&state));
     let healthy = database.status == "ok";
-    let status = match (healthy, cache.status) {
-        (false, _) => "down",
-        (true, "down") => "degraded",
-        (true, _) => "ok",
+    let report = state.relay.report(state.service.now());
+    let events = EventsView {
+        status: report.status.as_str(),
+        pending: report.pending,
+        oldest_pending_age_seconds: report.oldest_pending_age.map(|age| age.as_secs_f64()),
+        reason: report.reason,
+    };
+    let status = match (healthy, cache.status, report.status) {
+        (false, _, _) => "down",
+        (true, "down", _) | (true, _, EventsStatus::Down) => "degraded",
+        (true, _, _) => "ok",
     };
     HealthReply {
         healthy,
@@ -141,7 +168,7 @@ pub async fn health(state: Data<AppState>) -> HealthReply<HealthView> {
             status,
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: state.started_at.elapsed().as_secs(),
-            checks: ChecksView { database, cache },
+            checks: ChecksView { database, cache, events },
         },
     }
 }

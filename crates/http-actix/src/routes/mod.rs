@@ -9,6 +9,7 @@ pub mod consent;
 pub mod devices;
 pub mod docs;
 pub mod eligibility;
+pub mod events;
 pub mod health;
 pub mod legacy;
 pub mod preferences;
@@ -49,6 +50,7 @@ pub fn configure(config: &mut ServiceConfig) {
                         .route(delete().to(categories::clear_choice)),
                 )
                 .service(resource("/users/{id}/consent-history").route(get().to(consent::history)))
+                .service(resource("/events").route(get().to(events::feed)))
                 .service(resource("/categories").route(get().to(categories::list)).route(post().to(categories::create)))
                 .service(
                     resource("/categories/{key}")
