@@ -10,6 +10,7 @@ mod deploy;
 mod devices;
 mod eligibility;
 mod embedded;
+mod events;
 mod hostile;
 mod idempotency;
 mod operations;

@@ -3,7 +3,7 @@
 //!
 //! - [`AmqpPublisher`]: publishes change events to a topic exchange, built from
 //!   [`AmqpSettings`] without connecting.
-//! - [`testing`] (feature `test-support`): a TCP proxy that cuts or blackholes the broker, for
+//! - `testing` (feature `test-support`): a TCP proxy that cuts or blackholes the broker, for
 //!   fault tests here and in the service's API tests.
 //!
 //! # What a publish promises
@@ -23,8 +23,10 @@
 //! are not `mandatory`: an exchange without a bound queue drops them, which is the
 //! consumers' business (they catch up from the pull feed).
 //!
-//! Throughput: a batch is sent whole, then all its confirmations are awaited together (the
-//! broker confirms many messages at once), never one round trip per event.
+//! Throughput: a batch is queued whole on the channel, then all its confirmations are
+//! awaited together (the broker confirms many messages at once): never one round trip, nor
+//! even one hand-off to lapin's IO thread, per event (see `AmqpPublisher::send`). About
+//! 14,000 events/s in batches of 500 against a local broker, in a debug build.
 //!
 //! # Connection handling
 //!
@@ -40,6 +42,12 @@
 //! a dead publisher and lapin notice a dead broker on idle connections. lapin's automatic
 //! recovery is not used: a failed batch must be reported (and sent again by the relay), not
 //! silently replayed. Calls are serialised by a mutex (one relay publishes at a time).
+//!
+//! A dropped connection's socket is shut down, not just left to lapin: each lapin connection
+//! runs an IO loop on its own OS thread, which ends only when its socket fails. Towards a
+//! silent peer (a network partition: the blackhole) that takes until the heartbeat is missed,
+//! or, for a connection still in its handshake, until TCP gives up (minutes), so every
+//! timed-out attempt of a relay retrying through a partition would leave a thread behind.
 //!
 //! # Errors
 //!
@@ -100,9 +108,11 @@ const CONNECTION_NAME: &str = "user-service event publisher";
 /// Where and how to publish. `Debug` hides the URL's password.
 #[derive(Clone)]
 pub struct AmqpSettings {
-    /// The broker, `amqp://user:password@host:port/vhost` (`%2f` is the default vhost `/`;
-    /// `amqps://` for TLS). Query parameters `heartbeat` and `connection_timeout` (ms) are
-    /// honoured; missing, they default to 5 s and `connect_timeout`.
+    /// The broker, `amqp://user:password@host:port/vhost` (`%2f` is the default vhost `/`).
+    /// `amqps://` is refused: the workspace builds lapin without a TLS backend. The query
+    /// parameter `heartbeat` (seconds) is honoured, 5 when missing; `connection_timeout`
+    /// (ms) is filled in from `connect_timeout` when missing, but lapin's async connect
+    /// ignores it: `connect_timeout` is the bound.
     pub url: String,
     /// The topic exchange, declared durable on every connection.
     pub exchange: String,
@@ -164,10 +174,10 @@ struct Session {
 }
 
 impl Session {
-    /// Drops a session that failed or hangs, shutting its socket down: lapin would try to
-    /// close it politely, and its IO thread lives until the socket fails, which for a silent
-    /// peer may take minutes (until the heartbeat is missed, or for a connection still in its
-    /// handshake, until TCP gives up).
+    /// Drops a session that failed, hangs, or was closed, shutting its socket down: lapin
+    /// would try to close it politely, and its IO thread lives until the socket fails, which
+    /// for a silent peer may take minutes (see the crate docs). Abrupt also for a healthy
+    /// connection (after a negative acknowledgement): rare enough not to distinguish.
     fn abandon(self) {
         self.socket.shut_down();
     }
@@ -245,13 +255,14 @@ impl AmqpPublisher {
         let Some(session) = self.session.lock().await.take() else {
             return;
         };
-        let closing = async {
-            session.channel.close(200, "bye".into()).await?;
-            session.connection.close(200, "bye".into()).await
-        };
-        if let Err(error) = timeout(self.connect_timeout, closing).await.unwrap_or(Ok(())) {
-            tracing::debug!(broker = %self.broker, %error, "closing the event broker connection failed");
+        match timeout(self.connect_timeout, session.connection.close(200, "bye".into())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(broker = %self.broker, %error, "closing the event broker connection failed")
+            }
+            Err(_) => tracing::debug!(broker = %self.broker, "closing the event broker connection timed out"),
         }
+        session.abandon();
     }
 
     /// The session in `slot`, made first if there is none or lapin knows it is closed.
@@ -436,27 +447,47 @@ impl EventPublisher for AmqpPublisher {
 }
 
 /// A second handle on a connection's TCP socket, to shut it down when the connection is
-/// abandoned (see [`Session::abandon`]). Dropping it leaves the socket alone.
+/// abandoned (see [`Session::abandon`]). Dropping it leaves the socket alone (but, holding a
+/// duplicate descriptor, it keeps the socket from being released before: a session whose
+/// connection lapin saw fail is abandoned when next used).
 #[derive(Clone, Default)]
-struct SocketHandle(Arc<StdMutex<Option<TcpStream>>>);
+struct SocketHandle(Arc<StdMutex<KeptSocket>>);
+
+#[derive(Default)]
+struct KeptSocket {
+    socket: Option<TcpStream>,
+    /// Set by `shut_down`: a socket lapin opens later for this connection (it retries a
+    /// handshake cut short) is shut down at once.
+    abandoned: bool,
+}
 
 impl SocketHandle {
     /// Keeps a duplicate of `socket`'s descriptor.
     fn keep(&self, socket: &impl AsFd) {
         match socket.as_fd().try_clone_to_owned() {
-            Ok(duplicate) => *self.lock() = Some(TcpStream::from(duplicate)),
+            Ok(duplicate) => {
+                let duplicate = TcpStream::from(duplicate);
+                let mut kept = self.lock();
+                if kept.abandoned {
+                    let _ = duplicate.shutdown(Shutdown::Both);
+                } else {
+                    kept.socket = Some(duplicate);
+                }
+            }
             Err(error) => tracing::debug!(%error, "cannot keep a handle on the event broker socket"),
         }
     }
 
     /// Shuts the socket down (both ways): lapin's IO loop sees it closed and ends.
     fn shut_down(&self) {
-        if let Some(socket) = self.lock().take() {
+        let mut kept = self.lock();
+        kept.abandoned = true;
+        if let Some(socket) = kept.socket.take() {
             let _ = socket.shutdown(Shutdown::Both);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<TcpStream>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, KeptSocket> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

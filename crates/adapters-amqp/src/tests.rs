@@ -103,10 +103,22 @@ async fn run(exchange: &str, body: impl Future<Output = ()> + Send + 'static) {
     }
 }
 
+/// `work`'s output, unless it takes longer than [`TEST_TIMEOUT`] (then the test fails).
+async fn bounded<T>(work: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_TIMEOUT, work).await.expect("the test took too long")
+}
+
 async fn delete_exchange(exchange: &str) {
     let connection = Connection::connect(&broker_url(), ConnectionProperties::default()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await.unwrap();
+}
+
+async fn exchange_exists(exchange: &str) -> bool {
+    let connection = Connection::connect(&broker_url(), ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let passive = ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() };
+    channel.exchange_declare(exchange.into(), ExchangeKind::Topic, passive, FieldTable::default()).await.is_ok()
 }
 
 /// The test's own view of the broker: an exclusive queue bound to the exchange with `#`.
@@ -269,16 +281,22 @@ async fn an_event_whose_data_is_not_json_is_skipped_and_the_others_go_through() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_connects_and_declares_the_exchange_and_nothing_to_publish_needs_no_broker() {
+async fn check_connects_and_declares_the_exchange_close_closes_and_nothing_to_publish_needs_no_broker() {
     let exchange = unique_exchange("check");
     let name = exchange.clone();
     run(&exchange, async move {
         let publisher = publisher(broker_url(), &name);
+        assert!(!exchange_exists(&name).await);
         publisher.check().await.unwrap();
-        // Declared durable topic by `check`: declaring it so again is accepted...
+        // Declared by `check`, as a durable topic exchange (declaring it so again is accepted)...
+        assert!(exchange_exists(&name).await);
         let observer = Observer::bound_to(&name).await;
         publisher.publish(&events(1)).await.unwrap();
         assert_eq!(observer.waiting().await, 1);
+        // Closed (at shutdown), it connects again if called after all.
+        publisher.close().await;
+        publisher.publish(&events(1)).await.unwrap();
+        assert_eq!(observer.waiting().await, 2);
 
         // ...and an empty batch does not even connect.
         let nowhere = publisher_to_unused_port(&name).await;
@@ -310,8 +328,9 @@ async fn a_wrong_password_is_refused_at_once_and_never_shown() {
     let publisher = publisher(url.clone(), &unique_exchange("password"));
 
     let started = Instant::now();
-    let error = publisher.publish(&events(1)).await.unwrap_err();
+    let error = bounded(publisher.publish(&events(1))).await.unwrap_err();
 
+    println!("wrong password: {} after {:?}", chain(&error), started.elapsed());
     assert!(matches!(error, PublishError::Refused(_)), "{error:?}");
     assert!(started.elapsed() < CONNECT_TIMEOUT, "refused, not timed out: {:?}", started.elapsed());
     for shown in [chain(&error), format!("{error:?}"), format!("{publisher:?}"), format!("{:?}", settings(url, "x"))] {
@@ -325,7 +344,7 @@ async fn an_unknown_virtual_host_is_refused() {
     let url = broker_url_with(|uri| uri.vhost = format!("no-such-vhost-{}", Uuid::now_v7().simple()));
     let publisher = publisher(url, &unique_exchange("vhost"));
 
-    let error = publisher.publish(&events(1)).await.unwrap_err();
+    let error = bounded(publisher.publish(&events(1))).await.unwrap_err();
 
     assert!(matches!(error, PublishError::Refused(_)), "{error:?}");
 }
@@ -335,12 +354,12 @@ async fn an_unused_port_is_unreachable_without_waiting_for_the_timeout() {
     let publisher = publisher_to_unused_port(&unique_exchange("port")).await;
 
     let started = Instant::now();
-    let error = publisher.publish(&events(1)).await.unwrap_err();
+    let error = bounded(publisher.publish(&events(1))).await.unwrap_err();
 
     assert!(matches!(error, PublishError::Unreachable(_)), "{error:?}");
     assert!(started.elapsed() < CONNECT_TIMEOUT, "refused at once: {:?}", started.elapsed());
     // And again on the next call (no state left behind).
-    assert!(matches!(publisher.publish(&events(1)).await, Err(PublishError::Unreachable(_))));
+    assert!(matches!(bounded(publisher.publish(&events(1))).await, Err(PublishError::Unreachable(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,6 +425,7 @@ async fn fails_within(
     let started = Instant::now();
     let error = publishing.await.expect_err("the publish must fail");
     let elapsed = started.elapsed();
+    println!("failed after {elapsed:?}: {}", chain(&error));
     assert!(expected(&error), "unexpected error: {}", chain(&error));
     assert!(elapsed >= at_least && elapsed <= limit + SLACK, "failed after {elapsed:?}: {}", chain(&error));
 }
@@ -465,6 +485,32 @@ async fn a_blackholed_broker_fails_within_the_timeouts_and_the_next_call_after_i
     .await;
 }
 
+/// `Session::abandon`'s mechanism; the blackhole test above runs it against lapin (whose IO
+/// thread then ends at once instead of when the heartbeat is missed or TCP gives up).
+#[tokio::test]
+async fn an_abandoned_socket_is_shut_down_even_if_lapin_opens_it_later() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let handle = SocketHandle::default();
+    // The client is kept open (borrowed here): only the handle can close it.
+    let peer_sees_it_closed = async |_open_client: &tokio::net::TcpStream| {
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut byte = [0; 1];
+        let read = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncReadExt::read(&mut server, &mut byte));
+        assert_eq!(read.await.expect("the socket must be shut down").unwrap(), 0);
+    };
+
+    let first = tokio::net::TcpStream::connect(address).await.unwrap();
+    handle.keep(&first);
+    handle.shut_down();
+    bounded(peer_sees_it_closed(&first)).await;
+
+    // A handshake retried on a new socket after the abandonment.
+    let second = tokio::net::TcpStream::connect(address).await.unwrap();
+    handle.keep(&second);
+    bounded(peer_sees_it_closed(&second)).await;
+}
+
 // --- Settings -----------------------------------------------------------------------------
 
 #[test]
@@ -512,36 +558,4 @@ fn the_url_gets_a_heartbeat_and_a_connection_timeout_unless_it_has_them() {
     assert_eq!(given.uri.query.connection_timeout, Some(700));
     assert!(!format!("{given:?}").contains("secret"));
     assert_eq!(given.broker(), "amqp://user:***@localhost:5672/%2f?heartbeat=30&connection_timeout=700");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tmp_thread_leak() {
-    fn io_threads() -> usize {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter(|t| {
-                let p = t.as_ref().unwrap().path().join("comm");
-                std::fs::read_to_string(p).unwrap_or_default().starts_with("lapin-io")
-            })
-            .count()
-    }
-    let exchange = unique_exchange("leak");
-    let proxy = FaultProxy::start(broker_address().await).await.unwrap();
-    let publisher = publisher_through(&proxy, &exchange);
-    println!("start {}", io_threads());
-    publisher.publish(&events(1)).await.unwrap();
-    println!("connected {}", io_threads());
-    proxy.blackhole();
-    let _ = publisher.publish(&events(1)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await; println!("after confirm timeout {}", io_threads());
-    for _ in 0..3 {
-        let _ = publisher.check().await;
-        println!("after connect timeout {}", io_threads());
-    }
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    println!("12s later {}", io_threads());
-    proxy.cut();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    println!("after cut {}", io_threads());
-    delete_exchange(&exchange).await;
 }
