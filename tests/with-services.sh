@@ -7,6 +7,10 @@
 # - TEST_REDIS_PORT: a Redis on 127.0.0.1 (default 6379), else a throwaway redis-server on
 #   a free port when Redis is installed, else it says what to install. Tests never flush it:
 #   they use key prefixes of their own, and start private servers to pause or kill.
+# - TEST_AMQP_URL: a RabbitMQ on 127.0.0.1:5672 (guest/guest), else a throwaway
+#   rabbitmq-server node on free ports (installed with apt-get when missing and run as
+#   root), for the change-event tests. Tests never purge it: each uses an exchange and
+#   queues of its own, and puts a proxy of its own in front of it to cut or blackhole it.
 # - chromium: installed with apt-get when missing (and run as root), for the /docs test.
 set -euo pipefail
 
@@ -19,7 +23,10 @@ free_port() {
 redis_pidfile=""
 pg_datadir=""
 pg_ctl=()
+rabbitmq_node=""
+rabbitmq_base=""
 cleanup() {
+  if [ -n "$rabbitmq_node" ]; then pkill -f "$rabbitmq_node" 2>/dev/null || true; rm -rf "$rabbitmq_base"; fi
   if [ -n "$redis_pidfile" ] && [ -f "$redis_pidfile" ]; then kill "$(cat "$redis_pidfile")" 2>/dev/null || true; fi
   if [ -n "$pg_datadir" ]; then "${pg_ctl[@]}" -D "$pg_datadir" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$pg_datadir"; fi
 }
@@ -49,6 +56,44 @@ if ! redis-cli -h 127.0.0.1 -p "$redis_port" ping >/dev/null 2>&1; then
   for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 export TEST_REDIS_PORT="$redis_port"
+
+amqp_port="${TEST_AMQP_PORT:-5672}"
+if ! (exec 3<>"/dev/tcp/127.0.0.1/$amqp_port") 2>/dev/null; then
+  if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing rabbitmq-server (the broker of the change-event tests)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends rabbitmq-server >/dev/null 2>&1 \
+      || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends rabbitmq-server >/dev/null 2>&1; } \
+      || true
+    # The package starts the machine's node where it can; ours is private either way.
+  fi
+  if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+    echo "No RabbitMQ answers on 127.0.0.1:$amqp_port and rabbitmq-server is not installed." >&2
+    echo "Install RabbitMQ 3 (Debian/Ubuntu: apt-get install rabbitmq-server; macOS: brew install rabbitmq)." >&2
+    exit 1
+  fi
+  amqp_port="$(free_port 56720)"
+  dist_port="$(free_port $((amqp_port + 1)))"
+  rabbitmq_base="$(mktemp -d /tmp/user-service-test-rabbitmq-XXXXXX)"
+  rabbitmq_node="user-service-test-$amqp_port@localhost"
+  : > "$rabbitmq_base/rabbitmq-env.conf"
+  printf 'listeners.tcp.1 = 127.0.0.1:%s\nloopback_users = none\n' "$amqp_port" > "$rabbitmq_base/rabbitmq.conf"
+  printf '[].\n' > "$rabbitmq_base/enabled_plugins"
+  echo "Starting a throwaway RabbitMQ node on port $amqp_port" >&2
+  HOME="$rabbitmq_base" RABBITMQ_CONF_ENV_FILE="$rabbitmq_base/rabbitmq-env.conf" \
+    RABBITMQ_CONFIG_FILE="$rabbitmq_base/rabbitmq.conf" RABBITMQ_NODENAME="$rabbitmq_node" \
+    RABBITMQ_NODE_PORT="$amqp_port" RABBITMQ_DIST_PORT="$dist_port" RABBITMQ_MNESIA_BASE="$rabbitmq_base/mnesia" \
+    RABBITMQ_LOG_BASE="$rabbitmq_base/log" RABBITMQ_ENABLED_PLUGINS_FILE="$rabbitmq_base/enabled_plugins" \
+    nohup /usr/lib/rabbitmq/bin/rabbitmq-server >"$rabbitmq_base/server.log" 2>&1 &
+  started=0
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$amqp_port") 2>/dev/null; then started=1; break; fi
+    sleep 0.2
+  done
+  if [ "$started" != 1 ]; then
+    echo "the throwaway RabbitMQ did not start; its log:" >&2; tail -n 30 "$rabbitmq_base/server.log" >&2; exit 1
+  fi
+fi
+export TEST_AMQP_URL="${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:$amqp_port/%2f}"
 
 url="${TEST_DATABASE_URL:-${DATABASE_URL:-}}"
 case "$url" in

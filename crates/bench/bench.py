@@ -18,6 +18,8 @@ Environment (defaults in brackets):
   BENCH_WORKERS [nproc]      HTTP workers of the service and of the ceiling server
   BENCH_PG_HOST [127.0.0.1], BENCH_PG_PORT [5432], BENCH_PG_USER [postgres]
   BENCH_REDIS_URL [redis://127.0.0.1:6379]
+  BENCH_AMQP_URL [amqp://guest:guest@127.0.0.1:5672/%2f]  RabbitMQ for the change events (a run
+                             exchange with a consumer of its own; deleted at the end)
   BENCH_RESULTS_DIR [bench-results]  where latest.md, a dated copy and last-run/ go
   CARGO [cargo], CARGO_TARGET_DIR [target]  the build, and where its binaries are found
 Service variables this program does not set reach the service (PASSWORD_HASH_CONCURRENCY=1 make bench).
@@ -70,6 +72,7 @@ class Config:
     pg_port: str
     pg_user: str
     redis_url: str
+    amqp_url: str
     results_dir: Path
     release_dir: Path
 
@@ -96,6 +99,7 @@ class Config:
             pg_port=get("BENCH_PG_PORT", "5432"),
             pg_user=get("BENCH_PG_USER", "postgres"),
             redis_url=get("BENCH_REDIS_URL", "redis://127.0.0.1:6379"),
+            amqp_url=get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
             results_dir=Path(os.path.abspath(get("BENCH_RESULTS_DIR", str(ROOT / "bench-results")))),
             # Where cargo puts the release binaries: CARGO_TARGET_DIR when set, relative to
             # the directory cargo runs in (ROOT), as cargo itself does.
@@ -504,6 +508,11 @@ class Bench:
         self.ceiling_rps = ""  # mean of the ceiling runs so far
         self.argon2_rates: list[str] = []
         self.pgbench_tps: dict[str, str] = {}  # "S", "N"
+        self.exchange = f"user.events.{self.cache_prefix}"  # the run's own exchange, bound by the sink
+        self.sink: subprocess.Popen | None = None
+        self.sink_received = ""
+        self.relay_rate = ""  # events/s published and confirmed from a backlog
+        self.relay_seconds = ""
 
     # --- processes -----------------------------------------------------------------------
 
@@ -522,13 +531,15 @@ class Bench:
                 die(f"the {what} was not ready within 60 s")
             time.sleep(0.005)
 
-    def start_service(self, name: str, cache_enabled: bool, prefix: str) -> None:
+    def start_service(self, name: str, cache_enabled: bool, prefix: str, events: bool = False) -> None:
         """Starts the release service on a free port; notes its time to ready (from process start
         to the first 200 of /health/ready) and VmRSS right after. Runs in the work directory so
         that no .env file of the checkout is read."""
         cfg = self.cfg
         port = free_port()
-        env = {key: value for key, value in os.environ.items() if key != "RUST_LOG"}
+        env = {key: value for key, value in os.environ.items() if key not in ("RUST_LOG", "AMQP_URL")}
+        if events:
+            env.update({"AMQP_URL": cfg.amqp_url, "AMQP_EXCHANGE": self.exchange})
         env.update(
             {
                 "PORT": str(port),
@@ -555,6 +566,61 @@ class Bench:
         self.idle_rss[name] = memory_mib(self.service.pid, "VmRSS")
         ready_ms, idle_rss = self.ready_ms[name], self.idle_rss[name]
         log(f"{name} service ready on {self.service_url} in {ready_ms} ms, idle RSS {idle_rss} MiB")
+
+    def start_sink(self) -> None:
+        """The run's consumer of change events (crates/bench/src/bin/event-sink.rs): a queue bound
+        to the run's exchange, so that published events are routed and stored as for a real
+        consumer. It stops when its standard input closes."""
+        log_path = self.cfg.work / "event-sink.log"
+        with open(log_path, "w") as log_file:
+            command = [str(self.cfg.release_dir / "event-sink"), self.cfg.amqp_url, self.exchange]
+            self.sink = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT)
+        self.processes.append(self.sink)
+        deadline = time.monotonic() + 15
+        while "ready" not in log_path.read_text(errors="replace"):
+            if self.sink.poll() is not None or time.monotonic() > deadline:
+                die(f"the event sink did not bind its queue (is RabbitMQ at BENCH_AMQP_URL up?); see {log_path}")
+            time.sleep(0.05)
+
+    def stop_sink(self) -> None:
+        if self.sink is None or self.sink.stdin is None:
+            return
+        self.sink.stdin.close()
+        try:
+            self.sink.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            stop_process(self.sink)
+        found = re.search(r"received (\d+)", (self.cfg.work / "event-sink.log").read_text(errors="replace"))
+        self.sink_received = found[1] if found else "n/a"
+
+    def bench_relay(self, events: int = 50_000) -> None:
+        """Relay throughput: a backlog of `events` change events (as the outbox holds them while a
+        broker is away), then an instance with the broker: events published and confirmed per
+        second, from the instance being ready to the last one marked published."""
+        cfg = self.cfg
+        log(f"relay: a backlog of {events} events, then an instance publishing them")
+        data = '{"email":false,"push":true,"quiet_hours_start":"22:00","quiet_hours_end":"07:00","timezone":"Europe/Paris"}'
+        insert = (
+            "INSERT INTO outbox_events (id, subject, sequence, event_type, recorded_at, data) "
+            f"SELECT gen_random_uuid(), 'bench-relay-' || (n % 1000), n / 1000 + 1, 'user.preferences.changed', "
+            f"now(), '{data}' FROM generate_series(0, {events - 1}) AS n"
+        )
+        run(psql(cfg, SERVICE_DB, "-qc", insert), env=QUIET_PSQL)
+        pending = psql(cfg, SERVICE_DB, "-Atc", "SELECT count(*) FROM outbox_events WHERE published_at IS NULL")
+        self.start_service("relay", False, f"{self.cache_prefix}-relay", events=True)
+        started = time.monotonic()
+        left = events
+        while left > 0:
+            if time.monotonic() - started > 120:
+                die(f"the relay left {left} events unpublished after 120 s")
+            time.sleep(0.05)
+            left = int(run(pending, stdout=subprocess.PIPE, text=True, env=QUIET_PSQL).stdout.strip() or "0")
+        # From the process start: the relay may begin before the instance answers /health/ready.
+        elapsed = time.monotonic() - started + self.ready_ms["relay"] / 1000
+        self.relay_seconds = f"{elapsed:.2f}"
+        self.relay_rate = f"{events / elapsed:.0f}"
+        print(f"    relay                  {self.relay_rate:>10} events/s ({events} in {elapsed:.2f} s)", file=sys.stderr)
+        stop_process(self.service)
 
     def cleanup(self) -> None:
         """Stops every server and load generator started, drops the databases and deletes the
@@ -819,7 +885,9 @@ class Bench:
 
         log(f"database {SERVICE_DB}, cache prefix {self.cache_prefix}")
         recreate_database(cfg, SERVICE_DB)
-        self.start_service("cached", True, self.cache_prefix)
+        # Every change is published: the writes below are measured with events on.
+        self.start_sink()
+        self.start_service("cached", True, self.cache_prefix, events=True)
         self.seed()
         self.warm_cache()
 
@@ -847,7 +915,11 @@ class Bench:
         self.start_service("uncached", False, f"{self.cache_prefix}-nocache")
         self.bench_pgbench("S")
         self.bench("get-uncached", "get_user.lua", cfg.connections)
+        self.bench("put-preferences-feed", "put_preferences.lua", cfg.connections)
         stop_process(self.service)
+
+        self.bench_relay()
+        self.stop_sink()
 
         report = render_report(self, datetime.now(UTC))
         latest = cfg.results_dir / "latest.md"
@@ -863,7 +935,8 @@ class Bench:
 OPERATION_ROWS = [
     ("get-cached", "GET user, cached"),
     ("get-uncached", "GET user, uncached (`CACHE_ENABLED=false`)"),
-    ("put-preferences", "PUT preferences (toggle email)"),
+    ("put-preferences", "PUT preferences (toggle email), events published to RabbitMQ"),
+    ("put-preferences-feed", "PUT preferences, no broker (events to the feed only), cache off"),
     ("post-device", "POST device (upsert of a known token)"),
     ("eligibility-single", "GET eligibility (push)"),
     ("eligibility-bulk", "POST eligibility, 1000 ids"),
@@ -926,8 +999,11 @@ def render_report(bench: Bench, now: datetime) -> str:
         ("Cached GET p99", p99["get-cached"], " ms", "<=", 5, " ms"),
         ("Uncached GET rps / pgbench -S tps", uncached_vs_select,
          f" ({rps['get-uncached']} / {tps_s})", ">=", 0.5, ""),
-        ("PUT preferences rps / pgbench -N tps", put_vs_update,
+        ("PUT preferences rps, events published / pgbench -N tps", put_vs_update,
          f" ({rps['put-preferences']} / {tps_n})", ">=", 0.5, ""),
+        ("Relay: events published and confirmed per second (from a backlog)", bench.relay_rate,
+         f" events/s ({bench.relay_seconds} s for 50000; the sink received {bench.sink_received} in the run)",
+         ">=", 5000, " events/s"),
         ("Registration rps / argon2id hashes/s", register_vs_argon2,
          f" ({rps['register']} / {bench.argon2_rate})", ">=", 0.9, ""),
         ("Cached GET p99 in a registration storm / idle", storm_p99_ratio,

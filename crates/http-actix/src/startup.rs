@@ -126,6 +126,10 @@ fn openapi_spec() -> Spec {
             ),
             tag("devices", "Push tokens for web, iOS and Android"),
             tag("eligibility", "May this user be notified on this channel now, and if not, when?"),
+            tag(
+                "events",
+                "Every committed change as a CloudEvent: the pull feed of what the broker (AMQP_URL) receives",
+            ),
             tag("health", "Liveness, readiness and dependency health"),
             tag("legacy", "Deprecated paths of existing clients"),
         ],

@@ -182,7 +182,7 @@ impl TryFrom<String> for RedisUrl {
 
 read_from_text!(RedisUrl, |url| mask_password(&url.0));
 
-/// `AMQP_URL`: `amqp://` or `amqps://`; unset means no broker (events go to the pull feed only).
+/// `AMQP_URL`: `amqp://`; unset means no broker (events go to the pull feed only).
 #[derive(Clone)]
 pub(super) struct AmqpUrl(pub(super) SecretString);
 
@@ -196,10 +196,13 @@ impl TryFrom<String> for AmqpUrl {
     type Error = &'static str;
 
     fn try_from(url: String) -> Result<Self, Self::Error> {
-        if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        if url.starts_with("amqp://") {
             Ok(Self(SecretString::from(url)))
+        } else if url.starts_with("amqps://") {
+            // lapin is built without a TLS backend: it would connect in plain text.
+            Err("must start with amqp:// (TLS to the broker is not built in: terminate it in a sidecar)")
         } else {
-            Err("must start with amqp:// or amqps://")
+            Err("must start with amqp://")
         }
     }
 }
