@@ -438,17 +438,18 @@ fn the_docker_build_context_leaves_out_build_output_and_secrets_but_keeps_the_so
 }
 
 #[test]
-fn compose_starts_the_service_after_healthy_postgres_and_redis() {
+fn compose_starts_the_service_after_healthy_postgres_redis_and_rabbitmq() {
     let compose = compose();
     let services = entries(&compose["services"], "services");
     let image_of = |name: &str| text(&services[name]["image"], "an image").to_owned();
     assert_eq!(image_of("postgres"), "postgres:15");
     assert_eq!(image_of("redis"), "redis:7");
+    assert_eq!(image_of("rabbitmq"), "rabbitmq:3");
     for (name, service) in services {
         assert!(!service["healthcheck"]["test"].is_null(), "{name} has a healthcheck");
     }
     let service = &services["user-service"];
-    for dependency in ["postgres", "redis"] {
+    for dependency in ["postgres", "redis", "rabbitmq"] {
         assert_eq!(service["depends_on"][dependency]["condition"], "service_healthy", "{dependency}");
     }
     let build = &service["build"];
@@ -468,6 +469,8 @@ fn compose_starts_the_service_after_healthy_postgres_and_redis() {
     assert_eq!(image_of(database_host), "postgres:15", "DATABASE_URL points at the postgres service");
     let redis_host = url_host(text(&environment["REDIS_URL"], "REDIS_URL"));
     assert_eq!(image_of(redis_host), "redis:7", "REDIS_URL points at the redis service");
+    let broker_host = url_host(text(&environment["AMQP_URL"], "AMQP_URL"));
+    assert_eq!(image_of(broker_host), "rabbitmq:3", "AMQP_URL points at the rabbitmq service");
     assert_eq!(environment["HOST"], "0.0.0.0", "reachable from outside the container whatever .env says");
     let volumes = items(&services["postgres"]["volumes"], "postgres volumes");
     let data_volume = volumes

@@ -105,3 +105,55 @@ async fn the_embedded_default_serves_the_seed_samples_and_keeps_data_across_a_re
     handle.stop(true).await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_default_records_every_change_as_an_event_in_the_feed() {
+    let data_dir = std::env::temp_dir().join(format!("user-service-embedded-{}", uuid::Uuid::new_v4().simple()));
+    let (address, handle) = start(&data_dir).await;
+    let client = reqwest::Client::new();
+    let registered = client
+        .post(format!("{address}/api/v1/users"))
+        .header("x-service-key", SERVICE_KEY)
+        .json(&serde_json::from_str::<serde_json::Value>(REGISTER).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let user: serde_json::Value = registered.json().await.unwrap();
+    let id = user["data"]["id"].as_str().unwrap().to_owned();
+    let changed = client
+        .put(format!("{address}/api/v1/users/{id}/preferences"))
+        .header("x-service-key", SERVICE_KEY)
+        .json(&json!({"push": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status().as_u16(), 200);
+    // The relay gives events their feed position within a poll (100 ms).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let events = loop {
+        let page: serde_json::Value = client
+            .get(format!("{address}/api/v1/events"))
+            .header("x-service-key", SERVICE_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = page["data"]["events"].as_array().cloned().unwrap_or_default();
+        if events.len() >= 2 || std::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let summary: Vec<(&str, &str)> =
+        events.iter().map(|event| (event["type"].as_str().unwrap(), event["sequence"].as_str().unwrap())).collect();
+    assert_eq!(
+        summary,
+        [("user.created", "00000000000000000001"), ("user.preferences.changed", "00000000000000000002")]
+    );
+    assert_eq!(events[1]["data"]["push"], true);
+    assert!(events.iter().all(|event| event["subject"] == id.as_str()));
+    handle.stop(true).await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
