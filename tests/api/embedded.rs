@@ -15,7 +15,11 @@ const REGISTER: &str = r#"{
   "preferences": {"email": true, "push": false}
 }"#;
 
-async fn start(data_dir: &std::path::Path) -> (String, actix_web::dev::ServerHandle) {
+/// A running instance: its address, a handle that stops it, and the task that ends once it
+/// has stopped (its store closed: the data directory is free for the next one).
+async fn start(
+    data_dir: &std::path::Path,
+) -> (String, actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>) {
     let settings = Settings::from_map(HashMap::from([
         ("HOST".to_owned(), "127.0.0.1".to_owned()),
         ("PORT".to_owned(), "0".to_owned()),
@@ -28,14 +32,14 @@ async fn start(data_dir: &std::path::Path) -> (String, actix_web::dev::ServerHan
     let application = Application::build(settings).await.unwrap();
     let address = format!("http://127.0.0.1:{}", application.port());
     let handle = application.handle();
-    tokio::spawn(application.run_until_stopped());
-    (address, handle)
+    let running = tokio::spawn(application.run_until_stopped());
+    (address, handle, running)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_embedded_default_serves_the_seed_samples_and_keeps_data_across_a_restart() {
     let data_dir = std::env::temp_dir().join(format!("user-service-embedded-{}", uuid::Uuid::new_v4().simple()));
-    let (address, handle) = start(&data_dir).await;
+    let (address, handle, running) = start(&data_dir).await;
     let client = reqwest::Client::new();
     let json_post = |path: &str, body: &str| {
         client.post(format!("{address}{path}")).header("Content-Type", "application/json").body(body.to_owned())
@@ -82,10 +86,11 @@ async fn the_embedded_default_serves_the_seed_samples_and_keeps_data_across_a_re
     let health: serde_json::Value = client.get(format!("{address}/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["data"]["status"], "ok");
     handle.stop(true).await;
+    running.await.unwrap().unwrap();
 
     // A new process on the same data directory: a new generated SECRET_KEY (old tokens
     // are void), the same data.
-    let (address, handle) = start(&data_dir).await;
+    let (address, handle, running) = start(&data_dir).await;
     let after =
         client.get(format!("{address}/api/v1/users/{id}")).header("X-Service-Key", SERVICE_KEY).send().await.unwrap();
     assert_eq!(after.status().as_u16(), 200);
@@ -103,13 +108,14 @@ async fn the_embedded_default_serves_the_seed_samples_and_keeps_data_across_a_re
         .unwrap();
     assert_eq!(duplicate.status().as_u16(), 409);
     handle.stop(true).await;
+    running.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_embedded_default_records_every_change_as_an_event_in_the_feed() {
     let data_dir = std::env::temp_dir().join(format!("user-service-embedded-{}", uuid::Uuid::new_v4().simple()));
-    let (address, handle) = start(&data_dir).await;
+    let (address, handle, running) = start(&data_dir).await;
     let client = reqwest::Client::new();
     let registered = client
         .post(format!("{address}/api/v1/users"))
@@ -155,5 +161,6 @@ async fn the_embedded_default_records_every_change_as_an_event_in_the_feed() {
     assert_eq!(events[1]["data"]["push"], true);
     assert!(events.iter().all(|event| event["subject"] == id.as_str()));
     handle.stop(true).await;
+    running.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&data_dir);
 }

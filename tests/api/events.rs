@@ -185,7 +185,12 @@ async fn the_feed_serves_every_committed_change_as_cloudevents_in_commit_order()
     let gone = app.get(&format!("/api/v1/events?after={}", uuid::Uuid::now_v7())).await;
     assert_eq!((gone.status, gone.body["error"].as_str()), (410, Some("cursor_expired")));
     gone.assert_envelope();
-    for bad in ["after=not-an-id", "limit=0", "limit=1001", "limit=x", "since=1"] {
+    let shouted = first.to_uppercase();
+    let braced = format!("%7B{first}%7D");
+    let bad_inputs = ["after=not-an-id", "limit=0", "limit=1001", "limit=x", "since=1", "limit=-1"];
+    let non_canonical =
+        [format!("after={shouted}"), format!("after={}", first.replace('-', "")), format!("after={braced}")];
+    for bad in bad_inputs.iter().map(|bad| (*bad).to_owned()).chain(non_canonical) {
         let reply = app.get(&format!("/api/v1/events?{bad}")).await;
         assert!(matches!(reply.status, 400 | 422), "{bad}: {}", reply.status);
         reply.assert_envelope();
@@ -278,6 +283,17 @@ async fn refused_credentials_are_reported_and_nothing_is_lost() {
     let uri: lapin::uri::AMQPUri = broker_url().parse().unwrap();
     let wrong = format!("amqp://guest:wrong-password@{}:{}/%2f", uri.authority.host, uri.authority.port);
     let app = TestApp::spawn_with(&[("AMQP_URL", wrong.as_str()), ("AMQP_EXCHANGE", exchange.as_str())]).await;
+    // Nothing to publish yet: the relay asks the broker all the same, and health says so.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let idle = loop {
+        let health = app.get("/health").await;
+        if health.body["data"]["checks"]["events"]["reason"] == "refused" || Instant::now() > deadline {
+            break health;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(idle.body["data"]["checks"]["events"]["status"], "down", "{:?}", idle.body);
+    assert_eq!(idle.body["data"]["checks"]["events"]["pending"], 0);
     app.register("ada@example.com").await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let health = loop {
@@ -501,7 +517,7 @@ async fn every_committed_change_reaches_consumers_once_in_order_through_broker_o
     }
     let duplicates = received.len() - seen.len();
     assert_eq!(seen.len(), total, "every recorded event was received");
-    let ledger = ledger.lock().unwrap();
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     let mut ambiguous_committed = 0;
     for (subject, sequences) in &by_subject {
         let expected: Vec<u64> = (1..=u64::try_from(sequences.len()).unwrap()).collect();

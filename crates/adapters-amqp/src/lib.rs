@@ -31,7 +31,7 @@
 //! # Connection handling
 //!
 //! One connection with one confirm-mode channel, made on the first call (of
-//! [`publish`](AmqpPublisher::publish) or [`check`](AmqpPublisher::check)), not at
+//! [`publish`](AmqpPublisher::publish) or [`check`](EventPublisher::check)), not at
 //! construction: the service starts while the broker is down. Making it is bounded by
 //! [`AmqpSettings::connect_timeout`] (TCP, handshake, channel, `confirm.select` and the
 //! exchange declaration: durable, `topic`). Sending a batch and awaiting its confirmations is
@@ -152,6 +152,28 @@ pub enum SettingsError {
     Timeout(&'static str),
 }
 
+/// Whether `url` is an AMQP URL this publisher can use (for configuration checks, before
+/// anything connects): the reason when it is not, which never repeats the URL.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let uri: AMQPUri = url.parse().map_err(|reason: String| {
+        // The parser's reason may quote a piece of the URL, a password included: kept only
+        // when it quotes none.
+        let pieces = url.split([':', '@', '/', '?', '&', '=', '#']).filter(|piece| piece.len() >= 3);
+        if pieces.clone().any(|piece| reason.contains(piece)) || reason.contains(url) {
+            "is not an AMQP URL".to_owned()
+        } else {
+            format!("is not an AMQP URL: {reason}")
+        }
+    })?;
+    if uri.scheme == AMQPScheme::AMQPS {
+        return Err("must start with amqp:// (TLS to the broker is not built in: terminate it in a sidecar)".to_owned());
+    }
+    if uri.authority.host.is_empty() {
+        return Err("names no host".to_owned());
+    }
+    Ok(())
+}
+
 /// Publishes change events to RabbitMQ with publisher confirms (see the crate docs).
 pub struct AmqpPublisher {
     /// The parsed URL, with heartbeat and connection timeout filled in.
@@ -242,11 +264,38 @@ impl AmqpPublisher {
         self.exchange.as_str()
     }
 
-    /// Connects unless already connected (as far as lapin knows): for a readiness detail or
-    /// a warning at startup. Errors as [`publish`](EventPublisher::publish)'s connection.
-    pub async fn check(&self) -> Result<(), PublishError> {
-        let mut session = self.session.lock().await;
-        self.connected(&mut session).await.map(|_| ())
+    /// One round trip to the broker on the publisher's connection (made if needed): the
+    /// exchange declared again (as at connect, so the answer is the one a publication would
+    /// meet), within the confirm timeout. On an error the connection is dropped.
+    async fn probe(&self) -> Result<(), PublishError> {
+        let mut slot = self.session.lock().await;
+        let session = self.connected(&mut slot).await?;
+        let declare = session.channel.exchange_declare(
+            self.exchange.clone(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+            FieldTable::default(),
+        );
+        let outcome = match timeout(self.confirm_timeout, declare).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => {
+                let failure = Failure::Broker { step: "declaring the exchange", source };
+                Err(if failure.needs_operator() {
+                    PublishError::Refused(failure.boxed())
+                } else {
+                    PublishError::Unreachable(failure.boxed())
+                })
+            }
+            Err(_) => Err(PublishError::Unreachable(
+                Failure::TimedOut { step: "declaring the exchange", limit: self.confirm_timeout }.boxed(),
+            )),
+        };
+        if outcome.is_err()
+            && let Some(session) = slot.take()
+        {
+            session.abandon();
+        }
+        outcome
     }
 
     /// Closes the connection politely (at shutdown), waiting at most the connect timeout.
@@ -444,6 +493,11 @@ impl EventPublisher for AmqpPublisher {
         }
         outcome
     }
+
+    /// Connects if needed and makes one round trip to the broker (see the crate docs).
+    async fn check(&self) -> Result<(), PublishError> {
+        self.probe().await
+    }
 }
 
 /// A second handle on a connection's TCP socket, to shut it down when the connection is
@@ -609,7 +663,16 @@ pub fn redact_url(url: &str) -> String {
     let rest_start = url.find("://").map_or(0, |at| at + 3);
     let rest = &url[rest_start..];
     let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
+        // Without user info, a ':' in the host part followed by anything but a port may be
+        // a password's (a URL that lost its '@').
+        let host = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let unbracketed = host.rsplit_once(']').map_or(host, |(_, after)| after);
+        return match unbracketed.rsplit_once(':') {
+            Some((_, port)) if !port.bytes().all(|byte| byte.is_ascii_digit()) => {
+                format!("{}***", &url[..rest_start + host.len() - port.len()])
+            }
+            _ => url.to_owned(),
+        };
     };
     let Some(colon) = rest[..at].find(':') else {
         return url.to_owned();

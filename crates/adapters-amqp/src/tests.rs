@@ -518,6 +518,14 @@ fn passwords_are_hidden_from_urls_shown() {
     assert_eq!(redact_url("amqp://user:secret@host:5672/%2f"), "amqp://user:***@host:5672/%2f");
     assert_eq!(redact_url("amqps://user:se@c/r?et@host/vhost?heartbeat=5"), "amqps://user:***@host/vhost?heartbeat=5");
     assert_eq!(redact_url("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
+    assert_eq!(redact_url("amqp://guest:S3cretPW"), "amqp://guest:***");
+    assert_eq!(redact_url("amqp://guest:S3cretPW/%2f"), "amqp://guest:***");
+    assert_eq!(check_url("amqp://guest:guest@127.0.0.1:5672/%2f"), Ok(()));
+    for bad in ["amqp://guest:S3cretPW", "amqp://h:99999/", "amqp://h/?heartbeat=abc", "amqps://h/", "amqp://guest:x@"]
+    {
+        let reason = check_url(bad).expect_err(bad);
+        assert!(!reason.contains("S3cretPW") && !reason.contains(bad), "{reason}");
+    }
     assert_eq!(redact_url("amqp://user@host/%2f"), "amqp://user@host/%2f");
     assert_eq!(redact_url("user:secret@host"), "user:***@host");
 }

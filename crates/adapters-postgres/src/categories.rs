@@ -139,7 +139,11 @@ impl CategoryRepository for PgStore {
                     .optional()?;
                 let Some(row) = row else { return Ok(None) };
                 let at = revision_time(connection, &key, recorded_at).await?;
-                let category = patch.apply(Category::try_from(row).map_err(TxError::Repository)?, at);
+                let old = Category::try_from(row).map_err(TxError::Repository)?;
+                let category = patch.apply(old.clone(), at);
+                if category == old {
+                    return Ok(Some(old));
+                }
                 diesel::update(notification_categories::table.find(key.as_str()))
                     .set(CategoryValues::new(&category))
                     .execute(connection)

@@ -62,8 +62,11 @@ pub fn from_diesel(error: DieselError) -> RepositoryError {
 /// (57P01–57P03). diesel-async does not expose the SQLSTATE of these, so the server's
 /// (stable, English by default) message prefix is the only signal.
 fn is_transient(message: &str) -> bool {
-    const TRANSIENT: [&str; 5] = [
+    const TRANSIENT: [&str; 6] = [
         "canceling statement due to",
+        // What the statement after a timed-out one meets when the timeout's error reached the
+        // server after the client had its rows (a race of very short statement timeouts).
+        "current transaction is aborted",
         "deadlock detected",
         "terminating connection due to",
         "the database system is",
@@ -88,6 +91,7 @@ mod transient_tests {
     #[test]
     fn timeouts_deadlocks_and_shutdowns_are_transient_and_bugs_are_not() {
         assert!(is_transient("canceling statement due to statement timeout"));
+        assert!(is_transient("current transaction is aborted, commands ignored until end of transaction block"));
         assert!(is_transient("deadlock detected"));
         assert!(is_transient("the database system is shutting down"));
         assert!(is_transient("cannot execute UPDATE in a read-only transaction"));

@@ -234,6 +234,8 @@ impl std::error::Error for RedisCacheError {}
 ///   (`redis://user:***@host`; `redis://***@host` without a `:`, as some clients take a
 ///   lone user info as the password): tokio-postgres ends the user info at the first `@`
 ///   anywhere, so a password may hold `/`, `?` or `#`;
+/// - without an `@`, what follows a `:` of the host part unless it is a port (digits): a
+///   URL that lost its `@` (`amqp://user:password`) keeps its password in that place;
 /// - the value of every `password` or `pass` query parameter, its name percent-decoded as
 ///   the drivers decode it, up to the next `&` (a `#` may belong to the value).
 pub fn redact_url(url: &str) -> String {
@@ -249,10 +251,30 @@ pub fn redact_url(url: &str) -> String {
             };
             (masked, &rest[at..])
         }
-        None => (String::new(), rest),
+        None => return redact_url_without_user_info(scheme, rest),
     };
-    let Some((before_query, query)) = rest.split_once('?') else {
-        return format!("{scheme}{user_info}{rest}");
+    redact_query(&format!("{scheme}{user_info}"), rest)
+}
+
+/// [`redact_url`] of a URL without `@`: a `:` in the host part not followed by a port (digits
+/// only) may be a password's.
+fn redact_url_without_user_info(scheme: &str, rest: &str) -> String {
+    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, tail) = rest.split_at(host_end);
+    let unbracketed = host.rsplit_once(']').map_or(host, |(_, after)| after);
+    match unbracketed.rsplit_once(':') {
+        Some((_, port)) if !port.bytes().all(|byte| byte.is_ascii_digit()) => {
+            let kept = &host[..host.len() - port.len()];
+            format!("{scheme}{kept}***")
+        }
+        _ => redact_query(&format!("{scheme}{host}"), tail),
+    }
+}
+
+/// `before` followed by `tail`, with [`redact_url`]'s masking of `password` query parameters.
+fn redact_query(before: &str, tail: &str) -> String {
+    let Some((before_query, query)) = tail.split_once('?') else {
+        return format!("{before}{tail}");
     };
     let pairs: Vec<String> = query
         .split('&')
@@ -263,7 +285,7 @@ pub fn redact_url(url: &str) -> String {
             _ => pair.to_owned(),
         })
         .collect();
-    format!("{scheme}{user_info}{before_query}?{}", pairs.join("&"))
+    format!("{before}{before_query}?{}", pairs.join("&"))
 }
 
 /// `text` with its `%XX` escapes decoded (an invalid escape is kept as it is).

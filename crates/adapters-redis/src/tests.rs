@@ -1088,6 +1088,11 @@ fn urls_are_redacted_whatever_their_user_info() {
         config::redact_url("postgres:///db?host=/tmp&PASSWORD=hunter2#x"),
         "postgres:///db?host=/tmp&PASSWORD=***"
     );
+    // A URL that lost its '@': what follows a ':' is a port only when it is digits.
+    assert_eq!(config::redact_url("amqp://guest:S3cretPW"), "amqp://guest:***");
+    assert_eq!(config::redact_url("amqp://guest:S3cretPW/%2f?x=1"), "amqp://guest:***");
+    assert_eq!(config::redact_url("amqp://host:5672/%2f"), "amqp://host:5672/%2f");
+    assert_eq!(config::redact_url("redis://[::1]:6379/0"), "redis://[::1]:6379/0");
 }
 
 #[test]

@@ -110,7 +110,11 @@ impl CategoryRepository for SqliteStore {
         self.write(move |connection| {
             let Some(category) = find_category(connection, key.as_str())? else { return Ok(None) };
             let at = revision_time(connection, &key, now)?;
-            let category = patch.apply(category, at);
+            let old = category;
+            let category = patch.apply(old.clone(), at);
+            if category == old {
+                return Ok(Some(old));
+            }
             diesel::update(notification_categories::table.find(key.as_str()))
                 .set(CategoryValues::new(&category))
                 .execute(connection)?;

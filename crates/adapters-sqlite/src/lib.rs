@@ -82,6 +82,17 @@ pub enum OpenError {
         #[source]
         source: std::io::Error,
     },
+    /// Another process has the data directory open: the embedded store is one process's
+    /// (its cache and its event relay are in process).
+    #[error(
+        "another user-service process uses the data directory {} (its lock file is held); \
+         run one process per DATA_DIR, or PostgreSQL (DATABASE_URL) for several instances",
+        path.display()
+    )]
+    InUse {
+        /// The data directory.
+        path: PathBuf,
+    },
     /// SQLite takes file names as UTF-8.
     #[error("the data file path {} is not valid UTF-8", .0.display())]
     NonUtf8Path(PathBuf),
@@ -105,6 +116,7 @@ pub async fn open(data_dir: &Path, settings: &SqliteSettings) -> Result<SqliteSt
     // Start-up only, and quick: not worth a blocking thread.
     std::fs::create_dir_all(data_dir)
         .map_err(|source| OpenError::DataDirectory { path: data_dir.to_owned(), source })?;
+    let lock = lock_data_dir(data_dir)?;
     let data_file = data_dir.join(DATA_FILE_NAME);
     let path = data_file.to_str().ok_or_else(|| OpenError::NonUtf8Path(data_file.clone()))?;
     let pool = pool::build(path, settings).map_err(OpenError::Pool)?;
@@ -112,7 +124,30 @@ pub async fn open(data_dir: &Path, settings: &SqliteSettings) -> Result<SqliteSt
         .await
         .map_err(|source| OpenError::Migrations { path: data_file.clone(), source })?;
     tracing::info!(data_file = %data_file.display(), applied, "SQLite store open, migrations up to date");
-    Ok(SqliteStore::new(pool, settings.wait_timeout))
+    Ok(SqliteStore {
+        data_dir_lock: Arc::new(std::sync::Mutex::new(Some(lock))),
+        ..SqliteStore::new(pool, settings.wait_timeout)
+    })
+}
+
+/// The lock file of the data directory, held (an exclusive advisory lock) for as long as
+/// the store lives: a second process on the same directory would run a second in-process
+/// cache and a second event relay over one file, neither of which sees the other's.
+const LOCK_FILE_NAME: &str = "user-service.lock";
+
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, OpenError> {
+    let path = data_dir.join(LOCK_FILE_NAME);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| OpenError::DataDirectory { path: path.clone(), source })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::InUse { path: data_dir.to_owned() }),
+        Err(std::fs::TryLockError::Error(source)) => Err(OpenError::DataDirectory { path, source }),
+    }
 }
 
 /// The SQLite-backed repositories, cheap to clone (it holds the pool).
@@ -123,6 +158,9 @@ pub struct SqliteStore {
     writer: Arc<tokio::sync::Mutex<()>>,
     /// Held by this process's event relay round (one at a time).
     relay: Arc<tokio::sync::Mutex<()>>,
+    /// The data directory's lock (see [`open`]), released by [`SqliteStore::close`] or when
+    /// the last clone goes.
+    data_dir_lock: Arc<std::sync::Mutex<Option<std::fs::File>>>,
     wait_timeout: Duration,
 }
 
@@ -140,6 +178,7 @@ impl SqliteStore {
             pool,
             writer: Arc::new(tokio::sync::Mutex::new(())),
             relay: Arc::new(tokio::sync::Mutex::new(())),
+            data_dir_lock: Arc::default(),
             wait_timeout,
         }
     }
@@ -147,6 +186,15 @@ impl SqliteStore {
     /// The underlying pool (for health reporting and metrics).
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Closes the pool and releases the data directory for another process, whatever
+    /// clones of the store still exist (they can no longer reach the file).
+    pub fn close(&self) {
+        self.pool.close();
+        if let Ok(mut lock) = self.data_dir_lock.lock() {
+            lock.take();
+        }
     }
 
     /// Runs `query` on a pooled connection, on a blocking thread. Queries that read more

@@ -101,6 +101,23 @@ async fn open_creates_the_data_directory_and_a_reopened_store_keeps_its_data() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_second_store_on_a_data_directory_in_use_is_refused_until_the_first_is_gone() {
+    let dir = TempDataDir::new();
+    let first = crate::open(dir.path(), &SqliteSettings::default()).await.expect("open");
+    let second = crate::open(dir.path(), &SqliteSettings::default()).await;
+    assert!(matches!(second, Err(crate::OpenError::InUse { .. })), "{second:?}");
+    let clone = first.clone();
+    drop(first);
+    assert!(crate::open(dir.path(), &SqliteSettings::default()).await.is_err(), "a clone keeps the lock");
+    drop(clone);
+    let third = crate::open(dir.path(), &SqliteSettings::default()).await.expect("free again once the store is gone");
+    let kept = third.clone();
+    third.close();
+    crate::open(dir.path(), &SqliteSettings::default()).await.expect("free once closed, whatever clones remain");
+    drop(kept);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_pooled_connection_uses_wal_foreign_keys_busy_timeout_and_normal_sync() {
     use diesel_async::RunQueryDsl;
 

@@ -180,8 +180,12 @@ impl CategoryPatch {
             && default_push.is_none()
     }
 
-    /// `category` with the patch applied.
-    pub fn apply(&self, mut category: Category, now: OffsetDateTime) -> Category {
+    /// `category` with the patch applied; `updated_at` becomes `now` only if something else
+    /// changed (a patch that restates the category leaves it as it was: the stores then
+    /// write nothing, no revision and no change event).
+    pub fn apply(&self, category: Category, now: OffsetDateTime) -> Category {
+        let before = category.clone();
+        let mut category = category;
         let Self { name, description, critical, default_email, default_push } = self;
         if let Some(name) = name {
             category.name = name.clone();
@@ -198,7 +202,9 @@ impl CategoryPatch {
         if let Some(push) = default_push {
             category.defaults.push = *push;
         }
-        category.updated_at = now;
+        if category != before {
+            category.updated_at = now;
+        }
         category
     }
 }

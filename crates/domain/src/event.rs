@@ -207,7 +207,7 @@ impl NewEvent {
             "name": category.name.as_str(),
             "description": category.description.as_ref().map(|description| description.as_str()),
             "critical": category.critical,
-            "defaults": { "email": category.defaults.email, "push": category.defaults.push },
+            "default": { "email": category.defaults.email, "push": category.defaults.push },
         });
         Self::new(kind, category_subject(&category.key), &data)
     }

@@ -45,6 +45,10 @@ pub enum ServiceError {
     /// serve the value it replaced. Retrying the same request confirms it.
     #[error("the change is saved, but neither the cache nor the invalidation ledger confirmed its invalidation")]
     InvalidationUnconfirmed,
+    /// The change committed, but reading the result back failed: the caller must not take
+    /// the failure for a refused change (its change events exist).
+    #[error("the change is saved, but reading the result back failed")]
+    SavedButUnread,
     /// A dependency (the database, the password hasher's capacity) cannot serve now; the
     /// caller may retry later.
     #[error("{UNAVAILABLE}")]
@@ -167,7 +171,7 @@ operation_error! {
 
 operation_error! {
     /// Why a change of contact details failed.
-    ContactError { UserNotFound, EmailTaken, InvalidationUnconfirmed }
+    ContactError { UserNotFound, EmailTaken, InvalidationUnconfirmed, SavedButUnread }
 }
 
 operation_error! {

@@ -355,6 +355,12 @@ pub trait EventPublisher: Send + Sync {
     /// Publishes `events` in their order and returns once the broker has confirmed every
     /// one of them (publisher confirms): only then may they be marked published.
     async fn publish(&self, events: &[ChangeEvent]) -> Result<(), PublishError>;
+
+    /// Whether the broker would take events now (a round trip to it), for the health of an
+    /// instance with nothing to publish. The default knows of no broker to ask.
+    async fn check(&self) -> Result<(), PublishError> {
+        Ok(())
+    }
 }
 
 /// Why a relay round failed.

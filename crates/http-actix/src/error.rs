@@ -362,6 +362,15 @@ impl From<ServiceError> for ApiError {
                      retry the same request (with the same Idempotency-Key for a POST) to confirm it",
                 )
             },
+            ServiceError::SavedButUnread => Self {
+                retry_after: Some(RETRY_AFTER_SECONDS),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "change_saved",
+                    "the change is saved, but reading the result back failed: read the user, or retry the same \
+                     request (it changes nothing the second time)",
+                )
+            },
             ServiceError::Unavailable(cause) => Self::unavailable(cause),
             ServiceError::Unexpected(cause) => Self::internal(cause),
         }

@@ -34,6 +34,9 @@ const PRUNE_BATCHES_PER_PASS: usize = 10;
 pub const LAGGING_AFTER: Duration = Duration::from_secs(10);
 /// A failed publication is reported as `down` for this long after it happened.
 const DOWN_FOR: Duration = Duration::from_secs(30);
+/// How often an instance with nothing to publish (idle, or another instance relays) asks the
+/// broker whether it would take events, so that its health says so before events wait.
+const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What `/health` reports of the events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +128,10 @@ struct MeteredPublisher {
 
 #[async_trait]
 impl EventPublisher for MeteredPublisher {
+    async fn check(&self) -> Result<(), PublishError> {
+        self.inner.check().await
+    }
+
     async fn publish(&self, events: &[ChangeEvent]) -> Result<(), PublishError> {
         let started = Instant::now();
         let published = self.inner.publish(events).await;
@@ -167,11 +174,12 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    /// Starts the relay on its own task and returns the state it keeps for `/health`.
-    pub fn spawn(self) -> Arc<RelayState> {
+    /// Starts the relay on its own task and returns the state it keeps for `/health`, and the
+    /// task (aborted when the service stops).
+    pub fn spawn(self) -> (Arc<RelayState>, tokio::task::JoinHandle<()>) {
         let state = Arc::new(RelayState::new(self.publisher.is_some()));
-        tokio::spawn(self.run(state.clone()));
-        state
+        let task = tokio::spawn(self.run(state.clone()));
+        (state, task)
     }
 
     async fn run(self, state: Arc<RelayState>) {
@@ -180,17 +188,32 @@ impl Relay {
         });
         let mut backoff = MIN_BACKOFF;
         let mut last_reported: Option<&'static str> = None;
-        let (mut measured_at, mut pruned_at) = (None::<Instant>, None::<Instant>);
+        let (mut measured_at, mut pruned_at, mut checked_at) = (None::<Instant>, None::<Instant>, None::<Instant>);
         loop {
-            let round = self.outbox.relay(publisher.as_deref(), self.batch, self.clock.now()).await;
+            let mut round = self.outbox.relay(publisher.as_deref(), self.batch, self.clock.now()).await;
+            // The broker answered this iteration: a publication went through, or a check did.
+            let mut answered = matches!(round, Ok(RelayRound::Relayed { published: 1.., .. }));
+            let idle = matches!(round, Ok(RelayRound::Busy | RelayRound::Relayed { published: 0, more: false, .. }));
+            if idle
+                && let Some(publisher) = &publisher
+                && checked_at.is_none_or(|at| at.elapsed() >= CHECK_INTERVAL)
+            {
+                checked_at = Some(Instant::now());
+                match publisher.check().await {
+                    Ok(()) => answered = true,
+                    Err(error) => round = Err(RelayError::Publish(error)),
+                }
+            }
+            if answered {
+                if last_reported.take().is_some() {
+                    tracing::info!("the event broker takes events again");
+                }
+                state.update(|observed| observed.last_failure = None);
+            }
             let pause = match round {
                 Ok(RelayRound::Busy) => STANDBY_INTERVAL,
                 Ok(RelayRound::Relayed { more, .. }) => {
                     backoff = MIN_BACKOFF;
-                    if last_reported.take().is_some() {
-                        tracing::info!("events are published again");
-                    }
-                    state.update(|observed| observed.last_failure = None);
                     if more { Duration::ZERO } else { POLL_INTERVAL }
                 }
                 Err(error) => {

@@ -53,6 +53,9 @@ pub struct Application {
     store: Store,
     cache: Arc<dyn ProfileCache>,
     in_flight: TaskTracker,
+    /// The background tasks (event relay, purge), stopped with the server: they hold the
+    /// store, whose embedded file stays locked while it lives.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Application {
@@ -330,7 +333,7 @@ const IDEMPOTENCY_PURGE_BATCH: i64 = 10_000;
 
 /// Deletes expired idempotency records in the background (they are ignored once expired;
 /// this only keeps the table small).
-fn spawn_idempotency_purge(store: Store, service: UserService) {
+fn spawn_idempotency_purge(store: Store, service: UserService) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(IDEMPOTENCY_PURGE_INTERVAL);
         loop {
@@ -341,7 +344,7 @@ fn spawn_idempotency_purge(store: Store, service: UserService) {
                 Err(error) => tracing::warn!(error = %crate::error::error_chain(&error), "idempotency purge failed"),
             }
         }
-    });
+    })
 }
 
 impl Application {
@@ -369,9 +372,9 @@ impl Application {
             encoder: Arc::new(JsonProfileEncoder),
             spawner: Arc::new(TrackedSpawner(in_flight.clone())),
         });
-        spawn_idempotency_purge(store.clone(), service.clone());
+        let purge = spawn_idempotency_purge(store.clone(), service.clone());
         let events = store.events();
-        let relay = Relay {
+        let (relay, relaying) = Relay {
             outbox: events.clone(),
             publisher: build_publisher(&settings.events)?,
             batch: settings.events.relay_batch,
@@ -432,7 +435,7 @@ impl Application {
         .shutdown_timeout(SHUTDOWN_GRACE_SECONDS)
         .listen(listener)?
         .run();
-        Ok(Self { port, server, store, cache: cache_to_finish, in_flight })
+        Ok(Self { port, server, store, cache: cache_to_finish, in_flight, background: vec![purge, relaying] })
     }
 
     /// The port the server listens on.
@@ -474,6 +477,13 @@ impl Application {
             }
         }
         .unwrap_or_else(|failed| Err(std::io::Error::other(failed)));
+        // Events not yet published wait in the store for the next instance's relay.
+        for task in &self.background {
+            task.abort();
+        }
+        for task in self.background {
+            let _ = task.await;
+        }
         self.cache.finish_pending().await;
         self.store.close();
         tracing::info!("user-service stopped");

@@ -112,11 +112,12 @@ impl Store {
         }
     }
 
-    /// Closes the pool: no new connections, idle ones dropped.
+    /// Closes the pool (no new connections, idle ones dropped) and, for the embedded store,
+    /// releases its data directory.
     pub fn close(&self) {
         match self {
             Self::Postgres(store) => store.pool().close(),
-            Self::Sqlite(store) => store.pool().close(),
+            Self::Sqlite(store) => store.close(),
         }
     }
 }

@@ -13,7 +13,7 @@ use tracing_subscriber::prelude::*;
 use crate::config::LogFormat;
 
 /// The crates of this workspace, whose every line is ours to vouch for.
-const OUR_CRATES: [&str; 8] = [
+const OUR_CRATES: [&str; 9] = [
     "http_actix",
     "user_service",
     "domain",
@@ -22,7 +22,13 @@ const OUR_CRATES: [&str; 8] = [
     "adapters_sql_common",
     "adapters_redis",
     "adapters_memory",
+    "adapters_amqp",
 ];
+
+/// Dependencies whose events are never written: the AMQP client logs every failed connection
+/// attempt as an error, retry after retry; the publisher reports each kind of failure once
+/// (with the client's error in its chain), which is what an operator can act on.
+const SILENCED_DEPENDENCIES: [&str; 2] = ["lapin", "amq_protocol"];
 
 /// Whether an event may be written: any of ours, and a dependency's only at `info` or above.
 /// Malformed requests, which actix answers with 400 before any of our code runs, are not
@@ -33,7 +39,9 @@ pub fn may_log(metadata: &Metadata<'_>) -> bool {
     if OUR_CRATES.contains(&crate_name) {
         return true;
     }
-    if target.starts_with("actix_http::h1::dispatcher") {
+    if target.starts_with("actix_http::h1::dispatcher")
+        || SILENCED_DEPENDENCIES.iter().any(|silenced| crate_name.starts_with(silenced))
+    {
         return false;
     }
     *metadata.level() <= Level::INFO

@@ -93,6 +93,10 @@ pub async fn every_write_records_its_events_numbered_per_subject<F: StoreFixture
     let bob = create_user(store, "bob@example.com", at(10)).await;
     upsert(store, bob, registration("token-one", Platform::Ios, true), at(11)).await.unwrap();
     DeviceRepository::delete(store, ada, &selector("token-two"), at(12), &by()).await.unwrap();
+    // A patch that restates the category changes nothing: no event.
+    let restated = CategoryPatch { critical: Some(false), default_email: Some(true), ..CategoryPatch::default() };
+    let unchanged = store.update(&key("promo"), restated, at(13)).await.unwrap().unwrap();
+    assert_eq!(unchanged.updated_at, at(4), "a patch that changes nothing leaves updated_at");
     let patch = CategoryPatch { default_push: Some(false), ..CategoryPatch::default() };
     store.update(&key("promo"), patch, at(13)).await.unwrap().unwrap();
     UserRepository::delete(store, ada).await.unwrap();
@@ -135,7 +139,7 @@ pub async fn every_write_records_its_events_numbered_per_subject<F: StoreFixture
     assert_eq!(removals[0]["reason"], "moved");
     assert_eq!(removals[1]["reason"], "deleted");
     assert_eq!(removals[1]["token"], "token-two");
-    assert_eq!(of("category.updated")["defaults"], serde_json::json!({"email": true, "push": false}));
+    assert_eq!(of("category.updated")["default"], serde_json::json!({"email": true, "push": false}));
     for event in &events {
         assert!(!event.data.contains("argon2"), "no event carries a password hash: {}", event.data);
         assert!(event.to_cloudevent().is_ok());

@@ -49,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Some(Ok(delivery)) => {
                     received += 1;
                     // Every 100th acknowledges all before it.
-                    if received % 100 == 0 {
+                    if received.is_multiple_of(100) {
                         delivery.ack(BasicAckOptions { multiple: true }).await?;
                     }
                 }

@@ -372,6 +372,27 @@ fn a_write_that_changed_nothing_invalidates_nothing() {
 }
 
 #[test]
+fn a_contact_change_whose_result_cannot_be_read_back_says_it_is_saved() {
+    let user = UserId::generate();
+    let mut users = MockUserRepository::new();
+    let updated = User {
+        id: user,
+        name: UserName::parse("Jane").unwrap(),
+        email: EmailAddress::parse("jane@example.com").unwrap(),
+        phone: None,
+        created_at: OffsetDateTime::UNIX_EPOCH,
+        updated_at: OffsetDateTime::UNIX_EPOCH,
+    };
+    users.expect_update_contact().times(1).returning(move |_, _, _, _| Ok(Some(updated.clone())));
+    users.expect_find_profiles().returning(|_| Err(RepositoryError::Unavailable("pool timeout".into())));
+    users.expect_find_profile().returning(|_| Err(RepositoryError::Unavailable("pool timeout".into())));
+    let service = service(users, MockDeviceRepository::new(), MockPasswordHasher::new());
+    let update = ContactUpdate { name: Some(UserName::parse("Jane").unwrap()), ..Default::default() };
+    let answer = futures_executor::block_on(service.update_contact(user, update, Provenance::default()));
+    assert!(matches!(answer, Err(ContactError::SavedButUnread)), "{answer:?}");
+}
+
+#[test]
 fn a_replayed_device_move_invalidates_every_user_its_first_run_touched() {
     let (user, previous) = (UserId::generate(), UserId::generate());
     let mut devices = MockDeviceRepository::new();

@@ -3,7 +3,7 @@
 use super::{UserService, log_device_moved};
 use crate::consent::Provenance;
 use crate::device::{DeviceRegistration, Platform};
-use crate::failure::{ChangeError, ContactError, RegisterError, ServiceError};
+use crate::failure::{ChangeError, ContactError, ReadError, RegisterError, ServiceError};
 use crate::idempotency::{Idempotent, IdempotentWrite};
 use crate::ports::{CreatedUser, NewUserRecord};
 use crate::preferences::{Preferences, PreferencesUpdate};
@@ -68,14 +68,20 @@ impl UserService {
         update: ContactUpdate,
         by: Provenance,
     ) -> Result<UserProfile, ContactError> {
-        if !update.is_empty() {
+        let changed = !update.is_empty();
+        if changed {
             self.detached(move |write| async move {
                 let result = write.ports.users.update_contact(id, update, write.now(), &by).await;
                 write.after_write(result, &[id], Option::is_some).await?.ok_or(ContactError::UserNotFound)
             })
             .await?;
         }
-        Ok(self.profile(id).await.map_err(ServiceError::from)?)
+        match self.profile(id).await {
+            Ok(profile) => Ok(profile),
+            // Committed: an unavailable read must not look like a refused change.
+            Err(ReadError::Unavailable(_)) if changed => Err(ContactError::SavedButUnread),
+            Err(error) => Err(ServiceError::from(error).into()),
+        }
     }
 
     /// Erases the user, its preferences, its devices, its category choices and its consent

@@ -30,6 +30,10 @@ impl<'de, T: TryFrom<u64>, const MAX: u64> Deserialize<'de> for Positive<T, MAX>
             serde::de::Error::custom(reason)
         };
         let text = String::deserialize(deserializer).map_err(|_| invalid())?;
+        // Digits only: `parse` would also take a sign.
+        if !text.bytes().all(|byte| byte.is_ascii_digit()) {
+            return Err(invalid());
+        }
         let count: u64 = text.parse().map_err(|_| invalid())?;
         if count == 0 || count > MAX {
             return Err(invalid());
@@ -193,17 +197,16 @@ impl std::fmt::Debug for AmqpUrl {
 }
 
 impl TryFrom<String> for AmqpUrl {
-    type Error = &'static str;
+    type Error = String;
 
     fn try_from(url: String) -> Result<Self, Self::Error> {
-        if url.starts_with("amqp://") {
-            Ok(Self(SecretString::from(url)))
-        } else if url.starts_with("amqps://") {
-            // lapin is built without a TLS backend: it would connect in plain text.
-            Err("must start with amqp:// (TLS to the broker is not built in: terminate it in a sidecar)")
-        } else {
-            Err("must start with amqp://")
+        if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
+            return Err("must start with amqp://".to_owned());
         }
+        // What the publisher will parse, checked now: `config --check` and start-up refuse
+        // it before migrations run (amqps too: lapin is built without a TLS backend).
+        adapters_amqp::check_url(&url)?;
+        Ok(Self(SecretString::from(url)))
     }
 }
 

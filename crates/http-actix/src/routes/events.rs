@@ -39,10 +39,14 @@ impl FeedQuery {
         }
         let after = match self.after.as_deref() {
             None => None,
+            // One spelling per id, as everywhere: the canonical lower-case hyphenated form.
             Some(raw) => match Uuid::try_parse(raw) {
-                Result::Ok(id) => Some(id),
-                Err(_) => {
-                    errors.push(FieldError::new("after", InvalidValue::new("must be the id of an event")));
+                Result::Ok(id) if id.hyphenated().to_string() == raw => Some(id),
+                _ => {
+                    errors.push(FieldError::new(
+                        "after",
+                        InvalidValue::new("must be the id of an event, lower-case and hyphenated"),
+                    ));
                     None
                 }
             },
