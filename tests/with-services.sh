@@ -26,7 +26,12 @@ pg_ctl=()
 rabbitmq_node=""
 rabbitmq_base=""
 cleanup() {
-  if [ -n "$rabbitmq_node" ]; then pkill -f "$rabbitmq_node" 2>/dev/null || true; rm -rf "$rabbitmq_base"; fi
+  if [ -n "$rabbitmq_node" ]; then
+    pkill -f "$rabbitmq_node" 2>/dev/null || true
+    # The node writes its files until it has exited.
+    for _ in $(seq 1 50); do pgrep -f "$rabbitmq_node" >/dev/null 2>&1 || break; sleep 0.1; done
+    rm -rf "$rabbitmq_base"
+  fi
   if [ -n "$redis_pidfile" ] && [ -f "$redis_pidfile" ]; then kill "$(cat "$redis_pidfile")" 2>/dev/null || true; fi
   if [ -n "$pg_datadir" ]; then "${pg_ctl[@]}" -D "$pg_datadir" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$pg_datadir"; fi
 }
