@@ -352,6 +352,11 @@ impl Application {
     /// (`PORT=0` binds a free one, see [`Application::port`]).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let store = Store::open(&settings.database, settings.database.migrate_on_startup).await?;
+        // Everything that may fail comes before the background tasks start (they would
+        // outlive a failed build, holding the store).
+        let listener = TcpListener::bind((settings.host, settings.port))?;
+        let port = listener.local_addr()?.port();
+        let publisher = build_publisher(&settings.events)?;
         let hasher = Argon2Hasher::new(settings.password_hash_concurrency, settings.password_hash_queue_timeout)
             .map_err(|error| anyhow::anyhow!("preparing password hashing failed: {error}"))?;
         let metrics = Arc::new(Metrics::new());
@@ -376,7 +381,7 @@ impl Application {
         let events = store.events();
         let (relay, relaying) = Relay {
             outbox: events.clone(),
-            publisher: build_publisher(&settings.events)?,
+            publisher,
             batch: settings.events.relay_batch,
             retention: settings.events.retention,
             clock: Arc::new(SystemClock),
@@ -408,8 +413,6 @@ impl Application {
             in_flight: in_flight.clone(),
         });
 
-        let listener = TcpListener::bind((settings.host, settings.port))?;
-        let port = listener.local_addr()?.port();
         let max_body_bytes = settings.max_body_bytes;
         let body_timeout = extract::BodyTimeout(settings.request_body_timeout);
         let server = HttpServer::new(move || {
