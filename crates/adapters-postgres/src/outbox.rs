@@ -19,7 +19,7 @@
 //! row lock of `event_sequences` and inserts its event after it, so the event of the write
 //! that held the lock before was inserted (lower position) and committed before.
 
-use adapters_sql_common::events::{PRUNE_BATCH, SEQUENCE_BATCH, feed_limit, in_lock_order};
+use adapters_sql_common::events::{PRUNE_BATCH, Resume, SEQUENCE_BATCH, feed_limit, in_lock_order};
 use adapters_sql_common::rows::EventRow;
 use async_trait::async_trait;
 use diesel::prelude::*;
@@ -213,11 +213,10 @@ impl EventOutbox for PgStore {
                     .await
                     .optional()
                     .map_err(from_diesel)?;
-                match position {
-                    None => return Ok(None),
-                    // Recorded but not yet in the feed: nothing comes after it yet.
-                    Some(None) => return Ok(Some(Vec::new())),
-                    Some(Some(position)) => position,
+                match Resume::from_lookup(position) {
+                    Resume::After(position) => position,
+                    Resume::NothingYet => return Ok(Some(Vec::new())),
+                    Resume::UnknownCursor => return Ok(None),
                 }
             }
         };

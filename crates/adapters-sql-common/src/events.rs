@@ -76,6 +76,28 @@ pub fn in_lock_order(mut events: Vec<NewEvent>) -> Vec<NewEvent> {
     events
 }
 
+/// Where the feed resumes after a cursor event, from the feed position stored for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// After this feed position.
+    After(i64),
+    /// The event is recorded but not yet in the feed: nothing comes after it yet.
+    NothingYet,
+    /// No event has this id (never, or pruned).
+    UnknownCursor,
+}
+
+impl Resume {
+    /// From the lookup of the cursor's `feed_position` (`None`: no such row).
+    pub fn from_lookup(stored: Option<Option<i64>>) -> Self {
+        match stored {
+            None => Self::UnknownCursor,
+            Some(None) => Self::NothingYet,
+            Some(Some(position)) => Self::After(position),
+        }
+    }
+}
+
 /// The rows' feed limit: `limit` clamped to what one page may hold.
 pub fn feed_limit(limit: u32) -> i64 {
     i64::from(limit.clamp(1, MAX_FEED_PAGE))

@@ -6,7 +6,7 @@
 //! transaction committed: the relay gives it its `position` as its feed position. One relay
 //! runs per process (an in-process lock; the embedded store has one process).
 
-use adapters_sql_common::events::{PRUNE_BATCH, SEQUENCE_BATCH, feed_limit, in_lock_order};
+use adapters_sql_common::events::{PRUNE_BATCH, Resume, SEQUENCE_BATCH, feed_limit, in_lock_order};
 use adapters_sql_common::rows::EventRow;
 use async_trait::async_trait;
 use diesel::prelude::*;
@@ -108,11 +108,10 @@ impl EventOutbox for SqliteStore {
                             .select(outbox_events::feed_position)
                             .get_result(connection)
                             .optional()?;
-                        match position {
-                            None => return Ok(None),
-                            // Recorded but not yet in the feed: nothing comes after it yet.
-                            Some(None) => return Ok(Some(Vec::new())),
-                            Some(Some(position)) => position,
+                        match Resume::from_lookup(position) {
+                            Resume::After(position) => position,
+                            Resume::NothingYet => return Ok(Some(Vec::new())),
+                            Resume::UnknownCursor => return Ok(None),
                         }
                     }
                 };
