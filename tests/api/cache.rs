@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use adapters_amqp::testing::FaultProxy;
 use api_tests::{PrivateRedis, TestApp, redis_cli};
 use reqwest::Method;
 use serde_json::json;
@@ -220,4 +221,72 @@ async fn a_moved_device_disappears_from_the_previous_owners_cached_view() {
     assert_eq!(app.get(&format!("/api/v1/users/{alice}")).await.body["data"]["push_token"], "moving-token");
     app.send(Method::POST, &format!("/api/v1/users/{bob}/devices"), &device).await;
     assert!(app.get(&format!("/api/v1/users/{alice}")).await.body["data"]["push_token"].is_null());
+}
+
+/// How many times a private Redis ran `command` since its statistics were last reset.
+fn command_calls(redis: &PrivateRedis, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hot_user_is_served_from_process_memory_without_a_redis_read_per_request() {
+    let redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let app = TestApp::spawn_with(&[("REDIS_URL", url.as_str())]).await;
+    let user = app.register("hot@example.com").await;
+    let path = format!("/api/v1/users/{user}");
+    // The first read fills Redis; the second finds the entry there and keeps it in process.
+    for _ in 0..2 {
+        assert_eq!(app.get(&path).await.status, 200);
+    }
+    assert_eq!(redis.cli(&["CONFIG", "RESETSTAT"]).trim(), "OK");
+
+    let mut served = 0;
+    for _ in 0..20 {
+        let replies = futures_util::future::join_all((0..32).map(|_| app.get(&path))).await;
+        served += replies.iter().filter(|reply| reply.status == 200 && reply.body["data"]["id"] == user).count();
+    }
+    assert_eq!(served, 640);
+    let (reads, pings) = (command_calls(&redis, "mget"), command_calls(&redis, "ping"));
+    assert_eq!(reads, 0, "a hot user was read from Redis {reads} times in 640 requests");
+    // Each in-process hit waits for a PING sent after it arrived (see the README's
+    // "Near-cache"), shared by every request waiting at the time.
+    assert!(pings <= 320, "{pings} PINGs for 640 reads: the freshness check is not shared");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_cut_off_from_redis_never_serves_its_in_process_copy_of_a_changed_user() {
+    let redis = PrivateRedis::start().await;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await.unwrap();
+    let direct = redis.url();
+    let proxied = proxy.url_for("redis://{addr}/0");
+    let writer = TestApp::spawn_with(&[("REDIS_URL", direct.as_str())]).await;
+    let reader = writer.sibling(&[("REDIS_URL", proxied.as_str())]).await;
+    let user = writer.register("cut-off@example.com").await;
+
+    let mut current = true;
+    for fault in ["blackhole", "cut", "blackhole", "cut"] {
+        // Warm the reader's in-process copy (a Redis fill, then a Redis hit).
+        for _ in 0..3 {
+            assert_eq!(email_opt_in(&reader, &user).await, Some(current));
+        }
+        // The reader no longer hears from Redis: a silent network loss, or reset connections.
+        if fault == "blackhole" {
+            proxy.blackhole()
+        } else {
+            proxy.cut()
+        }
+        current = !current;
+        assert_eq!(set_email_opt_in(&writer, &user, current).await, 200);
+        assert_eq!(email_opt_in(&reader, &user).await, Some(current), "stale read from the in-process copy ({fault})");
+        proxy.pass();
+        assert_eq!(email_opt_in(&reader, &user).await, Some(current), "stale read once Redis was back ({fault})");
+    }
 }

@@ -25,6 +25,8 @@ pub const MAX_EXTRA_INVALIDATION_DELAY: Duration = Duration::from_secs(10);
 pub const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(10);
 /// The longest read lease: a change recorded in the ledger waits this long.
 pub const MAX_READ_LEASE: Duration = Duration::from_secs(10);
+/// The near-cache's size when none is configured: about 64,000 users of 1 KiB.
+pub const DEFAULT_NEAR_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Everything [`RedisCache::build`](crate::RedisCache::build) needs. Start from
 /// [`RedisCacheConfig::new`] and override fields.
@@ -79,6 +81,9 @@ pub struct RedisCacheConfig {
     pub read_lease: Duration,
     /// How often the ledger is read: the lease renewed, recorded invalidations replayed.
     pub lease_renewal: Duration,
+    /// The most bytes of entries kept in process (the near-cache: see the crate's docs); 0
+    /// turns it off (`NEAR_CACHE_MAX_BYTES`, `NEAR_CACHE_ENABLED`).
+    pub near_cache_max_bytes: u64,
 }
 
 impl RedisCacheConfig {
@@ -86,7 +91,7 @@ impl RedisCacheConfig {
     /// keys (follow-ups 250 ms, 1 s and 2 s after an invalidation when there are some),
     /// generations kept 24 h, breaker open after 3 failures for 1 s, retries every 200 ms, at
     /// most 100,000 pending ids; a change waits up to 500 ms for Redis before it is recorded
-    /// in the ledger; leases of 1 s, renewed every 200 ms.
+    /// in the ledger; leases of 1 s, renewed every 200 ms; a near-cache of 64 MiB.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -104,6 +109,7 @@ impl RedisCacheConfig {
             confirm_wait: Duration::from_millis(500),
             read_lease: Duration::from_secs(1),
             lease_renewal: Duration::from_millis(200),
+            near_cache_max_bytes: DEFAULT_NEAR_CACHE_MAX_BYTES,
         }
     }
 
@@ -195,6 +201,7 @@ impl fmt::Debug for RedisCacheConfig {
             .field("confirm_wait", &self.confirm_wait)
             .field("read_lease", &self.read_lease)
             .field("lease_renewal", &self.lease_renewal)
+            .field("near_cache_max_bytes", &self.near_cache_max_bytes)
             .finish()
     }
 }

@@ -16,6 +16,10 @@
 //! call checks one out again, which the pool verifies or makes anew, after a restart, a pause
 //! or a silent network loss alike.
 //!
+//! A connection may also carry Redis's client-side caching ([`Tracking`]): it then speaks
+//! RESP3, turns `CLIENT TRACKING ON` before its first call, and hands every message Redis
+//! pushes to the given handler as redis-rs reads it.
+//!
 //! Nothing here knows about keys or values; what must not live here is anything specific to
 //! one port.
 
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::{Manager, Pool, PoolError, Runtime};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, FromRedisValue, ScriptInvocation};
+use redis::{AsyncConnectionConfig, FromRedisValue, IntoConnectionInfo, ProtocolVersion, PushInfo, ScriptInvocation};
 
 use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::config::{RedisCacheConfig, RedisCacheError};
@@ -69,6 +73,7 @@ pub(crate) enum Breaker {
 enum Failure {
     Connect(PoolError),
     Identify(redis::RedisError),
+    Tracking(redis::RedisError),
     Redis(redis::RedisError),
     Timeout(Duration),
 }
@@ -78,11 +83,17 @@ impl fmt::Display for Failure {
         match self {
             Self::Connect(error) => write!(f, "no connection: {error}"),
             Self::Identify(error) => write!(f, "INFO server did not name the server's run_id: {error}"),
+            Self::Tracking(error) => write!(f, "CLIENT TRACKING ON failed: {error}"),
             Self::Redis(error) => write!(f, "{error}"),
             Self::Timeout(timeout) => write!(f, "no answer within {} ms", timeout.as_millis()),
         }
     }
 }
+
+/// What receives the messages Redis pushes on a tracking connection: called by redis-rs's
+/// reader as it reads each one, before it hands out any answer that follows it. It must not
+/// block.
+pub(crate) type Tracking = Arc<dyn Fn(&PushInfo) + Send + Sync>;
 
 /// Who uses a [`Connection`], for its log lines.
 #[derive(Debug, Clone, Copy)]
@@ -140,19 +151,44 @@ pub(crate) struct Connection {
     pub(crate) breaker: CircuitBreaker,
     pub(crate) redacted_url: String,
     role: Role,
+    /// Whether each connection turns client-side caching on (see [`Tracking`]).
+    tracking: bool,
+}
+
+/// One answer, the server process and the connection that gave it.
+pub(crate) struct Answer<T> {
+    pub(crate) value: T,
+    pub(crate) server: ServerId,
+    /// The connection's number: each connection made gets the next one.
+    pub(crate) connection: u64,
 }
 
 impl Connection {
     /// Builds the client from `config` (its URL, timeout and breaker settings). Does not
     /// connect and needs no Tokio runtime; calls must run inside one. One multiplexed
-    /// connection serves all calls.
-    pub(crate) fn build(config: &RedisCacheConfig, role: Role) -> Result<Self, RedisCacheError> {
+    /// connection serves all calls. With `tracking`, each connection speaks RESP3 and has
+    /// client-side caching on, its pushes handed to `tracking`.
+    pub(crate) fn build(
+        config: &RedisCacheConfig,
+        role: Role,
+        tracking: Option<Tracking>,
+    ) -> Result<Self, RedisCacheError> {
         // Redis's own defaults (1 s to connect, 500 ms per response) would outlast ours.
-        let connection_config = AsyncConnectionConfig::new()
+        let mut connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout));
-        let manager = Manager::new_with_config(config.url.as_str(), connection_config)
-            .map_err(|_| RedisCacheError::InvalidUrl)?;
+        let mut info = config.url.as_str().into_connection_info().map_err(|_| RedisCacheError::InvalidUrl)?;
+        let is_tracking = tracking.is_some();
+        if let Some(tracking) = tracking {
+            // Pushes need RESP3; redis-rs hands them to this closure in stream order.
+            let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+            info = info.set_redis_settings(settings);
+            connection_config = connection_config.set_push_sender(move |push: PushInfo| {
+                tracking(&push);
+                Ok::<(), std::convert::Infallible>(())
+            });
+        }
+        let manager = Manager::new_with_config(info, connection_config).map_err(|_| RedisCacheError::InvalidUrl)?;
         // One connection in use; a second one can be made while calls still hold a given-up one.
         let pool = Pool::builder(manager)
             .max_size(2)
@@ -171,6 +207,7 @@ impl Connection {
             breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown),
             redacted_url: config.redacted_url(),
             role,
+            tracking: is_tracking,
         })
     }
 
@@ -201,6 +238,17 @@ impl Connection {
         } else {
             ServerId::new("")
         };
+        if self.tracking {
+            // Before any read: every key this connection reads from now on is tracked. A
+            // connection the pool made earlier has it on already; turning it on again is
+            // harmless.
+            let _: () = redis::cmd("CLIENT")
+                .arg("TRACKING")
+                .arg("ON")
+                .query_async(&mut connection)
+                .await
+                .map_err(Failure::Tracking)?;
+        }
         let number = self.made.fetch_add(1, Ordering::Relaxed);
         let checked_out = Arc::new(CheckedOut { object: Mutex::new(Some(checked_out)), given_up: Default::default() });
         let current = Current { number, connection, server, checked_out };
@@ -219,23 +267,23 @@ impl Connection {
 
     /// Runs one round trip unless the breaker skips Redis; `None` when skipped or failed.
     pub(crate) async fn run<T: FromRedisValue>(&self, request: Request<'_>) -> Option<T> {
-        self.call(request, Breaker::Respect, None).await.map(|(value, _)| value)
+        self.call(request, Breaker::Respect, None).await.map(|answer| answer.value)
     }
 
     /// [`Self::run`], also when the breaker is open.
     pub(crate) async fn run_despite_breaker<T: FromRedisValue>(&self, request: Request<'_>) -> Option<T> {
-        self.call(request, Breaker::Ignore, None).await.map(|(value, _)| value)
+        self.call(request, Breaker::Ignore, None).await.map(|answer| answer.value)
     }
 
-    /// [`Self::run`], with the server process that answered.
-    pub(crate) async fn run_identified<T: FromRedisValue>(&self, request: Request<'_>) -> Option<(T, ServerId)> {
+    /// [`Self::run`], with the server process and the connection that answered.
+    pub(crate) async fn run_identified<T: FromRedisValue>(&self, request: Request<'_>) -> Option<Answer<T>> {
         self.call(request, Breaker::Respect, None).await
     }
 
     /// [`Self::run`] on a connection to the `server` process only: `None`, and nothing sent,
     /// when the current connection reached another one.
     pub(crate) async fn run_on<T: FromRedisValue>(&self, server: &ServerId, request: Request<'_>) -> Option<T> {
-        self.call(request, Breaker::Respect, Some(server)).await.map(|(value, _)| value)
+        self.call(request, Breaker::Respect, Some(server)).await.map(|answer| answer.value)
     }
 
     /// One round trip within the timeout; see the public variants.
@@ -244,7 +292,7 @@ impl Connection {
         request: Request<'_>,
         breaker: Breaker,
         only_on: Option<&ServerId>,
-    ) -> Option<(T, ServerId)> {
+    ) -> Option<Answer<T>> {
         if breaker == Breaker::Respect && self.breaker.permit(Instant::now()) == Permit::Denied {
             return None;
         }
@@ -263,7 +311,7 @@ impl Connection {
                 Request::Pipeline(pipeline) => pipeline.query_async(&mut connection).await,
                 Request::Script(invocation) => invocation.invoke_async(&mut connection).await,
             };
-            answer.map(|value| Some((value, server))).map_err(Failure::Redis)
+            answer.map(|value| Some(Answer { value, server, connection: number })).map_err(Failure::Redis)
         };
         let outcome = match tokio::time::timeout(self.timeout, call).await {
             // Not sent, to another server than the caller's: neither a success nor a failure.
@@ -311,7 +359,7 @@ impl Connection {
 /// no answer in time (a paused server, a lost network) may.
 fn breaks_the_connection(failure: &Failure) -> bool {
     match failure {
-        Failure::Connect(_) | Failure::Identify(_) | Failure::Timeout(_) => true,
+        Failure::Connect(_) | Failure::Identify(_) | Failure::Tracking(_) | Failure::Timeout(_) => true,
         Failure::Redis(error) => {
             error.is_io_error() || error.is_connection_dropped() || error.is_timeout() || error.is_unrecoverable_error()
         }

@@ -36,6 +36,10 @@
 //!   queued before it is attempted and forgotten once Redis confirmed it, so that a failed or
 //!   abandoned one is retried by a background task; lookups of its ids skip the cache until
 //!   then.
+//! - **Hot entries are kept in process, never stale.** With a near-cache configured
+//!   ([`RedisCacheConfig::near_cache_max_bytes`]), an entry read from Redis is kept in
+//!   process and served from there after a shared freshness check; Redis's client-side
+//!   caching (`CLIENT TRACKING`) removes it on any change ([`near`] says why that is exact).
 //! - **Downstream copies stay deleted.** Clients that fill their own copy of our answer
 //!   without a guard may put back a body read before the change; each confirmed
 //!   invalidation schedules follow-up deletions of those copies ([`follow_up`]).
@@ -47,6 +51,7 @@ pub mod config;
 mod connection;
 mod follow_up;
 mod lease;
+mod near;
 mod pending;
 mod rate_limit;
 #[cfg(test)]
@@ -66,9 +71,10 @@ use redis::Script;
 use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
-use crate::connection::{Breaker, Connection, Request, Role, ServerId};
+use crate::connection::{Answer, Breaker, Connection, Request, Role, ServerId, Tracking};
 use crate::follow_up::FollowUps;
 use crate::lease::{ReadLease, Renewal};
+use crate::near::NearCache;
 use crate::pending::PendingInvalidations;
 
 pub use config::{RedisCacheConfig, RedisCacheError};
@@ -116,6 +122,10 @@ const CONFIRM_RETRY: Duration = Duration::from_millis(25);
 /// every entry until the ledger is shorter.
 const LEDGER_READ_LIMIT: usize = RETRY_BATCH;
 
+/// How long the task that sends the near-cache's freshness checks waits for a request before
+/// it looks whether the cache was dropped.
+const BARRIER_IDLE: Duration = Duration::from_secs(1);
+
 /// A [`ProfileCache`] on Redis. Cheap to clone; the clones share the connection, the breaker and
 /// the retry queue. The retry task stops when the last clone is dropped.
 #[derive(Clone)]
@@ -141,6 +151,12 @@ struct Inner {
     guarded_fill: Script,
     #[cfg(any(test, feature = "test-support"))]
     unguarded_fill: Script,
+    /// Hot entries in process, with the freshness check they are served after; `None` when
+    /// turned off.
+    near: Option<Arc<NearCache>>,
+    /// The longest a read waits for the near-cache's freshness check: one check in flight,
+    /// then its own, each bounded by the call timeout.
+    barrier_bound: Duration,
     /// Dropped with the last clone, which stops the retry task.
     _shutdown: oneshot::Sender<()>,
     #[cfg(test)]
@@ -172,6 +188,9 @@ impl RedisCache {
     ) -> Result<Self, RedisCacheError> {
         config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| RedisCacheError::NoRuntime)?;
+        let near = (config.near_cache_max_bytes > 0)
+            .then(|| Arc::new(NearCache::new(config.near_cache_max_bytes, config.ttl, &config.key_prefix)));
+        let tracking = near.clone().map(|near| -> Tracking { Arc::new(move |push| near.apply(push)) });
         let connection = Connection::build(
             &config,
             Role {
@@ -179,6 +198,7 @@ impl RedisCache {
                 degraded: "serving from the store; changes wait for Redis or the invalidation ledger",
                 identify_server: true,
             },
+            tracking,
         )?;
 
         let (shutdown, shutdown_received) = oneshot::channel();
@@ -210,11 +230,17 @@ impl RedisCache {
             guarded_fill: Script::new(GUARDED_FILL),
             #[cfg(any(test, feature = "test-support"))]
             unguarded_fill: Script::new(UNGUARDED_FILL),
+            near,
+            barrier_bound: config.timeout * 2,
             _shutdown: shutdown,
             #[cfg(test)]
             retry_task: std::sync::Mutex::new(None),
         });
         let task = runtime.spawn(background(Arc::downgrade(&inner), shutdown_received, config.retry_interval));
+        if let Some(near) = &inner.near {
+            // Detached too: it ends within BARRIER_IDLE of the cache's drop.
+            drop(runtime.spawn(send_barriers(Arc::downgrade(&inner), Arc::clone(near))));
+        }
         if inner.ledger.is_some() {
             // Detached too: it ends at its first renewal after the cache is dropped.
             drop(runtime.spawn(renew_leases(Arc::downgrade(&inner), config.lease_renewal)));
@@ -228,6 +254,11 @@ impl RedisCache {
         drop(task);
         tracing::debug!(url = %inner.connection.redacted_url, prefix = %inner.keys.prefix, "Redis cache configured");
         Ok(Self { inner })
+    }
+
+    /// How many entries and bytes the near-cache keeps, `None` when it is off (for metrics).
+    pub fn near_cache_size(&self) -> Option<(u64, u64)> {
+        self.inner.near.as_ref().map(|near| near.size())
     }
 
     /// How many user ids wait for Redis to confirm their invalidation (for metrics).
@@ -250,7 +281,8 @@ impl RedisCache {
     #[cfg(any(test, feature = "test-support"))]
     pub async fn fill_unguarded(&self, id: UserId, bytes: Vec<u8>) {
         let ping = redis::cmd("PING");
-        let Some((_, server)) = self.inner.connection.run_identified::<String>(Request::Command(&ping)).await else {
+        let Some(Answer { server, .. }) = self.inner.connection.run_identified::<String>(Request::Command(&ping)).await
+        else {
             return;
         };
         let mut invocation = self.inner.unguarded_fill.key(self.inner.keys.entry(id));
@@ -292,53 +324,24 @@ impl ProfileCache for RedisCache {
         if !inner.may_use(id) {
             return CacheLookup::Unavailable;
         }
-        let mut command = redis::cmd("MGET");
-        command.arg(inner.keys.entry(id)).arg(inner.keys.generation(id));
-        let Some(((entry, generation), server)) =
-            inner.connection.run_identified::<(Option<Vec<u8>>, Option<String>)>(Request::Command(&command)).await
-        else {
-            return CacheLookup::Unavailable;
-        };
-        // An invalidation of this id may have failed while we were asking.
-        if inner.pending.blocks(id) {
-            return CacheLookup::Unavailable;
-        }
-        match entry.and_then(|entry| current_payload(entry, &server, generation.as_deref())) {
-            Some(payload) => CacheLookup::Hit(payload),
-            None => CacheLookup::Miss(FillTicket::new(Some(stamp(&server, generation.as_deref())))),
+        match inner.near_hits(&[id]).await.map(|mut hits| hits.pop().flatten()) {
+            Some(Some(payload)) => CacheLookup::Hit(payload),
+            Some(None) => inner.read(&[id]).await.pop().unwrap_or(CacheLookup::Unavailable),
+            None => CacheLookup::Unavailable,
         }
     }
 
     async fn lookup_many(&self, ids: &[UserId]) -> Vec<CacheLookup> {
         let inner = &self.inner;
-        if ids.is_empty() {
-            return Vec::new();
-        }
-        // One round trip: the entry and the generation of every id, in order.
-        let mut command = redis::cmd("MGET");
-        for id in ids {
-            command.arg(inner.keys.entry(*id)).arg(inner.keys.generation(*id));
-        }
-        let Some((values, server)) =
-            inner.connection.run_identified::<Vec<Option<Vec<u8>>>>(Request::Command(&command)).await
-        else {
+        let Some(near) = inner.near_hits(ids).await else {
             return vec![CacheLookup::Unavailable; ids.len()];
         };
-        if values.len() != ids.len() * 2 {
-            return vec![CacheLookup::Unavailable; ids.len()];
-        }
-        ids.iter()
-            .zip(values.chunks_exact(2))
-            .map(|(id, pair)| {
-                // An invalidation of this id may be pending (queued, failed or in the ledger).
-                if !inner.may_use(*id) {
-                    return CacheLookup::Unavailable;
-                }
-                let generation = pair[1].as_ref().map(|bytes| String::from_utf8_lossy(bytes).into_owned());
-                match pair[0].clone().and_then(|entry| current_payload(entry, &server, generation.as_deref())) {
-                    Some(payload) => CacheLookup::Hit(payload),
-                    None => CacheLookup::Miss(FillTicket::new(Some(stamp(&server, generation.as_deref())))),
-                }
+        let missing: Vec<UserId> = ids.iter().zip(&near).filter(|(_, hit)| hit.is_none()).map(|(id, _)| *id).collect();
+        let mut read = inner.read(&missing).await.into_iter();
+        near.into_iter()
+            .map(|hit| match hit {
+                Some(payload) => CacheLookup::Hit(payload),
+                None => read.next().unwrap_or(CacheLookup::Unavailable),
             })
             .collect()
     }
@@ -368,6 +371,10 @@ impl ProfileCache for RedisCache {
             return Invalidation::Confirmed;
         }
         let inner = &self.inner;
+        if let Some(near) = &inner.near {
+            // At once for this instance's own reads; Redis's pushes do it for the others'.
+            near.invalidate(ids);
+        }
         // Queued first: if this future is dropped half-way, the retry task still does the work,
         // and meanwhile lookups of these ids skip the cache.
         let batch = inner.pending.queue(ids, Instant::now());
@@ -411,10 +418,13 @@ impl ProfileCache for RedisCache {
     }
 
     fn backlog(&self) -> CacheBacklog {
+        let (near_entries, near_bytes) = self.near_cache_size().unwrap_or_default();
         CacheBacklog {
             pending_invalidations: self.inner.pending.len(),
             scheduled_follow_ups: self.inner.follow_ups.len(),
             deferred_invalidations: self.deferred_invalidations(),
+            near_entries,
+            near_bytes,
         }
     }
 
@@ -439,6 +449,70 @@ impl ProfileCache for RedisCache {
 }
 
 impl Inner {
+    /// The near-cache's payloads of `ids`, in order (`None` where it has none to serve),
+    /// after one freshness check for all of them (see [`near`]); `None` when that check
+    /// failed: Redis did not answer within the timeout, or the breaker skips it, so that a
+    /// read from Redis would fail too.
+    async fn near_hits(&self, ids: &[UserId]) -> Option<Vec<Option<Vec<u8>>>> {
+        let mut hits = vec![None; ids.len()];
+        let Some(near) = &self.near else { return Some(hits) };
+        if !ids.iter().any(|id| near.holds(*id)) {
+            return Some(hits);
+        }
+        let connection = near.barrier.pass(self.barrier_bound).await?;
+        for (id, hit) in ids.iter().zip(&mut hits) {
+            if self.may_use(*id) {
+                *hit = near.get(*id, connection).map(|payload| payload.to_vec());
+            }
+        }
+        Some(hits)
+    }
+
+    /// Reads the entries of `ids` from Redis in one round trip, each with its generation, and
+    /// keeps the hits in the near-cache.
+    async fn read(&self, ids: &[UserId]) -> Vec<CacheLookup> {
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        // Before the read is sent: an invalidation applied after it keeps the answer out.
+        let guards: Vec<_> =
+            self.near.as_ref().map(|near| ids.iter().map(|id| near.guard(*id)).collect()).unwrap_or_default();
+        let mut command = redis::cmd("MGET");
+        for id in ids {
+            command.arg(self.keys.entry(*id)).arg(self.keys.generation(*id));
+        }
+        let Some(Answer { value: values, server, connection }) =
+            self.connection.run_identified::<Vec<Option<Vec<u8>>>>(Request::Command(&command)).await
+        else {
+            return vec![CacheLookup::Unavailable; ids.len()];
+        };
+        if values.len() != ids.len() * 2 {
+            return vec![CacheLookup::Unavailable; ids.len()];
+        }
+        let mut values = values.into_iter();
+        ids.iter()
+            .enumerate()
+            .map(|(index, &id)| {
+                let (entry, generation) = (values.next().flatten(), values.next().flatten());
+                // An invalidation of this id may be pending (queued, failed while we were
+                // asking, or in the ledger).
+                if !self.may_use(id) {
+                    return CacheLookup::Unavailable;
+                }
+                let generation = generation.as_deref().map(String::from_utf8_lossy);
+                match entry.and_then(|entry| current_payload(entry, &server, generation.as_deref())) {
+                    Some(payload) => {
+                        if let (Some(near), Some(guard)) = (&self.near, guards.get(index)) {
+                            near.keep(id, *guard, connection, &payload);
+                        }
+                        CacheLookup::Hit(payload)
+                    }
+                    None => CacheLookup::Miss(FillTicket::new(Some(stamp(&server, generation.as_deref())))),
+                }
+            })
+            .collect()
+    }
+
     /// Whether `id`'s entry may be served or filled now: its invalidation is not pending
     /// here, and the ledger, read within the lease, does not list it.
     fn may_use(&self, id: UserId) -> bool {
@@ -659,6 +733,29 @@ async fn background(cache: Weak<Inner>, mut shutdown: oneshot::Receiver<()>, ret
                 }
             }
         }
+    }
+}
+
+/// Sends the near-cache's freshness checks (`PING`s, see [`near`]) as reads ask for them, one
+/// at a time, until the cache is dropped. Holds the cache only while a `PING` is in flight.
+async fn send_barriers(cache: Weak<Inner>, near: Arc<NearCache>) {
+    loop {
+        if !near.barrier.wanted(BARRIER_IDLE).await {
+            if cache.strong_count() == 0 {
+                return;
+            }
+            continue;
+        }
+        let Some(inner) = cache.upgrade() else { return };
+        let number = near.barrier.sending();
+        let ping = redis::cmd("PING");
+        let answered = inner.connection.run_identified::<String>(Request::Command(&ping)).await;
+        drop(inner);
+        let connection = answered.map(|answer| answer.connection);
+        if let Some(connection) = connection {
+            near.used(connection);
+        }
+        near.barrier.answer(number, connection);
     }
 }
 

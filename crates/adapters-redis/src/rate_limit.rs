@@ -64,6 +64,7 @@ impl RedisRateLimiter {
                 degraded: "its counters are unavailable until it answers again",
                 identify_server: false,
             },
+            None,
         )?;
         tracing::debug!(url = %connection.redacted_url, prefix = %config.key_prefix, "Redis rate limiter configured");
         Ok(Self { inner: Arc::new(Inner { connection, prefix: config.key_prefix.clone() }) })

@@ -1414,3 +1414,68 @@ fn a_full_queue_drops_ids_only_when_their_invalidation_fails_and_then_distrusts_
     assert_eq!(queue.end_overflow_if_due(now + Duration::from_secs(10)), Some(3));
     assert!(!queue.blocks(UserId::generate()));
 }
+
+/// How many times `server` ran `command` (from `INFO commandstats`).
+async fn command_calls(server: &PrivateRedis, command: &str) -> u64 {
+    let mut connection = raw_connection(&server.url()).await;
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut connection).await.expect("INFO");
+    let prefix = format!("cmdstat_{command}:calls=");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hot_entry_is_served_from_process_until_another_instance_invalidates_it() {
+    let server = PrivateRedis::start().await;
+    let reader_config = config_for(&server.url(), Duration::from_secs(2));
+    let mut writer_config = reader_config.clone();
+    writer_config.near_cache_max_bytes = 0;
+    let reader = RedisCache::build(reader_config).expect("build");
+    let writer = RedisCache::build(writer_config).expect("build");
+    let id = UserId::generate();
+    // Filled, then read from Redis once: from then on kept in process.
+    warm(&reader, id, b"before").await;
+    assert_eq!(reader.lookup(id).await, CacheLookup::Hit(b"before".to_vec()));
+    let reads = command_calls(&server, "mget").await;
+    for _ in 0..10 {
+        assert_eq!(reader.lookup(id).await, CacheLookup::Hit(b"before".to_vec()));
+    }
+    assert_eq!(command_calls(&server, "mget").await, reads, "a hot entry was read from Redis");
+    assert_eq!(reader.near_cache_size().map(|(entries, _)| entries > 0), Some(true));
+
+    // Another instance's change: Redis pushes the invalidation, the next read misses.
+    assert_eq!(writer.invalidate(&[id]).await, Invalidation::Confirmed);
+    assert!(matches!(reader.lookup(id).await, CacheLookup::Miss(_)));
+    // An entry another instance fills is read from Redis again, not served from before.
+    let ticket = miss_ticket(&writer, id).await;
+    writer.fill(id, ticket, b"after".to_vec()).await;
+    assert_eq!(reader.lookup(id).await, CacheLookup::Hit(b"after".to_vec()));
+    assert_eq!(reader.lookup(id).await, CacheLookup::Hit(b"after".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hot_entry_is_not_served_after_redis_restarted_or_while_it_pauses() {
+    let mut server = PrivateRedis::start().await;
+    let cache = RedisCache::build(config_for(&server.url(), TIMEOUT)).expect("build");
+    let id = UserId::generate();
+    warm(&cache, id, b"kept").await;
+    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"kept".to_vec()));
+
+    server.pause();
+    assert_eq!(cache.lookup(id).await, CacheLookup::Unavailable, "served in process while Redis was paused");
+    server.resume();
+
+    // A restart loses every tracked key, and the pushes with them: nothing kept is served.
+    let port = server.port;
+    server.kill();
+    let _restarted = PrivateRedis::start_on(port).await;
+    eventually(Duration::from_secs(5), "the cache reaches the restarted server", || async {
+        !matches!(cache.lookup(id).await, CacheLookup::Unavailable)
+    })
+    .await;
+    assert!(matches!(cache.lookup(id).await, CacheLookup::Miss(_)));
+}

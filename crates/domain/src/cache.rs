@@ -110,7 +110,7 @@ pub enum CacheHealth {
 }
 
 /// Work a cache still owes Redis (for metrics): invalidations not yet confirmed, and
-/// follow-up deletions of downstream copies not yet done.
+/// follow-up deletions of downstream copies not yet done; and what it keeps in process.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheBacklog {
     /// Users whose invalidation is not confirmed.
@@ -119,6 +119,10 @@ pub struct CacheBacklog {
     pub scheduled_follow_ups: usize,
     /// Users listed in the invalidation ledger at its last read.
     pub deferred_invalidations: usize,
+    /// Entries kept in process in front of the shared cache (a near-cache), and their bytes.
+    pub near_entries: u64,
+    /// See `near_entries`.
+    pub near_bytes: u64,
 }
 
 /// A cache of serialized user representations.

@@ -80,6 +80,8 @@ pub struct Metrics {
     pending_invalidations: Gauge,
     scheduled_follow_ups: Gauge,
     deferred_invalidations: Gauge,
+    near_entries: Gauge,
+    near_bytes: Gauge,
     events_pending: Gauge,
     events_oldest_pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     events_published: Counter,
@@ -139,6 +141,18 @@ impl Metrics {
             "Users listed in the cache invalidation ledger at its last read: their entries are not served",
             deferred_invalidations.clone(),
         );
+        let near_entries = Gauge::default();
+        registry.register(
+            "cache_near_entries",
+            "Users kept in process in front of Redis (the near-cache), served after a shared freshness check",
+            near_entries.clone(),
+        );
+        let near_bytes = Gauge::default();
+        registry.register(
+            "cache_near_bytes",
+            "Bytes the near-cache's entries weigh (payloads and a fixed overhead each); bounded by NEAR_CACHE_MAX_BYTES",
+            near_bytes.clone(),
+        );
         let events_pending = Gauge::default();
         registry.register(
             "events_outbox_pending",
@@ -181,6 +195,8 @@ impl Metrics {
             pending_invalidations,
             scheduled_follow_ups,
             deferred_invalidations,
+            near_entries,
+            near_bytes,
             events_pending,
             events_oldest_pending_seconds,
             events_published,
@@ -230,6 +246,8 @@ impl Metrics {
         self.pending_invalidations.set(i64::try_from(backlog.pending_invalidations).unwrap_or(i64::MAX));
         self.scheduled_follow_ups.set(i64::try_from(backlog.scheduled_follow_ups).unwrap_or(i64::MAX));
         self.deferred_invalidations.set(i64::try_from(backlog.deferred_invalidations).unwrap_or(i64::MAX));
+        self.near_entries.set(i64::try_from(backlog.near_entries).unwrap_or(i64::MAX));
+        self.near_bytes.set(i64::try_from(backlog.near_bytes).unwrap_or(i64::MAX));
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

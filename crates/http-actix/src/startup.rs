@@ -199,6 +199,7 @@ fn build_redis_cache(
         extra_invalidation_keys: cache.extra_invalidation_keys.clone(),
         extra_invalidation_delays: cache.extra_invalidation_delays.clone(),
         confirm_wait: cache.confirm_wait,
+        near_cache_max_bytes: cache.near_cache_max_bytes,
         ..RedisCacheConfig::new(cache.url.clone())
     };
     let redacted_url = config.redacted_url();

@@ -195,6 +195,10 @@ pub struct CacheSettings {
     /// How long a change waits for Redis to confirm its invalidation before it is recorded
     /// in the invalidation ledger instead (`CACHE_CONFIRM_WAIT_MS`, at most 10,000).
     pub confirm_wait: Duration,
+    /// The most bytes of users kept in process in front of Redis, 0 when the near-cache is
+    /// off (`NEAR_CACHE_MAX_BYTES`; `NEAR_CACHE_ENABLED=false` or `CACHE_ENABLED=false` turn
+    /// it off).
+    pub near_cache_max_bytes: u64,
 }
 
 /// The log line format.
@@ -206,6 +210,9 @@ pub enum LogFormat {
     /// Human-readable lines, for terminals.
     Pretty,
 }
+
+/// The largest near-cache accepted: 16 GiB.
+const MAX_NEAR_CACHE_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
 /// A configuration error; the message names the variable and never echoes a secret.
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +244,8 @@ struct Variables {
     cache_enabled: bool,
     cache_key_prefix: String,
     cache_confirm_wait_ms: Millis,
+    near_cache_enabled: bool,
+    near_cache_max_bytes: Positive<u64, MAX_NEAR_CACHE_BYTES>,
     cache_invalidate_extra_keys: KeyTemplates,
     cache_invalidate_extra_delays: FollowUpDelays,
     secret_key: Option<SecretKey>,
@@ -287,6 +296,8 @@ impl Default for Variables {
             cache_enabled: true,
             cache_key_prefix: "user-service".to_owned(),
             cache_confirm_wait_ms: Millis::of(500),
+            near_cache_enabled: true,
+            near_cache_max_bytes: Positive(adapters_redis::config::DEFAULT_NEAR_CACHE_MAX_BYTES),
             cache_invalidate_extra_keys: KeyTemplates::default(),
             cache_invalidate_extra_delays: FollowUpDelays(
                 adapters_redis::config::DEFAULT_EXTRA_INVALIDATION_DELAYS.to_vec(),
@@ -435,6 +446,11 @@ impl Variables {
                     extra_invalidation_keys: extra_keys,
                     extra_invalidation_delays: self.cache_invalidate_extra_delays.0,
                     confirm_wait,
+                    near_cache_max_bytes: if self.near_cache_enabled && self.cache_enabled {
+                        self.near_cache_max_bytes.0
+                    } else {
+                        0
+                    },
                 }),
                 Vec::new(),
             ),
@@ -700,6 +716,10 @@ mod tests {
             ("CACHE_INVALIDATE_EXTRA_DELAYS", "1s,2s,3s,4s,5s,6s"),
             ("CACHE_CONFIRM_WAIT_MS", "0"),
             ("CACHE_CONFIRM_WAIT_MS", "10001"),
+            ("NEAR_CACHE_MAX_BYTES", "0"),
+            ("NEAR_CACHE_MAX_BYTES", "17179869185"),
+            ("NEAR_CACHE_MAX_BYTES", "64MiB"),
+            ("NEAR_CACHE_ENABLED", "maybe"),
             ("TRUST_INTERNAL_NETWORK", "sometimes"),
             ("TRUSTED_PROXIES", "10.0.0.0/99"),
             ("JWT_TTL", "0"),

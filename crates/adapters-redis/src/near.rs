@@ -1,0 +1,357 @@
+//! The near-cache: hot entries kept in process, so that a cached read costs no Redis read of
+//! its own.
+//!
+//! Kept exact by Redis's server-assisted client-side caching: the cache's connection speaks
+//! RESP3 with `CLIENT TRACKING ON`, so Redis remembers every key that connection read and
+//! pushes an invalidation on it when the key changes (any instance's write or fill, an
+//! expiry, a flush). redis-rs applies each push as it reads it ([`NearCache::apply`]), in the
+//! order of the stream, before it hands out any answer that follows it.
+//!
+//! Pushes alone would not be exact: a push can be late (in a socket buffer, behind a busy
+//! thread) or lost with a silent network, and a change acknowledged by another instance
+//! would then be followed by a stale read here. Hence:
+//! - **A freshness barrier before every hit.** An entry is served only once a `PING` sent on
+//!   the tracking connection *after the request arrived* has been answered ([`Barrier`]).
+//!   Redis answers it after every push it queued before it, and those were applied before
+//!   the answer was handed out: whatever change was acknowledged before the request arrived
+//!   has removed the entry by then. One `PING` serves every request waiting when it is sent,
+//!   so under load a round trip is shared by many reads and carries no payload.
+//! - **Entries belong to one connection.** Each entry names the connection whose tracking
+//!   covers it and is served only after a barrier answered on that same connection: once it
+//!   is lost (reset, timed out, given up), its entries are never served again, and the next
+//!   connection starts empty.
+//! - **A push can overtake the read it invalidates** on its way into the map (the answer and
+//!   the push arrive in order, but the reader's task stores the answer later): an answer is
+//!   stored only if no invalidation of its stripe of ids was applied since its read was sent
+//!   ([`NearCache::guard`], [`NearCache::keep`]).
+//!
+//! The caller still checks the pending invalidations and the ledger's lease before serving an
+//! entry, as for a Redis hit. Memory is bounded by bytes (moka, weighed by payload size) and
+//! each entry lives at most the Redis entry's TTL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use domain::user::UserId;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::{Notify, watch};
+
+/// Stripes of ids that share an invalidation counter: enough that a write to one user rarely
+/// keeps another's read out of the map.
+const STRIPES: usize = 256;
+
+/// What each entry costs beyond its payload (key, connection, moka's bookkeeping), for the
+/// byte bound.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// [`NearCache::connection`] before any connection answered.
+const NO_CONNECTION: u64 = u64::MAX;
+
+/// An entry kept in process.
+#[derive(Clone)]
+struct NearEntry {
+    /// The connection whose tracking covers it.
+    connection: u64,
+    payload: Arc<[u8]>,
+}
+
+/// Taken before a Redis read whose answer may be kept: the invalidations applied so far.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FillGuard {
+    stripe: u64,
+    flushes: u64,
+}
+
+/// The in-process entries and the invalidations Redis pushes for them (see the module docs).
+pub(crate) struct NearCache {
+    entries: moka::sync::Cache<UserId, NearEntry>,
+    /// Invalidations applied, per stripe of ids.
+    stripes: Vec<AtomicU64>,
+    /// Flushes applied (everything dropped: a `FLUSHALL`, a lost connection).
+    flushes: AtomicU64,
+    /// The connection that last answered, to drop the entries of an older one.
+    connection: AtomicU64,
+    /// `{prefix}:`: both the entry keys and the generation keys start with it and end with
+    /// `:{id}`.
+    key_start: String,
+    pub(crate) barrier: Barrier,
+}
+
+impl NearCache {
+    /// A near-cache of at most `max_bytes` whose entries live at most `ttl`, for the keys of
+    /// `key_prefix`.
+    pub(crate) fn new(max_bytes: u64, ttl: Duration, key_prefix: &str) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_, entry: &NearEntry| {
+                    u32::try_from(entry.payload.len().saturating_add(ENTRY_OVERHEAD)).unwrap_or(u32::MAX)
+                })
+                .time_to_live(ttl)
+                .build(),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            flushes: AtomicU64::new(0),
+            connection: AtomicU64::new(NO_CONNECTION),
+            key_start: format!("{key_prefix}:"),
+            barrier: Barrier::new(),
+        }
+    }
+
+    /// Whether `id` has an entry (which may not be servable: see [`Self::get`]).
+    pub(crate) fn holds(&self, id: UserId) -> bool {
+        self.entries.contains_key(&id)
+    }
+
+    /// `id`'s payload if it belongs to `connection`, on which a barrier was just answered.
+    pub(crate) fn get(&self, id: UserId, connection: u64) -> Option<Arc<[u8]>> {
+        self.entries.get(&id).filter(|entry| entry.connection == connection).map(|entry| entry.payload)
+    }
+
+    /// Taken before the Redis read of `id` whose answer [`Self::keep`] may store.
+    pub(crate) fn guard(&self, id: UserId) -> FillGuard {
+        FillGuard { stripe: self.stripe(id).load(Ordering::SeqCst), flushes: self.flushes.load(Ordering::SeqCst) }
+    }
+
+    /// Stores `payload`, read on `connection` after `guard` was taken, unless an invalidation
+    /// of its stripe (or a flush) was applied since: then the answer may be older than it.
+    pub(crate) fn keep(&self, id: UserId, guard: FillGuard, connection: u64, payload: &[u8]) {
+        self.used(connection);
+        if !self.unchanged_since(id, guard) {
+            return;
+        }
+        self.entries.insert(id, NearEntry { connection, payload: payload.into() });
+        // An invalidation applied between the check and the insertion found nothing to
+        // remove: take the entry out again (a newer entry removed with it is only a miss).
+        if !self.unchanged_since(id, guard) {
+            self.entries.invalidate(&id);
+        }
+    }
+
+    fn unchanged_since(&self, id: UserId, guard: FillGuard) -> bool {
+        self.stripe(id).load(Ordering::SeqCst) == guard.stripe && self.flushes.load(Ordering::SeqCst) == guard.flushes
+    }
+
+    /// Drops `ids`' entries (this instance changed them; Redis's pushes follow).
+    pub(crate) fn invalidate(&self, ids: &[UserId]) {
+        for &id in ids {
+            self.invalidate_one(id);
+        }
+    }
+
+    fn invalidate_one(&self, id: UserId) {
+        // Counted first, so that a read in flight never stores what it read before this.
+        self.stripe(id).fetch_add(1, Ordering::SeqCst);
+        self.entries.invalidate(&id);
+    }
+
+    /// Drops every entry.
+    fn flush(&self) {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        self.entries.invalidate_all();
+    }
+
+    /// Notes that `connection` answered a read or a barrier: once another one did, the
+    /// entries of the one before can never be served again, so their memory is freed.
+    pub(crate) fn used(&self, connection: u64) {
+        let previous = self.connection.swap(connection, Ordering::SeqCst);
+        if previous != connection && previous != NO_CONNECTION {
+            self.flush();
+        }
+    }
+
+    /// Applies one message Redis pushed on the tracking connection: an invalidation of some
+    /// keys, of everything (`null`: a flush), or the loss of the connection.
+    pub(crate) fn apply(&self, push: &PushInfo) {
+        match push.kind {
+            PushKind::Invalidate => match push.data.first() {
+                Some(Value::Array(keys)) => {
+                    for key in keys {
+                        match key {
+                            Value::BulkString(key) => self.invalidate_key(key),
+                            _ => self.flush(),
+                        }
+                    }
+                }
+                _ => self.flush(),
+            },
+            // A connection lost: which one is not said, so drop everything.
+            PushKind::Disconnection => self.flush(),
+            _ => {}
+        }
+    }
+
+    /// Drops the entry a key names (`{prefix}:...:{id}`); a key of ours that names no id
+    /// drops everything, as being safe costs only misses.
+    fn invalidate_key(&self, key: &[u8]) {
+        let Some(rest) = key.strip_prefix(self.key_start.as_bytes()) else {
+            // Not ours: this connection only reads our keys, so nothing to do.
+            return;
+        };
+        let id = rest
+            .rsplit(|&byte| byte == b':')
+            .next()
+            .and_then(|id| std::str::from_utf8(id).ok())
+            .and_then(|id| id.parse::<uuid::Uuid>().ok());
+        match id {
+            Some(id) => self.invalidate_one(UserId::from(id)),
+            None => self.flush(),
+        }
+    }
+
+    /// How many entries and bytes are kept (for metrics).
+    pub(crate) fn size(&self) -> (u64, u64) {
+        // moka counts lazily: bring the counts up to date first.
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+
+    fn stripe(&self, id: UserId) -> &AtomicU64 {
+        let bits = id.as_uuid().as_u128();
+        // The low bits of a v4 UUID (or a v7's random tail) are random.
+        &self.stripes[(bits as usize) % STRIPES]
+    }
+}
+
+/// The freshness barrier: [`Barrier::pass`] returns once a `PING` sent after it was called has
+/// been answered, and names the connection that answered. A task of the cache's sends the
+/// `PING`s on demand, one at a time: every caller that arrives while one is in flight waits
+/// for the next, which then serves them all.
+pub(crate) struct Barrier {
+    /// The number of the last `PING` sent.
+    sent: AtomicU64,
+    answered: watch::Sender<Round>,
+    wanted: Notify,
+}
+
+/// The last `PING` answered (or failed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Round {
+    number: u64,
+    /// The connection that answered; `None` when the `PING` failed or was skipped.
+    connection: Option<u64>,
+}
+
+impl Barrier {
+    fn new() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            answered: watch::Sender::new(Round { number: 0, connection: None }),
+            wanted: Notify::new(),
+        }
+    }
+
+    /// Waits, at most `bound`, for a `PING` sent after this call to be answered; returns the
+    /// connection it was answered on, or `None` when it failed or took too long.
+    pub(crate) async fn pass(&self, bound: Duration) -> Option<u64> {
+        // Any PING numbered above the last one sent now is sent after this point.
+        let wanted = self.sent.load(Ordering::SeqCst) + 1;
+        let mut answers = self.answered.subscribe();
+        self.wanted.notify_one();
+        let round = tokio::time::timeout(bound, answers.wait_for(|round| round.number >= wanted)).await.ok()?.ok()?;
+        round.connection
+    }
+
+    /// Waits until a caller wants a `PING`, at most `idle`; returns whether one does.
+    pub(crate) async fn wanted(&self, idle: Duration) -> bool {
+        tokio::time::timeout(idle, self.wanted.notified()).await.is_ok()
+    }
+
+    /// Numbers the `PING` about to be sent.
+    pub(crate) fn sending(&self) -> u64 {
+        self.sent.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Publishes the outcome of `PING` number `number`.
+    pub(crate) fn answer(&self, number: u64, connection: Option<u64>) {
+        self.answered.send_replace(Round { number, connection });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn near() -> NearCache {
+        NearCache::new(1024 * 1024, Duration::from_secs(60), "prefix")
+    }
+
+    fn invalidation(keys: &[String]) -> PushInfo {
+        let keys = keys.iter().map(|key| Value::BulkString(key.clone().into_bytes())).collect();
+        PushInfo { kind: PushKind::Invalidate, data: vec![Value::Array(keys)] }
+    }
+
+    #[test]
+    fn an_answer_read_before_an_invalidation_is_not_kept() {
+        let near = near();
+        let id = UserId::generate();
+        let guard = near.guard(id);
+        // The push for a change made after the read was sent is applied before the answer is stored.
+        near.apply(&invalidation(&[format!("prefix:gen:{id}")]));
+        near.keep(id, guard, 1, b"old");
+        assert_eq!(near.get(id, 1), None);
+        // A read sent after it is kept.
+        near.keep(id, near.guard(id), 1, b"new");
+        assert_eq!(near.get(id, 1).as_deref(), Some(&b"new"[..]));
+    }
+
+    #[test]
+    fn pushes_drop_the_named_entries_and_a_null_or_a_lost_connection_drops_all() {
+        let near = near();
+        let (first, second) = (UserId::generate(), UserId::generate());
+        for id in [first, second] {
+            near.keep(id, near.guard(id), 1, b"payload");
+        }
+        near.apply(&invalidation(&[format!("prefix:v1:user:{first}"), "someone-else:key".to_owned()]));
+        assert_eq!((near.get(first, 1).is_some(), near.get(second, 1).is_some()), (false, true));
+
+        near.apply(&PushInfo { kind: PushKind::Invalidate, data: vec![Value::Nil] });
+        assert!(near.get(second, 1).is_none(), "a flush keeps nothing");
+
+        near.keep(second, near.guard(second), 1, b"payload");
+        near.apply(&PushInfo { kind: PushKind::Disconnection, data: vec![] });
+        assert!(near.get(second, 1).is_none(), "a lost connection keeps nothing");
+    }
+
+    #[test]
+    fn entries_are_served_only_for_the_connection_that_tracks_them() {
+        let near = near();
+        let id = UserId::generate();
+        near.keep(id, near.guard(id), 1, b"payload");
+        assert!(near.get(id, 2).is_none(), "served for another connection");
+        // Once another connection answered, the older one's entries are gone for good.
+        near.used(2);
+        assert!(near.get(id, 1).is_none());
+        let guard = near.guard(id);
+        near.used(3);
+        near.keep(id, guard, 3, b"payload");
+        assert!(near.get(id, 3).is_none(), "an answer read across a change of connection was kept");
+    }
+
+    #[tokio::test]
+    async fn a_barrier_waits_for_a_ping_sent_after_it_began() {
+        let barrier = Arc::new(Barrier::new());
+        // A PING in flight when the caller arrives does not count.
+        let in_flight = barrier.sending();
+        let waiting = tokio::spawn({
+            let barrier = Arc::clone(&barrier);
+            async move { barrier.pass(Duration::from_secs(5)).await }
+        });
+        assert!(barrier.wanted(Duration::from_secs(5)).await, "the caller asked for a PING");
+        barrier.answer(in_flight, Some(7));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "released by a PING sent before it arrived");
+        let next = barrier.sending();
+        barrier.answer(next, Some(8));
+        assert_eq!(waiting.await.expect("joined"), Some(8));
+        // A failed PING releases its callers with no connection.
+        let failing = tokio::spawn({
+            let barrier = Arc::clone(&barrier);
+            async move { barrier.pass(Duration::from_secs(5)).await }
+        });
+        assert!(barrier.wanted(Duration::from_secs(5)).await);
+        let number = barrier.sending();
+        barrier.answer(number, None);
+        assert_eq!(failing.await.expect("joined"), None);
+    }
+}
