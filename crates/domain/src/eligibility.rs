@@ -14,7 +14,7 @@ use jiff::civil::{DateTime, Time};
 use jiff::tz::{Offset, TimeZone};
 use time::OffsetDateTime;
 
-use crate::category::{Category, CategoryChoice};
+use crate::category::{Category, CategoryChoice, CategoryChoices};
 use crate::consent::{ChannelName, ConsentState};
 use crate::device::{Platform, PushToken};
 use crate::error::InvalidValue;
@@ -121,23 +121,67 @@ pub struct Eligibility {
     pub targets: Option<Targets>,
 }
 
-/// Decides whether `profile` may receive a notification on `channel` at `at`, in
-/// `category` if one is given (the profile's own choice in it applies).
-///
-/// Precedence ([`Reason`]): no address (email) or no active device (push); then a critical
-/// category allows; then the global channel switch, the category, quiet hours; then ok.
-pub fn decide(profile: &UserProfile, channel: Channel, category: Option<&Category>, at: OffsetDateTime) -> Eligibility {
-    let targets = match channel {
+/// What a send decision on one channel reads of a user: their consent, and where that
+/// channel would send. Bulk decisions read it from cached representations without decoding
+/// (and checking again) the rest of each user: name, phone, times, the other channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendingProfile {
+    /// What they agreed to receive.
+    pub preferences: Preferences,
+    /// Their own choices in notification categories.
+    pub categories: CategoryChoices,
+    /// Where the channel would send (the address; the active devices' tokens, most recently
+    /// seen first); `None` when nowhere.
+    pub targets: Option<Targets>,
+}
+
+impl SendingProfile {
+    /// The part of `profile` a decision on `channel` reads.
+    pub fn of(profile: &UserProfile, channel: Channel) -> Self {
+        Self {
+            preferences: profile.preferences.clone(),
+            categories: profile.categories.clone(),
+            targets: targets(profile, channel),
+        }
+    }
+}
+
+/// Where `channel` would send to `profile`.
+fn targets(profile: &UserProfile, channel: Channel) -> Option<Targets> {
+    match channel {
         Channel::Email => email_address(profile).map(Targets::Email),
         Channel::Push => {
             let tokens: Vec<_> =
                 profile.active_devices().map(|device| (device.token.clone(), device.platform)).collect();
             (!tokens.is_empty()).then_some(Targets::Tokens(tokens))
         }
-    };
+    }
+}
+
+/// Decides whether `profile` may receive a notification on `channel` at `at`, in
+/// `category` if one is given (the profile's own choice in it applies).
+///
+/// Precedence ([`Reason`]): no address (email) or no active device (push); then a critical
+/// category allows; then the global channel switch, the category, quiet hours; then ok.
+pub fn decide(profile: &UserProfile, channel: Channel, category: Option<&Category>, at: OffsetDateTime) -> Eligibility {
+    let targets = targets(profile, channel);
     let in_category = category.map(|category| (category, profile.categories.get(&category.key)));
     let reachable = targets.is_some();
     decide_on(&profile.preferences, in_category, channel, at, reachable, targets)
+}
+
+/// [`decide`] from the part of a profile it reads ([`SendingProfile::of`] the profile and
+/// `channel`): the same answer.
+pub fn decide_sending(
+    sending: SendingProfile,
+    channel: Channel,
+    category: Option<&Category>,
+    at: OffsetDateTime,
+) -> Eligibility {
+    let SendingProfile { preferences, categories, targets } = sending;
+    let in_category = category.map(|category| (category, categories.get(&category.key)));
+    let reachable = targets.is_some();
+    decide_on(&preferences, in_category, channel, at, reachable, targets)
 }
 
 /// Decides from a state rebuilt from the consent history (what the user had agreed to at
@@ -917,6 +961,9 @@ mod tests {
             let targets = matches!(reason, Reason::Ok | Reason::Critical | Reason::QuietHours)
                 .then(|| targets_of(&profile, channel));
             assert_eq!(decision, Eligibility { channel, at, allowed, reason, next_allowed_at, targets }, "{case}");
+            // The same decision from the part of the profile a bulk decision reads.
+            let sending = decide_sending(SendingProfile::of(&profile, channel), channel, category.as_ref(), at);
+            assert_eq!(sending, decision, "{case}, from the sending profile");
             // The same decision from the same consent as a state, without targets.
             let recorded = decide_as_recorded(&ConsentState::of(&profile), channel, category.as_ref(), at);
             assert_eq!(recorded, Eligibility { targets: None, ..decision }, "{case}, as recorded");

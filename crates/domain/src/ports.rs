@@ -461,6 +461,17 @@ pub trait ProfileEncoder: Send + Sync {
     /// Reads bytes written by [`ProfileEncoder::encode`]; `None` if they are not such bytes
     /// (the caller then loads the profile from the store).
     fn decode(&self, bytes: &[u8]) -> Option<UserProfile>;
+
+    /// What a send decision on `channel` reads of the user in `bytes` (see
+    /// [`SendingProfile`](crate::eligibility::SendingProfile)), without decoding the rest;
+    /// `None` if they are not bytes [`ProfileEncoder::encode`] wrote.
+    fn decode_sending(
+        &self,
+        bytes: &[u8],
+        channel: crate::eligibility::Channel,
+    ) -> Option<crate::eligibility::SendingProfile> {
+        self.decode(bytes).map(|profile| crate::eligibility::SendingProfile::of(&profile, channel))
+    }
 }
 
 /// The current time, injectable so that use cases are deterministic under test.

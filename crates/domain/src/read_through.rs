@@ -9,6 +9,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
 use crate::cache::{CacheLookup, FillTicket, ProfileCache};
+use crate::eligibility::{Channel, SendingProfile};
 use crate::failure::ReadError;
 use crate::ports::{ProfileEncoder, UserRepository};
 use crate::user::{UserId, UserProfile};
@@ -140,24 +141,50 @@ impl ReadThrough {
         Ok(loaded)
     }
 
-    /// Decodes many loaded users (bytes from the cache, profiles from the store); those
-    /// whose bytes do not decode are read from the store in one query.
-    pub(crate) async fn decoded_many(
+    /// What send decisions on `channel` read of `encoded`, `id`'s representation (see
+    /// [`SendingProfile`]), else of the user's profile from the store (bytes written by
+    /// another format version).
+    pub(crate) async fn decoded_sending(
         &self,
-        loaded: HashMap<UserId, (EncodedProfile, Option<UserProfile>)>,
-    ) -> Result<Vec<UserProfile>, ReadError> {
-        let mut profiles = Vec::with_capacity(loaded.len());
+        id: UserId,
+        encoded: &[u8],
+        channel: Channel,
+    ) -> Result<SendingProfile, ReadError> {
+        match self.encoder.decode_sending(encoded, channel) {
+            Some(sending) => Ok(sending),
+            None => Ok(SendingProfile::of(&self.profile(id).await?, channel)),
+        }
+    }
+
+    /// What send decisions on `channel` read of many users, by id (unknown users are
+    /// absent): cache hits in one cache round trip, each decoded no further than a decision
+    /// needs; misses, and bytes that do not decode, in one store query each.
+    pub(crate) async fn sending_many(
+        &self,
+        ids: &[UserId],
+        channel: Channel,
+    ) -> Result<HashMap<UserId, SendingProfile>, ReadError> {
+        let loaded = self.load_many(ids).await?;
+        let mut sending = HashMap::with_capacity(loaded.len());
         let mut undecodable = Vec::new();
         for (id, (encoded, profile)) in loaded {
-            match profile.or_else(|| self.encoder.decode(&encoded)) {
-                Some(profile) => profiles.push(profile),
+            let projected = match profile {
+                Some(profile) => Some(SendingProfile::of(&profile, channel)),
+                None => self.encoder.decode_sending(&encoded, channel),
+            };
+            match projected {
+                Some(projected) => {
+                    sending.insert(id, projected);
+                }
                 None => undecodable.push(id),
             }
         }
         if !undecodable.is_empty() {
-            profiles.extend(self.users.find_profiles(&undecodable).await?);
+            for profile in self.users.find_profiles(&undecodable).await? {
+                sending.insert(profile.user.id, SendingProfile::of(&profile, channel));
+            }
         }
-        Ok(profiles)
+        Ok(sending)
     }
 
     /// Whether no load is in flight (every reader of every load has taken its result).

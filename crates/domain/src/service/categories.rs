@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use super::UserService;
 use crate::category::{Category, CategoryKey, CategoryPatch, NewCategory, ResolvedChoice};
 use crate::consent::{ConsentState, HistoryPage, Provenance};
-use crate::eligibility::{Channel, Eligibility, decide, decide_as_recorded};
+use crate::eligibility::{Channel, Eligibility, decide_as_recorded, decide_sending};
 use crate::failure::{CatalogueError, ChoiceError, EligibilityError, ReadError, ServiceError};
 use crate::ports::{CategoryRemoval, ChoiceChange};
 use crate::preferences::Preferences;
@@ -145,8 +145,8 @@ impl UserService {
     ) -> Result<Eligibility, EligibilityError> {
         let category = self.category_for_decisions(category).await?;
         let encoded = self.reads.encoded_profile(user).await.map_err(ServiceError::from)?;
-        let profile = self.reads.decoded(user, &encoded).await.map_err(ServiceError::from)?;
-        Ok(decide(&profile, channel, category.as_ref(), at))
+        let sending = self.reads.decoded_sending(user, &encoded, channel).await.map_err(ServiceError::from)?;
+        Ok(decide_sending(sending, channel, category.as_ref(), at))
     }
 
     /// Send eligibility of many users on one channel (and category) at one instant, in the
@@ -159,16 +159,23 @@ impl UserService {
         at: OffsetDateTime,
     ) -> Result<Vec<(UserId, Option<Eligibility>)>, EligibilityError> {
         let category = self.category_for_decisions(category).await?;
-        let loaded = self.reads.load_many(ids).await.map_err(ServiceError::from)?;
-        let decisions: HashMap<UserId, Eligibility> = self
-            .reads
-            .decoded_many(loaded)
-            .await
-            .map_err(ServiceError::from)?
+        let mut sending = self.reads.sending_many(ids, channel).await.map_err(ServiceError::from)?;
+        let mut decisions: HashMap<UserId, Eligibility> = HashMap::with_capacity(sending.len());
+        Ok(ids
             .iter()
-            .map(|profile| (profile.user.id, decide(profile, channel, category.as_ref(), at)))
-            .collect();
-        Ok(ids.iter().map(|id| (*id, decisions.get(id).cloned())).collect())
+            .map(|id| {
+                // An id asked twice is decided once.
+                let decision = match sending.remove(id) {
+                    Some(profile) => {
+                        let decision = decide_sending(profile, channel, category.as_ref(), at);
+                        decisions.insert(*id, decision.clone());
+                        Some(decision)
+                    }
+                    None => decisions.get(id).cloned(),
+                };
+                (*id, decision)
+            })
+            .collect())
     }
 
     /// Whether `user` could be sent to on `channel` (in `category`) at the past instant `at`,

@@ -22,7 +22,7 @@ use crate::device::DeviceId;
 use crate::device::{DeviceRegistration, DeviceSelector, Platform, RegisteredDevice};
 use crate::device::{HeldToken, PushToken};
 use crate::eligibility::Channel;
-use crate::eligibility::{Eligibility, Reason};
+use crate::eligibility::{Eligibility, Reason, SendingProfile};
 use crate::failure::{CatalogueError, ChoiceError, EligibilityError};
 use crate::failure::{ChangeError, ContactError, DeviceError, LoginError, PasswordChangeError, RegisterError};
 use crate::idempotency::IdempotentWrite;
@@ -756,7 +756,11 @@ fn bulk_eligibility_reads_hits_from_the_cache_and_all_misses_in_one_query() {
     let mut encoder = MockProfileEncoder::new();
     encoder.expect_encode().returning(|_| b"encoded".to_vec());
     let decoded = hit.clone();
-    encoder.expect_decode().withf(|bytes| bytes == b"cached").times(1).returning(move |_| Some(decoded.clone()));
+    encoder
+        .expect_decode_sending()
+        .withf(|bytes, _| bytes == b"cached")
+        .times(1)
+        .returning(move |_, channel| Some(SendingProfile::of(&decoded, channel)));
     let service = UserService::new(Ports {
         users: Arc::new(users),
         devices: Arc::new(MockDeviceRepository::new()),
@@ -1202,7 +1206,7 @@ fn eligibility_in_a_category_applies_the_users_choice_from_the_cached_representa
     let mut encoder = MockProfileEncoder::new();
     let mut cached = ada_today();
     cached.devices[0].active = true;
-    encoder.expect_decode().returning(move |_| Some(cached.clone()));
+    encoder.expect_decode_sending().returning(move |_, channel| Some(SendingProfile::of(&cached, channel)));
     let mut users = MockUserRepository::new();
     users.expect_find_profile().never();
     let service = catalogue_service(users, categories, MockConsentHistory::new(), Arc::new(cache), encoder);
