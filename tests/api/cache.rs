@@ -242,9 +242,11 @@ async fn a_hot_user_is_served_from_process_memory_without_a_redis_read_per_reque
     let app = TestApp::spawn_with(&[("REDIS_URL", url.as_str())]).await;
     let user = app.register("hot@example.com").await;
     let path = format!("/api/v1/users/{user}");
-    // The first read fills Redis; the second finds the entry there and keeps it in process.
-    for _ in 0..2 {
+    // The first read fills Redis; the next find the entry there and keep it in process once
+    // the connection's pushes were seen to arrive (a probe the first read started).
+    for _ in 0..3 {
         assert_eq!(app.get(&path).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(redis.cli(&["CONFIG", "RESETSTAT"]).trim(), "OK");
 

@@ -73,7 +73,6 @@ pub(crate) enum Breaker {
 enum Failure {
     Connect(PoolError),
     Identify(redis::RedisError),
-    Tracking(redis::RedisError),
     Redis(redis::RedisError),
     Timeout(Duration),
 }
@@ -83,7 +82,6 @@ impl fmt::Display for Failure {
         match self {
             Self::Connect(error) => write!(f, "no connection: {error}"),
             Self::Identify(error) => write!(f, "INFO server did not name the server's run_id: {error}"),
-            Self::Tracking(error) => write!(f, "CLIENT TRACKING ON failed: {error}"),
             Self::Redis(error) => write!(f, "{error}"),
             Self::Timeout(timeout) => write!(f, "no answer within {} ms", timeout.as_millis()),
         }
@@ -241,13 +239,16 @@ impl Connection {
         if self.tracking {
             // Before any read: every key this connection reads from now on is tracked. A
             // connection the pool made earlier has it on already; turning it on again is
-            // harmless.
-            let _: () = redis::cmd("CLIENT")
-                .arg("TRACKING")
-                .arg("ON")
-                .query_async(&mut connection)
-                .await
-                .map_err(Failure::Tracking)?;
+            // harmless. Refused (an ACL without CLIENT), the connection still serves: the
+            // near-cache's probe then finds no pushes and stays off.
+            let tracking: redis::RedisResult<()> =
+                redis::cmd("CLIENT").arg("TRACKING").arg("ON").query_async(&mut connection).await;
+            if let Err(error) = tracking {
+                if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() {
+                    return Err(Failure::Redis(error));
+                }
+                tracing::warn!(error = %error, "CLIENT TRACKING ON refused: the near-cache is off on this connection");
+            }
         }
         let number = self.made.fetch_add(1, Ordering::Relaxed);
         let checked_out = Arc::new(CheckedOut { object: Mutex::new(Some(checked_out)), given_up: Default::default() });
@@ -359,7 +360,7 @@ impl Connection {
 /// no answer in time (a paused server, a lost network) may.
 fn breaks_the_connection(failure: &Failure) -> bool {
     match failure {
-        Failure::Connect(_) | Failure::Identify(_) | Failure::Tracking(_) | Failure::Timeout(_) => true,
+        Failure::Connect(_) | Failure::Identify(_) | Failure::Timeout(_) => true,
         Failure::Redis(error) => {
             error.is_io_error() || error.is_connection_dropped() || error.is_timeout() || error.is_unrecoverable_error()
         }

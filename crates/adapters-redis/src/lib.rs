@@ -122,6 +122,9 @@ const CONFIRM_RETRY: Duration = Duration::from_millis(25);
 /// every entry until the ledger is shorter.
 const LEDGER_READ_LIMIT: usize = RETRY_BATCH;
 
+/// How long a near-cache probe's key lives (it is only read and changed once).
+const PROBE_TTL_MS: u64 = 10_000;
+
 /// How long the task that sends the near-cache's freshness checks waits for a request before
 /// it looks whether the cache was dropped.
 const BARRIER_IDLE: Duration = Duration::from_secs(1);
@@ -489,6 +492,12 @@ impl Inner {
         if values.len() != ids.len() * 2 {
             return vec![CacheLookup::Unavailable; ids.len()];
         }
+        if let Some(near) = &self.near
+            && near.awaits_probe(connection)
+        {
+            // A new connection: the barrier task probes its pushes before answers are kept.
+            near.barrier.request();
+        }
         let mut values = values.into_iter();
         ids.iter()
             .enumerate()
@@ -511,6 +520,37 @@ impl Inner {
                 }
             })
             .collect()
+    }
+
+    /// Checks that Redis's pushes reach us on `connection`: reads a key of ours, changes it,
+    /// then `PING`s, in one round trip; the change's invalidation must have arrived before
+    /// the answer. Until a probe passes, no answer read on the connection is kept (see
+    /// [`near`]).
+    async fn probe_pushes(&self, near: &NearCache, connection: u64) {
+        let probe = near.expect_probe();
+        let key = format!("{}:near-probe:{probe}", self.keys.prefix);
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("GET")
+            .arg(&key)
+            .ignore()
+            .cmd("SET")
+            .arg(&key)
+            .arg("1")
+            .arg("PX")
+            .arg(PROBE_TTL_MS)
+            .ignore()
+            .cmd("PING")
+            .ignore();
+        let answered = self.connection.run_identified::<()>(Request::Pipeline(&pipeline)).await;
+        let on_connection = answered.is_some_and(|answer| answer.connection == connection);
+        if on_connection && !near.probe_arrived(probe, connection) {
+            tracing::warn!(
+                "Redis did not push the invalidation of a key this connection read and changed: the near-cache \
+                 stays off on this connection (a proxy that drops RESP3 pushes, or a Redis user without CLIENT \
+                 TRACKING); connect to Redis directly to use it"
+            );
+        }
     }
 
     /// Whether `id`'s entry may be served or filled now: its invalidation is not pending
@@ -754,6 +794,11 @@ async fn send_barriers(cache: Weak<Inner>, near: Arc<NearCache>) {
         let connection = answered.map(|answer| answer.connection);
         if let Some(connection) = connection {
             near.used(connection);
+            if near.awaits_probe(connection)
+                && let Some(inner) = cache.upgrade()
+            {
+                inner.probe_pushes(&near, connection).await;
+            }
         }
         near.barrier.answer(number, connection);
     }

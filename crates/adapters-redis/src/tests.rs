@@ -1437,15 +1437,19 @@ async fn a_hot_entry_is_served_from_process_until_another_instance_invalidates_i
     let reader = RedisCache::build(reader_config).expect("build");
     let writer = RedisCache::build(writer_config).expect("build");
     let id = UserId::generate();
-    // Filled, then read from Redis once: from then on kept in process.
+    // Filled, then read from Redis: kept in process once the connection's pushes were seen
+    // to arrive (a probe the first read started).
     warm(&reader, id, b"before").await;
-    assert_eq!(reader.lookup(id).await, CacheLookup::Hit(b"before".to_vec()));
+    eventually(Duration::from_secs(2), "the entry is kept in process", || async {
+        reader.lookup(id).await == CacheLookup::Hit(b"before".to_vec())
+            && reader.near_cache_size().is_some_and(|(entries, _)| entries > 0)
+    })
+    .await;
     let reads = command_calls(&server, "mget").await;
     for _ in 0..10 {
         assert_eq!(reader.lookup(id).await, CacheLookup::Hit(b"before".to_vec()));
     }
     assert_eq!(command_calls(&server, "mget").await, reads, "a hot entry was read from Redis");
-    assert_eq!(reader.near_cache_size().map(|(entries, _)| entries > 0), Some(true));
 
     // Another instance's change: Redis pushes the invalidation, the next read misses.
     assert_eq!(writer.invalidate(&[id]).await, Invalidation::Confirmed);
@@ -1478,4 +1482,26 @@ async fn a_hot_entry_is_not_served_after_redis_restarted_or_while_it_pauses() {
     })
     .await;
     assert!(matches!(cache.lookup(id).await, CacheLookup::Miss(_)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_user_refused_client_tracking_still_caches_without_a_near_cache() {
+    let server = PrivateRedis::start().await;
+    let mut admin = raw_connection(&server.url()).await;
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "limited", "on", ">limited-password", "~*", "+@all", "-client"][..])
+        .query_async(&mut admin)
+        .await
+        .expect("ACL SETUSER");
+    let url = format!("redis://limited:limited-password@127.0.0.1:{}", server.port);
+    let cache = RedisCache::build(config_for(&url, Duration::from_secs(2))).expect("build");
+    let id = UserId::generate();
+    warm(&cache, id, b"cached").await;
+    let reads = command_calls(&server, "mget").await;
+    for _ in 0..5 {
+        assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"cached".to_vec()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(command_calls(&server, "mget").await, reads + 5, "each read goes to Redis");
+    assert_eq!(cache.near_cache_size().map(|(entries, _)| entries), Some(0), "kept without pushes");
 }
