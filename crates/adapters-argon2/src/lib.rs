@@ -6,6 +6,10 @@
 //! on a growing blocking pool would leave the allocator holding hundreds of megabytes.
 //! A request that cannot get a thread within the queue timeout answers 503 instead of
 //! piling up. Each job keeps the request's tracing span.
+//!
+//! On Linux the hashing threads run at nice [`HASHING_NICE`]: during a registration storm
+//! the CPU goes to the request threads first, so that reads keep their latency while the
+//! hashes take what is left (hashing alone still gets every core it can use).
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,6 +31,10 @@ pub const OWASP_ITERATIONS: u32 = 2;
 pub const OWASP_PARALLELISM: u32 = 1;
 /// Bytes of a hash.
 const OUTPUT_LENGTH: usize = 32;
+/// The nice value of the hashing threads (Linux; 0 is the default, 19 the lowest priority).
+/// A thread at nice 10 gets about a tenth of the CPU that a busy thread at nice 0 gets on
+/// the same core, and all of it when no such thread wants the core.
+pub const HASHING_NICE: i32 = 10;
 
 /// A job for a hashing thread, given that thread's reusable memory.
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
@@ -105,8 +113,10 @@ impl Argon2Hasher {
     }
 }
 
-/// A hashing thread: takes jobs until the hasher is dropped, reusing one memory block.
+/// A hashing thread: lowers its own priority, then takes jobs until the hasher is dropped,
+/// reusing one memory block.
 fn work(jobs: &Mutex<Receiver<Job>>) {
+    lower_priority();
     let mut memory = Vec::new();
     loop {
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
@@ -116,6 +126,31 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
         }
     }
 }
+
+/// Lowers the calling thread's scheduling priority to nice [`HASHING_NICE`], once, when a
+/// hashing thread starts. The threads are the hasher's own, so the value is never restored
+/// (an unprivileged process could not raise it back anyway). On Linux, `setpriority` with
+/// `PRIO_PROCESS` and a thread id changes that thread alone; elsewhere it would change the
+/// whole process, so nothing is done. A thread already at a lower priority keeps it (an
+/// operator's `nice` on the whole service). A failure leaves hashing at the normal
+/// priority: it is reported once per process, and never fails a hash.
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    static REPORTED: std::sync::Once = std::sync::Once::new();
+    let thread = rustix::thread::gettid();
+    let lowered = rustix::process::getpriority_process(Some(thread)).and_then(|nice| {
+        if nice >= HASHING_NICE { Ok(()) } else { rustix::process::setpriority_process(Some(thread), HASHING_NICE) }
+    });
+    if let Err(error) = lowered {
+        REPORTED.call_once(|| {
+            tracing::info!(%error, nice = HASHING_NICE, "could not lower the password hashing threads' priority");
+        });
+    }
+}
+
+/// Per-thread priorities are Linux's: elsewhere hashing keeps the normal priority.
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 /// `memory`'s first `blocks` blocks, grown once if needed. Blocks beyond the OWASP size (a
 /// stored hash with more memory) are served from a temporary buffer instead, so the kept
@@ -243,6 +278,41 @@ mod tests {
             .to_string();
         assert!(hasher.needs_rehash(&PasswordHash::new(argon2i)));
         assert!(hasher.needs_rehash(&PasswordHash::new("not a phc string".into())));
+    }
+
+    /// The nice value of the calling thread, as the kernel reports it in field 19 of
+    /// `/proc/thread-self/stat` (read independently of the code under test).
+    #[cfg(target_os = "linux")]
+    fn own_nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // The fields after the command name (which may hold spaces) start with field 3.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name.split_whitespace().nth(19 - 3).unwrap().parse().unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread")]
+    async fn hashes_run_on_threads_of_lower_priority_and_other_threads_keep_theirs() {
+        let before = own_nice();
+        let hasher = Argon2Hasher::new(2, Duration::from_secs(5)).unwrap();
+        let expected = before.max(HASHING_NICE);
+        // Every hashing thread: two jobs held at once cannot run on the same thread.
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let on_thread = |barrier: Arc<std::sync::Barrier>| {
+            hasher.run(move |_| {
+                barrier.wait();
+                Ok((own_nice(), rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()))
+            })
+        };
+        let (first, second) = tokio::join!(on_thread(Arc::clone(&barrier)), on_thread(barrier));
+        assert_eq!(first.unwrap(), (expected, expected));
+        assert_eq!(second.unwrap(), (expected, expected));
+        // A real hash on a lowered thread still verifies.
+        let password = Password::parse("StrongPass123!").unwrap();
+        let hash = hasher.hash(password.clone()).await.unwrap();
+        assert!(hasher.verify(password, hash).await.unwrap());
+        // Only the hashing threads: the caller's thread (and so the process) keeps its priority.
+        assert_eq!(own_nice(), before);
     }
 
     #[tokio::test]

@@ -1,11 +1,12 @@
 //! [`UserRepository`] on PostgreSQL.
 
-use adapters_sql_common::device_order;
 use adapters_sql_common::events::created_user_events;
 use adapters_sql_common::profiles::{
-    InitialDevice, created_user, page_offset, page_total, profiles_from_joined_rows, profiles_with_devices, uuids,
+    InitialDevice, ProfileRow, created_user, page_offset, page_total, profile_from_rows_of_one_user,
+    profiles_from_joined_rows, profiles_with_devices, uuids,
 };
 use adapters_sql_common::writes::history_entries;
+use adapters_sql_common::{device_order, profile_query};
 use async_trait::async_trait;
 use diesel::dsl::{exists, sql};
 use diesel::prelude::*;
@@ -131,26 +132,15 @@ impl UserRepository for PgStore {
         .await
     }
 
-    /// One user, with `= $1` rather than [`UserRepository::find_profiles`]' `= ANY($1)`: with
-    /// an array parameter PostgreSQL never settles on a generic plan (it costs a generic plan
-    /// as if the array held 10 ids) and plans both statements again at every call, about
-    /// three times what they take to run; with a scalar one it caches the plan.
+    /// One user in one statement ([`profile_query!`]), with `= $1` rather than
+    /// [`UserRepository::find_profiles`]' `= ANY($1)`: with an array parameter PostgreSQL
+    /// never settles on a generic plan (it costs a generic plan as if the array held 10 ids)
+    /// and plans again at every call, about three times what the statement takes to run;
+    /// with a scalar one it caches the plan.
     async fn find_profile(&self, id: UserId) -> Result<Option<UserProfile>, RepositoryError> {
-        let connection = self.connection().await?;
-        let connection: &AsyncPgConnection = &connection;
-        let rows = users::table
-            .inner_join(notification_preferences::table)
-            .left_join(devices::table)
-            .filter(users::id.eq(id.as_uuid()))
-            .order(device_order!())
-            .select((USER, PREFERENCES, DEVICE.nullable()))
-            .load::<(UserRow, PreferencesRow, Option<DeviceRow>)>(&mut &*connection);
-        let choices = category_choices::table
-            .filter(category_choices::user_id.eq(id.as_uuid()))
-            .select(CHOICE)
-            .load::<ChoiceRow>(&mut &*connection);
-        let (rows, choices) = futures_util::future::try_join(rows, choices).await.map_err(from_diesel)?;
-        Ok(profiles_from_joined_rows(rows, choices)?.pop())
+        let mut connection = self.connection().await?;
+        let rows = profile_query!(id.as_uuid()).load::<ProfileRow>(&mut connection).await.map_err(from_diesel)?;
+        profile_from_rows_of_one_user(rows)
     }
 
     async fn find_profiles(&self, ids: &[UserId]) -> Result<Vec<UserProfile>, RepositoryError> {

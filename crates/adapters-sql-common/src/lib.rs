@@ -10,7 +10,8 @@
 //!   categories, their revisions and users' choices), built from the domain values by
 //!   exhaustive destructuring; [`writes::HistoryEntry`]: the consent history's rows;
 //! - [`pool`]: deadpool pools with explicit limits and per-connection session settings;
-//! - [`profiles`]: profiles assembled from rows, and page arithmetic;
+//! - [`profiles`]: profiles assembled from rows, and page arithmetic; [`profile_query!`]: the
+//!   one statement that reads one user's profile in both stores;
 //! - [`devices`]: registration results and which device a selector names;
 //! - [`events`]: the change events a write records (the transactional outbox);
 //! - `contract` (feature `contract-tests`): the repository ports' contract test suite, run

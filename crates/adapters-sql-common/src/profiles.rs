@@ -51,6 +51,44 @@ pub fn profiles_from_joined_rows(
     Ok(profiles)
 }
 
+/// A row of one user's profile read in one statement ([`profile_query!`]): the user and
+/// its preferences, with one of its devices and one of its category choices (`None` when it
+/// has none).
+///
+/// [`profile_query!`]: crate::profile_query
+pub type ProfileRow = (UserRow, PreferencesRow, Option<DeviceRow>, Option<ChoiceRow>);
+
+/// One user's profile from the rows of [`profile_query!`] (`None` without rows: no such
+/// user). The rows pair each of the user's devices with each of its choices (a user without
+/// devices or without choices has one row per choice or per device, with `None` for the
+/// other): every device is taken from the rows of the first row's choice, in the rows'
+/// order, which must be the devices' profile order; every choice from the rows of the first
+/// row's device. Each device and each choice is thus read once, whatever their numbers.
+///
+/// [`profile_query!`]: crate::profile_query
+pub fn profile_from_rows_of_one_user(rows: Vec<ProfileRow>) -> Result<Option<UserProfile>, RepositoryError> {
+    let mut rows = rows.into_iter();
+    let Some((user, preferences, device, choice)) = rows.next() else {
+        return Ok(None);
+    };
+    let first_device = device.as_ref().map(|device| device.id);
+    let first_choice = choice.as_ref().map(|choice| choice.category_key.clone());
+    let mut devices: Vec<DeviceRow> = device.into_iter().collect();
+    let mut choices: Vec<ChoiceRow> = choice.into_iter().collect();
+    for (_, _, device, choice) in rows {
+        let of_first_choice = choice.as_ref().map(|choice| &choice.category_key) == first_choice.as_ref();
+        let of_first_device = device.as_ref().map(|device| device.id) == first_device;
+        if of_first_choice {
+            devices.extend(device);
+        }
+        if of_first_device {
+            choices.extend(choice);
+        }
+    }
+    let categories = choices_by_user(choices)?.remove(&user.id).unwrap_or_default();
+    profile_from_rows(user, preferences, categories, devices).map(Some)
+}
+
 /// Profiles of `users`, in their order, with `devices` (of any of them, in profile order)
 /// and `choices` (of any of them) attached to their owners.
 pub fn profiles_with_devices(

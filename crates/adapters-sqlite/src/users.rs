@@ -1,12 +1,13 @@
 //! [`UserRepository`] on SQLite.
 
-use adapters_sql_common::device_order;
 use adapters_sql_common::events::created_user_events;
 use adapters_sql_common::profiles::{
-    InitialDevice, created_user, page_offset, page_total, profiles_with_devices, uuids,
+    InitialDevice, ProfileRow, created_user, page_offset, page_total, profile_from_rows_of_one_user,
+    profiles_with_devices, uuids,
 };
 use adapters_sql_common::rows::{ChoiceRow, CredentialsRow, DeviceRow, PreferencesRow, UserRow};
 use adapters_sql_common::writes::history_entries;
+use adapters_sql_common::{device_order, profile_query};
 use async_trait::async_trait;
 use diesel::dsl::exists;
 use diesel::prelude::*;
@@ -119,8 +120,13 @@ impl UserRepository for SqliteStore {
         .await
     }
 
+    /// One statement ([`profile_query!`]), which reads one snapshot without a transaction.
     async fn find_profile(&self, id: UserId) -> Result<Option<UserProfile>, RepositoryError> {
-        self.read(move |connection| Ok(load_profiles(connection, &[id.as_uuid()])?.pop())).await
+        self.read(move |connection| {
+            let rows = profile_query!(Id::from(id)).load::<ProfileRow>(connection)?;
+            Ok(profile_from_rows_of_one_user(rows)?)
+        })
+        .await
     }
 
     async fn find_profiles(&self, ids: &[UserId]) -> Result<Vec<UserProfile>, RepositoryError> {

@@ -229,3 +229,52 @@ pub async fn profiles_carry_the_users_category_choices(fixture: &impl StoreFixtu
         assert_eq!(profile.categories, expected(profile.user.id), "{}", profile.user.email.as_str());
     }
 }
+
+/// One user's profile, read in one statement that pairs each device with each choice, has
+/// every device once, in profile order (ties in the last sighting broken by the id), and
+/// every choice once: the profile the batch reads give, whatever the numbers of devices and
+/// choices (none, one or several of each).
+pub async fn a_profile_has_each_device_and_each_choice_once_whatever_their_numbers(fixture: &impl StoreFixture) {
+    let store = fixture.store();
+    for name in ["marketing", "news", "security"] {
+        CategoryRepository::create(store, category(name, false, true, false, at(0))).await.expect("create");
+    }
+    let set = |email, push| ChoiceChange::Set(CategoryChoice { email, push });
+    let mut users = Vec::new();
+    for (index, (devices, choices)) in [(0, 0), (0, 2), (3, 0), (1, 1), (3, 3), (4, 2)].into_iter().enumerate() {
+        let id = create_user(store, &format!("user{index}@example.com"), at(0)).await;
+        // Two devices seen at the same instant, one inactive device seen last.
+        for device in 0..devices {
+            let (active, seen) = match device {
+                0 => (false, 9),
+                1 | 2 => (true, 5),
+                _ => (true, 1),
+            };
+            let token = format!("user{index}-device{device}");
+            upsert(store, id, registration(&token, Platform::Web, active), at(seen)).await.expect("upsert");
+        }
+        let chosen = [
+            ("marketing", set(Some(false), None)),
+            ("news", set(None, Some(true))),
+            ("security", set(Some(true), Some(false))),
+        ];
+        for (name, choice) in chosen.into_iter().take(choices) {
+            store.change_choice(id, &key(name), choice, at(10), &by()).await.expect("choose");
+        }
+        users.push((id, devices, choices));
+    }
+
+    for (id, devices, choices) in users {
+        let profile = store.find_profile(id).await.expect("find").expect("the user exists");
+        assert_eq!(profile.devices.len(), devices, "{}", profile.user.email.as_str());
+        assert_eq!(profile.categories.len(), choices, "{}", profile.user.email.as_str());
+        let batch = store.find_profiles(&[id]).await.expect("find profiles").pop();
+        assert_eq!(Some(&profile), batch.as_ref(), "the batch read gives the same profile");
+        let listed = DeviceRepository::list(store, id).await.expect("list").expect("the user exists");
+        assert_eq!(tokens(&profile.devices), tokens(&listed), "the devices' own order");
+        if devices >= 3 {
+            assert_eq!(profile.devices.last().map(|device| device.active), Some(false), "inactive last");
+            assert!(profile.devices[0].last_seen_at >= profile.devices[1].last_seen_at);
+        }
+    }
+}

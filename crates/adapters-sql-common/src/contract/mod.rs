@@ -122,6 +122,7 @@ macro_rules! repository_contract_tests {
             change_choice_sets_channels_partially_and_clear_returns_to_the_defaults,
             change_choice_in_an_unknown_category_is_category_not_found_and_for_an_unknown_user_is_none,
             profiles_carry_the_users_category_choices,
+            a_profile_has_each_device_and_each_choice_once_whatever_their_numbers,
             registration_records_every_field_set_and_the_initial_device,
             a_registration_that_moves_a_token_records_it_in_both_histories,
             preferences_updates_record_only_the_fields_they_change,
