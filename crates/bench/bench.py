@@ -1,13 +1,34 @@
 #!/usr/bin/env python3
 """`make bench`: load figures of the release user-service on PostgreSQL + Redis, beside
 references measured in the same run on the same cores (the actix-web framework ceiling,
-pgbench, raw argon2id), as ratios with targets. Writes bench-results/latest.md.
+pgbench, raw argon2id), as ratios with targets. Writes bench-results/latest.md, the chart
+bench-results/summary.svg and the flame graphs bench-results/flamegraph-{cached,uncached}-get.svg.
+
+One release build serves the whole run: with the `profiling` feature of http-actix (inert
+unless PROFILE_FLAMEGRAPH is set, which this program sets on the profiled instances only) and
+limited debug information (CARGO_PROFILE_RELEASE_DEBUG=limited unless set: function names and
+line tables, no types or variables; the code is the same), so that the flame graphs name
+inlined functions by their full paths. The cached GET is measured twice: with the
+service's in-process near-cache (its default) and on a second instance with
+NEAR_CACHE_ENABLED=false, right after, on the same warm Redis entries.
+
+Profiles are taken apart from the measured runs, so that sampling never touches a figure: an
+instance of its own, started with PROFILE_FLAMEGRAPH, gets the cached GET's load (same Lua
+script and connections) for BENCH_PROFILE_DURATION seconds and writes its flame graph when
+stopped; the same for the uncached GET (CACHE_ENABLED=false). Its near-cache starts empty, so
+the first request for each seeded user goes to Redis: with many users and a short profile,
+that path shows in the cached GET's flame graph. latest.md lists each profile's top functions
+by self time and the service's own functions by inclusive time (from last-run/*.folded).
+
+The chart is drawn by crates/bench/chart.py with matplotlib, in a virtual environment made
+once (pip, from PyPI) and kept between runs in BENCH_VENV; without it (no network), the run
+still finishes and latest.md says why the chart is missing.
 
 Needs PostgreSQL (trust auth) and Redis running, their clients (psql, pg_isready, pgbench,
 redis-cli) and wrk (installed with apt-get when run as root); Python 3.11, standard library
-only. Redis is never flushed: every key carries a prefix unique to this run and is deleted at
-the end, with the servers and databases this program started or created (on an error, on
-Ctrl-C and on SIGTERM too).
+only (matplotlib runs in its own interpreter). Redis is never flushed: every key carries a
+prefix unique to this run and is deleted at the end, with the servers and databases this
+program started or created (on an error, on Ctrl-C and on SIGTERM too).
 
 Environment (defaults in brackets):
   BENCH_DURATION [10]        seconds per wrk/pgbench run ("10s" is accepted too)
@@ -20,14 +41,19 @@ Environment (defaults in brackets):
   BENCH_REDIS_URL [redis://127.0.0.1:6379]
   BENCH_AMQP_URL [amqp://guest:guest@127.0.0.1:5672/%2f]  RabbitMQ for the change events (a run
                              exchange with a consumer of its own; deleted at the end)
-  BENCH_RESULTS_DIR [bench-results]  where latest.md, a dated copy and last-run/ go
+  BENCH_PROFILE_DURATION [5] seconds of load on each profiled instance
+  BENCH_VENV [~/.cache/user-service-bench/venv-matplotlib-VERSION]  the chart's virtual
+                             environment ($XDG_CACHE_HOME instead of ~/.cache when set)
+  BENCH_RESULTS_DIR [bench-results]  where latest.md, a dated copy, the SVGs and last-run/ go
   CARGO [cargo], CARGO_TARGET_DIR [target]  the build, and where its binaries are found
-Service variables this program does not set reach the service (PASSWORD_HASH_CONCURRENCY=1 make bench).
+Service variables this program does not set reach the service (PASSWORD_HASH_CONCURRENCY=1 make bench),
+except NEAR_CACHE_ENABLED, PROFILE_FLAMEGRAPH and PROFILE_FOLDED, which it sets per instance.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import random
 import re
@@ -39,6 +65,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +80,15 @@ PGBENCH_DB = "pgbench_bench"
 SERVICE_KEY = "bench-service-key-0123456789"
 NPROC = len(os.sched_getaffinity(0))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MATPLOTLIB = "3.11.2"  # the chart's library, pinned; a new pin makes a new virtual environment
+CHART_SCRIPT = ROOT / "crates" / "bench" / "chart.py"
+# Variables this program sets per instance: never inherited from its own environment, so that
+# no measured instance is profiled or loses its near-cache by accident; and no instance takes
+# backtraces, which a profiled one must not (a sample landing in one could deadlock it).
+INSTANCE_VARIABLES = (
+    *("RUST_LOG", "AMQP_URL", "NEAR_CACHE_ENABLED", "PROFILE_FLAMEGRAPH", "PROFILE_FOLDED"),
+    *("RUST_BACKTRACE", "RUST_LIB_BACKTRACE"),
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -73,6 +109,8 @@ class Config:
     pg_user: str
     redis_url: str
     amqp_url: str
+    profile_duration: int
+    venv: Path
     results_dir: Path
     release_dir: Path
 
@@ -87,6 +125,7 @@ class Config:
                 die(f"{name} must be a whole number, not {value!r}")
             return int(value)
 
+        cache = Path(get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "user-service-bench"
         return cls(
             cargo=get("CARGO", "cargo"),
             duration=get("BENCH_DURATION", "10").removesuffix("s"),
@@ -100,6 +139,8 @@ class Config:
             pg_user=get("BENCH_PG_USER", "postgres"),
             redis_url=get("BENCH_REDIS_URL", "redis://127.0.0.1:6379"),
             amqp_url=get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            profile_duration=number("BENCH_PROFILE_DURATION", 5),
+            venv=Path(os.path.abspath(get("BENCH_VENV", str(cache / f"venv-matplotlib-{MATPLOTLIB}")))),
             results_dir=Path(os.path.abspath(get("BENCH_RESULTS_DIR", str(ROOT / "bench-results")))),
             # Where cargo puts the release binaries: CARGO_TARGET_DIR when set, relative to
             # the directory cargo runs in (ROOT), as cargo itself does.
@@ -187,14 +228,14 @@ def free_port() -> int:
     die("no free port found")
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    """SIGTERM, up to 10 s to exit, then SIGKILL. A process already reaped is never signalled
-    (its pid may belong to someone else by now)."""
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, up to `timeout` seconds to exit, then SIGKILL. A process already reaped is never
+    signalled (its pid may belong to someone else by now)."""
     if process.poll() is not None:
         return
     process.terminate()
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -246,8 +287,47 @@ def require_tools(cfg: Config) -> None:
 
 
 def build(cfg: Config) -> None:
-    log("building in release (lto=thin: several minutes on a small machine)")
-    run([cfg.cargo, "build", "--release", "-p", "http-actix", "-p", "bench"], cwd=ROOT, what="the release build failed")
+    """One release build for the whole run: the `profiling` feature is inert without
+    PROFILE_FLAMEGRAPH, and debug information leaves the code as it is. `limited` rather than
+    `line-tables-only`: with the latter, inlined functions have short names without their
+    paths (`get`, `call<…>`), which no table can attribute to a crate."""
+    log("building in release with the profiling feature (lto=thin: several minutes on a small machine)")
+    env = {"CARGO_PROFILE_RELEASE_DEBUG": "limited", **os.environ}  # a setting of the caller's wins
+    command = [cfg.cargo, "build", "--release", "-p", "http-actix", "-p", "bench", "--features", "http-actix/profiling"]
+    run(command, cwd=ROOT, env=env, what="the release build failed")
+
+
+def chart_python(cfg: Config) -> tuple[Path | None, str]:
+    """The Python of the chart's virtual environment, with matplotlib MATPLOTLIB: made once (pip,
+    from PyPI) and kept in cfg.venv. (None, why) when it cannot be made: the run goes on
+    without the chart."""
+    python = cfg.venv / "bin" / "python"
+    check = [str(python), "-c", f"import matplotlib, sys; sys.exit(matplotlib.__version__ != {MATPLOTLIB!r})"]
+    if python.exists() and subprocess.run(check, check=False, capture_output=True).returncode == 0:
+        return python, ""
+    log(f"making the chart's virtual environment {cfg.venv} (matplotlib {MATPLOTLIB}; once)")
+    shutil.rmtree(cfg.venv, ignore_errors=True)
+    # Few retries and a short timeout: without a network, pip would otherwise retry for minutes.
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--retries", "1"]
+    steps = [
+        ([sys.executable, "-m", "venv", str(cfg.venv)], "python3 -m venv failed"),
+        (
+            [*pip, "--timeout", "30", f"matplotlib=={MATPLOTLIB}"],
+            f"pip could not install matplotlib {MATPLOTLIB} from PyPI (no network?)",
+        ),
+    ]
+    for command, failure in steps:
+        try:
+            done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            done, failure = None, f"{failure}: {error}"
+        if done is None or done.returncode != 0:
+            details = (done.stderr or done.stdout).strip().splitlines()[-1:] if done is not None else []
+            shutil.rmtree(cfg.venv, ignore_errors=True)
+            reason = f"{failure}{': ' + details[0] if details else ''}"
+            print(f"    no chart this run: {reason}", file=sys.stderr)
+            return None, reason
+    return python, ""
 
 
 def machine_description(cfg: Config) -> str:
@@ -436,6 +516,74 @@ def parse_pgbench(text: str) -> tuple[str, int, int, str]:
 
 
 # ---------------------------------------------------------------------------------------
+# CPU profiles: the folded stacks of a profiled instance ("thread;outermost;…;innermost count")
+
+# The service's own crates: a function is its own when its path, or the type it is implemented
+# for (`<http_actix::X as Trait>::f`), starts with one of these.
+OWN_CRATES = ("http_actix::", "domain::", "adapters_", "user_service::")
+PROFILE_ROWS = 15  # functions listed per table
+
+
+@dataclass
+class Profile:
+    """One profiled instance's samples, by function, most first."""
+
+    samples: int
+    threads: list[tuple[str, int]]  # thread names (digits as N) by samples
+    self_time: list[tuple[str, int]]  # functions by samples on top of the stack
+    own_inclusive: list[tuple[str, int]]  # the service's own functions by samples anywhere on the stack
+
+
+def function_name(frame: str) -> str:
+    """A frame's function, without the hash of a legacy symbol and without the closure segments
+    of closures and async bodies, which count as the function that holds them."""
+    name = re.sub(r"::h[0-9a-f]{16}$", "", frame)
+    return re.sub(r"(::\{\{closure\}\}|::\{closure#\d+\})+$", "", name)
+
+
+def is_own(function: str) -> bool:
+    return re.sub(r"^[<&*]+(mut |const |dyn )?", "", function).startswith(OWN_CRATES)
+
+
+def is_primitive(function: str) -> bool:
+    """A C function (libc's system calls, malloc, memcpy) or one of Rust's standard library:
+    named in the self-time table with the first caller that is neither."""
+    return "::" not in function or re.sub(r"^[<&*]+(mut |const |dyn )?", "", function).startswith(
+        ("core::", "alloc::", "std::", "__rustc::")
+    )
+
+
+def parse_folded(text: str) -> Profile:
+    """Self time counts the innermost function of each sample (an inlined one when the debug
+    information names it); a C or standard library function is named with its first caller
+    that is neither ("__libc_send ← mio::…::write"). Inclusive time counts each function once
+    per sample it appears in."""
+    samples = 0
+    threads: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        thread, *frames = stack.split(";")
+        functions = [function_name(frame) for frame in frames]
+        samples += int(count)
+        threads[re.sub(r"[0-9]+", "N", thread)] += int(count)
+        if functions:
+            leaf = functions[-1]
+            caller = next((function for function in reversed(functions) if not is_primitive(function)), leaf)
+            leaves[leaf if caller == leaf else f"{leaf} ← {caller}"] += int(count)
+        for function in set(filter(is_own, functions)):
+            own[function] += int(count)
+    return Profile(samples, threads.most_common(), leaves.most_common(), own.most_common())
+
+
+def percent(count: int, total: int) -> float:
+    return 100 * count / total if total else 0.0
+
+
+# ---------------------------------------------------------------------------------------
 # The run
 
 
@@ -513,6 +661,10 @@ class Bench:
         self.sink_received = ""
         self.relay_rate = ""  # events/s published and confirmed from a backlog
         self.relay_seconds = ""
+        self.profiles: dict[str, Profile] = {}  # "cached-get", "uncached-get"
+        self.profile_notes: dict[str, str] = {}  # why a profile is missing
+        self.chart_python: Path | None = None
+        self.chart_note = "the chart was not drawn"  # why bench-results/summary.svg is missing
 
     # --- processes -----------------------------------------------------------------------
 
@@ -531,13 +683,20 @@ class Bench:
                 die(f"the {what} was not ready within 60 s")
             time.sleep(0.005)
 
-    def start_service(self, name: str, cache_enabled: bool, prefix: str, events: bool = False) -> None:
-        """Starts the release service on a free port; notes its time to ready (from process start
-        to the first 200 of /health/ready) and VmRSS right after. Runs in the work directory so
-        that no .env file of the checkout is read."""
+    def start_service(
+        self,
+        name: str,
+        cache_enabled: bool,
+        prefix: str,
+        events: bool = False,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        """Starts the release service on a free port, with the variables of `extra_env` too; notes
+        its time to ready (from process start to the first 200 of /health/ready) and VmRSS right
+        after. Runs in the work directory so that no .env file of the checkout is read."""
         cfg = self.cfg
         port = free_port()
-        env = {key: value for key, value in os.environ.items() if key not in ("RUST_LOG", "AMQP_URL")}
+        env = {key: value for key, value in os.environ.items() if key not in INSTANCE_VARIABLES}
         if events:
             env.update({"AMQP_URL": cfg.amqp_url, "AMQP_EXCHANGE": self.exchange})
         env.update(
@@ -555,6 +714,7 @@ class Bench:
                 "RATE_LIMIT_PER_ADDRESS": "100000000",
                 "LOG_LEVEL": "warn",
                 "LOG_FORMAT": "json",
+                **(extra_env or {}),
             }
         )
         log_path = cfg.work / f"service-{name}.log"
@@ -704,10 +864,18 @@ class Bench:
     # --- load and CPU ----------------------------------------------------------------------
 
     def start_wrk(
-        self, name: str, script: str, url: str, connections: int, threads: int, extra_env: dict[str, str] | None = None
+        self,
+        name: str,
+        script: str,
+        url: str,
+        connections: int,
+        threads: int,
+        extra_env: dict[str, str] | None = None,
+        duration: str | None = None,
     ) -> subprocess.Popen:
-        """wrk --latency into wrk-NAME.txt (the Lua scripts read the ids, the key and a run tag
-        from the environment, and what `extra_env` adds)."""
+        """wrk --latency into wrk-NAME.txt for `duration` seconds (BENCH_DURATION by default; the
+        Lua scripts read the ids, the key and a run tag from the environment, and what
+        `extra_env` adds)."""
         cfg = self.cfg
         env = {
             **os.environ,
@@ -717,7 +885,7 @@ class Bench:
             "BENCH_LUA_DIR": str(LUA_DIR),
             "BENCH_RUN": f"{name}-{self.run_id.rpartition('-')[2]}",
         }
-        options = f"--latency -t {threads} -c {connections} -d {cfg.duration}s --timeout 10s".split()
+        options = f"--latency -t {threads} -c {connections} -d {duration or cfg.duration}s --timeout 10s".split()
         command = ["wrk", *options, "-s", str(LUA_DIR / script), url]
         return self.start(command, cfg.work / f"wrk-{name}.txt", env=env)
 
@@ -732,9 +900,16 @@ class Bench:
         return round(usage.ru_utime, 3) + round(usage.ru_stime, 3)
 
     def run_wrk(
-        self, name: str, script: str, url: str, connections: int, threads: int, extra_env: dict[str, str] | None = None
+        self,
+        name: str,
+        script: str,
+        url: str,
+        connections: int,
+        threads: int,
+        extra_env: dict[str, str] | None = None,
+        duration: str | None = None,
     ) -> float:
-        process = self.start_wrk(name, script, url, connections, threads, extra_env)
+        process = self.start_wrk(name, script, url, connections, threads, extra_env, duration)
         return self.finish_client(name, process, self.cfg.work / f"wrk-{name}.txt")
 
     def record(self, name: str, connections: int, pid: int, client_cpu: float) -> None:
@@ -793,6 +968,50 @@ class Bench:
         client_cpu = self.run_wrk(name, script, self.service_url, connections, threads, extra_env)
         self.record(name, connections, self.service.pid, client_cpu)
         self.measure_end(before, self.service.pid, name)
+
+    def bench_near_cache_off(self) -> None:
+        """The cached GET again, on a second instance started with NEAR_CACHE_ENABLED=false: the
+        same Redis entries (still warm: no write has run yet), Lua script and connections, right
+        after the near-cache-on row. The first instance idles meanwhile. (A service without
+        that variable ignores it: both rows then measure the same thing.)"""
+        first = (self.service, self.service_url)
+        self.start_service("near-cache-off", True, self.cache_prefix, extra_env={"NEAR_CACHE_ENABLED": "false"})
+        try:
+            self.bench("get-cached-near-off", "get_user.lua", self.cfg.connections)
+        finally:
+            stop_process(self.service)
+            self.service, self.service_url = first
+
+    def profile(self, name: str, cache_enabled: bool, prefix: str) -> None:
+        """A CPU profile of the GET (get_user.lua, the measured rows' connections) on an instance
+        of its own, started with PROFILE_FLAMEGRAPH=bench-results/flamegraph-NAME.svg and
+        PROFILE_FOLDED=last-run/profile-NAME.folded: BENCH_PROFILE_DURATION seconds of load, then
+        SIGTERM, on which it resolves its samples and writes both. Apart from every measured run:
+        no figure sees the sampling. Another instance may idle meanwhile. A missing profile is
+        noted in the report; the run goes on."""
+        cfg = self.cfg
+        svg, folded = cfg.results_dir / f"flamegraph-{name}.svg", cfg.work / f"profile-{name}.folded"
+        svg.unlink(missing_ok=True)  # an earlier run's must not pass for this one's
+        log(f"profiling the {name.replace('-', ' ')} ({cfg.profile_duration}s of load, not a figure)")
+        first = (self.service, self.service_url)
+        variables = {"PROFILE_FLAMEGRAPH": str(svg), "PROFILE_FOLDED": str(folded)}
+        self.start_service(f"profile-{name}", cache_enabled, prefix, extra_env=variables)
+        try:
+            wrk_name = f"profile-{name}"
+            duration = str(cfg.profile_duration)
+            self.run_wrk(wrk_name, "get_user.lua", self.service_url, cfg.connections, cfg.threads, duration=duration)
+            rps, _, p99, errors, _ = parse_wrk((cfg.work / f"wrk-{wrk_name}.txt").read_text(errors="replace"))
+            print(f"    {wrk_name:<22} {rps:>10} req/s  p99 {p99:>8} ms  errors {errors}  (sampled)", file=sys.stderr)
+        finally:
+            stop_process(self.service, timeout=120)  # resolving the samples' symbols takes seconds
+            self.service, self.service_url = first
+        if not svg.exists() or not folded.exists():
+            log_path = cfg.work / f"service-profile-{name}.log"
+            self.profile_notes[name] = f"the profiled instance wrote no flame graph; see last-run/{log_path.name}"
+            print(f"    {self.profile_notes[name]}", file=sys.stderr)
+            return
+        self.profiles[name] = parse_folded(folded.read_text(errors="replace"))
+        print(f"    {svg} ({self.profiles[name].samples} samples)", file=sys.stderr)
 
     def bench_storm(self) -> None:
         """Cached GETs while registrations (argon2id on every core) run against the same service."""
@@ -876,6 +1095,24 @@ class Bench:
     def argon2_rate(self) -> str:
         return f"{sum(map(float, self.argon2_rates)) / len(self.argon2_rates):.1f}"
 
+    def draw_chart(self) -> None:
+        """bench-results/summary.svg, drawn by chart.py in the chart's virtual environment from
+        last-run/chart.json; on a failure, self.chart_note says why it is missing."""
+        cfg = self.cfg
+        target = cfg.results_dir / "summary.svg"
+        target.unlink(missing_ok=True)  # an earlier run's must not pass for this one's
+        if self.chart_python is None:
+            return
+        log(f"chart: {target}")
+        source = cfg.work / "chart.json"
+        source.write_text(json.dumps(chart_data(self, datetime.now(UTC)), indent=1))
+        command = [str(self.chart_python), str(CHART_SCRIPT), str(source), str(target)]
+        drawn = subprocess.run(command, check=False, capture_output=True, text=True)
+        if drawn.returncode != 0 or not target.exists():
+            last = (drawn.stderr or drawn.stdout).strip().splitlines()[-1:]
+            self.chart_note = f"chart.py failed{': ' + last[0] if last else ''} (see last-run/chart.json)"
+            print(f"    {self.chart_note}", file=sys.stderr)
+
     # --- the whole run ---------------------------------------------------------------------
 
     def run(self) -> None:
@@ -896,6 +1133,8 @@ class Bench:
         self.bench_ceiling("ceiling-before")
         self.bench("get-cached", "get_user.lua", cfg.connections)
         self.bench_ceiling("ceiling-after")
+        self.bench_near_cache_off()
+        self.profile("cached-get", True, self.cache_prefix)  # while the Redis entries are all warm
         self.bench("eligibility-single", "eligibility_single.lua", cfg.connections)
         self.bench("eligibility-bulk", "eligibility_bulk.lua", cfg.bulk_connections)
         self.bench("eligibility-bulk-1", "eligibility_bulk.lua", 1, 1)
@@ -917,10 +1156,12 @@ class Bench:
         self.bench("get-uncached", "get_user.lua", cfg.connections)
         self.bench("put-preferences-feed", "put_preferences.lua", cfg.connections)
         stop_process(self.service)
+        self.profile("uncached-get", False, f"{self.cache_prefix}-nocache")
 
         self.bench_relay()
         self.stop_sink()
 
+        self.draw_chart()
         report = render_report(self, datetime.now(UTC))
         latest = cfg.results_dir / "latest.md"
         latest.write_text(report)
@@ -933,7 +1174,8 @@ class Bench:
 # Report
 
 OPERATION_ROWS = [
-    ("get-cached", "GET user, cached"),
+    ("get-cached", "GET user, cached (near-cache on: the default)"),
+    ("get-cached-near-off", "GET user, cached, near-cache off (`NEAR_CACHE_ENABLED=false`)"),
     ("get-uncached", "GET user, uncached (`CACHE_ENABLED=false`)"),
     ("put-preferences", "PUT preferences (toggle email), events published to RabbitMQ"),
     ("put-preferences-feed", "PUT preferences, no broker (events to the feed only), cache off"),
@@ -965,6 +1207,117 @@ def verdict(value: str, operator: str, target: float) -> str:
     return "PASS" if (number >= target if operator == ">=" else number <= target) else "FAIL"
 
 
+def markdown_code(text: str, limit: int = 160) -> str:
+    """text as code in a Markdown table cell (function names hold `<`, `>` and sometimes `|`)."""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return "`" + text.replace("|", "\\|") + "`"
+
+
+def profile_section(bench: Bench) -> str:
+    """The flame graphs' links, and their top functions by self and by inclusive time."""
+    parts = []
+    for name, label in (("cached-get", "Cached GET"), ("uncached-get", "Uncached GET (`CACHE_ENABLED=false`)")):
+        profile = bench.profiles.get(name)
+        if profile is None:
+            parts.append(f"**{label}:** no profile ({bench.profile_notes.get(name, 'not taken')}).")
+            continue
+        threads = ", ".join(
+            f"{markdown_code(thread, 40)} {percent(count, profile.samples):.0f}%" for thread, count in profile.threads[:4]
+        )
+        columns = [profile.self_time[:PROFILE_ROWS], profile.own_inclusive[:PROFILE_ROWS]]
+        table = [
+            f"| {rank + 1} | "
+            + " | ".join(
+                f"{markdown_code(column[rank][0])} | {percent(column[rank][1], profile.samples):.1f}"
+                if rank < len(column)
+                else " | "
+                for column in columns
+            )
+            + " |"
+            for rank in range(max(map(len, columns)))
+        ]
+        parts.append(
+            f"**{label}:** [flamegraph-{name}.svg](flamegraph-{name}.svg), {profile.samples} samples "
+            f"(by thread: {threads}).\n\n"
+            "| # | Function, by self time (on top of the stack; a C or std function with its caller) | % | The service's own functions, by inclusive "
+            "time (anywhere on the stack) | % |\n|---|---|---|---|---|\n" + "\n".join(table)
+        )
+    return "\n\n".join(parts)
+
+
+def chart_data(bench: Bench, now: datetime) -> dict:
+    """What chart.py draws (as JSON): each figure beside its same-run reference or its goal, with
+    the ratio, the goal and the verdict; then each profile's own functions by inclusive time."""
+    cfg, ops = bench.cfg, bench.ops
+    rps = {name: op.rps for name, op in ops.items()}
+    p50 = {name: op.p50 for name, op in ops.items()}
+    p99 = {name: op.p99 for name, op in ops.items()}
+    tps_s, tps_n = bench.pgbench_tps["S"], bench.pgbench_tps["N"]
+
+    def group(title, unit, bars, shown_ratio, ratio_label, goal="", operator="", target=0.0, checked=None):
+        """bars: (label, value, role) with role "figure", "reference" or "goal"; `checked` is the
+        value the verdict compares with the target (the ratio unless given)."""
+        verdict_ = verdict(shown_ratio if checked is None else checked, operator, target) if goal else ""
+        return {
+            "title": title,
+            "unit": unit,
+            "bars": [{"label": label, "value": as_number(value), "role": role} for label, value, role in bars],
+            "ratio": f"{ratio_label} = {shown_ratio}",
+            "goal": goal,
+            "verdict": verdict_,
+        }
+
+    bulk = as_number(p50["eligibility-bulk"])
+    # fmt: off
+    groups = [
+        group("Cached GET vs the framework ceiling", "requests/s",
+              [("cached GET", rps["get-cached"], "figure"), ("ceiling", bench.ceiling_rps, "reference")],
+              ratio(rps["get-cached"], bench.ceiling_rps), "GET / ceiling", "≥ 0.5 (stretch 0.8)", ">=", 0.5),
+        group("Uncached GET vs pgbench -S", "per second",
+              [("uncached GET", rps["get-uncached"], "figure"), ("pgbench -S (tps)", tps_s, "reference")],
+              ratio(rps["get-uncached"], tps_s), "GET / pgbench -S", "≥ 0.5", ">=", 0.5),
+        group("PUT preferences (events published) vs pgbench -N", "per second",
+              [("PUT preferences", rps["put-preferences"], "figure"), ("pgbench -N (tps)", tps_n, "reference")],
+              ratio(rps["put-preferences"], tps_n), "PUT / pgbench -N", "≥ 0.5", ">=", 0.5),
+        group("Registration vs raw argon2id", "per second",
+              [("registrations", rps["register"], "figure"), ("argon2id hashes", bench.argon2_rate, "reference")],
+              ratio(rps["register"], bench.argon2_rate), "registrations / hashes", "≥ 0.9", ">=", 0.9),
+        group("Cached GET p99: registration storm vs idle", "ms",
+              [("p99 in the storm", p99["storm-get"], "figure"), ("p99 idle", p99["get-cached"], "reference")],
+              ratio(p99["storm-get"], p99["get-cached"]), "storm / idle", "≤ 2", "<=", 2),
+        group("Bulk eligibility (1000 ids) p50 vs its goal", "ms",
+              [(f"p50, {cfg.bulk_connections} connections", p50["eligibility-bulk"], "figure"),
+               ("p50, one connection", p50["eligibility-bulk-1"], "figure"), ("goal", "20", "goal")],
+              f"{bulk / 20:.2f}" if bulk is not None else "n/a", "p50 / goal", "≤ 20 ms", "<=", 20,
+              checked=p50["eligibility-bulk"]),
+        group("Cached GET: near-cache on vs off", "requests/s",
+              [("near-cache on", rps["get-cached"], "figure"),
+               ("near-cache off", rps["get-cached-near-off"], "reference")],
+              ratio(rps["get-cached"], rps["get-cached-near-off"]), "on / off"),
+        group("Relay: events published and confirmed", "events/s",
+              [("relay", bench.relay_rate, "figure"), ("goal", "5000", "goal")],
+              ratio(bench.relay_rate or "0", "5000"), "relay / goal", "≥ 5000 events/s", ">=", 5000,
+              checked=bench.relay_rate),
+    ]
+    # fmt: on
+    profiles = []
+    for name, label in (("cached-get", "Cached GET"), ("uncached-get", "Uncached GET")):
+        profile = bench.profiles.get(name)
+        if profile is None:
+            continue
+        title = (
+            f"{label}: the service's own functions by inclusive CPU time, % of {profile.samples} samples "
+            f"(flamegraph-{name}.svg)"
+        )
+        top = profile.own_inclusive[:PROFILE_ROWS]
+        profiles.append({"title": title, "rows": [[name, percent(count, profile.samples)] for name, count in top]})
+    title = (
+        f"user-service benchmark, {now:%Y-%m-%d %H:%M} UTC: {NPROC} cores shared by the service, wrk, "
+        "PostgreSQL and Redis"
+    )
+    return {"title": title, "groups": groups, "profiles": profiles}
+
+
 def render_report(bench: Bench, now: datetime) -> str:
     cfg, ops = bench.cfg, bench.ops
     rps = {name: op.rps for name, op in ops.items()}
@@ -981,6 +1334,15 @@ def render_report(bench: Bench, now: datetime) -> str:
     peak = max(ops["post-device"].peak_rss, ops["get-uncached"].peak_rss, key=lambda v: as_number(v) or -1.0)
     idle_cached, idle_uncached = bench.idle_rss["cached"], bench.idle_rss["uncached"]
     ready_cached, ready_uncached = str(bench.ready_ms["cached"]), str(bench.ready_ms["uncached"])
+    near_on, near_off = ops["get-cached"], ops["get-cached-near-off"]
+    near_cache = (
+        f"Near-cache: the cached GET ran at {near_on.rps} req/s (p99 {near_on.p99} ms) with the near-cache "
+        f"and at {near_off.rps} req/s (p99 {near_off.p99} ms) on an instance started with "
+        f"`NEAR_CACHE_ENABLED=false` right after: on / off **{ratio(near_on.rps, near_off.rps)}**."
+    )
+    chart = "![Each figure beside its same-run reference](summary.svg)"
+    if not (cfg.results_dir / "summary.svg").exists():
+        chart = f"No chart this run: {bench.chart_note}."
 
     # The runs during which processes outside the benchmark took more than 10% of the CPU:
     # their figures, and the ratios built on them, are then pessimistic.
@@ -1059,11 +1421,15 @@ Run: {cfg.duration} s per operation, wrk with {cfg.threads} threads, {cfg.connec
 each; service with {cfg.workers} HTTP workers and default pools; cached GET body {bench.body_bytes} bytes.
 {interference}
 
+{chart}
+
 ## Targets
 
 | Figure | Measured | Target | Result |
 |---|---|---|---|
 {nl.join(target_rows)}
+
+{near_cache}
 
 ## Operations
 
@@ -1085,6 +1451,16 @@ time during each run between the server, the client (wrk or pgbench), Redis, Pos
 (every local postgres process), everything else (other users of the machine included) and
 idle; "CPU per request" is user + system time divided by the requests (or transactions)
 completed. Raw outputs are in bench-results/last-run/.
+
+## CPU profiles
+
+Sampled by the service itself (pprof, 999 Hz of CPU time, every thread), on instances of their
+own under the GET's load for {cfg.profile_duration} s, apart from the measured runs; time in system calls
+counts in the libc function that made them. The cached GET's instance starts with an empty
+near-cache: the first request for each of the {cfg.users} users goes to Redis. Folded stacks are in
+bench-results/last-run/profile-*.folded.
+
+{profile_section(bench)}
 """
 
 
@@ -1100,6 +1476,7 @@ def main() -> int:
         cfg = Config.from_env()
         require_tools(cfg)
         build(cfg)
+        python, reason = chart_python(cfg)  # before the run: pip must not share the cores with a figure
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
@@ -1108,6 +1485,7 @@ def main() -> int:
     shutil.rmtree(cfg.work, ignore_errors=True)
     cfg.work.mkdir(parents=True)
     bench = Bench(cfg)
+    bench.chart_python, bench.chart_note = python, reason or bench.chart_note
     signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
     status = 0

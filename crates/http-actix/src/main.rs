@@ -1,5 +1,8 @@
 //! `user-service`: serve the API (default), apply migrations (`user-service migrate`), or
 //! show and check the configuration (`user-service config [--check]`).
+//!
+//! Built with the `profiling` feature (`make bench` does; production builds do not), `serve`
+//! also profiles itself when `PROFILE_FLAMEGRAPH=<path.svg>` is set: see [`profiling`].
 
 use anyhow::Context;
 use http_actix::config::Settings;
@@ -29,9 +32,16 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(settings.log_format, &settings.log_level);
     match command.as_deref() {
         None | Some("serve") => {
+            #[cfg(feature = "profiling")]
+            let profile = profiling::start()?;
             let application = Application::build(settings).await.context("starting user-service")?;
             tracing::info!(port = application.port(), "user-service listening");
-            application.run_until_stopped().await?;
+            let served = application.run_until_stopped().await;
+            #[cfg(feature = "profiling")]
+            let written = profiling::finish(profile);
+            served?;
+            #[cfg(feature = "profiling")]
+            written?;
         }
         Some("migrate") => {
             http_actix::store::Store::open(&settings.database, true).await?.close();
@@ -52,4 +62,98 @@ fn show_config(option: Option<&str>) -> anyhow::Result<()> {
         Some(other) => anyhow::bail!("unknown option {other:?}\n{USAGE}"),
     }
     Ok(())
+}
+
+/// A CPU profile of the whole `serve` run, for `make bench` (crates/bench/bench.py): with
+/// `PROFILE_FLAMEGRAPH=<path.svg>` set, the process samples its own stacks (SIGPROF, 999 times
+/// per second of CPU time, every thread) from start until it stops (SIGTERM, SIGINT), then
+/// writes the flame graph there; with `PROFILE_FOLDED=<path>` too, the same samples as folded
+/// stacks (`thread;outermost;…;innermost count` per line, the input of inferno and of the
+/// bench's tables). Inlined functions are named, by their paths, when the binary carries
+/// debug information (`CARGO_PROFILE_RELEASE_DEBUG=limited`, as the bench builds it).
+#[cfg(feature = "profiling")]
+mod profiling {
+    use anyhow::Context;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+
+    /// Samples per second of CPU time: not a multiple of the usual timer rates, so that
+    /// sampling does not beat with periodic work.
+    const FREQUENCY: i32 = 999;
+
+    /// The running profiler and where its outputs go.
+    pub(crate) struct Profile {
+        guard: pprof::ProfilerGuard<'static>,
+        flamegraph: PathBuf,
+        folded: Option<PathBuf>,
+    }
+
+    fn path_from_env(name: &str) -> Option<PathBuf> {
+        std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from)
+    }
+
+    /// Starts sampling when `PROFILE_FLAMEGRAPH` is set.
+    pub(crate) fn start() -> anyhow::Result<Option<Profile>> {
+        let Some(flamegraph) = path_from_env("PROFILE_FLAMEGRAPH") else { return Ok(None) };
+        // No blocklist: pprof advises skipping the samples taken in libc, libgcc and pthread,
+        // which would drop the system calls, malloc and memcpy, a large part of a cached GET.
+        // What the blocklist avoids is a deadlock when a sample lands while the process is
+        // itself taking a backtrace (a panic, errors captured with RUST_BACKTRACE), which a
+        // profiled bench instance does not do.
+        let guard = pprof::ProfilerGuardBuilder::default()
+            .frequency(FREQUENCY)
+            .build()
+            .context("starting the CPU profiler (PROFILE_FLAMEGRAPH)")?;
+        Ok(Some(Profile { guard, flamegraph, folded: path_from_env("PROFILE_FOLDED") }))
+    }
+
+    /// Stops sampling and writes the flame graph (and the folded stacks).
+    pub(crate) fn finish(profile: Option<Profile>) -> anyhow::Result<()> {
+        let Some(Profile { guard, flamegraph, folded }) = profile else { return Ok(()) };
+        let report = guard.report().build().context("resolving the profile's symbols")?;
+        drop(guard);
+        // One line per distinct stack, outermost frame first; a frame's inlined functions come
+        // after the function they were inlined into. `;` separates frames: none in a name.
+        let mut lines: Vec<String> = report
+            .data
+            .iter()
+            .map(|(stack, count)| {
+                let names = stack.frames.iter().rev().flat_map(|frame| {
+                    let mut names: Vec<_> = frame.iter().rev().map(|symbol| symbol.name().replace(';', ":")).collect();
+                    names.dedup(); // an address named both by the debug information and the symbol table
+                    names
+                });
+                let thread = stack.thread_name_or_id().replace(';', ":");
+                format!("{} {count}", std::iter::once(thread).chain(names).collect::<Vec<_>>().join(";"))
+            })
+            .collect();
+        lines.sort_unstable();
+        let samples: isize = report.data.values().sum();
+        let mut options = pprof::flamegraph::Options::default();
+        let name = flamegraph.file_stem().unwrap_or_default().to_string_lossy();
+        options.title = format!("user-service CPU, {name}: {samples} samples at {FREQUENCY} Hz");
+        if lines.is_empty() {
+            tracing::warn!(flamegraph = %flamegraph.display(), "no CPU sample taken: no flame graph written");
+            return Ok(());
+        }
+        let mut svg = std::io::BufWriter::new(create(&flamegraph)?);
+        pprof::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), &mut svg)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(svg.flush()?))
+            .with_context(|| format!("writing the flame graph to {}", flamegraph.display()))?;
+        if let Some(folded) = &folded {
+            let mut out = std::io::BufWriter::new(create(folded)?);
+            lines
+                .iter()
+                .try_for_each(|line| writeln!(out, "{line}"))
+                .and_then(|()| out.flush())
+                .with_context(|| format!("writing the folded stacks to {}", folded.display()))?;
+        }
+        tracing::info!(samples, flamegraph = %flamegraph.display(), "CPU profile written");
+        Ok(())
+    }
+
+    fn create(path: &Path) -> anyhow::Result<std::fs::File> {
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+    }
 }
