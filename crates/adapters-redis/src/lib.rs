@@ -457,18 +457,21 @@ impl Inner {
     /// failed: Redis did not answer within the timeout, or the breaker skips it, so that a
     /// read from Redis would fail too.
     async fn near_hits(&self, ids: &[UserId]) -> Option<Vec<Option<Vec<u8>>>> {
-        let mut hits = vec![None; ids.len()];
-        let Some(near) = &self.near else { return Some(hits) };
-        if !ids.iter().any(|id| near.holds(*id)) {
-            return Some(hits);
+        let Some(near) = &self.near else { return Some(vec![None; ids.len()]) };
+        let held: Vec<_> = ids.iter().map(|id| near.peek(*id)).collect();
+        if held.iter().all(Option::is_none) {
+            return Some(vec![None; ids.len()]);
         }
         let connection = near.barrier.pass(self.barrier_bound).await?;
-        for (id, hit) in ids.iter().zip(&mut hits) {
-            if self.may_use(*id) {
-                *hit = near.get(*id, connection).map(|payload| payload.to_vec());
-            }
-        }
-        Some(hits)
+        Some(
+            ids.iter()
+                .zip(held)
+                .map(|(&id, held)| {
+                    let payload = near.servable(id, held?, connection)?;
+                    self.may_use(id).then(|| payload.to_vec())
+                })
+                .collect(),
+        )
     }
 
     /// Reads the entries of `ids` from Redis in one round trip, each with its generation, and

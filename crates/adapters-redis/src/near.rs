@@ -61,6 +61,12 @@ struct NearEntry {
     payload: Arc<[u8]>,
 }
 
+/// An entry looked up before the freshness barrier (see [`NearCache::peek`]).
+pub(crate) struct Held {
+    guard: FillGuard,
+    entry: NearEntry,
+}
+
 /// Taken before a Redis read whose answer may be kept: the invalidations applied so far.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FillGuard {
@@ -112,14 +118,25 @@ impl NearCache {
         }
     }
 
-    /// Whether `id` has an entry (which may not be servable: see [`Self::get`]).
-    pub(crate) fn holds(&self, id: UserId) -> bool {
-        self.entries.contains_key(&id)
+    /// `id`'s entry, if any, with the invalidations applied before it was looked up: taken
+    /// before the freshness barrier, served after it only if [`Self::servable`] agrees.
+    pub(crate) fn peek(&self, id: UserId) -> Option<Held> {
+        let guard = self.guard(id);
+        self.entries.get(&id).map(|entry| Held { guard, entry })
     }
 
-    /// `id`'s payload if it belongs to `connection`, on which a barrier was just answered.
-    pub(crate) fn get(&self, id: UserId, connection: u64) -> Option<Arc<[u8]>> {
-        self.entries.get(&id).filter(|entry| entry.connection == connection).map(|entry| entry.payload)
+    /// The payload of `held` if it belongs to `connection`, on which a barrier was just
+    /// answered, and no invalidation of its stripe (nor a flush) was applied since it was
+    /// looked up: every push that came before the barrier's answer has been applied by then,
+    /// so one lookup per hit suffices.
+    pub(crate) fn servable(&self, id: UserId, held: Held, connection: u64) -> Option<Arc<[u8]>> {
+        (held.entry.connection == connection && self.unchanged_since(id, held.guard)).then_some(held.entry.payload)
+    }
+
+    /// [`Self::peek`] then [`Self::servable`], for tests.
+    #[cfg(test)]
+    fn get(&self, id: UserId, connection: u64) -> Option<Arc<[u8]>> {
+        self.peek(id).and_then(|held| self.servable(id, held, connection))
     }
 
     /// Taken before the Redis read of `id` whose answer [`Self::keep`] may store.
