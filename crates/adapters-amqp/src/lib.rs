@@ -98,6 +98,11 @@ pub const CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
 
 /// The heartbeat asked for when the URL does not set one, in seconds.
 const HEARTBEAT_SECONDS: u16 = 5;
+/// The largest frame proposed to the broker, unless the URL sets `frame_max`. lapin keeps
+/// 32 frames of send buffer and 32 of receive buffer, zero-filled: at RabbitMQ's default of
+/// 128 KiB that is 8 MiB resident for a connection that carries events of a few hundred
+/// bytes, a third of the idle service. Larger messages are split into several frames.
+const FRAME_MAX_BYTES: u32 = 16_384;
 
 /// `delivery_mode` of a persistent message.
 const PERSISTENT: u8 = 2;
@@ -250,6 +255,7 @@ impl AmqpPublisher {
             return Err(SettingsError::Timeout("confirm_timeout"));
         }
         uri.query.heartbeat.get_or_insert(HEARTBEAT_SECONDS);
+        uri.query.frame_max.get_or_insert(FRAME_MAX_BYTES);
         uri.query.connection_timeout.get_or_insert(u64::try_from(connect_timeout.as_millis()).unwrap_or(u64::MAX));
         Ok(Self { uri, broker, exchange, connect_timeout, confirm_timeout, session: Mutex::new(None) })
     }

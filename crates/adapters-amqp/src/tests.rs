@@ -264,6 +264,28 @@ async fn large_batches_are_confirmed_quickly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_larger_than_a_frame_arrives_whole() {
+    let exchange = unique_exchange("large-event");
+    let name = exchange.clone();
+    run(&exchange, async move {
+        let observer = Observer::bound_to(&name).await;
+        let publisher = publisher(broker_url(), &name);
+        let mut large = event("user.preferences.changed", &Uuid::now_v7().to_string(), 1);
+        // Six frames' worth, with a different byte at every position of a frame.
+        let text: String =
+            (0..6 * FRAME_MAX_BYTES as usize).map(|index| char::from(b'a' + (index % 26) as u8)).collect();
+        large.data = json!({ "text": text }).to_string();
+
+        publisher.publish(std::slice::from_ref(&large)).await.unwrap();
+
+        let delivery = observer.next().await.expect("the event");
+        let body: Value = serde_json::from_slice(&delivery.data).unwrap();
+        assert_eq!(body["data"]["text"], text, "the body was cut or reordered across frames");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_data_is_not_json_is_skipped_and_the_others_go_through() {
     let exchange = unique_exchange("skip");
     let name = exchange.clone();
@@ -554,16 +576,21 @@ fn invalid_settings_are_rejected_without_showing_the_password() {
 }
 
 #[test]
-fn the_url_gets_a_heartbeat_and_a_connection_timeout_unless_it_has_them() {
+fn the_url_gets_a_heartbeat_a_connection_timeout_and_a_frame_size_unless_it_has_them() {
     let defaulted = publisher("amqp://user:secret@localhost:5672/%2f".to_owned(), "user.events");
     assert_eq!(defaulted.uri.query.heartbeat, Some(5));
     assert_eq!(defaulted.uri.query.connection_timeout, Some(2_000));
+    assert_eq!(defaulted.uri.query.frame_max, Some(FRAME_MAX_BYTES));
     let given = publisher(
-        "amqp://user:secret@localhost:5672/%2f?heartbeat=30&connection_timeout=700".to_owned(),
+        "amqp://user:secret@localhost:5672/%2f?heartbeat=30&connection_timeout=700&frame_max=65536".to_owned(),
         "user.events",
     );
     assert_eq!(given.uri.query.heartbeat, Some(30));
     assert_eq!(given.uri.query.connection_timeout, Some(700));
+    assert_eq!(given.uri.query.frame_max, Some(65_536));
     assert!(!format!("{given:?}").contains("secret"));
-    assert_eq!(given.broker(), "amqp://user:***@localhost:5672/%2f?heartbeat=30&connection_timeout=700");
+    assert_eq!(
+        given.broker(),
+        "amqp://user:***@localhost:5672/%2f?heartbeat=30&connection_timeout=700&frame_max=65536"
+    );
 }
