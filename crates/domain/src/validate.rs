@@ -38,6 +38,11 @@ fn is_bidi_control(c: char) -> bool {
 /// pattern, the null notehead).
 fn is_invisible(c: char) -> bool {
     use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    // ASCII, nearly every character checked: its only invisible characters are the space and
+    // the controls (no format character is ASCII), without a search of the Unicode tables.
+    if c.is_ascii() {
+        return c == ' ' || c.is_ascii_control();
+    }
     c.is_whitespace()
         || c.is_control()
         || c.general_category() == GeneralCategory::Format
@@ -89,4 +94,21 @@ pub(crate) fn check_length(value: &str, min: usize, max: usize) -> Result<(), In
         return Err(InvalidValue::owned(format!("must be between {min} and {max} characters")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+
+    use super::is_invisible;
+
+    #[test]
+    fn the_ascii_shortcut_agrees_with_the_unicode_rule() {
+        for c in (0_u8..=127).map(char::from) {
+            let by_unicode = c.is_whitespace() || c.is_control() || c.general_category() == GeneralCategory::Format;
+            assert_eq!(is_invisible(c), by_unicode, "{c:?}");
+        }
+        assert!(is_invisible('\u{0B}') && is_invisible('\u{7F}') && !is_invisible('~'));
+        assert!(is_invisible('\u{200B}') && is_invisible('\u{00A0}') && !is_invisible('é'));
+    }
 }
