@@ -217,9 +217,26 @@ impl ServiceProcess {
     /// `info`, the test secret, no service keys) and `extra` variables, and waits until it
     /// listens.
     pub async fn start(database: &TestDatabase, extra: &[(&str, &str)]) -> Self {
+        Self::spawn(&service_binary(), database, extra).listening().await
+    }
+
+    /// Starts `count` instances as [`Self::start`] does, all processes at once (as an
+    /// autoscaler does), then waits until each listens.
+    pub async fn start_together(database: &TestDatabase, extra: &[(&str, &str)], count: usize) -> Vec<Self> {
+        let binary = service_binary();
+        let spawned: Vec<_> = (0..count).map(|_| Self::spawn(&binary, database, extra)).collect();
+        let mut instances = Vec::with_capacity(count);
+        for process in spawned {
+            instances.push(process.listening().await);
+        }
+        instances
+    }
+
+    /// Starts the process, without waiting for it.
+    fn spawn(binary: &std::path::Path, database: &TestDatabase, extra: &[(&str, &str)]) -> Self {
         let workdir = std::env::temp_dir().join(format!("user-service-test-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&workdir).expect("a working directory");
-        let mut command = Command::new(service_binary());
+        let mut command = Command::new(binary);
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -243,14 +260,18 @@ impl ServiceProcess {
         let logs = Arc::new(Mutex::new(Vec::new()));
         capture_lines(child.stdout.take().expect("stdout is piped"), &logs);
         capture_lines(child.stderr.take().expect("stderr is piped"), &logs);
-        let mut process = Self { address: String::new(), child, logs, _workdir: TempDir(workdir) };
-        let listening = process
+        Self { address: String::new(), child, logs, _workdir: TempDir(workdir) }
+    }
+
+    /// Waits until the process listens, and notes its address.
+    async fn listening(mut self) -> Self {
+        let listening = self
             .wait_for_log(Duration::from_secs(30), |line| line["message"] == "user-service listening")
             .await
-            .unwrap_or_else(|| panic!("user-service did not start:\n{}", process.log_text()));
+            .unwrap_or_else(|| panic!("user-service did not start:\n{}", self.log_text()));
         let port = listening["port"].as_u64().expect("the listening line names the port");
-        process.address = format!("http://127.0.0.1:{port}");
-        process
+        self.address = format!("http://127.0.0.1:{port}");
+        self
     }
 
     /// Sends SIGTERM, as an orchestrator stopping the instance does.

@@ -4,6 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use adapters_postgres::testing::TestDatabase;
 use api_tests::{SERVICE_KEY, ServiceProcess, TestApp, service_binary};
 use diesel_async::SimpleAsyncConnection;
 use reqwest::Method;
@@ -42,6 +43,38 @@ async fn metrics_count_requests_by_route_template_and_cache_operations() {
     assert!(text.contains("user_service_http_request_duration_seconds_bucket"));
     assert!(value("user_service_db_pool_connections") >= 1.0);
     assert!(text.contains("user_service_password_hashes_running"));
+}
+
+/// Six instances started at once on a new database, each applying the migrations at start
+/// (the default), as an autoscaler's first scale-up or `docker compose up --scale` does: all
+/// become ready, and the migration table holds each migration once.
+#[tokio::test(flavor = "multi_thread")]
+async fn six_instances_started_at_once_on_an_empty_database_all_become_ready() {
+    let database = TestDatabase::create_empty().await.expect("an empty database");
+    let settings = [("MIGRATE_ON_STARTUP", "true")];
+    let instances = ServiceProcess::start_together(&database, &settings, 6).await;
+    let client = reqwest::Client::new();
+    for instance in &instances {
+        let ready = client.get(format!("{}/health/ready", instance.address)).send().await.expect("an answer");
+        assert_eq!(ready.status().as_u16(), 200, "{}", instance.log_text());
+    }
+    // The repository's migrations: one directory each.
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let entries = std::fs::read_dir(folder).expect("the migrations folder");
+    let embedded =
+        entries.filter(|entry| entry.as_ref().is_ok_and(|entry| entry.path().join("up.sql").exists())).count() as i64;
+    let applied = database.count("SELECT count(*) AS count FROM __diesel_schema_migrations").await.unwrap();
+    let distinct = database.count("SELECT count(DISTINCT version) AS count FROM __diesel_schema_migrations").await;
+    assert_eq!((applied, distinct.unwrap()), (embedded, embedded), "each migration once");
+    let migrating: usize = instances
+        .iter()
+        .flat_map(ServiceProcess::log_lines)
+        .filter(|line| {
+            line["message"] == "database migrations up to date"
+                && line["applied"].as_u64().is_some_and(|applied| applied > 0)
+        })
+        .count();
+    assert_eq!(migrating, 1, "one instance applied the migrations, the others found none pending");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -61,9 +61,19 @@ impl TestDatabase {
         let template = format!("user_service_template_{}", env!("MIGRATIONS_FINGERPRINT"));
         ensure_template(&server_url, &template).await?;
 
+        Self::create_from(server_url, &format!(r#"TEMPLATE "{template}""#)).await
+    }
+
+    /// Creates a database with no migration applied, as a new deployment finds it.
+    pub async fn create_empty() -> Result<Self, BoxError> {
+        Self::create_from(server_url(), "").await
+    }
+
+    /// Creates a database of a new name with `options` (its template).
+    async fn create_from(server_url: String, options: &str) -> Result<Self, BoxError> {
         let name = format!("user_service_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = AsyncPgConnection::establish(&server_url).await?;
-        admin.batch_execute(&format!(r#"CREATE DATABASE "{name}" TEMPLATE "{template}""#)).await?;
+        admin.batch_execute(&format!(r#"CREATE DATABASE "{name}" {options}"#)).await?;
         let url = with_database(&server_url, &name);
         let pool = pool::build(&PoolSettings { max_size: 8, ..PoolSettings::new(url.clone()) })?;
         Ok(Self { name, url, server_url, pool })

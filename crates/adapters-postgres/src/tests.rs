@@ -109,6 +109,40 @@ async fn migrations_revert_completely_and_apply_again() {
     assert!(matches!(created, Idempotent::Executed(created) if created.profile.devices.len() == 1));
 }
 
+/// Six instances started at once on an empty database (an autoscaler's first scale-up): each
+/// applies the pending migrations at start, on its own pool. They take turns: every one
+/// succeeds, and each migration is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_apply_each_migration_once() {
+    const INSTANCES: usize = 6;
+    let embedded = MigrationSource::<Pg>::migrations(&crate::migrations::MIGRATIONS).expect("embedded").len();
+    let fixture = PgFixture::new().await;
+    crate::migrations::revert_all(fixture.db.pool()).await.expect("an empty schema");
+    let start = Arc::new(Barrier::new(INSTANCES));
+    let instances: Vec<_> = (0..INSTANCES)
+        .map(|_| {
+            let pool = crate::pool::build(&crate::pool::PoolSettings::new(fixture.db.url().to_owned())).expect("pool");
+            let start = Arc::clone(&start);
+            tokio::spawn(async move {
+                start.wait().await;
+                crate::migrations::run_pending(&pool).await.map_err(|error| error.to_string())
+            })
+        })
+        .collect();
+    let mut applied = Vec::new();
+    for instance in instances {
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), instance).await;
+        applied.push(outcome.expect("migrations within a minute").expect("no panic").expect("every instance migrates"));
+    }
+    assert_eq!(applied.iter().sum::<usize>(), embedded, "each migration applied by one instance: {applied:?}");
+    let versions = "SELECT count(*) AS count FROM __diesel_schema_migrations";
+    let distinct = "SELECT count(DISTINCT version) AS count FROM __diesel_schema_migrations";
+    assert_eq!((fixture.count(versions).await, fixture.count(distinct).await), (embedded as i64, embedded as i64));
+    let held = "SELECT count(*) AS count FROM pg_locks WHERE locktype = 'advisory' \
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    assert_eq!(fixture.count(held).await, 0, "the lock is released");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_diesel_schema_declares_exactly_the_columns_the_migrations_create() {
     use crate::schema::{
