@@ -7,13 +7,19 @@
 //! A request that cannot get a thread within the queue timeout answers 503 instead of
 //! piling up. Each job keeps the request's tracing span.
 //!
-//! On Linux the hashing threads run at nice [`HASHING_NICE`]: during a registration storm
-//! the CPU goes to the request threads first, so that reads keep their latency while the
-//! hashes take what is left (hashing alone still gets every core it can use).
+//! Hashes share the CPU with the requests by how many run at once, not by priority: all
+//! `concurrency` threads hash while hashes run uncontended, one at a time while they do not
+//! (a hash whose wall time is well above the CPU time its thread got: it waited for a core,
+//! as during a registration storm among reads). See [`Admission`]. Measured on two cores
+//! shared with the load generator (2026-12-02, the README's performance section), a storm
+//! took the cached GET's p99 to 1.7× its idle value with one hash at a time against 2.2×
+//! with two; hashing threads at a lower priority (nice 10) instead gave fewer registrations
+//! for no better p99 than one thread at the normal priority.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{Output, ParamsString, PasswordHash as PhcHash, SaltString};
@@ -21,7 +27,7 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use async_trait::async_trait;
 use domain::ports::{HashError, PasswordHasher};
 use domain::user::{Password, PasswordHash};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// OWASP's recommended argon2id parameters: 19 MiB, 2 passes, 1 lane.
 pub const OWASP_MEMORY_KIB: u32 = 19_456;
@@ -31,11 +37,6 @@ pub const OWASP_ITERATIONS: u32 = 2;
 pub const OWASP_PARALLELISM: u32 = 1;
 /// Bytes of a hash.
 const OUTPUT_LENGTH: usize = 32;
-/// The nice value of the hashing threads (Linux; 0 is the default, 19 the lowest priority).
-/// A thread at nice 10 gets about a tenth of the CPU that a busy thread at nice 0 gets on
-/// the same core, and all of it when no such thread wants the core.
-pub const HASHING_NICE: i32 = 10;
-
 /// A job for a hashing thread, given that thread's reusable memory.
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
@@ -47,7 +48,7 @@ fn unexpected(error: impl std::fmt::Display) -> HashError {
 #[derive(Debug, Clone)]
 pub struct Argon2Hasher {
     slots: Arc<Semaphore>,
-    concurrency: usize,
+    admission: Arc<Admission>,
     queue_timeout: Duration,
     jobs: SyncSender<Job>,
     /// A hash of a random password, verified against for unknown accounts.
@@ -76,7 +77,7 @@ impl Argon2Hasher {
         let dummy = hash_with_memory(&mut memory, &random_password)?;
         Ok(Self {
             slots: Arc::new(Semaphore::new(concurrency)),
-            concurrency,
+            admission: Arc::new(Admission::new(concurrency)),
             queue_timeout,
             jobs,
             dummy: PasswordHash::new(dummy),
@@ -85,7 +86,12 @@ impl Argon2Hasher {
 
     /// How many hashes are computing now (for metrics).
     pub fn running(&self) -> usize {
-        self.concurrency.saturating_sub(self.slots.available_permits())
+        self.admission.slots_out().saturating_sub(self.slots.available_permits())
+    }
+
+    /// How many hashes may run at once now (see [`Admission`]).
+    pub fn admitted(&self) -> usize {
+        self.admission.limit()
     }
 
     /// Runs `work` on a hashing thread once a slot is free.
@@ -99,11 +105,15 @@ impl Argon2Hasher {
             .map_err(|error| HashError::Unexpected(Box::new(error)))?;
         let (reply, answer) = oneshot::channel();
         let span = tracing::Span::current();
+        let (admission, slots) = (Arc::clone(&self.admission), Arc::clone(&self.slots));
         // The slot goes with the job: a request that is dropped while its hash runs keeps the
         // slot taken until the thread is free again, so the queue never overfills.
         let job: Job = Box::new(move |memory| {
-            let _ = reply.send(span.in_scope(|| work(memory)));
-            drop(slot);
+            let (started, cpu_before) = (Instant::now(), thread_cpu_time());
+            let outcome = span.in_scope(|| work(memory));
+            let cpu = thread_cpu_time().zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
+            admission.observe(started.elapsed(), cpu, slot, &slots);
+            let _ = reply.send(outcome);
         });
         self.jobs.try_send(job).map_err(|error| match error {
             TrySendError::Full(_) => HashError::Overloaded,
@@ -113,10 +123,8 @@ impl Argon2Hasher {
     }
 }
 
-/// A hashing thread: lowers its own priority, then takes jobs until the hasher is dropped,
-/// reusing one memory block.
+/// A hashing thread: takes jobs until the hasher is dropped, reusing one memory block.
 fn work(jobs: &Mutex<Receiver<Job>>) {
-    lower_priority();
     let mut memory = Vec::new();
     loop {
         let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
@@ -127,30 +135,108 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
     }
 }
 
-/// Lowers the calling thread's scheduling priority to nice [`HASHING_NICE`], once, when a
-/// hashing thread starts. The threads are the hasher's own, so the value is never restored
-/// (an unprivileged process could not raise it back anyway). On Linux, `setpriority` with
-/// `PRIO_PROCESS` and a thread id changes that thread alone; elsewhere it would change the
-/// whole process, so nothing is done. A thread already at a lower priority keeps it (an
-/// operator's `nice` on the whole service). A failure leaves hashing at the normal
-/// priority: it is reported once per process, and never fails a hash.
+/// The CPU time the calling thread has used (Linux); `None` elsewhere, where hashes are
+/// never seen contended and all threads hash.
 #[cfg(target_os = "linux")]
-fn lower_priority() {
-    static REPORTED: std::sync::Once = std::sync::Once::new();
-    let thread = rustix::thread::gettid();
-    let lowered = rustix::process::getpriority_process(Some(thread)).and_then(|nice| {
-        if nice >= HASHING_NICE { Ok(()) } else { rustix::process::setpriority_process(Some(thread), HASHING_NICE) }
-    });
-    if let Err(error) = lowered {
-        REPORTED.call_once(|| {
-            tracing::info!(%error, nice = HASHING_NICE, "could not lower the password hashing threads' priority");
-        });
-    }
+fn thread_cpu_time() -> Option<Duration> {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Some(Duration::new(u64::try_from(now.tv_sec).ok()?, u32::try_from(now.tv_nsec).ok()?))
 }
 
-/// Per-thread priorities are Linux's: elsewhere hashing keeps the normal priority.
 #[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
+fn thread_cpu_time() -> Option<Duration> {
+    None
+}
+
+/// How many hashes may run at once: all threads while hashes get the CPU they want, one
+/// while they wait for it. A hash that took more than [`CONTENDED`] times the CPU time its
+/// thread got lowers the limit by one (to one at least); one that took less than
+/// [`UNCONTENDED`] times raises it by one, up to `concurrency`; in between, it stays. One
+/// hash is enough to decide either way: a hash is tens of milliseconds, and a storm's start
+/// or end shows in the next one.
+///
+/// The limit is applied to the slots: lowering it takes a free slot away (or the next one a
+/// finishing hash releases), raising it gives one back.
+#[derive(Debug)]
+struct Admission {
+    concurrency: usize,
+    limit: AtomicUsize,
+    /// Slots to keep when their hashes finish: the limit was lowered while they were all taken.
+    withheld: Mutex<usize>,
+}
+
+/// Wall time above this multiple of CPU time: the thread waited for a core half the time or
+/// more. Lower, the registrations' own request and database work (a tenth of the machine)
+/// would already count as contention, and registrations alone would not use every core.
+const CONTENDED: f64 = 2.0;
+/// Wall time below this multiple of CPU time: the thread had a core nearly all along.
+const UNCONTENDED: f64 = 1.2;
+
+/// What one hash's timings say about the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Lower,
+    Keep,
+    Raise,
+}
+
+impl Admission {
+    fn new(concurrency: usize) -> Self {
+        Self { concurrency, limit: AtomicUsize::new(concurrency), withheld: Mutex::new(0) }
+    }
+
+    fn limit(&self) -> usize {
+        self.limit.load(Ordering::SeqCst)
+    }
+
+    /// The slots in circulation: the limit's, and those to be kept when their hashes finish.
+    fn slots_out(&self) -> usize {
+        let withheld = self.withheld.lock().unwrap_or_else(PoisonError::into_inner);
+        self.limit() + *withheld
+    }
+
+    fn verdict(wall: Duration, cpu: Option<Duration>) -> Verdict {
+        let Some(cpu) = cpu.filter(|cpu| !cpu.is_zero()) else { return Verdict::Keep };
+        let stretch = wall.as_secs_f64() / cpu.as_secs_f64();
+        if stretch > CONTENDED {
+            Verdict::Lower
+        } else if stretch < UNCONTENDED {
+            Verdict::Raise
+        } else {
+            Verdict::Keep
+        }
+    }
+
+    /// Adjusts the limit after a hash that took `wall` and used `cpu`, then releases its
+    /// `slot` (or keeps it out of `slots`, if the limit was lowered while every slot was taken).
+    fn observe(&self, wall: Duration, cpu: Option<Duration>, slot: OwnedSemaphorePermit, slots: &Semaphore) {
+        let mut withheld = self.withheld.lock().unwrap_or_else(PoisonError::into_inner);
+        let limit = self.limit();
+        match Self::verdict(wall, cpu) {
+            Verdict::Lower if limit > 1 => {
+                self.limit.store(limit - 1, Ordering::SeqCst);
+                if slots.forget_permits(1) == 0 {
+                    *withheld += 1;
+                }
+            }
+            Verdict::Raise if limit < self.concurrency => {
+                self.limit.store(limit + 1, Ordering::SeqCst);
+                if *withheld > 0 {
+                    *withheld -= 1;
+                } else {
+                    slots.add_permits(1);
+                }
+            }
+            _ => {}
+        }
+        if *withheld > 0 {
+            *withheld -= 1;
+            slot.forget();
+        } else {
+            drop(slot);
+        }
+    }
+}
 
 /// `memory`'s first `blocks` blocks, grown once if needed. Blocks beyond the OWASP size (a
 /// stored hash with more memory) are served from a temporary buffer instead, so the kept
@@ -280,39 +366,67 @@ mod tests {
         assert!(hasher.needs_rehash(&PasswordHash::new("not a phc string".into())));
     }
 
-    /// The nice value of the calling thread, as the kernel reports it in field 19 of
-    /// `/proc/thread-self/stat` (read independently of the code under test).
-    #[cfg(target_os = "linux")]
-    fn own_nice() -> i32 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        // The fields after the command name (which may hold spaces) start with field 3.
-        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        after_name.split_whitespace().nth(19 - 3).unwrap().parse().unwrap()
+    #[test]
+    fn a_hash_that_waited_for_a_core_lowers_the_limit_and_one_that_did_not_raises_it() {
+        let ms = Duration::from_millis;
+        assert_eq!(Admission::verdict(ms(61), Some(ms(30))), Verdict::Lower);
+        assert_eq!(Admission::verdict(ms(59), Some(ms(30))), Verdict::Keep);
+        assert_eq!(Admission::verdict(ms(40), Some(ms(30))), Verdict::Keep);
+        assert_eq!(Admission::verdict(ms(31), Some(ms(30))), Verdict::Raise);
+        assert_eq!(Admission::verdict(ms(60), None), Verdict::Keep, "no CPU time: no decision");
+
+        let slots = Arc::new(Semaphore::new(2));
+        let admission = Admission::new(2);
+        let (first, second) = (slots.clone().try_acquire_owned().unwrap(), slots.clone().try_acquire_owned().unwrap());
+        // Lowered while both slots are taken: the finishing hash's slot is kept out.
+        admission.observe(ms(90), Some(ms(30)), first, &slots);
+        assert_eq!((admission.limit(), slots.available_permits(), admission.slots_out()), (1, 0, 1));
+        // Never below one.
+        let third = slots.clone().try_acquire_owned();
+        assert!(third.is_err(), "a second hash was admitted");
+        admission.observe(ms(90), Some(ms(30)), second, &slots);
+        assert_eq!((admission.limit(), slots.available_permits()), (1, 1));
+        // Raised again by an uncontended hash: its slot and another are free.
+        let only = slots.clone().try_acquire_owned().unwrap();
+        admission.observe(ms(30), Some(ms(30)), only, &slots);
+        assert_eq!((admission.limit(), slots.available_permits()), (2, 2));
+        // Up to the concurrency only.
+        let one = slots.clone().try_acquire_owned().unwrap();
+        admission.observe(ms(30), Some(ms(30)), one, &slots);
+        assert_eq!((admission.limit(), slots.available_permits()), (2, 2));
     }
 
+    /// Busy threads on every core, as the request threads of a registration storm among reads
+    /// are: hashing falls to one at a time, and a hash still completes and verifies.
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread")]
-    async fn hashes_run_on_threads_of_lower_priority_and_other_threads_keep_theirs() {
-        let before = own_nice();
-        let hasher = Argon2Hasher::new(2, Duration::from_secs(5)).unwrap();
-        let expected = before.max(HASHING_NICE);
-        // Every hashing thread: two jobs held at once cannot run on the same thread.
-        let barrier = Arc::new(std::sync::Barrier::new(2));
-        let on_thread = |barrier: Arc<std::sync::Barrier>| {
-            hasher.run(move |_| {
-                barrier.wait();
-                Ok((own_nice(), rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()))
+    async fn hashes_run_one_at_a_time_while_other_threads_want_every_core() {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let hasher = Argon2Hasher::new(cores.max(2), Duration::from_secs(30)).unwrap();
+        assert_eq!(hasher.admitted(), cores.max(2));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinners: Vec<_> = (0..cores * 3)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
             })
-        };
-        let (first, second) = tokio::join!(on_thread(Arc::clone(&barrier)), on_thread(barrier));
-        assert_eq!(first.unwrap(), (expected, expected));
-        assert_eq!(second.unwrap(), (expected, expected));
-        // A real hash on a lowered thread still verifies.
+            .collect();
         let password = Password::parse("StrongPass123!").unwrap();
-        let hash = hasher.hash(password.clone()).await.unwrap();
-        assert!(hasher.verify(password, hash).await.unwrap());
-        // Only the hashing threads: the caller's thread (and so the process) keeps its priority.
-        assert_eq!(own_nice(), before);
+        let mut hashes = Vec::new();
+        for _ in 0..cores * 2 {
+            hashes.push(hasher.hash(password.clone()).await.unwrap());
+        }
+        let admitted = hasher.admitted();
+        stop.store(true, Ordering::Relaxed);
+        for spinner in spinners {
+            spinner.join().unwrap();
+        }
+        assert_eq!(admitted, 1, "hashes kept every thread while the cores were busy");
+        assert!(hasher.verify(password, hashes.pop().unwrap()).await.unwrap());
     }
 
     #[tokio::test]
