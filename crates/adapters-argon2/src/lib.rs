@@ -86,7 +86,7 @@ impl Argon2Hasher {
 
     /// How many hashes are computing now (for metrics).
     pub fn running(&self) -> usize {
-        self.admission.slots_out().saturating_sub(self.slots.available_permits())
+        self.admission.limit().saturating_sub(self.slots.available_permits())
     }
 
     /// How many hashes may run at once now (see [`Admission`]).
@@ -155,14 +155,14 @@ fn thread_cpu_time() -> Option<Duration> {
 /// hash is enough to decide either way: a hash is tens of milliseconds, and a storm's start
 /// or end shows in the next one.
 ///
-/// The limit is applied to the slots: lowering it takes a free slot away (or the next one a
-/// finishing hash releases), raising it gives one back.
+/// The limit is applied to the slots: lowering it takes a free slot away (or, when every slot
+/// is taken, the finishing hash's own), raising it gives one back.
 #[derive(Debug)]
 struct Admission {
     concurrency: usize,
     limit: AtomicUsize,
-    /// Slots to keep when their hashes finish: the limit was lowered while they were all taken.
-    withheld: Mutex<usize>,
+    /// Held while the limit and the slots change together.
+    changing: Mutex<()>,
 }
 
 /// Wall time above this multiple of CPU time: the thread waited for a core half the time or
@@ -182,17 +182,11 @@ enum Verdict {
 
 impl Admission {
     fn new(concurrency: usize) -> Self {
-        Self { concurrency, limit: AtomicUsize::new(concurrency), withheld: Mutex::new(0) }
+        Self { concurrency, limit: AtomicUsize::new(concurrency), changing: Mutex::new(()) }
     }
 
     fn limit(&self) -> usize {
         self.limit.load(Ordering::SeqCst)
-    }
-
-    /// The slots in circulation: the limit's, and those to be kept when their hashes finish.
-    fn slots_out(&self) -> usize {
-        let withheld = self.withheld.lock().unwrap_or_else(PoisonError::into_inner);
-        self.limit() + *withheld
     }
 
     fn verdict(wall: Duration, cpu: Option<Duration>) -> Verdict {
@@ -208,32 +202,22 @@ impl Admission {
     }
 
     /// Adjusts the limit after a hash that took `wall` and used `cpu`, then releases its
-    /// `slot` (or keeps it out of `slots`, if the limit was lowered while every slot was taken).
+    /// `slot` to `slots` (or keeps it out, when that is how the limit was lowered).
     fn observe(&self, wall: Duration, cpu: Option<Duration>, slot: OwnedSemaphorePermit, slots: &Semaphore) {
-        let mut withheld = self.withheld.lock().unwrap_or_else(PoisonError::into_inner);
+        let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
         let limit = self.limit();
         match Self::verdict(wall, cpu) {
             Verdict::Lower if limit > 1 => {
                 self.limit.store(limit - 1, Ordering::SeqCst);
                 if slots.forget_permits(1) == 0 {
-                    *withheld += 1;
+                    slot.forget();
                 }
             }
             Verdict::Raise if limit < self.concurrency => {
                 self.limit.store(limit + 1, Ordering::SeqCst);
-                if *withheld > 0 {
-                    *withheld -= 1;
-                } else {
-                    slots.add_permits(1);
-                }
+                slots.add_permits(1);
             }
             _ => {}
-        }
-        if *withheld > 0 {
-            *withheld -= 1;
-            slot.forget();
-        } else {
-            drop(slot);
         }
     }
 }
@@ -380,7 +364,7 @@ mod tests {
         let (first, second) = (slots.clone().try_acquire_owned().unwrap(), slots.clone().try_acquire_owned().unwrap());
         // Lowered while both slots are taken: the finishing hash's slot is kept out.
         admission.observe(ms(90), Some(ms(30)), first, &slots);
-        assert_eq!((admission.limit(), slots.available_permits(), admission.slots_out()), (1, 0, 1));
+        assert_eq!((admission.limit(), slots.available_permits()), (1, 0));
         // Never below one.
         let third = slots.clone().try_acquire_owned();
         assert!(third.is_err(), "a second hash was admitted");
@@ -404,27 +388,35 @@ mod tests {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         let hasher = Argon2Hasher::new(cores.max(2), Duration::from_secs(30)).unwrap();
         assert_eq!(hasher.admitted(), cores.max(2));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let spinners: Vec<_> = (0..cores * 3)
-            .map(|_| {
-                let stop = Arc::clone(&stop);
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::hint::spin_loop();
-                    }
-                })
-            })
-            .collect();
+        /// Threads spinning until dropped (also when the test fails).
+        struct Spinners(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Spinners {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let spinners = Spinners(Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        for _ in 0..cores * 3 {
+            let stop = Arc::clone(&spinners.0);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+        }
         let password = Password::parse("StrongPass123!").unwrap();
-        let mut hashes = Vec::new();
+        // Started together, as a storm's registrations are.
+        let mut running = tokio::task::JoinSet::new();
         for _ in 0..cores * 2 {
-            hashes.push(hasher.hash(password.clone()).await.unwrap());
+            let (hasher, password) = (hasher.clone(), password.clone());
+            running.spawn(async move { hasher.hash(password).await });
+        }
+        let mut hashes = Vec::new();
+        while let Some(done) = running.join_next().await {
+            hashes.push(done.unwrap().unwrap());
         }
         let admitted = hasher.admitted();
-        stop.store(true, Ordering::Relaxed);
-        for spinner in spinners {
-            spinner.join().unwrap();
-        }
+        drop(spinners);
         assert_eq!(admitted, 1, "hashes kept every thread while the cores were busy");
         assert!(hasher.verify(password, hashes.pop().unwrap()).await.unwrap());
     }

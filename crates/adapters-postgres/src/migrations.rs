@@ -4,9 +4,10 @@
 //! pending migrations at start: they take turns on a PostgreSQL advisory lock, so the first
 //! applies them and the others find nothing pending, instead of racing on the same `CREATE`.
 
-use diesel::sql_query;
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncMigrationHarness, RunQueryDsl};
+use diesel::{Connection, RunQueryDsl, sql_query};
+use diesel_async::AsyncMigrationHarness;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use domain::error::BoxError;
 
@@ -15,28 +16,31 @@ use crate::pool::PgPool;
 /// Every migration, in order.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
 
-/// The session advisory lock held while migrations run ("usermigr"): any instance of this
-/// service on the database waits for it, nothing else takes it.
+/// The advisory lock taken around the migrations ("usermigr"): any instance of this service
+/// on the database waits for it, nothing else takes it.
 const MIGRATION_LOCK_KEY: i64 = 0x7573_6572_6d69_6772;
 
 /// Applies the pending migrations and returns how many ran; waits while another instance
 /// applies them.
 ///
-/// Needs tokio's multi-thread runtime: the harness blocks in place.
+/// All of them run in one transaction that first takes the lock
+/// (`pg_advisory_xact_lock`): the lock ends with the transaction whatever happens (an error,
+/// a panic, a lost connection), never outlives it in a pooled connection, and holds on one
+/// server connection behind a transaction-pooling PgBouncer too. Each migration is a
+/// savepoint of it, and an instance waiting for the lock is not cut by the pool's statement
+/// timeout (neither is a long migration).
+///
+/// Needs tokio's multi-thread runtime: the migrations run on the synchronous connection API,
+/// blocking in place.
 pub async fn run_pending(pool: &PgPool) -> Result<usize, BoxError> {
-    let mut connection = pool.get().await?;
-    sql_query("SELECT pg_advisory_lock($1)").bind::<BigInt, _>(MIGRATION_LOCK_KEY).execute(&mut connection).await?;
-    let mut harness = AsyncMigrationHarness::new(connection);
-    let applied = harness.run_pending_migrations(MIGRATIONS).map(|applied| applied.len());
-    let mut connection = harness.into_inner();
-    let unlocked =
-        sql_query("SELECT pg_advisory_unlock($1)").bind::<BigInt, _>(MIGRATION_LOCK_KEY).execute(&mut connection).await;
-    if unlocked.is_err() {
-        // A connection that may still hold the lock never goes back to the pool: closing it
-        // releases the lock, where a pooled one would keep every other instance waiting.
-        drop(deadpool::managed::Object::take(connection));
-    }
-    applied
+    let mut connection: AsyncConnectionWrapper<_> = AsyncConnectionWrapper::from(pool.get().await?);
+    tokio::task::block_in_place(|| {
+        connection.transaction::<usize, BoxError, _>(|connection| {
+            sql_query("SET LOCAL statement_timeout = 0").execute(connection)?;
+            sql_query("SELECT pg_advisory_xact_lock($1)").bind::<BigInt, _>(MIGRATION_LOCK_KEY).execute(connection)?;
+            Ok(connection.run_pending_migrations(MIGRATIONS)?.len())
+        })
+    })
 }
 
 /// Reverts every applied migration (what the tests of `down.sql` use).

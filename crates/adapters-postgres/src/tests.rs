@@ -125,14 +125,19 @@ async fn instances_starting_together_apply_each_migration_once() {
             let start = Arc::clone(&start);
             tokio::spawn(async move {
                 start.wait().await;
-                crate::migrations::run_pending(&pool).await.map_err(|error| error.to_string())
+                let applied = crate::migrations::run_pending(&pool).await.map_err(|error| error.to_string());
+                // The pool stays open until the lock is checked below: a lock left in a
+                // pooled connection would still be held then.
+                (applied, pool)
             })
         })
         .collect();
-    let mut applied = Vec::new();
+    let (mut applied, mut pools) = (Vec::new(), Vec::new());
     for instance in instances {
         let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), instance).await;
-        applied.push(outcome.expect("migrations within a minute").expect("no panic").expect("every instance migrates"));
+        let (migrated, pool) = outcome.expect("migrations within a minute").expect("no panic");
+        applied.push(migrated.expect("every instance migrates"));
+        pools.push(pool);
     }
     assert_eq!(applied.iter().sum::<usize>(), embedded, "each migration applied by one instance: {applied:?}");
     let versions = "SELECT count(*) AS count FROM __diesel_schema_migrations";
