@@ -13,10 +13,9 @@
 //! as during a registration storm among reads). See [`Admission`]. Measured on two cores
 //! shared with the load generator (2026-12-02, the README's performance section), a storm
 //! took the cached GET's p99 to 1.7× its idle value with one hash at a time against 2.2×
-//! with two; hashing threads at a lower priority (nice 10) instead gave fewer registrations
-//! for no better p99 than one thread at the normal priority.
+//! with two; two hashing threads at a lower priority (nice 10) did worse than one at the
+//! normal priority on both the p99 (2.5×) and the registrations completed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -160,9 +159,8 @@ fn thread_cpu_time() -> Option<Duration> {
 #[derive(Debug)]
 struct Admission {
     concurrency: usize,
-    limit: AtomicUsize,
-    /// Held while the limit and the slots change together.
-    changing: Mutex<()>,
+    /// Locked while the limit and the slots change together.
+    limit: Mutex<usize>,
 }
 
 /// Wall time above this multiple of CPU time: the thread waited for a core half the time or
@@ -171,6 +169,8 @@ struct Admission {
 const CONTENDED: f64 = 2.0;
 /// Wall time below this multiple of CPU time: the thread had a core nearly all along.
 const UNCONTENDED: f64 = 1.2;
+/// Jobs using less CPU than this leave the limit as it is (a hash takes tens of milliseconds).
+const SHORTEST_READING: Duration = Duration::from_millis(1);
 
 /// What one hash's timings say about the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,15 +182,16 @@ enum Verdict {
 
 impl Admission {
     fn new(concurrency: usize) -> Self {
-        Self { concurrency, limit: AtomicUsize::new(concurrency), changing: Mutex::new(()) }
+        Self { concurrency, limit: Mutex::new(concurrency) }
     }
 
     fn limit(&self) -> usize {
-        self.limit.load(Ordering::SeqCst)
+        *self.limit.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn verdict(wall: Duration, cpu: Option<Duration>) -> Verdict {
-        let Some(cpu) = cpu.filter(|cpu| !cpu.is_zero()) else { return Verdict::Keep };
+        // A job this short (a stored hash that does not parse) says nothing about the cores.
+        let Some(cpu) = cpu.filter(|cpu| *cpu >= SHORTEST_READING) else { return Verdict::Keep };
         let stretch = wall.as_secs_f64() / cpu.as_secs_f64();
         if stretch > CONTENDED {
             Verdict::Lower
@@ -204,17 +205,16 @@ impl Admission {
     /// Adjusts the limit after a hash that took `wall` and used `cpu`, then releases its
     /// `slot` to `slots` (or keeps it out, when that is how the limit was lowered).
     fn observe(&self, wall: Duration, cpu: Option<Duration>, slot: OwnedSemaphorePermit, slots: &Semaphore) {
-        let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
-        let limit = self.limit();
+        let mut limit = self.limit.lock().unwrap_or_else(PoisonError::into_inner);
         match Self::verdict(wall, cpu) {
-            Verdict::Lower if limit > 1 => {
-                self.limit.store(limit - 1, Ordering::SeqCst);
+            Verdict::Lower if *limit > 1 => {
+                *limit -= 1;
                 if slots.forget_permits(1) == 0 {
                     slot.forget();
                 }
             }
-            Verdict::Raise if limit < self.concurrency => {
-                self.limit.store(limit + 1, Ordering::SeqCst);
+            Verdict::Raise if *limit < self.concurrency => {
+                *limit += 1;
                 slots.add_permits(1);
             }
             _ => {}
@@ -358,6 +358,8 @@ mod tests {
         assert_eq!(Admission::verdict(ms(40), Some(ms(30))), Verdict::Keep);
         assert_eq!(Admission::verdict(ms(31), Some(ms(30))), Verdict::Raise);
         assert_eq!(Admission::verdict(ms(60), None), Verdict::Keep, "no CPU time: no decision");
+        let us = Duration::from_micros;
+        assert_eq!(Admission::verdict(us(900), Some(us(200))), Verdict::Keep, "too short to tell");
 
         let slots = Arc::new(Semaphore::new(2));
         let admission = Admission::new(2);
@@ -385,17 +387,19 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread")]
     async fn hashes_run_one_at_a_time_while_other_threads_want_every_core() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         let hasher = Argon2Hasher::new(cores.max(2), Duration::from_secs(30)).unwrap();
         assert_eq!(hasher.admitted(), cores.max(2));
         /// Threads spinning until dropped (also when the test fails).
-        struct Spinners(Arc<std::sync::atomic::AtomicBool>);
+        struct Spinners(Arc<AtomicBool>);
         impl Drop for Spinners {
             fn drop(&mut self) {
                 self.0.store(true, Ordering::Relaxed);
             }
         }
-        let spinners = Spinners(Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let spinners = Spinners(Arc::new(AtomicBool::new(false)));
         for _ in 0..cores * 3 {
             let stop = Arc::clone(&spinners.0);
             std::thread::spawn(move || {

@@ -700,7 +700,8 @@ mod tests {
             devices: vec![
                 device("token-seen-last", Platform::Ios, true),
                 device("token-inactive", Platform::Android, false),
-                device("token-seen-first", Platform::Web, true),
+                // Quotes and a backslash are escaped in JSON: the borrowed view takes an owned copy.
+                device(r#"token-seen-first/"quoted"\path"#, Platform::Web, true),
             ],
         }
     }
