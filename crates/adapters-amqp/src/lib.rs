@@ -176,7 +176,23 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if uri.authority.host.is_empty() {
         return Err("names no host".to_owned());
     }
-    Ok(())
+    check_frame_max(&uri)
+}
+
+/// The frame sizes a URL may set (`frame_max`): from AMQP's minimum to RabbitMQ's default
+/// maximum. lapin reserves 64 frames of buffer before it negotiates: 0 (no limit) would keep
+/// 8 MiB, a large value aborts the process on the allocation, a small one never connects.
+const FRAME_MAX_RANGE: std::ops::RangeInclusive<u32> = 4_096..=131_072;
+
+fn check_frame_max(uri: &AMQPUri) -> Result<(), String> {
+    match uri.query.frame_max {
+        Some(frame_max) if !FRAME_MAX_RANGE.contains(&frame_max) => Err(format!(
+            "sets frame_max={frame_max}: it must be between {} and {} bytes",
+            FRAME_MAX_RANGE.start(),
+            FRAME_MAX_RANGE.end()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Publishes change events to RabbitMQ with publisher confirms (see the crate docs).
@@ -244,6 +260,7 @@ impl AmqpPublisher {
             // Without a TLS feature, lapin would silently speak plain AMQP to the TLS port.
             return Err(SettingsError::Url { url: broker, reason: "amqps (TLS) is not built in".to_owned() });
         }
+        check_frame_max(&uri).map_err(|reason| SettingsError::Url { url: broker.clone(), reason })?;
         if exchange.is_empty() {
             return Err(SettingsError::Exchange);
         }

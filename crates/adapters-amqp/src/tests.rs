@@ -572,6 +572,17 @@ fn the_url_gets_a_heartbeat_a_connection_timeout_and_a_frame_size_unless_it_has_
     assert_eq!(given.uri.query.heartbeat, Some(30));
     assert_eq!(given.uri.query.connection_timeout, Some(700));
     assert_eq!(given.uri.query.frame_max, Some(65_536));
+    // Sizes lapin would abort on (it reserves 64 frames before negotiating), keep 8 MiB for
+    // (0: no limit), or never connect with (under AMQP's 4096).
+    for frame_max in [0, 1, 4_095, 131_073, 2_000_000_000] {
+        let url = format!("amqp://user:secret@localhost:5672/%2f?frame_max={frame_max}");
+        let refused = AmqpPublisher::new(settings(url.clone(), "user.events")).expect_err("refused");
+        assert!(refused.to_string().contains("between 4096 and 131072"), "{refused}");
+        assert!(check_url(&url).unwrap_err().contains("between 4096 and 131072"));
+    }
+    for frame_max in [4_096, 131_072] {
+        assert!(check_url(&format!("amqp://localhost/%2f?frame_max={frame_max}")).is_ok());
+    }
     assert!(!format!("{given:?}").contains("secret"));
     assert_eq!(
         given.broker(),

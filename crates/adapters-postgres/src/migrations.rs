@@ -4,8 +4,8 @@
 //! pending migrations at start: they take turns on a PostgreSQL advisory lock, so the first
 //! applies them and the others find nothing pending, instead of racing on the same `CREATE`.
 
-use diesel::sql_types::BigInt;
-use diesel::{Connection, RunQueryDsl, sql_query};
+use diesel::sql_types::{BigInt, Bool};
+use diesel::{Connection, QueryableByName, RunQueryDsl, sql_query};
 use diesel_async::AsyncMigrationHarness;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -19,6 +19,12 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations")
 /// The advisory lock taken around the migrations ("usermigr"): any instance of this service
 /// on the database waits for it, nothing else takes it.
 const MIGRATION_LOCK_KEY: i64 = 0x7573_6572_6d69_6772;
+
+#[derive(QueryableByName)]
+struct LockTaken {
+    #[diesel(sql_type = Bool)]
+    taken: bool,
+}
 
 /// Applies the pending migrations and returns how many ran; waits while another instance
 /// applies them.
@@ -37,7 +43,16 @@ pub async fn run_pending(pool: &PgPool) -> Result<usize, BoxError> {
     tokio::task::block_in_place(|| {
         connection.transaction::<usize, BoxError, _>(|connection| {
             sql_query("SET LOCAL statement_timeout = 0").execute(connection)?;
-            sql_query("SELECT pg_advisory_xact_lock($1)").bind::<BigInt, _>(MIGRATION_LOCK_KEY).execute(connection)?;
+            let taken: LockTaken = sql_query("SELECT pg_try_advisory_xact_lock($1) AS taken")
+                .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+                .get_result(connection)?;
+            if !taken.taken {
+                // Visible to an operator whose instance is not listening yet, and why.
+                tracing::info!("another instance is applying the migrations: waiting for it");
+                sql_query("SELECT pg_advisory_xact_lock($1)")
+                    .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+                    .execute(connection)?;
+            }
             Ok(connection.run_pending_migrations(MIGRATIONS)?.len())
         })
     })
