@@ -26,7 +26,8 @@
 //!   always [`CacheHealth::Up`].
 //!
 //! Lookups are the hot path: the map is split into shards, each behind its own mutex, and a
-//! hit copies its bytes after the lock is released. What must not live here: I/O, or any
+//! hit shares its entry ([`CachedProfile`]: the bytes and what was decoded from them) without
+//! copying. What must not live here: I/O, or any
 //! state shared with other instances of the service.
 //!
 //! [`health`]: ProfileCache::health
@@ -38,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use domain::cache::{CacheHealth, CacheLookup, FillTicket, Invalidation, ProfileCache};
+use domain::cache::{CacheHealth, CacheLookup, CachedProfile, FillTicket, Invalidation, ProfileCache};
 use domain::user::UserId;
 
 /// How long an entry lives when not configured (`CACHE_TTL`'s default).
@@ -128,8 +129,8 @@ struct Shard {
 /// A cached representation.
 #[derive(Debug)]
 struct Entry {
-    /// Shared, so that a hit can copy it after releasing the lock.
-    bytes: Arc<[u8]>,
+    /// Shared with every reader of the entry, with what they decoded from it.
+    cached: CachedProfile,
     expires: Instant,
 }
 
@@ -215,7 +216,7 @@ impl ProfileCache for MemoryCache {
         let (found, expired) = {
             let mut shard = self.shard(id);
             match shard.entries.get(&id) {
-                Some(entry) if now < entry.expires => (Ok(Arc::clone(&entry.bytes)), None),
+                Some(entry) if now < entry.expires => (Ok(entry.cached.clone()), None),
                 Some(_) => {
                     let expired = shard.entries.remove(&id);
                     (Err(shard.generation(id)), expired)
@@ -226,7 +227,7 @@ impl ProfileCache for MemoryCache {
         // Freed outside the lock.
         drop(expired);
         match found {
-            Ok(bytes) => CacheLookup::Hit(bytes.to_vec()),
+            Ok(cached) => CacheLookup::Hit(cached),
             Err(generation) => CacheLookup::Miss(FillTicket::new(Some(generation.to_string()))),
         }
     }
@@ -236,7 +237,7 @@ impl ProfileCache for MemoryCache {
             return;
         };
         let now = (self.clock)();
-        let entry = Entry { bytes: bytes.into(), expires: now + self.ttl };
+        let entry = Entry { cached: bytes.into(), expires: now + self.ttl };
         let (replaced, evicted) = {
             let mut shard = self.shard(id);
             if shard.generation(id) != ticket {
@@ -379,7 +380,7 @@ mod tests {
     async fn warm(cache: &MemoryCache, id: UserId, bytes: &[u8]) {
         let ticket = miss(cache, id).await;
         cache.fill(id, ticket, bytes.to_vec()).await;
-        assert_eq!(cache.lookup(id).await, CacheLookup::Hit(bytes.to_vec()));
+        assert_eq!(cache.lookup(id).await, CacheLookup::Hit(bytes.to_vec().into()));
     }
 
     #[test]
@@ -412,7 +413,7 @@ mod tests {
         warm(&cache, UserId::generate(), b"new").await;
         assert_eq!(cache.cached_entries(), 8, "only the expired entries made room");
         for &id in &ids[3..] {
-            assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"live".to_vec()));
+            assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"live".to_vec().into()));
         }
 
         for _ in 0..3 {
@@ -420,7 +421,7 @@ mod tests {
         }
         assert_eq!(cache.cached_entries(), 10, "the eleventh fill evicted one entry");
         assert!(matches!(cache.lookup(ids[3]).await, CacheLookup::Miss(_)), "the oldest live entry was evicted");
-        assert_eq!(cache.lookup(ids[4]).await, CacheLookup::Hit(b"live".to_vec()));
+        assert_eq!(cache.lookup(ids[4]).await, CacheLookup::Hit(b"live".to_vec().into()));
     }
 
     #[tokio::test]
@@ -442,7 +443,7 @@ mod tests {
         let id = UserId::generate();
         warm(&cache, id, b"bytes").await;
         clock.advance(Duration::from_millis(299_999));
-        assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"bytes".to_vec()));
+        assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"bytes".to_vec().into()));
         clock.advance(Duration::from_millis(1));
         assert!(matches!(cache.lookup(id).await, CacheLookup::Miss(_)));
         assert_eq!(cache.cached_entries(), 0);
@@ -515,7 +516,7 @@ mod tests {
         cache.fill(id, before, b"stale".to_vec()).await;
         assert!(matches!(cache.lookup(id).await, CacheLookup::Miss(_)), "the ticket from before the write filled");
         cache.fill(id, after, b"fresh".to_vec()).await;
-        assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"fresh".to_vec()));
+        assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"fresh".to_vec().into()));
     }
 
     #[tokio::test]

@@ -64,7 +64,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use domain::cache::{
-    CacheBacklog, CacheHealth, CacheLookup, FillTicket, Invalidation, InvalidationLedger, LedgerEntry, ProfileCache,
+    CacheBacklog, CacheHealth, CacheLookup, CachedProfile, FillTicket, Invalidation, InvalidationLedger, LedgerEntry,
+    ProfileCache,
 };
 use domain::user::UserId;
 use redis::Script;
@@ -456,7 +457,7 @@ impl Inner {
     /// after one freshness check for all of them (see [`near`]); `None` when that check
     /// failed: Redis did not answer within the timeout, or the breaker skips it, so that a
     /// read from Redis would fail too.
-    async fn near_hits(&self, ids: &[UserId]) -> Option<Vec<Option<Vec<u8>>>> {
+    async fn near_hits(&self, ids: &[UserId]) -> Option<Vec<Option<CachedProfile>>> {
         let Some(near) = &self.near else { return Some(vec![None; ids.len()]) };
         let held: Vec<_> = ids.iter().map(|id| near.peek(*id)).collect();
         if held.iter().all(Option::is_none) {
@@ -468,7 +469,7 @@ impl Inner {
                 .zip(held)
                 .map(|(&id, held)| {
                     let payload = near.servable(id, held?, connection)?;
-                    self.may_use(id).then(|| payload.to_vec())
+                    self.may_use(id).then_some(payload)
                 })
                 .collect(),
         )
@@ -514,6 +515,7 @@ impl Inner {
                 let generation = generation.as_deref().map(String::from_utf8_lossy);
                 match entry.and_then(|entry| current_payload(entry, &server, generation.as_deref())) {
                     Some(payload) => {
+                        let payload = CachedProfile::from(payload);
                         if let (Some(near), Some(guard)) = (&self.near, guards.get(index)) {
                             near.keep(id, *guard, connection, &payload);
                         }

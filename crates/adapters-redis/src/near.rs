@@ -35,9 +35,10 @@
 //! each entry lives at most the Redis entry's TTL.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use domain::cache::CachedProfile;
 use domain::user::UserId;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{Notify, watch};
@@ -58,7 +59,8 @@ const NO_CONNECTION: u64 = u64::MAX;
 struct NearEntry {
     /// The connection whose tracking covers it.
     connection: u64,
-    payload: Arc<[u8]>,
+    /// The bytes, and what readers decoded from them (kept with them: decoded once).
+    payload: CachedProfile,
 }
 
 /// An entry looked up before the freshness barrier (see [`NearCache::peek`]).
@@ -103,7 +105,7 @@ impl NearCache {
             entries: moka::sync::Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|_, entry: &NearEntry| {
-                    u32::try_from(entry.payload.len().saturating_add(ENTRY_OVERHEAD)).unwrap_or(u32::MAX)
+                    u32::try_from(entry.payload.bytes().len().saturating_add(ENTRY_OVERHEAD)).unwrap_or(u32::MAX)
                 })
                 .time_to_live(ttl)
                 .build(),
@@ -129,13 +131,13 @@ impl NearCache {
     /// answered, and no invalidation of its stripe (nor a flush) was applied since it was
     /// looked up: every push that came before the barrier's answer has been applied by then,
     /// so one lookup per hit suffices.
-    pub(crate) fn servable(&self, id: UserId, held: Held, connection: u64) -> Option<Arc<[u8]>> {
+    pub(crate) fn servable(&self, id: UserId, held: Held, connection: u64) -> Option<CachedProfile> {
         (held.entry.connection == connection && self.unchanged_since(id, held.guard)).then_some(held.entry.payload)
     }
 
     /// [`Self::peek`] then [`Self::servable`], for tests.
     #[cfg(test)]
-    fn get(&self, id: UserId, connection: u64) -> Option<Arc<[u8]>> {
+    fn get(&self, id: UserId, connection: u64) -> Option<CachedProfile> {
         self.peek(id).and_then(|held| self.servable(id, held, connection))
     }
 
@@ -146,12 +148,12 @@ impl NearCache {
 
     /// Stores `payload`, read on `connection` after `guard` was taken, unless an invalidation
     /// of its stripe (or a flush) was applied since: then the answer may be older than it.
-    pub(crate) fn keep(&self, id: UserId, guard: FillGuard, connection: u64, payload: &[u8]) {
+    pub(crate) fn keep(&self, id: UserId, guard: FillGuard, connection: u64, payload: &CachedProfile) {
         self.used(connection);
         if !self.is_verified(connection) || !self.unchanged_since(id, guard) {
             return;
         }
-        self.entries.insert(id, NearEntry { connection, payload: payload.into() });
+        self.entries.insert(id, NearEntry { connection, payload: payload.clone() });
         // An invalidation applied between the check and the insertion found nothing to
         // remove: take the entry out again (a newer entry removed with it is only a miss).
         if !self.unchanged_since(id, guard) {
@@ -342,6 +344,8 @@ impl Barrier {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     /// A near-cache whose connection 1 passed its probe.
@@ -361,19 +365,19 @@ mod tests {
     fn nothing_is_kept_for_a_connection_whose_pushes_were_not_seen_to_arrive() {
         let near = NearCache::new(1024 * 1024, Duration::from_secs(60), "prefix");
         let id = UserId::generate();
-        near.keep(id, near.guard(id), 1, b"payload");
+        near.keep(id, near.guard(id), 1, &b"payload"[..].into());
         assert!(near.get(id, 1).is_none(), "kept before any probe");
         // A probe whose push never came (a proxy dropping pushes, tracking refused).
         let probe = near.expect_probe();
         assert!(!near.probe_arrived(probe, 1));
-        near.keep(id, near.guard(id), 1, b"payload");
+        near.keep(id, near.guard(id), 1, &b"payload"[..].into());
         assert!(near.get(id, 1).is_none(), "kept after a failed probe");
         // Another key's push does not pass for the probe's.
         let probe = near.expect_probe();
         near.apply(&invalidation(&[format!("prefix:near-probe:{}", uuid::Uuid::new_v4())]));
         assert!(!near.probe_arrived(probe, 1));
         verify(&near, 1);
-        near.keep(id, near.guard(id), 1, b"payload");
+        near.keep(id, near.guard(id), 1, &b"payload"[..].into());
         assert!(near.get(id, 1).is_some());
     }
 
@@ -389,11 +393,11 @@ mod tests {
         let guard = near.guard(id);
         // The push for a change made after the read was sent is applied before the answer is stored.
         near.apply(&invalidation(&[format!("prefix:gen:{id}")]));
-        near.keep(id, guard, 1, b"old");
+        near.keep(id, guard, 1, &b"old"[..].into());
         assert_eq!(near.get(id, 1), None);
         // A read sent after it is kept.
-        near.keep(id, near.guard(id), 1, b"new");
-        assert_eq!(near.get(id, 1).as_deref(), Some(&b"new"[..]));
+        near.keep(id, near.guard(id), 1, &b"new"[..].into());
+        assert_eq!(near.get(id, 1), Some(b"new"[..].into()));
     }
 
     #[test]
@@ -401,7 +405,7 @@ mod tests {
         let near = near();
         let (first, second) = (UserId::generate(), UserId::generate());
         for id in [first, second] {
-            near.keep(id, near.guard(id), 1, b"payload");
+            near.keep(id, near.guard(id), 1, &b"payload"[..].into());
         }
         near.apply(&invalidation(&[format!("prefix:v1:user:{first}"), "someone-else:key".to_owned()]));
         assert_eq!((near.get(first, 1).is_some(), near.get(second, 1).is_some()), (false, true));
@@ -409,7 +413,7 @@ mod tests {
         near.apply(&PushInfo { kind: PushKind::Invalidate, data: vec![Value::Nil] });
         assert!(near.get(second, 1).is_none(), "a flush keeps nothing");
 
-        near.keep(second, near.guard(second), 1, b"payload");
+        near.keep(second, near.guard(second), 1, &b"payload"[..].into());
         near.apply(&PushInfo { kind: PushKind::Disconnection, data: vec![] });
         assert!(near.get(second, 1).is_none(), "a lost connection keeps nothing");
     }
@@ -418,7 +422,7 @@ mod tests {
     fn entries_are_served_only_for_the_connection_that_tracks_them() {
         let near = near();
         let id = UserId::generate();
-        near.keep(id, near.guard(id), 1, b"payload");
+        near.keep(id, near.guard(id), 1, &b"payload"[..].into());
         assert!(near.get(id, 2).is_none(), "served for another connection");
         // Once another connection answered, the older one's entries are gone for good.
         near.used(2);
@@ -426,7 +430,7 @@ mod tests {
         let guard = near.guard(id);
         near.used(3);
         verify(&near, 3);
-        near.keep(id, guard, 3, b"payload");
+        near.keep(id, guard, 3, &b"payload"[..].into());
         assert!(near.get(id, 3).is_none(), "an answer read across a change of connection was kept");
     }
 

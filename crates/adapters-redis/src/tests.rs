@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use domain::cache::{
     CacheHealth, CacheLookup, FillTicket, Invalidation, InvalidationLedger, LedgerEntry, ProfileCache,
 };
+use domain::eligibility::Channel;
 use domain::ports::RepositoryError;
 use domain::rate_limit::{RateDecision, RateLimit, RateLimitUnavailable, RateLimiter};
 use domain::user::UserId;
@@ -116,7 +117,7 @@ async fn run_id(url: &str) -> String {
 async fn warm(cache: &RedisCache, id: UserId, bytes: &[u8]) {
     let ticket = miss_ticket(cache, id).await;
     cache.fill(id, ticket, bytes.to_vec()).await;
-    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(bytes.to_vec()));
+    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(bytes.to_vec().into()));
 }
 
 /// Polls `condition` every 20 ms until it holds or `limit` has passed; returns how long it took.
@@ -296,7 +297,7 @@ async fn without_the_fill_guard_the_same_interleaving_serves_the_stale_entry() {
     assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
     cache.fill_unguarded(id, b"stale".to_vec()).await;
 
-    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"stale".to_vec()));
+    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"stale".to_vec().into()));
     delete_prefixed(&prefix).await;
 }
 
@@ -571,7 +572,7 @@ async fn a_paused_redis_costs_one_timeout_per_second_not_one_per_lookup() {
 
     server.resume();
     eventually(Duration::from_secs(2), "lookups hit again after SIGCONT", || async {
-        cache.lookup(id).await == CacheLookup::Hit(b"cached".to_vec())
+        cache.lookup(id).await == CacheLookup::Hit(b"cached".to_vec().into())
     })
     .await;
     assert!(!cache.is_bypassed());
@@ -609,7 +610,7 @@ async fn a_change_waits_for_a_paused_redis_and_is_confirmed_as_soon_as_it_resume
     assert_eq!(cache.pending_invalidations(), 0);
     assert!(!exists(&mut raw_connection(&server.url()).await, &cache.inner.keys.entry(written)).await);
     assert!(matches!(cache.lookup(written).await, CacheLookup::Miss(_)));
-    assert_eq!(cache.lookup(untouched).await, CacheLookup::Hit(b"filled before the pause".to_vec()));
+    assert_eq!(cache.lookup(untouched).await, CacheLookup::Hit(b"filled before the pause".to_vec().into()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -647,7 +648,7 @@ async fn a_change_redis_does_not_confirm_in_time_is_unconfirmed_without_a_ledger
     for id in [first, second] {
         assert!(!exists(&mut connection, &cache.inner.keys.entry(id)).await, "{id}'s entry is deleted");
     }
-    assert_eq!(cache.lookup(untouched).await, CacheLookup::Hit(b"filled before the pause".to_vec()));
+    assert_eq!(cache.lookup(untouched).await, CacheLookup::Hit(b"filled before the pause".to_vec().into()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -679,7 +680,7 @@ async fn invalidations_made_while_redis_is_dead_are_applied_after_its_restart_an
     let ticket = miss_ticket(&cache, id).await;
     assert!(!generation_in(&ticket).is_empty());
     cache.fill(id, ticket, b"after the restart".to_vec()).await;
-    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"after the restart".to_vec()));
+    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"after the restart".to_vec().into()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -698,7 +699,7 @@ async fn an_id_whose_invalidation_is_pending_is_neither_served_nor_filled_while_
     assert_eq!(cache.invalidate(&[written]).await, Invalidation::Unconfirmed);
     server.resume();
     eventually(Duration::from_secs(2), "Redis answers again", || async {
-        cache.lookup(other).await == CacheLookup::Hit(b"other".to_vec())
+        cache.lookup(other).await == CacheLookup::Hit(b"other".to_vec().into())
     })
     .await;
 
@@ -885,7 +886,7 @@ async fn a_change_redis_cannot_confirm_is_recorded_and_acknowledged_once_no_inst
 
     let ids = [changed];
     let acknowledged = std::sync::OnceLock::new();
-    let old = CacheLookup::Hit(b"before the change".to_vec());
+    let old = CacheLookup::Hit(b"before the change".to_vec().into());
     let started = Instant::now();
     let (invalidation, served_old_after_ack) = tokio::join!(
         async {
@@ -926,7 +927,11 @@ async fn a_change_redis_cannot_confirm_is_recorded_and_acknowledged_once_no_inst
         matches!(reader.lookup(changed).await, CacheLookup::Miss(_))
     })
     .await;
-    assert_eq!(reader.lookup(other).await, CacheLookup::Hit(b"other".to_vec()), "only the recorded user was skipped");
+    assert_eq!(
+        reader.lookup(other).await,
+        CacheLookup::Hit(b"other".to_vec().into()),
+        "only the recorded user was skipped"
+    );
     delete_prefixed(&prefix).await;
 }
 
@@ -956,7 +961,11 @@ async fn a_recorded_user_is_not_served_by_any_instance_from_the_next_ledger_read
         assert_eq!(reader.lookup(recorded).await, CacheLookup::Unavailable, "a listed user was served");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(reader.lookup(other).await, CacheLookup::Hit(b"other".to_vec()), "only the recorded user is skipped");
+    assert_eq!(
+        reader.lookup(other).await,
+        CacheLookup::Hit(b"other".to_vec().into()),
+        "only the recorded user is skipped"
+    );
     delete_prefixed(&prefix).await;
 }
 
@@ -980,7 +989,7 @@ async fn an_instance_that_cannot_read_the_ledger_stops_serving_cached_entries_wi
 
     ledger.fail_reads.store(false, Ordering::SeqCst);
     eventually(Duration::from_secs(2), "the cache is used again", || async {
-        cache.lookup(id).await == CacheLookup::Hit(b"cached".to_vec())
+        cache.lookup(id).await == CacheLookup::Hit(b"cached".to_vec().into())
     })
     .await;
     assert!(failed_at.elapsed() >= Duration::from_millis(500));
@@ -1441,15 +1450,25 @@ async fn a_hot_entry_is_served_from_process_until_another_instance_invalidates_i
     // to arrive (a probe the first read started).
     warm(&reader, id, b"before").await;
     eventually(Duration::from_secs(2), "the entry is kept in process", || async {
-        reader.lookup(id).await == CacheLookup::Hit(b"before".to_vec())
+        reader.lookup(id).await == CacheLookup::Hit(b"before".to_vec().into())
             && reader.near_cache_size().is_some_and(|(entries, _)| entries > 0)
     })
     .await;
     let reads = command_calls(&server, "mget").await;
     for _ in 0..10 {
-        assert_eq!(reader.lookup(id).await, CacheLookup::Hit(b"before".to_vec()));
+        assert_eq!(reader.lookup(id).await, CacheLookup::Hit(b"before".to_vec().into()));
     }
     assert_eq!(command_calls(&server, "mget").await, reads, "a hot entry was read from Redis");
+    // What readers decode from a hot entry is kept with it: decoded once for all of them.
+    let mut decodes = 0;
+    for _ in 0..10 {
+        let CacheLookup::Hit(entry) = reader.lookup(id).await else { panic!("a hot entry missed") };
+        let _ = entry.sending(Channel::Push, |_| {
+            decodes += 1;
+            None
+        });
+    }
+    assert_eq!(decodes, 1, "a hot entry was decoded again");
 
     // Another instance's change: Redis pushes the invalidation, the next read misses.
     assert_eq!(writer.invalidate(&[id]).await, Invalidation::Confirmed);
@@ -1457,8 +1476,8 @@ async fn a_hot_entry_is_served_from_process_until_another_instance_invalidates_i
     // An entry another instance fills is read from Redis again, not served from before.
     let ticket = miss_ticket(&writer, id).await;
     writer.fill(id, ticket, b"after".to_vec()).await;
-    assert_eq!(reader.lookup(id).await, CacheLookup::Hit(b"after".to_vec()));
-    assert_eq!(reader.lookup(id).await, CacheLookup::Hit(b"after".to_vec()));
+    assert_eq!(reader.lookup(id).await, CacheLookup::Hit(b"after".to_vec().into()));
+    assert_eq!(reader.lookup(id).await, CacheLookup::Hit(b"after".to_vec().into()));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1467,7 +1486,7 @@ async fn a_hot_entry_is_not_served_after_redis_restarted_or_while_it_pauses() {
     let cache = RedisCache::build(config_for(&server.url(), TIMEOUT)).expect("build");
     let id = UserId::generate();
     warm(&cache, id, b"kept").await;
-    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"kept".to_vec()));
+    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"kept".to_vec().into()));
 
     server.pause();
     assert_eq!(cache.lookup(id).await, CacheLookup::Unavailable, "served in process while Redis was paused");
@@ -1499,7 +1518,7 @@ async fn a_redis_user_refused_client_tracking_still_caches_without_a_near_cache(
     warm(&cache, id, b"cached").await;
     let reads = command_calls(&server, "mget").await;
     for _ in 0..5 {
-        assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"cached".to_vec()));
+        assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"cached".to_vec().into()));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(command_calls(&server, "mget").await, reads + 5, "each read goes to Redis");

@@ -11,10 +11,12 @@
 //! bound every call with a short timeout, stop calling a dead cache for a while (circuit
 //! breaker) and retry failed invalidations until they succeed.
 
-use std::sync::Arc;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 
+use crate::eligibility::{Channel, SendingProfile};
 use crate::ports::RepositoryError;
 use crate::user::UserId;
 
@@ -87,11 +89,80 @@ pub trait InvalidationLedger: Send + Sync {
     async fn forget(&self, entries: &[LedgerEntry]) -> Result<(), RepositoryError>;
 }
 
+/// A cached user representation: its bytes, shared without copying, and the sending
+/// projections decoded from them, kept beside them. A cache that keeps this value in process
+/// (a near-cache, the in-memory cache) hands the same one to every reader of the entry, so a
+/// warm bulk decision decodes each user once per entry rather than once per request. A
+/// projection is a function of the bytes alone, so it can never be fresher or staler than
+/// they are: it goes when the entry goes.
+#[derive(Clone)]
+pub struct CachedProfile {
+    bytes: Arc<[u8]>,
+    /// By channel ([`Self::slot`]): `Some(None)` once the bytes were found not to decode.
+    sending: Arc<[OnceLock<Option<Arc<SendingProfile>>>; 2]>,
+}
+
+impl CachedProfile {
+    /// The representation `bytes`, nothing decoded yet.
+    pub fn new(bytes: impl Into<Arc<[u8]>>) -> Self {
+        Self { bytes: bytes.into(), sending: Arc::default() }
+    }
+
+    /// The serialized representation.
+    pub fn bytes(&self) -> &Arc<[u8]> {
+        &self.bytes
+    }
+
+    /// What a decision on `channel` reads of these bytes: decoded by `decode` on the first
+    /// call for the channel, remembered for every later one (`None`: they do not decode).
+    pub fn sending(
+        &self,
+        channel: Channel,
+        decode: impl FnOnce(&[u8]) -> Option<SendingProfile>,
+    ) -> Option<Arc<SendingProfile>> {
+        self.sending[Self::slot(channel)].get_or_init(|| decode(&self.bytes).map(Arc::new)).clone()
+    }
+
+    const fn slot(channel: Channel) -> usize {
+        match channel {
+            Channel::Email => 0,
+            Channel::Push => 1,
+        }
+    }
+}
+
+impl From<Vec<u8>> for CachedProfile {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self::new(bytes)
+    }
+}
+
+impl From<&[u8]> for CachedProfile {
+    fn from(bytes: &[u8]) -> Self {
+        Self::new(bytes)
+    }
+}
+
+/// Equal when the bytes are: what was decoded from them follows from them.
+impl PartialEq for CachedProfile {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+
+impl Eq for CachedProfile {}
+
+impl fmt::Debug for CachedProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CachedProfile").field(&String::from_utf8_lossy(&self.bytes)).finish()
+    }
+}
+
 /// The result of a lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CacheLookup {
     /// The cached representation.
-    Hit(Vec<u8>),
+    Hit(CachedProfile),
     /// Not cached: load from the store, then `fill` with this ticket.
     Miss(FillTicket),
     /// The cache cannot answer now (down, slow, disabled): load from the store, don't fill.

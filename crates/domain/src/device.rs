@@ -1,6 +1,7 @@
 //! Push devices: the tokens that web, iOS and Android push services deliver to.
 
 use std::fmt;
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -39,8 +40,10 @@ impl fmt::Display for DeviceId {
 
 /// A push token: 1–4096 characters without whitespace or control characters. For web push
 /// it is the subscription's endpoint URL, so `/` and `:` are ordinary characters.
+///
+/// Shared, not copied, when cloned: a token goes into every answer that names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PushToken(String);
+pub struct PushToken(Arc<str>);
 
 impl PushToken {
     /// The longest token accepted; FCM and APNs tokens are far shorter, web-push endpoints
@@ -59,7 +62,7 @@ impl PushToken {
         if raw.chars().nth(Self::MAX_LENGTH).is_some() {
             return Err(InvalidValue::new("must be at most 4096 characters"));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self(raw.into()))
     }
 
     /// The token.
@@ -180,7 +183,7 @@ impl DeviceSelector {
         let token = PushToken::parse(raw).ok()?;
         // Only the canonical spelling names a device by id; any other is read as a token.
         let id = canonical_uuid(raw).map(DeviceId::from);
-        Some(Self { id, token: token.0 })
+        Some(Self { id, token: token.as_str().to_owned() })
     }
 
     /// The id, when the segment is a UUID (it may still be a token too).

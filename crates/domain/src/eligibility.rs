@@ -167,21 +167,21 @@ pub fn decide(profile: &UserProfile, channel: Channel, category: Option<&Categor
     let targets = targets(profile, channel);
     let in_category = category.map(|category| (category, profile.categories.get(&category.key)));
     let reachable = targets.is_some();
-    decide_on(&profile.preferences, in_category, channel, at, reachable, targets)
+    decide_on(&profile.preferences, in_category, channel, at, reachable, || targets)
 }
 
 /// [`decide`] from the part of a profile it reads ([`SendingProfile::of`] the profile and
-/// `channel`): the same answer.
+/// `channel`): the same answer. Borrows it, so that one decoded projection serves many
+/// decisions; the targets are copied only into an answer that names them.
 pub fn decide_sending(
-    sending: SendingProfile,
+    sending: &SendingProfile,
     channel: Channel,
     category: Option<&Category>,
     at: OffsetDateTime,
 ) -> Eligibility {
-    let SendingProfile { preferences, categories, targets } = sending;
-    let in_category = category.map(|category| (category, categories.get(&category.key)));
-    let reachable = targets.is_some();
-    decide_on(&preferences, in_category, channel, at, reachable, targets)
+    let in_category = category.map(|category| (category, sending.categories.get(&category.key)));
+    let reachable = sending.targets.is_some();
+    decide_on(&sending.preferences, in_category, channel, at, reachable, || sending.targets.clone())
 }
 
 /// Decides from a state rebuilt from the consent history (what the user had agreed to at
@@ -198,17 +198,18 @@ pub fn decide_as_recorded(
         Channel::Push => state.has_active_device(),
     };
     let in_category = category.map(|category| (category, state.categories.get(&category.key)));
-    decide_on(&state.preferences, in_category, channel, at, reachable, None)
+    decide_on(&state.preferences, in_category, channel, at, reachable, || None)
 }
 
-/// The decision itself, in [`Reason`]'s order.
+/// The decision itself, in [`Reason`]'s order; `targets` is called for an answer that names
+/// them (allowed, or held back by quiet hours only).
 fn decide_on(
     preferences: &Preferences,
     category: Option<(&Category, Option<&CategoryChoice>)>,
     channel: Channel,
     at: OffsetDateTime,
     reachable: bool,
-    targets: Option<Targets>,
+    targets: impl FnOnce() -> Option<Targets>,
 ) -> Eligibility {
     let refused = |reason| Eligibility { channel, at, allowed: false, reason, next_allowed_at: None, targets: None };
     if !reachable {
@@ -218,7 +219,14 @@ fn decide_on(
         });
     }
     if category.is_some_and(|(category, _)| category.critical) {
-        return Eligibility { channel, at, allowed: true, reason: Reason::Critical, next_allowed_at: None, targets };
+        return Eligibility {
+            channel,
+            at,
+            allowed: true,
+            reason: Reason::Critical,
+            next_allowed_at: None,
+            targets: targets(),
+        };
     }
     let opted_in = match channel {
         Channel::Email => preferences.email,
@@ -247,7 +255,7 @@ fn decide_on(
         // Fails closed: a wrong "yes" is the worst answer this service can give.
         Err(WindowEndUnknown) => (false, Reason::QuietHours, None),
     };
-    Eligibility { channel, at, allowed, reason, next_allowed_at, targets }
+    Eligibility { channel, at, allowed, reason, next_allowed_at, targets: targets() }
 }
 
 /// The address to email. Every user has one today; the `Option` keeps [`Reason::NoAddress`]
@@ -962,7 +970,7 @@ mod tests {
                 .then(|| targets_of(&profile, channel));
             assert_eq!(decision, Eligibility { channel, at, allowed, reason, next_allowed_at, targets }, "{case}");
             // The same decision from the part of the profile a bulk decision reads.
-            let sending = decide_sending(SendingProfile::of(&profile, channel), channel, category.as_ref(), at);
+            let sending = decide_sending(&SendingProfile::of(&profile, channel), channel, category.as_ref(), at);
             assert_eq!(sending, decision, "{case}, from the sending profile");
             // The same decision from the same consent as a state, without targets.
             let recorded = decide_as_recorded(&ConsentState::of(&profile), channel, category.as_ref(), at);

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
-use crate::cache::{CacheLookup, FillTicket, ProfileCache};
+use crate::cache::{CacheLookup, CachedProfile, FillTicket, ProfileCache};
 use crate::eligibility::{Channel, SendingProfile};
 use crate::failure::ReadError;
 use crate::ports::{ProfileEncoder, UserRepository};
@@ -18,7 +18,7 @@ use crate::user::{UserId, UserProfile};
 pub type EncodedProfile = Arc<[u8]>;
 
 /// The outcome of one load, shareable between the readers that wait for it.
-type SharedLoad = Shared<BoxFuture<'static, Result<EncodedProfile, Arc<ReadError>>>>;
+type SharedLoad = Shared<BoxFuture<'static, Result<CachedProfile, Arc<ReadError>>>>;
 
 /// In-flight loads by user and the cache generation their reader observed: a reader joins
 /// a load only if it observed the same generation, so it never receives data loaded
@@ -60,8 +60,26 @@ impl ReadThrough {
 
     /// The user's representation as the encoder serializes it, from the cache when warm.
     pub(crate) async fn encoded_profile(&self, id: UserId) -> Result<EncodedProfile, ReadError> {
+        Ok(Arc::clone(self.cached_profile(id).await?.bytes()))
+    }
+
+    /// What a send decision on `channel` reads of the user (see [`SendingProfile`]), from
+    /// the cache when warm (decoded once per entry kept in process,
+    /// [`CachedProfile::sending`]), else from the store (also when the cached bytes were
+    /// written by another format version).
+    pub(crate) async fn sending(&self, id: UserId, channel: Channel) -> Result<Arc<SendingProfile>, ReadError> {
+        let cached = self.cached_profile(id).await?;
+        match cached.sending(channel, |bytes| self.encoder.decode_sending(bytes, channel)) {
+            Some(sending) => Ok(sending),
+            None => Ok(Arc::new(SendingProfile::of(&self.profile(id).await?, channel))),
+        }
+    }
+
+    /// The user's representation: the cache's when warm; else loaded (one load shared by the
+    /// concurrent readers that observed the same generation) and filled.
+    async fn cached_profile(&self, id: UserId) -> Result<CachedProfile, ReadError> {
         let ticket = match self.cache.lookup(id).await {
-            CacheLookup::Hit(bytes) => return Ok(bytes.into()),
+            CacheLookup::Hit(cached) => return Ok(cached),
             CacheLookup::Miss(ticket) => ticket,
             // Without a ticket a load could not be joined safely: load alone, don't fill.
             CacheLookup::Unavailable => {
@@ -97,94 +115,99 @@ impl ReadThrough {
         }
     }
 
-    /// Loads many users: each found user's bytes, and its profile when it was read from the
-    /// store. Misses are loaded in one query and filled with their tickets.
-    pub(crate) async fn load_many(
+    /// The representations of many users, by id (unknown users are absent): cache hits in one
+    /// cache round trip, misses in one store query.
+    pub(crate) async fn encoded_many(&self, ids: &[UserId]) -> Result<HashMap<UserId, EncodedProfile>, ReadError> {
+        let (hits, misses) = self.lookup_many(ids).await;
+        let mut encoded: HashMap<_, _> =
+            hits.into_iter().map(|(id, cached)| (id, Arc::clone(cached.bytes()))).collect();
+        for (profile, bytes) in self.load_many(misses).await? {
+            let bytes = bytes.unwrap_or_else(|| self.encoder.encode(&profile).into());
+            encoded.insert(profile.user.id, bytes);
+        }
+        Ok(encoded)
+    }
+
+    /// What send decisions on `channel` read of many users, by id (unknown users are
+    /// absent): cache hits in one cache round trip, each decoded no further than a decision
+    /// needs, and once per cached entry while a cache keeps it in process
+    /// ([`CachedProfile::sending`]); misses, and bytes that do not decode (another format
+    /// version's), in one store query.
+    pub(crate) async fn sending_many(
         &self,
         ids: &[UserId],
-    ) -> Result<HashMap<UserId, (EncodedProfile, Option<UserProfile>)>, ReadError> {
+        channel: Channel,
+    ) -> Result<HashMap<UserId, Arc<SendingProfile>>, ReadError> {
+        let (hits, mut misses) = self.lookup_many(ids).await;
+        let mut sending = HashMap::with_capacity(hits.len());
+        for (id, cached) in hits {
+            match cached.sending(channel, |bytes| self.encoder.decode_sending(bytes, channel)) {
+                Some(projected) => {
+                    sending.insert(id, projected);
+                }
+                // Not filled: the entry is there, in a format this version does not read.
+                None => {
+                    misses.insert(id, None);
+                }
+            }
+        }
+        for (profile, _) in self.load_many(misses).await? {
+            sending.insert(profile.user.id, Arc::new(SendingProfile::of(&profile, channel)));
+        }
+        Ok(sending)
+    }
+
+    /// Looks many users up in one cache round trip (each id once): the hits, and the misses
+    /// with the ticket to fill each with (`None`: the cache could not answer, don't fill).
+    async fn lookup_many(&self, ids: &[UserId]) -> (Vec<(UserId, CachedProfile)>, HashMap<UserId, Option<FillTicket>>) {
         let mut unique = Vec::with_capacity(ids.len());
         let mut seen = HashSet::with_capacity(ids.len());
         unique.extend(ids.iter().copied().filter(|id| seen.insert(*id)));
 
         let lookups = self.cache.lookup_many(&unique).await;
-        let mut loaded = HashMap::with_capacity(unique.len());
-        let mut tickets: HashMap<UserId, Option<FillTicket>> = HashMap::new();
-        for (id, lookup) in unique.iter().zip(lookups) {
+        let mut hits = Vec::with_capacity(unique.len());
+        let mut misses = HashMap::new();
+        for (id, lookup) in unique.into_iter().zip(lookups) {
             match lookup {
-                CacheLookup::Hit(bytes) => {
-                    loaded.insert(*id, (EncodedProfile::from(bytes), None));
-                }
+                CacheLookup::Hit(cached) => hits.push((id, cached)),
                 CacheLookup::Miss(ticket) => {
-                    tickets.insert(*id, Some(ticket));
+                    misses.insert(id, Some(ticket));
                 }
                 CacheLookup::Unavailable => {
-                    tickets.insert(*id, None);
+                    misses.insert(id, None);
                 }
             }
         }
-        if tickets.is_empty() {
-            return Ok(loaded);
+        (hits, misses)
+    }
+
+    /// Loads `misses` from the store in one query, and fills the cache with those that have
+    /// a ticket: each found user, with its representation when it was encoded for a fill.
+    async fn load_many(
+        &self,
+        mut misses: HashMap<UserId, Option<FillTicket>>,
+    ) -> Result<Vec<(UserProfile, Option<EncodedProfile>)>, ReadError> {
+        if misses.is_empty() {
+            return Ok(Vec::new());
         }
-        let missing: Vec<UserId> = tickets.keys().copied().collect();
+        let missing: Vec<UserId> = misses.keys().copied().collect();
         let profiles = self.users.find_profiles(&missing).await?;
         let mut fills = Vec::new();
+        let mut loaded = Vec::with_capacity(profiles.len());
         for profile in profiles {
-            let id = profile.user.id;
-            let bytes = self.encoder.encode(&profile);
-            if let Some(Some(ticket)) = tickets.remove(&id) {
-                fills.push(self.cache.fill(id, ticket, bytes.clone()));
-            }
-            loaded.insert(id, (EncodedProfile::from(bytes), Some(profile)));
+            let encoded = match misses.remove(&profile.user.id) {
+                Some(Some(ticket)) => {
+                    let bytes = self.encoder.encode(&profile);
+                    let encoded = EncodedProfile::from(bytes.as_slice());
+                    fills.push(self.cache.fill(profile.user.id, ticket, bytes));
+                    Some(encoded)
+                }
+                _ => None,
+            };
+            loaded.push((profile, encoded));
         }
         futures_util::future::join_all(fills).await;
         Ok(loaded)
-    }
-
-    /// What send decisions on `channel` read of `encoded`, `id`'s representation (see
-    /// [`SendingProfile`]), else of the user's profile from the store (bytes written by
-    /// another format version).
-    pub(crate) async fn decoded_sending(
-        &self,
-        id: UserId,
-        encoded: &[u8],
-        channel: Channel,
-    ) -> Result<SendingProfile, ReadError> {
-        match self.encoder.decode_sending(encoded, channel) {
-            Some(sending) => Ok(sending),
-            None => Ok(SendingProfile::of(&self.profile(id).await?, channel)),
-        }
-    }
-
-    /// What send decisions on `channel` read of many users, by id (unknown users are
-    /// absent): cache hits in one cache round trip, each decoded no further than a decision
-    /// needs; misses, and bytes that do not decode, in one store query each.
-    pub(crate) async fn sending_many(
-        &self,
-        ids: &[UserId],
-        channel: Channel,
-    ) -> Result<HashMap<UserId, SendingProfile>, ReadError> {
-        let loaded = self.load_many(ids).await?;
-        let mut sending = HashMap::with_capacity(loaded.len());
-        let mut undecodable = Vec::new();
-        for (id, (encoded, profile)) in loaded {
-            let projected = match profile {
-                Some(profile) => Some(SendingProfile::of(&profile, channel)),
-                None => self.encoder.decode_sending(&encoded, channel),
-            };
-            match projected {
-                Some(projected) => {
-                    sending.insert(id, projected);
-                }
-                None => undecodable.push(id),
-            }
-        }
-        if !undecodable.is_empty() {
-            for profile in self.users.find_profiles(&undecodable).await? {
-                sending.insert(profile.user.id, SendingProfile::of(&profile, channel));
-            }
-        }
-        Ok(sending)
     }
 
     /// Whether no load is in flight (every reader of every load has taken its result).
@@ -193,7 +216,7 @@ impl ReadThrough {
         self.inflight.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
     }
 
-    async fn load_and_fill(&self, id: UserId, ticket: FillTicket) -> Result<EncodedProfile, ReadError> {
+    async fn load_and_fill(&self, id: UserId, ticket: FillTicket) -> Result<CachedProfile, ReadError> {
         let profile = self.profile(id).await?;
         let bytes = self.encoder.encode(&profile);
         self.cache.fill(id, ticket, bytes.clone()).await;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use domain::cache::{CacheHealth, CacheLookup, FillTicket, Invalidation, ProfileCache};
+use domain::eligibility::Channel;
 use domain::user::UserId;
 
 /// Generates one `#[tokio::test]` per profile-cache contract case, in a module named
@@ -48,6 +49,7 @@ macro_rules! profile_cache_contract_tests {
             an_entry_expires_after_its_ttl_and_can_then_be_filled_again => SHORT_TTL,
             lookup_many_answers_like_lookup_in_the_order_of_the_ids => TTL,
             concurrent_readers_never_see_a_value_older_than_an_acknowledged_write => TTL,
+            what_was_decoded_from_an_entry_is_never_answered_for_the_entry_that_replaced_it => TTL,
             a_working_cache_is_up => TTL,
         );
     };
@@ -89,7 +91,7 @@ async fn assert_miss(cache: &dyn ProfileCache, id: UserId, what: &str) {
 
 /// Panics with `what` unless a lookup of `id` hits with `bytes`.
 async fn assert_hit(cache: &dyn ProfileCache, id: UserId, bytes: &[u8], what: &str) {
-    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(bytes.to_vec()), "{what}");
+    assert_eq!(cache.lookup(id).await, CacheLookup::Hit(bytes.to_vec().into()), "{what}");
 }
 
 /// Misses, fills `bytes` with the miss's ticket, and checks that `id` then hits.
@@ -241,7 +243,7 @@ pub async fn an_entry_expires_after_its_ttl_and_can_then_be_filled_again(cache: 
     // Only a lookup that ended within the TTL of the fill's start must hit: on a machine
     // slow enough to take longer, the entry may rightly be gone already.
     if fill_started.elapsed() < SHORT_TTL {
-        assert_eq!(lookup, CacheLookup::Hit(b"short-lived".to_vec()), "within the TTL");
+        assert_eq!(lookup, CacheLookup::Hit(b"short-lived".to_vec().into()), "within the TTL");
     }
 
     // The entry expires at most one TTL after the fill returned; the margin covers clocks
@@ -266,7 +268,7 @@ pub async fn lookup_many_answers_like_lookup_in_the_order_of_the_ids(cache: &dyn
         one_by_one.push(cache.lookup(id).await);
     }
     assert!(matches!(one_by_one[0], CacheLookup::Miss(_)), "{:?}", one_by_one[0]);
-    assert_eq!(one_by_one[1], CacheLookup::Hit(b"cached".to_vec()));
+    assert_eq!(one_by_one[1], CacheLookup::Hit(b"cached".to_vec().into()));
     assert!(matches!(one_by_one[2], CacheLookup::Miss(_)), "{:?}", one_by_one[2]);
     assert_eq!(cache.lookup_many(&ids).await, one_by_one);
     assert_eq!(cache.lookup_many(&[]).await, Vec::new());
@@ -300,7 +302,7 @@ pub async fn concurrent_readers_never_see_a_value_older_than_an_acknowledged_wri
                             let floor = acknowledged.load(Ordering::SeqCst);
                             match cache.lookup(id).await {
                                 CacheLookup::Hit(bytes) => {
-                                    let version = decode(&bytes);
+                                    let version = decode(bytes.bytes());
                                     assert!(version >= floor, "served version {version} after write {floor} returned");
                                 }
                                 CacheLookup::Miss(ticket) => {
@@ -334,13 +336,40 @@ pub async fn concurrent_readers_never_see_a_value_older_than_an_acknowledged_wri
     });
 
     match cache.lookup(id).await {
-        CacheLookup::Hit(bytes) => assert_eq!(decode(&bytes), WRITES, "after the last write"),
+        CacheLookup::Hit(bytes) => assert_eq!(decode(bytes.bytes()), WRITES, "after the last write"),
         CacheLookup::Miss(ticket) => {
             cache.fill(id, ticket, WRITES.to_be_bytes().to_vec()).await;
             assert_hit(cache, id, &WRITES.to_be_bytes(), "a fill after the last write").await;
         }
         CacheLookup::Unavailable => panic!("the cache became unavailable"),
     }
+}
+
+/// A hit hands out its entry with what readers decoded from it
+/// ([`CachedProfile::sending`](domain::cache::CachedProfile::sending)), which a cache may keep
+/// with the entry so that it is decoded once. Once the entry changed, the next hit decodes
+/// its own bytes: a decision is never made from what the replaced entry held.
+pub async fn what_was_decoded_from_an_entry_is_never_answered_for_the_entry_that_replaced_it(cache: &dyn ProfileCache) {
+    let id = UserId::generate();
+    // The bytes a hit's decoding saw (`None`: it had been decoded before, by another hit).
+    let decoded = |what: &'static str| async move {
+        let CacheLookup::Hit(entry) = cache.lookup(id).await else { panic!("{what}: expected a hit") };
+        let mut seen = None;
+        let _ = entry.sending(Channel::Push, |bytes| {
+            seen = Some(bytes.to_vec());
+            None
+        });
+        seen
+    };
+    warm(cache, id, b"before").await;
+    assert_eq!(decoded("the first hit").await.as_deref(), Some(&b"before"[..]));
+    assert!(
+        decoded("a second hit").await.is_none_or(|bytes| bytes == b"before"),
+        "a second hit decodes the same bytes, or not at all"
+    );
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
+    warm(cache, id, b"after").await;
+    assert_eq!(decoded("the hit after a change").await.as_deref(), Some(&b"after"[..]));
 }
 
 /// A cache that answers reports itself up.

@@ -1,8 +1,6 @@
 //! The category catalogue, users' choices in it, the consent history, and eligibility: now
 //! (from the cached profile) and as recorded at a past instant (rebuilt from the history).
 
-use std::collections::HashMap;
-
 use time::OffsetDateTime;
 
 use super::UserService;
@@ -144,9 +142,8 @@ impl UserService {
         at: OffsetDateTime,
     ) -> Result<Eligibility, EligibilityError> {
         let category = self.category_for_decisions(category).await?;
-        let encoded = self.reads.encoded_profile(user).await.map_err(ServiceError::from)?;
-        let sending = self.reads.decoded_sending(user, &encoded, channel).await.map_err(ServiceError::from)?;
-        Ok(decide_sending(sending, channel, category.as_ref(), at))
+        let sending = self.reads.sending(user, channel).await.map_err(ServiceError::from)?;
+        Ok(decide_sending(&sending, channel, category.as_ref(), at))
     }
 
     /// Send eligibility of many users on one channel (and category) at one instant, in the
@@ -159,22 +156,11 @@ impl UserService {
         at: OffsetDateTime,
     ) -> Result<Vec<(UserId, Option<Eligibility>)>, EligibilityError> {
         let category = self.category_for_decisions(category).await?;
-        let mut sending = self.reads.sending_many(ids, channel).await.map_err(ServiceError::from)?;
-        let mut decisions: HashMap<UserId, Eligibility> = HashMap::with_capacity(sending.len());
+        let sending = self.reads.sending_many(ids, channel).await.map_err(ServiceError::from)?;
+        // An id asked twice is decided twice from the same projection: the same answer.
         Ok(ids
             .iter()
-            .map(|id| {
-                // An id asked twice is decided once.
-                let decision = match sending.remove(id) {
-                    Some(profile) => {
-                        let decision = decide_sending(profile, channel, category.as_ref(), at);
-                        decisions.insert(*id, decision.clone());
-                        Some(decision)
-                    }
-                    None => decisions.get(id).cloned(),
-                };
-                (*id, decision)
-            })
+            .map(|id| (*id, sending.get(id).map(|profile| decide_sending(profile, channel, category.as_ref(), at))))
             .collect())
     }
 

@@ -134,8 +134,8 @@ impl UserService {
     /// The serialized representations of many users, in the order of `ids` (`None` for
     /// unknown users): cache hits in one cache round trip, misses in one store query.
     pub async fn encoded_profiles(&self, ids: &[UserId]) -> Result<Vec<(UserId, Option<EncodedProfile>)>, ReadError> {
-        let loaded = self.reads.load_many(ids).await?;
-        Ok(ids.iter().map(|id| (*id, loaded.get(id).map(|(encoded, _)| Arc::clone(encoded)))).collect())
+        let encoded = self.reads.encoded_many(ids).await?;
+        Ok(ids.iter().map(|id| (*id, encoded.get(id).map(Arc::clone))).collect())
     }
 
     /// A page of users.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::auth::{Authenticated, Credentials};
-use crate::cache::{CacheLookup, FillTicket, Invalidation};
+use crate::cache::{CacheLookup, CachedProfile, FillTicket, Invalidation};
 use crate::cache::{MockProfileCache, NoCache};
 use crate::category::{
     Category, CategoryChoice, CategoryChoices, CategoryKey, CategoryName, ChannelDefaults, ChoiceSource, NewCategory,
@@ -248,7 +248,7 @@ fn john() -> UserProfile {
 #[test]
 fn a_cache_hit_never_reaches_the_repository() {
     let mut cache = MockProfileCache::new();
-    cache.expect_lookup().returning(|_| CacheLookup::Hit(b"cached".to_vec()));
+    cache.expect_lookup().returning(|_| CacheLookup::Hit(b"cached".to_vec().into()));
     cache.expect_fill().never();
     let mut users = MockUserRepository::new();
     users.expect_find_profile().never();
@@ -742,7 +742,7 @@ fn bulk_eligibility_reads_hits_from_the_cache_and_all_misses_in_one_query() {
         vec![
             CacheLookup::Miss(FillTicket::new(None)),
             CacheLookup::Miss(FillTicket::new(Some("g".into()))),
-            CacheLookup::Hit(b"cached".to_vec()),
+            CacheLookup::Hit(b"cached".to_vec().into()),
         ]
     });
     cache.expect_fill().withf(move |id, _, _| *id == miss_id).times(1).return_const(());
@@ -781,6 +781,51 @@ fn bulk_eligibility_reads_hits_from_the_cache_and_all_misses_in_one_query() {
         decisions.iter().map(|(_, decision)| decision.as_ref().map(|d| d.reason.as_str())).collect();
     assert_eq!(reasons, vec![None, Some("ok"), Some("ok"), Some("ok")]);
     assert_eq!(decisions.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids);
+}
+
+#[test]
+fn an_entry_the_cache_keeps_in_process_is_decoded_once_per_channel_for_every_later_decision() {
+    let mut ada = ada_today();
+    ada.devices[0].active = true;
+    let id = ada.user.id;
+    // What a near-cache hands out: one value per entry, to every reader.
+    let entry = CachedProfile::from(b"ada".to_vec());
+    let mut cache = MockProfileCache::new();
+    let shared = entry.clone();
+    cache.expect_lookup_many().returning(move |asked| vec![CacheLookup::Hit(shared.clone()); asked.len()]);
+    let shared = entry.clone();
+    cache.expect_lookup().returning(move |_| CacheLookup::Hit(shared.clone()));
+    let mut encoder = MockProfileEncoder::new();
+    encoder
+        .expect_decode_sending()
+        .withf(|bytes, channel| bytes == b"ada" && *channel == Channel::Email)
+        .times(1)
+        .returning(move |_, channel| Some(SendingProfile::of(&ada, channel)));
+    encoder.expect_decode_sending().withf(|_, channel| *channel == Channel::Push).times(1).returning(|_, _| None);
+    let mut users = MockUserRepository::new();
+    // Bytes that do not decode are read from the store on every decision, never guessed.
+    let mut stored = ada_today();
+    stored.devices[0].active = true;
+    users.expect_find_profiles().times(2).returning(move |_| Ok(vec![stored.clone()]));
+    let mut stored = ada_today();
+    stored.devices[0].active = true;
+    users.expect_find_profile().times(1).returning(move |_| Ok(Some(stored.clone())));
+    let service =
+        catalogue_service(users, MockCategoryRepository::new(), MockConsentHistory::new(), Arc::new(cache), encoder);
+    let noon = datetime!(2026-03-10 12:00 UTC);
+
+    for _ in 0..3 {
+        let bulk = futures_executor::block_on(service.eligibilities(&[id], Channel::Email, None, noon)).unwrap();
+        assert_eq!(bulk[0].1.as_ref().map(|decision| decision.reason), Some(Reason::Ok));
+    }
+    let single = futures_executor::block_on(service.eligibility(id, Channel::Email, None, noon)).unwrap();
+    assert_eq!(single.reason, Reason::Ok);
+    for _ in 0..2 {
+        let bulk = futures_executor::block_on(service.eligibilities(&[id], Channel::Push, None, noon)).unwrap();
+        assert_eq!(bulk[0].1.as_ref().map(|decision| decision.reason), Some(Reason::Ok), "from the store");
+    }
+    let single = futures_executor::block_on(service.eligibility(id, Channel::Push, None, noon)).unwrap();
+    assert_eq!(single.reason, Reason::Ok, "from the store");
 }
 
 #[test]
@@ -1202,7 +1247,7 @@ fn eligibility_in_a_category_applies_the_users_choice_from_the_cached_representa
     let mut categories = MockCategoryRepository::new();
     categories.expect_find().returning(|_| Ok(Some(category("marketing", true, false))));
     let mut cache = MockProfileCache::new();
-    cache.expect_lookup().returning(|_| CacheLookup::Hit(b"cached".to_vec()));
+    cache.expect_lookup().returning(|_| CacheLookup::Hit(b"cached".to_vec().into()));
     let mut encoder = MockProfileEncoder::new();
     let mut cached = ada_today();
     cached.devices[0].active = true;
