@@ -88,6 +88,11 @@ impl TestApp {
         Self::start(Arc::clone(&self.db), extra).await
     }
 
+    /// Starts an instance on `db` with extra settings on top of the test defaults.
+    pub async fn spawn_on(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> Self {
+        Self::start(db, extra).await
+    }
+
     async fn start(db: Arc<TestDatabase>, extra: &[(&str, &str)]) -> Self {
         let mut variables: HashMap<String, String> = [
             ("DATABASE_URL", db.url()),
@@ -524,6 +529,108 @@ impl Drop for PrivatePostgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// A PgBouncer of the test's own on a free port, in `pool_mode=transaction` in front of the
+/// PostgreSQL at `127.0.0.1:<port>` with few server connections, so that clients keep
+/// changing server connections between transactions, as under load in production. Trust
+/// authentication, every database of the server. Killed and removed when dropped.
+#[derive(Debug)]
+pub struct PrivatePgBouncer {
+    /// The port it listens on.
+    pub port: u16,
+    child: Option<Child>,
+    directory: TempDir,
+}
+
+impl PrivatePgBouncer {
+    /// Starts `pgbouncer` (installed by `tests/with-services.sh` when missing) in front of
+    /// the server of `postgres_url` (on 127.0.0.1) with at most `server_connections` per
+    /// database, and waits until it accepts connections. Server connections are lent in
+    /// turn (`server_round_robin`), not the last one used again: a client's consecutive
+    /// round trips outside a transaction meet different server connections whenever
+    /// several are open, as under load in production.
+    pub async fn start(postgres_url: &str, server_connections: u32) -> Self {
+        let postgres_port: u16 = postgres_url
+            .split_once('@')
+            .and_then(|(_, rest)| rest.split('/').next())
+            .and_then(|host| host.rsplit_once(':'))
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap_or(5432);
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
+        let directory =
+            TempDir(std::env::temp_dir().join(format!("user-service-pgbouncer-{}", uuid::Uuid::new_v4().simple())));
+        std::fs::create_dir_all(&directory.0).expect("a directory for PgBouncer");
+        // Trust authentication still asks that the user be listed.
+        let user = postgres_url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .map_or("postgres", |(user, _)| user.split(':').next().unwrap_or("postgres"));
+        let users = directory.0.join("users.txt");
+        std::fs::write(&users, format!("\"{user}\" \"\"\n")).expect("the users file");
+        let ini = directory.0.join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={postgres_port}\n\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
+                 default_pool_size = {server_connections}\nmax_client_conn = 500\n\
+                 ignore_startup_parameters = extra_float_digits\nlogfile = {log}\n\
+                 server_round_robin = 1\n",
+                users = users.display(),
+                log = directory.0.join("pgbouncer.log").display(),
+            ),
+        )
+        .expect("the configuration");
+        let program =
+            if std::path::Path::new("/usr/sbin/pgbouncer").exists() { "/usr/sbin/pgbouncer" } else { "pgbouncer" };
+        // PgBouncer refuses to run as root: as the postgres user then (setpriv execs it, so
+        // that killing the child kills PgBouncer itself).
+        let root = Command::new("id").arg("-u").output().is_ok_and(|id| id.stdout.trim_ascii() == b"0");
+        let mut command = if root {
+            let _ = Command::new("chown").args(["-R", "postgres"]).arg(&directory.0).status();
+            let mut command = Command::new("setpriv");
+            command.args(["--reuid=postgres", "--regid=postgres", "--init-groups", program]);
+            command
+        } else {
+            Command::new(program)
+        };
+        let child = command
+            .arg(&ini)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pgbouncer starts (is PgBouncer installed? apt-get install pgbouncer)");
+        let mut bouncer = Self { port, child: Some(child), directory };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited =
+                bouncer.child.as_mut().is_some_and(|child| child.try_wait().is_ok_and(|status| status.is_some()));
+            let log = || std::fs::read_to_string(bouncer.directory.0.join("pgbouncer.log")).unwrap_or_default();
+            assert!(!exited, "pgbouncer exited: {}", log());
+            assert!(started.elapsed() < Duration::from_secs(10), "pgbouncer did not listen within 10 s: {}", log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bouncer
+    }
+
+    /// `url`, a URL of the PostgreSQL behind, with this PgBouncer's port instead.
+    pub fn in_front_of(&self, url: &str) -> String {
+        let (scheme_and_user, rest) = url.split_once('@').expect("a URL with a user");
+        let path = rest.split_once('/').map_or("", |(_, path)| path);
+        format!("{scheme_and_user}@127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for PrivatePgBouncer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

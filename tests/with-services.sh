@@ -12,6 +12,8 @@
 #   root), for the change-event tests. Tests never purge it: each uses an exchange and
 #   queues of its own, and puts a proxy of its own in front of it to cut or blackhole it.
 # - chromium: installed with apt-get when missing (and run as root), for the /docs test.
+# - pgbouncer: installed with apt-get when missing (and run as root), for the pooler tests,
+#   each of which starts its own on a free port in front of TEST_DATABASE_URL's server.
 set -euo pipefail
 
 free_port() {
@@ -44,6 +46,15 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
     || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; } \
     || echo "could not install chromium; the /docs browser test will fail" >&2
+fi
+
+# PgBouncer (transaction pooling) runs in front of PostgreSQL in tests/api/pooler.rs, each
+# test starting its own on a free port. Installed from Debian's packages when missing.
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "Installing pgbouncer (transaction pooler for the pooler tests)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer >/dev/null 2>&1 \
+    || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer >/dev/null 2>&1; } \
+    || echo "could not install pgbouncer; the pooler tests will fail" >&2
 fi
 
 redis_port="${TEST_REDIS_PORT:-6379}"

@@ -15,6 +15,7 @@ mod hostile;
 mod idempotency;
 mod operations;
 mod operations_scale;
+mod pooler;
 mod preferences;
 mod redis_faults;
 mod seed;

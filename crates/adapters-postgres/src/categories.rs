@@ -11,7 +11,7 @@ use adapters_sql_common::writes::{HistoryEntry, history_entries};
 use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use domain::category::{Category, CategoryChoice, CategoryKey, CategoryPatch};
 use domain::consent::{Provenance, choice_changes};
 use domain::event::{EventType, NewEvent};
@@ -19,12 +19,12 @@ use domain::ports::{CategoryRemoval, CategoryRepository, ChoiceChange, Repositor
 use domain::user::UserId;
 use time::OffsetDateTime;
 
-use crate::errors::from_diesel;
 use crate::history::{append, lock_consent};
 use crate::idempotency::TxError;
 use crate::outbox;
 use crate::rows::{CATEGORY, CHOICE, CategoryValues, ChoiceValues, REVISION, RevisionValues};
 use crate::schema::{category_choices, category_revisions, notification_categories};
+use crate::work::Unit;
 use crate::{PgStore, RecordedAt};
 
 /// The instant of a new revision of `key`, taken once the write holds the category's lock:
@@ -57,49 +57,54 @@ async fn revision_time(
 #[async_trait]
 impl CategoryRepository for PgStore {
     async fn list(&self) -> Result<Vec<Category>, RepositoryError> {
-        let mut connection = self.connection().await?;
-        let rows: Vec<CategoryRow> = notification_categories::table
-            .order(notification_categories::key)
-            .select(CATEGORY)
-            .load(&mut connection)
-            .await
-            .map_err(from_diesel)?;
+        let rows: Vec<CategoryRow> = self
+            .run(Unit::Statements, async |connection| {
+                notification_categories::table
+                    .order(notification_categories::key)
+                    .select(CATEGORY)
+                    .load(connection)
+                    .await
+            })
+            .await?;
         categories_from_rows(rows)
     }
 
     async fn find(&self, key: &CategoryKey) -> Result<Option<Category>, RepositoryError> {
-        let mut connection = self.connection().await?;
-        let row: Option<CategoryRow> = notification_categories::table
-            .find(key.as_str())
-            .select(CATEGORY)
-            .get_result(&mut connection)
-            .await
-            .optional()
-            .map_err(from_diesel)?;
+        let row: Option<CategoryRow> = self
+            .run(Unit::Statements, async |connection| {
+                notification_categories::table
+                    .find(key.as_str())
+                    .select(CATEGORY)
+                    .get_result(connection)
+                    .await
+                    .optional()
+            })
+            .await?;
         row.map(Category::try_from).transpose()
     }
 
     async fn as_of(&self, key: &CategoryKey, at: OffsetDateTime) -> Result<Option<Category>, RepositoryError> {
-        let mut connection = self.connection().await?;
         // A category has few revisions: all of them up to `at` also give its creation time.
-        let revisions: Vec<RevisionRow> = category_revisions::table
-            .filter(category_revisions::key.eq(key.as_str()))
-            .filter(category_revisions::at.le(at))
-            .order((category_revisions::at, category_revisions::id))
-            .select(REVISION)
-            .load(&mut connection)
-            .await
-            .map_err(from_diesel)?;
+        let revisions: Vec<RevisionRow> = self
+            .run(Unit::Statements, async |connection| {
+                category_revisions::table
+                    .filter(category_revisions::key.eq(key.as_str()))
+                    .filter(category_revisions::at.le(at))
+                    .order((category_revisions::at, category_revisions::id))
+                    .select(REVISION)
+                    .load(connection)
+                    .await
+            })
+            .await?;
         category_from_revisions(revisions)
     }
 
     async fn create(&self, category: Category) -> Result<Category, RepositoryError> {
-        let mut connection = self.connection().await?;
         let recorded_at = self.recorded_at(category.updated_at);
         // A taken key fails the insert on the primary key (mapped to "exists"); a concurrent
         // creation of the same key waits for this one's commit, then fails so.
-        let created = connection
-            .transaction::<_, TxError, _>(async |connection| {
+        let created = self
+            .run::<_, TxError, _>(Unit::Transaction, async |connection| {
                 let at = revision_time(connection, &category.key, recorded_at).await?;
                 let category = Category { created_at: at, updated_at: at, ..category };
                 diesel::insert_into(notification_categories::table)
@@ -124,11 +129,10 @@ impl CategoryRepository for PgStore {
         patch: CategoryPatch,
         now: OffsetDateTime,
     ) -> Result<Option<Category>, RepositoryError> {
-        let mut connection = self.connection().await?;
         let recorded_at = self.recorded_at(now);
         let key = key.clone();
-        let outcome = connection
-            .transaction::<_, TxError, _>(async |connection| {
+        let outcome = self
+            .run::<_, TxError, _>(Unit::Transaction, async |connection| {
                 // `NO KEY`: users' choices (which only share the key) go on meanwhile.
                 let row: Option<CategoryRow> = notification_categories::table
                     .find(key.as_str())
@@ -167,11 +171,10 @@ impl CategoryRepository for PgStore {
         now: OffsetDateTime,
         by: &Provenance,
     ) -> Result<CategoryRemoval, RepositoryError> {
-        let mut connection = self.connection().await?;
         let recorded_at = self.recorded_at(now);
         let (key, by) = (key.clone(), by.clone());
-        let outcome = connection
-            .transaction::<_, TxError, _>(async |connection| {
+        let outcome = self
+            .run::<_, TxError, _>(Unit::Transaction, async |connection| {
                 // Locked against new choices first: those under way end before this reads.
                 let row: Option<CategoryRow> = notification_categories::table
                     .find(key.as_str())
@@ -234,11 +237,10 @@ impl CategoryRepository for PgStore {
         now: OffsetDateTime,
         by: &Provenance,
     ) -> Result<Option<CategoryChoice>, RepositoryError> {
-        let mut connection = self.connection().await?;
         let recorded_at = self.recorded_at(now);
         let (key, by) = (key.clone(), by.clone());
-        let outcome = connection
-            .transaction::<_, TxError, _>(async |connection| {
+        let outcome = self
+            .run::<_, TxError, _>(Unit::Transaction, async |connection| {
                 // The category cannot go away until this commits (a removal waits for it).
                 let category: Option<String> = notification_categories::table
                     .find(key.as_str())

@@ -7,7 +7,7 @@ use adapters_sql_common::writes::history_entries;
 use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use domain::consent::{Provenance, device_change};
 use domain::device::{Device, DeviceId, DeviceRegistration, DeviceSelector, RegisteredDevice};
 use domain::idempotency::{Idempotent, IdempotentWrite};
@@ -16,12 +16,12 @@ use domain::user::UserId;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::errors::from_diesel;
 use crate::history::lock_and_append;
-use crate::idempotency::{TxError, idempotent_transaction};
+use crate::idempotency::TxError;
 use crate::outbox;
 use crate::rows::{DEVICE, DeviceRow};
 use crate::schema::{devices, regexp_replace, users};
+use crate::work::Unit;
 use crate::{PgStore, RecordedAt};
 use adapters_sql_common::device_order;
 
@@ -262,31 +262,35 @@ impl DeviceRepository for PgStore {
         by: &Provenance,
         idempotency: Option<IdempotentWrite<RegisteredDevice>>,
     ) -> Result<Idempotent<RegisteredDevice>, RepositoryError> {
-        let mut connection = self.connection().await?;
-        // Without a key, a refresh is one statement: no transaction, no history.
+        // Without a key, a refresh is one statement: no transaction (but behind a transaction
+        // pooler), no history.
         if idempotency.is_none()
-            && let Some(row) = refresh_device(&mut connection, user, &registration, now).await.map_err(from_diesel)?
+            && let Some(row) = self
+                .run(Unit::Statements, async |connection| refresh_device(connection, user, &registration, now).await)
+                .await?
         {
             return Ok(Idempotent::Executed(row.into_registered(user)?));
         }
         let (by, recorded_at) = (by.clone(), self.recorded_at(now));
-        idempotent_transaction(&mut connection, idempotency, move |connection| {
+        self.idempotent_transaction(idempotency, move |connection| {
             Box::pin(async move { upsert_recorded(connection, user, &registration, now, recorded_at, &by).await })
         })
         .await
     }
 
     async fn list(&self, user: UserId) -> Result<Option<Vec<Device>>, RepositoryError> {
-        let mut connection = self.connection().await?;
         // Joined from the user so that "no such user" and "no devices" differ in one query.
-        let rows: Vec<Option<DeviceRow>> = users::table
-            .left_join(devices::table)
-            .filter(users::id.eq(user.as_uuid()))
-            .order(device_order!())
-            .select(DEVICE.nullable())
-            .load(&mut connection)
-            .await
-            .map_err(from_diesel)?;
+        let rows: Vec<Option<DeviceRow>> = self
+            .run(Unit::Statements, async |connection| {
+                users::table
+                    .left_join(devices::table)
+                    .filter(users::id.eq(user.as_uuid()))
+                    .order(device_order!())
+                    .select(DEVICE.nullable())
+                    .load(connection)
+                    .await
+            })
+            .await?;
         if rows.is_empty() {
             return Ok(None);
         }
@@ -301,10 +305,9 @@ impl DeviceRepository for PgStore {
         now: OffsetDateTime,
         by: &Provenance,
     ) -> Result<Option<Device>, RepositoryError> {
-        let mut connection = self.connection().await?;
         let (selector, by, recorded_at) = (selector.clone(), by.clone(), self.recorded_at(now));
-        let outcome = connection
-            .transaction::<_, TxError, _>(async |connection| {
+        let outcome = self
+            .run::<_, TxError, _>(Unit::Transaction, async |connection| {
                 // The old states, read under the devices' locks, taken in id order as every
                 // write that locks several devices does (erasing a user), lest two deadlock.
                 let selected: Vec<DeviceRow> = devices::table
@@ -347,10 +350,9 @@ impl DeviceRepository for PgStore {
         now: OffsetDateTime,
         by: &Provenance,
     ) -> Result<bool, RepositoryError> {
-        let mut connection = self.connection().await?;
         let (selector, by, recorded_at) = (selector.clone(), by.clone(), self.recorded_at(now));
-        let deleted = connection
-            .transaction::<_, TxError, _>(async |connection| {
+        let deleted = self
+            .run::<_, TxError, _>(Unit::Transaction, async |connection| {
                 // Locked in id order (see `set_active`) by the subquery, then deleted.
                 let locking = diesel::alias!(devices as locking);
                 let locked = locking

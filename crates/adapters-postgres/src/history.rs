@@ -23,9 +23,9 @@ use domain::user::UserId;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::errors::from_diesel;
 use crate::rows::HISTORY;
 use crate::schema::{consent_history, notification_preferences, users};
+use crate::work::Unit;
 use crate::{PgStore, RecordedAt};
 
 /// Appends rows of several users at once, in their order; each user's rows get one instant,
@@ -132,50 +132,55 @@ impl ConsentHistory for PgStore {
         limit: u32,
         before: Option<i64>,
     ) -> Result<Option<HistoryPage>, RepositoryError> {
-        let mut connection = self.connection().await?;
-        // One more row than asked says whether there is a next page.
-        let rows: Vec<HistoryRow> = consent_history::table
-            .filter(consent_history::user_id.eq(user.as_uuid()))
-            .filter(consent_history::id.lt(before.unwrap_or(i64::MAX)))
-            .order(consent_history::id.desc())
-            .limit(i64::from(limit) + 1)
-            .select(HISTORY)
-            .load(&mut connection)
-            .await
-            .map_err(from_diesel)?;
-        // A user always has rows (its registration's): only an empty page asks whether it exists.
-        if rows.is_empty() {
-            let known: bool = diesel::select(exists(users::table.find(user.as_uuid())))
-                .get_result(&mut connection)
-                .await
-                .map_err(from_diesel)?;
-            if !known {
-                return Ok(None);
-            }
-        }
-        history_page(rows, limit).map(Some)
+        let rows = self
+            .run(Unit::Statements, async |connection| {
+                // One more row than asked says whether there is a next page.
+                let rows: Vec<HistoryRow> = consent_history::table
+                    .filter(consent_history::user_id.eq(user.as_uuid()))
+                    .filter(consent_history::id.lt(before.unwrap_or(i64::MAX)))
+                    .order(consent_history::id.desc())
+                    .limit(i64::from(limit) + 1)
+                    .select(HISTORY)
+                    .load(connection)
+                    .await?;
+                // A user always has rows (its registration's): only an empty page asks
+                // whether it exists.
+                if rows.is_empty() {
+                    let known: bool =
+                        diesel::select(exists(users::table.find(user.as_uuid()))).get_result(connection).await?;
+                    if !known {
+                        return Ok(None);
+                    }
+                }
+                Ok::<_, diesel::result::Error>(Some(rows))
+            })
+            .await?;
+        rows.map(|rows| history_page(rows, limit)).transpose()
     }
 
     async fn since(&self, user: UserId, at: OffsetDateTime) -> Result<RecordedSince, RepositoryError> {
-        let connection = self.connection().await?;
-        let connection: &AsyncPgConnection = &connection;
-        // Pipelined: both statements are sent at once.
-        // The first change of each field after `at`: its old value is the field's value at
-        // `at`, so no later row is needed (the rows sent are bounded by the number of fields,
-        // not by how many changes were made since).
-        let changes = consent_history::table
-            .filter(consent_history::user_id.eq(user.as_uuid()))
-            .filter(consent_history::at.gt(at))
-            .distinct_on(consent_history::field)
-            .order((consent_history::field, consent_history::id))
-            .select(HISTORY)
-            .load::<HistoryRow>(&mut &*connection);
-        let last_before = consent_history::table
-            .filter(consent_history::user_id.eq(user.as_uuid()))
-            .filter(consent_history::at.le(at))
-            .select(max(consent_history::at))
-            .get_result::<Option<OffsetDateTime>>(&mut &*connection);
-        let (changes, last_before) = futures_util::future::try_join(changes, last_before).await.map_err(from_diesel)?;
+        let (changes, last_before) = self
+            .run(Unit::Statements, async |connection| {
+                let connection: &AsyncPgConnection = connection;
+                // Pipelined: both statements are sent at once.
+                // The first change of each field after `at`: its old value is the field's value at
+                // `at`, so no later row is needed (the rows sent are bounded by the number of fields,
+                // not by how many changes were made since).
+                let changes = consent_history::table
+                    .filter(consent_history::user_id.eq(user.as_uuid()))
+                    .filter(consent_history::at.gt(at))
+                    .distinct_on(consent_history::field)
+                    .order((consent_history::field, consent_history::id))
+                    .select(HISTORY)
+                    .load::<HistoryRow>(&mut &*connection);
+                let last_before = consent_history::table
+                    .filter(consent_history::user_id.eq(user.as_uuid()))
+                    .filter(consent_history::at.le(at))
+                    .select(max(consent_history::at))
+                    .get_result::<Option<OffsetDateTime>>(&mut &*connection);
+                futures_util::future::try_join(changes, last_before).await
+            })
+            .await?;
         Ok(RecordedSince { changes: records_from_rows(changes)?, last_before })
     }
 }

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use domain::idempotency::{
     IdempotencyConflict, IdempotencyKey, IdempotencyRecord, Idempotent, IdempotentRequest, IdempotentWrite,
     StoredResponse,
@@ -19,6 +19,7 @@ use crate::PgStore;
 use crate::errors::from_diesel;
 use crate::rows::{RECORD, RecordRow};
 use crate::schema::idempotency_records;
+use crate::work::Unit;
 
 /// An error inside a transaction that carries an idempotent write.
 #[derive(Debug)]
@@ -64,16 +65,16 @@ async fn find_unexpired(
     row.map(IdempotencyRecord::try_from).transpose().map_err(TxError::Repository)
 }
 
-/// Runs `write` in one transaction under `idempotency`: a completed request's stored answer
-/// instead when there is one, else the write, with its answer recorded in the same
-/// transaction. The one skeleton of every idempotent write of this store.
-pub(crate) async fn idempotent_transaction<T: Send>(
-    connection: &mut AsyncPgConnection,
-    idempotency: Option<IdempotentWrite<T>>,
-    write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, Result<T, TxError>> + Send,
-) -> Result<Idempotent<T>, RepositoryError> {
-    let outcome = connection
-        .transaction::<_, TxError, _>(async |connection| {
+impl PgStore {
+    /// Runs `write` in one transaction under `idempotency`: a completed request's stored
+    /// answer instead when there is one, else the write, with its answer recorded in the
+    /// same transaction. The one skeleton of every idempotent write of this store.
+    pub(crate) async fn idempotent_transaction<T: Send>(
+        &self,
+        idempotency: Option<IdempotentWrite<T>>,
+        write: impl for<'c> FnOnce(&'c mut AsyncPgConnection) -> BoxFuture<'c, Result<T, TxError>> + Send,
+    ) -> Result<Idempotent<T>, RepositoryError> {
+        self.run::<_, TxError, _>(Unit::Transaction, async |connection| {
             if let Some(idempotent) = &idempotency
                 && let Some(replay) = claim(connection, &idempotent.request).await?
             {
@@ -85,8 +86,8 @@ pub(crate) async fn idempotent_transaction<T: Send>(
             }
             Ok(Idempotent::Executed(written))
         })
-        .await?;
-    Ok(outcome)
+        .await
+    }
 }
 
 /// Claims `request`'s key for the current transaction. Returns the stored answer when the
@@ -149,8 +150,7 @@ impl IdempotencyRepository for PgStore {
         key: &IdempotencyKey,
         now: OffsetDateTime,
     ) -> Result<Option<IdempotencyRecord>, RepositoryError> {
-        let mut connection = self.connection().await?;
-        Ok(find_unexpired(&mut connection, caller, key.as_str(), now).await?)
+        self.run(Unit::Statements, async |connection| find_unexpired(connection, caller, key.as_str(), now).await).await
     }
 }
 
@@ -162,15 +162,16 @@ impl PgStore {
         batch: i64,
         now: OffsetDateTime,
     ) -> Result<usize, RepositoryError> {
-        let mut connection = self.connection().await?;
-        diesel::sql_query(
-            "DELETE FROM idempotency_records WHERE ctid IN \
-             (SELECT ctid FROM idempotency_records WHERE expires_at <= $1 LIMIT $2)",
-        )
-        .bind::<Timestamptz, _>(now)
-        .bind::<BigInt, _>(batch)
-        .execute(&mut connection)
+        self.run(Unit::Statements, async |connection| {
+            diesel::sql_query(
+                "DELETE FROM idempotency_records WHERE ctid IN \
+                 (SELECT ctid FROM idempotency_records WHERE expires_at <= $1 LIMIT $2)",
+            )
+            .bind::<Timestamptz, _>(now)
+            .bind::<BigInt, _>(batch)
+            .execute(connection)
+            .await
+        })
         .await
-        .map_err(from_diesel)
     }
 }

@@ -14,8 +14,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::PgStore;
-use crate::errors::from_diesel;
 use crate::schema::cache_invalidation_ledger as ledger;
+use crate::work::{Unit, Work};
 
 /// A recording to insert.
 #[derive(Insertable)]
@@ -42,15 +42,16 @@ impl InvalidationLedger for PgStore {
         if recordings.is_empty() {
             return Ok(());
         }
-        let mut connection = self.connection().await?;
-        diesel::insert_into(ledger::table)
-            .values(&recordings)
-            .on_conflict(ledger::user_id)
-            .do_update()
-            .set((ledger::mark.eq(excluded(ledger::mark)), ledger::recorded_at.eq(excluded(ledger::recorded_at))))
-            .execute(&mut connection)
-            .await
-            .map_err(from_diesel)?;
+        self.run(Unit::Statements, async |connection| {
+            diesel::insert_into(ledger::table)
+                .values(&recordings)
+                .on_conflict(ledger::user_id)
+                .do_update()
+                .set((ledger::mark.eq(excluded(ledger::mark)), ledger::recorded_at.eq(excluded(ledger::recorded_at))))
+                .execute(connection)
+                .await
+        })
+        .await?;
         Ok(())
     }
 
@@ -91,13 +92,16 @@ impl InvalidationLedger for PgStore {
 
 impl PgStore {
     /// Runs `query` on the ledger's dedicated connection, or on a pooled one without it.
-    async fn on_ledger_connection<T>(
-        &self,
-        query: impl AsyncFnOnce(&mut AsyncPgConnection) -> QueryResult<T>,
-    ) -> Result<T, RepositoryError> {
+    async fn on_ledger_connection<T, F>(&self, query: F) -> Result<T, RepositoryError>
+    where
+        T: Send,
+        for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> QueryResult<T>
+            + Work<&'r mut AsyncPgConnection, QueryResult<T>, Fut: Send>
+            + Send,
+    {
         match &self.dedicated {
             Some(dedicated) => dedicated.ledger.run(query).await.map_err(RepositoryError::Unavailable),
-            None => query(&mut *self.connection().await?).await.map_err(from_diesel),
+            None => self.run(Unit::Statements, query).await,
         }
     }
 }

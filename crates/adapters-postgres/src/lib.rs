@@ -36,6 +36,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 mod users;
+mod work;
 
 use std::sync::Arc;
 
@@ -45,7 +46,8 @@ use domain::error::BoxError;
 use domain::ports::HealthProbe;
 
 use crate::dedicated::DedicatedConnection;
-pub use pool::{PgPool, PoolSettings};
+pub use pool::{PgPool, PoolSettings, Pooler};
+use work::{Unit, Work, WorkError};
 
 /// Connections of their own, one per use, so that neither queues behind the other.
 struct Dedicated {
@@ -61,6 +63,8 @@ pub struct PgStore {
     dedicated: Option<Arc<Dedicated>>,
     /// Whose clock stamps the consent history and category revisions.
     record_clock: RecordClock,
+    /// What each transaction runs first behind a transaction pooler (see [`Pooler`]).
+    transaction_setup: Option<Arc<str>>,
 }
 
 /// Whose clock stamps what the store records (consent history rows, category revisions).
@@ -88,7 +92,14 @@ impl PgStore {
     /// Wraps a pool built by [`pool::build`]; health probes and ledger reads borrow a
     /// pooled connection.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, dedicated: None, record_clock: RecordClock::Database }
+        Self { pool, dedicated: None, record_clock: RecordClock::Database, transaction_setup: None }
+    }
+
+    /// Runs every unit of work as `settings.pooler` needs (see [`Pooler`]); the pool must
+    /// have been built with the same settings.
+    #[must_use]
+    pub fn for_pooler(self, settings: &PoolSettings) -> Self {
+        Self { transaction_setup: pool::transaction_setup(settings).map(Arc::from), ..self }
     }
 
     /// Stamps what the store records with `clock` (the default is [`RecordClock::Database`]).
@@ -125,6 +136,21 @@ impl PgStore {
     async fn connection(&self) -> Result<pool::PgConnection, domain::ports::RepositoryError> {
         self.pool.get().await.map_err(errors::from_pool_error)
     }
+
+    /// Runs `work` on a pooled connection as `unit` says (behind a transaction pooler,
+    /// always in a transaction that first sets the statement timeout).
+    async fn run<R, E, F>(&self, unit: Unit, work: F) -> Result<R, domain::ports::RepositoryError>
+    where
+        R: Send,
+        E: WorkError,
+        for<'r> F: AsyncFnOnce(&'r mut diesel_async::AsyncPgConnection) -> Result<R, E>
+            + Work<&'r mut diesel_async::AsyncPgConnection, Result<R, E>, Fut: Send>
+            + Send,
+    {
+        let mut connection = self.connection().await?;
+        let setup = self.transaction_setup.as_deref();
+        work::run_on(&mut connection, setup, unit, work).await.map_err(WorkError::into_repository)
+    }
 }
 
 #[async_trait]
@@ -137,8 +163,7 @@ impl HealthProbe for PgStore {
                 .await
                 .map(drop);
         }
-        let mut connection = self.pool.get().await?;
-        diesel::sql_query("SELECT 1").execute(&mut connection).await?;
+        self.run(Unit::Statements, async |connection| diesel::sql_query("SELECT 1").execute(connection).await).await?;
         Ok(())
     }
 }

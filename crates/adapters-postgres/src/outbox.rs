@@ -24,15 +24,15 @@ use adapters_sql_common::rows::EventRow;
 use async_trait::async_trait;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use domain::event::{Backlog, ChangeEvent, NewEvent, RelayRound};
 use domain::ports::{EventOutbox, EventPublisher, PublishError, RelayError, RepositoryError};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::errors::from_diesel;
 use crate::rows::EVENT;
 use crate::schema::outbox_events;
+use crate::work::Unit;
 use crate::{PgStore, RecordedAt};
 
 /// Records one event with its subject's next sequence number: the counter's row lock is held
@@ -188,69 +188,74 @@ impl EventOutbox for PgStore {
         limit: u32,
         _now: OffsetDateTime,
     ) -> Result<RelayRound, RelayError> {
-        let mut connection = self.connection().await?;
-        let outcome = connection
-            .transaction::<_, diesel::result::Error, _>(async |connection| {
+        let outcome = self
+            .run::<_, diesel::result::Error, _>(Unit::Transaction, async |connection| {
                 relay_round(connection, publisher, limit).await
             })
             .await;
         match outcome {
             Ok((round, None)) => Ok(round),
             Ok((_, Some(error))) => Err(RelayError::Publish(error)),
-            Err(error) => Err(RelayError::Store(from_diesel(error))),
+            Err(error) => Err(RelayError::Store(error)),
         }
     }
 
     async fn feed(&self, after: Option<Uuid>, limit: u32) -> Result<Option<Vec<ChangeEvent>>, RepositoryError> {
-        let mut connection = self.connection().await?;
-        let cursor = match after {
-            None => 0,
-            Some(after) => {
-                let position: Option<Option<i64>> = outbox_events::table
-                    .filter(outbox_events::id.eq(after))
-                    .select(outbox_events::feed_position)
-                    .get_result(&mut connection)
-                    .await
-                    .optional()
-                    .map_err(from_diesel)?;
-                match Resume::from_lookup(position) {
-                    Resume::After(position) => position,
-                    Resume::NothingYet => return Ok(Some(Vec::new())),
-                    Resume::UnknownCursor => return Ok(None),
-                }
-            }
-        };
-        let rows: Vec<EventRow> = outbox_events::table
-            .filter(outbox_events::feed_position.gt(cursor))
-            .order(outbox_events::feed_position)
-            .limit(feed_limit(limit))
-            .select(EVENT)
-            .load(&mut connection)
-            .await
-            .map_err(from_diesel)?;
-        Ok(Some(rows.into_iter().map(ChangeEvent::from).collect()))
+        let rows = self
+            .run(Unit::Statements, async |connection| {
+                let cursor = match after {
+                    None => 0,
+                    Some(after) => {
+                        let position: Option<Option<i64>> = outbox_events::table
+                            .filter(outbox_events::id.eq(after))
+                            .select(outbox_events::feed_position)
+                            .get_result(connection)
+                            .await
+                            .optional()?;
+                        match Resume::from_lookup(position) {
+                            Resume::After(position) => position,
+                            Resume::NothingYet => return Ok(Some(Vec::new())),
+                            Resume::UnknownCursor => return Ok(None),
+                        }
+                    }
+                };
+                let rows: Vec<EventRow> = outbox_events::table
+                    .filter(outbox_events::feed_position.gt(cursor))
+                    .order(outbox_events::feed_position)
+                    .limit(feed_limit(limit))
+                    .select(EVENT)
+                    .load(connection)
+                    .await?;
+                Ok::<_, diesel::result::Error>(Some(rows))
+            })
+            .await?;
+        Ok(rows.map(|rows| rows.into_iter().map(ChangeEvent::from).collect()))
     }
 
     async fn prune(&self, before: OffsetDateTime, published_only: bool) -> Result<u64, RepositoryError> {
-        let mut connection = self.connection().await?;
-        let deleted = diesel::sql_query(PRUNE)
-            .bind::<Timestamptz, _>(before)
-            .bind::<BigInt, _>(PRUNE_BATCH)
-            .bind::<Bool, _>(published_only)
-            .execute(&mut connection)
-            .await
-            .map_err(from_diesel)?;
+        let deleted = self
+            .run(Unit::Statements, async |connection| {
+                diesel::sql_query(PRUNE)
+                    .bind::<Timestamptz, _>(before)
+                    .bind::<BigInt, _>(PRUNE_BATCH)
+                    .bind::<Bool, _>(published_only)
+                    .execute(connection)
+                    .await
+            })
+            .await?;
         Ok(u64::try_from(deleted).unwrap_or_default())
     }
 
     async fn backlog(&self, unpublished: bool) -> Result<Backlog, RepositoryError> {
-        let mut connection = self.connection().await?;
-        let row: BacklogRow = diesel::sql_query(BACKLOG)
-            .bind::<Bool, _>(unpublished)
-            .bind::<BigInt, _>(BACKLOG_COUNT_CAP)
-            .get_result(&mut connection)
-            .await
-            .map_err(from_diesel)?;
+        let row: BacklogRow = self
+            .run(Unit::Statements, async |connection| {
+                diesel::sql_query(BACKLOG)
+                    .bind::<Bool, _>(unpublished)
+                    .bind::<BigInt, _>(BACKLOG_COUNT_CAP)
+                    .get_result(connection)
+                    .await
+            })
+            .await?;
         Ok(Backlog { pending: u64::try_from(row.pending).unwrap_or_default(), oldest: row.oldest })
     }
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use diesel::dsl::{exists, sql};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Time as SqlTime, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use domain::auth::Credentials;
 use domain::consent::{Provenance, contact_changes};
 use domain::device::HeldToken;
@@ -24,15 +24,15 @@ use time::{OffsetDateTime, Time};
 use uuid::Uuid;
 
 use crate::devices::{insert_device_if_new, upsert_device};
-use crate::errors::from_diesel;
 use crate::history::{append, lock_and_append, lock_consent};
-use crate::idempotency::{TxError, idempotent_transaction};
+use crate::idempotency::TxError;
 use crate::outbox;
 use crate::rows::{
     CHOICE, CREDENTIALS, ChoiceRow, ContactChangeset, CredentialsRow, DEVICE, DeviceRow, NewUserValues, PREFERENCES,
     PreferencesRow, PreferencesValues, USER, UserRow,
 };
 use crate::schema::{category_choices, devices, lower, notification_preferences, users};
+use crate::work::Unit;
 use crate::{PgStore, RecordedAt};
 
 /// Inserts the user, its preferences and its optional device, with the registration's
@@ -124,9 +124,8 @@ impl UserRepository for PgStore {
         record: NewUserRecord,
         idempotency: Option<IdempotentWrite<CreatedUser>>,
     ) -> Result<Idempotent<CreatedUser>, RepositoryError> {
-        let mut connection = self.connection().await?;
         let recorded_at = self.recorded_at(record.created_at);
-        idempotent_transaction(&mut connection, idempotency, move |connection| {
+        self.idempotent_transaction(idempotency, move |connection| {
             Box::pin(async move { insert_user(connection, &record, recorded_at).await })
         })
         .await
@@ -138,8 +137,9 @@ impl UserRepository for PgStore {
     /// and plans again at every call, about three times what the statement takes to run;
     /// with a scalar one it caches the plan.
     async fn find_profile(&self, id: UserId) -> Result<Option<UserProfile>, RepositoryError> {
-        let mut connection = self.connection().await?;
-        let rows = profile_query!(id.as_uuid()).load::<ProfileRow>(&mut connection).await.map_err(from_diesel)?;
+        let rows = self
+            .run(Unit::Statements, async |connection| profile_query!(id.as_uuid()).load::<ProfileRow>(connection).await)
+            .await?;
         profile_from_rows_of_one_user(rows)
     }
 
@@ -148,67 +148,78 @@ impl UserRepository for PgStore {
             return Ok(Vec::new());
         }
         let ids = uuids(ids);
-        let connection = self.connection().await?;
-        let connection: &AsyncPgConnection = &connection;
-        // A user and its preferences repeat on each of its device rows (few per user), and
-        // the rows of one user are adjacent thanks to the order. The choices are a second
-        // statement, pipelined with the first: one round trip for both.
-        let rows = users::table
-            .inner_join(notification_preferences::table)
-            .left_join(devices::table)
-            .filter(users::id.eq_any(&ids))
-            .order(users::id)
-            .then_order_by(device_order!())
-            .select((USER, PREFERENCES, DEVICE.nullable()))
-            .load::<(UserRow, PreferencesRow, Option<DeviceRow>)>(&mut &*connection);
-        let choices = category_choices::table
-            .filter(category_choices::user_id.eq_any(&ids))
-            .select(CHOICE)
-            .load::<ChoiceRow>(&mut &*connection);
-        let (rows, choices) = futures_util::future::try_join(rows, choices).await.map_err(from_diesel)?;
+        let (rows, choices) = self
+            .run(Unit::Statements, async |connection| {
+                let connection: &AsyncPgConnection = connection;
+                // A user and its preferences repeat on each of its device rows (few per
+                // user), and the rows of one user are adjacent thanks to the order. The
+                // choices are a second statement, pipelined with the first: one round trip
+                // for both.
+                let rows = users::table
+                    .inner_join(notification_preferences::table)
+                    .left_join(devices::table)
+                    .filter(users::id.eq_any(&ids))
+                    .order(users::id)
+                    .then_order_by(device_order!())
+                    .select((USER, PREFERENCES, DEVICE.nullable()))
+                    .load::<(UserRow, PreferencesRow, Option<DeviceRow>)>(&mut &*connection);
+                let choices = category_choices::table
+                    .filter(category_choices::user_id.eq_any(&ids))
+                    .select(CHOICE)
+                    .load::<ChoiceRow>(&mut &*connection);
+                futures_util::future::try_join(rows, choices).await
+            })
+            .await?;
         profiles_from_joined_rows(rows, choices)
     }
 
     async fn list_profiles(&self, page: PageRequest) -> Result<Page<UserProfile>, RepositoryError> {
-        let mut connection = self.connection().await?;
-        // The window count gives the total with the page; an empty page needs its own count.
-        let rows: Vec<(UserRow, PreferencesRow, i64)> = users::table
-            .inner_join(notification_preferences::table)
-            .order((users::created_at.asc(), users::id.asc()))
-            .limit(i64::from(page.limit()))
-            .offset(page_offset(page))
-            .select((USER, PREFERENCES, sql::<BigInt>("count(*) OVER ()")))
-            .load(&mut connection)
-            .await
-            .map_err(from_diesel)?;
-        let total = match rows.as_slice().first() {
-            Some((_, _, total)) => *total,
-            None => users::table.count().get_result(&mut connection).await.map_err(from_diesel)?,
-        };
-        let ids: Vec<_> = rows.iter().map(|(user, _, _)| user.id).collect();
-        let (devices, choices) = if ids.is_empty() {
-            (Vec::new(), Vec::new())
-        } else {
-            let connection: &AsyncPgConnection = &connection;
-            // Pipelined: one round trip for both.
-            let devices = devices::table
-                .filter(devices::user_id.eq_any(&ids))
-                .order(device_order!())
-                .select(DEVICE)
-                .load::<DeviceRow>(&mut &*connection);
-            let choices = category_choices::table
-                .filter(category_choices::user_id.eq_any(&ids))
-                .select(CHOICE)
-                .load::<ChoiceRow>(&mut &*connection);
-            futures_util::future::try_join(devices, choices).await.map_err(from_diesel)?
-        };
+        // One unit of work: behind a transaction pooler, one transaction, so that its
+        // statements stay on one server connection.
+        let (rows, total, devices, choices) = self
+            .run(Unit::Statements, async |connection| {
+                // The window count gives the total with the page; an empty page needs its own
+                // count.
+                let rows: Vec<(UserRow, PreferencesRow, i64)> = users::table
+                    .inner_join(notification_preferences::table)
+                    .order((users::created_at.asc(), users::id.asc()))
+                    .limit(i64::from(page.limit()))
+                    .offset(page_offset(page))
+                    .select((USER, PREFERENCES, sql::<BigInt>("count(*) OVER ()")))
+                    .load(connection)
+                    .await?;
+                let total = match rows.as_slice().first() {
+                    Some((_, _, total)) => *total,
+                    None => users::table.count().get_result(connection).await?,
+                };
+                let ids: Vec<_> = rows.iter().map(|(user, _, _)| user.id).collect();
+                if ids.is_empty() {
+                    return Ok((rows, total, Vec::new(), Vec::new()));
+                }
+                let connection: &AsyncPgConnection = connection;
+                // Pipelined: one round trip for both.
+                let devices = devices::table
+                    .filter(devices::user_id.eq_any(&ids))
+                    .order(device_order!())
+                    .select(DEVICE)
+                    .load::<DeviceRow>(&mut &*connection);
+                let choices = category_choices::table
+                    .filter(category_choices::user_id.eq_any(&ids))
+                    .select(CHOICE)
+                    .load::<ChoiceRow>(&mut &*connection);
+                let (devices, choices) = futures_util::future::try_join(devices, choices).await?;
+                Ok::<_, diesel::result::Error>((rows, total, devices, choices))
+            })
+            .await?;
         let users = rows.into_iter().map(|(user, preferences, _)| (user, preferences));
         Ok(Page { items: profiles_with_devices(users, devices, choices)?, total: page_total(total) })
     }
 
     async fn exists(&self, id: UserId) -> Result<bool, RepositoryError> {
-        let mut connection = self.connection().await?;
-        diesel::select(exists(users::table.find(id.as_uuid()))).get_result(&mut connection).await.map_err(from_diesel)
+        self.run(Unit::Statements, async |connection| {
+            diesel::select(exists(users::table.find(id.as_uuid()))).get_result(connection).await
+        })
+        .await
     }
 
     async fn update_contact(
@@ -218,10 +229,9 @@ impl UserRepository for PgStore {
         now: OffsetDateTime,
         by: &Provenance,
     ) -> Result<Option<User>, RepositoryError> {
-        let mut connection = self.connection().await?;
         let (by, recorded_at) = (by.clone(), self.recorded_at(now));
-        let outcome = connection
-            .transaction::<_, TxError, _>(async |connection| {
+        let outcome = self
+            .run::<_, TxError, _>(Unit::Transaction, async |connection| {
                 // The user's row first, then its consent lock: the order in which erasing a
                 // user locks them (users, then the cascade), so that the two never deadlock.
                 let old: Option<UserRow> = users::table
@@ -251,9 +261,8 @@ impl UserRepository for PgStore {
     }
 
     async fn delete(&self, id: UserId) -> Result<bool, RepositoryError> {
-        let mut connection = self.connection().await?;
-        let deleted = connection
-            .transaction::<_, TxError, _>(async |connection| {
+        let deleted = self
+            .run::<_, TxError, _>(Unit::Transaction, async |connection| {
                 // What the delete erases is locked first, in the order of the other writes (the
                 // cascade locks the preferences, the consent lock, before the devices): the
                 // user's row, as `update_contact` and a device registration for the user do;
@@ -294,11 +303,11 @@ impl UserRepository for PgStore {
         now: OffsetDateTime,
         by: &Provenance,
     ) -> Result<Option<Preferences>, RepositoryError> {
-        let mut connection = self.connection().await?;
         let PreferencesUpdate { email, push, quiet_hours, timezone } = &update;
         let window = quiet_hours.flatten();
         let actor = by.actor_for(id);
-        let row: Option<UpdatedPreferences> = diesel::sql_query(UPDATE_PREFERENCES)
+        let recorded_at = self.recorded_at(now);
+        let update_row = diesel::sql_query(UPDATE_PREFERENCES)
             .bind::<SqlUuid, _>(id.as_uuid())
             .bind::<Nullable<Bool>, _>(*email)
             .bind::<Nullable<Bool>, _>(*push)
@@ -307,52 +316,50 @@ impl UserRepository for PgStore {
             .bind::<Nullable<SqlTime>, _>(window.map(|window| window.end().as_time()))
             .bind::<Nullable<Text>, _>(timezone.as_ref().map(|zone| zone.as_str()))
             .bind::<Timestamptz, _>(now)
-            .bind::<Nullable<Timestamptz>, _>(self.recorded_at(now))
+            .bind::<Nullable<Timestamptz>, _>(recorded_at)
             .bind::<Text, _>(actor.kind.as_str())
             .bind::<Text, _>(&actor.name)
             .bind::<Nullable<Text>, _>(by.request_id.as_deref())
-            .bind::<SqlUuid, _>(Uuid::now_v7())
-            .get_result(&mut connection)
-            .await
-            .optional()
-            .map_err(from_diesel)?;
+            .bind::<SqlUuid, _>(Uuid::now_v7());
+        let row: Option<UpdatedPreferences> =
+            self.run(Unit::Statements, async |connection| update_row.get_result(connection).await.optional()).await?;
         row.map(|row| Preferences::try_from(PreferencesRow::from(row))).transpose()
     }
 
     async fn find_credentials(&self, email: &EmailAddress) -> Result<Option<Credentials>, RepositoryError> {
-        let mut connection = self.connection().await?;
         // Matches the case-insensitive unique index on lower(email).
-        let row = users::table
-            .filter(lower(users::email).eq(lower(email.as_str())))
-            .select(CREDENTIALS)
-            .get_result::<CredentialsRow>(&mut connection)
-            .await
-            .optional()
-            .map_err(from_diesel)?;
+        let row = self
+            .run(Unit::Statements, async |connection| {
+                users::table
+                    .filter(lower(users::email).eq(lower(email.as_str())))
+                    .select(CREDENTIALS)
+                    .get_result::<CredentialsRow>(connection)
+                    .await
+                    .optional()
+            })
+            .await?;
         Ok(row.map(Credentials::from))
     }
 
     async fn credentials_of(&self, id: UserId) -> Result<Option<Credentials>, RepositoryError> {
-        let mut connection = self.connection().await?;
-        let row = users::table
-            .find(id.as_uuid())
-            .select(CREDENTIALS)
-            .get_result::<CredentialsRow>(&mut connection)
-            .await
-            .optional()
-            .map_err(from_diesel)?;
+        let row = self
+            .run(Unit::Statements, async |connection| {
+                users::table
+                    .find(id.as_uuid())
+                    .select(CREDENTIALS)
+                    .get_result::<CredentialsRow>(connection)
+                    .await
+                    .optional()
+            })
+            .await?;
         Ok(row.map(Credentials::from))
     }
 
     async fn token_version(&self, id: UserId) -> Result<Option<i32>, RepositoryError> {
-        let mut connection = self.connection().await?;
-        users::table
-            .find(id.as_uuid())
-            .select(users::token_version)
-            .get_result(&mut connection)
-            .await
-            .optional()
-            .map_err(from_diesel)
+        self.run(Unit::Statements, async |connection| {
+            users::table.find(id.as_uuid()).select(users::token_version).get_result(connection).await.optional()
+        })
+        .await
     }
 
     async fn replace_password_hash(
@@ -362,14 +369,15 @@ impl UserRepository for PgStore {
         new: PasswordHash,
         revoke_tokens: bool,
     ) -> Result<Option<i32>, RepositoryError> {
-        let mut connection = self.connection().await?;
         let bump = i32::from(revoke_tokens);
-        diesel::update(users::table.find(id.as_uuid()).filter(users::password_hash.eq(current.as_str())))
-            .set((users::password_hash.eq(new.as_str()), users::token_version.eq(users::token_version + bump)))
-            .returning(users::token_version)
-            .get_result(&mut connection)
-            .await
-            .optional()
-            .map_err(from_diesel)
+        self.run(Unit::Statements, async |connection| {
+            diesel::update(users::table.find(id.as_uuid()).filter(users::password_hash.eq(current.as_str())))
+                .set((users::password_hash.eq(new.as_str()), users::token_version.eq(users::token_version + bump)))
+                .returning(users::token_version)
+                .get_result(connection)
+                .await
+                .optional()
+        })
+        .await
     }
 }

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use deadpool::Runtime;
 use deadpool::managed::{BuildError, Manager};
+use diesel::ConnectionResult;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError, RecyclingMethod};
 use diesel_async::{AsyncConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 
 /// How big a pool is and how long its callers wait.
 #[derive(Debug, Clone, Copy)]
@@ -25,10 +27,27 @@ pub struct PoolLimits {
     pub prepared_statements: bool,
 }
 
+/// Opens one connection to a URL.
+pub type Establish<C> = fn(String) -> BoxFuture<'static, ConnectionResult<C>>;
+
 /// Builds a pool of `C` on `url` that runs `session_setup` (SQL statements) on every new
 /// connection. No connection is opened until the first checkout, so a service can start
 /// (and report itself unready) while its database is unreachable.
 pub fn build<C>(url: &str, session_setup: String, limits: PoolLimits) -> Result<Pool<C>, BuildError>
+where
+    C: AsyncConnection + SimpleAsyncConnection + 'static,
+    AsyncDieselConnectionManager<C>: Manager<Type = C, Error = PoolError>,
+{
+    build_with(url, session_setup, limits, |url| async move { C::establish(&url).await }.boxed())
+}
+
+/// [`build`] with connections opened by `establish` rather than `C::establish`.
+pub fn build_with<C>(
+    url: &str,
+    session_setup: String,
+    limits: PoolLimits,
+    establish: Establish<C>,
+) -> Result<Pool<C>, BuildError>
 where
     C: AsyncConnection + SimpleAsyncConnection + 'static,
     AsyncDieselConnectionManager<C>: Manager<Type = C, Error = PoolError>,
@@ -42,14 +61,16 @@ where
         let session_setup = session_setup.clone();
         let url = url.to_owned();
         async move {
-            let mut connection = C::establish(&url).await?;
+            let mut connection = establish(url).await?;
             if !prepared_statements {
                 connection.set_prepared_statement_cache_size(diesel::connection::CacheSize::Disabled);
             }
-            connection
-                .batch_execute(&session_setup)
-                .await
-                .map_err(|error| diesel::ConnectionError::BadConnection(error.to_string()))?;
+            if !session_setup.is_empty() {
+                connection
+                    .batch_execute(&session_setup)
+                    .await
+                    .map_err(|error| diesel::ConnectionError::BadConnection(error.to_string()))?;
+            }
             Ok(connection)
         }
         .boxed()

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use adapters_postgres::{PgStore, PoolSettings};
+use adapters_postgres::{PgStore, PoolSettings, Pooler};
 use adapters_sqlite::{SqliteSettings, SqliteStore};
 use domain::cache::InvalidationLedger;
 use domain::ports::{
@@ -12,7 +12,7 @@ use domain::ports::{
     RepositoryError, UserRepository,
 };
 
-use crate::config::DatabaseSettings;
+use crate::config::{DatabasePooler, DatabaseSettings};
 
 /// Declares one method per port, each handing out the open store as that port.
 macro_rules! ports {
@@ -47,6 +47,10 @@ impl Store {
                     wait_timeout: settings.pool_timeout,
                     statement_timeout: settings.statement_timeout,
                     prepared_statements: settings.prepared_statements,
+                    pooler: match settings.pooler {
+                        DatabasePooler::None => Pooler::None,
+                        DatabasePooler::Transaction => Pooler::Transaction,
+                    },
                     ..PoolSettings::new(url.clone())
                 };
                 let pool = adapters_postgres::pool::build(&pool_settings)?;
@@ -57,7 +61,9 @@ impl Store {
                     tracing::info!(applied, "database migrations up to date");
                 }
                 tracing::info!(store = "postgresql", "storing users in PostgreSQL");
-                Ok(Self::Postgres(PgStore::new(pool).with_dedicated_connections(&pool_settings)))
+                Ok(Self::Postgres(
+                    PgStore::new(pool).for_pooler(&pool_settings).with_dedicated_connections(&pool_settings),
+                ))
             }
             None => {
                 let sqlite = SqliteSettings { wait_timeout: settings.pool_timeout, ..SqliteSettings::default() };

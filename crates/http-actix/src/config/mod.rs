@@ -89,8 +89,22 @@ pub struct DatabaseSettings {
     /// Whether to apply pending migrations at start-up (`MIGRATE_ON_STARTUP`).
     pub migrate_on_startup: bool,
     /// Whether PostgreSQL connections cache prepared statements
-    /// (`DATABASE_PREPARED_STATEMENTS`; false behind PgBouncer in transaction mode).
+    /// (`DATABASE_PREPARED_STATEMENTS`; always off behind a transaction pooler).
     pub prepared_statements: bool,
+    /// What stands between the service and PostgreSQL (`DATABASE_POOLER`).
+    pub pooler: DatabasePooler,
+}
+
+/// What stands between the service and PostgreSQL (`DATABASE_POOLER`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabasePooler {
+    /// Nothing, or a pooler in session mode.
+    #[default]
+    None,
+    /// A pooler that lends a server connection per transaction (PgBouncer
+    /// `pool_mode=transaction`): every unit of work runs in a transaction of its own.
+    Transaction,
 }
 
 /// Authentication settings.
@@ -234,6 +248,7 @@ struct Variables {
     database_statement_timeout_ms: Millis,
     migrate_on_startup: bool,
     database_prepared_statements: bool,
+    database_pooler: DatabasePooler,
     redis_url: Option<RedisUrl>,
     redis_timeout_ms: Millis,
     amqp_url: Option<AmqpUrl>,
@@ -286,6 +301,7 @@ impl Default for Variables {
             database_statement_timeout_ms: Millis::of(5_000),
             migrate_on_startup: true,
             database_prepared_statements: true,
+            database_pooler: DatabasePooler::None,
             redis_url: None,
             redis_timeout_ms: Millis::of(100),
             amqp_url: None,
@@ -428,6 +444,11 @@ impl Variables {
                 true,
             ),
         };
+        if self.database_pooler != DatabasePooler::None && self.database_url.is_none() {
+            return Err(ConfigError(
+                "DATABASE_POOLER applies to PostgreSQL only: set DATABASE_URL, or leave DATABASE_POOLER unset".into(),
+            ));
+        }
         let confirm_wait = self.cache_confirm_wait_ms.0;
         if confirm_wait > adapters_redis::config::MAX_CONFIRM_WAIT {
             return Err(ConfigError(format!(
@@ -468,6 +489,7 @@ impl Variables {
                 statement_timeout: self.database_statement_timeout_ms.0,
                 migrate_on_startup: self.migrate_on_startup,
                 prepared_statements: self.database_prepared_statements,
+                pooler: self.database_pooler,
             },
             cache,
             extra_invalidation_keys_without_redis,
@@ -565,6 +587,18 @@ mod tests {
         // PostgreSQL requires an explicit key.
         let error = Settings::from_map(HashMap::from([("DATABASE_URL".into(), "postgres://h/db".into())])).unwrap_err();
         assert!(error.to_string().contains("SECRET_KEY"), "{error}");
+    }
+
+    #[test]
+    fn database_pooler_is_none_or_transaction_and_needs_postgresql() {
+        assert_eq!(settings(&[]).unwrap().database.pooler, DatabasePooler::None);
+        let pooled = settings(&[("DATABASE_POOLER", "transaction")]).unwrap();
+        assert_eq!(pooled.database.pooler, DatabasePooler::Transaction);
+        let unknown = settings(&[("DATABASE_POOLER", "session-ish")]).unwrap_err();
+        assert!(unknown.to_string().contains("DATABASE_POOLER"), "{unknown}");
+        let embedded =
+            Settings::from_map(HashMap::from([("DATABASE_POOLER".into(), "transaction".into())])).unwrap_err();
+        assert!(embedded.to_string().contains("DATABASE_POOLER applies to PostgreSQL only"), "{embedded}");
     }
 
     #[test]
