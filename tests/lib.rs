@@ -552,6 +552,11 @@ impl PrivatePgBouncer {
     /// round trips outside a transaction meet different server connections whenever
     /// several are open, as under load in production.
     pub async fn start(postgres_url: &str, server_connections: u32) -> Self {
+        Self::start_with(postgres_url, server_connections, "").await
+    }
+
+    /// [`Self::start`] with more `[pgbouncer]` settings (lines of the ini file).
+    pub async fn start_with(postgres_url: &str, server_connections: u32, settings: &str) -> Self {
         let postgres_port: u16 = postgres_url
             .split_once('@')
             .and_then(|(_, rest)| rest.split('/').next())
@@ -579,7 +584,7 @@ impl PrivatePgBouncer {
                  auth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
                  default_pool_size = {server_connections}\nmax_client_conn = 500\n\
                  ignore_startup_parameters = extra_float_digits\nlogfile = {log}\n\
-                 server_round_robin = 1\n",
+                 server_round_robin = 1\n{settings}\n",
                 users = users.display(),
                 log = directory.0.join("pgbouncer.log").display(),
             ),

@@ -13,8 +13,14 @@ use serde_json::{Value, json};
 
 /// An instance on a database of its own, through a PgBouncer of its own.
 async fn app_behind_pgbouncer() -> (TestApp, PrivatePgBouncer) {
+    app_behind(2, "").await
+}
+
+/// An instance on a database of its own, through a PgBouncer of its own with
+/// `server_connections` and `settings`.
+async fn app_behind(server_connections: u32, settings: &str) -> (TestApp, PrivatePgBouncer) {
     let db = Arc::new(TestDatabase::create().await.unwrap());
-    let bouncer = PrivatePgBouncer::start(db.url(), 2).await;
+    let bouncer = PrivatePgBouncer::start_with(db.url(), server_connections, settings).await;
     let url = bouncer.in_front_of(db.url());
     let app = TestApp::spawn_on(db, &[("DATABASE_URL", &url), ("DATABASE_POOLER", "transaction")]).await;
     (app, bouncer)
@@ -140,4 +146,29 @@ async fn concurrent_idempotent_retries_through_pgbouncer_create_one_user_without
         assert!(statuses.iter().all(|status| allowed.contains(status)), "round {round}: {statuses:?}");
     }
     assert_eq!(app.db.count("SELECT count(*) AS count FROM users").await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_pgbouncer_cannot_serve_in_time_is_503_with_retry_after_not_500() {
+    // One server connection, and PgBouncer gives up on a client queued for it after 1 s (as
+    // the README asks: its query_wait_timeout near DATABASE_POOL_TIMEOUT_MS).
+    let (app, bouncer) = app_behind(1, "query_wait_timeout = 1").await;
+    let user = app.register("queued@example.com").await;
+    // Another client of the same PgBouncer holds its only server connection for 4 s.
+    let url = bouncer.in_front_of(app.db.url());
+    let mut holder = std::process::Command::new("psql")
+        .args([url.as_str(), "-qAtc", "BEGIN; SELECT pg_sleep(4); COMMIT"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let started = std::time::Instant::now();
+    let body = json!({"name": "Queued Again"}).to_string();
+    let reply = app.request(Method::PATCH, &format!("/api/v1/users/{user}"), Some(&body)).await;
+    let waited = started.elapsed();
+    let _ = holder.wait();
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(reply.header("retry-after").is_some(), "{:?}", reply.headers);
+    assert!(waited < std::time::Duration::from_secs(3), "answered after {waited:?}");
 }

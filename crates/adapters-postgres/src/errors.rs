@@ -62,7 +62,7 @@ pub fn from_diesel(error: DieselError) -> RepositoryError {
 /// (57P01–57P03). diesel-async does not expose the SQLSTATE of these, so the server's
 /// (stable, English by default) message prefix is the only signal.
 fn is_transient(message: &str) -> bool {
-    const TRANSIENT: [&str; 6] = [
+    const TRANSIENT: [&str; 12] = [
         "canceling statement due to",
         // What the statement after a timed-out one meets when the timeout's error reached the
         // server after the client had its rows (a race of very short statement timeouts).
@@ -71,6 +71,14 @@ fn is_transient(message: &str) -> bool {
         "terminating connection due to",
         "the database system is",
         "cannot execute",
+        // PgBouncer's own: no server connection free within its query_wait_timeout, its
+        // server connection lost, its client limit reached, PostgreSQL out of its reach.
+        "query_wait_timeout",
+        "server conn crashed",
+        "no more connections allowed",
+        "pgbouncer cannot connect to server",
+        "server login has been failing",
+        "database removed",
     ];
     TRANSIENT.iter().any(|prefix| message.starts_with(prefix))
 }
@@ -95,6 +103,12 @@ mod transient_tests {
         assert!(is_transient("deadlock detected"));
         assert!(is_transient("the database system is shutting down"));
         assert!(is_transient("cannot execute UPDATE in a read-only transaction"));
+        // PgBouncer's: a queue for a server connection that timed out, a lost server
+        // connection, its client limit, PostgreSQL out of its reach.
+        assert!(is_transient("query_wait_timeout"));
+        assert!(is_transient("server conn crashed?"));
+        assert!(is_transient("no more connections allowed (max_client_conn)"));
+        assert!(is_transient("pgbouncer cannot connect to server"));
         assert!(!is_transient("syntax error at or near \"SELEC\""));
         assert!(!is_transient("column \"nope\" does not exist"));
     }

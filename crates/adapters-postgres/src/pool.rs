@@ -83,15 +83,23 @@ pub(crate) fn session_setup(settings: &PoolSettings) -> String {
     }
 }
 
+/// The least time a transaction may sit idle behind a transaction pooler (see
+/// [`transaction_setup`]).
+const MIN_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(30);
+
 /// The statements every transaction runs first behind a transaction pooler (one round
 /// trip): the statement timeout, for this transaction only; and a limit on how long it may
 /// sit idle, so that a transaction whose request was abandoned half-way (the connection then
 /// waits in the pool to be found broken and dropped) does not hold its locks and its server
-/// connection meanwhile. `None` without a pooler (the session has the statement timeout).
+/// connection for ever. The limit is far above the statement timeout (4×, at least 30 s): a
+/// healthy transaction waits between its statements while the service is short of CPU, and
+/// reaching the limit kills the server connection. `None` without a pooler (the session has
+/// the statement timeout).
 pub(crate) fn transaction_setup(settings: &PoolSettings) -> Option<String> {
     (settings.pooler == Pooler::Transaction).then(|| {
-        let limit = settings.statement_timeout.as_millis();
-        format!("SET LOCAL statement_timeout = {limit}; SET LOCAL idle_in_transaction_session_timeout = {limit}")
+        let statement = settings.statement_timeout.as_millis();
+        let idle = (settings.statement_timeout * 4).max(MIN_IDLE_IN_TRANSACTION).as_millis();
+        format!("SET LOCAL statement_timeout = {statement}; SET LOCAL idle_in_transaction_session_timeout = {idle}")
     })
 }
 

@@ -60,7 +60,11 @@ impl Store {
                         .map_err(|error| anyhow::anyhow!("running migrations failed: {error}"))?;
                     tracing::info!(applied, "database migrations up to date");
                 }
-                tracing::info!(store = "postgresql", "storing users in PostgreSQL");
+                let pooler = match settings.pooler {
+                    DatabasePooler::None => "none",
+                    DatabasePooler::Transaction => "transaction: every unit of work in a transaction of its own",
+                };
+                tracing::info!(store = "postgresql", pooler, "storing users in PostgreSQL");
                 Ok(Self::Postgres(
                     PgStore::new(pool).for_pooler(&pool_settings).with_dedicated_connections(&pool_settings),
                 ))

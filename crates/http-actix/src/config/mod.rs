@@ -95,8 +95,9 @@ pub struct DatabaseSettings {
     pub pooler: DatabasePooler,
 }
 
-/// What stands between the service and PostgreSQL (`DATABASE_POOLER`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// What stands between the service and PostgreSQL (`DATABASE_POOLER`: `none` or
+/// `transaction`; an empty value is the default, as for every variable).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DatabasePooler {
     /// Nothing, or a pooler in session mode.
@@ -213,6 +214,16 @@ pub struct CacheSettings {
     /// off (`NEAR_CACHE_MAX_BYTES`; `NEAR_CACHE_ENABLED=false` or `CACHE_ENABLED=false` turn
     /// it off).
     pub near_cache_max_bytes: u64,
+}
+
+impl<'de> Deserialize<'de> for DatabasePooler {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match String::deserialize(deserializer)?.as_str() {
+            "none" => Ok(Self::None),
+            "transaction" => Ok(Self::Transaction),
+            _ => Err(serde::de::Error::custom("must be `none` or `transaction` (PgBouncer's pool_mode=transaction)")),
+        }
+    }
 }
 
 /// The log line format.
@@ -594,8 +605,10 @@ mod tests {
         assert_eq!(settings(&[]).unwrap().database.pooler, DatabasePooler::None);
         let pooled = settings(&[("DATABASE_POOLER", "transaction")]).unwrap();
         assert_eq!(pooled.database.pooler, DatabasePooler::Transaction);
-        let unknown = settings(&[("DATABASE_POOLER", "session-ish")]).unwrap_err();
-        assert!(unknown.to_string().contains("DATABASE_POOLER"), "{unknown}");
+        for unknown in ["session-ish", "Transaction", "session"] {
+            let error = settings(&[("DATABASE_POOLER", unknown)]).unwrap_err().to_string();
+            assert!(error.contains("DATABASE_POOLER must be `none` or `transaction`"), "{error}");
+        }
         let embedded =
             Settings::from_map(HashMap::from([("DATABASE_POOLER".into(), "transaction".into())])).unwrap_err();
         assert!(embedded.to_string().contains("DATABASE_POOLER applies to PostgreSQL only"), "{embedded}");
