@@ -31,12 +31,12 @@
 //!   ([`NearCache::guard`], [`NearCache::keep`]).
 //!
 //! The caller still checks the pending invalidations and the ledger's lease before serving an
-//! entry, as for a Redis hit. Memory is bounded by bytes (moka, weighed by payload size) and
+//! entry, as for a Redis hit. Memory is bounded by bytes (quick_cache, weighed by payload size) and
 //! each entry lives at most the Redis entry's TTL.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use domain::cache::CachedProfile;
 use domain::user::UserId;
@@ -47,8 +47,10 @@ use tokio::sync::{Notify, watch};
 /// keeps another's read out of the map.
 const STRIPES: usize = 256;
 
-/// What each entry costs beyond its payload (key, connection, moka's bookkeeping), for the
-/// byte bound: measured as the growth of the process's resident memory over 54,000 entries.
+/// What each entry costs beyond its payload (key, connection, expiry, the map's bookkeeping),
+/// for the byte bound: measured as the growth of the process's resident memory over 54,000
+/// entries with the map this cache used before (moka); an upper bound for quick_cache's,
+/// which keeps no per-entry queue nodes.
 const ENTRY_OVERHEAD: usize = 352;
 
 /// [`NearCache::connection`] before any connection answered.
@@ -61,7 +63,22 @@ struct NearEntry {
     connection: u64,
     /// The bytes, and what readers decoded from them (kept with them: decoded once).
     payload: CachedProfile,
+    /// When it stops being served: the Redis entry's TTL after it was read.
+    expires: Instant,
 }
+
+/// Weighs an entry by its payload's size.
+#[derive(Clone)]
+struct PayloadWeighter;
+
+impl quick_cache::Weighter<UserId, NearEntry> for PayloadWeighter {
+    fn weight(&self, _: &UserId, entry: &NearEntry) -> u64 {
+        u64::try_from(entry.payload.bytes().len().saturating_add(ENTRY_OVERHEAD)).unwrap_or(u64::MAX)
+    }
+}
+
+/// The average entry assumed to size the map (a cached user with two devices is about 1.2 KB).
+const TYPICAL_ENTRY_BYTES: u64 = 1536;
 
 /// An entry looked up before the freshness barrier (see [`NearCache::peek`]).
 pub(crate) struct Held {
@@ -78,7 +95,11 @@ pub(crate) struct FillGuard {
 
 /// The in-process entries and the invalidations Redis pushes for them (see the module docs).
 pub(crate) struct NearCache {
-    entries: moka::sync::Cache<UserId, NearEntry>,
+    /// Bounded by bytes; evicts by its own rule (S3-FIFO), and reads cost no bookkeeping
+    /// beyond a lookup under a shard's read lock.
+    entries: quick_cache::sync::Cache<UserId, NearEntry, PayloadWeighter>,
+    /// How long an entry is served at most.
+    ttl: Duration,
     /// Invalidations applied, per stripe of ids.
     stripes: Vec<AtomicU64>,
     /// Flushes applied (everything dropped: a `FLUSHALL`, a lost connection).
@@ -102,13 +123,12 @@ impl NearCache {
     /// `key_prefix`.
     pub(crate) fn new(max_bytes: u64, ttl: Duration, key_prefix: &str) -> Self {
         Self {
-            entries: moka::sync::Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|_, entry: &NearEntry| {
-                    u32::try_from(entry.payload.bytes().len().saturating_add(ENTRY_OVERHEAD)).unwrap_or(u32::MAX)
-                })
-                .time_to_live(ttl)
-                .build(),
+            entries: quick_cache::sync::Cache::with_weighter(
+                usize::try_from(max_bytes / TYPICAL_ENTRY_BYTES).unwrap_or(usize::MAX).clamp(16, 1 << 24),
+                max_bytes,
+                PayloadWeighter,
+            ),
+            ttl,
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             flushes: AtomicU64::new(0),
             connection: AtomicU64::new(NO_CONNECTION),
@@ -124,7 +144,12 @@ impl NearCache {
     /// before the freshness barrier, served after it only if [`Self::servable`] agrees.
     pub(crate) fn peek(&self, id: UserId) -> Option<Held> {
         let guard = self.guard(id);
-        self.entries.get(&id).map(|entry| Held { guard, entry })
+        let entry = self.entries.get(&id)?;
+        if Instant::now() >= entry.expires {
+            self.entries.remove(&id);
+            return None;
+        }
+        Some(Held { guard, entry })
     }
 
     /// The payload of `held` if it belongs to `connection`, on which a barrier was just
@@ -153,11 +178,12 @@ impl NearCache {
         if !self.is_verified(connection) || !self.unchanged_since(id, guard) {
             return;
         }
-        self.entries.insert(id, NearEntry { connection, payload: payload.clone() });
+        let expires = Instant::now() + self.ttl;
+        self.entries.insert(id, NearEntry { connection, payload: payload.clone(), expires });
         // An invalidation applied between the check and the insertion found nothing to
         // remove: take the entry out again (a newer entry removed with it is only a miss).
         if !self.unchanged_since(id, guard) {
-            self.entries.invalidate(&id);
+            self.entries.remove(&id);
         }
     }
 
@@ -175,13 +201,13 @@ impl NearCache {
     fn invalidate_one(&self, id: UserId) {
         // Counted first, so that a read in flight never stores what it read before this.
         self.stripe(id).fetch_add(1, Ordering::SeqCst);
-        self.entries.invalidate(&id);
+        self.entries.remove(&id);
     }
 
     /// Drops every entry.
     fn flush(&self) {
         self.flushes.fetch_add(1, Ordering::SeqCst);
-        self.entries.invalidate_all();
+        self.entries.clear();
     }
 
     /// Notes that `connection` answered a read or a barrier: once another one did, the
@@ -270,9 +296,7 @@ impl NearCache {
 
     /// How many entries and bytes are kept (for metrics).
     pub(crate) fn size(&self) -> (u64, u64) {
-        // moka counts lazily: bring the counts up to date first.
-        self.entries.run_pending_tasks();
-        (self.entries.entry_count(), self.entries.weighted_size())
+        (u64::try_from(self.entries.len()).unwrap_or(u64::MAX), self.entries.weight())
     }
 
     fn stripe(&self, id: UserId) -> &AtomicU64 {
