@@ -459,7 +459,8 @@ impl Inner {
     /// read from Redis would fail too.
     async fn near_hits(&self, ids: &[UserId]) -> Option<Vec<Option<CachedProfile>>> {
         let Some(near) = &self.near else { return Some(vec![None; ids.len()]) };
-        let held: Vec<_> = ids.iter().map(|id| near.peek(*id)).collect();
+        let now = std::time::Instant::now();
+        let held: Vec<_> = ids.iter().map(|id| near.peek(*id, now)).collect();
         if held.iter().all(Option::is_none) {
             return Some(vec![None; ids.len()]);
         }

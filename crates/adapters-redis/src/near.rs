@@ -31,8 +31,9 @@
 //!   ([`NearCache::guard`], [`NearCache::keep`]).
 //!
 //! The caller still checks the pending invalidations and the ledger's lease before serving an
-//! entry, as for a Redis hit. Memory is bounded by bytes (quick_cache, weighed by payload size) and
-//! each entry lives at most the Redis entry's TTL.
+//! entry, as for a Redis hit. Memory is bounded by bytes (quick_cache, each entry weighed as
+//! twice its payload, for what readers decode and keep with it) and each entry is served at
+//! most the Redis entry's TTL after its read.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -65,6 +66,9 @@ struct NearEntry {
     payload: CachedProfile,
     /// When it stops being served: the Redis entry's TTL after it was read.
     expires: Instant,
+    /// The flushes applied before its read was sent: once another one is applied, it is
+    /// never served, however long clearing the map takes.
+    flushes: u64,
 }
 
 /// Weighs an entry by its payload's size.
@@ -72,8 +76,12 @@ struct NearEntry {
 struct PayloadWeighter;
 
 impl quick_cache::Weighter<UserId, NearEntry> for PayloadWeighter {
+    /// The payload twice: the bytes, and at most about as much again for what readers
+    /// decode from them and keep with the entry (both channels' sending projections of a
+    /// user with two devices: 0.5–0.7× the bytes). Fixed at insertion, as the map requires.
     fn weight(&self, _: &UserId, entry: &NearEntry) -> u64 {
-        u64::try_from(entry.payload.bytes().len().saturating_add(ENTRY_OVERHEAD)).unwrap_or(u64::MAX)
+        let bytes = entry.payload.bytes().len();
+        u64::try_from(bytes.saturating_mul(2).saturating_add(ENTRY_OVERHEAD)).unwrap_or(u64::MAX)
     }
 }
 
@@ -95,13 +103,16 @@ pub(crate) struct FillGuard {
 
 /// The in-process entries and the invalidations Redis pushes for them (see the module docs).
 pub(crate) struct NearCache {
-    /// Bounded by bytes; evicts by its own rule (S3-FIFO), and reads cost no bookkeeping
-    /// beyond a lookup under a shard's read lock.
+    /// Bounded by bytes; evicts by its own rule (a CLOCK variant that keeps entries read
+    /// more than once); a read is a lookup under a shard's read lock.
     entries: quick_cache::sync::Cache<UserId, NearEntry, PayloadWeighter>,
     /// How long an entry is served at most.
     ttl: Duration,
     /// Invalidations applied, per stripe of ids.
     stripes: Vec<AtomicU64>,
+    /// Per stripe: taken by a fill around its check and insertion, and by an invalidation
+    /// around its removal, so that no answer read before an invalidation is stored after it.
+    stripe_locks: Vec<Mutex<()>>,
     /// Flushes applied (everything dropped: a `FLUSHALL`, a lost connection).
     flushes: AtomicU64,
     /// The connection that last answered, to drop the entries of an older one.
@@ -119,8 +130,8 @@ pub(crate) struct NearCache {
 }
 
 impl NearCache {
-    /// A near-cache of at most `max_bytes` whose entries live at most `ttl`, for the keys of
-    /// `key_prefix`.
+    /// A near-cache of at most `max_bytes` whose entries are served at most `ttl` after
+    /// their read, for the keys of `key_prefix`.
     pub(crate) fn new(max_bytes: u64, ttl: Duration, key_prefix: &str) -> Self {
         Self {
             entries: quick_cache::sync::Cache::with_weighter(
@@ -130,6 +141,7 @@ impl NearCache {
             ),
             ttl,
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            stripe_locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             flushes: AtomicU64::new(0),
             connection: AtomicU64::new(NO_CONNECTION),
             verified: AtomicU64::new(NO_CONNECTION),
@@ -142,11 +154,12 @@ impl NearCache {
 
     /// `id`'s entry, if any, with the invalidations applied before it was looked up: taken
     /// before the freshness barrier, served after it only if [`Self::servable`] agrees.
-    pub(crate) fn peek(&self, id: UserId) -> Option<Held> {
+    /// `now` is the time of the lookup (an expired entry is dropped, not served).
+    pub(crate) fn peek(&self, id: UserId, now: Instant) -> Option<Held> {
         let guard = self.guard(id);
         let entry = self.entries.get(&id)?;
-        if Instant::now() >= entry.expires {
-            self.entries.remove(&id);
+        if now >= entry.expires {
+            self.entries.remove_if(&id, |entry| now >= entry.expires);
             return None;
         }
         Some(Held { guard, entry })
@@ -157,13 +170,15 @@ impl NearCache {
     /// looked up: every push that came before the barrier's answer has been applied by then,
     /// so one lookup per hit suffices.
     pub(crate) fn servable(&self, id: UserId, held: Held, connection: u64) -> Option<CachedProfile> {
-        (held.entry.connection == connection && self.unchanged_since(id, held.guard)).then_some(held.entry.payload)
+        let entry = held.entry;
+        let current = entry.connection == connection && entry.flushes == self.flushes.load(Ordering::SeqCst);
+        (current && self.unchanged_since(id, held.guard)).then_some(entry.payload)
     }
 
     /// [`Self::peek`] then [`Self::servable`], for tests.
     #[cfg(test)]
     fn get(&self, id: UserId, connection: u64) -> Option<CachedProfile> {
-        self.peek(id).and_then(|held| self.servable(id, held, connection))
+        self.peek(id, Instant::now()).and_then(|held| self.servable(id, held, connection))
     }
 
     /// Taken before the Redis read of `id` whose answer [`Self::keep`] may store.
@@ -175,16 +190,22 @@ impl NearCache {
     /// of its stripe (or a flush) was applied since: then the answer may be older than it.
     pub(crate) fn keep(&self, id: UserId, guard: FillGuard, connection: u64, payload: &CachedProfile) {
         self.used(connection);
-        if !self.is_verified(connection) || !self.unchanged_since(id, guard) {
+        if !self.is_verified(connection) {
             return;
         }
-        let expires = Instant::now() + self.ttl;
-        self.entries.insert(id, NearEntry { connection, payload: payload.clone(), expires });
-        // An invalidation applied between the check and the insertion found nothing to
-        // remove: take the entry out again (a newer entry removed with it is only a miss).
+        // The check and the insertion under the stripe's lock: an invalidation comes
+        // wholly before (the check fails) or wholly after (it removes what was stored).
+        let _stripe = self.stripe_lock(id);
         if !self.unchanged_since(id, guard) {
-            self.entries.remove(&id);
+            return;
         }
+        let entry = NearEntry {
+            connection,
+            payload: payload.clone(),
+            expires: Instant::now() + self.ttl,
+            flushes: guard.flushes,
+        };
+        self.entries.insert(id, entry);
     }
 
     fn unchanged_since(&self, id: UserId, guard: FillGuard) -> bool {
@@ -199,15 +220,24 @@ impl NearCache {
     }
 
     fn invalidate_one(&self, id: UserId) {
-        // Counted first, so that a read in flight never stores what it read before this.
+        let _stripe = self.stripe_lock(id);
+        // Counted before the removal, so that a read in flight never stores what it read
+        // before this; and after it, so that a lookup that read the count in between and
+        // still found the entry is not served it.
         self.stripe(id).fetch_add(1, Ordering::SeqCst);
         self.entries.remove(&id);
+        self.stripe(id).fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Drops every entry.
+    /// Drops every entry: none kept before is served from the moment the count moves
+    /// (each entry names the flushes before its read); clearing frees their memory.
     fn flush(&self) {
         self.flushes.fetch_add(1, Ordering::SeqCst);
         self.entries.clear();
+    }
+
+    fn stripe_lock(&self, id: UserId) -> std::sync::MutexGuard<'_, ()> {
+        self.stripe_locks[self.stripe_index(id)].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Notes that `connection` answered a read or a barrier: once another one did, the
@@ -294,15 +324,21 @@ impl NearCache {
         }
     }
 
-    /// How many entries and bytes are kept (for metrics).
+    /// How many entries and bytes are kept (for metrics), once the expired ones are dropped.
     pub(crate) fn size(&self) -> (u64, u64) {
+        let now = Instant::now();
+        self.entries.retain(|_, entry| now < entry.expires);
         (u64::try_from(self.entries.len()).unwrap_or(u64::MAX), self.entries.weight())
     }
 
     fn stripe(&self, id: UserId) -> &AtomicU64 {
+        &self.stripes[self.stripe_index(id)]
+    }
+
+    fn stripe_index(&self, id: UserId) -> usize {
         let bits = id.as_uuid().as_u128();
         // The low bits of a v4 UUID (or a v7's random tail) are random.
-        &self.stripes[(bits as usize) % STRIPES]
+        (bits as usize) % STRIPES
     }
 }
 
@@ -422,6 +458,42 @@ mod tests {
         // A read sent after it is kept.
         near.keep(id, near.guard(id), 1, &b"new"[..].into());
         assert_eq!(near.get(id, 1), Some(b"new"[..].into()));
+    }
+
+    #[test]
+    fn an_entry_read_before_a_flush_is_never_served_even_while_the_map_still_holds_it() {
+        let near = near();
+        let id = UserId::generate();
+        let before = near.guard(id);
+        near.flush();
+        // As if the flush's clearing had not reached this entry's shard yet.
+        let payload = CachedProfile::from(&b"old"[..]);
+        let stale = NearEntry {
+            connection: 1,
+            payload,
+            expires: Instant::now() + Duration::from_secs(60),
+            flushes: before.flushes,
+        };
+        near.entries.insert(id, stale);
+        assert!(near.get(id, 1).is_none(), "served an entry read before a flush");
+        near.keep(id, near.guard(id), 1, &b"new"[..].into());
+        assert_eq!(near.get(id, 1), Some(b"new"[..].into()));
+    }
+
+    #[test]
+    fn an_expired_entry_is_not_served_and_leaves_the_counts() {
+        let near = NearCache::new(1024 * 1024, Duration::from_millis(20), "prefix");
+        verify(&near, 1);
+        let id = UserId::generate();
+        near.keep(id, near.guard(id), 1, &b"payload"[..].into());
+        assert!(near.get(id, 1).is_some());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(near.get(id, 1).is_none(), "served past its TTL");
+        let other = UserId::generate();
+        near.keep(other, near.guard(other), 1, &b"payload"[..].into());
+        assert_eq!(near.size().0, 1);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(near.size(), (0, 0), "expired entries are counted");
     }
 
     #[test]
