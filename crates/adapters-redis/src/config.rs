@@ -25,7 +25,7 @@ pub const MAX_EXTRA_INVALIDATION_DELAY: Duration = Duration::from_secs(10);
 pub const MAX_CONFIRM_WAIT: Duration = Duration::from_secs(10);
 /// The longest read lease: a change recorded in the ledger waits this long.
 pub const MAX_READ_LEASE: Duration = Duration::from_secs(10);
-/// The near-cache's size when none is configured: about 20,000 users of 1.2 KiB (each
+/// The near-cache's size when none is configured: about 24,000 users of 1.2 KiB (each
 /// weighed as twice its bytes plus its overhead: see `near`).
 pub const DEFAULT_NEAR_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 

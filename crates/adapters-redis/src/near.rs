@@ -425,19 +425,19 @@ mod tests {
     fn nothing_is_kept_for_a_connection_whose_pushes_were_not_seen_to_arrive() {
         let near = NearCache::new(1024 * 1024, Duration::from_secs(60), "prefix");
         let id = UserId::generate();
-        near.keep(id, near.guard(id), 1, &b"payload"[..].into());
+        near.keep(id, near.guard(id), 1, &b"payload".to_vec().into());
         assert!(near.get(id, 1).is_none(), "kept before any probe");
         // A probe whose push never came (a proxy dropping pushes, tracking refused).
         let probe = near.expect_probe();
         assert!(!near.probe_arrived(probe, 1));
-        near.keep(id, near.guard(id), 1, &b"payload"[..].into());
+        near.keep(id, near.guard(id), 1, &b"payload".to_vec().into());
         assert!(near.get(id, 1).is_none(), "kept after a failed probe");
         // Another key's push does not pass for the probe's.
         let probe = near.expect_probe();
         near.apply(&invalidation(&[format!("prefix:near-probe:{}", uuid::Uuid::new_v4())]));
         assert!(!near.probe_arrived(probe, 1));
         verify(&near, 1);
-        near.keep(id, near.guard(id), 1, &b"payload"[..].into());
+        near.keep(id, near.guard(id), 1, &b"payload".to_vec().into());
         assert!(near.get(id, 1).is_some());
     }
 
@@ -453,11 +453,11 @@ mod tests {
         let guard = near.guard(id);
         // The push for a change made after the read was sent is applied before the answer is stored.
         near.apply(&invalidation(&[format!("prefix:gen:{id}")]));
-        near.keep(id, guard, 1, &b"old"[..].into());
+        near.keep(id, guard, 1, &b"old".to_vec().into());
         assert_eq!(near.get(id, 1), None);
         // A read sent after it is kept.
-        near.keep(id, near.guard(id), 1, &b"new"[..].into());
-        assert_eq!(near.get(id, 1), Some(b"new"[..].into()));
+        near.keep(id, near.guard(id), 1, &b"new".to_vec().into());
+        assert_eq!(near.get(id, 1), Some(b"new".to_vec().into()));
     }
 
     #[test]
@@ -467,7 +467,7 @@ mod tests {
         let before = near.guard(id);
         near.flush();
         // As if the flush's clearing had not reached this entry's shard yet.
-        let payload = CachedProfile::from(&b"old"[..]);
+        let payload = CachedProfile::from(b"old".to_vec());
         let stale = NearEntry {
             connection: 1,
             payload,
@@ -476,8 +476,8 @@ mod tests {
         };
         near.entries.insert(id, stale);
         assert!(near.get(id, 1).is_none(), "served an entry read before a flush");
-        near.keep(id, near.guard(id), 1, &b"new"[..].into());
-        assert_eq!(near.get(id, 1), Some(b"new"[..].into()));
+        near.keep(id, near.guard(id), 1, &b"new".to_vec().into());
+        assert_eq!(near.get(id, 1), Some(b"new".to_vec().into()));
     }
 
     #[test]
@@ -485,12 +485,12 @@ mod tests {
         let near = NearCache::new(1024 * 1024, Duration::from_millis(20), "prefix");
         verify(&near, 1);
         let id = UserId::generate();
-        near.keep(id, near.guard(id), 1, &b"payload"[..].into());
+        near.keep(id, near.guard(id), 1, &b"payload".to_vec().into());
         assert!(near.get(id, 1).is_some());
         std::thread::sleep(Duration::from_millis(30));
         assert!(near.get(id, 1).is_none(), "served past its TTL");
         let other = UserId::generate();
-        near.keep(other, near.guard(other), 1, &b"payload"[..].into());
+        near.keep(other, near.guard(other), 1, &b"payload".to_vec().into());
         assert_eq!(near.size().0, 1);
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(near.size(), (0, 0), "expired entries are counted");
@@ -501,7 +501,7 @@ mod tests {
         let near = near();
         let (first, second) = (UserId::generate(), UserId::generate());
         for id in [first, second] {
-            near.keep(id, near.guard(id), 1, &b"payload"[..].into());
+            near.keep(id, near.guard(id), 1, &b"payload".to_vec().into());
         }
         near.apply(&invalidation(&[format!("prefix:v1:user:{first}"), "someone-else:key".to_owned()]));
         assert_eq!((near.get(first, 1).is_some(), near.get(second, 1).is_some()), (false, true));
@@ -509,7 +509,7 @@ mod tests {
         near.apply(&PushInfo { kind: PushKind::Invalidate, data: vec![Value::Nil] });
         assert!(near.get(second, 1).is_none(), "a flush keeps nothing");
 
-        near.keep(second, near.guard(second), 1, &b"payload"[..].into());
+        near.keep(second, near.guard(second), 1, &b"payload".to_vec().into());
         near.apply(&PushInfo { kind: PushKind::Disconnection, data: vec![] });
         assert!(near.get(second, 1).is_none(), "a lost connection keeps nothing");
     }
@@ -518,7 +518,7 @@ mod tests {
     fn entries_are_served_only_for_the_connection_that_tracks_them() {
         let near = near();
         let id = UserId::generate();
-        near.keep(id, near.guard(id), 1, &b"payload"[..].into());
+        near.keep(id, near.guard(id), 1, &b"payload".to_vec().into());
         assert!(near.get(id, 2).is_none(), "served for another connection");
         // Once another connection answered, the older one's entries are gone for good.
         near.used(2);
@@ -526,7 +526,7 @@ mod tests {
         let guard = near.guard(id);
         near.used(3);
         verify(&near, 3);
-        near.keep(id, guard, 3, &b"payload"[..].into());
+        near.keep(id, guard, 3, &b"payload".to_vec().into());
         assert!(near.get(id, 3).is_none(), "an answer read across a change of connection was kept");
     }
 

@@ -1463,7 +1463,7 @@ async fn a_hot_entry_is_served_from_process_until_another_instance_invalidates_i
     let mut decodes = 0;
     for _ in 0..10 {
         let CacheLookup::Hit(entry) = reader.lookup(id).await else { panic!("a hot entry missed") };
-        let _ = entry.sending(Channel::Push, |_| {
+        let _ = entry.sending(Channel::Push, |_, _| {
             decodes += 1;
             None
         });

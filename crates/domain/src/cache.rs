@@ -113,14 +113,15 @@ impl CachedProfile {
         &self.bytes
     }
 
-    /// What a decision on `channel` reads of these bytes: decoded by `decode` on the first
-    /// call for the channel, remembered for every later one (`None`: they do not decode).
+    /// What a decision on `channel` reads of these bytes: decoded by `decode` (given the
+    /// bytes and the channel) on the first call for the channel, remembered for every later
+    /// one (`None`: they do not decode).
     pub fn sending(
         &self,
         channel: Channel,
-        decode: impl FnOnce(&[u8]) -> Option<SendingProfile>,
+        decode: impl FnOnce(&[u8], Channel) -> Option<SendingProfile>,
     ) -> Option<Arc<SendingProfile>> {
-        self.sending[Self::slot(channel)].get_or_init(|| decode(&self.bytes).map(Arc::new)).clone()
+        self.sending[Self::slot(channel)].get_or_init(|| decode(&self.bytes, channel).map(Arc::new)).clone()
     }
 
     const fn slot(channel: Channel) -> usize {
@@ -137,12 +138,6 @@ impl From<Vec<u8>> for CachedProfile {
     }
 }
 
-impl From<&[u8]> for CachedProfile {
-    fn from(bytes: &[u8]) -> Self {
-        Self::new(bytes)
-    }
-}
-
 /// Equal when the bytes are: what was decoded from them follows from them.
 impl PartialEq for CachedProfile {
     fn eq(&self, other: &Self) -> bool {
@@ -154,7 +149,8 @@ impl Eq for CachedProfile {}
 
 impl fmt::Debug for CachedProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("CachedProfile").field(&String::from_utf8_lossy(&self.bytes)).finish()
+        // Its length only: the bytes hold addresses and tokens.
+        f.debug_struct("CachedProfile").field("bytes", &self.bytes.len()).finish_non_exhaustive()
     }
 }
 

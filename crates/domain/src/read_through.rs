@@ -69,7 +69,7 @@ impl ReadThrough {
     /// written by another format version).
     pub(crate) async fn sending(&self, id: UserId, channel: Channel) -> Result<Arc<SendingProfile>, ReadError> {
         let cached = self.cached_profile(id).await?;
-        match cached.sending(channel, |bytes| self.encoder.decode_sending(bytes, channel)) {
+        match cached.sending(channel, |bytes, channel| self.encoder.decode_sending(bytes, channel)) {
             Some(sending) => Ok(sending),
             None => Ok(Arc::new(SendingProfile::of(&self.profile(id).await?, channel))),
         }
@@ -121,7 +121,7 @@ impl ReadThrough {
         let (hits, misses) = self.lookup_many(ids).await;
         let mut encoded: HashMap<_, _> =
             hits.into_iter().map(|(id, cached)| (id, Arc::clone(cached.bytes()))).collect();
-        for (profile, bytes) in self.load_many(misses).await? {
+        for (profile, bytes) in self.load_many(misses, true).await? {
             let bytes = bytes.unwrap_or_else(|| self.encoder.encode(&profile).into());
             encoded.insert(profile.user.id, bytes);
         }
@@ -141,7 +141,7 @@ impl ReadThrough {
         let (hits, mut misses) = self.lookup_many(ids).await;
         let mut sending = HashMap::with_capacity(hits.len());
         for (id, cached) in hits {
-            match cached.sending(channel, |bytes| self.encoder.decode_sending(bytes, channel)) {
+            match cached.sending(channel, |bytes, channel| self.encoder.decode_sending(bytes, channel)) {
                 Some(projected) => {
                     sending.insert(id, projected);
                 }
@@ -151,7 +151,7 @@ impl ReadThrough {
                 }
             }
         }
-        for (profile, _) in self.load_many(misses).await? {
+        for (profile, _) in self.load_many(misses, false).await? {
             sending.insert(profile.user.id, Arc::new(SendingProfile::of(&profile, channel)));
         }
         Ok(sending)
@@ -182,10 +182,12 @@ impl ReadThrough {
     }
 
     /// Loads `misses` from the store in one query, and fills the cache with those that have
-    /// a ticket: each found user, with its representation when it was encoded for a fill.
+    /// a ticket: each found user, with its representation when it was encoded for a fill and
+    /// `keep_bytes` asks for it (a copy of what the fill stores).
     async fn load_many(
         &self,
         mut misses: HashMap<UserId, Option<FillTicket>>,
+        keep_bytes: bool,
     ) -> Result<Vec<(UserProfile, Option<EncodedProfile>)>, ReadError> {
         if misses.is_empty() {
             return Ok(Vec::new());
@@ -198,9 +200,9 @@ impl ReadThrough {
             let encoded = match misses.remove(&profile.user.id) {
                 Some(Some(ticket)) => {
                     let bytes = self.encoder.encode(&profile);
-                    let encoded = EncodedProfile::from(bytes.as_slice());
+                    let encoded = keep_bytes.then(|| EncodedProfile::from(bytes.as_slice()));
                     fills.push(self.cache.fill(profile.user.id, ticket, bytes));
-                    Some(encoded)
+                    encoded
                 }
                 _ => None,
             };

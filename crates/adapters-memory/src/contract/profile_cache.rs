@@ -355,7 +355,7 @@ pub async fn what_was_decoded_from_an_entry_is_never_answered_for_the_entry_that
     let decoded = |what: &'static str| async move {
         let CacheLookup::Hit(entry) = cache.lookup(id).await else { panic!("{what}: expected a hit") };
         let mut seen = None;
-        let _ = entry.sending(Channel::Push, |bytes| {
+        let _ = entry.sending(Channel::Push, |bytes, _| {
             seen = Some(bytes.to_vec());
             None
         });
