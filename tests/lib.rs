@@ -511,6 +511,46 @@ impl PrivatePostgres {
         assert!(status.success(), "pg_ctl {args:?} failed");
     }
 
+    /// Starts a streaming replica of this cluster (`pg_basebackup -R` on a free port) with
+    /// `settings` added to its configuration (e.g. `recovery_min_apply_delay = '500ms'`), and
+    /// waits until it accepts connections.
+    pub fn start_replica(&self, settings: &[&str]) -> Self {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
+        let data = TempDir(std::env::temp_dir().join(format!("user-service-pg-{}", uuid::Uuid::new_v4().simple())));
+        let backup = Self::as_cluster_owner(&self.bin.join("pg_basebackup"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-D"])
+            .arg(&data.0)
+            .args(["-R", "-X", "stream", "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pg_basebackup runs");
+        assert!(backup.success(), "pg_basebackup failed");
+        let configuration = data.0.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&configuration).expect("the replica's postgresql.auto.conf");
+        for setting in settings {
+            text.push_str(setting);
+            text.push('\n');
+        }
+        std::fs::write(&configuration, text).expect("the replica's settings");
+        let replica = Self { port, bin: self.bin.clone(), data };
+        replica.pg_ctl(&["start", "-w", "-o", &format!("-p {port} -k /tmp -c listen_addresses=127.0.0.1")]);
+        replica
+    }
+
+    /// Starts the server again after [`Self::stop`].
+    pub fn start_again(&self) {
+        self.pg_ctl(&["start", "-w", "-o", &format!("-p {} -k /tmp -c listen_addresses=127.0.0.1", self.port)]);
+    }
+
+    /// `url` (of another server of this machine) with this server's port instead.
+    pub fn in_place_of(&self, url: &str) -> String {
+        let (scheme_and_user, rest) = url.split_once('@').expect("a URL with a user");
+        let path = rest.split_once('/').map_or("", |(_, path)| path);
+        format!("{scheme_and_user}@127.0.0.1:{}/{path}", self.port)
+    }
+
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)

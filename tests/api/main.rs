@@ -18,5 +18,6 @@ mod operations_scale;
 mod pooler;
 mod preferences;
 mod redis_faults;
+mod replica;
 mod seed;
 mod users;

@@ -29,6 +29,7 @@ mod ledger;
 pub mod migrations;
 mod outbox;
 pub mod pool;
+mod replica;
 mod rows;
 mod schema;
 #[cfg(feature = "test-support")]
@@ -47,6 +48,7 @@ use domain::ports::HealthProbe;
 
 use crate::dedicated::DedicatedConnection;
 pub use pool::{PgPool, PoolSettings, Pooler};
+pub use replica::{ReplicaHealth, ReplicaReads};
 use work::{Unit, Work, WorkError};
 
 /// Connections of their own, one per use, so that neither queues behind the other.
@@ -65,6 +67,8 @@ pub struct PgStore {
     record_clock: RecordClock,
     /// What each transaction runs first behind a transaction pooler (see [`Pooler`]).
     transaction_setup: Option<Arc<str>>,
+    /// Where cache misses whose floor it has applied are read (see [`replica`]).
+    replica: Option<Arc<replica::ReadReplica>>,
 }
 
 /// Whose clock stamps what the store records (consent history rows, category revisions).
@@ -92,7 +96,7 @@ impl PgStore {
     /// Wraps a pool built by [`pool::build`]; health probes and ledger reads borrow a
     /// pooled connection.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, dedicated: None, record_clock: RecordClock::Database, transaction_setup: None }
+        Self { pool, dedicated: None, record_clock: RecordClock::Database, transaction_setup: None, replica: None }
     }
 
     /// Runs every unit of work as `settings.pooler` needs (see [`Pooler`]); the pool must
@@ -100,6 +104,24 @@ impl PgStore {
     #[must_use]
     pub fn for_pooler(self, settings: &PoolSettings) -> Self {
         Self { transaction_setup: pool::transaction_setup(settings).map(Arc::from), ..self }
+    }
+
+    /// Reads cache misses on the streaming replica behind `pool` when it has applied their
+    /// floor (see [`replica`]); the pool must have been built with the same pooler settings.
+    #[must_use]
+    pub fn with_read_replica(self, pool: PgPool) -> Self {
+        let store = Self { pool, dedicated: None, replica: None, ..self.clone() };
+        Self { replica: Some(Arc::new(replica::ReadReplica::new(store))), ..self }
+    }
+
+    /// What the read replica did, if there is one.
+    pub fn replica_reads(&self) -> Option<ReplicaReads> {
+        self.replica.as_ref().map(|replica| replica.reads())
+    }
+
+    /// The read replica's health probe, if there is one.
+    pub fn replica_health(&self) -> Option<ReplicaHealth> {
+        self.replica.as_ref().map(|replica| ReplicaHealth(Arc::clone(replica)))
     }
 
     /// Stamps what the store records with `clock` (the default is [`RecordClock::Database`]).

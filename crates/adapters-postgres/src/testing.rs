@@ -57,7 +57,12 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Creates a migrated, empty database. Needs tokio's multi-thread runtime.
     pub async fn create() -> Result<Self, BoxError> {
-        let server_url = server_url();
+        Self::create_on(server_url()).await
+    }
+
+    /// Creates a migrated, empty database on the server of `server_url` (an admin URL, as
+    /// [`server_url`] is).
+    pub async fn create_on(server_url: String) -> Result<Self, BoxError> {
         let template = format!("user_service_template_{}", env!("MIGRATIONS_FINGERPRINT"));
         ensure_template(&server_url, &template).await?;
 

@@ -13,6 +13,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Time as SqlTime, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use domain::auth::Credentials;
+use domain::cache::CommitPosition;
 use domain::consent::{Provenance, contact_changes};
 use domain::device::HeldToken;
 use domain::event::NewEvent;
@@ -74,6 +75,31 @@ async fn insert_user(
     append(connection, history, recorded_at).await?;
     outbox::append(connection, created_user_events(&created), recorded_at).await?;
     Ok(created)
+}
+
+/// The rows of the profiles of `ids`: each user with its preferences, once per device, and
+/// their category choices.
+pub(crate) async fn load_profile_rows(
+    connection: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> Result<(Vec<(UserRow, PreferencesRow, Option<DeviceRow>)>, Vec<ChoiceRow>), diesel::result::Error> {
+    let connection: &AsyncPgConnection = connection;
+    // A user and its preferences repeat on each of its device rows (few per user), and the
+    // rows of one user are adjacent thanks to the order. The choices are a second statement,
+    // pipelined with the first: one round trip for both.
+    let rows = users::table
+        .inner_join(notification_preferences::table)
+        .left_join(devices::table)
+        .filter(users::id.eq_any(ids))
+        .order(users::id)
+        .then_order_by(device_order!())
+        .select((USER, PREFERENCES, DEVICE.nullable()))
+        .load::<(UserRow, PreferencesRow, Option<DeviceRow>)>(&mut &*connection);
+    let choices = category_choices::table
+        .filter(category_choices::user_id.eq_any(ids))
+        .select(CHOICE)
+        .load::<ChoiceRow>(&mut &*connection);
+    futures_util::future::try_join(rows, choices).await
 }
 
 /// Changes the preferences and appends each changed field to the consent history, in one
@@ -148,29 +174,23 @@ impl UserRepository for PgStore {
             return Ok(Vec::new());
         }
         let ids = uuids(ids);
-        let (rows, choices) = self
-            .run(Unit::Statements, async |connection| {
-                let connection: &AsyncPgConnection = connection;
-                // A user and its preferences repeat on each of its device rows (few per
-                // user), and the rows of one user are adjacent thanks to the order. The
-                // choices are a second statement, pipelined with the first: one round trip
-                // for both.
-                let rows = users::table
-                    .inner_join(notification_preferences::table)
-                    .left_join(devices::table)
-                    .filter(users::id.eq_any(&ids))
-                    .order(users::id)
-                    .then_order_by(device_order!())
-                    .select((USER, PREFERENCES, DEVICE.nullable()))
-                    .load::<(UserRow, PreferencesRow, Option<DeviceRow>)>(&mut &*connection);
-                let choices = category_choices::table
-                    .filter(category_choices::user_id.eq_any(&ids))
-                    .select(CHOICE)
-                    .load::<ChoiceRow>(&mut &*connection);
-                futures_util::future::try_join(rows, choices).await
-            })
-            .await?;
+        let (rows, choices) =
+            self.run(Unit::Statements, async |connection| load_profile_rows(connection, &ids).await).await?;
         profiles_from_joined_rows(rows, choices)
+    }
+
+    async fn find_profiles_at_least(
+        &self,
+        wanted: &[(UserId, CommitPosition)],
+    ) -> Result<Vec<UserProfile>, RepositoryError> {
+        let (mut found, for_the_primary) = match &self.replica {
+            Some(replica) => replica.load_profiles(wanted).await,
+            None => (Vec::new(), wanted.iter().map(|(id, _)| *id).collect()),
+        };
+        if !for_the_primary.is_empty() {
+            found.extend(self.find_profiles(&for_the_primary).await?);
+        }
+        Ok(found)
     }
 
     async fn list_profiles(&self, page: PageRequest) -> Result<Page<UserProfile>, RepositoryError> {

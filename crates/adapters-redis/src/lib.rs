@@ -49,6 +49,7 @@
 mod breaker;
 pub mod config;
 mod connection;
+mod floors;
 mod follow_up;
 mod lease;
 mod near;
@@ -64,8 +65,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use domain::cache::{
-    CacheBacklog, CacheHealth, CacheLookup, CachedProfile, FillTicket, Invalidation, InvalidationLedger, LedgerEntry,
-    ProfileCache,
+    CacheBacklog, CacheHealth, CacheLookup, CachedProfile, CommitPositions, FillTicket, Invalidation,
+    InvalidationLedger, LedgerEntry, ProfileCache,
 };
 use domain::user::UserId;
 use redis::Script;
@@ -73,6 +74,7 @@ use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
 use crate::connection::{Answer, Breaker, Connection, Request, Role, ServerId, Tracking};
+use crate::floors::ReadFloors;
 use crate::follow_up::FollowUps;
 use crate::lease::{ReadLease, Renewal};
 use crate::near::NearCache;
@@ -152,6 +154,9 @@ struct Inner {
     /// Where unconfirmed invalidations are recorded, with the lease that readers hold on
     /// it; `None` for a cache built without a ledger.
     ledger: Option<(Arc<dyn InvalidationLedger>, ReadLease)>,
+    /// The commit positions recorded with invalidations and handed to readers of misses
+    /// ([`floors`]); `None`: every miss is loaded from the primary.
+    floors: Option<ReadFloors>,
     guarded_fill: Script,
     #[cfg(any(test, feature = "test-support"))]
     unguarded_fill: Script,
@@ -176,19 +181,31 @@ impl RedisCache {
         config: RedisCacheConfig,
         ledger: Arc<dyn InvalidationLedger>,
     ) -> Result<Self, RedisCacheError> {
-        Self::build_inner(config, Some(ledger))
+        Self::build_inner(config, Some(ledger), None)
     }
 
     /// Builds the cache without a ledger: a change whose invalidation Redis does not
     /// confirm within [`RedisCacheConfig::confirm_wait`] is then
     /// [`Invalidation::Unconfirmed`]. Otherwise as [`Self::build_with_ledger`].
     pub fn build(config: RedisCacheConfig) -> Result<Self, RedisCacheError> {
-        Self::build_inner(config, None)
+        Self::build_inner(config, None, None)
+    }
+
+    /// [`Self::build_with_ledger`], recording the store's commit position with every
+    /// invalidation so that misses may be loaded from a read replica that has applied it
+    /// ([`floors`]). Every instance sharing this Redis must record them too.
+    pub fn build_with_ledger_and_positions(
+        config: RedisCacheConfig,
+        ledger: Arc<dyn InvalidationLedger>,
+        positions: Arc<dyn CommitPositions>,
+    ) -> Result<Self, RedisCacheError> {
+        Self::build_inner(config, Some(ledger), Some(positions))
     }
 
     fn build_inner(
         config: RedisCacheConfig,
         ledger: Option<Arc<dyn InvalidationLedger>>,
+        positions: Option<Arc<dyn CommitPositions>>,
     ) -> Result<Self, RedisCacheError> {
         config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| RedisCacheError::NoRuntime)?;
@@ -231,6 +248,7 @@ impl RedisCache {
             confirm_wait: config.confirm_wait,
             unconfirmed: Unconfirmed::default(),
             ledger: ledger.map(|ledger| (ledger, ReadLease::new(config.read_lease))),
+            floors: positions.map(|positions| ReadFloors::new(positions, config.generation_ttl)),
             guarded_fill: Script::new(GUARDED_FILL),
             #[cfg(any(test, feature = "test-support"))]
             unguarded_fill: Script::new(UNGUARDED_FILL),
@@ -388,7 +406,8 @@ impl ProfileCache for RedisCache {
         let mut all: Vec<UserId> = ids.iter().chain(&carried).copied().collect();
         all.sort_unstable();
         all.dedup();
-        if inner.confirm_within(&all, inner.confirm_wait).await {
+        let generation = inner.new_generation().await;
+        if inner.confirm_within(&all, &generation, inner.confirm_wait).await {
             inner.pending.complete(&batch);
             inner.unconfirmed.remove(&carried);
             inner.schedule_follow_ups(&all);
@@ -504,7 +523,8 @@ impl Inner {
             near.barrier.request();
         }
         let mut values = values.into_iter();
-        ids.iter()
+        let lookups: Vec<CacheLookup> = ids
+            .iter()
             .enumerate()
             .map(|(index, &id)| {
                 let (entry, generation) = (values.next().flatten(), values.next().flatten());
@@ -524,6 +544,29 @@ impl Inner {
                     }
                     None => CacheLookup::Miss(FillTicket::new(Some(stamp(&server, generation.as_deref())))),
                 }
+            })
+            .collect();
+        self.with_floors(lookups, &server).await
+    }
+
+    /// `lookups` read from `server`, their misses' tickets with the floor each may be loaded
+    /// at ([`floors`]); unchanged without floors or misses (the barrier may cost a round trip
+    /// to the store).
+    async fn with_floors(&self, lookups: Vec<CacheLookup>, server: &ServerId) -> Vec<CacheLookup> {
+        let Some(floors) = &self.floors else { return lookups };
+        if !lookups.iter().any(|lookup| matches!(lookup, CacheLookup::Miss(_))) {
+            return lookups;
+        }
+        let barrier = floors.barrier(server).await;
+        lookups
+            .into_iter()
+            .map(|lookup| match lookup {
+                CacheLookup::Miss(ticket) => {
+                    let generation = ticket.generation().and_then(parse_stamp).map(|(_, generation)| generation);
+                    let floor = floors::floor(generation.filter(|generation| !generation.is_empty()), barrier);
+                    CacheLookup::Miss(ticket.with_floor(floor))
+                }
+                other => other,
             })
             .collect()
     }
@@ -567,10 +610,10 @@ impl Inner {
 
     /// Sends the invalidation of `ids`, despite the breaker, until Redis confirms it or
     /// `wait` has passed. Returns whether Redis confirmed it.
-    async fn confirm_within(&self, ids: &[UserId], wait: Duration) -> bool {
+    async fn confirm_within(&self, ids: &[UserId], generation: &str, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
         loop {
-            if self.invalidate_now(ids, Breaker::Ignore).await {
+            if self.invalidate_now(ids, generation, Breaker::Ignore).await {
                 return true;
             }
             let now = Instant::now();
@@ -647,7 +690,7 @@ impl Inner {
         let ids: Vec<UserId> = listed.iter().map(|entry: &LedgerEntry| entry.user).collect();
         // Despite the breaker: one call per renewal is cheap even during an outage, and the
         // downstream copies of recorded users are deleted as soon as Redis answers again.
-        if !self.invalidate_now(&ids, Breaker::Ignore).await {
+        if !self.invalidate_now(&ids, &self.new_generation().await, Breaker::Ignore).await {
             return false;
         }
         self.schedule_follow_ups(&ids);
@@ -665,19 +708,28 @@ impl Inner {
         }
     }
 
-    /// Moves the generation of `ids` on and deletes their entries and downstream copies, in
-    /// one `MULTI`. Returns whether Redis confirmed it.
-    async fn invalidate_now(&self, ids: &[UserId], breaker: Breaker) -> bool {
-        // One fresh value serves every id of the call: it only has to differ from every
-        // generation any of them had before.
-        let generation = uuid::Uuid::new_v4().to_string();
+    /// A generation for an invalidation of changes that have committed: fresh (a UUID), with
+    /// the store's commit position when floors are recorded ([`floors`]). One value serves
+    /// every id of an invalidation: it only has to differ from every generation any of them
+    /// had before.
+    async fn new_generation(&self) -> String {
+        let unique = uuid::Uuid::new_v4().to_string();
+        match &self.floors {
+            Some(floors) => floors.generation(&unique).await,
+            None => unique,
+        }
+    }
+
+    /// Moves the generation of `ids` to `generation` and deletes their entries and downstream
+    /// copies, in one `MULTI`. Returns whether Redis confirmed it.
+    async fn invalidate_now(&self, ids: &[UserId], generation: &str, breaker: Breaker) -> bool {
         let mut pipeline = redis::pipe();
         pipeline.atomic();
         for &id in ids {
             pipeline
                 .cmd("SET")
                 .arg(self.keys.generation(id))
-                .arg(&generation)
+                .arg(generation)
                 .arg("PX")
                 .arg(self.generation_ttl_ms)
                 .ignore()
@@ -706,7 +758,7 @@ impl Inner {
         let passes = self.pending.len().div_ceil(RETRY_BATCH);
         for _ in 0..passes {
             let Some(batch) = self.pending.batch(RETRY_BATCH, Instant::now()) else { break };
-            if !self.invalidate_now(&batch.ids, Breaker::Respect).await {
+            if !self.invalidate_now(&batch.ids, &self.new_generation().await, Breaker::Respect).await {
                 break;
             }
             self.pending.complete(&batch);

@@ -20,20 +20,64 @@ use crate::eligibility::{Channel, SendingProfile};
 use crate::ports::RepositoryError;
 use crate::user::UserId;
 
-/// The cache generation a reader observed before loading from the store. Opaque.
+/// A point in the store's sequence of commits (PostgreSQL: a WAL position), ordered: a copy
+/// of the store (a read replica) that has applied a position shows every change committed
+/// before that position was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CommitPosition(pub u64);
+
+/// Which copies of the store a reader may load a miss from without being served data older
+/// than a change it must see (a change acknowledged before its lookup, on any instance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReadFloor {
+    /// The primary only: nothing says which changes the reader must see.
+    Primary,
+    /// Any copy that has applied this position, else the primary.
+    AtLeast(CommitPosition),
+}
+
+/// The cache generation a reader observed before loading from the store (opaque), and how
+/// fresh the copy of the store it loads from must be ([`ReadFloor`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct FillTicket(Option<String>);
+pub struct FillTicket {
+    generation: Option<String>,
+    floor: ReadFloor,
+}
 
 impl FillTicket {
-    /// A ticket for the observed generation (`None` when the user has none yet).
+    /// A ticket for the observed generation (`None` when the user has none yet), to be
+    /// loaded from the primary.
     pub fn new(generation: Option<String>) -> Self {
-        Self(generation)
+        Self { generation, floor: ReadFloor::Primary }
+    }
+
+    /// The same ticket, loaded from any copy of the store that has applied `floor`.
+    #[must_use]
+    pub fn with_floor(self, floor: ReadFloor) -> Self {
+        Self { floor, ..self }
     }
 
     /// The observed generation.
     pub fn generation(&self) -> Option<&str> {
-        self.0.as_deref()
+        self.generation.as_deref()
     }
+
+    /// How fresh the copy of the store the miss is loaded from must be.
+    pub fn floor(&self) -> ReadFloor {
+        self.floor
+    }
+}
+
+/// The store's commit positions, for a cache that records with each invalidation the
+/// position readers must load the user at or after (see [`ReadFloor`]).
+///
+/// Errors: [`RepositoryError::Unavailable`] when the store cannot serve now;
+/// [`RepositoryError::Unexpected`] otherwise.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait CommitPositions: Send + Sync {
+    /// A position at or after every commit that returned before this call (on the primary).
+    async fn current(&self) -> Result<CommitPosition, RepositoryError>;
 }
 
 /// What became of an invalidation: whether the change it follows may be acknowledged.

@@ -121,6 +121,19 @@ pub trait UserRepository: Send + Sync {
         Ok(profiles)
     }
 
+    /// Loads the profiles of these users as [`UserRepository::find_profiles`] does, each from
+    /// a copy of the store (a read replica) that has applied the position it is given, or
+    /// else from the primary: never older than a change committed before that position. A
+    /// user a replica does not know is looked for on the primary (it may be newer than the
+    /// replica). The default reads the primary.
+    async fn find_profiles_at_least(
+        &self,
+        wanted: &[(UserId, crate::cache::CommitPosition)],
+    ) -> Result<Vec<UserProfile>, RepositoryError> {
+        let ids: Vec<UserId> = wanted.iter().map(|(id, _)| *id).collect();
+        self.find_profiles(&ids).await
+    }
+
     /// Lists profiles ordered by registration time, oldest first, with the total count.
     async fn list_profiles(&self, page: PageRequest) -> Result<Page<UserProfile>, RepositoryError>;
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
-use crate::cache::{CacheLookup, CachedProfile, FillTicket, ProfileCache};
+use crate::cache::{CacheLookup, CachedProfile, FillTicket, ProfileCache, ReadFloor};
 use crate::eligibility::{Channel, SendingProfile};
 use crate::failure::ReadError;
 use crate::ports::{ProfileEncoder, UserRepository};
@@ -192,8 +192,7 @@ impl ReadThrough {
         if misses.is_empty() {
             return Ok(Vec::new());
         }
-        let missing: Vec<UserId> = misses.keys().copied().collect();
-        let profiles = self.users.find_profiles(&missing).await?;
+        let profiles = self.load_profiles(&misses).await?;
         let mut fills = Vec::new();
         let mut loaded = Vec::with_capacity(profiles.len());
         for profile in profiles {
@@ -218,8 +217,33 @@ impl ReadThrough {
         self.inflight.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
     }
 
+    /// Loads the profiles of `misses`: from the primary those whose ticket names no floor
+    /// (or that have no ticket), in one query; the others in one more, each from any copy of
+    /// the store that has applied its floor (see [`ReadFloor`]).
+    async fn load_profiles(&self, misses: &HashMap<UserId, Option<FillTicket>>) -> Result<Vec<UserProfile>, ReadError> {
+        let mut from_primary = Vec::new();
+        let mut at_least = Vec::new();
+        for (id, ticket) in misses {
+            match ticket.as_ref().map(FillTicket::floor) {
+                Some(ReadFloor::AtLeast(position)) => at_least.push((*id, position)),
+                Some(ReadFloor::Primary) | None => from_primary.push(*id),
+            }
+        }
+        let mut profiles =
+            if from_primary.is_empty() { Vec::new() } else { self.users.find_profiles(&from_primary).await? };
+        if !at_least.is_empty() {
+            profiles.extend(self.users.find_profiles_at_least(&at_least).await?);
+        }
+        Ok(profiles)
+    }
+
     async fn load_and_fill(&self, id: UserId, ticket: FillTicket) -> Result<CachedProfile, ReadError> {
-        let profile = self.profile(id).await?;
+        let profile = match ticket.floor() {
+            ReadFloor::Primary => self.profile(id).await?,
+            ReadFloor::AtLeast(position) => {
+                self.users.find_profiles_at_least(&[(id, position)]).await?.pop().ok_or(ReadError::UserNotFound)?
+            }
+        };
         let bytes = self.encoder.encode(&profile);
         self.cache.fill(id, ticket, bytes.clone()).await;
         Ok(bytes.into())

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use adapters_postgres::ReplicaReads;
 use async_trait::async_trait;
 use domain::cache::{CacheBacklog, CacheHealth, CacheLookup, FillTicket, Invalidation, ProfileCache};
 use domain::user::UserId;
@@ -66,6 +67,14 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+/// Labels of a user read on the read replica.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    /// `served` (loaded from the replica), `behind` (sent to the primary: the replica had
+    /// not applied the user's floor) or `unavailable` (sent to the primary: the replica failed).
+    pub outcome: &'static str,
+}
+
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -76,6 +85,10 @@ pub struct Metrics {
     pool_size: Gauge,
     pool_available: Gauge,
     pool_waiting: Gauge,
+    replica_reads: Family<ReplicaLabels, Counter>,
+    /// Held while the replica's counts are brought up to the store's (two scrapes at once
+    /// would add the same reads twice).
+    replica_sync: std::sync::Mutex<()>,
     hashes_running: Gauge,
     pending_invalidations: Gauge,
     scheduled_follow_ups: Gauge,
@@ -121,6 +134,12 @@ impl Metrics {
         registry.register("db_pool_available", "Idle database connections", pool_available.clone());
         let pool_waiting = Gauge::default();
         registry.register("db_pool_waiting", "Requests waiting for a database connection", pool_waiting.clone());
+        let replica_reads = Family::<ReplicaLabels, Counter>::default();
+        registry.register(
+            "replica_reads",
+            "Users whose cache miss asked for the read replica (DATABASE_READ_URL), by outcome",
+            replica_reads.clone(),
+        );
         let hashes_running = Gauge::default();
         registry.register("password_hashes_running", "Password hashes computing now", hashes_running.clone());
         let pending_invalidations = Gauge::default();
@@ -191,6 +210,8 @@ impl Metrics {
             pool_size,
             pool_available,
             pool_waiting,
+            replica_reads,
+            replica_sync: std::sync::Mutex::new(()),
             hashes_running,
             pending_invalidations,
             scheduled_follow_ups,
@@ -236,7 +257,22 @@ impl Metrics {
     }
 
     /// Renders every metric, after reading the gauges from their sources.
-    pub fn render(&self, pool: Option<deadpool::Status>, hashes_running: usize, backlog: CacheBacklog) -> String {
+    pub fn render(
+        &self,
+        pool: Option<deadpool::Status>,
+        replica: Option<ReplicaReads>,
+        hashes_running: usize,
+        backlog: CacheBacklog,
+    ) -> String {
+        if let Some(reads) = replica {
+            let _counting = self.replica_sync.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (outcome, count) in
+                [("served", reads.served), ("behind", reads.behind), ("unavailable", reads.unavailable)]
+            {
+                let counter = self.replica_reads.get_or_create(&ReplicaLabels { outcome });
+                counter.inc_by(count.saturating_sub(counter.get()));
+            }
+        }
         if let Some(status) = pool {
             self.pool_size.set(i64::try_from(status.size).unwrap_or(i64::MAX));
             self.pool_available.set(i64::try_from(status.available).unwrap_or(i64::MAX));

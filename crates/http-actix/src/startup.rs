@@ -35,7 +35,7 @@ use apistos::security::{ApiKey, ApiKeyIn, Http, SecurityScheme, SecurityType};
 use apistos::spec::Spec;
 use apistos::tag::Tag;
 use domain::auth::{Scope, Scopes};
-use domain::cache::{InvalidationLedger, InvalidationsOnly, NoCache, ProfileCache};
+use domain::cache::{CommitPositions, InvalidationLedger, InvalidationsOnly, NoCache, ProfileCache};
 use domain::login_guard::{GuessLimits, LoginGuard};
 use domain::ports::{EventPublisher, Spawner, SystemClock};
 use domain::rate_limit::{FallbackRateLimiter, RateLimit, RateLimiter};
@@ -147,7 +147,11 @@ fn openapi_spec() -> Spec {
 fn build_cache(settings: &Settings, store: &Store, metrics: &Arc<Metrics>) -> anyhow::Result<Arc<dyn ProfileCache>> {
     let redis = match &settings.cache {
         // Without caching, no reader of ours trusts Redis: the ledger would protect nobody.
-        Some(cache) => Some(build_redis_cache(cache, settings.cache_enabled.then(|| store.invalidation_ledger()))?),
+        Some(cache) => Some(build_redis_cache(
+            cache,
+            settings.cache_enabled.then(|| store.invalidation_ledger()),
+            store.commit_positions(),
+        )?),
         None => {
             let templates = &settings.extra_invalidation_keys_without_redis;
             if !templates.is_empty() {
@@ -190,6 +194,7 @@ fn build_cache(settings: &Settings, store: &Store, metrics: &Arc<Metrics>) -> an
 fn build_redis_cache(
     cache: &CacheSettings,
     ledger: Option<Arc<dyn InvalidationLedger>>,
+    positions: Option<Arc<dyn CommitPositions>>,
 ) -> anyhow::Result<Arc<dyn ProfileCache>> {
     let config = RedisCacheConfig {
         ttl: cache.ttl,
@@ -204,9 +209,10 @@ fn build_redis_cache(
     };
     let redacted_url = config.redacted_url();
     let database = config.database();
-    let redis = match ledger {
-        Some(ledger) => RedisCache::build_with_ledger(config, ledger),
-        None => RedisCache::build(config),
+    let redis = match (ledger, positions) {
+        (Some(ledger), Some(positions)) => RedisCache::build_with_ledger_and_positions(config, ledger, positions),
+        (Some(ledger), None) => RedisCache::build_with_ledger(config, ledger),
+        (None, _) => RedisCache::build(config),
     }
     .map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
     tracing::info!(url = %redacted_url, ttl_seconds = cache.ttl.as_secs(), "caching users in Redis");
@@ -393,6 +399,7 @@ impl Application {
         let state = Data::new(AppState {
             service,
             database: store.probe(),
+            replica: store.replica_probe(),
             cache,
             events,
             relay,
@@ -406,6 +413,10 @@ impl Application {
             pool_status: {
                 let store = store.clone();
                 Arc::new(move || Some(store.pool_status()))
+            },
+            replica_reads: {
+                let store = store.clone();
+                Arc::new(move || store.replica_reads())
             },
             hasher,
             started_at: Instant::now(),

@@ -25,6 +25,8 @@ pub struct AppState {
     pub service: UserService,
     /// The database, for health probes.
     pub database: Arc<dyn HealthProbe>,
+    /// The read replica, for health probes (`None` without `DATABASE_READ_URL`).
+    pub replica: Option<Arc<dyn HealthProbe>>,
     /// The representation cache, for health probes.
     pub cache: Arc<dyn ProfileCache>,
     /// The change events, for the pull feed.
@@ -41,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Reads the database pool's state for metrics.
     pub pool_status: Arc<dyn Fn() -> Option<deadpool::Status> + Send + Sync>,
+    /// Reads what the read replica did, for metrics (`None` without one).
+    pub replica_reads: Arc<dyn Fn() -> Option<adapters_postgres::ReplicaReads> + Send + Sync>,
     /// The password hasher, for its bulkhead's metrics.
     pub hasher: Argon2Hasher,
     /// When the service started, for `uptime_seconds`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use adapters_postgres::{PgStore, PoolSettings, Pooler};
 use adapters_sqlite::{SqliteSettings, SqliteStore};
-use domain::cache::InvalidationLedger;
+use domain::cache::{CommitPositions, InvalidationLedger};
 use domain::ports::{
     CategoryRepository, ConsentHistory, DeviceRepository, EventOutbox, HealthProbe, IdempotencyRepository,
     RepositoryError, UserRepository,
@@ -65,9 +65,21 @@ impl Store {
                     DatabasePooler::Transaction => "transaction: every unit of work in a transaction of its own",
                 };
                 tracing::info!(store = "postgresql", pooler, "storing users in PostgreSQL");
-                Ok(Self::Postgres(
-                    PgStore::new(pool).for_pooler(&pool_settings).with_dedicated_connections(&pool_settings),
-                ))
+                let store = PgStore::new(pool).for_pooler(&pool_settings).with_dedicated_connections(&pool_settings);
+                let Some(read_url) = &settings.read_url else { return Ok(Self::Postgres(store)) };
+                // A replica that does not answer at once is skipped for a while: reads do not
+                // wait long for it, they go to the primary.
+                let replica_settings = PoolSettings {
+                    connect_timeout: pool_settings.connect_timeout.min(std::time::Duration::from_secs(1)),
+                    wait_timeout: pool_settings.wait_timeout.min(std::time::Duration::from_millis(500)),
+                    ..PoolSettings { url: read_url.clone(), ..pool_settings.clone() }
+                };
+                let replica = adapters_postgres::pool::build(&replica_settings)?;
+                tracing::info!(
+                    "reading cache misses from the replica at DATABASE_READ_URL once it has applied the changes \
+                     they must see, else from the primary"
+                );
+                Ok(Self::Postgres(store.with_read_replica(replica)))
             }
             None => {
                 let sqlite = SqliteSettings { wait_timeout: settings.pool_timeout, ..SqliteSettings::default() };
@@ -100,6 +112,31 @@ impl Store {
         events: EventOutbox,
         /// The health probe.
         probe: HealthProbe,
+    }
+
+    /// The store's commit positions, when misses may be read from a replica (the cache
+    /// records them with its invalidations).
+    pub fn commit_positions(&self) -> Option<Arc<dyn CommitPositions>> {
+        match self {
+            Self::Postgres(store) if store.replica_reads().is_some() => Some(Arc::new(store.clone())),
+            _ => None,
+        }
+    }
+
+    /// The read replica's health probe, if there is one.
+    pub fn replica_probe(&self) -> Option<Arc<dyn HealthProbe>> {
+        match self {
+            Self::Postgres(store) => store.replica_health().map(|probe| Arc::new(probe) as Arc<dyn HealthProbe>),
+            Self::Sqlite(_) => None,
+        }
+    }
+
+    /// What the read replica did, for metrics.
+    pub fn replica_reads(&self) -> Option<adapters_postgres::ReplicaReads> {
+        match self {
+            Self::Postgres(store) => store.replica_reads(),
+            Self::Sqlite(_) => None,
+        }
     }
 
     /// The connection pool's state, for metrics.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::auth::{Authenticated, Credentials};
-use crate::cache::{CacheLookup, CachedProfile, FillTicket, Invalidation};
+use crate::cache::{CacheLookup, CachedProfile, CommitPosition, FillTicket, Invalidation, ReadFloor};
 use crate::cache::{MockProfileCache, NoCache};
 use crate::category::{
     Category, CategoryChoice, CategoryChoices, CategoryKey, CategoryName, ChannelDefaults, ChoiceSource, NewCategory,
@@ -273,6 +273,47 @@ fn a_miss_loads_encodes_and_fills_with_the_ticket_taken_before_loading() {
     let service = service_with_cache(users, MockDeviceRepository::new(), MockPasswordHasher::new(), Arc::new(cache));
     let bytes = futures_executor::block_on(service.encoded_profile(UserId::generate())).unwrap();
     assert_eq!(&*bytes, b"john@example.com");
+}
+
+#[test]
+fn a_miss_whose_ticket_names_a_floor_is_loaded_at_or_after_it_and_one_without_from_the_primary() {
+    let floor = CommitPosition(0x1_0000_0042);
+    let ticket = FillTicket::new(Some("generation-8".into())).with_floor(ReadFloor::AtLeast(floor));
+    let mut cache = MockProfileCache::new();
+    let lookup_ticket = ticket.clone();
+    cache.expect_lookup().times(1).returning(move |_| CacheLookup::Miss(lookup_ticket.clone()));
+    cache.expect_fill().withf(move |_, filled, _| *filled == ticket).times(1).return_const(());
+    let id = UserId::generate();
+    let mut users = MockUserRepository::new();
+    users.expect_find_profile().never();
+    users
+        .expect_find_profiles_at_least()
+        .withf(move |wanted| wanted == [(id, floor)])
+        .times(1)
+        .returning(|_| Ok(vec![john()]));
+    let service = service_with_cache(users, MockDeviceRepository::new(), MockPasswordHasher::new(), Arc::new(cache));
+    assert_eq!(&*futures_executor::block_on(service.encoded_profile(id)).unwrap(), b"john@example.com");
+
+    // In bulk: the ids with a floor in one load at or after each one's, the rest from the primary.
+    let (primary_id, replica_id) = (UserId::generate(), UserId::generate());
+    let mut cache = MockProfileCache::new();
+    cache.expect_lookup_many().times(1).returning(move |_| {
+        vec![
+            CacheLookup::Miss(FillTicket::new(Some("g".into()))),
+            CacheLookup::Miss(FillTicket::new(None).with_floor(ReadFloor::AtLeast(floor))),
+        ]
+    });
+    cache.expect_fill().return_const(());
+    let mut users = MockUserRepository::new();
+    users.expect_find_profiles().withf(move |asked| asked == [primary_id]).times(1).returning(|_| Ok(vec![]));
+    users
+        .expect_find_profiles_at_least()
+        .withf(move |wanted| wanted == [(replica_id, floor)])
+        .times(1)
+        .returning(|_| Ok(vec![]));
+    let service = service_with_cache(users, MockDeviceRepository::new(), MockPasswordHasher::new(), Arc::new(cache));
+    let found = futures_executor::block_on(service.encoded_profiles(&[primary_id, replica_id])).unwrap();
+    assert_eq!(found, vec![(primary_id, None), (replica_id, None)]);
 }
 
 #[test]

@@ -93,6 +93,9 @@ pub struct DatabaseSettings {
     pub prepared_statements: bool,
     /// What stands between the service and PostgreSQL (`DATABASE_POOLER`).
     pub pooler: DatabasePooler,
+    /// A streaming replica of the database that cache misses may be read from once it has
+    /// applied the changes they must see (`DATABASE_READ_URL`).
+    pub read_url: Option<String>,
 }
 
 /// What stands between the service and PostgreSQL (`DATABASE_POOLER`: `none` or
@@ -260,6 +263,7 @@ struct Variables {
     migrate_on_startup: bool,
     database_prepared_statements: bool,
     database_pooler: DatabasePooler,
+    database_read_url: Option<DatabaseUrl>,
     redis_url: Option<RedisUrl>,
     redis_timeout_ms: Millis,
     amqp_url: Option<AmqpUrl>,
@@ -313,6 +317,7 @@ impl Default for Variables {
             migrate_on_startup: true,
             database_prepared_statements: true,
             database_pooler: DatabasePooler::None,
+            database_read_url: None,
             redis_url: None,
             redis_timeout_ms: Millis::of(100),
             amqp_url: None,
@@ -460,6 +465,16 @@ impl Variables {
                 "DATABASE_POOLER applies to PostgreSQL only: set DATABASE_URL, or leave DATABASE_POOLER unset".into(),
             ));
         }
+        if self.database_read_url.is_some()
+            && (self.database_url.is_none() || self.redis_url.is_none() || !self.cache_enabled)
+        {
+            return Err(ConfigError(
+                "DATABASE_READ_URL needs DATABASE_URL and REDIS_URL with caching on: the replica serves cache \
+                 misses, once it has applied the commit positions that every instance records in Redis with its \
+                 invalidations; unset it, or set the others"
+                    .into(),
+            ));
+        }
         let confirm_wait = self.cache_confirm_wait_ms.0;
         if confirm_wait > adapters_redis::config::MAX_CONFIRM_WAIT {
             return Err(ConfigError(format!(
@@ -501,6 +516,7 @@ impl Variables {
                 migrate_on_startup: self.migrate_on_startup,
                 prepared_statements: self.database_prepared_statements,
                 pooler: self.database_pooler,
+                read_url: self.database_read_url.map(|DatabaseUrl(url)| url),
             },
             cache,
             extra_invalidation_keys_without_redis,
@@ -598,6 +614,23 @@ mod tests {
         // PostgreSQL requires an explicit key.
         let error = Settings::from_map(HashMap::from([("DATABASE_URL".into(), "postgres://h/db".into())])).unwrap_err();
         assert!(error.to_string().contains("SECRET_KEY"), "{error}");
+    }
+
+    #[test]
+    fn a_read_replica_needs_postgresql_and_the_redis_cache() {
+        let url = ("DATABASE_READ_URL", "postgresql+asyncpg://reader@replica:5432/users");
+        let redis = ("REDIS_URL", "redis://127.0.0.1:6379/0");
+        let replicated = settings(&[url, redis]).unwrap();
+        assert_eq!(replicated.database.read_url.as_deref(), Some("postgresql://reader@replica:5432/users"));
+        for refused in [vec![url], vec![url, redis, ("CACHE_ENABLED", "false")]] {
+            let error = settings(&refused).unwrap_err().to_string();
+            assert!(error.contains("DATABASE_READ_URL needs DATABASE_URL and REDIS_URL"), "{error}");
+        }
+        let embedded =
+            Settings::from_map(HashMap::from([(url.0.into(), url.1.into()), (redis.0.into(), redis.1.into())]));
+        assert!(embedded.unwrap_err().to_string().contains("DATABASE_READ_URL needs"));
+        let error = settings(&[("DATABASE_READ_URL", "mysql://replica/users"), redis]).unwrap_err().to_string();
+        assert!(error.contains("DATABASE_READ_URL"), "{error}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::events::EventsStatus;
 use crate::state::AppState;
 use domain::cache::CacheHealth;
+use domain::ports::HealthProbe;
 
 /// How long a dependency may take to answer a health probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -52,6 +53,9 @@ pub struct ChecksView {
     pub database: CheckView,
     /// Redis.
     pub cache: CheckView,
+    /// The read replica (`DATABASE_READ_URL`; `disabled` without). While it is down, reads go
+    /// to the primary: `degraded`, still 200.
+    pub replica: CheckView,
     /// The event broker and the outbox.
     pub events: EventsView,
 }
@@ -59,8 +63,8 @@ pub struct ChecksView {
 /// The service's health.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct HealthView {
-    /// `ok`, `degraded` (the cache or the event broker is down; still 200) or `down` (the
-    /// database is down; 503).
+    /// `ok`, `degraded` (the cache, the read replica or the event broker is down; still 200)
+    /// or `down` (the database is down; 503).
     pub status: &'static str,
     /// The service version.
     pub version: &'static str,
@@ -113,17 +117,29 @@ pub struct LiveView {
 }
 
 async fn probe_database(state: &AppState) -> CheckView {
+    probe_store(state.database.as_ref(), "database").await
+}
+
+/// The read replica's state: `disabled` without `DATABASE_READ_URL`.
+async fn probe_replica(state: &AppState) -> CheckView {
+    match &state.replica {
+        Some(replica) => probe_store(replica.as_ref(), "read replica").await,
+        None => CheckView { status: "disabled", latency_ms: None },
+    }
+}
+
+async fn probe_store(probe: &dyn HealthProbe, name: &'static str) -> CheckView {
     let started = Instant::now();
-    let result = tokio::time::timeout(PROBE_TIMEOUT, state.database.check()).await;
+    let result = tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await;
     let latency_ms = Some(started.elapsed().as_secs_f64() * 1_000.0);
     match result {
         Ok(Ok(())) => CheckView { status: "ok", latency_ms },
         Ok(Err(error)) => {
-            tracing::warn!(error = %crate::error::error_chain(error.as_ref()), "database health probe failed");
+            tracing::warn!(error = %crate::error::error_chain(error.as_ref()), "{name} health probe failed");
             CheckView { status: "down", latency_ms }
         }
         Err(_) => {
-            tracing::warn!("database health probe timed out");
+            tracing::warn!("{name} health probe timed out");
             CheckView { status: "down", latency_ms }
         }
     }
@@ -143,12 +159,13 @@ async fn probe_cache(state: &AppState) -> CheckView {
 
 /// Service health
 ///
-/// The database and cache with probe latency, and the change events' backlog. The cache or
-/// the event broker being down only degrades the service (200, `degraded`); the database
-/// being down makes it unable to serve (503, `down`).
+/// The database, the cache and the read replica with probe latency, and the change events'
+/// backlog. The cache, the replica or the event broker being down only degrades the service
+/// (200, `degraded`); the database being down makes it unable to serve (503, `down`).
 #[api_operation(tag = "health", no_security)]
 pub async fn health(state: Data<AppState>) -> HealthReply<HealthView> {
-    let (database, cache) = futures_util::join!(probe_database(&state), probe_cache(&state));
+    let (database, cache, replica) =
+        futures_util::join!(probe_database(&state), probe_cache(&state), probe_replica(&state));
     let healthy = database.status == "ok";
     let report = state.relay.report(state.service.now());
     let events = EventsView {
@@ -157,10 +174,10 @@ pub async fn health(state: Data<AppState>) -> HealthReply<HealthView> {
         oldest_pending_age_seconds: report.oldest_pending_age.map(|age| age.as_secs_f64()),
         reason: report.reason,
     };
-    let status = match (healthy, cache.status, report.status) {
-        (false, _, _) => "down",
-        (true, "down", _) | (true, _, EventsStatus::Down) => "degraded",
-        (true, _, _) => "ok",
+    let status = match (healthy, cache.status, replica.status, report.status) {
+        (false, ..) => "down",
+        (true, "down", _, _) | (true, _, "down", _) | (true, _, _, EventsStatus::Down) => "degraded",
+        (true, ..) => "ok",
     };
     HealthReply {
         healthy,
@@ -168,7 +185,7 @@ pub async fn health(state: Data<AppState>) -> HealthReply<HealthView> {
             status,
             version: env!("CARGO_PKG_VERSION"),
             uptime_seconds: state.started_at.elapsed().as_secs(),
-            checks: ChecksView { database, cache, events },
+            checks: ChecksView { database, cache, replica, events },
         },
     }
 }
@@ -200,6 +217,11 @@ pub async fn metrics(state: Data<AppState>, request: HttpRequest) -> Result<Http
     if let Some(token) = &state.metrics_token {
         token.check(&request)?;
     }
-    let text = state.metrics.render((state.pool_status)(), state.hasher.running(), state.cache.backlog());
+    let text = state.metrics.render(
+        (state.pool_status)(),
+        (state.replica_reads)(),
+        state.hasher.running(),
+        state.cache.backlog(),
+    );
     Ok(HttpResponse::Ok().content_type("application/openmetrics-text; version=1.0.0; charset=utf-8").body(text))
 }

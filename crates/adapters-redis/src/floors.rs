@@ -1,0 +1,185 @@
+//! Read floors: how fresh a copy of the store a reader of a miss may load from (see
+//! [`ReadFloor`]), so that a read replica never serves, nor lets into the cache, data older
+//! than a change acknowledged before the lookup.
+//!
+//! - **Recorded with the invalidation.** Each invalidation asks the store for its commit
+//!   position, after the change committed (the write returned first), and stores it in the
+//!   users' generations as `{uuid}@{position}`: a reader's lookup reads the generation anyway
+//!   (the fill ticket), so it learns the floor in the same round trip.
+//! - **Where the generation says nothing.** A user without a generation was not changed
+//!   while its generation would have lived, or not since this Redis process started (a
+//!   restart or a failover loses generations). Its floor is the *barrier*: a position of the
+//!   primary observed after this instance first heard from the Redis process, and less than
+//!   one generation lifetime ago, so after every change whose generation may be missing.
+//!   Observations are renewed every quarter of a lifetime; the barrier is the older of the
+//!   last two while it is young enough, so that a replica slightly behind still serves.
+//! - **Unknown means the primary.** A generation without a position (written by an older
+//!   version, or when the store did not answer), or no barrier (the store did not answer),
+//!   gives [`ReadFloor::Primary`].
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use domain::cache::{CommitPosition, CommitPositions, ReadFloor};
+
+use crate::connection::ServerId;
+
+/// Separates a generation's unique part from the position it records.
+const POSITION_SEPARATOR: char = '@';
+
+/// The floors of one cache.
+pub(crate) struct ReadFloors {
+    positions: Arc<dyn CommitPositions>,
+    /// How long a generation lives: a barrier observed longer ago may be below a change whose
+    /// generation expired since.
+    lifetime: Duration,
+    observed: Mutex<Observed>,
+}
+
+/// The primary's positions observed for the Redis process last heard from.
+#[derive(Default)]
+struct Observed {
+    server: Option<ServerId>,
+    older: Option<(Instant, CommitPosition)>,
+    newer: Option<(Instant, CommitPosition)>,
+}
+
+impl ReadFloors {
+    pub(crate) fn new(positions: Arc<dyn CommitPositions>, generation_lifetime: Duration) -> Self {
+        Self { positions, lifetime: generation_lifetime, observed: Mutex::default() }
+    }
+
+    /// A generation for an invalidation made now: `unique` with the store's position, or
+    /// `unique` alone when the store does not answer (its readers then load from the primary).
+    pub(crate) async fn generation(&self, unique: &str) -> String {
+        match self.positions.current().await {
+            Ok(position) => format!("{unique}{POSITION_SEPARATOR}{:x}", position.0),
+            Err(error) => {
+                tracing::debug!(error = %error, "no commit position for an invalidation: its readers use the primary");
+                unique.to_owned()
+            }
+        }
+    }
+
+    /// The barrier for tickets read from `server` (see the module's documentation); `None`
+    /// when the store does not answer.
+    pub(crate) async fn barrier(&self, server: &ServerId) -> Option<CommitPosition> {
+        let renew_after = self.lifetime / 4;
+        {
+            let observed = self.lock();
+            if observed.server.as_ref() == Some(server)
+                && observed.newer.is_some_and(|(at, _)| at.elapsed() < renew_after)
+            {
+                return self.barrier_of(&observed);
+            }
+        }
+        let position = self.positions.current().await.ok()?;
+        let now = Instant::now();
+        let mut observed = self.lock();
+        if observed.server.as_ref() == Some(server) {
+            if observed.newer.is_none_or(|(at, _)| at.elapsed() >= renew_after) {
+                observed.older = observed.newer.take();
+                observed.newer = Some((now, position));
+            }
+        } else {
+            *observed = Observed { server: Some(server.clone()), older: None, newer: Some((now, position)) };
+        }
+        self.barrier_of(&observed)
+    }
+
+    /// The older observation while younger than a generation's lifetime, else the newer.
+    fn barrier_of(&self, observed: &Observed) -> Option<CommitPosition> {
+        match observed.older {
+            Some((at, position)) if at.elapsed() < self.lifetime => Some(position),
+            _ => observed.newer.map(|(_, position)| position),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Observed> {
+        self.observed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The floor of a ticket whose generation is `generation` (`None`: the user has none), given
+/// the `barrier` of the Redis process it was read from.
+pub(crate) fn floor(generation: Option<&str>, barrier: Option<CommitPosition>) -> ReadFloor {
+    let Some(barrier) = barrier else { return ReadFloor::Primary };
+    let Some(generation) = generation else { return ReadFloor::AtLeast(barrier) };
+    generation
+        .rsplit_once(POSITION_SEPARATOR)
+        .and_then(|(_, position)| u64::from_str_radix(position, 16).ok())
+        .map_or(ReadFloor::Primary, |position| ReadFloor::AtLeast(barrier.max(CommitPosition(position))))
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use domain::ports::RepositoryError;
+
+    use super::*;
+
+    /// The store's answers to [`CommitPositions::current`], in order (`None`: it fails).
+    struct Answers(Mutex<Vec<Option<u64>>>);
+
+    #[async_trait]
+    impl CommitPositions for Answers {
+        async fn current(&self) -> Result<CommitPosition, RepositoryError> {
+            match self.0.lock().unwrap().remove(0) {
+                Some(position) => Ok(CommitPosition(position)),
+                None => Err(RepositoryError::Unavailable("down".into())),
+            }
+        }
+    }
+
+    impl Answers {
+        fn new(answers: &[Option<u64>]) -> Arc<Self> {
+            Arc::new(Self(Mutex::new(answers.to_vec())))
+        }
+
+        fn all_given(&self) -> bool {
+            self.0.lock().unwrap().is_empty()
+        }
+    }
+
+    #[test]
+    fn a_ticket_is_floored_at_its_generations_position_or_the_barrier_whichever_is_later() {
+        let barrier = Some(CommitPosition(0x100));
+        assert_eq!(floor(Some("5f0c@2a0"), barrier), ReadFloor::AtLeast(CommitPosition(0x2a0)));
+        assert_eq!(floor(Some("5f0c@20"), barrier), ReadFloor::AtLeast(CommitPosition(0x100)));
+        assert_eq!(floor(None, barrier), ReadFloor::AtLeast(CommitPosition(0x100)));
+        // Said nothing, or could not be read: the primary.
+        assert_eq!(floor(Some("5f0c-older-version"), barrier), ReadFloor::Primary);
+        assert_eq!(floor(Some("5f0c@not-hex"), barrier), ReadFloor::Primary);
+        assert_eq!(floor(Some("5f0c@2a0"), None), ReadFloor::Primary);
+        assert_eq!(floor(None, None), ReadFloor::Primary);
+    }
+
+    #[tokio::test]
+    async fn the_barrier_is_observed_again_for_a_new_redis_process_and_none_when_the_store_fails() {
+        let answers = Answers::new(&[Some(7), None, Some(9), Some(5)]);
+        let floors = ReadFloors::new(answers.clone(), Duration::from_secs(3600));
+        let (first, second) = (ServerId::new("run-a"), ServerId::new("run-b"));
+        assert_eq!(floors.barrier(&first).await, Some(CommitPosition(7)));
+        // Observed once per process, not per read.
+        assert_eq!(floors.barrier(&first).await, Some(CommitPosition(7)));
+        assert_eq!(floors.barrier(&second).await, None, "the store did not answer");
+        assert_eq!(floors.barrier(&second).await, Some(CommitPosition(9)));
+        assert_eq!(floors.barrier(&first).await, Some(CommitPosition(5)), "back to the first: observed again");
+        assert!(answers.all_given());
+    }
+
+    #[tokio::test]
+    async fn a_barrier_older_than_a_generations_lifetime_is_observed_again() {
+        let answers = Answers::new(&[Some(1), Some(2), Some(3)]);
+        let floors = ReadFloors::new(answers.clone(), Duration::from_millis(400));
+        let server = ServerId::new("run-a");
+        assert_eq!(floors.barrier(&server).await, Some(CommitPosition(1)));
+        // A quarter of a lifetime later: a new observation; the older one stays the barrier.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(floors.barrier(&server).await, Some(CommitPosition(1)));
+        // Past a lifetime, the older one could be below a change whose generation expired.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(floors.barrier(&server).await, Some(CommitPosition(3)));
+        assert!(answers.all_given());
+    }
+}
