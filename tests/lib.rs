@@ -539,6 +539,24 @@ impl PrivatePostgres {
         replica
     }
 
+    /// Promotes a replica to a primary of its own (`pg_ctl promote`): it follows no primary
+    /// from then on.
+    pub fn promote(&self) {
+        self.pg_ctl(&["promote", "-w"]);
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server and every process it started:
+    /// connections stay open, nothing answers, as in a network partition.
+    pub fn signal_all(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.data.0.join("postmaster.pid")).expect("postmaster.pid");
+        let postmaster = pid.lines().next().expect("the postmaster's pid").trim().to_owned();
+        let children = Command::new("pgrep").args(["-P", &postmaster]).output().expect("pgrep runs");
+        let mut pids = vec![postmaster];
+        pids.extend(String::from_utf8_lossy(&children.stdout).lines().map(str::to_owned));
+        let status = Command::new("kill").arg(signal).args(&pids).status().expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Starts the server again after [`Self::stop`].
     pub fn start_again(&self) {
         self.pg_ctl(&["start", "-w", "-o", &format!("-p {} -k /tmp -c listen_addresses=127.0.0.1", self.port)]);
@@ -696,4 +714,178 @@ pub fn without_updated_at(value: &Value) -> Value {
         object.remove("updated_at");
     }
     value
+}
+
+/// A pg_auto_failover formation of the test's own (Debian package
+/// `postgresql-15-auto-failover`, installed by `tests/with-services.sh`): a monitor and two
+/// PostgreSQL nodes on free ports, trust authentication, synchronous replication (the
+/// formation's default with one standby), and health checks tightened so that a dead
+/// primary is failed over within seconds. Every process is killed when dropped.
+#[derive(Debug)]
+pub struct PrivateFormation {
+    /// The monitor's port.
+    pub monitor_port: u16,
+    /// The nodes' ports, the first one the primary at the start.
+    pub node_ports: [u16; 2],
+    /// The monitor's then the nodes' `pg_autoctl`, each the leader of its own process group.
+    keepers: Vec<Child>,
+    directory: TempDir,
+}
+
+impl PrivateFormation {
+    /// Starts the monitor, then the primary, then the secondary, and waits until the
+    /// formation reports one primary and one secondary (some 20 s).
+    pub async fn start() -> Self {
+        let free_port =
+            || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
+        let directory =
+            TempDir(std::env::temp_dir().join(format!("user-service-failover-{}", uuid::Uuid::new_v4().simple())));
+        std::fs::create_dir_all(&directory.0).expect("a directory for the formation");
+        let _ = Command::new("chown").args(["postgres"]).arg(&directory.0).status();
+        let mut formation =
+            Self { monitor_port: free_port(), node_ports: [free_port(), free_port()], keepers: Vec::new(), directory };
+        let monitor = formation.monitor_port.to_string();
+        formation.keep(&["create", "monitor", "--pgdata", &formation.data("monitor"), "--pgport", &monitor]);
+        formation.wait_until("the monitor accepts connections", Duration::from_secs(30), |formation| {
+            formation.monitor_sql("SELECT 1").as_deref() == Some("1")
+        });
+        // A dead primary is found within a few seconds, not the default 20 or more.
+        for setting in [
+            "health_check_period = 1000",
+            "health_check_timeout = 1000",
+            "health_check_max_retries = 1",
+            "health_check_retry_delay = 500",
+            "node_considered_unhealthy_timeout = 2000",
+            // How long the monitor waits for a lost primary to demote itself before it promotes.
+            "primary_demote_timeout = 3000",
+        ] {
+            formation.monitor_sql(&format!("ALTER SYSTEM SET pgautofailover.{setting}"));
+        }
+        formation.monitor_sql("SELECT pg_reload_conf()");
+        let monitor_url = format!("postgres://autoctl_node@127.0.0.1:{monitor}/pg_auto_failover?sslmode=disable");
+        for index in 0..2 {
+            let (data, port) = (formation.data(&format!("node{}", index + 1)), formation.node_ports[index].to_string());
+            formation.keep(&["create", "postgres", "--pgdata", &data, "--pgport", &port, "--monitor", &monitor_url]);
+            if index == 0 {
+                // Alone, the first node is `single` before it becomes a primary.
+                formation.wait_until("a first node", Duration::from_secs(60), |formation| {
+                    formation
+                        .monitor_sql("SELECT count(*) FROM pgautofailover.node WHERE reportedstate = 'single'")
+                        .as_deref()
+                        == Some("1")
+                });
+            }
+        }
+        formation.wait_until("a primary and a synchronous secondary", Duration::from_secs(60), |formation| {
+            formation
+                .monitor_sql(
+                    "SELECT count(*) FROM pgautofailover.node WHERE reportedstate = goalstate \
+                     AND reportedstate IN ('primary', 'secondary')",
+                )
+                .as_deref()
+                == Some("2")
+        });
+        formation
+    }
+
+    fn data(&self, name: &str) -> String {
+        self.directory.0.join(name).to_string_lossy().into_owned()
+    }
+
+    /// Starts `pg_autoctl <args> --run` as the postgres user, in a process group of its own.
+    fn keep(&mut self, args: &[&str]) {
+        use std::os::unix::process::CommandExt;
+        let root = Command::new("id").arg("-u").output().is_ok_and(|id| id.stdout.trim_ascii() == b"0");
+        let mut command = if root {
+            let mut command = Command::new("setpriv");
+            command.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "pg_autoctl"]);
+            command
+        } else {
+            Command::new("pg_autoctl")
+        };
+        let log = std::fs::File::create(self.directory.0.join(format!("keeper-{}.log", self.keepers.len())))
+            .expect("a log file");
+        let child = command
+            .args(args)
+            .args(["--pgctl", "/usr/lib/postgresql/15/bin/pg_ctl", "--hostname", "127.0.0.1", "--auth", "trust"])
+            .args(["--no-ssl", "--run"])
+            .env("XDG_CONFIG_HOME", self.directory.0.join("config"))
+            .env("XDG_DATA_HOME", self.directory.0.join("share"))
+            .env("HOME", &self.directory.0)
+            .current_dir(&self.directory.0)
+            .stdout(log.try_clone().expect("the log file"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("pg_autoctl starts (is postgresql-15-auto-failover installed?)");
+        self.keepers.push(child);
+    }
+
+    /// Runs `query` on the monitor's database; its first line, `None` on an error.
+    pub fn monitor_sql(&self, query: &str) -> Option<String> {
+        let url = format!("postgres://postgres@127.0.0.1:{}/pg_auto_failover?connect_timeout=2", self.monitor_port);
+        let output = Command::new("psql").args([&url, "-Atc", query]).output().ok()?;
+        output.status.success().then(|| String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or("").to_owned())
+    }
+
+    fn wait_until(&self, what: &str, limit: Duration, done: impl Fn(&Self) -> bool) {
+        let started = Instant::now();
+        while !done(self) {
+            assert!(started.elapsed() < limit, "the formation never had {what}:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The keepers' logs, for a failure's message.
+    pub fn logs(&self) -> String {
+        (0..self.keepers.len())
+            .map(|index| {
+                std::fs::read_to_string(self.directory.0.join(format!("keeper-{index}.log"))).unwrap_or_default()
+            })
+            .map(|log| log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
+    /// A URL naming both nodes, for `database`, that connects to whichever accepts writes
+    /// (`target_session_attrs=read-write`), as the service's `DATABASE_URL` would in production.
+    pub fn url(&self, database: &str) -> String {
+        let [first, second] = self.node_ports;
+        format!(
+            "postgres://postgres@127.0.0.1:{first},127.0.0.1:{second}/{database}?target_session_attrs=read-write&connect_timeout=2"
+        )
+    }
+
+    /// The port of the node the monitor reports as primary, if one is.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.monitor_sql(
+            "SELECT nodeport FROM pgautofailover.node WHERE reportedstate IN ('primary', 'wait_primary', 'single') \
+             AND goalstate = reportedstate",
+        )?
+        .parse()
+        .ok()
+    }
+
+    /// Kills the node on `port` at once (SIGKILL to its keeper, the keeper's helpers, and its
+    /// PostgreSQL), as a crash of its machine would.
+    pub fn kill_node(&mut self, port: u16) {
+        let index = self.node_ports.iter().position(|node| *node == port).expect("a node of the formation");
+        let keeper = &mut self.keepers[index + 1];
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", keeper.id())]).status();
+        let _ = keeper.wait();
+        let data = self.data(&format!("node{}", index + 1));
+        let _ = Command::new("pkill").args(["-KILL", "-f", &format!("postgres -D {data}")]).status();
+    }
+}
+
+impl Drop for PrivateFormation {
+    fn drop(&mut self) {
+        for keeper in &mut self.keepers {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", keeper.id())]).status();
+            let _ = keeper.wait();
+        }
+        for name in ["monitor", "node1", "node2"] {
+            let _ = Command::new("pkill").args(["-KILL", "-f", &format!("postgres -D {}", self.data(name))]).status();
+        }
+    }
 }

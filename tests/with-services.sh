@@ -14,6 +14,8 @@
 # - chromium: installed with apt-get when missing (and run as root), for the /docs test.
 # - pgbouncer: installed with apt-get when missing (and run as root), for the pooler tests,
 #   each of which starts its own on a free port in front of TEST_DATABASE_URL's server.
+# - pg_autoctl (postgresql-15-auto-failover): installed with apt-get when missing (and run
+#   as root), for the failover test, which starts a formation of its own on free ports.
 set -euo pipefail
 
 free_port() {
@@ -55,6 +57,15 @@ if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ] && [ "
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer >/dev/null 2>&1 \
     || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer >/dev/null 2>&1; } \
     || echo "could not install pgbouncer; the pooler tests will fail" >&2
+fi
+
+# pg_auto_failover (a monitor and two nodes) runs in tests/api/failover.rs, started by the
+# test on free ports. Installed from Debian's packages when missing.
+if ! command -v pg_autoctl >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "Installing pg_auto_failover (for the failover test)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15-auto-failover >/dev/null 2>&1 \
+    || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql-15-auto-failover >/dev/null 2>&1; } \
+    || echo "could not install pg_auto_failover; the failover test will fail" >&2
 fi
 
 redis_port="${TEST_REDIS_PORT:-6379}"

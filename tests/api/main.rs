@@ -11,6 +11,7 @@ mod devices;
 mod eligibility;
 mod embedded;
 mod events;
+mod failover;
 mod hostile;
 mod idempotency;
 mod operations;

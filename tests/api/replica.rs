@@ -48,6 +48,26 @@ async fn instance(replicated: &Replicated, redis: &PrivateRedis) -> TestApp {
     TestApp::spawn_on(Arc::clone(&replicated.db), &settings).await
 }
 
+/// A replicated database, a Redis, an instance on both, and `count` users it registered,
+/// on the replica by now.
+async fn one_instance_with_users(name: &str, count: usize) -> (Replicated, PrivateRedis, TestApp, Vec<String>) {
+    let replicated = replicated().await;
+    let redis = PrivateRedis::start().await;
+    let app = instance(&replicated, &redis).await;
+    let users = register_many(&app, name, count).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    (replicated, redis, app, users)
+}
+
+/// Registers `count` users on `app`, four at a time, and returns their ids.
+async fn register_many(app: &TestApp, name: &str, count: usize) -> Vec<String> {
+    futures_util::stream::iter(0..count)
+        .map(async |index| app.register(&format!("{name}{index}@example.com")).await)
+        .buffered(4)
+        .collect()
+        .await
+}
+
 /// A series of `/metrics` (0 when absent).
 async fn metric(app: &TestApp, series: &str) -> f64 {
     let text = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
@@ -172,11 +192,7 @@ async fn a_replica_that_is_down_sends_reads_to_the_primary_and_health_says_degra
     let health = app.get("/health").await;
     assert_eq!(health.body["data"]["checks"]["replica"]["status"], "ok", "{}", health.body);
 
-    let users: Vec<String> = futures_util::stream::iter(0..20)
-        .map(async |index| app.register(&format!("down{index}@example.com")).await)
-        .buffered(4)
-        .collect()
-        .await;
+    let users: Vec<String> = register_many(&app, "down", 20).await;
     replicated.replica.stop();
     let started = Instant::now();
     for (index, user) in users.iter().enumerate() {
@@ -218,11 +234,7 @@ async fn a_redis_restart_that_loses_the_recorded_floors_never_lets_the_lagging_r
     let mut redis = PrivateRedis::start().await;
     let writer = instance(&replicated, &redis).await;
     let reader = instance(&replicated, &redis).await;
-    let users: Vec<String> = futures_util::stream::iter(0..10)
-        .map(async |index| writer.register(&format!("restart{index}@example.com")).await)
-        .buffered(4)
-        .collect()
-        .await;
+    let users: Vec<String> = register_many(&writer, "restart", 10).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut stale = Vec::new();
     for (round, user) in users.iter().cycle().take(20).enumerate() {
@@ -245,4 +257,48 @@ async fn a_redis_restart_that_loses_the_recorded_floors_never_lets_the_lagging_r
     }
     assert!(stale.is_empty(), "stale after a Redis restart: {stale:?}");
     assert!(metric(&reader, BEHIND).await >= 10.0, "the replica was never asked while behind");
+}
+
+/// A replica promoted to a primary of its own (a failover elsewhere, an operator's mistake)
+/// follows the primary no more: its data is never served, however recent its last replay
+/// position, and `/health` says it is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promoted_replica_is_never_read_from() {
+    let (replicated, _redis, app, users) = one_instance_with_users("promoted", 5).await;
+    replicated.replica.promote();
+    let mut diverged = diesel_async::AsyncPgConnection::establish(&replicated.replica_url).await.unwrap();
+    diesel_async::SimpleAsyncConnection::batch_execute(&mut diverged, "UPDATE users SET name = 'Diverged'")
+        .await
+        .unwrap();
+    for user in &users {
+        let reply = app.get(&format!("/api/v1/users/{user}")).await;
+        assert_eq!((reply.status, reply.body["data"]["name"].as_str()), (200, Some("Test User")), "{user}");
+    }
+    assert_eq!(metric(&app, SERVED).await, 0.0, "a promoted replica served reads");
+    let health = app.get("/health").await;
+    assert_eq!(health.body["data"]["checks"]["replica"]["status"], "down", "{}", health.body);
+}
+
+/// A frozen replica (SIGSTOP: connections open, no answer) costs a read at most its bound
+/// (1 s), after which the replica rests and reads go to the primary at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_replica_delays_reads_by_its_bound_at_most() {
+    let (replicated, _redis, app, users) = one_instance_with_users("frozen", 10).await;
+    // Every pooled connection to the replica is open before it freezes.
+    assert_eq!(reads_email_as(&app, &users[0], &users[1..], 2).await, Some(true));
+    replicated.replica.signal_all("-STOP");
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for (index, user) in users.iter().enumerate() {
+        write_email(&app, user, false).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let read_started = Instant::now();
+        let read = reads_email_as(&app, user, &[], index).await;
+        slowest = slowest.max(read_started.elapsed());
+        assert_eq!(read, Some(false), "{user}");
+    }
+    replicated.replica.signal_all("-CONT");
+    eprintln!("the slowest of 10 reads with the replica frozen took {slowest:?} ({:?} in all)", started.elapsed());
+    assert!(slowest < Duration::from_secs(3), "a read waited {slowest:?} for a frozen replica");
+    assert!(metric(&app, UNAVAILABLE).await >= 1.0, "the frozen replica was not noticed");
 }

@@ -3,11 +3,11 @@
 //! own (the queue exclusive: it goes with the test's connection) and deletes its exchange at
 //! the end, whether it passed or not; nothing shared is touched.
 
-use std::error::Error as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use domain::error::error_chain;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
@@ -78,18 +78,6 @@ fn event(kind: &str, subject: &str, sequence: i64) -> ChangeEvent {
 fn events(count: usize) -> Vec<ChangeEvent> {
     let subject = Uuid::now_v7().to_string();
     (1..=count).map(|sequence| event("user.preferences.changed", &subject, sequence as i64)).collect()
-}
-
-/// The error and its causes on one line, as the service logs them.
-fn chain(error: &PublishError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Runs `body` within [`TEST_TIMEOUT`], then deletes `exchange`, whatever happened.
@@ -336,13 +324,15 @@ async fn a_wrong_password_is_refused_at_once_and_never_shown() {
     let started = Instant::now();
     let error = bounded(publisher.publish(&events(1))).await.unwrap_err();
 
-    println!("wrong password: {} after {:?}", chain(&error), started.elapsed());
+    println!("wrong password: {} after {:?}", error_chain(&error), started.elapsed());
     assert!(matches!(error, PublishError::Refused(_)), "{error:?}");
     assert!(started.elapsed() < CONNECT_TIMEOUT, "refused, not timed out: {:?}", started.elapsed());
-    for shown in [chain(&error), format!("{error:?}"), format!("{publisher:?}"), format!("{:?}", settings(url, "x"))] {
+    for shown in
+        [error_chain(&error), format!("{error:?}"), format!("{publisher:?}"), format!("{:?}", settings(url, "x"))]
+    {
         assert!(!shown.contains(&password), "the password leaks: {shown}");
     }
-    assert!(chain(&error).contains("ACCESS_REFUSED"), "the broker's reason is kept: {}", chain(&error));
+    assert!(error_chain(&error).contains("ACCESS_REFUSED"), "the broker's reason is kept: {}", error_chain(&error));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,7 +369,7 @@ async fn an_exchange_of_another_type_is_refused() {
         let error = publisher.publish(&events(1)).await.unwrap_err();
 
         assert!(matches!(error, PublishError::Refused(_)), "{error:?}");
-        assert!(chain(&error).contains("PRECONDITION_FAILED"), "{}", chain(&error));
+        assert!(error_chain(&error).contains("PRECONDITION_FAILED"), "{}", error_chain(&error));
         assert!(matches!(publisher.check().await, Err(PublishError::Refused(_))), "refused again");
     })
     .await;
@@ -396,7 +386,7 @@ async fn an_exchange_deleted_meanwhile_fails_one_batch_then_is_declared_again() 
 
         let error = publisher.publish(&events(1)).await.unwrap_err();
         assert!(matches!(error, PublishError::Unconfirmed(_)), "{error:?}");
-        assert!(chain(&error).contains("NOT_FOUND"), "{}", chain(&error));
+        assert!(error_chain(&error).contains("NOT_FOUND"), "{}", error_chain(&error));
 
         let observer = Observer::bound_to(&name).await;
         let sent = events(2);
@@ -431,9 +421,9 @@ async fn fails_within(
     let started = Instant::now();
     let error = publishing.await.expect_err("the publish must fail");
     let elapsed = started.elapsed();
-    println!("failed after {elapsed:?}: {}", chain(&error));
-    assert!(expected(&error), "unexpected error: {}", chain(&error));
-    assert!(elapsed >= at_least && elapsed <= limit + SLACK, "failed after {elapsed:?}: {}", chain(&error));
+    println!("failed after {elapsed:?}: {}", error_chain(&error));
+    assert!(expected(&error), "unexpected error: {}", error_chain(&error));
+    assert!(elapsed >= at_least && elapsed <= limit + SLACK, "failed after {elapsed:?}: {}", error_chain(&error));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,20 +21,22 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable};
 use diesel_async::RunQueryDsl;
 use domain::cache::{CommitPosition, CommitPositions};
-use domain::error::BoxError;
+use domain::error::{BoxError, error_chain};
 use domain::ports::{HealthProbe, RepositoryError};
 use domain::user::{UserId, UserProfile};
 
 use crate::PgStore;
 use crate::users::load_profile_rows;
-use crate::work::Unit;
+use crate::work::{Unit, Work};
 
 /// How long the replica is left alone after it failed: reads go to the primary meanwhile,
 /// instead of each waiting for a replica that does not answer.
 const REST_AFTER_FAILURE: Duration = Duration::from_secs(2);
 
-/// Why a server without a replay position is not read from.
-const NOT_A_STANDBY: &str = "the read replica's server is not a standby (it has no WAL replay position)";
+/// The longest a read waits for the replica (its check and its load together) before it
+/// goes to the primary: a replica that hangs (frozen, a network partition) neither refuses
+/// nor answers, and the statement timeout only bounds a server that still runs.
+const REPLICA_READ_LIMIT: Duration = Duration::from_secs(1);
 
 #[derive(QueryableByName)]
 struct Position {
@@ -45,7 +47,10 @@ struct Position {
 /// A WAL position as a number (`pg_lsn` minus `0/0`); NULL where the server has none (the
 /// replay position of a server that is not a standby).
 const CURRENT_POSITION: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint AS position";
-const REPLAYED_POSITION: &str = "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint AS position";
+/// NULL once the server is no longer a standby: a promoted replica keeps its last replay
+/// position, but follows the primary no more.
+const REPLAYED_POSITION: &str = "SELECT CASE WHEN pg_is_in_recovery() \
+     THEN (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint END AS position";
 
 /// The primary's position: at or after the commit record of every transaction that
 /// committed before the call (the insert position, so also with `synchronous_commit=off`).
@@ -77,6 +82,8 @@ pub struct ReplicaReads {
 pub(crate) struct ReadReplica {
     store: PgStore,
     resting_until: Mutex<Option<Instant>>,
+    /// Whether the last use failed: an outage is logged when it starts and when it ends.
+    failing: std::sync::atomic::AtomicBool,
     served: AtomicU64,
     behind: AtomicU64,
     unavailable: AtomicU64,
@@ -87,6 +94,7 @@ impl ReadReplica {
         Self {
             store,
             resting_until: Mutex::new(None),
+            failing: std::sync::atomic::AtomicBool::new(false),
             served: AtomicU64::new(0),
             behind: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
@@ -114,16 +122,37 @@ impl ReadReplica {
     }
 
     /// Rests the replica after a failure; says so once per outage.
-    fn failed(&self, error: &dyn std::fmt::Display) {
+    fn failed(&self, error: &dyn std::error::Error) {
         let mut resting = self.resting_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if resting.is_none() {
+        *resting = Some(Instant::now() + REST_AFTER_FAILURE);
+        if !self.failing.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                error = %error,
-                "the read replica failed: cache misses are read from the primary, the replica is tried again in {}s",
+                error = %error_chain(error),
+                "the read replica failed: cache misses are read from the primary, and the replica is tried again \
+                 every {}s until it answers",
                 REST_AFTER_FAILURE.as_secs()
             );
         }
-        *resting = Some(Instant::now() + REST_AFTER_FAILURE);
+    }
+
+    /// Notes that the replica answered; says so when an outage ends.
+    fn answered(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("the read replica answers again: cache misses are read there again");
+        }
+    }
+
+    /// Runs `work` on the replica within [`REPLICA_READ_LIMIT`].
+    async fn run<R, F>(&self, work: F) -> Result<R, RepositoryError>
+    where
+        R: Send,
+        for<'r> F: AsyncFnOnce(&'r mut diesel_async::AsyncPgConnection) -> Result<R, diesel::result::Error>
+            + Work<&'r mut diesel_async::AsyncPgConnection, Result<R, diesel::result::Error>, Fut: Send>
+            + Send,
+    {
+        tokio::time::timeout(REPLICA_READ_LIMIT, self.store.run(Unit::Statements, work))
+            .await
+            .unwrap_or_else(|_| Err(RepositoryError::Unavailable("the read replica did not answer in time".into())))
     }
 
     /// Loads the profiles of the users whose floor the replica has applied; returns them, and
@@ -136,8 +165,7 @@ impl ReadReplica {
             return (Vec::new(), all());
         }
         let loaded = self
-            .store
-            .run(Unit::Statements, async |connection| {
+            .run(async |connection| {
                 let replayed: Position = diesel::sql_query(REPLAYED_POSITION).get_result(connection).await?;
                 // NULL: not a standby (a misconfigured URL); nothing is read from it then.
                 let Some(replayed) = replayed.position.and_then(|position| u64::try_from(position).ok()) else {
@@ -157,7 +185,7 @@ impl ReadReplica {
         let (ready, rows, choices) = match loaded {
             Ok(Some(loaded)) => loaded,
             Ok(None) => {
-                self.failed(&NOT_A_STANDBY);
+                self.failed(&NotAStandby);
                 self.unavailable.fetch_add(wanted.len() as u64, Ordering::Relaxed);
                 return (Vec::new(), all());
             }
@@ -177,6 +205,7 @@ impl ReadReplica {
         };
         let found: HashSet<UserId> = profiles.iter().map(|profile| profile.user.id).collect();
         let ready: HashSet<UserId> = ready.into_iter().collect();
+        self.answered();
         self.served.fetch_add(found.len() as u64, Ordering::Relaxed);
         self.behind.fetch_add((wanted.len() - ready.len()) as u64, Ordering::Relaxed);
         let for_the_primary = wanted.iter().map(|(id, _)| *id).filter(|id| !found.contains(id)).collect();
@@ -198,16 +227,16 @@ impl HealthProbe for ReplicaHealth {
     async fn check(&self) -> Result<(), BoxError> {
         let probed = self
             .0
-            .store
-            .run(Unit::Statements, async |connection| {
-                diesel::sql_query(REPLAYED_POSITION).get_result::<Position>(connection).await
-            })
+            .run(async |connection| diesel::sql_query(REPLAYED_POSITION).get_result::<Position>(connection).await)
             .await;
         match probed {
-            Ok(Position { position: Some(_) }) => Ok(()),
+            Ok(Position { position: Some(_) }) => {
+                self.0.answered();
+                Ok(())
+            }
             Ok(Position { position: None }) => {
-                self.0.failed(&NOT_A_STANDBY);
-                Err(NOT_A_STANDBY.into())
+                self.0.failed(&NotAStandby);
+                Err(NotAStandby.into())
             }
             Err(error) => {
                 self.0.failed(&error);
@@ -216,3 +245,9 @@ impl HealthProbe for ReplicaHealth {
         }
     }
 }
+
+/// A server without a replay position is not read from: it is not a standby (a promoted
+/// replica, a misconfigured URL).
+#[derive(Debug, thiserror::Error)]
+#[error("the read replica's server is not a standby (not in recovery: promoted, or not a replica)")]
+struct NotAStandby;

@@ -5,7 +5,10 @@
 //! - **Recorded with the invalidation.** Each invalidation asks the store for its commit
 //!   position, after the change committed (the write returned first), and stores it in the
 //!   users' generations as `{uuid}@{position}`: a reader's lookup reads the generation anyway
-//!   (the fill ticket), so it learns the floor in the same round trip.
+//!   (the fill ticket), so it learns the floor in the same round trip. The position recorded
+//!   never goes down (the invalidation script keeps the greater): an invalidation that
+//!   reaches Redis after a newer one (sent before a stall, retried, replayed) cannot lower a
+//!   user's floor below a change already acknowledged.
 //! - **Where the generation says nothing.** A user without a generation was not changed
 //!   while its generation would have lived, or not since this Redis process started (a
 //!   restart or a failover loses generations). Its floor is the *barrier*: a position of the
@@ -15,7 +18,8 @@
 //!   last two while it is young enough, so that a replica slightly behind still serves.
 //! - **Unknown means the primary.** A generation without a position (written by an older
 //!   version, or when the store did not answer), or no barrier (the store did not answer),
-//!   gives [`ReadFloor::Primary`].
+//!   gives [`ReadFloor::Primary`]; such a generation keeps no position until it expires,
+//!   since the change it followed may be later than any position recorded after it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -49,14 +53,14 @@ impl ReadFloors {
         Self { positions, lifetime: generation_lifetime, observed: Mutex::default() }
     }
 
-    /// A generation for an invalidation made now: `unique` with the store's position, or
-    /// `unique` alone when the store does not answer (its readers then load from the primary).
-    pub(crate) async fn generation(&self, unique: &str) -> String {
+    /// The store's position now, for an invalidation of committed changes; `None` when the
+    /// store does not answer (the users' readers then load from the primary).
+    pub(crate) async fn position_after_commit(&self) -> Option<CommitPosition> {
         match self.positions.current().await {
-            Ok(position) => format!("{unique}{POSITION_SEPARATOR}{:x}", position.0),
+            Ok(position) => Some(position),
             Err(error) => {
                 tracing::debug!(error = %error, "no commit position for an invalidation: its readers use the primary");
-                unique.to_owned()
+                None
             }
         }
     }

@@ -17,7 +17,7 @@
 //!   the bytes only if the generation is still the ticket's. An invalidation sets the
 //!   generation to a fresh UUID (never a counter: a generation that expired and was created
 //!   again can then never equal an old ticket) and deletes the entry and the configured
-//!   downstream keys, for all ids in one `MULTI`. Each entry also carries the generation it
+//!   downstream keys, for all ids in one script. Each entry also carries the generation it
 //!   was filled under and is served only while that is still current, so that writers
 //!   running another format version (a rolling deploy) invalidate it too.
 //! - **No entry from another server process.** Entries and tickets also carry the `run_id`
@@ -97,6 +97,37 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 ";
 
+/// Moves the generations of users on and deletes their entries and downstream copies.
+/// KEYS: for each user, its generation key then the keys to delete, ARGV[4] keys per user.
+/// ARGV: the new generation's unique part, the store's commit position after the change
+/// (hex, empty when unknown or not recorded), the generation's TTL in ms, keys per user.
+/// The position recorded never goes down: an invalidation that reaches Redis late (sent
+/// before a stall, retried, replayed from the ledger) keeps the later position a newer one
+/// recorded; a generation without one (unknown) stays without one (see [`floors`]).
+const INVALIDATE: &str = r"
+local position = ARGV[2]
+local per_user = tonumber(ARGV[4])
+for first = 1, #KEYS, per_user do
+  local generation = ARGV[1]
+  if position ~= '' then
+    local current = redis.call('GET', KEYS[first])
+    local recorded = current and string.match(current, '@(%x+)$')
+    if not current or recorded then
+      local floor = position
+      if recorded and (#recorded > #floor or (#recorded == #floor and recorded > floor)) then
+        floor = recorded
+      end
+      generation = generation .. '@' .. floor
+    end
+  end
+  redis.call('SET', KEYS[first], generation, 'PX', ARGV[3])
+  for key = first + 1, first + per_user - 1 do
+    redis.call('DEL', KEYS[key])
+  end
+end
+return 1
+";
+
 /// What a cache without a fill guard does: stores whatever it loaded as current. KEYS:
 /// entry, generation. ARGV: payload, TTL in ms, the server's run_id.
 #[cfg(any(test, feature = "test-support"))]
@@ -106,7 +137,7 @@ redis.call('SET', KEYS[1], ARGV[3] .. '/' .. current .. '\n' .. ARGV[1], 'PX', A
 return 1
 ";
 
-/// Ids per retried invalidation, to keep one `MULTI` well under the call timeout.
+/// Ids per retried invalidation, to keep one script well under the call timeout.
 const RETRY_BATCH: usize = 1_000;
 
 /// Follow-up deletions per round trip, for the same reason.
@@ -158,6 +189,7 @@ struct Inner {
     /// ([`floors`]); `None`: every miss is loaded from the primary.
     floors: Option<ReadFloors>,
     guarded_fill: Script,
+    invalidate: Script,
     #[cfg(any(test, feature = "test-support"))]
     unguarded_fill: Script,
     /// Hot entries in process, with the freshness check they are served after; `None` when
@@ -250,6 +282,7 @@ impl RedisCache {
             ledger: ledger.map(|ledger| (ledger, ReadLease::new(config.read_lease))),
             floors: positions.map(|positions| ReadFloors::new(positions, config.generation_ttl)),
             guarded_fill: Script::new(GUARDED_FILL),
+            invalidate: Script::new(INVALIDATE),
             #[cfg(any(test, feature = "test-support"))]
             unguarded_fill: Script::new(UNGUARDED_FILL),
             near,
@@ -610,7 +643,7 @@ impl Inner {
 
     /// Sends the invalidation of `ids`, despite the breaker, until Redis confirms it or
     /// `wait` has passed. Returns whether Redis confirmed it.
-    async fn confirm_within(&self, ids: &[UserId], generation: &str, wait: Duration) -> bool {
+    async fn confirm_within(&self, ids: &[UserId], generation: &Generation, wait: Duration) -> bool {
         let deadline = Instant::now() + wait;
         loop {
             if self.invalidate_now(ids, generation, Breaker::Ignore).await {
@@ -708,40 +741,38 @@ impl Inner {
         }
     }
 
-    /// A generation for an invalidation of changes that have committed: fresh (a UUID), with
-    /// the store's commit position when floors are recorded ([`floors`]). One value serves
-    /// every id of an invalidation: it only has to differ from every generation any of them
-    /// had before.
-    async fn new_generation(&self) -> String {
+    /// A generation for an invalidation of changes that have committed: fresh (a UUID), and
+    /// the store's commit position when floors are recorded and the store answered (hex,
+    /// else empty; see [`floors`]). One value serves every id of an invalidation: it only
+    /// has to differ from every generation any of them had before.
+    async fn new_generation(&self) -> Generation {
         let unique = uuid::Uuid::new_v4().to_string();
-        match &self.floors {
-            Some(floors) => floors.generation(&unique).await,
-            None => unique,
-        }
+        let position = match &self.floors {
+            Some(floors) => floors.position_after_commit().await.map(|position| format!("{:x}", position.0)),
+            None => None,
+        };
+        Generation { unique, position: position.unwrap_or_default() }
     }
 
-    /// Moves the generation of `ids` to `generation` and deletes their entries and downstream
-    /// copies, in one `MULTI`. Returns whether Redis confirmed it.
-    async fn invalidate_now(&self, ids: &[UserId], generation: &str, breaker: Breaker) -> bool {
-        let mut pipeline = redis::pipe();
-        pipeline.atomic();
+    /// Moves the generation of `ids` on to `generation` (the recorded position never goes
+    /// down, [`INVALIDATE`]) and deletes their entries and downstream copies, in one script.
+    /// Returns whether Redis confirmed it.
+    async fn invalidate_now(&self, ids: &[UserId], generation: &Generation, breaker: Breaker) -> bool {
+        let mut invocation = self.invalidate.prepare_invoke();
+        let mut per_user = 1;
         for &id in ids {
-            pipeline
-                .cmd("SET")
-                .arg(self.keys.generation(id))
-                .arg(generation)
-                .arg("PX")
-                .arg(self.generation_ttl_ms)
-                .ignore()
-                .cmd("DEL")
-                .arg(self.keys.entry(id))
-                .arg(self.keys.extra(id))
-                .ignore();
+            let extra = self.keys.extra(id);
+            per_user = 2 + extra.len();
+            invocation.key(self.keys.generation(id)).key(self.keys.entry(id));
+            for key in extra {
+                invocation.key(key);
+            }
         }
-        let request = Request::Pipeline(&pipeline);
+        invocation.arg(&generation.unique).arg(&generation.position).arg(self.generation_ttl_ms).arg(per_user);
+        let request = Request::Script(&invocation);
         match breaker {
-            Breaker::Respect => self.connection.run::<()>(request).await.is_some(),
-            Breaker::Ignore => self.connection.run_despite_breaker::<()>(request).await.is_some(),
+            Breaker::Respect => self.connection.run::<i64>(request).await.is_some(),
+            Breaker::Ignore => self.connection.run_despite_breaker::<i64>(request).await.is_some(),
         }
     }
 
@@ -918,6 +949,13 @@ impl Unconfirmed {
         // Every update leaves the set consistent: poisoning carries no meaning here.
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// A generation an invalidation sets: its unique part, and the commit position it records
+/// (hex, empty when none), joined in Redis by [`INVALIDATE`].
+struct Generation {
+    unique: String,
+    position: String,
 }
 
 /// The key names of one cache.

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use domain::cache::{
-    CacheHealth, CacheLookup, FillTicket, Invalidation, InvalidationLedger, LedgerEntry, ProfileCache,
+    CacheHealth, CacheLookup, CommitPosition, CommitPositions, FillTicket, Invalidation, InvalidationLedger,
+    LedgerEntry, ProfileCache, ReadFloor,
 };
 use domain::eligibility::Channel;
 use domain::ports::RepositoryError;
@@ -29,11 +30,11 @@ use redis::aio::MultiplexedConnection;
 use uuid::Uuid;
 
 use crate::breaker::{CircuitBreaker, Permit, Transition};
-use crate::connection::ServerId;
+use crate::connection::{Breaker, ServerId};
 use crate::lease::{ReadLease, Renewal};
 use crate::pending::PendingInvalidations;
 use crate::{
-    RedisCache, RedisCacheConfig, RedisCacheError, RedisRateLimiter, config, current_payload, encode_entry,
+    Generation, RedisCache, RedisCacheConfig, RedisCacheError, RedisRateLimiter, config, current_payload, encode_entry,
     parse_stamp, rate_limit, stamp,
 };
 
@@ -261,6 +262,49 @@ async fn an_invalidation_stores_a_random_generation_that_outlives_any_fill() {
     let ttl_ms: i64 =
         redis::cmd("PTTL").arg(format!("{prefix}:gen:{id}")).query_async(&mut connection).await.expect("PTTL");
     assert!(ttl_ms > 500_000, "the generation outlives any fill by far, got {ttl_ms} ms");
+    delete_prefixed(&prefix).await;
+}
+
+// ----- Read floors (a read replica's) -----
+
+/// The store's commit position, as the test sets it.
+struct SetPositions(std::sync::atomic::AtomicU64);
+
+#[async_trait]
+impl CommitPositions for SetPositions {
+    async fn current(&self) -> Result<CommitPosition, RepositoryError> {
+        Ok(CommitPosition(self.0.load(Ordering::SeqCst)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalidation_reaching_redis_late_never_lowers_the_floor_and_an_unknown_one_stays_unknown() {
+    let config = shared_config();
+    let prefix = config.key_prefix.clone();
+    let positions = Arc::new(SetPositions(std::sync::atomic::AtomicU64::new(0x10)));
+    let cache = RedisCache::build_inner(config, None, Some(positions.clone())).expect("build");
+    let id = UserId::generate();
+    // The barrier: observed at the first read from this Redis process.
+    assert_eq!(miss_ticket(&cache, id).await.floor(), ReadFloor::AtLeast(CommitPosition(0x10)));
+
+    positions.0.store(0x200, Ordering::SeqCst);
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
+    assert_eq!(miss_ticket(&cache, id).await.floor(), ReadFloor::AtLeast(CommitPosition(0x200)));
+
+    // An earlier change's invalidation, sent before a stall, arrives now: the floor stays.
+    let late = Generation { unique: Uuid::new_v4().to_string(), position: "100".to_owned() };
+    assert!(cache.inner.invalidate_now(&[id], &late, Breaker::Ignore).await);
+    let ticket = miss_ticket(&cache, id).await;
+    assert_eq!(ticket.floor(), ReadFloor::AtLeast(CommitPosition(0x200)), "{ticket:?}");
+    assert!(generation_in(&ticket).starts_with(&late.unique), "the generation still moved on");
+
+    // A change whose position is unknown: the primary, also after later known ones.
+    let unknown = Generation { unique: Uuid::new_v4().to_string(), position: String::new() };
+    assert!(cache.inner.invalidate_now(&[id], &unknown, Breaker::Ignore).await);
+    assert_eq!(miss_ticket(&cache, id).await.floor(), ReadFloor::Primary);
+    positions.0.store(0x300, Ordering::SeqCst);
+    assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
+    assert_eq!(miss_ticket(&cache, id).await.floor(), ReadFloor::Primary);
     delete_prefixed(&prefix).await;
 }
 

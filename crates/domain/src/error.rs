@@ -47,3 +47,16 @@ impl FieldError {
 /// A boxed error that is `Send + Sync`, so that failures of any adapter can travel through
 /// the domain without the domain knowing their types.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error and its chain of causes on one line, as logs show them (an adapter's error
+/// often says only "store unavailable" at the top).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}

@@ -383,17 +383,7 @@ impl fmt::Display for ApiError {
     }
 }
 
-/// Writes an error and its chain of causes on one line.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut chain = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        chain.push_str(": ");
-        chain.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    chain
-}
+pub use domain::error::error_chain;
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
