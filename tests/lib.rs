@@ -211,6 +211,19 @@ pub struct ServiceProcess {
 #[derive(Debug)]
 struct TempDir(PathBuf);
 
+impl TempDir {
+    /// A new path under the system's temporary directory, `user-service-{kind}-{random}`
+    /// (not created).
+    fn new(kind: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("user-service-{kind}-{}", uuid::Uuid::new_v4().simple())))
+    }
+}
+
+/// A TCP port free on 127.0.0.1 now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port()
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -372,8 +385,7 @@ impl PrivateRedis {
     }
 
     async fn start_in(snapshots: Option<TempDir>) -> Self {
-        let port =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
+        let port = free_port();
         let mut redis = Self { port, child: None, snapshots };
         redis.launch().await;
         redis
@@ -472,9 +484,8 @@ impl PrivatePostgres {
             .and_then(|versions| versions.filter_map(Result::ok).map(|version| version.path().join("bin")).max())
             .filter(|bin| bin.join("initdb").exists())
             .expect("PostgreSQL's initdb under /usr/lib/postgresql/<version>/bin");
-        let port =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
-        let data = TempDir(std::env::temp_dir().join(format!("user-service-pg-{}", uuid::Uuid::new_v4().simple())));
+        let port = free_port();
+        let data = TempDir::new("pg");
         // initdb refuses to run as root: run it (and the server) as the postgres user then.
         let initdb = Self::as_cluster_owner(&bin.join("initdb"))
             .args(["-D", &data.0.to_string_lossy(), "-U", "postgres", "-A", "trust", "--no-sync"])
@@ -515,9 +526,8 @@ impl PrivatePostgres {
     /// `settings` added to its configuration (e.g. `recovery_min_apply_delay = '500ms'`), and
     /// waits until it accepts connections.
     pub fn start_replica(&self, settings: &[&str]) -> Self {
-        let port =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
-        let data = TempDir(std::env::temp_dir().join(format!("user-service-pg-{}", uuid::Uuid::new_v4().simple())));
+        let port = free_port();
+        let data = TempDir::new("pg");
         let backup = Self::as_cluster_owner(&self.bin.join("pg_basebackup"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-D"])
             .arg(&data.0)
@@ -621,10 +631,8 @@ impl PrivatePgBouncer {
             .and_then(|host| host.rsplit_once(':'))
             .and_then(|(_, port)| port.parse().ok())
             .unwrap_or(5432);
-        let port =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
-        let directory =
-            TempDir(std::env::temp_dir().join(format!("user-service-pgbouncer-{}", uuid::Uuid::new_v4().simple())));
+        let port = free_port();
+        let directory = TempDir::new("pgbouncer");
         std::fs::create_dir_all(&directory.0).expect("a directory for PgBouncer");
         // Trust authentication still asks that the user be listed.
         let user = postgres_url
@@ -736,10 +744,7 @@ impl PrivateFormation {
     /// Starts the monitor, then the primary, then the secondary, and waits until the
     /// formation reports one primary and one secondary (some 20 s).
     pub async fn start() -> Self {
-        let free_port =
-            || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("address").port();
-        let directory =
-            TempDir(std::env::temp_dir().join(format!("user-service-failover-{}", uuid::Uuid::new_v4().simple())));
+        let directory = TempDir::new("failover");
         std::fs::create_dir_all(&directory.0).expect("a directory for the formation");
         let _ = Command::new("chown").args(["postgres"]).arg(&directory.0).status();
         let mut formation =
@@ -886,6 +891,122 @@ impl Drop for PrivateFormation {
         }
         for name in ["monitor", "node1", "node2"] {
             let _ = Command::new("pkill").args(["-KILL", "-f", &format!("postgres -D {}", self.data(name))]).status();
+        }
+    }
+}
+
+/// A Redis master, its replica and three Sentinels of the test's own, on free ports, the
+/// Sentinels deciding a failover within about two seconds of the master's death
+/// (`down-after-milliseconds 1000`, quorum 2). Every process is killed when dropped.
+#[derive(Debug)]
+pub struct PrivateSentinels {
+    /// The master's then the replica's port (which is master changes with a failover).
+    pub redis_ports: [u16; 2],
+    /// The Sentinels' ports.
+    pub sentinel_ports: [u16; 3],
+    /// The name the Sentinels monitor the master under.
+    pub master_name: &'static str,
+    servers: Vec<Option<Child>>,
+    directory: TempDir,
+}
+
+impl PrivateSentinels {
+    /// Starts the master, the replica (waiting until it is in sync) and the Sentinels
+    /// (waiting until each knows the replica and the other Sentinels).
+    pub async fn start() -> Self {
+        let directory = TempDir::new("sentinel");
+        std::fs::create_dir_all(&directory.0).expect("a directory for the Sentinels");
+        let mut set = Self {
+            redis_ports: [free_port(), free_port()],
+            sentinel_ports: [free_port(), free_port(), free_port()],
+            master_name: "user-service-master",
+            servers: Vec::new(),
+            directory,
+        };
+        let [master, replica] = set.redis_ports;
+        set.spawn(&["--port", &master.to_string()]);
+        set.spawn(&["--port", &replica.to_string(), "--replicaof", "127.0.0.1", &master.to_string()]);
+        set.wait_until("the replica in sync", |set| {
+            set.cli(replica, &["INFO", "replication"]).contains("master_link_status:up")
+        })
+        .await;
+        for (index, port) in set.sentinel_ports.into_iter().enumerate() {
+            let configuration = set.directory.0.join(format!("sentinel-{index}.conf"));
+            std::fs::write(
+                &configuration,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nsentinel monitor {name} 127.0.0.1 {master} 2\n\
+                     sentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 10000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    name = set.master_name,
+                ),
+            )
+            .expect("a Sentinel configuration");
+            let configuration = configuration.to_string_lossy().into_owned();
+            set.spawn(&[&configuration, "--sentinel"]);
+        }
+        set.wait_until("Sentinels that know the replica and each other", |set| {
+            set.sentinel_ports.iter().all(|port| {
+                let master = set.cli(*port, &["SENTINEL", "MASTER", set.master_name]);
+                let fields: Vec<&str> = master.lines().collect();
+                let field = |name: &str| fields.iter().position(|line| *line == name).and_then(|at| fields.get(at + 1));
+                field("num-slaves") == Some(&"1") && field("num-other-sentinels") == Some(&"2")
+            })
+        })
+        .await;
+        set
+    }
+
+    fn spawn(&mut self, args: &[&str]) {
+        let child = Command::new("redis-server")
+            .args(args)
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&self.directory.0)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.servers.push(Some(child));
+    }
+
+    async fn wait_until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        let started = Instant::now();
+        while !done(self) {
+            assert!(started.elapsed() < Duration::from_secs(30), "never had {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs `redis-cli -p <port> <args>` and returns its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        redis_cli(port, args)
+    }
+
+    /// The port of the master the Sentinels name now.
+    pub fn master_port(&self) -> Option<u16> {
+        let address = self.cli(self.sentinel_ports[0], &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name]);
+        address.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// `REDIS_SENTINELS` for the Sentinels.
+    pub fn sentinels_variable(&self) -> String {
+        self.sentinel_ports.iter().map(|port| format!("127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Kills the Redis server on `port` at once (SIGKILL): its data is gone.
+    pub fn kill(&mut self, port: u16) {
+        let index = self.redis_ports.iter().position(|redis| *redis == port).expect("a server of the set");
+        if let Some(mut child) = self.servers[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateSentinels {
+    fn drop(&mut self) {
+        for mut child in self.servers.iter_mut().filter_map(Option::take) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

@@ -21,4 +21,5 @@ mod preferences;
 mod redis_faults;
 mod replica;
 mod seed;
+mod sentinel;
 mod users;

@@ -85,7 +85,23 @@ pub struct RedisCacheConfig {
     /// The most bytes of entries kept in process (the near-cache: see the crate's docs); 0
     /// turns it off (`NEAR_CACHE_MAX_BYTES`, `NEAR_CACHE_ENABLED`).
     pub near_cache_max_bytes: u64,
+    /// Find the master through Redis Sentinel rather than at the URL's host (whose
+    /// credentials and database still apply); `None`: the URL's server.
+    pub sentinel: Option<SentinelConfig>,
 }
+
+/// Where Redis Sentinel is asked which server is the master (`REDIS_SENTINELS`,
+/// `REDIS_SENTINEL_MASTER`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// The Sentinels, as host and port, asked in order.
+    pub sentinels: Vec<(String, u16)>,
+    /// The name the Sentinels monitor the master under.
+    pub master_name: String,
+}
+
+/// The most Sentinels one configuration names.
+pub const MAX_SENTINELS: usize = 16;
 
 impl RedisCacheConfig {
     /// Defaults: prefix `user-service`, format `v1`, TTL 300 s, 100 ms per call, no extra
@@ -111,6 +127,7 @@ impl RedisCacheConfig {
             read_lease: Duration::from_secs(1),
             lease_renewal: Duration::from_millis(200),
             near_cache_max_bytes: DEFAULT_NEAR_CACHE_MAX_BYTES,
+            sentinel: None,
         }
     }
 
@@ -169,6 +186,16 @@ impl RedisCacheConfig {
         if self.breaker_threshold == 0 {
             return Err(RedisCacheError::Invalid("the breaker threshold must be positive"));
         }
+        if let Some(sentinel) = &self.sentinel
+            && (sentinel.sentinels.is_empty()
+                || sentinel.sentinels.len() > MAX_SENTINELS
+                || sentinel.master_name.is_empty()
+                || sentinel.sentinels.iter().any(|(host, port)| host.is_empty() || *port == 0))
+        {
+            return Err(RedisCacheError::Invalid(
+                "Sentinel needs 1 to 16 sentinels, each a host and a port, and the master's name",
+            ));
+        }
         Ok(())
     }
 
@@ -188,6 +215,7 @@ impl fmt::Debug for RedisCacheConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisCacheConfig")
             .field("url", &self.redacted_url())
+            .field("sentinel", &self.sentinel)
             .field("key_prefix", &self.key_prefix)
             .field("format_version", &self.format_version)
             .field("ttl", &self.ttl)

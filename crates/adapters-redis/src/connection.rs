@@ -28,12 +28,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::{Manager, Pool, PoolError, Runtime};
+use deadpool::managed::{self, Metrics, Object, Pool, PoolError, RecycleResult};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, FromRedisValue, IntoConnectionInfo, ProtocolVersion, PushInfo, ScriptInvocation};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, FromRedisValue, IntoConnectionInfo, ProtocolVersion,
+    PushInfo, RedisError, ScriptInvocation,
+};
 
 use crate::breaker::{CircuitBreaker, Permit, Transition};
-use crate::config::{RedisCacheConfig, RedisCacheError};
+use crate::config::{RedisCacheConfig, RedisCacheError, SentinelConfig};
 
 /// One round trip to Redis.
 pub(crate) enum Request<'a> {
@@ -71,7 +75,7 @@ pub(crate) enum Breaker {
 /// Why a call did not answer.
 #[derive(Debug)]
 enum Failure {
-    Connect(PoolError),
+    Connect(PoolError<RedisError>),
     Identify(redis::RedisError),
     Redis(redis::RedisError),
     Timeout(Duration),
@@ -120,7 +124,7 @@ struct Current {
 /// rather than going back to wait there, perhaps for a long time, and pass a `PING` later
 /// on a server that may no longer be the right one.
 struct CheckedOut {
-    object: Mutex<Option<deadpool_redis::Connection>>,
+    object: Mutex<Option<Object<Connector>>>,
     given_up: std::sync::atomic::AtomicBool,
 }
 
@@ -130,7 +134,7 @@ impl Drop for CheckedOut {
         if let Some(object) = object
             && self.given_up.load(Ordering::Relaxed)
         {
-            drop(deadpool_redis::Connection::take(object));
+            drop(Object::take(object));
         }
     }
 }
@@ -138,7 +142,7 @@ impl Drop for CheckedOut {
 /// A lazily checked-out multiplexed connection, its timeout and its circuit breaker. Built
 /// without connecting.
 pub(crate) struct Connection {
-    pool: Pool,
+    pool: Pool<Connector>,
     /// The connection calls share; `None` before the first call and after one failed on it.
     current: Mutex<Option<Current>>,
     /// Held while connecting, so that calls arriving meanwhile wait for that connection
@@ -186,14 +190,23 @@ impl Connection {
                 Ok::<(), std::convert::Infallible>(())
             });
         }
-        let manager = Manager::new_with_config(info, connection_config).map_err(|_| RedisCacheError::InvalidUrl)?;
+        let connector = match &config.sentinel {
+            None => Connector::Direct(
+                deadpool_redis::Manager::new_with_config(info, connection_config)
+                    .map_err(|_| RedisCacheError::InvalidUrl)?,
+            ),
+            Some(sentinel) => Connector::Sentinel {
+                client: tokio::sync::Mutex::new(sentinel_client(sentinel, &info)?),
+                config: connection_config,
+            },
+        };
         // One connection in use; a second one can be made while calls still hold a given-up one.
-        let pool = Pool::builder(manager)
+        let pool = Pool::builder(connector)
             .max_size(2)
             .wait_timeout(Some(config.timeout))
             .create_timeout(Some(config.timeout))
             .recycle_timeout(Some(config.timeout))
-            .runtime(Runtime::Tokio1)
+            .runtime(deadpool::Runtime::Tokio1)
             .build()
             .map_err(|_| RedisCacheError::InvalidUrl)?;
         Ok(Self {
@@ -355,14 +368,76 @@ impl Connection {
     }
 }
 
+/// Makes the connections: to the URL's server, or to the master that Redis Sentinel names.
+enum Connector {
+    Direct(deadpool_redis::Manager),
+    /// Each new connection asks the Sentinels which server is the master, and that server
+    /// confirms it is (`ROLE`). A failover breaks the connection to the old master (Sentinel
+    /// disconnects its clients when it demotes it, and a write it refuses gives the
+    /// connection up), and the next one reaches the new master.
+    Sentinel {
+        client: tokio::sync::Mutex<SentinelClient>,
+        config: AsyncConnectionConfig,
+    },
+}
+
+impl managed::Manager for Connector {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        match self {
+            Self::Direct(manager) => manager.create().await,
+            Self::Sentinel { client, config } => client.lock().await.get_async_connection_with_config(config).await,
+        }
+    }
+
+    async fn recycle(&self, connection: &mut MultiplexedConnection, metrics: &Metrics) -> RecycleResult<RedisError> {
+        match self {
+            Self::Direct(manager) => manager.recycle(connection, metrics).await,
+            // A connection kept from before a failover may reach a server that is a replica now.
+            Self::Sentinel { .. } => {
+                let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(connection).await?;
+                match role.first() {
+                    Some(redis::Value::BulkString(role)) if role == b"master" => Ok(()),
+                    _ => Err(managed::RecycleError::message("no longer the master")),
+                }
+            }
+        }
+    }
+}
+
+/// A Sentinel client for `sentinel`, connecting to the master with the URL's credentials,
+/// database and protocol.
+fn sentinel_client(sentinel: &SentinelConfig, url: &ConnectionInfo) -> Result<SentinelClient, RedisCacheError> {
+    let sentinels = sentinel.sentinels.iter().map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
+    let settings = url.redis_settings();
+    let mut builder = SentinelClientBuilder::new(sentinels, &sentinel.master_name, SentinelServerType::Master)
+        .map_err(|_| RedisCacheError::InvalidUrl)?
+        .set_client_to_redis_db(settings.db())
+        .set_client_to_redis_protocol(settings.protocol());
+    if let Some(username) = settings.username() {
+        builder = builder.set_client_to_redis_username(username);
+    }
+    if let Some(password) = settings.password() {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    builder.build().map_err(|_| RedisCacheError::InvalidUrl)
+}
+
 /// Whether a call that failed so may have left its connection unusable. An error answer of
 /// Redis (e.g. `WRONGTYPE`) or an unexpected value does not; an I/O error, a closed socket or
 /// no answer in time (a paused server, a lost network) may.
 fn breaks_the_connection(failure: &Failure) -> bool {
     match failure {
         Failure::Connect(_) | Failure::Identify(_) | Failure::Timeout(_) => true,
+        // `READONLY`: the server is a replica now (a failover demoted it).
         Failure::Redis(error) => {
-            error.is_io_error() || error.is_connection_dropped() || error.is_timeout() || error.is_unrecoverable_error()
+            error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_timeout()
+                || error.is_unrecoverable_error()
+                || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
         }
     }
 }

@@ -80,7 +80,7 @@ use crate::lease::{ReadLease, Renewal};
 use crate::near::NearCache;
 use crate::pending::PendingInvalidations;
 
-pub use config::{RedisCacheConfig, RedisCacheError};
+pub use config::{RedisCacheConfig, RedisCacheError, SentinelConfig};
 pub use rate_limit::RedisRateLimiter;
 
 /// Stores the entry if the generation is unchanged since the ticket was taken (absent and

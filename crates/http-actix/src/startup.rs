@@ -205,6 +205,7 @@ fn build_redis_cache(
         extra_invalidation_delays: cache.extra_invalidation_delays.clone(),
         confirm_wait: cache.confirm_wait,
         near_cache_max_bytes: cache.near_cache_max_bytes,
+        sentinel: cache.sentinel.clone(),
         ..RedisCacheConfig::new(cache.url.clone())
     };
     let redacted_url = config.redacted_url();
@@ -281,6 +282,7 @@ fn build_limits(settings: &Settings) -> anyhow::Result<Limits> {
             let config = RedisCacheConfig {
                 key_prefix: cache.key_prefix.clone(),
                 timeout: cache.timeout,
+                sentinel: cache.sentinel.clone(),
                 ..RedisCacheConfig::new(cache.url.clone())
             };
             let redis = RedisRateLimiter::build(&config).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;

@@ -19,7 +19,7 @@ mod values;
 
 use values::{
     AmqpUrl, DatabaseUrl, Days, ExchangeName, FollowUpDelays, Host, KeyTemplates, LogLevel, MetricsToken, Millis, Port,
-    Positive, RedisUrl, Seconds, SecretKey, ServiceKeys, TrustedProxies,
+    Positive, RedisUrl, Seconds, SecretKey, Sentinels, ServiceKeys, TrustedProxies,
 };
 
 /// The validated configuration.
@@ -217,6 +217,9 @@ pub struct CacheSettings {
     /// off (`NEAR_CACHE_MAX_BYTES`; `NEAR_CACHE_ENABLED=false` or `CACHE_ENABLED=false` turn
     /// it off).
     pub near_cache_max_bytes: u64,
+    /// The master found through Redis Sentinel (`REDIS_SENTINELS`, `REDIS_SENTINEL_MASTER`)
+    /// rather than at `url`'s host; `url` still gives the credentials and the database.
+    pub sentinel: Option<adapters_redis::SentinelConfig>,
 }
 
 impl<'de> Deserialize<'de> for DatabasePooler {
@@ -265,6 +268,8 @@ struct Variables {
     database_pooler: DatabasePooler,
     database_read_url: Option<DatabaseUrl>,
     redis_url: Option<RedisUrl>,
+    redis_sentinels: Sentinels,
+    redis_sentinel_master: String,
     redis_timeout_ms: Millis,
     amqp_url: Option<AmqpUrl>,
     amqp_exchange: ExchangeName,
@@ -319,6 +324,8 @@ impl Default for Variables {
             database_pooler: DatabasePooler::None,
             database_read_url: None,
             redis_url: None,
+            redis_sentinels: Sentinels::default(),
+            redis_sentinel_master: String::new(),
             redis_timeout_ms: Millis::of(100),
             amqp_url: None,
             amqp_exchange: ExchangeName("user.events".to_owned()),
@@ -475,6 +482,21 @@ impl Variables {
                     .into(),
             ));
         }
+        let sentinel = match (self.redis_sentinels.0.is_empty(), self.redis_sentinel_master.trim()) {
+            (true, "") => None,
+            (false, master) if !master.is_empty() && self.redis_url.is_some() => Some(adapters_redis::SentinelConfig {
+                sentinels: self.redis_sentinels.0,
+                master_name: master.to_owned(),
+            }),
+            _ => {
+                return Err(ConfigError(
+                    "REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together, with REDIS_URL for the master's \
+                     credentials and database (its host is not used): e.g. REDIS_SENTINELS=s1:26379,s2:26379,s3:26379 \
+                     REDIS_SENTINEL_MASTER=mymaster REDIS_URL=redis://:password@redis-master/0"
+                        .into(),
+                ));
+            }
+        };
         let confirm_wait = self.cache_confirm_wait_ms.0;
         if confirm_wait > adapters_redis::config::MAX_CONFIRM_WAIT {
             return Err(ConfigError(format!(
@@ -498,6 +520,7 @@ impl Variables {
                     } else {
                         0
                     },
+                    sentinel,
                 }),
                 Vec::new(),
             ),
@@ -614,6 +637,34 @@ mod tests {
         // PostgreSQL requires an explicit key.
         let error = Settings::from_map(HashMap::from([("DATABASE_URL".into(), "postgres://h/db".into())])).unwrap_err();
         assert!(error.to_string().contains("SECRET_KEY"), "{error}");
+    }
+
+    #[test]
+    fn sentinels_come_with_a_master_name_and_a_redis_url() {
+        let redis = ("REDIS_URL", "redis://:secret-password@redis-master/2");
+        let sentinels = ("REDIS_SENTINELS", "s1:26379, s2:26380,10.0.0.3:26379");
+        let configured = settings(&[redis, sentinels, ("REDIS_SENTINEL_MASTER", "mymaster")]).unwrap();
+        let sentinel = configured.cache.unwrap().sentinel.unwrap();
+        assert_eq!(sentinel.master_name, "mymaster");
+        assert_eq!(
+            sentinel.sentinels,
+            [("s1".to_owned(), 26379), ("s2".to_owned(), 26380), ("10.0.0.3".to_owned(), 26379)]
+        );
+        assert!(settings(&[redis]).unwrap().cache.unwrap().sentinel.is_none());
+        for alone in [
+            vec![redis, sentinels],
+            vec![redis, ("REDIS_SENTINEL_MASTER", "mymaster")],
+            vec![sentinels, ("REDIS_SENTINEL_MASTER", "m")],
+        ] {
+            let error = settings(&alone).unwrap_err().to_string();
+            assert!(error.contains("REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together"), "{error}");
+        }
+        for bad in ["s1", "s1:0", "s1:port", "s 1:26379", "s1:70000"] {
+            let error = settings(&[redis, ("REDIS_SENTINELS", bad), ("REDIS_SENTINEL_MASTER", "m")]).unwrap_err();
+            assert!(error.to_string().contains("REDIS_SENTINELS"), "{bad}: {error}");
+        }
+        let many = vec!["s:1"; 17].join(",");
+        assert!(settings(&[redis, ("REDIS_SENTINELS", &many), ("REDIS_SENTINEL_MASTER", "m")]).is_err());
     }
 
     #[test]

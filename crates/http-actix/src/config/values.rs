@@ -328,6 +328,43 @@ impl TryFrom<String> for KeyTemplates {
 
 read_from_text!(KeyTemplates, |templates| templates.0.join(","));
 
+/// `REDIS_SENTINELS`: comma-separated `host:port` of the Redis Sentinels (at most 16).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Sentinels(pub(super) Vec<(String, u16)>);
+
+impl TryFrom<String> for Sentinels {
+    type Error = &'static str;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let invalid = "must be comma-separated host:port pairs, at most 16";
+        let sentinels = value
+            .split(',')
+            .map(str::trim)
+            .filter(|sentinel| !sentinel.is_empty())
+            .map(|sentinel| {
+                let (host, port) = sentinel.rsplit_once(':').ok_or(invalid)?;
+                let port: u16 = port.parse().map_err(|_| invalid)?;
+                let plain = |byte: u8| byte.is_ascii_alphanumeric() || b".-_".contains(&byte);
+                if host.is_empty() || host.len() > 253 || !host.bytes().all(plain) || port == 0 {
+                    return Err(invalid);
+                }
+                Ok((host.to_owned(), port))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if sentinels.len() > adapters_redis::config::MAX_SENTINELS {
+            return Err(invalid);
+        }
+        Ok(Self(sentinels))
+    }
+}
+
+read_from_text!(Sentinels, |sentinels| sentinels
+    .0
+    .iter()
+    .map(|(host, port)| format!("{host}:{port}"))
+    .collect::<Vec<_>>()
+    .join(","));
+
 /// `CACHE_INVALIDATE_EXTRA_DELAYS`: `none`, or up to 5 comma-separated delays such as
 /// `250ms,1s,2s`, each above 0 and at most 10 s.
 #[derive(Debug, Clone)]
