@@ -224,17 +224,25 @@ async fn a_replica_that_is_down_sends_reads_to_the_primary_and_health_says_degra
     assert_eq!(health.body["data"]["checks"]["replica"]["status"], "ok", "{}", health.body);
 }
 
-/// Redis restarted empty loses every recorded floor: a user changed just before reads as
-/// never changed. Its readers' floor is then the position the primary had when their
-/// instance first heard from the new Redis process, after the change: the lagging replica
-/// is not read until it has applied that, and no read is stale.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_redis_restart_that_loses_the_recorded_floors_never_lets_the_lagging_replica_serve_older_data() {
+/// How the cache's Redis loses every recorded floor while writes go on.
+#[derive(Debug, Clone, Copy)]
+enum FloorsLost {
+    /// Redis restarted empty (a new process).
+    Restart,
+    /// `FLUSHALL`: the same process, emptied.
+    Flush,
+}
+
+/// A user changed just before its floor is lost reads as never changed. Its readers' floor
+/// is then the position the primary had when their instance first saw the new Redis process
+/// or the new epoch of its generations, after the change: the lagging replica is not read
+/// until it has applied that, and no read is stale.
+async fn losing_the_recorded_floors_never_lets_the_lagging_replica_serve_older_data(loss: FloorsLost) {
     let replicated = replicated().await;
     let mut redis = PrivateRedis::start().await;
     let writer = instance(&replicated, &redis).await;
     let reader = instance(&replicated, &redis).await;
-    let users: Vec<String> = register_many(&writer, "restart", 10).await;
+    let users: Vec<String> = register_many(&writer, "lost", 10).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut stale = Vec::new();
     for (round, user) in users.iter().cycle().take(20).enumerate() {
@@ -244,7 +252,10 @@ async fn a_redis_restart_that_loses_the_recorded_floors_never_lets_the_lagging_r
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(reads_email_as(&reader, user, &[], round).await, Some(!email));
         write_email(&writer, user, email).await;
-        redis.restart().await;
+        match loss {
+            FloorsLost::Restart => redis.restart().await,
+            FloorsLost::Flush => assert_eq!(redis.cli(&["FLUSHALL"]).trim(), "OK"),
+        }
         let started = Instant::now();
         while reader.get("/health").await.body["data"]["checks"]["cache"]["status"] != "ok" {
             assert!(started.elapsed() < Duration::from_secs(10), "the reader never reached the new Redis");
@@ -255,8 +266,18 @@ async fn a_redis_restart_that_loses_the_recorded_floors_never_lets_the_lagging_r
             stale.push(format!("round {round}: wrote {email}, read {read:?}"));
         }
     }
-    assert!(stale.is_empty(), "stale after a Redis restart: {stale:?}");
+    assert!(stale.is_empty(), "stale after {loss:?}: {stale:?}");
     assert!(metric(&reader, BEHIND).await >= 10.0, "the replica was never asked while behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_restart_that_loses_the_recorded_floors_never_lets_the_lagging_replica_serve_older_data() {
+    losing_the_recorded_floors_never_lets_the_lagging_replica_serve_older_data(FloorsLost::Restart).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flushall_that_loses_the_recorded_floors_never_lets_the_lagging_replica_serve_older_data() {
+    losing_the_recorded_floors_never_lets_the_lagging_replica_serve_older_data(FloorsLost::Flush).await;
 }
 
 /// A replica promoted to a primary of its own (a failover elsewhere, an operator's mistake)

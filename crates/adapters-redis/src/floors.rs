@@ -10,10 +10,13 @@
 //!   reaches Redis after a newer one (sent before a stall, retried, replayed) cannot lower a
 //!   user's floor below a change already acknowledged.
 //! - **Where the generation says nothing.** A user without a generation was not changed
-//!   while its generation would have lived, or not since this Redis process started (a
-//!   restart or a failover loses generations). Its floor is the *barrier*: a position of the
-//!   primary observed after this instance first heard from the Redis process, and less than
-//!   one generation lifetime ago, so after every change whose generation may be missing.
+//!   while its generation would have lived, or not since the generations were lost (a
+//!   restart, a failover, a `FLUSHALL`). Lost generations are seen through the *epoch*, a key
+//!   every read fetches with the generations (`{prefix}:floors-epoch`, no TTL): it goes with
+//!   them, and the first reader to find it missing starts a new one (`SET NX`). The user's
+//!   floor is then the *barrier*: a position of the primary observed after this instance
+//!   first saw the current Redis process and epoch, and less than one generation lifetime
+//!   ago, so after every change whose generation may be missing.
 //!   Observations are renewed every quarter of a lifetime; the barrier is the older of the
 //!   last two while it is young enough, so that a replica slightly behind still serves.
 //! - **Unknown means the primary.** A generation without a position (written by an older
@@ -40,10 +43,10 @@ pub(crate) struct ReadFloors {
     observed: Mutex<Observed>,
 }
 
-/// The primary's positions observed for the Redis process last heard from.
+/// The primary's positions observed for the Redis process and epoch last seen.
 #[derive(Default)]
 struct Observed {
-    server: Option<ServerId>,
+    source: Option<(ServerId, String)>,
     older: Option<(Instant, CommitPosition)>,
     newer: Option<(Instant, CommitPosition)>,
 }
@@ -65,28 +68,33 @@ impl ReadFloors {
         }
     }
 
-    /// The barrier for tickets read from `server` (see the module's documentation); `None`
-    /// when the store does not answer.
-    pub(crate) async fn barrier(&self, server: &ServerId) -> Option<CommitPosition> {
+    /// The barrier for tickets read from `server` in `epoch` (see the module's documentation);
+    /// `None` when the store does not answer.
+    pub(crate) async fn barrier(&self, server: &ServerId, epoch: &str) -> Option<CommitPosition> {
         let renew_after = self.lifetime / 4;
+        let same_source = |observed: &Observed| {
+            observed.source.as_ref().is_some_and(|(seen, seen_epoch)| seen == server && seen_epoch == epoch)
+        };
         {
             let observed = self.lock();
-            if observed.server.as_ref() == Some(server)
-                && observed.newer.is_some_and(|(at, _)| at.elapsed() < renew_after)
-            {
+            if same_source(&observed) && observed.newer.is_some_and(|(at, _)| at.elapsed() < renew_after) {
                 return self.barrier_of(&observed);
             }
         }
         let position = self.positions.current().await.ok()?;
         let now = Instant::now();
         let mut observed = self.lock();
-        if observed.server.as_ref() == Some(server) {
+        if same_source(&observed) {
             if observed.newer.is_none_or(|(at, _)| at.elapsed() >= renew_after) {
                 observed.older = observed.newer.take();
                 observed.newer = Some((now, position));
             }
         } else {
-            *observed = Observed { server: Some(server.clone()), older: None, newer: Some((now, position)) };
+            *observed = Observed {
+                source: Some((server.clone(), epoch.to_owned())),
+                older: None,
+                newer: Some((now, position)),
+            };
         }
         self.barrier_of(&observed)
     }
@@ -159,16 +167,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_barrier_is_observed_again_for_a_new_redis_process_and_none_when_the_store_fails() {
+    async fn the_barrier_is_observed_again_for_a_new_redis_process_or_epoch_and_none_when_the_store_fails() {
         let answers = Answers::new(&[Some(7), None, Some(9), Some(5)]);
         let floors = ReadFloors::new(answers.clone(), Duration::from_secs(3600));
         let (first, second) = (ServerId::new("run-a"), ServerId::new("run-b"));
-        assert_eq!(floors.barrier(&first).await, Some(CommitPosition(7)));
-        // Observed once per process, not per read.
-        assert_eq!(floors.barrier(&first).await, Some(CommitPosition(7)));
-        assert_eq!(floors.barrier(&second).await, None, "the store did not answer");
-        assert_eq!(floors.barrier(&second).await, Some(CommitPosition(9)));
-        assert_eq!(floors.barrier(&first).await, Some(CommitPosition(5)), "back to the first: observed again");
+        assert_eq!(floors.barrier(&first, "e1").await, Some(CommitPosition(7)));
+        // Observed once per process and epoch, not per read.
+        assert_eq!(floors.barrier(&first, "e1").await, Some(CommitPosition(7)));
+        assert_eq!(floors.barrier(&second, "e1").await, None, "the store did not answer");
+        assert_eq!(floors.barrier(&second, "e1").await, Some(CommitPosition(9)));
+        assert_eq!(floors.barrier(&second, "e2").await, Some(CommitPosition(5)), "a new epoch: observed again");
         assert!(answers.all_given());
     }
 
@@ -177,13 +185,13 @@ mod tests {
         let answers = Answers::new(&[Some(1), Some(2), Some(3)]);
         let floors = ReadFloors::new(answers.clone(), Duration::from_millis(400));
         let server = ServerId::new("run-a");
-        assert_eq!(floors.barrier(&server).await, Some(CommitPosition(1)));
+        assert_eq!(floors.barrier(&server, "e1").await, Some(CommitPosition(1)));
         // A quarter of a lifetime later: a new observation; the older one stays the barrier.
         tokio::time::sleep(Duration::from_millis(120)).await;
-        assert_eq!(floors.barrier(&server).await, Some(CommitPosition(1)));
+        assert_eq!(floors.barrier(&server, "e1").await, Some(CommitPosition(1)));
         // Past a lifetime, the older one could be below a change whose generation expired.
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(floors.barrier(&server).await, Some(CommitPosition(3)));
+        assert_eq!(floors.barrier(&server, "e1").await, Some(CommitPosition(3)));
         assert!(answers.all_given());
     }
 }

@@ -541,11 +541,16 @@ impl Inner {
         for id in ids {
             command.arg(self.keys.entry(*id)).arg(self.keys.generation(*id));
         }
-        let Some(Answer { value: values, server, connection }) =
+        // With floors, the epoch of the generations read (see [`floors`]), last.
+        if self.floors.is_some() {
+            command.arg(self.keys.floors_epoch());
+        }
+        let Some(Answer { value: mut values, server, connection }) =
             self.connection.run_identified::<Vec<Option<Vec<u8>>>>(Request::Command(&command)).await
         else {
             return vec![CacheLookup::Unavailable; ids.len()];
         };
+        let epoch = if self.floors.is_some() { values.pop() } else { None };
         if values.len() != ids.len() * 2 {
             return vec![CacheLookup::Unavailable; ids.len()];
         }
@@ -579,18 +584,30 @@ impl Inner {
                 }
             })
             .collect();
-        self.with_floors(lookups, &server).await
+        self.with_floors(lookups, &server, epoch.flatten()).await
     }
 
     /// `lookups` read from `server`, their misses' tickets with the floor each may be loaded
     /// at ([`floors`]); unchanged without floors or misses (the barrier may cost a round trip
     /// to the store).
-    async fn with_floors(&self, lookups: Vec<CacheLookup>, server: &ServerId) -> Vec<CacheLookup> {
+    async fn with_floors(
+        &self,
+        lookups: Vec<CacheLookup>,
+        server: &ServerId,
+        epoch: Option<Vec<u8>>,
+    ) -> Vec<CacheLookup> {
         let Some(floors) = &self.floors else { return lookups };
         if !lookups.iter().any(|lookup| matches!(lookup, CacheLookup::Miss(_))) {
             return lookups;
         }
-        let barrier = floors.barrier(server).await;
+        let epoch = match epoch {
+            Some(epoch) => Some(String::from_utf8_lossy(&epoch).into_owned()),
+            None => self.start_floors_epoch(server).await,
+        };
+        let barrier = match epoch {
+            Some(epoch) => floors.barrier(server, &epoch).await,
+            None => None,
+        };
         lookups
             .into_iter()
             .map(|lookup| match lookup {
@@ -739,6 +756,17 @@ impl Inner {
                 false
             }
         }
+    }
+
+    /// Starts an epoch of the generations on `server` when there is none (the first start, or
+    /// the data set emptied: `FLUSHALL`, a restart), or reads the one another instance just
+    /// started; `None` when Redis does not answer (misses then load from the primary).
+    async fn start_floors_epoch(&self, server: &ServerId) -> Option<String> {
+        let mut pipeline = redis::pipe();
+        let key = self.keys.floors_epoch();
+        pipeline.cmd("SET").arg(&key).arg(uuid::Uuid::new_v4().to_string()).arg("NX").ignore().cmd("GET").arg(&key);
+        let (epoch,): (Option<String>,) = self.connection.run_on(server, Request::Pipeline(&pipeline)).await?;
+        epoch
     }
 
     /// A generation for an invalidation of changes that have committed: fresh (a UUID), and
@@ -973,6 +1001,11 @@ impl Keys {
 
     fn generation(&self, id: UserId) -> String {
         format!("{}:gen:{id}", self.prefix)
+    }
+
+    /// The epoch of the generations in this Redis: it goes when they all go (see [`floors`]).
+    fn floors_epoch(&self) -> String {
+        format!("{}:floors-epoch", self.prefix)
     }
 
     fn extra(&self, id: UserId) -> Vec<String> {
