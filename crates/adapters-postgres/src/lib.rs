@@ -110,7 +110,14 @@ impl PgStore {
     /// floor (see [`replica`]); the pool must have been built with the same pooler settings.
     #[must_use]
     pub fn with_read_replica(self, pool: PgPool) -> Self {
-        let store = Self { pool, dedicated: None, replica: None, ..self.clone() };
+        // Behind a transaction pooler the replica's statements share a transaction: it must
+        // take a snapshot per statement, so that the load sees what the replay position read
+        // before it promised, whatever the server's default isolation.
+        let transaction_setup = self
+            .transaction_setup
+            .as_deref()
+            .map(|setup| Arc::from(format!("SET TRANSACTION ISOLATION LEVEL READ COMMITTED; {setup}")));
+        let store = Self { pool, dedicated: None, replica: None, transaction_setup, ..self.clone() };
         Self { replica: Some(Arc::new(replica::ReadReplica::new(store))), ..self }
     }
 

@@ -72,7 +72,8 @@ impl CommitPositions for PgStore {
 pub struct ReplicaReads {
     /// Loaded from the replica.
     pub served: u64,
-    /// Sent to the primary: the replica had not applied their floor yet.
+    /// Sent to the primary: the replica had not applied their floor yet, or did not have them
+    /// yet.
     pub behind: u64,
     /// Sent to the primary: the replica failed, or rested after failing.
     pub unavailable: u64,
@@ -174,15 +175,15 @@ impl ReadReplica {
                 let ready: Vec<UserId> =
                     wanted.iter().filter(|(_, floor)| replayed >= floor.0).map(|(id, _)| *id).collect();
                 if ready.is_empty() {
-                    return Ok(Some((ready, Vec::new(), Vec::new())));
+                    return Ok(Some((Vec::new(), Vec::new())));
                 }
                 // After the replay position was read: this statement's snapshot shows at
                 // least what had been applied then.
                 let (rows, choices) = load_profile_rows(connection, &uuids(&ready)).await?;
-                Ok::<_, diesel::result::Error>(Some((ready, rows, choices)))
+                Ok::<_, diesel::result::Error>(Some((rows, choices)))
             })
             .await;
-        let (ready, rows, choices) = match loaded {
+        let (rows, choices) = match loaded {
             Ok(Some(loaded)) => loaded,
             Ok(None) => {
                 self.failed(&NotAStandby);
@@ -204,10 +205,10 @@ impl ReadReplica {
             }
         };
         let found: HashSet<UserId> = profiles.iter().map(|profile| profile.user.id).collect();
-        let ready: HashSet<UserId> = ready.into_iter().collect();
         self.answered();
         self.served.fetch_add(found.len() as u64, Ordering::Relaxed);
-        self.behind.fetch_add((wanted.len() - ready.len()) as u64, Ordering::Relaxed);
+        // Not applied yet, or not there yet (a user newer than the replica): the primary.
+        self.behind.fetch_add((wanted.len() - found.len()) as u64, Ordering::Relaxed);
         let for_the_primary = wanted.iter().map(|(id, _)| *id).filter(|id| !found.contains(id)).collect();
         (profiles, for_the_primary)
     }

@@ -37,6 +37,10 @@ const POSITION_SEPARATOR: char = '@';
 /// The floors of one cache.
 pub(crate) struct ReadFloors {
     positions: Arc<dyn CommitPositions>,
+    /// The longest a change's invalidation, or a reader, waits for the store's position: a
+    /// primary that does not answer must not hold acknowledgements or the ledger's lease up
+    /// (without a position, readers use the primary).
+    wait: Duration,
     /// How long a generation lives: a barrier observed longer ago may be below a change whose
     /// generation expired since.
     lifetime: Duration,
@@ -52,14 +56,21 @@ struct Observed {
 }
 
 impl ReadFloors {
-    pub(crate) fn new(positions: Arc<dyn CommitPositions>, generation_lifetime: Duration) -> Self {
-        Self { positions, lifetime: generation_lifetime, observed: Mutex::default() }
+    pub(crate) fn new(positions: Arc<dyn CommitPositions>, generation_lifetime: Duration, wait: Duration) -> Self {
+        Self { positions, wait, lifetime: generation_lifetime, observed: Mutex::default() }
+    }
+
+    /// The store's position, within [`Self::wait`].
+    async fn current(&self) -> Result<CommitPosition, domain::ports::RepositoryError> {
+        tokio::time::timeout(self.wait, self.positions.current())
+            .await
+            .unwrap_or_else(|_| Err(domain::ports::RepositoryError::Unavailable("no commit position in time".into())))
     }
 
     /// The store's position now, for an invalidation of committed changes; `None` when the
     /// store does not answer (the users' readers then load from the primary).
     pub(crate) async fn position_after_commit(&self) -> Option<CommitPosition> {
-        match self.positions.current().await {
+        match self.current().await {
             Ok(position) => Some(position),
             Err(error) => {
                 tracing::debug!(error = %error, "no commit position for an invalidation: its readers use the primary");
@@ -81,8 +92,9 @@ impl ReadFloors {
                 return self.barrier_of(&observed);
             }
         }
-        let position = self.positions.current().await.ok()?;
+        // Before the question: the observation is at least as old as the position it holds.
         let now = Instant::now();
+        let position = self.current().await.ok()?;
         let mut observed = self.lock();
         if same_source(&observed) {
             if observed.newer.is_none_or(|(at, _)| at.elapsed() >= renew_after) {
@@ -99,10 +111,11 @@ impl ReadFloors {
         self.barrier_of(&observed)
     }
 
-    /// The older observation while younger than a generation's lifetime, else the newer.
+    /// The older observation while younger than three quarters of a generation's lifetime
+    /// (a margin for Redis's clock, which expires the generations), else the newer.
     fn barrier_of(&self, observed: &Observed) -> Option<CommitPosition> {
         match observed.older {
-            Some((at, position)) if at.elapsed() < self.lifetime => Some(position),
+            Some((at, position)) if at.elapsed() < self.lifetime - self.lifetime / 4 => Some(position),
             _ => observed.newer.map(|(_, position)| position),
         }
     }
@@ -169,7 +182,7 @@ mod tests {
     #[tokio::test]
     async fn the_barrier_is_observed_again_for_a_new_redis_process_or_epoch_and_none_when_the_store_fails() {
         let answers = Answers::new(&[Some(7), None, Some(9), Some(5)]);
-        let floors = ReadFloors::new(answers.clone(), Duration::from_secs(3600));
+        let floors = ReadFloors::new(answers.clone(), Duration::from_secs(3600), Duration::from_secs(1));
         let (first, second) = (ServerId::new("run-a"), ServerId::new("run-b"));
         assert_eq!(floors.barrier(&first, "e1").await, Some(CommitPosition(7)));
         // Observed once per process and epoch, not per read.
@@ -181,16 +194,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_barrier_older_than_a_generations_lifetime_is_observed_again() {
+    async fn a_barrier_near_a_generations_lifetime_is_observed_again() {
         let answers = Answers::new(&[Some(1), Some(2), Some(3)]);
-        let floors = ReadFloors::new(answers.clone(), Duration::from_millis(400));
+        let floors = ReadFloors::new(answers.clone(), Duration::from_millis(400), Duration::from_secs(1));
         let server = ServerId::new("run-a");
         assert_eq!(floors.barrier(&server, "e1").await, Some(CommitPosition(1)));
         // A quarter of a lifetime later: a new observation; the older one stays the barrier.
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert_eq!(floors.barrier(&server, "e1").await, Some(CommitPosition(1)));
-        // Past a lifetime, the older one could be below a change whose generation expired.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Past three quarters of a lifetime, the older one could be below a change whose
+        // generation expired.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(floors.barrier(&server, "e1").await, Some(CommitPosition(3)));
         assert!(answers.all_given());
     }

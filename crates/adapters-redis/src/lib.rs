@@ -15,8 +15,9 @@
 //! - **No stale set.** A lookup reads the entry and the user's generation in one `MGET`; a
 //!   miss hands out the generation as the [`FillTicket`]. A fill is a Lua script that stores
 //!   the bytes only if the generation is still the ticket's. An invalidation sets the
-//!   generation to a fresh UUID (never a counter: a generation that expired and was created
-//!   again can then never equal an old ticket) and deletes the entry and the configured
+//!   generation to a fresh UUID, with a commit position when a read replica is used
+//!   ([`floors`]; never a counter: a generation that expired and was created again can then
+//!   never equal an old ticket) and deletes the entry and the configured
 //!   downstream keys, for all ids in one script. Each entry also carries the generation it
 //!   was filled under and is served only while that is still current, so that writers
 //!   running another format version (a rolling deploy) invalidate it too.
@@ -280,7 +281,7 @@ impl RedisCache {
             confirm_wait: config.confirm_wait,
             unconfirmed: Unconfirmed::default(),
             ledger: ledger.map(|ledger| (ledger, ReadLease::new(config.read_lease))),
-            floors: positions.map(|positions| ReadFloors::new(positions, config.generation_ttl)),
+            floors: positions.map(|positions| ReadFloors::new(positions, config.generation_ttl, config.confirm_wait)),
             guarded_fill: Script::new(GUARDED_FILL),
             invalidate: Script::new(INVALIDATE),
             #[cfg(any(test, feature = "test-support"))]
@@ -1016,7 +1017,7 @@ impl Keys {
 
 /// What an entry is valid under, and what a fill ticket names: the server process and the
 /// user's generation it was read in, as `{run_id}/{generation}` (the generation empty when
-/// there was none). Neither contains `/` or a newline (hex digits and UUIDs).
+/// there was none). Neither contains `/` or a newline (hex digits, UUIDs, `@`).
 fn stamp(server: &ServerId, generation: Option<&str>) -> String {
     format!("{}/{}", server.as_str(), generation.unwrap_or_default())
 }

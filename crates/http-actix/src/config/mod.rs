@@ -484,6 +484,15 @@ impl Variables {
         }
         let sentinel = match (self.redis_sentinels.0.is_empty(), self.redis_sentinel_master.trim()) {
             (true, "") => None,
+            // The Sentinel client here speaks plain TCP: a `rediss://` password must not go
+            // out in clear.
+            (false, _) if self.redis_url.as_ref().is_some_and(|RedisUrl(url)| url.starts_with("rediss://")) => {
+                return Err(ConfigError(
+                    "REDIS_SENTINELS with a rediss:// REDIS_URL is not supported (TLS to the master through \
+                     Sentinel): use Sentinel on a private network with redis://, or REDIS_URL alone"
+                        .into(),
+                ));
+            }
             (false, master) if !master.is_empty() && self.redis_url.is_some() => Some(adapters_redis::SentinelConfig {
                 sentinels: self.redis_sentinels.0,
                 master_name: master.to_owned(),
@@ -663,6 +672,8 @@ mod tests {
             let error = settings(&[redis, ("REDIS_SENTINELS", bad), ("REDIS_SENTINEL_MASTER", "m")]).unwrap_err();
             assert!(error.to_string().contains("REDIS_SENTINELS"), "{bad}: {error}");
         }
+        let tls = settings(&[("REDIS_URL", "rediss://:pw@redis/0"), sentinels, ("REDIS_SENTINEL_MASTER", "m")]);
+        assert!(tls.unwrap_err().to_string().contains("rediss://"), "TLS through Sentinel is refused, not dropped");
         let many = vec!["s:1"; 17].join(",");
         assert!(settings(&[redis, ("REDIS_SENTINELS", &many), ("REDIS_SENTINEL_MASTER", "m")]).is_err());
     }
