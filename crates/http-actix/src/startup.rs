@@ -216,7 +216,17 @@ fn build_redis_cache(
         (None, _) => RedisCache::build(config),
     }
     .map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
-    tracing::info!(url = %redacted_url, ttl_seconds = cache.ttl.as_secs(), "caching users in Redis");
+    match &cache.sentinel {
+        // The URL's host is not used then: name what is.
+        Some(sentinel) => tracing::info!(
+            sentinels = ?sentinel.sentinels,
+            master = %sentinel.master_name,
+            redis_database = database.unwrap_or_default(),
+            ttl_seconds = cache.ttl.as_secs(),
+            "caching users in the Redis master that the Sentinels name"
+        ),
+        None => tracing::info!(url = %redacted_url, ttl_seconds = cache.ttl.as_secs(), "caching users in Redis"),
+    }
     if !cache.extra_invalidation_keys.is_empty() && cache.extra_invalidation_delays.is_empty() {
         tracing::warn!(
             "CACHE_INVALIDATE_EXTRA_DELAYS=none: a client's unguarded fill racing a change can leave its \
