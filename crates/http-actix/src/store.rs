@@ -76,7 +76,7 @@ impl Store {
                 };
                 let replica = adapters_postgres::pool::build(&replica_settings)?;
                 tracing::info!(
-                    replica = server_of(read_url),
+                    replica = %adapters_redis::config::redact_url(read_url),
                     "reading cache misses from the replica at DATABASE_READ_URL once it has applied the changes \
                      they must see, else from the primary"
                 );
@@ -167,23 +167,5 @@ impl Store {
             Self::Postgres(store) => store.pool().close(),
             Self::Sqlite(store) => store.close(),
         }
-    }
-}
-
-/// The host, port and database of a PostgreSQL URL, without its user or password, for logs.
-fn server_of(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, server)| server);
-    rest.split('?').next().unwrap_or(rest)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::server_of;
-
-    #[test]
-    fn a_logged_server_has_no_credentials() {
-        assert_eq!(server_of("postgres://reader:p%40ss@replica:5432/users?sslmode=require"), "replica:5432/users");
-        assert_eq!(server_of("postgresql://replica/users"), "replica/users");
     }
 }
