@@ -981,15 +981,24 @@ impl PrivateSentinels {
         redis_cli(port, args)
     }
 
-    /// The port of the master the Sentinels name now.
-    pub fn master_port(&self) -> Option<u16> {
-        let address = self.cli(self.sentinel_ports[0], &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name]);
+    /// The port of the master the Sentinels name now, asked of the last one (never frozen).
+    pub fn master_port_from_a_thawed_sentinel(&self) -> Option<u16> {
+        let address = self.cli(self.sentinel_ports[2], &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name]);
         address.lines().nth(1)?.trim().parse().ok()
     }
 
     /// `REDIS_SENTINELS` for the Sentinels.
     pub fn sentinels_variable(&self) -> String {
         self.sentinel_ports.iter().map(|port| format!("127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Freezes the first Sentinel (SIGSTOP): it accepts connections and never answers, as
+    /// behind a network partition. Thawed when the set is dropped (and killed).
+    pub fn freeze_first_sentinel(&self) {
+        if let Some(Some(child)) = self.servers.get(2) {
+            let status = Command::new("kill").args(["-STOP", &child.id().to_string()]).status();
+            assert!(status.is_ok_and(|status| status.success()), "kill -STOP failed");
+        }
     }
 
     /// Kills the Redis server on `port` at once (SIGKILL): its data is gone.

@@ -196,7 +196,10 @@ impl Connection {
                     .map_err(|_| RedisCacheError::InvalidUrl)?,
             ),
             Some(sentinel) => Connector::Sentinel {
-                client: tokio::sync::Mutex::new(sentinel_client(sentinel, &info)?),
+                clients: (0..sentinel.sentinels.len())
+                    .map(|first| sentinel_client(sentinel, first, &info).map(tokio::sync::Mutex::new))
+                    .collect::<Result<_, _>>()?,
+                next: AtomicU64::new(0),
                 config: connection_config,
             },
         };
@@ -374,9 +377,13 @@ enum Connector {
     /// Each new connection asks the Sentinels which server is the master, and that server
     /// confirms it is (`ROLE`). A failover breaks the connection to the old master (Sentinel
     /// disconnects its clients when it demotes it, and a write it refuses gives the
-    /// connection up), and the next one reaches the new master.
+    /// connection up), and the next one reaches the new master. Each new connection asks the
+    /// Sentinels starting from the next one in turn (one client per starting point): a
+    /// Sentinel that hangs rather than refusing, which uses up a connection's whole timeout,
+    /// then only delays the attempts that start with it.
     Sentinel {
-        client: tokio::sync::Mutex<SentinelClient>,
+        clients: Vec<tokio::sync::Mutex<SentinelClient>>,
+        next: AtomicU64,
         config: AsyncConnectionConfig,
     },
 }
@@ -388,7 +395,10 @@ impl managed::Manager for Connector {
     async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
         match self {
             Self::Direct(manager) => manager.create().await,
-            Self::Sentinel { client, config } => client.lock().await.get_async_connection_with_config(config).await,
+            Self::Sentinel { clients, next, config } => {
+                let first = usize::try_from(next.fetch_add(1, Ordering::Relaxed)).unwrap_or_default() % clients.len();
+                clients[first].lock().await.get_async_connection_with_config(config).await
+            }
         }
     }
 
@@ -407,10 +417,15 @@ impl managed::Manager for Connector {
     }
 }
 
-/// A Sentinel client for `sentinel`, connecting to the master with the URL's credentials,
-/// database and protocol.
-fn sentinel_client(sentinel: &SentinelConfig, url: &ConnectionInfo) -> Result<SentinelClient, RedisCacheError> {
-    let sentinels = sentinel.sentinels.iter().map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
+/// A Sentinel client for `sentinel` that asks its Sentinels from the one at `first` on, in
+/// turn, connecting to the master with the URL's credentials, database and protocol.
+fn sentinel_client(
+    sentinel: &SentinelConfig,
+    first: usize,
+    url: &ConnectionInfo,
+) -> Result<SentinelClient, RedisCacheError> {
+    let (before, from) = sentinel.sentinels.split_at(first);
+    let sentinels = from.iter().chain(before).map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
     let settings = url.redis_settings();
     let mut builder = SentinelClientBuilder::new(sentinels, &sentinel.master_name, SentinelServerType::Master)
         .map_err(|_| RedisCacheError::InvalidUrl)?
