@@ -124,6 +124,29 @@ impl TestApp {
         Self::spawn_with(&[]).await
     }
 
+    /// The value of a series of `/metrics`, named with its labels (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let response = self.client.get(format!("{}/metrics", self.address)).send().await.expect("GET /metrics");
+        let text = response.text().await.expect("the metrics' text");
+        text.lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// The cache operations with this `result` (`hit`, `fill`, …), from `/metrics`.
+    pub async fn cache_operations(&self, result: &str) -> f64 {
+        self.metric(&format!(r#"user_service_cache_operations_total{{result="{result}"}}"#)).await
+    }
+
+    /// Whether this instance says `user` receives email (asserting a 200).
+    pub async fn email_of(&self, user: &str) -> Option<bool> {
+        let reply = self.get(&format!("/api/v1/users/{user}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body["data"]["preferences"]["email"].as_bool()
+    }
+
     /// Sends a request as a service caller with an optional raw JSON body.
     pub async fn request(&self, method: Method, path: &str, body: Option<&str>) -> Reply {
         self.request_as(&self.client, &[], method, path, body).await
@@ -1012,6 +1035,112 @@ impl PrivateSentinels {
 }
 
 impl Drop for PrivateSentinels {
+    fn drop(&mut self) {
+        for mut child in self.servers.iter_mut().filter_map(Option::take) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A Redis Cluster of the test's own: three masters, each with a replica, on free ports. A
+/// master is failed over about a second after its death (`cluster-node-timeout 1000`), by a
+/// replica however long its link was down (`cluster-replica-validity-factor 0`). Every
+/// process is killed when dropped.
+#[derive(Debug)]
+pub struct PrivateCluster {
+    /// The six nodes' ports: the masters', then their replicas' (as first made).
+    pub ports: Vec<u16>,
+    servers: Vec<Option<Child>>,
+    directory: TempDir,
+}
+
+impl PrivateCluster {
+    /// Starts the six nodes, makes them a cluster, and waits until every replica is in sync.
+    pub async fn start() -> Self {
+        let directory = TempDir::new("cluster");
+        std::fs::create_dir_all(&directory.0).expect("a directory for the cluster");
+        let mut cluster = Self { ports: (0..6).map(|_| free_port()).collect(), servers: Vec::new(), directory };
+        for port in cluster.ports.clone() {
+            let (port, bus_port) = (port.to_string(), free_port().to_string());
+            let nodes_file = cluster.directory.0.join(format!("nodes-{port}.conf"));
+            let child = Command::new("redis-server")
+                .args(["--port", &port, "--cluster-port", &bus_port, "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .args(["--cluster-replica-validity-factor", "0", "--cluster-config-file"])
+                .arg(&nodes_file)
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(&cluster.directory.0)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            cluster.servers.push(Some(child));
+        }
+        cluster
+            .wait_until("every node up", |cluster| {
+                cluster.ports.iter().all(|port| redis_cli(*port, &["PING"]).contains("PONG"))
+            })
+            .await;
+        let nodes: Vec<String> = cluster.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+        cluster
+            .wait_until("a cluster with three replicas in sync", |cluster| {
+                let replicas = cluster.ports.iter().filter(|port| cluster.master_of(**port).is_some()).count();
+                let ok = cluster
+                    .ports
+                    .iter()
+                    .all(|port| redis_cli(*port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+                ok && replicas == 3
+            })
+            .await;
+        cluster
+    }
+
+    async fn wait_until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        let started = Instant::now();
+        while !done(self) {
+            assert!(started.elapsed() < Duration::from_secs(30), "never had {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The port of the master the node on `port` replicates, when it is a replica in sync.
+    pub fn master_of(&self, port: u16) -> Option<u16> {
+        let replication = redis_cli(port, &["INFO", "replication"]);
+        if !replication.contains("role:slave") || !replication.contains("master_link_status:up") {
+            return None;
+        }
+        replication.lines().find_map(|line| line.strip_prefix("master_port:")).and_then(|port| port.trim().parse().ok())
+    }
+
+    /// `REDIS_CLUSTER_NODES` for every node.
+    pub fn nodes_variable(&self) -> String {
+        self.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Whether the node on `port` holds `key` (a node that does not own its slot answers
+    /// `MOVED`).
+    pub fn holds(&self, port: u16, key: &str) -> bool {
+        redis_cli(port, &["EXISTS", key]).trim() == "1"
+    }
+
+    /// Kills the node on `port` at once (SIGKILL): its data is gone.
+    pub fn kill(&mut self, port: u16) {
+        let index = self.ports.iter().position(|node| *node == port).expect("a node of the cluster");
+        if let Some(mut child) = self.servers[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateCluster {
     fn drop(&mut self) {
         for mut child in self.servers.iter_mut().filter_map(Option::take) {
             let _ = child.kill();

@@ -7,6 +7,10 @@
 # - TEST_REDIS_PORT: a Redis on 127.0.0.1 (default 6379), else a throwaway redis-server on
 #   a free port when Redis is installed, else it says what to install. Tests never flush it:
 #   they use key prefixes of their own, and start private servers to pause or kill.
+# - TEST_REDIS_CLUSTER: three Redis Cluster masters of this run (redis-server
+#   --cluster-enabled on free ports, joined with redis-cli --cluster create), as
+#   comma-separated host:port, for the cache's and the limiter's contract suites on a
+#   cluster. Stopped and deleted at exit. Tests that kill a node start a cluster of their own.
 # - TEST_AMQP_URL: a RabbitMQ on 127.0.0.1:5672 (guest/guest), else a throwaway
 #   rabbitmq-server node on free ports (installed with apt-get when missing and run as
 #   root), for the change-event tests. Tests never purge it: each uses an exchange and
@@ -25,6 +29,7 @@ free_port() {
 }
 
 redis_pidfile=""
+cluster_dir=""
 pg_datadir=""
 pg_ctl=()
 rabbitmq_node=""
@@ -37,6 +42,10 @@ cleanup() {
     rm -rf "$rabbitmq_base"
   fi
   if [ -n "$redis_pidfile" ] && [ -f "$redis_pidfile" ]; then kill "$(cat "$redis_pidfile")" 2>/dev/null || true; fi
+  if [ -n "$cluster_dir" ]; then
+    for pidfile in "$cluster_dir"/*.pid; do [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true; done
+    rm -rf "$cluster_dir"
+  fi
   if [ -n "$pg_datadir" ]; then "${pg_ctl[@]}" -D "$pg_datadir" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$pg_datadir"; fi
 }
 trap cleanup EXIT
@@ -83,6 +92,33 @@ if ! redis-cli -h 127.0.0.1 -p "$redis_port" ping >/dev/null 2>&1; then
   for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 export TEST_REDIS_PORT="$redis_port"
+
+# A Redis Cluster of three masters for this run (the machine's Redis is not one).
+if [ -z "${TEST_REDIS_CLUSTER:-}" ]; then
+  cluster_dir="$(mktemp -d /tmp/user-service-test-cluster-XXXXXX)"
+  cluster_nodes=()
+  port=47000
+  for _ in 1 2 3; do
+    port="$(free_port "$port")"
+    bus_port="$(free_port $((port + 1)))"
+    redis-server --port "$port" --cluster-port "$bus_port" --bind 127.0.0.1 --cluster-enabled yes \
+      --cluster-config-file "$cluster_dir/nodes-$port.conf" --dir "$cluster_dir" --save "" --appendonly no \
+      --daemonize yes --pidfile "$cluster_dir/$port.pid" --logfile "$cluster_dir/$port.log" >/dev/null
+    for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    cluster_nodes+=("127.0.0.1:$port")
+    port=$((bus_port + 1))
+  done
+  redis-cli --cluster create "${cluster_nodes[@]}" --cluster-yes >"$cluster_dir/create.log" 2>&1 \
+    || { echo "could not create the test Redis Cluster:" >&2; cat "$cluster_dir/create.log" >&2; exit 1; }
+  for node in "${cluster_nodes[@]}"; do
+    for _ in $(seq 1 100); do
+      redis-cli -p "${node##*:}" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && break
+      sleep 0.1
+    done
+  done
+  TEST_REDIS_CLUSTER="$(IFS=,; echo "${cluster_nodes[*]}")"
+fi
+export TEST_REDIS_CLUSTER
 
 amqp_port="${TEST_AMQP_PORT:-5672}"
 if ! (exec 3<>"/dev/tcp/127.0.0.1/$amqp_port") 2>/dev/null; then

@@ -823,7 +823,7 @@ class Bench:
         if len(ids) != cfg.users:
             die(f"expected {cfg.users} seeded ids in {cfg.ids_file}")
 
-    def warm_cache(self) -> None:
+    def warm_cache(self, count_entries: bool = True) -> None:
         """One GET of every seeded user, 16 at a time, so that the cached runs only hit; then the
         size of one answer, the body the ceiling server returns. Each thread keeps its connection
         open, as curl --parallel does: 10,000 closed connections would leave as many local ports
@@ -853,9 +853,10 @@ class Bench:
             pool.shutdown(cancel_futures=True)  # at once on Ctrl-C
         if not all(0 < status < 400 for status in statuses):
             die("warming the cache failed")
-        # Any format version: the service names it in its keys ({prefix}:{version}:user:{id}).
-        entries = len(redis_keys(self.cfg, f"{self.cache_prefix}:*:user:*"))
-        log(f"cache warmed: {entries} entries under {self.cache_prefix}")
+        if count_entries:
+            # Any format version: the service names it in its keys ({prefix}:{version}:user:{id}).
+            entries = len(redis_keys(self.cfg, f"{self.cache_prefix}:*:user:*"))
+            log(f"cache warmed: {entries} entries under {self.cache_prefix}")
         status, body = http_request(f"{self.service_url}{paths[0]}", headers=headers)  # a cache hit now
         if status >= 400:
             die(f"GET {paths[0]} answered {status}")
@@ -981,6 +982,51 @@ class Bench:
         finally:
             stop_process(self.service)
             self.service, self.service_url = first
+
+    def bench_redis_cluster(self) -> None:
+        """The cached GET and the bulk eligibility on an instance whose cache is a Redis Cluster of
+        three masters (redis-servers of this run on free ports: no replicas, no persistence), with
+        entries warmed through that instance first. The service turns its near-cache off with a
+        cluster: compare with the near-cache-off row (one Redis), same script and connections.
+        The first instance idles meanwhile; the cluster is stopped at the end."""
+        cfg = self.cfg
+        directory = cfg.work / "redis-cluster"
+        directory.mkdir(exist_ok=True)
+        nodes, servers = [], []
+        for _ in range(3):
+            port, bus_port = free_port(), free_port()
+            command = ["redis-server", "--port", str(port), "--cluster-port", str(bus_port), "--bind", "127.0.0.1"]
+            command += ["--cluster-enabled", "yes", "--cluster-config-file", str(directory / f"nodes-{port}.conf")]
+            command += ["--save", "", "--appendonly", "no", "--dir", str(directory)]
+            servers.append(self.start(command, directory / f"redis-{port}.log"))
+            nodes.append(f"127.0.0.1:{port}")
+        first = (self.service, self.service_url)
+        try:
+            deadline = time.monotonic() + 30
+            while not all(output(["redis-cli", "-p", node.split(":")[1], "PING"]).strip() == "PONG" for node in nodes):
+                if time.monotonic() > deadline:
+                    die("the benchmark's Redis Cluster nodes did not start")
+                time.sleep(0.1)
+            run(["redis-cli", "--cluster", "create", *nodes, "--cluster-yes"], stdout=subprocess.DEVNULL)
+            while not all(
+                "cluster_state:ok" in output(["redis-cli", "-p", node.split(":")[1], "CLUSTER", "INFO"]) for node in nodes
+            ):
+                if time.monotonic() > deadline:
+                    die("the benchmark's Redis Cluster did not become ready")
+                time.sleep(0.1)
+            log(f"Redis Cluster of three masters: {','.join(nodes)}")
+            self.start_service(
+                "redis-cluster", True, self.cache_prefix, extra_env={"REDIS_CLUSTER_NODES": ",".join(nodes)}
+            )
+            self.warm_cache(count_entries=False)
+            self.bench("get-cached-cluster", "get_user.lua", cfg.connections)
+            self.bench("eligibility-bulk-cluster", "eligibility_bulk.lua", cfg.bulk_connections)
+        finally:
+            if self.service is not first[0]:
+                stop_process(self.service)
+            self.service, self.service_url = first
+            for server in servers:
+                stop_process(server)
 
     def profile(self, name: str, cache_enabled: bool, prefix: str) -> None:
         """A CPU profile of the GET (get_user.lua, the measured rows' connections) on an instance
@@ -1134,6 +1180,7 @@ class Bench:
         self.bench("get-cached", "get_user.lua", cfg.connections)
         self.bench_ceiling("ceiling-after")
         self.bench_near_cache_off()
+        self.bench_redis_cluster()
         self.profile("cached-get", True, self.cache_prefix)  # while the Redis entries are all warm
         self.bench("eligibility-single", "eligibility_single.lua", cfg.connections)
         self.bench("eligibility-bulk", "eligibility_bulk.lua", cfg.bulk_connections)
@@ -1176,12 +1223,14 @@ class Bench:
 OPERATION_ROWS = [
     ("get-cached", "GET user, cached (near-cache on: the default)"),
     ("get-cached-near-off", "GET user, cached, near-cache off (`NEAR_CACHE_ENABLED=false`)"),
+    ("get-cached-cluster", "GET user, cached in a Redis Cluster of 3 masters (near-cache off)"),
     ("get-uncached", "GET user, uncached (`CACHE_ENABLED=false`)"),
     ("put-preferences", "PUT preferences (toggle email), events published to RabbitMQ"),
     ("put-preferences-feed", "PUT preferences, no broker (events to the feed only), cache off"),
     ("post-device", "POST device (upsert of a known token)"),
     ("eligibility-single", "GET eligibility (push)"),
     ("eligibility-bulk", "POST eligibility, 1000 ids"),
+    ("eligibility-bulk-cluster", "POST eligibility, 1000 ids, cached in a Redis Cluster of 3 masters"),
     ("eligibility-bulk-1", "POST eligibility, 1000 ids, one connection"),
     ("eligibility-bulk-category-1", "POST eligibility, 1000 ids in a category, one connection"),
     ("register", "POST user (registration)"),
@@ -1340,6 +1389,14 @@ def render_report(bench: Bench, now: datetime) -> str:
         f"and at {near_off.rps} req/s (p99 {near_off.p99} ms) on an instance started with "
         f"`NEAR_CACHE_ENABLED=false` right after: on / off **{ratio(near_on.rps, near_off.rps)}**."
     )
+    cluster_get, cluster_bulk, bulk = ops["get-cached-cluster"], ops["eligibility-bulk-cluster"], ops["eligibility-bulk"]
+    redis_cluster = (
+        f"Redis Cluster (three masters of this run, near-cache off): the cached GET ran at {cluster_get.rps} req/s "
+        f"(p99 {cluster_get.p99} ms), against {near_off.rps} req/s on one Redis with the near-cache off: cluster / "
+        f"one Redis **{ratio(cluster_get.rps, near_off.rps)}**; bulk eligibility of 1,000 ids at "
+        f"{cfg.bulk_connections} connections took {cluster_bulk.p50} ms at p50 (one Redis with the near-cache: "
+        f"{bulk.p50} ms)."
+    )
     chart = "![Each figure beside its same-run reference](summary.svg)"
     if not (cfg.results_dir / "summary.svg").exists():
         chart = f"No chart this run: {bench.chart_note}."
@@ -1430,6 +1487,8 @@ each; service with {cfg.workers} HTTP workers and default pools; cached GET body
 {nl.join(target_rows)}
 
 {near_cache}
+
+{redis_cluster}
 
 ## Operations
 

@@ -6,6 +6,7 @@ mod auth;
 mod cache;
 mod categories;
 mod clients;
+mod cluster;
 mod deploy;
 mod devices;
 mod eligibility;

@@ -73,16 +73,6 @@ async fn register_many(app: &TestApp, name: &str, count: usize) -> Vec<String> {
         .await
 }
 
-/// A series of `/metrics` (0 when absent).
-async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
-}
-
 const SERVED: &str = r#"user_service_replica_reads_total{outcome="served"}"#;
 const BEHIND: &str = r#"user_service_replica_reads_total{outcome="behind"}"#;
 const UNAVAILABLE: &str = r#"user_service_replica_reads_total{outcome="unavailable"}"#;
@@ -181,7 +171,7 @@ async fn reads_on_another_instance_never_return_data_older_than_an_acknowledged_
     assert_eq!(pairs, 2_000);
     assert!(stale.is_empty(), "{} stale reads of 2000: {:?}", stale.len(), &stale[..stale.len().min(10)]);
 
-    let (served, behind) = (metric(&reader, SERVED).await, metric(&reader, BEHIND).await);
+    let (served, behind) = (reader.metric(SERVED).await, reader.metric(BEHIND).await);
     eprintln!("replica reads on the reading instance: {served} served, {behind} behind (sent to the primary)");
     assert!(served >= 500.0, "the replica served {served} reads");
     assert!(behind >= 500.0, "the replica was behind only {behind} times: the test did not make it lag");
@@ -205,7 +195,7 @@ async fn a_replica_that_is_down_sends_reads_to_the_primary_and_health_says_degra
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(reads_email_as(&app, user, &users[..3], index).await, Some(false), "{user}");
     }
-    assert!(metric(&app, UNAVAILABLE).await >= 1.0, "the replica's outage was not noticed");
+    assert!(app.metric(UNAVAILABLE).await >= 1.0, "the replica's outage was not noticed");
     eprintln!("20 reads with the replica down took {:?}", started.elapsed());
     let health = app.get("/health").await;
     assert_eq!(health.status, 200, "{}", health.body);
@@ -214,10 +204,10 @@ async fn a_replica_that_is_down_sends_reads_to_the_primary_and_health_says_degra
     assert_eq!(app.get("/health/ready").await.status, 200, "a replica down is no reason to leave the load balancer");
 
     replicated.replica.start_again();
-    let served_before = metric(&app, SERVED).await;
+    let served_before = app.metric(SERVED).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut index = 0;
-    while metric(&app, SERVED).await <= served_before {
+    while app.metric(SERVED).await <= served_before {
         assert!(Instant::now() < deadline, "the replica never served again");
         write_email(&app, &users[index % users.len()], index % 2 == 0).await;
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -272,7 +262,7 @@ async fn losing_the_recorded_floors_never_lets_the_lagging_replica_serve_older_d
         }
     }
     assert!(stale.is_empty(), "stale after {loss:?}: {stale:?}");
-    assert!(metric(&reader, BEHIND).await >= 10.0, "the replica was never asked while behind");
+    assert!(reader.metric(BEHIND).await >= 10.0, "the replica was never asked while behind");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -300,7 +290,7 @@ async fn a_promoted_replica_is_never_read_from() {
         let reply = app.get(&format!("/api/v1/users/{user}")).await;
         assert_eq!((reply.status, reply.body["data"]["name"].as_str()), (200, Some("Test User")), "{user}");
     }
-    assert_eq!(metric(&app, SERVED).await, 0.0, "a promoted replica served reads");
+    assert_eq!(app.metric(SERVED).await, 0.0, "a promoted replica served reads");
     let health = app.get("/health").await;
     assert_eq!(health.body["data"]["checks"]["replica"]["status"], "down", "{}", health.body);
 }
@@ -326,7 +316,7 @@ async fn a_frozen_replica_delays_reads_by_its_bound_at_most() {
     replicated.replica.signal_all("-CONT");
     eprintln!("the slowest of 10 reads with the replica frozen took {slowest:?} ({:?} in all)", started.elapsed());
     assert!(slowest < Duration::from_secs(3), "a read waited {slowest:?} for a frozen replica");
-    assert!(metric(&app, UNAVAILABLE).await >= 1.0, "the frozen replica was not noticed");
+    assert!(app.metric(UNAVAILABLE).await >= 1.0, "the frozen replica was not noticed");
 }
 
 /// Behind PgBouncer in transaction mode (one in front of the primary, one in front of the
@@ -365,7 +355,7 @@ async fn through_transaction_pooling_pgbouncers_no_read_is_older_than_its_write(
         }
     }
     assert!(stale.is_empty(), "{} stale reads of 100: {stale:?}", stale.len());
-    let (served, unavailable) = (metric(&reader, SERVED).await, metric(&reader, UNAVAILABLE).await);
+    let (served, unavailable) = (reader.metric(SERVED).await, reader.metric(UNAVAILABLE).await);
     assert!(
         served >= 30.0 && unavailable == 0.0,
         "through PgBouncer the replica served {served}, failed {unavailable}"

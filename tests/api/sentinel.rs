@@ -11,24 +11,6 @@ use api_tests::{PrivateSentinels, TestApp};
 use reqwest::Method;
 use serde_json::json;
 
-/// The cache operations of `app` with this result, from `/metrics`.
-async fn cache_operations(app: &TestApp, result: &str) -> f64 {
-    let text = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap().text().await.unwrap();
-    let series = format!(r#"user_service_cache_operations_total{{result="{result}"}}"#);
-    text.lines()
-        .find(|line| line.starts_with(&series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Whether `reader` says `user` receives email.
-async fn email_of(reader: &TestApp, user: &str) -> Option<bool> {
-    let reply = reader.get(&format!("/api/v1/users/{user}")).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.body["data"]["preferences"]["email"].as_bool()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_follows_a_sentinel_failover_and_serves_nothing_the_dead_master_had_deleted() {
     let mut set = PrivateSentinels::start().await;
@@ -48,9 +30,9 @@ async fn the_service_follows_a_sentinel_failover_and_serves_nothing_the_dead_mas
         users.push(writer.register(&format!("sentinel{index}@example.com")).await);
     }
     for user in &users {
-        assert_eq!(email_of(&reader, user).await, Some(true));
+        assert_eq!(reader.email_of(user).await, Some(true));
     }
-    assert!(cache_operations(&reader, "fill").await >= 10.0, "the reader did not cache through the master");
+    assert!(reader.cache_operations("fill").await >= 10.0, "the reader did not cache through the master");
 
     // The replica's link to the master breaks and cannot be made again (it now logs in as a
     // user the master does not know): it keeps the entries and generations it has.
@@ -84,7 +66,7 @@ async fn the_service_follows_a_sentinel_failover_and_serves_nothing_the_dead_mas
     // Through the failover and after it: never the value before the changes.
     let mut stale = Vec::new();
     let mut followed = None;
-    let hits_before = cache_operations(&reader, "hit").await;
+    let hits_before = reader.cache_operations("hit").await;
     while followed.is_none() {
         assert!(
             killed_at.elapsed() < Duration::from_secs(30),
@@ -92,13 +74,13 @@ async fn the_service_follows_a_sentinel_failover_and_serves_nothing_the_dead_mas
             set.master_port_from_a_thawed_sentinel()
         );
         for (user, app) in users.iter().flat_map(|user| [(user, &reader), (user, &writer)]) {
-            let email = email_of(app, user).await;
+            let email = app.email_of(user).await;
             if email != Some(false) {
                 stale.push(format!("{user}: {email:?} at {:?}", killed_at.elapsed()));
             }
         }
         if set.master_port_from_a_thawed_sentinel() == Some(replica)
-            && cache_operations(&reader, "hit").await > hits_before
+            && reader.cache_operations("hit").await > hits_before
         {
             followed = Some(killed_at.elapsed());
         }
@@ -111,7 +93,7 @@ async fn the_service_follows_a_sentinel_failover_and_serves_nothing_the_dead_mas
     let reply =
         writer.send(Method::PUT, &format!("/api/v1/users/{}/preferences", users[0]), &json!({"email": true})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
-    assert_eq!(email_of(&reader, &users[0]).await, Some(true));
+    assert_eq!(reader.email_of(&users[0]).await, Some(true));
     let health = reader.get("/health").await;
     assert_eq!(health.body["data"]["checks"]["cache"]["status"], "ok", "{}", health.body);
 }

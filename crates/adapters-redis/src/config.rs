@@ -37,7 +37,8 @@ pub const DEFAULT_NEAR_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// its keys are `{key_prefix}:rl:{key}`.
 ///
 /// Cache keys are `{key_prefix}:{format_version}:user:{id}` for an entry and
-/// `{key_prefix}:gen:{id}` for a user's generation. The generation is deliberately not
+/// `{key_prefix}:gen:{id}` for a user's generation (in a cluster the id is in braces, a hash
+/// tag). The generation is deliberately not
 /// versioned: during a rolling deploy, a writer running one format version must also
 /// invalidate the entries that instances running another version filled.
 #[derive(Clone)]
@@ -88,6 +89,11 @@ pub struct RedisCacheConfig {
     /// Find the master through Redis Sentinel rather than at the URL's host (whose
     /// credentials and database still apply); `None`: the URL's server.
     pub sentinel: Option<SentinelConfig>,
+    /// Some nodes of a Redis Cluster, as host and port (`REDIS_CLUSTER_NODES`): the cluster
+    /// is asked which master serves each key, and the URL's credentials apply to every node
+    /// (its host is not used); `None`: one server. Not with `sentinel`, a near-cache, or
+    /// commit positions (a read replica).
+    pub cluster: Option<Vec<(String, u16)>>,
 }
 
 /// Where Redis Sentinel is asked which server is the master (`REDIS_SENTINELS`,
@@ -102,6 +108,9 @@ pub struct SentinelConfig {
 
 /// The most Sentinels one configuration names.
 pub const MAX_SENTINELS: usize = 16;
+
+/// The most Redis Cluster nodes one configuration names (the others are learnt from them).
+pub const MAX_CLUSTER_NODES: usize = 16;
 
 impl RedisCacheConfig {
     /// Defaults: prefix `user-service`, format `v1`, TTL 300 s, 100 ms per call, no extra
@@ -128,6 +137,7 @@ impl RedisCacheConfig {
             lease_renewal: Duration::from_millis(200),
             near_cache_max_bytes: DEFAULT_NEAR_CACHE_MAX_BYTES,
             sentinel: None,
+            cluster: None,
         }
     }
 
@@ -153,6 +163,10 @@ impl RedisCacheConfig {
         {
             // Without the placeholder every invalidation would delete one fixed key.
             return Err(RedisCacheError::TemplateWithoutId(template.clone()));
+        }
+        if self.cluster.is_some() && self.near_cache_max_bytes > 0 {
+            // Its freshness check is one PING on one tracking connection (see `near`).
+            return Err(RedisCacheError::Invalid("the near-cache is not supported with Redis Cluster: turn it off"));
         }
         if self.confirm_wait.is_zero() || self.confirm_wait > MAX_CONFIRM_WAIT {
             return Err(RedisCacheError::Invalid("the confirmation wait must be above 0 and at most 10 s"));
@@ -196,6 +210,22 @@ impl RedisCacheConfig {
                 "Sentinel needs 1 to 16 sentinels, each a host and a port, and the master's name",
             ));
         }
+        if let Some(nodes) = &self.cluster {
+            if nodes.is_empty()
+                || nodes.len() > MAX_CLUSTER_NODES
+                || nodes.iter().any(|(host, port)| host.is_empty() || *port == 0)
+            {
+                return Err(RedisCacheError::Invalid("Redis Cluster needs 1 to 16 nodes, each a host and a port"));
+            }
+            if self.sentinel.is_some() {
+                return Err(RedisCacheError::Invalid("Redis Cluster and Sentinel exclude each other"));
+            }
+            if self.database() != Some(0) {
+                return Err(RedisCacheError::Invalid(
+                    "Redis Cluster has database 0 only: the URL must not select another",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -216,6 +246,7 @@ impl fmt::Debug for RedisCacheConfig {
         f.debug_struct("RedisCacheConfig")
             .field("url", &self.redacted_url())
             .field("sentinel", &self.sentinel)
+            .field("cluster", &self.cluster)
             .field("key_prefix", &self.key_prefix)
             .field("format_version", &self.format_version)
             .field("ttl", &self.ttl)

@@ -24,7 +24,7 @@
 //! one port.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -155,6 +155,11 @@ pub(crate) struct Connection {
     role: Role,
     /// Whether each connection turns client-side caching on (see [`Tracking`]).
     tracking: bool,
+    /// Set by every failed call (a cluster node's: its slot map may be outdated).
+    failed: Option<Arc<AtomicBool>>,
+    /// Round trips sent (for tests that count them).
+    #[cfg(test)]
+    pub(crate) round_trips: AtomicU64,
 }
 
 /// One answer, the server process and the connection that gave it.
@@ -175,11 +180,37 @@ impl Connection {
         role: Role,
         tracking: Option<Tracking>,
     ) -> Result<Self, RedisCacheError> {
+        Self::build_for(config, None, role, tracking)
+    }
+
+    /// [`Self::build`] for the Redis Cluster node at `host` and `port` (with the URL's
+    /// credentials), rather than the URL's server or the Sentinels' master.
+    /// Every failed call sets `failed`.
+    pub(crate) fn build_node(
+        config: &RedisCacheConfig,
+        (host, port): (&str, u16),
+        role: Role,
+        failed: Arc<AtomicBool>,
+    ) -> Result<Self, RedisCacheError> {
+        let mut connection = Self::build_for(config, Some((host, port)), role, None)?;
+        connection.failed = Some(failed);
+        Ok(connection)
+    }
+
+    fn build_for(
+        config: &RedisCacheConfig,
+        node: Option<(&str, u16)>,
+        role: Role,
+        tracking: Option<Tracking>,
+    ) -> Result<Self, RedisCacheError> {
         // Redis's own defaults (1 s to connect, 500 ms per response) would outlast ours.
         let mut connection_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.timeout))
             .set_response_timeout(Some(config.timeout));
         let mut info = config.url.as_str().into_connection_info().map_err(|_| RedisCacheError::InvalidUrl)?;
+        if let Some((host, port)) = node {
+            info = info.set_addr(ConnectionAddr::Tcp(host.to_owned(), port));
+        }
         let is_tracking = tracking.is_some();
         if let Some(tracking) = tracking {
             // Pushes need RESP3; redis-rs hands them to this closure in stream order.
@@ -190,7 +221,8 @@ impl Connection {
                 Ok::<(), std::convert::Infallible>(())
             });
         }
-        let connector = match &config.sentinel {
+        let sentinel = config.sentinel.as_ref().filter(|_| node.is_none());
+        let connector = match sentinel {
             None => Connector::Direct(
                 deadpool_redis::Manager::new_with_config(info, connection_config)
                     .map_err(|_| RedisCacheError::InvalidUrl)?,
@@ -219,9 +251,15 @@ impl Connection {
             made: AtomicU64::new(0),
             timeout: config.timeout,
             breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown),
-            redacted_url: config.redacted_url(),
+            redacted_url: match node {
+                Some((host, port)) => format!("redis://{host}:{port}"),
+                None => config.redacted_url(),
+            },
             role,
             tracking: is_tracking,
+            failed: None,
+            #[cfg(test)]
+            round_trips: AtomicU64::new(0),
         })
     }
 
@@ -323,6 +361,8 @@ impl Connection {
             if only_on.is_some_and(|expected| *expected != server) {
                 return Ok(None);
             }
+            #[cfg(test)]
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
             let answer = match request {
                 Request::Command(command) => command.query_async(&mut connection).await,
                 Request::Pipeline(pipeline) => pipeline.query_async(&mut connection).await,
@@ -354,6 +394,17 @@ impl Connection {
                 Some(value)
             }
             Err(failure) => {
+                if let Some(failed) = &self.failed {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                if let Failure::Redis(error) = &failure
+                    && error.is_cluster_error()
+                {
+                    // `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`: the node answers, for a slot
+                    // it does not serve now. Not an outage of the node: the map is read again.
+                    tracing::debug!(url = %self.redacted_url, error = %failure, "Redis Cluster redirection");
+                    return None;
+                }
                 // One warning per outage (when the breaker opens), not one per request.
                 if self.breaker.failure(Instant::now()) == Transition::Opened {
                     tracing::warn!(

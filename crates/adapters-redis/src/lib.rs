@@ -9,7 +9,9 @@
 //! Both reach Redis the same way: through one multiplexed connection (made on first use,
 //! shared by all calls, remade after it failed), every call, connecting included, bounded by
 //! the configured timeout, and a circuit breaker that skips Redis after consecutive failures.
-//! Each has its own connection and breaker, so that one's outage log names what degrades.
+//! Each has its own connection and breaker, so that one's outage log names what degrades. In
+//! a Redis Cluster each has one such connection per node, and a call goes to the master of
+//! its keys' slot ([`servers`]); a user's keys then share a hash tag.
 //!
 //! How the cache port's promises are kept (the limiter's are in its own docs):
 //! - **No stale set.** A lookup reads the entry and the user's generation in one `MGET`; a
@@ -56,6 +58,7 @@ mod lease;
 mod near;
 mod pending;
 mod rate_limit;
+mod servers;
 #[cfg(test)]
 mod tests;
 
@@ -74,12 +77,13 @@ use redis::Script;
 use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
-use crate::connection::{Answer, Breaker, Connection, Request, Role, ServerId, Tracking};
+use crate::connection::{Answer, Breaker, Request, Role, ServerId, Tracking};
 use crate::floors::ReadFloors;
 use crate::follow_up::FollowUps;
 use crate::lease::{ReadLease, Renewal};
 use crate::near::NearCache;
 use crate::pending::PendingInvalidations;
+use crate::servers::{Node, Servers};
 
 pub use config::{RedisCacheConfig, RedisCacheError, SentinelConfig};
 pub use rate_limit::RedisRateLimiter;
@@ -172,7 +176,7 @@ pub struct RedisCache {
 }
 
 struct Inner {
-    connection: Connection,
+    servers: Servers,
     keys: Keys,
     ttl_ms: u64,
     generation_ttl_ms: u64,
@@ -241,11 +245,17 @@ impl RedisCache {
         positions: Option<Arc<dyn CommitPositions>>,
     ) -> Result<Self, RedisCacheError> {
         config.validate()?;
+        if config.cluster.is_some() && positions.is_some() {
+            // The floors' epoch is one key of one server (see [`floors`]).
+            return Err(RedisCacheError::Invalid(
+                "commit positions (a read replica) are not supported with Redis Cluster",
+            ));
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| RedisCacheError::NoRuntime)?;
         let near = (config.near_cache_max_bytes > 0)
             .then(|| Arc::new(NearCache::new(config.near_cache_max_bytes, config.ttl, &config.key_prefix)));
         let tracking = near.clone().map(|near| -> Tracking { Arc::new(move |push| near.apply(push)) });
-        let connection = Connection::build(
+        let servers = Servers::build(
             &config,
             Role {
                 name: "cache",
@@ -257,11 +267,12 @@ impl RedisCache {
 
         let (shutdown, shutdown_received) = oneshot::channel();
         let inner = Arc::new(Inner {
-            connection,
+            servers,
             keys: Keys {
                 prefix: config.key_prefix.clone(),
                 version: config.format_version.clone(),
                 extra: config.extra_invalidation_keys.clone(),
+                tagged: config.cluster.is_some(),
             },
             ttl_ms: millis(config.ttl),
             generation_ttl_ms: millis(config.generation_ttl),
@@ -308,7 +319,7 @@ impl RedisCache {
         // Detached: it ends by itself when the cache is dropped.
         #[cfg(not(test))]
         drop(task);
-        tracing::debug!(url = %inner.connection.redacted_url, prefix = %inner.keys.prefix, "Redis cache configured");
+        tracing::debug!(url = %inner.servers.redacted_url(), prefix = %inner.keys.prefix, "Redis cache configured");
         Ok(Self { inner })
     }
 
@@ -329,21 +340,21 @@ impl RedisCache {
 
     /// Whether the circuit breaker currently skips Redis (for metrics).
     pub fn is_bypassed(&self) -> bool {
-        self.inner.connection.breaker.is_open()
+        self.inner.servers.is_bypassed()
     }
 
     /// Stores `bytes` as the current entry without checking the ticket's generation: what a
     /// cache without the fill guard would do. Only for tests that show what the guard prevents.
     #[cfg(any(test, feature = "test-support"))]
     pub async fn fill_unguarded(&self, id: UserId, bytes: Vec<u8>) {
+        let Some(node) = self.inner.servers.route(&self.inner.keys.entry(id)).await else { return };
         let ping = redis::cmd("PING");
-        let Some(Answer { server, .. }) = self.inner.connection.run_identified::<String>(Request::Command(&ping)).await
-        else {
+        let Some(Answer { server, .. }) = node.run_identified::<String>(Request::Command(&ping)).await else {
             return;
         };
         let mut invocation = self.inner.unguarded_fill.key(self.inner.keys.entry(id));
         invocation.key(self.inner.keys.generation(id)).arg(bytes).arg(self.inner.ttl_ms).arg(server.as_str());
-        let _: Option<i64> = self.inner.connection.run_on(&server, Request::Script(&invocation)).await;
+        let _: Option<i64> = node.run_on(&server, Request::Script(&invocation)).await;
     }
 
     /// How many users the last read of the ledger listed (for metrics): their cached
@@ -362,11 +373,11 @@ impl RedisCache {
 impl fmt::Debug for RedisCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisCache")
-            .field("url", &self.inner.connection.redacted_url)
+            .field("url", &self.inner.servers.redacted_url())
             .field("prefix", &self.inner.keys.prefix)
             .field("version", &self.inner.keys.version)
-            .field("connected", &self.inner.connection.is_connected())
-            .field("bypassed", &self.inner.connection.breaker.is_open())
+            .field("connected", &self.inner.servers.is_connected())
+            .field("bypassed", &self.inner.servers.is_bypassed())
             .field("pending_invalidations", &self.inner.pending.len())
             .field("scheduled_follow_ups", &self.inner.follow_ups.len())
             .finish_non_exhaustive()
@@ -417,9 +428,10 @@ impl ProfileCache for RedisCache {
             .arg(inner.ttl_ms)
             .arg(if generation.is_empty() { "0" } else { "1" })
             .arg(generation);
-        // Only in the server process the ticket was read from: in another one (a restart
-        // since), the generation the ticket names means nothing.
-        let _: Option<i64> = inner.connection.run_on(&server, Request::Script(&invocation)).await;
+        // Only in the server process the ticket was read from: in another one (a restart or a
+        // failover since, or the slot moved), the generation the ticket names means nothing.
+        let Some(node) = inner.servers.route(&inner.keys.entry(id)).await else { return };
+        let _: Option<i64> = node.run_on(&server, Request::Script(&invocation)).await;
     }
 
     async fn invalidate(&self, ids: &[UserId]) -> Invalidation {
@@ -467,10 +479,14 @@ impl ProfileCache for RedisCache {
         deferred
     }
 
+    /// Up when every master answers `PING`.
     async fn health(&self) -> CacheHealth {
-        match self.inner.connection.run::<String>(Request::Command(&redis::cmd("PING"))).await {
-            Some(_) => CacheHealth::Up,
-            None => CacheHealth::Down,
+        let Some(masters) = self.inner.servers.masters().await else { return CacheHealth::Down };
+        let ping = redis::cmd("PING");
+        let pings = masters.iter().map(|node| node.run::<String>(Request::Command(&ping)));
+        match futures_util::future::join_all(pings).await.iter().all(Option::is_some) {
+            true => CacheHealth::Up,
+            false => CacheHealth::Down,
         }
     }
 
@@ -529,12 +545,15 @@ impl Inner {
         )
     }
 
-    /// Reads the entries of `ids` from Redis in one round trip, each with its generation, and
-    /// keeps the hits in the near-cache.
+    /// Reads the entries of `ids` from Redis in one round trip (per cluster node), each with
+    /// its generation, and keeps the hits in the near-cache.
     async fn read(&self, ids: &[UserId]) -> Vec<CacheLookup> {
         if ids.is_empty() {
             return Vec::new();
         }
+        let Some(node) = self.servers.single() else {
+            return self.read_in_cluster(ids).await;
+        };
         // Before the read is sent: an invalidation applied after it keeps the answer out.
         let guards: Vec<_> =
             self.near.as_ref().map(|near| ids.iter().map(|id| near.guard(*id)).collect()).unwrap_or_default();
@@ -547,7 +566,7 @@ impl Inner {
             command.arg(self.keys.floors_epoch());
         }
         let Some(Answer { value: mut values, server, connection }) =
-            self.connection.run_identified::<Vec<Option<Vec<u8>>>>(Request::Command(&command)).await
+            node.run_identified::<Vec<Option<Vec<u8>>>>(Request::Command(&command)).await
         else {
             return vec![CacheLookup::Unavailable; ids.len()];
         };
@@ -566,26 +585,59 @@ impl Inner {
             .iter()
             .enumerate()
             .map(|(index, &id)| {
-                let (entry, generation) = (values.next().flatten(), values.next().flatten());
-                // An invalidation of this id may be pending (queued, failed while we were
-                // asking, or in the ledger).
-                if !self.may_use(id) {
-                    return CacheLookup::Unavailable;
+                let lookup = self.lookup_of(id, values.next().flatten(), values.next().flatten(), &server);
+                if let (CacheLookup::Hit(payload), Some(near), Some(guard)) = (&lookup, &self.near, guards.get(index)) {
+                    near.keep(id, *guard, connection, payload);
                 }
-                let generation = generation.as_deref().map(String::from_utf8_lossy);
-                match entry.and_then(|entry| current_payload(entry, &server, generation.as_deref())) {
-                    Some(payload) => {
-                        let payload = CachedProfile::from(payload);
-                        if let (Some(near), Some(guard)) = (&self.near, guards.get(index)) {
-                            near.keep(id, *guard, connection, &payload);
-                        }
-                        CacheLookup::Hit(payload)
-                    }
-                    None => CacheLookup::Miss(FillTicket::new(Some(stamp(&server, generation.as_deref())))),
-                }
+                lookup
             })
             .collect();
         self.with_floors(lookups, &server, epoch.flatten()).await
+    }
+
+    /// [`Self::read`] in a cluster: one pipeline of `MGET`s (an entry and its generation
+    /// share a hash tag) per master, all sent at once.
+    async fn read_in_cluster(&self, ids: &[UserId]) -> Vec<CacheLookup> {
+        let mut lookups = vec![CacheLookup::Unavailable; ids.len()];
+        let grouped = self.servers.group(ids.iter().enumerate().map(|(index, id)| (self.keys.entry(*id), index))).await;
+        let reads = grouped.groups.into_iter().map(|(node, indexes)| async move {
+            let mut pipeline = redis::pipe();
+            for &index in &indexes {
+                pipeline.cmd("MGET").arg(self.keys.entry(ids[index])).arg(self.keys.generation(ids[index]));
+            }
+            type Pairs = Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>;
+            (node.run_identified::<Pairs>(Request::Pipeline(&pipeline)).await, indexes)
+        });
+        for (answer, indexes) in futures_util::future::join_all(reads).await {
+            let Some(Answer { value: pairs, server, .. }) = answer else { continue };
+            if pairs.len() != indexes.len() {
+                continue;
+            }
+            for (index, (entry, generation)) in indexes.into_iter().zip(pairs) {
+                lookups[index] = self.lookup_of(ids[index], entry, generation, &server);
+            }
+        }
+        lookups
+    }
+
+    /// What `id`'s entry and generation, read from `server`, make of its lookup.
+    fn lookup_of(
+        &self,
+        id: UserId,
+        entry: Option<Vec<u8>>,
+        generation: Option<Vec<u8>>,
+        server: &ServerId,
+    ) -> CacheLookup {
+        // An invalidation of this id may be pending (queued, failed while we were asking, or
+        // in the ledger).
+        if !self.may_use(id) {
+            return CacheLookup::Unavailable;
+        }
+        let generation = generation.as_deref().map(String::from_utf8_lossy);
+        match entry.and_then(|entry| current_payload(entry, server, generation.as_deref())) {
+            Some(payload) => CacheLookup::Hit(CachedProfile::from(payload)),
+            None => CacheLookup::Miss(FillTicket::new(Some(stamp(server, generation.as_deref())))),
+        }
     }
 
     /// `lookups` read from `server`, their misses' tickets with the floor each may be loaded
@@ -642,7 +694,8 @@ impl Inner {
             .ignore()
             .cmd("PING")
             .ignore();
-        let answered = self.connection.run_identified::<()>(Request::Pipeline(&pipeline)).await;
+        let Some(node) = self.servers.single() else { return };
+        let answered = node.run_identified::<()>(Request::Pipeline(&pipeline)).await;
         let on_connection = answered.is_some_and(|answer| answer.connection == connection);
         if on_connection && !near.probe_arrived(probe, connection) {
             tracing::warn!(
@@ -766,7 +819,7 @@ impl Inner {
         let mut pipeline = redis::pipe();
         let key = self.keys.floors_epoch();
         pipeline.cmd("SET").arg(&key).arg(uuid::Uuid::new_v4().to_string()).arg("NX").ignore().cmd("GET").arg(&key);
-        let (epoch,): (Option<String>,) = self.connection.run_on(server, Request::Pipeline(&pipeline)).await?;
+        let (epoch,): (Option<String>,) = self.servers.single()?.run_on(server, Request::Pipeline(&pipeline)).await?;
         epoch
     }
 
@@ -787,6 +840,9 @@ impl Inner {
     /// down, [`INVALIDATE`]) and deletes their entries and downstream copies, in one script.
     /// Returns whether Redis confirmed it.
     async fn invalidate_now(&self, ids: &[UserId], generation: &Generation, breaker: Breaker) -> bool {
+        let Some(node) = self.servers.single() else {
+            return self.invalidate_in_cluster(ids, generation, breaker).await;
+        };
         let mut invocation = self.invalidate.prepare_invoke();
         let mut per_user = 1;
         for &id in ids {
@@ -799,10 +855,47 @@ impl Inner {
         }
         invocation.arg(&generation.unique).arg(&generation.position).arg(self.generation_ttl_ms).arg(per_user);
         let request = Request::Script(&invocation);
-        match breaker {
-            Breaker::Respect => self.connection.run::<i64>(request).await.is_some(),
-            Breaker::Ignore => self.connection.run_despite_breaker::<i64>(request).await.is_some(),
+        call(node, request, breaker).await
+    }
+
+    /// [`Self::invalidate_now`] in a cluster, where a script's keys must share a slot: per
+    /// master, one pipeline of [`INVALIDATE`] per user (whose generation and entry share a
+    /// hash tag) and a `DEL` per downstream copy it holds, all sent at once. Confirmed when
+    /// every master confirmed its part.
+    async fn invalidate_in_cluster(&self, ids: &[UserId], generation: &Generation, breaker: Breaker) -> bool {
+        enum Step {
+            Invalidate(UserId),
+            Delete(String),
         }
+        let users = ids.iter().map(|&id| (self.keys.entry(id), Step::Invalidate(id)));
+        let copies = ids.iter().flat_map(|&id| self.keys.extra(id)).map(|key| (key.clone(), Step::Delete(key)));
+        let grouped = self.servers.group(users.chain(copies)).await;
+        if !grouped.unrouted.is_empty() {
+            return false;
+        }
+        let calls = grouped.groups.into_iter().map(|(node, steps)| async move {
+            let mut pipeline = redis::pipe();
+            // Cheap once loaded, and spares a retry after NOSCRIPT (a restarted node).
+            pipeline.cmd("SCRIPT").arg("LOAD").arg(INVALIDATE).ignore();
+            for step in &steps {
+                match step {
+                    Step::Invalidate(id) => pipeline
+                        .cmd("EVALSHA")
+                        .arg(self.invalidate.get_hash())
+                        .arg(2)
+                        .arg(self.keys.generation(*id))
+                        .arg(self.keys.entry(*id))
+                        .arg(&generation.unique)
+                        .arg(&generation.position)
+                        .arg(self.generation_ttl_ms)
+                        .arg(2)
+                        .ignore(),
+                    Step::Delete(key) => pipeline.cmd("DEL").arg(key).ignore(),
+                };
+            }
+            call(&node, Request::Pipeline(&pipeline), breaker).await
+        });
+        futures_util::future::join_all(calls).await.into_iter().all(|confirmed| confirmed)
     }
 
     /// Retries the pending invalidations, batch by batch, until one fails; records the
@@ -856,14 +949,43 @@ impl Inner {
             let mut keys: Vec<String> = due.ids().flat_map(|id| self.keys.extra(id)).collect();
             keys.sort_unstable();
             keys.dedup();
-            let mut command = redis::cmd("DEL");
-            command.arg(keys);
-            if self.connection.run::<i64>(Request::Command(&command)).await.is_none() {
+            if !self.delete(keys).await {
                 // Dropped unconfirmed: due again on the next tick.
                 return;
             }
             due.confirm();
         }
+    }
+
+    /// Deletes `keys` (one `DEL`; in a cluster, where one command's keys must share a slot,
+    /// one pipeline of `DEL`s per master, all sent at once). Returns whether every server
+    /// confirmed it.
+    async fn delete(&self, keys: Vec<String>) -> bool {
+        if let Some(node) = self.servers.single() {
+            let mut command = redis::cmd("DEL");
+            command.arg(keys);
+            return node.run::<i64>(Request::Command(&command)).await.is_some();
+        }
+        let grouped = self.servers.group(keys.into_iter().map(|key| (key.clone(), key))).await;
+        if !grouped.unrouted.is_empty() {
+            return false;
+        }
+        let calls = grouped.groups.into_iter().map(|(node, keys)| async move {
+            let mut pipeline = redis::pipe();
+            for key in keys {
+                pipeline.cmd("DEL").arg(key).ignore();
+            }
+            node.run::<()>(Request::Pipeline(&pipeline)).await.is_some()
+        });
+        futures_util::future::join_all(calls).await.into_iter().all(|deleted| deleted)
+    }
+}
+
+/// One call on `node` that respects `breaker` or not; returns whether it was answered.
+async fn call(node: &Node, request: Request<'_>, breaker: Breaker) -> bool {
+    match breaker {
+        Breaker::Respect => node.run::<redis::Value>(request).await.is_some(),
+        Breaker::Ignore => node.run_despite_breaker::<redis::Value>(request).await.is_some(),
     }
 }
 
@@ -907,7 +1029,10 @@ async fn send_barriers(cache: Weak<Inner>, near: Arc<NearCache>) {
         let Some(inner) = cache.upgrade() else { return };
         let number = near.barrier.sending();
         let ping = redis::cmd("PING");
-        let answered = inner.connection.run_identified::<String>(Request::Command(&ping)).await;
+        let answered = match inner.servers.single() {
+            Some(node) => node.run_identified::<String>(Request::Command(&ping)).await,
+            None => None,
+        };
         drop(inner);
         let connection = answered.map(|answer| answer.connection);
         if let Some(connection) = connection {
@@ -993,15 +1118,25 @@ struct Keys {
     prefix: String,
     version: String,
     extra: Vec<String>,
+    /// In a cluster, the id in a user's keys is a hash tag (`{…}`), so that its entry and its
+    /// generation share a slot, which one script or `MGET` of both needs. (Not on one server,
+    /// where instances of earlier versions use the keys without braces.)
+    tagged: bool,
 }
 
 impl Keys {
     fn entry(&self, id: UserId) -> String {
-        format!("{}:{}:user:{id}", self.prefix, self.version)
+        match self.tagged {
+            true => format!("{}:{}:user:{{{id}}}", self.prefix, self.version),
+            false => format!("{}:{}:user:{id}", self.prefix, self.version),
+        }
     }
 
     fn generation(&self, id: UserId) -> String {
-        format!("{}:gen:{id}", self.prefix)
+        match self.tagged {
+            true => format!("{}:gen:{{{id}}}", self.prefix),
+            false => format!("{}:gen:{id}", self.prefix),
+        }
     }
 
     /// The epoch of the generations in this Redis: it goes when they all go (see [`floors`]).

@@ -17,7 +17,8 @@ use domain::rate_limit::{RateDecision, RateLimit, RateLimitUnavailable, RateLimi
 use sha2::{Digest, Sha256};
 
 use crate::config::{RedisCacheConfig, RedisCacheError};
-use crate::connection::{Connection, Request, Role};
+use crate::connection::{Request, Role};
+use crate::servers::Servers;
 
 /// Keys longer than this (in bytes) are stored as their SHA-256, so that user text (an
 /// email, a header value) cannot make Redis keys of any size.
@@ -46,7 +47,7 @@ pub struct RedisRateLimiter {
 }
 
 struct Inner {
-    connection: Connection,
+    servers: Servers,
     prefix: String,
 }
 
@@ -57,7 +58,7 @@ impl RedisRateLimiter {
     /// inside one.
     pub fn build(config: &RedisCacheConfig) -> Result<Self, RedisCacheError> {
         config.validate_connection()?;
-        let connection = Connection::build(
+        let servers = Servers::build(
             config,
             Role {
                 name: "rate limiter",
@@ -66,13 +67,13 @@ impl RedisRateLimiter {
             },
             None,
         )?;
-        tracing::debug!(url = %connection.redacted_url, prefix = %config.key_prefix, "Redis rate limiter configured");
-        Ok(Self { inner: Arc::new(Inner { connection, prefix: config.key_prefix.clone() }) })
+        tracing::debug!(url = %servers.redacted_url(), prefix = %config.key_prefix, "Redis rate limiter configured");
+        Ok(Self { inner: Arc::new(Inner { servers, prefix: config.key_prefix.clone() }) })
     }
 
     /// Whether the circuit breaker currently skips Redis (for metrics).
     pub fn is_bypassed(&self) -> bool {
-        self.inner.connection.breaker.is_open()
+        self.inner.servers.is_bypassed()
     }
 
     /// The Redis key of `key`'s counter.
@@ -84,10 +85,10 @@ impl RedisRateLimiter {
 impl fmt::Debug for RedisRateLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRateLimiter")
-            .field("url", &self.inner.connection.redacted_url)
+            .field("url", &self.inner.servers.redacted_url())
             .field("prefix", &self.inner.prefix)
-            .field("connected", &self.inner.connection.is_connected())
-            .field("bypassed", &self.inner.connection.breaker.is_open())
+            .field("connected", &self.inner.servers.is_connected())
+            .field("bypassed", &self.inner.servers.is_bypassed())
             .finish()
     }
 }
@@ -111,8 +112,8 @@ impl RateLimiter for RedisRateLimiter {
             .ignore()
             .cmd("PTTL")
             .arg(&key);
-        let (count, ttl_ms) =
-            self.inner.connection.run::<(i64, i64)>(Request::Pipeline(&pipeline)).await.ok_or(RateLimitUnavailable)?;
+        let node = self.inner.servers.route(&key).await.ok_or(RateLimitUnavailable)?;
+        let (count, ttl_ms) = node.run::<(i64, i64)>(Request::Pipeline(&pipeline)).await.ok_or(RateLimitUnavailable)?;
         Ok(decide(count > i64::from(limit.limit), ttl_ms, limit.window))
     }
 
@@ -122,19 +123,18 @@ impl RateLimiter for RedisRateLimiter {
         let key = self.counter_key(key);
         let mut pipeline = redis::pipe();
         pipeline.atomic().cmd("GET").arg(&key).cmd("PTTL").arg(&key);
-        let (count, ttl_ms) = self
-            .inner
-            .connection
-            .run::<(Option<i64>, i64)>(Request::Pipeline(&pipeline))
-            .await
-            .ok_or(RateLimitUnavailable)?;
+        let node = self.inner.servers.route(&key).await.ok_or(RateLimitUnavailable)?;
+        let (count, ttl_ms) =
+            node.run::<(Option<i64>, i64)>(Request::Pipeline(&pipeline)).await.ok_or(RateLimitUnavailable)?;
         Ok(decide(count.unwrap_or(0) >= i64::from(limit.limit), ttl_ms, limit.window))
     }
 
     async fn reset(&self, key: &str) -> Result<(), RateLimitUnavailable> {
+        let key = self.counter_key(key);
+        let node = self.inner.servers.route(&key).await.ok_or(RateLimitUnavailable)?;
         let mut command = redis::cmd("DEL");
-        command.arg(self.counter_key(key));
-        self.inner.connection.run::<()>(Request::Command(&command)).await.ok_or(RateLimitUnavailable)
+        command.arg(key);
+        node.run::<()>(Request::Command(&command)).await.ok_or(RateLimitUnavailable)
     }
 }
 

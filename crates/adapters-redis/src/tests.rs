@@ -1568,3 +1568,180 @@ async fn a_redis_user_refused_client_tracking_still_caches_without_a_near_cache(
     assert_eq!(command_calls(&server, "mget").await, reads + 5, "each read goes to Redis");
     assert_eq!(cache.near_cache_size().map(|(entries, _)| entries), Some(0), "kept without pushes");
 }
+
+// ----- Redis Cluster (the three masters of `tests/with-services.sh`) -----
+
+mod cluster {
+    use super::*;
+    use crate::servers::{Servers, slot};
+    use domain::cache::CachedProfile;
+
+    /// The test cluster's masters (`TEST_REDIS_CLUSTER`, set by `tests/with-services.sh`).
+    fn cluster_nodes() -> Vec<(String, u16)> {
+        let nodes = std::env::var("TEST_REDIS_CLUSTER")
+            .expect("TEST_REDIS_CLUSTER names the test Redis Cluster: run the tests through tests/with-services.sh");
+        nodes
+            .split(',')
+            .map(|node| {
+                let (host, port) = node.rsplit_once(':').expect("host:port");
+                (host.to_owned(), port.parse().expect("a port"))
+            })
+            .collect()
+    }
+
+    /// A cache configuration on the test cluster: its first node in the URL (whose host the
+    /// cluster mode does not use), no near-cache, a random prefix.
+    fn cluster_config() -> RedisCacheConfig {
+        let nodes = cluster_nodes();
+        let mut config = config_for(&format!("redis://{}:{}", nodes[0].0, nodes[0].1), Duration::from_secs(2));
+        config.cluster = Some(nodes);
+        config.near_cache_max_bytes = 0;
+        config
+    }
+
+    async fn node_connection((host, port): &(String, u16)) -> MultiplexedConnection {
+        raw_connection(&format!("redis://{host}:{port}")).await
+    }
+
+    /// Deletes the keys of `prefix` from every master.
+    async fn delete_prefixed_everywhere(prefix: &str) {
+        for node in cluster_nodes() {
+            let mut connection = node_connection(&node).await;
+            let keys: Vec<String> =
+                redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut connection).await.expect("KEYS");
+            for key in keys {
+                let _: () = redis::cmd("DEL").arg(key).query_async(&mut connection).await.expect("DEL");
+            }
+        }
+    }
+
+    /// The keys of `prefix` on each master, in `cluster_nodes()`'s order.
+    async fn keys_per_node(prefix: &str) -> Vec<Vec<String>> {
+        let mut per_node = Vec::new();
+        for node in cluster_nodes() {
+            let mut connection = node_connection(&node).await;
+            let mut keys: Vec<String> =
+                redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut connection).await.expect("KEYS");
+            keys.sort();
+            per_node.push(keys);
+        }
+        per_node
+    }
+
+    adapters_memory::profile_cache_contract_tests!(
+        |ttl| RedisCache::build(RedisCacheConfig { ttl, ..cluster_config() }).expect("build"),
+        clean_up: |cache| delete_prefixed_everywhere(&cache.inner.keys.prefix),
+    );
+
+    adapters_memory::rate_limiter_contract_tests!(RedisRateLimiter::build(&cluster_config()).expect("build"));
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn slots_are_the_ones_redis_computes() {
+        let mut connection = node_connection(&cluster_nodes()[0]).await;
+        let id = UserId::generate();
+        let keys = [
+            "somekey".to_owned(),
+            "foo{hash_tag}".to_owned(),
+            "foo{}bar".to_owned(),
+            "foo{{bar}}zap".to_owned(),
+            "{user1000}.following".to_owned(),
+            "a}b{c}".to_owned(),
+            format!("user-service:v1:user:{{{id}}}"),
+            format!("user-service:rl:login:{id}"),
+        ];
+        for key in keys {
+            let expected: i64 =
+                redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key).query_async(&mut connection).await.unwrap();
+            assert_eq!(i64::from(slot(key.as_bytes())), expected, "{key}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_users_keys_share_a_hash_tag_and_live_where_the_cluster_says() {
+        let mut config = cluster_config();
+        config.extra_invalidation_keys = vec!["gateway-{id}".to_owned()];
+        let prefix = config.key_prefix.clone();
+        let cache = RedisCache::build(config).expect("build");
+        let id = UserId::generate();
+        assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
+        warm(&cache, id, b"tagged").await;
+        assert_eq!(cache.lookup(id).await, CacheLookup::Hit(b"tagged".to_vec().into()));
+
+        let (entry, generation) = (format!("{prefix}:v1:user:{{{id}}}"), format!("{prefix}:gen:{{{id}}}"));
+        let holding: Vec<usize> = keys_per_node(&prefix)
+            .await
+            .iter()
+            .enumerate()
+            .filter(|(_, keys)| keys.contains(&entry) && keys.contains(&generation))
+            .map(|(index, _)| index)
+            .collect();
+        assert_eq!(holding.len(), 1, "the entry and the generation are on one master");
+        let mut connection = node_connection(&cluster_nodes()[holding[0]]).await;
+        let keyslot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&entry).query_async(&mut connection).await.unwrap();
+        assert_eq!(keyslot, i64::from(slot(entry.as_bytes())));
+        assert_eq!(slot(entry.as_bytes()), slot(generation.as_bytes()));
+
+        // A downstream copy on whichever master holds it goes with the invalidation.
+        let copy = format!("gateway-{id}");
+        let mut holder = None;
+        for node in cluster_nodes() {
+            let mut connection = node_connection(&node).await;
+            let set: redis::RedisResult<()> =
+                redis::cmd("SET").arg(&copy).arg("old").query_async(&mut connection).await;
+            if set.is_ok() {
+                holder = Some(node);
+            }
+        }
+        let holder = holder.expect("one master takes the copy");
+        assert_eq!(cache.invalidate(&[id]).await, Invalidation::Confirmed);
+        assert!(!exists(&mut node_connection(&holder).await, &copy).await, "the downstream copy was deleted");
+        assert!(matches!(cache.lookup(id).await, CacheLookup::Miss(_)));
+        delete_prefixed_everywhere(&prefix).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_bulk_lookup_of_a_thousand_users_takes_one_round_trip_per_master() {
+        let config = cluster_config();
+        let prefix = config.key_prefix.clone();
+        let cache = RedisCache::build(config).expect("build");
+        let ids: Vec<UserId> = (0..1_000).map(|_| UserId::generate()).collect();
+        for id in &ids[..500] {
+            warm(&cache, *id, id.to_string().as_bytes()).await;
+        }
+        let masters = cache.inner.servers.masters().await.expect("the slot map");
+        assert_eq!(masters.len(), 3);
+        let round_trips = || masters.iter().map(|node| node.round_trips.load(Ordering::Relaxed)).collect::<Vec<_>>();
+
+        let before = round_trips();
+        let lookups = cache.lookup_many(&ids).await;
+        let after = round_trips();
+        let sent: Vec<u64> = after.iter().zip(&before).map(|(after, before)| after - before).collect();
+        assert_eq!(sent, vec![1, 1, 1], "round trips per master");
+        for (index, (id, lookup)) in ids.iter().zip(&lookups).enumerate() {
+            match lookup {
+                CacheLookup::Hit(payload) if index < 500 => {
+                    assert_eq!(*payload, CachedProfile::from(id.to_string().into_bytes()));
+                }
+                CacheLookup::Miss(_) if index >= 500 => {}
+                other => panic!("user {index}: {other:?}"),
+            }
+        }
+        delete_prefixed_everywhere(&prefix).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_cluster_refuses_what_needs_one_server() {
+        let mut near = cluster_config();
+        near.near_cache_max_bytes = 1024 * 1024;
+        assert!(matches!(RedisCache::build(near), Err(RedisCacheError::Invalid(_))));
+        let mut other_database = cluster_config();
+        other_database.url.push_str("/2");
+        assert!(matches!(RedisCache::build(other_database), Err(RedisCacheError::Invalid(_))));
+        let servers = Servers::build(
+            &cluster_config(),
+            crate::connection::Role { name: "test", degraded: "", identify_server: false },
+            None,
+        );
+        assert!(servers.is_ok_and(|servers| servers.single().is_none()));
+    }
+}

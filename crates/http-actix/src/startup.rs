@@ -206,6 +206,7 @@ fn build_redis_cache(
         confirm_wait: cache.confirm_wait,
         near_cache_max_bytes: cache.near_cache_max_bytes,
         sentinel: cache.sentinel.clone(),
+        cluster: cache.cluster.clone(),
         ..RedisCacheConfig::new(cache.url.clone())
     };
     let redacted_url = config.redacted_url();
@@ -216,16 +217,23 @@ fn build_redis_cache(
         (None, _) => RedisCache::build(config),
     }
     .map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;
-    match &cache.sentinel {
+    match (&cache.sentinel, &cache.cluster) {
         // The URL's host is not used then: name what is.
-        Some(sentinel) => tracing::info!(
+        (_, Some(nodes)) => tracing::info!(
+            nodes = ?nodes,
+            ttl_seconds = cache.ttl.as_secs(),
+            "caching users in the Redis Cluster these nodes belong to (no near-cache)"
+        ),
+        (Some(sentinel), None) => tracing::info!(
             sentinels = ?sentinel.sentinels,
             master = %sentinel.master_name,
             redis_database = database.unwrap_or_default(),
             ttl_seconds = cache.ttl.as_secs(),
             "caching users in the Redis master that the Sentinels name"
         ),
-        None => tracing::info!(url = %redacted_url, ttl_seconds = cache.ttl.as_secs(), "caching users in Redis"),
+        (None, None) => {
+            tracing::info!(url = %redacted_url, ttl_seconds = cache.ttl.as_secs(), "caching users in Redis")
+        }
     }
     if !cache.extra_invalidation_keys.is_empty() && cache.extra_invalidation_delays.is_empty() {
         tracing::warn!(
@@ -293,6 +301,7 @@ fn build_limits(settings: &Settings) -> anyhow::Result<Limits> {
                 key_prefix: cache.key_prefix.clone(),
                 timeout: cache.timeout,
                 sentinel: cache.sentinel.clone(),
+                cluster: cache.cluster.clone(),
                 ..RedisCacheConfig::new(cache.url.clone())
             };
             let redis = RedisRateLimiter::build(&config).map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?;

@@ -18,8 +18,8 @@ use crate::auth::client_address::Network;
 mod values;
 
 use values::{
-    AmqpUrl, DatabaseUrl, Days, ExchangeName, FollowUpDelays, Host, KeyTemplates, LogLevel, MetricsToken, Millis, Port,
-    Positive, RedisUrl, Seconds, SecretKey, Sentinels, ServiceKeys, TrustedProxies,
+    AmqpUrl, DatabaseUrl, Days, ExchangeName, FollowUpDelays, Host, HostPorts, KeyTemplates, LogLevel, MetricsToken,
+    Millis, Port, Positive, RedisUrl, Seconds, SecretKey, ServiceKeys, TrustedProxies,
 };
 
 /// The validated configuration.
@@ -220,6 +220,9 @@ pub struct CacheSettings {
     /// The master found through Redis Sentinel (`REDIS_SENTINELS`, `REDIS_SENTINEL_MASTER`)
     /// rather than at `url`'s host; `url` still gives the credentials and the database.
     pub sentinel: Option<adapters_redis::SentinelConfig>,
+    /// Some nodes of the Redis Cluster the cache and the rate limiter use
+    /// (`REDIS_CLUSTER_NODES`), rather than `url`'s server; `url` still gives the credentials.
+    pub cluster: Option<Vec<(String, u16)>>,
 }
 
 impl<'de> Deserialize<'de> for DatabasePooler {
@@ -268,8 +271,9 @@ struct Variables {
     database_pooler: DatabasePooler,
     database_read_url: Option<DatabaseUrl>,
     redis_url: Option<RedisUrl>,
-    redis_sentinels: Sentinels,
+    redis_sentinels: HostPorts,
     redis_sentinel_master: String,
+    redis_cluster_nodes: HostPorts,
     redis_timeout_ms: Millis,
     amqp_url: Option<AmqpUrl>,
     amqp_exchange: ExchangeName,
@@ -279,7 +283,8 @@ struct Variables {
     cache_enabled: bool,
     cache_key_prefix: String,
     cache_confirm_wait_ms: Millis,
-    near_cache_enabled: bool,
+    /// Unset: on, but with a Redis Cluster.
+    near_cache_enabled: Option<bool>,
     near_cache_max_bytes: Positive<u64, MAX_NEAR_CACHE_BYTES>,
     cache_invalidate_extra_keys: KeyTemplates,
     cache_invalidate_extra_delays: FollowUpDelays,
@@ -324,8 +329,9 @@ impl Default for Variables {
             database_pooler: DatabasePooler::None,
             database_read_url: None,
             redis_url: None,
-            redis_sentinels: Sentinels::default(),
+            redis_sentinels: HostPorts::default(),
             redis_sentinel_master: String::new(),
+            redis_cluster_nodes: HostPorts::default(),
             redis_timeout_ms: Millis::of(100),
             amqp_url: None,
             amqp_exchange: ExchangeName("user.events".to_owned()),
@@ -335,7 +341,7 @@ impl Default for Variables {
             cache_enabled: true,
             cache_key_prefix: "user-service".to_owned(),
             cache_confirm_wait_ms: Millis::of(500),
-            near_cache_enabled: true,
+            near_cache_enabled: None,
             near_cache_max_bytes: Positive(adapters_redis::config::DEFAULT_NEAR_CACHE_MAX_BYTES),
             cache_invalidate_extra_keys: KeyTemplates::default(),
             cache_invalidate_extra_delays: FollowUpDelays(
@@ -506,6 +512,35 @@ impl Variables {
                 ));
             }
         };
+        let cluster = match (self.redis_cluster_nodes.0.is_empty(), &self.redis_url) {
+            (true, _) => None,
+            (false, None) => {
+                return Err(ConfigError(
+                    "REDIS_CLUSTER_NODES goes with REDIS_URL for the nodes' credentials (its host is not used): \
+                     e.g. REDIS_CLUSTER_NODES=redis-0:6379,redis-1:6379,redis-2:6379 \
+                     REDIS_URL=redis://:password@redis-cluster"
+                        .into(),
+                ));
+            }
+            (false, Some(RedisUrl(url))) => {
+                let refusal = if url.starts_with("rediss://") {
+                    Some("a rediss:// REDIS_URL (TLS to the cluster's nodes is not supported)")
+                } else if sentinel.is_some() {
+                    Some("REDIS_SENTINELS (a cluster fails its masters over by itself)")
+                } else if self.database_read_url.is_some() {
+                    Some("DATABASE_READ_URL (the replica's read floors need one Redis server)")
+                } else if self.near_cache_enabled == Some(true) {
+                    Some("NEAR_CACHE_ENABLED=true (its freshness check needs one Redis server)")
+                } else {
+                    None
+                };
+                if let Some(refusal) = refusal {
+                    return Err(ConfigError(format!("REDIS_CLUSTER_NODES does not go with {refusal}")));
+                }
+                Some(self.redis_cluster_nodes.0)
+            }
+        };
+        let near_cache_enabled = self.near_cache_enabled.unwrap_or(cluster.is_none());
         let confirm_wait = self.cache_confirm_wait_ms.0;
         if confirm_wait > adapters_redis::config::MAX_CONFIRM_WAIT {
             return Err(ConfigError(format!(
@@ -524,12 +559,13 @@ impl Variables {
                     extra_invalidation_keys: extra_keys,
                     extra_invalidation_delays: self.cache_invalidate_extra_delays.0,
                     confirm_wait,
-                    near_cache_max_bytes: if self.near_cache_enabled && self.cache_enabled {
+                    near_cache_max_bytes: if near_cache_enabled && self.cache_enabled {
                         self.near_cache_max_bytes.0
                     } else {
                         0
                     },
                     sentinel,
+                    cluster,
                 }),
                 Vec::new(),
             ),
@@ -646,6 +682,39 @@ mod tests {
         // PostgreSQL requires an explicit key.
         let error = Settings::from_map(HashMap::from([("DATABASE_URL".into(), "postgres://h/db".into())])).unwrap_err();
         assert!(error.to_string().contains("SECRET_KEY"), "{error}");
+    }
+
+    #[test]
+    fn a_redis_cluster_comes_with_a_redis_url_and_without_what_needs_one_server() {
+        let redis = ("REDIS_URL", "redis://:secret@redis-cluster");
+        let nodes = ("REDIS_CLUSTER_NODES", "r0:6379, r1:6380,10.0.0.3:6379");
+        let cache = settings(&[redis, nodes]).unwrap().cache.unwrap();
+        assert_eq!(
+            cache.cluster.unwrap(),
+            vec![("r0".to_owned(), 6379), ("r1".to_owned(), 6380), ("10.0.0.3".to_owned(), 6379)]
+        );
+        assert_eq!(cache.near_cache_max_bytes, 0, "no near-cache with a cluster unless asked (and then refused)");
+        assert!(settings(&[redis]).unwrap().cache.unwrap().near_cache_max_bytes > 0);
+        let database = ("DATABASE_URL", "postgres://db/users");
+        let secret = ("SECRET_KEY", "0123456789abcdef0123456789abcdef");
+        for (refused, extra) in [
+            ("REDIS_URL", vec![nodes]),
+            ("rediss://", vec![("REDIS_URL", "rediss://:secret@redis-cluster"), nodes]),
+            ("REDIS_SENTINELS", vec![redis, nodes, ("REDIS_SENTINELS", "s:26379"), ("REDIS_SENTINEL_MASTER", "m")]),
+            (
+                "DATABASE_READ_URL",
+                vec![redis, nodes, database, secret, ("DATABASE_READ_URL", "postgres://replica/users")],
+            ),
+            ("NEAR_CACHE_ENABLED", vec![redis, nodes, ("NEAR_CACHE_ENABLED", "true")]),
+        ] {
+            let error = settings(&extra).unwrap_err().to_string();
+            assert!(error.contains("REDIS_CLUSTER_NODES") && error.contains(refused), "{refused}: {error}");
+            assert!(!error.contains("secret"), "{error}");
+        }
+        for bad in ["r0", "r0:0", "r0:http", ":6379", "a b:1"] {
+            let error = settings(&[redis, ("REDIS_CLUSTER_NODES", bad)]).unwrap_err();
+            assert!(error.to_string().contains("REDIS_CLUSTER_NODES"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -328,11 +328,12 @@ impl TryFrom<String> for KeyTemplates {
 
 read_from_text!(KeyTemplates, |templates| templates.0.join(","));
 
-/// `REDIS_SENTINELS`: comma-separated `host:port` of the Redis Sentinels (at most 16).
+/// `REDIS_SENTINELS`, `REDIS_CLUSTER_NODES`: comma-separated `host:port` of Redis Sentinels
+/// or Redis Cluster nodes (at most 16).
 #[derive(Debug, Clone, Default)]
-pub(super) struct Sentinels(pub(super) Vec<(String, u16)>);
+pub(super) struct HostPorts(pub(super) Vec<(String, u16)>);
 
-impl TryFrom<String> for Sentinels {
+impl TryFrom<String> for HostPorts {
     type Error = &'static str;
 
     fn try_from(value: String) -> Result<Self, Self::Error> {
@@ -351,14 +352,14 @@ impl TryFrom<String> for Sentinels {
                 Ok((host.to_owned(), port))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if sentinels.len() > adapters_redis::config::MAX_SENTINELS {
+        if sentinels.len() > adapters_redis::config::MAX_SENTINELS.min(adapters_redis::config::MAX_CLUSTER_NODES) {
             return Err(invalid);
         }
         Ok(Self(sentinels))
     }
 }
 
-read_from_text!(Sentinels, |sentinels| sentinels
+read_from_text!(HostPorts, |sentinels| sentinels
     .0
     .iter()
     .map(|(host, port)| format!("{host}:{port}"))

@@ -1,0 +1,104 @@
+//! Redis Cluster (`REDIS_CLUSTER_NODES`): a master dies, the cluster promotes its replica,
+//! and the service follows the new slot map by itself; reads keep being answered, and none
+//! is older than a change it acknowledged, although the promoted replica still holds what
+//! the dead master had deleted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use adapters_postgres::testing::TestDatabase;
+use api_tests::{PrivateCluster, TestApp};
+use reqwest::Method;
+use serde_json::json;
+
+/// The cache entry key of `user` (default prefix; the id is the hash tag).
+fn entry_key(user: &str) -> String {
+    format!("user-service:{}:user:{{{user}}}", http_actix::dto::CACHE_FORMAT_VERSION)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_follows_a_cluster_failover_and_serves_nothing_the_dead_master_had_deleted() {
+    let mut cluster = PrivateCluster::start().await;
+    let db = Arc::new(TestDatabase::create().await.unwrap());
+    let nodes = cluster.nodes_variable();
+    // REDIS_URL gives the credentials (none here); its host is not used.
+    let settings = [("REDIS_URL", "redis://redis-cluster"), ("REDIS_CLUSTER_NODES", nodes.as_str())];
+    let writer = TestApp::spawn_on(Arc::clone(&db), &settings).await;
+    let reader = writer.sibling(&settings).await;
+    let mut users = Vec::new();
+    for index in 0..30 {
+        users.push(writer.register(&format!("cluster{index}@example.com")).await);
+    }
+    for user in &users {
+        assert_eq!(reader.email_of(user).await, Some(true));
+    }
+    assert!(reader.cache_operations("fill").await >= 30.0, "the reader did not cache in the cluster");
+
+    // A replica, its master, and the users whose entries that master holds.
+    let (replica, master) =
+        cluster.ports.iter().find_map(|port| Some((*port, cluster.master_of(*port)?))).expect("a replica");
+    let on_master: Vec<&String> = users.iter().filter(|user| cluster.holds(master, &entry_key(user))).collect();
+    assert!(!on_master.is_empty(), "no user is cached on the master");
+
+    // The replica's link breaks and cannot be made again (it now logs in as a user the
+    // master does not know): it keeps the entries and generations it has.
+    for (name, value) in [("masteruser", "not-a-user-of-the-master"), ("masterauth", "not-its-password")] {
+        api_tests::redis_cli(replica, &["CONFIG", "SET", name, value]);
+    }
+    api_tests::redis_cli(master, &["CLIENT", "KILL", "TYPE", "replica"]);
+    let started = Instant::now();
+    while !api_tests::redis_cli(replica, &["INFO", "replication"]).contains("master_link_status:down") {
+        assert!(started.elapsed() < Duration::from_secs(10), "the replica's link stayed up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Acknowledged changes, invalidated on the masters only; then one master dies.
+    for user in &users {
+        let reply =
+            writer.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"email": false})).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    cluster.kill(master);
+    let killed_at = Instant::now();
+
+    // Through the failover and after it: every read answered, never with the value before
+    // the changes. Followed once a pass over the dead master's users is served from the
+    // cache whole (on the promoted replica: the users' slots have no other master).
+    let mut stale = Vec::new();
+    let mut followed = None;
+    while followed.is_none() {
+        assert!(killed_at.elapsed() < Duration::from_secs(30), "the service did not follow the failover");
+        let hits_before = reader.cache_operations("hit").await;
+        for user in &on_master {
+            let email = reader.email_of(user).await;
+            if email != Some(false) {
+                stale.push(format!("{user}: {email:?} at {:?}", killed_at.elapsed()));
+            }
+        }
+        let all_cached = reader.cache_operations("hit").await - hits_before >= on_master.len() as f64;
+        for user in &users {
+            let email = writer.email_of(user).await;
+            if email != Some(false) {
+                stale.push(format!("{user} (writer): {email:?} at {:?}", killed_at.elapsed()));
+            }
+        }
+        if all_cached && api_tests::redis_cli(replica, &["INFO", "replication"]).contains("role:master") {
+            followed = Some(killed_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stale.is_empty(), "{} stale reads: {:?}", stale.len(), &stale[..stale.len().min(10)]);
+    eprintln!(
+        "the replica was promoted and the reader served the dead master's users from it {followed:?} after the \
+         kill ({} of 30 users were on that master)",
+        on_master.len()
+    );
+
+    // The promoted replica keeps the service's entries and changes now.
+    let user = on_master[0];
+    let reply = writer.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"email": true})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reader.email_of(user).await, Some(true));
+    let health = reader.get("/health").await;
+    assert_eq!(health.body["data"]["checks"]["cache"]["status"], "ok", "{}", health.body);
+}
