@@ -97,15 +97,17 @@ export TEST_REDIS_PORT="$redis_port"
 if [ -z "${TEST_REDIS_CLUSTER:-}" ]; then
   cluster_dir="$(mktemp -d /tmp/user-service-test-cluster-XXXXXX)"
   cluster_nodes=()
-  port=47000
-  for _ in 1 2 3; do
+  # Below the ephemeral range (32768 and up), where no outgoing connection holds a port.
+  port=17000
+  while [ "${#cluster_nodes[@]}" -lt 3 ] && [ "$port" -lt 17200 ]; do
     port="$(free_port "$port")"
     bus_port="$(free_port $((port + 1)))"
     redis-server --port "$port" --cluster-port "$bus_port" --bind 127.0.0.1 --cluster-enabled yes \
       --cluster-config-file "$cluster_dir/nodes-$port.conf" --dir "$cluster_dir" --save "" --appendonly no \
-      --daemonize yes --pidfile "$cluster_dir/$port.pid" --logfile "$cluster_dir/$port.log" >/dev/null
+      --daemonize yes --pidfile "$cluster_dir/$port.pid" --logfile "$cluster_dir/$port.log" >/dev/null || true
     for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-    cluster_nodes+=("127.0.0.1:$port")
+    # A port taken meanwhile: the next one.
+    if redis-cli -p "$port" ping >/dev/null 2>&1; then cluster_nodes+=("127.0.0.1:$port"); fi
     port=$((bus_port + 1))
   done
   redis-cli --cluster create "${cluster_nodes[@]}" --cluster-yes >"$cluster_dir/create.log" 2>&1 \

@@ -16,48 +16,70 @@ fn entry_key(user: &str) -> String {
     format!("user-service:{}:user:{{{user}}}", http_actix::dto::CACHE_FORMAT_VERSION)
 }
 
+/// A cluster of the test's own and two instances on it; 30 users cached through the reader,
+/// then changed through the writer (email off) while one replica's link to its master is
+/// cut, so that it keeps the users' entries and generations from before the changes.
+struct Scene {
+    cluster: PrivateCluster,
+    writer: TestApp,
+    reader: TestApp,
+    users: Vec<String>,
+    replica: u16,
+    master: u16,
+    /// The users whose entries the master holds (and the cut replica, from before).
+    on_master: Vec<String>,
+}
+
+impl Scene {
+    async fn start(name: &str) -> Self {
+        let cluster = PrivateCluster::start().await;
+        let db = Arc::new(TestDatabase::create().await.unwrap());
+        let nodes = cluster.nodes_variable();
+        // REDIS_URL gives the credentials (none here); its host is not used.
+        let settings = [("REDIS_URL", "redis://redis-cluster"), ("REDIS_CLUSTER_NODES", nodes.as_str())];
+        let writer = TestApp::spawn_on(Arc::clone(&db), &settings).await;
+        let reader = writer.sibling(&settings).await;
+        let mut users = Vec::new();
+        for index in 0..30 {
+            users.push(writer.register(&format!("{name}{index}@example.com")).await);
+        }
+        for user in &users {
+            assert_eq!(reader.email_of(user).await, Some(true));
+        }
+        assert!(reader.cache_operations("fill").await >= 30.0, "the reader did not cache in the cluster");
+        let Some((replica, master)) = cluster.ports.iter().find_map(|port| Some((*port, cluster.master_of(*port)?)))
+        else {
+            panic!("no replica in the cluster");
+        };
+        let on_master: Vec<String> =
+            users.iter().filter(|user| cluster.holds(master, &entry_key(user))).cloned().collect();
+        assert!(!on_master.is_empty(), "no user is cached on the master");
+
+        // The replica's link breaks and cannot be made again (it now logs in as a user the
+        // master does not know): it keeps the entries and generations it has.
+        for (name, value) in [("masteruser", "not-a-user-of-the-master"), ("masterauth", "not-its-password")] {
+            api_tests::redis_cli(replica, &["CONFIG", "SET", name, value]);
+        }
+        api_tests::redis_cli(master, &["CLIENT", "KILL", "TYPE", "replica"]);
+        let started = Instant::now();
+        while !api_tests::redis_cli(replica, &["INFO", "replication"]).contains("master_link_status:down") {
+            assert!(started.elapsed() < Duration::from_secs(10), "the replica's link stayed up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Acknowledged changes, invalidated on the masters only.
+        for user in &users {
+            let reply =
+                writer.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"email": false})).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+        Self { cluster, writer, reader, users, replica, master, on_master }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_follows_a_cluster_failover_and_serves_nothing_the_dead_master_had_deleted() {
-    let mut cluster = PrivateCluster::start().await;
-    let db = Arc::new(TestDatabase::create().await.unwrap());
-    let nodes = cluster.nodes_variable();
-    // REDIS_URL gives the credentials (none here); its host is not used.
-    let settings = [("REDIS_URL", "redis://redis-cluster"), ("REDIS_CLUSTER_NODES", nodes.as_str())];
-    let writer = TestApp::spawn_on(Arc::clone(&db), &settings).await;
-    let reader = writer.sibling(&settings).await;
-    let mut users = Vec::new();
-    for index in 0..30 {
-        users.push(writer.register(&format!("cluster{index}@example.com")).await);
-    }
-    for user in &users {
-        assert_eq!(reader.email_of(user).await, Some(true));
-    }
-    assert!(reader.cache_operations("fill").await >= 30.0, "the reader did not cache in the cluster");
-
-    // A replica, its master, and the users whose entries that master holds.
-    let (replica, master) =
-        cluster.ports.iter().find_map(|port| Some((*port, cluster.master_of(*port)?))).expect("a replica");
-    let on_master: Vec<&String> = users.iter().filter(|user| cluster.holds(master, &entry_key(user))).collect();
-    assert!(!on_master.is_empty(), "no user is cached on the master");
-
-    // The replica's link breaks and cannot be made again (it now logs in as a user the
-    // master does not know): it keeps the entries and generations it has.
-    for (name, value) in [("masteruser", "not-a-user-of-the-master"), ("masterauth", "not-its-password")] {
-        api_tests::redis_cli(replica, &["CONFIG", "SET", name, value]);
-    }
-    api_tests::redis_cli(master, &["CLIENT", "KILL", "TYPE", "replica"]);
-    let started = Instant::now();
-    while !api_tests::redis_cli(replica, &["INFO", "replication"]).contains("master_link_status:down") {
-        assert!(started.elapsed() < Duration::from_secs(10), "the replica's link stayed up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    // Acknowledged changes, invalidated on the masters only; then one master dies.
-    for user in &users {
-        let reply =
-            writer.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"email": false})).await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-    }
+    let Scene { mut cluster, writer, reader, users, replica, master, on_master } = Scene::start("cluster").await;
+    // Then the master dies.
     cluster.kill(master);
     let killed_at = Instant::now();
 
@@ -95,10 +117,54 @@ async fn the_service_follows_a_cluster_failover_and_serves_nothing_the_dead_mast
     );
 
     // The promoted replica keeps the service's entries and changes now.
-    let user = on_master[0];
+    let user = &on_master[0];
     let reply = writer.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"email": true})).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reader.email_of(user).await, Some(true));
     let health = reader.get("/health").await;
     assert_eq!(health.body["data"]["checks"]["cache"]["status"], "ok", "{}", health.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_failed_back_to_with_data_from_a_replica_that_missed_deletions_serves_none_of_it() {
+    // The replica misses the invalidations of acknowledged changes (its link is cut)...
+    let Scene { cluster, writer, reader, users, replica, master, on_master } = Scene::start("failback").await;
+    // ... takes over, and the old master, alive all along, takes its data back from it (the
+    // entries it had stamped itself, from before the changes) while no one reads them ...
+    api_tests::redis_cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"]);
+    let mut stale = Vec::new();
+    let mut check = async |what: &str| {
+        for user in &users {
+            for app in [&reader, &writer] {
+                let email = app.email_of(user).await;
+                if email != Some(false) {
+                    stale.push(format!("{user}: {email:?} {what}"));
+                }
+            }
+        }
+    };
+    let started = Instant::now();
+    while cluster.master_of(master) != Some(replica) {
+        assert!(started.elapsed() < Duration::from_secs(30), "the old master did not follow the takeover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... and becomes master again, with the same run_id.
+    api_tests::redis_cli(master, &["CLUSTER", "FAILOVER"]);
+    let started = Instant::now();
+    while !api_tests::redis_cli(master, &["INFO", "replication"]).contains("role:master") {
+        assert!(started.elapsed() < Duration::from_secs(30), "the old master was not failed back to");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Read until the dead master's users are served from the cache again, on the old master.
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(30), "the service did not cache on the old master again");
+        let hits_before = reader.cache_operations("hit").await;
+        check("after the failback").await;
+        if reader.cache_operations("hit").await - hits_before >= on_master.len() as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stale.is_empty(), "{} stale reads: {:?}", stale.len(), &stale[..stale.len().min(10)]);
 }

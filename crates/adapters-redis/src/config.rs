@@ -220,10 +220,14 @@ impl RedisCacheConfig {
             if self.sentinel.is_some() {
                 return Err(RedisCacheError::Invalid("Redis Cluster and Sentinel exclude each other"));
             }
-            if self.database() != Some(0) {
-                return Err(RedisCacheError::Invalid(
-                    "Redis Cluster has database 0 only: the URL must not select another",
-                ));
+            match self.database() {
+                None => return Err(RedisCacheError::InvalidUrl),
+                Some(0) => {}
+                Some(_) => {
+                    return Err(RedisCacheError::Invalid(
+                        "Redis Cluster has database 0 only: the URL must not select another",
+                    ));
+                }
             }
         }
         Ok(())

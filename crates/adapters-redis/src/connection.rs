@@ -2,9 +2,12 @@
 //! connection made on first use, a timeout, a circuit breaker, and [`Connection::run`], which
 //! makes one round trip within the configured timeout or reports that it could not.
 //!
-//! For the cache, each connection also knows which server process it reached
-//! ([`ServerId`], Redis's `run_id`, random at every start): an entry or a fill ticket from
-//! another process (a restart, empty or from an old snapshot; a failover) is never trusted.
+//! For the cache, each connection also knows which server process it reached, and which
+//! history of the data that process serves ([`ServerId`]: Redis's `run_id`, random at every
+//! start, and its `master_replid`, new at every promotion): an entry or a fill ticket from
+//! another process (a restart, empty or from an old snapshot; a failover) or from before a
+//! promotion of this one (a failback to a master that took its data back from a replica
+//! that had missed deletions) is never trusted.
 //!
 //! Connections come from a deadpool-redis pool, which makes them (with our timeouts) and
 //! checks a returned one with `PING` before handing it out again. That check would cost every
@@ -46,8 +49,10 @@ pub(crate) enum Request<'a> {
     Script(&'a ScriptInvocation<'a>),
 }
 
-/// Which Redis server process a connection reached: its `run_id` (40 random hex digits
-/// chosen at every start), or empty for users that do not ask ([`Role::identify_server`]).
+/// Which Redis server process a connection reached, and the history of its data:
+/// `{run_id}.{master_replid}` (each 40 random hex digits: `run_id` chosen at every start,
+/// `master_replid` at every promotion to master, and taken from the master while a replica),
+/// or empty for users that do not ask ([`Role::identify_server`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ServerId(Arc<str>);
 
@@ -59,6 +64,11 @@ impl ServerId {
 
     pub(crate) fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The replication id it names (empty when none).
+    pub(crate) fn replication_id(&self) -> &str {
+        self.0.split_once('.').map_or("", |(_, replid)| replid)
     }
 }
 
@@ -85,7 +95,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Connect(error) => write!(f, "no connection: {error}"),
-            Self::Identify(error) => write!(f, "INFO server did not name the server's run_id: {error}"),
+            Self::Identify(error) => write!(f, "INFO did not name the server's run_id and replication id: {error}"),
             Self::Redis(error) => write!(f, "{error}"),
             Self::Timeout(timeout) => write!(f, "no answer within {} ms", timeout.as_millis()),
         }
@@ -312,8 +322,8 @@ impl Connection {
     }
 
     /// Drops connection `number` if it is still the shared one, so that the next call
-    /// connects again.
-    fn discard(&self, number: u64) {
+    /// connects again (and asks again which server it reached).
+    pub(crate) fn discard(&self, number: u64) {
         let mut slot = self.slot();
         if slot.as_ref().is_some_and(|current| current.number == number) {
             *slot = None;
@@ -508,16 +518,20 @@ fn breaks_the_connection(failure: &Failure) -> bool {
     }
 }
 
-/// Asks a new connection which server process it reached, and warns if that server may
-/// evict keys.
+/// Asks a new connection which server process it reached and the history of its data
+/// ([`ServerId`]), and warns if that server may evict keys.
 async fn identify(connection: &mut MultiplexedConnection) -> Result<ServerId, redis::RedisError> {
-    let info: String = redis::cmd("INFO").arg("server").query_async(connection).await?;
-    let server = info
-        .lines()
-        .find_map(|line| line.strip_prefix("run_id:"))
-        .map(|run_id| ServerId::new(run_id.trim()))
-        .filter(|server| !server.as_str().is_empty())
-        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "no run_id in INFO server")))?;
+    let server: String = redis::cmd("INFO").arg("server").query_async(connection).await?;
+    let replication: String = redis::cmd("INFO").arg("replication").query_async(connection).await?;
+    let run_id = info_field(&server, "run_id:");
+    let replication_id = info_field(&replication, "master_replid:");
+    let server = match (run_id, replication_id) {
+        (Some(run_id), Some(replication_id)) => ServerId::new(&format!("{run_id}.{replication_id}")),
+        _ => {
+            let missing = "no run_id in INFO server or no master_replid in INFO replication";
+            return Err(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, missing)));
+        }
+    };
     let memory: String = redis::cmd("INFO").arg("memory").query_async(connection).await?;
     let field = |name: &str| memory.lines().find_map(|line| line.strip_prefix(name)).map(str::trim);
     let bounded = field("maxmemory:").is_some_and(|bytes| bytes != "0");
@@ -531,4 +545,9 @@ async fn identify(connection: &mut MultiplexedConnection) -> Result<ServerId, re
         );
     }
     Ok(server)
+}
+
+/// The value of a field (`name:`, e.g. `master_replid:`) of an `INFO` answer, when not empty.
+pub(crate) fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| line.strip_prefix(name)).map(str::trim).filter(|value| !value.is_empty())
 }

@@ -77,7 +77,7 @@ use redis::Script;
 use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
-use crate::connection::{Answer, Breaker, Request, Role, ServerId, Tracking};
+use crate::connection::{Answer, Breaker, Request, Role, ServerId, Tracking, info_field};
 use crate::floors::ReadFloors;
 use crate::follow_up::FollowUps;
 use crate::lease::{ReadLease, Renewal};
@@ -595,25 +595,40 @@ impl Inner {
         self.with_floors(lookups, &server, epoch.flatten()).await
     }
 
-    /// [`Self::read`] in a cluster: one pipeline of `MGET`s (an entry and its generation
-    /// share a hash tag) per master, all sent at once.
+    /// [`Self::read`] in a cluster: one pipeline per master, all sent at once, of `INFO
+    /// replication` then an `MGET` per user (an entry and its generation share a hash tag).
+    /// The replication id read with the entries must still be the connection's: a connection
+    /// outlives a node's demotion and promotion back (nothing breaks it, unlike Sentinel's),
+    /// and the data may have come back with it from a replica that missed deletions, under
+    /// stamps of this process. Otherwise the connection is made again, and asks again.
     async fn read_in_cluster(&self, ids: &[UserId]) -> Vec<CacheLookup> {
         let mut lookups = vec![CacheLookup::Unavailable; ids.len()];
         let grouped = self.servers.group(ids.iter().enumerate().map(|(index, id)| (self.keys.entry(*id), index))).await;
         let reads = grouped.groups.into_iter().map(|(node, indexes)| async move {
             let mut pipeline = redis::pipe();
+            pipeline.cmd("INFO").arg("replication");
             for &index in &indexes {
                 pipeline.cmd("MGET").arg(self.keys.entry(ids[index])).arg(self.keys.generation(ids[index]));
             }
-            type Pairs = Vec<(Option<Vec<u8>>, Option<Vec<u8>>)>;
-            (node.run_identified::<Pairs>(Request::Pipeline(&pipeline)).await, indexes)
+            (node.run_identified::<Vec<redis::Value>>(Request::Pipeline(&pipeline)).await, indexes, node)
         });
-        for (answer, indexes) in futures_util::future::join_all(reads).await {
-            let Some(Answer { value: pairs, server, .. }) = answer else { continue };
-            if pairs.len() != indexes.len() {
+        for (answer, indexes, node) in futures_util::future::join_all(reads).await {
+            let Some(Answer { value: mut values, server, connection }) = answer else { continue };
+            if values.len() != indexes.len() + 1 {
                 continue;
             }
-            for (index, (entry, generation)) in indexes.into_iter().zip(pairs) {
+            let pairs = values.split_off(1);
+            let replication: Option<String> = values.pop().and_then(|info| redis::from_redis_value(info).ok());
+            let still = replication.as_deref().is_some_and(|info| {
+                info_field(info, "role:") == Some("master")
+                    && info_field(info, "master_replid:") == Some(server.replication_id())
+            });
+            if !still {
+                node.discard(connection);
+                continue;
+            }
+            for (index, pair) in indexes.into_iter().zip(pairs) {
+                let Ok((entry, generation)) = redis::from_redis_value(pair) else { continue };
                 lookups[index] = self.lookup_of(ids[index], entry, generation, &server);
             }
         }

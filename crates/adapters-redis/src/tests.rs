@@ -107,11 +107,15 @@ fn generation_in(ticket: &FillTicket) -> String {
     generation.to_owned()
 }
 
-/// The `run_id` of the server at `url`.
-async fn run_id(url: &str) -> String {
-    let info: String =
-        redis::cmd("INFO").arg("server").query_async(&mut raw_connection(url).await).await.expect("INFO");
-    info.lines().find_map(|line| line.strip_prefix("run_id:")).expect("a run_id").trim().to_owned()
+/// What the stamps name the server at `url` by: `{run_id}.{master_replid}`.
+async fn server_id(url: &str) -> String {
+    let mut connection = raw_connection(url).await;
+    let mut field = async |section: &str, name: &str| {
+        let info: String = redis::cmd("INFO").arg(section).query_async(&mut connection).await.expect("INFO");
+        info.lines().find_map(|line| line.strip_prefix(name)).expect("the field").trim().to_owned()
+    };
+    let run_id = field("server", "run_id:").await;
+    format!("{run_id}.{}", field("replication", "master_replid:").await)
 }
 
 /// Fills `id` with `bytes` and checks that it is then a hit.
@@ -753,7 +757,7 @@ async fn an_id_whose_invalidation_is_pending_is_neither_served_nor_filled_while_
     let mut connection = raw_connection(&server.url()).await;
     let generation: Option<String> =
         redis::cmd("GET").arg(cache.inner.keys.generation(written)).query_async(&mut connection).await.expect("GET");
-    let current = stamp(&ServerId::new(&run_id(&server.url()).await), generation.as_deref());
+    let current = stamp(&ServerId::new(&server_id(&server.url()).await), generation.as_deref());
     cache.fill(written, FillTicket::new(Some(current)), b"stale".to_vec()).await;
     let entry: Option<Vec<u8>> =
         redis::cmd("GET").arg(cache.inner.keys.entry(written)).query_async(&mut connection).await.expect("GET");
@@ -815,7 +819,7 @@ async fn entries_and_tickets_from_before_a_restart_from_an_old_snapshot_are_neve
     let (changed, unchanged, reading) = (UserId::generate(), UserId::generate(), UserId::generate());
     warm(&cache, changed, b"before the change").await;
     warm(&cache, unchanged, b"never changed").await;
-    let before = run_id(&server.url()).await;
+    let before = server_id(&server.url()).await;
     let _: () = redis::cmd("SAVE").query_async(&mut raw_connection(&server.url()).await).await.expect("SAVE");
 
     // A change confirmed after the snapshot; a reader takes a ticket and loads meanwhile.
@@ -823,7 +827,7 @@ async fn entries_and_tickets_from_before_a_restart_from_an_old_snapshot_are_neve
     let ticket = miss_ticket(&cache, reading).await;
     server.kill();
     let server = PrivateRedis::start_in(port, Some(&directory)).await;
-    assert_ne!(run_id(&server.url()).await, before, "a new process");
+    assert_ne!(server_id(&server.url()).await, before, "a new process");
 
     // The snapshot brought the old entry and generation back...
     let mut connection = raw_connection(&server.url()).await;

@@ -523,8 +523,13 @@ impl Variables {
                 ));
             }
             (false, Some(RedisUrl(url))) => {
+                let database = adapters_redis::RedisCacheConfig::new(url.as_str()).database();
                 let refusal = if url.starts_with("rediss://") {
                     Some("a rediss:// REDIS_URL (TLS to the cluster's nodes is not supported)")
+                } else if !url.starts_with("redis://") || database.is_none() {
+                    Some("a REDIS_URL other than redis://[user:password@]host[:port] (its credentials are the nodes')")
+                } else if database != Some(0) {
+                    Some("a REDIS_URL that selects a database other than 0 (a cluster has database 0 only)")
                 } else if sentinel.is_some() {
                     Some("REDIS_SENTINELS (a cluster fails its masters over by itself)")
                 } else if self.database_read_url.is_some() {
@@ -711,7 +716,16 @@ mod tests {
             assert!(error.contains("REDIS_CLUSTER_NODES") && error.contains(refused), "{refused}: {error}");
             assert!(!error.contains("secret"), "{error}");
         }
-        for bad in ["r0", "r0:0", "r0:http", ":6379", "a b:1"] {
+        for (refused, url) in [
+            ("redis://", "redis+unix:///run/redis.sock"),
+            ("redis://", "redis://:secret@x:99999999"),
+            ("database", "redis://:secret@x/3"),
+        ] {
+            let error = settings(&[("REDIS_URL", url), nodes]).unwrap_err().to_string();
+            assert!(error.contains("REDIS_CLUSTER_NODES") && error.contains(refused), "{url}: {error}");
+            assert!(!error.contains("secret"), "{error}");
+        }
+        for bad in ["r0", "r0:0", "r0:http", ":6379", "a b:1", " , ,"] {
             let error = settings(&[redis, ("REDIS_CLUSTER_NODES", bad)]).unwrap_err();
             assert!(error.to_string().contains("REDIS_CLUSTER_NODES"), "{bad}: {error}");
         }

@@ -352,7 +352,10 @@ impl TryFrom<String> for HostPorts {
                 Ok((host.to_owned(), port))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if sentinels.len() > adapters_redis::config::MAX_SENTINELS.min(adapters_redis::config::MAX_CLUSTER_NODES) {
+        // A value of commas only names no server: an error, not the default.
+        if sentinels.is_empty()
+            || sentinels.len() > adapters_redis::config::MAX_SENTINELS.min(adapters_redis::config::MAX_CLUSTER_NODES)
+        {
             return Err(invalid);
         }
         Ok(Self(sentinels))
