@@ -1060,27 +1060,10 @@ impl PrivateCluster {
     pub async fn start() -> Self {
         let directory = TempDir::new("cluster");
         std::fs::create_dir_all(&directory.0).expect("a directory for the cluster");
-        let mut cluster = Self { ports: (0..6).map(|_| free_port()).collect(), servers: Vec::new(), directory };
-        for port in cluster.ports.clone() {
-            let (port, bus_port) = (port.to_string(), free_port().to_string());
-            let nodes_file = cluster.directory.0.join(format!("nodes-{port}.conf"));
-            let child = Command::new("redis-server")
-                .args(["--port", &port, "--cluster-port", &bus_port, "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
-                .args(["--cluster-replica-validity-factor", "0", "--cluster-config-file"])
-                .arg(&nodes_file)
-                .args(["--save", "", "--appendonly", "no", "--dir"])
-                .arg(&cluster.directory.0)
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server starts");
-            cluster.servers.push(Some(child));
+        let mut cluster = Self { ports: Vec::new(), servers: Vec::new(), directory };
+        while cluster.ports.len() < 6 {
+            cluster.start_node().await;
         }
-        cluster
-            .wait_until("every node up", |cluster| {
-                cluster.ports.iter().all(|port| redis_cli(*port, &["PING"]).contains("PONG"))
-            })
-            .await;
         let nodes: Vec<String> = cluster.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -1100,6 +1083,45 @@ impl PrivateCluster {
             })
             .await;
         cluster
+    }
+
+    /// Starts a node on free ports, on others again when it does not answer within 5 s (a
+    /// port taken between its choice and the server's start), at most five times.
+    async fn start_node(&mut self) {
+        for _ in 0..5 {
+            let (port, bus_port) = (free_port(), free_port());
+            if port == bus_port || self.ports.contains(&port) {
+                continue;
+            }
+            let (port_text, bus_port) = (port.to_string(), bus_port.to_string());
+            let file = |name: &str| self.directory.0.join(format!("{name}-{port}"));
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port_text, "--cluster-port", &bus_port, "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                .args(["--cluster-replica-validity-factor", "0", "--cluster-config-file"])
+                .arg(file("nodes"))
+                .args(["--save", "", "--appendonly", "no", "--logfile"])
+                .arg(file("log"))
+                .arg("--dir")
+                .arg(&self.directory.0)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(5) && child.try_wait().is_ok_and(|exited| exited.is_none()) {
+                if redis_cli(port, &["PING"]).contains("PONG") {
+                    self.ports.push(port);
+                    self.servers.push(Some(child));
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(file("log")).unwrap_or_default();
+            eprintln!("a Redis Cluster node on {port} did not start:\n{log}");
+        }
+        panic!("no Redis Cluster node started in five tries");
     }
 
     async fn wait_until(&self, what: &str, done: impl Fn(&Self) -> bool) {
