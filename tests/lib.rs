@@ -1152,6 +1152,15 @@ impl PrivateCluster {
         redis_cli(port, &["EXISTS", key]).trim() == "1"
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the node on `port`.
+    pub fn signal(&self, port: u16, signal: &str) {
+        let index = self.ports.iter().position(|node| *node == port).expect("a node of the cluster");
+        if let Some(Some(child)) = self.servers.get(index) {
+            let status = Command::new("kill").args([signal, &child.id().to_string()]).status();
+            assert!(status.is_ok_and(|status| status.success()), "kill {signal} failed");
+        }
+    }
+
     /// Kills the node on `port` at once (SIGKILL): its data is gone.
     pub fn kill(&mut self, port: u16) {
         let index = self.ports.iter().position(|node| *node == port).expect("a node of the cluster");

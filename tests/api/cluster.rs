@@ -168,3 +168,65 @@ async fn a_master_failed_back_to_with_data_from_a_replica_that_missed_deletions_
     }
     assert!(stale.is_empty(), "{} stale reads: {:?}", stale.len(), &stale[..stale.len().min(10)]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_cut_off_in_a_minority_is_not_read_even_where_it_answers_reads() {
+    let cluster = PrivateCluster::start().await;
+    let db = Arc::new(TestDatabase::create().await.unwrap());
+    let nodes = cluster.nodes_variable();
+    let settings = [("REDIS_URL", "redis://redis-cluster"), ("REDIS_CLUSTER_NODES", nodes.as_str())];
+    let app = TestApp::spawn_on(db, &settings).await;
+    let mut users = Vec::new();
+    for index in 0..20 {
+        users.push(app.register(&format!("minority{index}@example.com")).await);
+    }
+    for user in &users {
+        assert_eq!(app.email_of(user).await, Some(true));
+    }
+    let masters: Vec<u16> = cluster.ports.iter().copied().filter(|port| cluster.master_of(*port).is_none()).collect();
+    assert_eq!(masters.len(), 3);
+    let kept = masters[0];
+    let on_kept: Vec<&String> = users.iter().filter(|user| cluster.holds(kept, &entry_key(user))).collect();
+    assert!(!on_kept.is_empty(), "no user is cached on the master kept");
+    let hits = app.cache_operations("hit").await;
+    for user in &on_kept {
+        assert_eq!(app.email_of(user).await, Some(true));
+    }
+    assert!(app.cache_operations("hit").await >= hits + on_kept.len() as f64, "not served from the cluster");
+
+    // The other masters freeze: no majority, no failover, and the master kept sees its
+    // cluster fail, yet answers reads (as a master cut off in a minority would, while its
+    // replica elsewhere takes the changes).
+    api_tests::redis_cli(kept, &["CONFIG", "SET", "cluster-allow-reads-when-down", "yes"]);
+    for master in &masters[1..] {
+        cluster.signal(*master, "-STOP");
+    }
+    let started = Instant::now();
+    while !api_tests::redis_cli(kept, &["CLUSTER", "INFO"]).contains("cluster_state:fail") {
+        assert!(started.elapsed() < Duration::from_secs(20), "the master kept never saw its cluster fail");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cluster.holds(kept, &entry_key(on_kept[0])), "it answers reads");
+    let hits = app.cache_operations("hit").await;
+    for user in &on_kept {
+        assert_eq!(app.email_of(user).await, Some(true), "answered from the store");
+    }
+    assert_eq!(app.cache_operations("hit").await, hits, "a node whose cluster is down was read from");
+
+    // Whole again: cached reads resume.
+    for master in &masters[1..] {
+        cluster.signal(*master, "-CONT");
+    }
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(30), "cached reads did not resume");
+        let hits = app.cache_operations("hit").await;
+        for user in &on_kept {
+            assert_eq!(app.email_of(user).await, Some(true));
+        }
+        if app.cache_operations("hit").await >= hits + on_kept.len() as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

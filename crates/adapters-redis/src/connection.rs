@@ -321,9 +321,19 @@ impl Connection {
         Ok(current)
     }
 
+    /// Drops connection `number`, whose server is no longer the one it reached (see
+    /// [`ServerId`]): the next call connects again and asks again, and a cluster reads its
+    /// slot map again.
+    pub(crate) fn distrust(&self, number: u64) {
+        if let Some(failed) = &self.failed {
+            failed.store(true, Ordering::Relaxed);
+        }
+        self.discard(number);
+    }
+
     /// Drops connection `number` if it is still the shared one, so that the next call
-    /// connects again (and asks again which server it reached).
-    pub(crate) fn discard(&self, number: u64) {
+    /// connects again.
+    fn discard(&self, number: u64) {
         let mut slot = self.slot();
         if slot.as_ref().is_some_and(|current| current.number == number) {
             *slot = None;

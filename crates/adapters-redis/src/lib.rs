@@ -596,17 +596,20 @@ impl Inner {
     }
 
     /// [`Self::read`] in a cluster: one pipeline per master, all sent at once, of `INFO
-    /// replication` then an `MGET` per user (an entry and its generation share a hash tag).
-    /// The replication id read with the entries must still be the connection's: a connection
-    /// outlives a node's demotion and promotion back (nothing breaks it, unlike Sentinel's),
-    /// and the data may have come back with it from a replica that missed deletions, under
-    /// stamps of this process. Otherwise the connection is made again, and asks again.
+    /// replication`, `CLUSTER INFO`, then an `MGET` per user (an entry and its generation
+    /// share a hash tag). The replication id read with the entries must still be the
+    /// connection's: a connection outlives a node's demotion and promotion back (nothing
+    /// breaks it, unlike Sentinel's), and the data may have come back with it from a replica
+    /// that missed deletions, under stamps of this process. Otherwise the connection is made
+    /// again, and asks again. And the node must see its cluster `ok`: a master cut off in a
+    /// minority may still answer reads (`cluster-allow-reads-when-down`) while its replica,
+    /// promoted, takes the changes.
     async fn read_in_cluster(&self, ids: &[UserId]) -> Vec<CacheLookup> {
         let mut lookups = vec![CacheLookup::Unavailable; ids.len()];
         let grouped = self.servers.group(ids.iter().enumerate().map(|(index, id)| (self.keys.entry(*id), index))).await;
         let reads = grouped.groups.into_iter().map(|(node, indexes)| async move {
             let mut pipeline = redis::pipe();
-            pipeline.cmd("INFO").arg("replication");
+            pipeline.cmd("INFO").arg("replication").cmd("CLUSTER").arg("INFO");
             for &index in &indexes {
                 pipeline.cmd("MGET").arg(self.keys.entry(ids[index])).arg(self.keys.generation(ids[index]));
             }
@@ -614,17 +617,21 @@ impl Inner {
         });
         for (answer, indexes, node) in futures_util::future::join_all(reads).await {
             let Some(Answer { value: mut values, server, connection }) = answer else { continue };
-            if values.len() != indexes.len() + 1 {
+            if values.len() != indexes.len() + 2 {
                 continue;
             }
-            let pairs = values.split_off(1);
-            let replication: Option<String> = values.pop().and_then(|info| redis::from_redis_value(info).ok());
+            let pairs = values.split_off(2);
+            let mut infos = values.into_iter().map(|info| redis::from_redis_value::<String>(info).ok());
+            let (replication, cluster) = (infos.next().flatten(), infos.next().flatten());
             let still = replication.as_deref().is_some_and(|info| {
                 info_field(info, "role:") == Some("master")
                     && info_field(info, "master_replid:") == Some(server.replication_id())
             });
             if !still {
-                node.discard(connection);
+                node.distrust(connection);
+                continue;
+            }
+            if cluster.as_deref().and_then(|info| info_field(info, "cluster_state:")) != Some("ok") {
                 continue;
             }
             for (index, pair) in indexes.into_iter().zip(pairs) {
