@@ -173,7 +173,7 @@ pub(crate) struct Grouped<T> {
 pub(crate) struct Cluster {
     config: RedisCacheConfig,
     role: Role,
-    /// The configured nodes, asked for the map first of all.
+    /// The configured nodes (named in the logs; asked for the map like every node seen).
     seeds: Vec<(String, u16)>,
     /// Every node seen, masters and replicas, by address: any of them may be asked for the map.
     nodes: Mutex<HashMap<(String, u16), Node>>,
