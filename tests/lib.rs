@@ -1019,8 +1019,7 @@ impl PrivateSentinels {
     /// behind a network partition. Thawed when the set is dropped (and killed).
     pub fn freeze_first_sentinel(&self) {
         if let Some(Some(child)) = self.servers.get(2) {
-            let status = Command::new("kill").args(["-STOP", &child.id().to_string()]).status();
-            assert!(status.is_ok_and(|status| status.success()), "kill -STOP failed");
+            send_signal(child, "-STOP");
         }
     }
 
@@ -1156,8 +1155,7 @@ impl PrivateCluster {
     pub fn signal(&self, port: u16, signal: &str) {
         let index = self.ports.iter().position(|node| *node == port).expect("a node of the cluster");
         if let Some(Some(child)) = self.servers.get(index) {
-            let status = Command::new("kill").args([signal, &child.id().to_string()]).status();
-            assert!(status.is_ok_and(|status| status.success()), "kill {signal} failed");
+            send_signal(child, signal);
         }
     }
 
@@ -1178,4 +1176,10 @@ impl Drop for PrivateCluster {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends `signal` (e.g. `-STOP`) to `child`, asserting that it was delivered.
+fn send_signal(child: &Child, signal: &str) {
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status();
+    assert!(status.is_ok_and(|status| status.success()), "kill {signal} failed");
 }
