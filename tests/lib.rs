@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 use std::io::BufRead;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1050,20 +1052,67 @@ impl Drop for PrivateSentinels {
 pub struct PrivateCluster {
     /// The six nodes' ports: the masters', then their replicas' (as first made).
     pub ports: Vec<u16>,
+    /// The address each node announces, by the index of its port.
+    hosts: Vec<&'static str>,
     servers: Vec<Option<Child>>,
+    /// The nodes' bus proxies ([`ClusterOptions::bus_proxies`]).
+    proxies: Vec<BusProxy>,
+    /// The port of the node that [`Self::cut_isolated_bus`] cuts off, with bus proxies.
+    isolated: Option<u16>,
+    /// Set once the isolated node's bus is cut; read by every proxy.
+    cut: Arc<AtomicBool>,
+    options: ClusterOptions,
     directory: TempDir,
 }
+
+/// How [`PrivateCluster::start_with`] starts a cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterOptions {
+    /// `cluster-node-timeout`, in milliseconds: how long before a silent node is suspected
+    /// (and a master cut off from the others sees its cluster fail). 1000 by default.
+    pub node_timeout_ms: u64,
+    /// Whether every node's cluster bus goes through a proxy of the test's (the node
+    /// announces the proxy's port as its bus port), and the first node started runs on
+    /// 127.0.0.2 (its clients', bus and replication traffic alike, its outgoing connections
+    /// from that address too), so that [`PrivateCluster::cut_isolated_bus`] can cut its bus
+    /// links, and only those. That node is made a master with one replica. Off by default.
+    pub bus_proxies: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self { node_timeout_ms: 1000, bus_proxies: false }
+    }
+}
+
+/// The address the isolated node of a cluster with bus proxies runs on.
+const ISOLATED_HOST: &str = "127.0.0.2";
 
 impl PrivateCluster {
     /// Starts the six nodes, makes them a cluster, and waits until every replica is in sync.
     pub async fn start() -> Self {
+        Self::start_with(ClusterOptions::default()).await
+    }
+
+    /// [`Self::start`] with `options`.
+    pub async fn start_with(options: ClusterOptions) -> Self {
         let directory = TempDir::new("cluster");
         std::fs::create_dir_all(&directory.0).expect("a directory for the cluster");
-        let mut cluster = Self { ports: Vec::new(), servers: Vec::new(), directory };
+        let mut cluster = Self {
+            ports: Vec::new(),
+            hosts: Vec::new(),
+            servers: Vec::new(),
+            proxies: Vec::new(),
+            isolated: None,
+            cut: Arc::new(AtomicBool::new(false)),
+            options,
+            directory,
+        };
         while cluster.ports.len() < 6 {
-            cluster.start_node().await;
+            let host = if options.bus_proxies && cluster.ports.is_empty() { ISOLATED_HOST } else { "127.0.0.1" };
+            cluster.start_node(host).await;
         }
-        let nodes: Vec<String> = cluster.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+        let nodes: Vec<String> = cluster.ports.iter().map(|port| format!("{}:{port}", cluster.host(*port))).collect();
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&nodes)
@@ -1071,32 +1120,65 @@ impl PrivateCluster {
             .output()
             .expect("redis-cli --cluster create");
         assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
-        cluster
-            .wait_until("a cluster with three replicas in sync", |cluster| {
-                let replicas = cluster.ports.iter().filter(|port| cluster.master_of(**port).is_some()).count();
-                let ok = cluster
-                    .ports
-                    .iter()
-                    .all(|port| redis_cli(*port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
-                ok && replicas == 3
-            })
-            .await;
+        cluster.wait_until_whole().await;
+        if options.bus_proxies {
+            let isolated = cluster.ports[0];
+            // redis-cli chooses the masters: when it made the isolated node a replica, it
+            // becomes its master's master (a manual failover, which both agree on).
+            if cluster.master_of(isolated).is_some() {
+                redis_cli(isolated, &["CLUSTER", "FAILOVER"]);
+                cluster
+                    .wait_until("the isolated node a master with a replica", |cluster| {
+                        cluster.ports.iter().any(|port| cluster.master_of(*port) == Some(isolated))
+                    })
+                    .await;
+                cluster.wait_until_whole().await;
+            }
+            cluster.isolated = Some(isolated);
+        }
         cluster
     }
 
+    /// Waits until every node sees the cluster `ok` and three replicas are in sync.
+    async fn wait_until_whole(&self) {
+        self.wait_until("a cluster with three replicas in sync", |cluster| {
+            let replicas = cluster.ports.iter().filter(|port| cluster.master_of(**port).is_some()).count();
+            let ok =
+                cluster.ports.iter().all(|port| redis_cli(*port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            ok && replicas == 3
+        })
+        .await;
+    }
+
     /// Starts a node on free ports, on others again when it does not answer within 5 s (a
-    /// port taken between its choice and the server's start), at most five times.
-    async fn start_node(&mut self) {
+    /// port taken between its choice and the server's start), at most five times. With bus
+    /// proxies, the node announces `host` and its proxy's port; a node on [`ISOLATED_HOST`]
+    /// also listens on 127.0.0.1 (for [`redis_cli`]) but connects from `host`.
+    async fn start_node(&mut self, host: &'static str) {
         for _ in 0..5 {
             let (port, bus_port) = (free_port(), free_port());
             if port == bus_port || self.ports.contains(&port) {
                 continue;
             }
-            let (port_text, bus_port) = (port.to_string(), bus_port.to_string());
+            let (port_text, bus_port_text) = (port.to_string(), bus_port.to_string());
             let file = |name: &str| self.directory.0.join(format!("{name}-{port}"));
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port_text, "--cluster-port", &bus_port, "--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+            let mut command = Command::new("redis-server");
+            command.args(["--port", &port_text, "--cluster-port", &bus_port_text]);
+            let proxy = if self.options.bus_proxies {
+                let proxy = BusProxy::start(host, (host, bus_port), Arc::clone(&self.cut));
+                command.args(["--cluster-announce-ip", host, "--cluster-announce-bus-port", &proxy.port.to_string()]);
+                if host == ISOLATED_HOST {
+                    command.args(["--bind", host, "127.0.0.1", "--bind-source-addr", host]);
+                } else {
+                    command.args(["--bind", host]);
+                }
+                Some(proxy)
+            } else {
+                command.args(["--bind", "127.0.0.1"]);
+                None
+            };
+            let mut child = command
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", &self.options.node_timeout_ms.to_string()])
                 .args(["--cluster-replica-validity-factor", "0", "--cluster-config-file"])
                 .arg(file("nodes"))
                 .args(["--save", "", "--appendonly", "no", "--logfile"])
@@ -1110,7 +1192,9 @@ impl PrivateCluster {
             while started.elapsed() < Duration::from_secs(5) && child.try_wait().is_ok_and(|exited| exited.is_none()) {
                 if redis_cli(port, &["PING"]).contains("PONG") {
                     self.ports.push(port);
+                    self.hosts.push(host);
                     self.servers.push(Some(child));
+                    self.proxies.extend(proxy);
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1131,6 +1215,12 @@ impl PrivateCluster {
         }
     }
 
+    /// The address the node on `port` announces (and clients reach it on).
+    pub fn host(&self, port: u16) -> &'static str {
+        let index = self.ports.iter().position(|node| *node == port).expect("a node of the cluster");
+        self.hosts[index]
+    }
+
     /// The port of the master the node on `port` replicates, when it is a replica in sync.
     pub fn master_of(&self, port: u16) -> Option<u16> {
         let replication = redis_cli(port, &["INFO", "replication"]);
@@ -1142,13 +1232,42 @@ impl PrivateCluster {
 
     /// `REDIS_CLUSTER_NODES` for every node.
     pub fn nodes_variable(&self) -> String {
-        self.ports.iter().map(|port| format!("127.0.0.1:{port}")).collect::<Vec<_>>().join(",")
+        self.nodes_variable_without(&[])
+    }
+
+    /// `REDIS_CLUSTER_NODES` for every node but those on `left_out`.
+    pub fn nodes_variable_without(&self, left_out: &[u16]) -> String {
+        self.ports
+            .iter()
+            .filter(|port| !left_out.contains(port))
+            .map(|port| format!("{}:{port}", self.host(*port)))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Whether the node on `port` holds `key` (a node that does not own its slot answers
     /// `MOVED`).
     pub fn holds(&self, port: u16, key: &str) -> bool {
         redis_cli(port, &["EXISTS", key]).trim() == "1"
+    }
+
+    /// The node that [`Self::cut_isolated_bus`] cuts off (a master, on 127.0.0.2), when
+    /// started with bus proxies.
+    pub fn isolated(&self) -> Option<u16> {
+        self.isolated
+    }
+
+    /// Cuts the isolated node's cluster bus for good: every bus connection from or to it is
+    /// closed, now and whenever one is made again, while its clients and its replication
+    /// links stay up. It then learns nothing of the cluster (a failover of its slots
+    /// included) and the others nothing of it, until the node timeout makes each side
+    /// suspect the other. Panics without bus proxies.
+    pub fn cut_isolated_bus(&self) {
+        assert!(self.isolated.is_some(), "the cluster was started without bus proxies");
+        self.cut.store(true, Ordering::SeqCst);
+        for proxy in &self.proxies {
+            proxy.close_isolated_links();
+        }
     }
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the node on `port`.
@@ -1174,6 +1293,117 @@ impl Drop for PrivateCluster {
         for mut child in self.servers.iter_mut().filter_map(Option::take) {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // The proxies stop when dropped, after the nodes.
+        self.proxies.clear();
+    }
+}
+
+/// A TCP proxy in front of one cluster node's bus port (std threads: one accepting, two per
+/// connection), that closes the isolated node's connections once the cluster's `cut` is
+/// set: all of them when it is that node's proxy, else those from [`ISOLATED_HOST`]. Stops
+/// (closing every connection) when dropped.
+#[derive(Debug)]
+struct BusProxy {
+    /// The port it listens on, on the node's host.
+    port: u16,
+    shared: Arc<ProxyShared>,
+    accepting: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct ProxyShared {
+    /// The listening address, to wake the accepting thread when stopping.
+    address: std::net::SocketAddr,
+    /// Whether this is the isolated node's proxy (all of its connections are cut).
+    of_isolated: bool,
+    cut: Arc<AtomicBool>,
+    stopping: AtomicBool,
+    /// Both ends of every connection forwarded, each with whether the cut closes it.
+    links: Mutex<Vec<(bool, TcpStream, TcpStream)>>,
+}
+
+impl BusProxy {
+    /// Listens on `host` (a free port) and forwards every connection to `target`.
+    fn start(host: &str, target: (&str, u16), cut: Arc<AtomicBool>) -> Self {
+        let listener = TcpListener::bind((host, 0)).expect("a port for a bus proxy");
+        let address = listener.local_addr().expect("the proxy's address");
+        let shared = Arc::new(ProxyShared {
+            address,
+            of_isolated: host == ISOLATED_HOST,
+            cut,
+            stopping: AtomicBool::new(false),
+            links: Mutex::new(Vec::new()),
+        });
+        let target: std::net::SocketAddr =
+            format!("{}:{}", target.0, target.1).parse().expect("the node's bus address");
+        let accepting = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                for incoming in listener.incoming() {
+                    if shared.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(downstream) = incoming else { continue };
+                    let isolated = shared.of_isolated
+                        || downstream.peer_addr().is_ok_and(|peer| peer.ip().to_string() == ISOLATED_HOST);
+                    let Ok(upstream) = TcpStream::connect_timeout(&target, Duration::from_secs(1)) else { continue };
+                    shared.forward(isolated, downstream, upstream);
+                }
+            })
+        };
+        Self { port: address.port(), shared, accepting: Some(accepting) }
+    }
+
+    /// Closes the connections the cut applies to (new ones are refused by the accepting side).
+    fn close_isolated_links(&self) {
+        let links = self.shared.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (_, downstream, upstream) in links.iter().filter(|(isolated, ..)| *isolated) {
+            let _ = downstream.shutdown(Shutdown::Both);
+            let _ = upstream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl ProxyShared {
+    /// Copies both ways between the two ends, unless the cut (or the stop) applies already.
+    fn forward(&self, isolated: bool, downstream: TcpStream, upstream: TcpStream) {
+        let mut links = self.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Under the lock that the cut's closing takes after setting the flag: a connection is
+        // either refused here or closed there.
+        if (isolated && self.cut.load(Ordering::SeqCst)) || self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let (Ok(down_copy), Ok(up_copy), Ok(down_kept), Ok(up_kept)) =
+            (downstream.try_clone(), upstream.try_clone(), downstream.try_clone(), upstream.try_clone())
+        else {
+            return;
+        };
+        links.push((isolated, down_kept, up_kept));
+        let pipe = |mut from: TcpStream, mut to: TcpStream| {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(Shutdown::Write);
+                let _ = from.shutdown(Shutdown::Read);
+            });
+        };
+        pipe(downstream, up_copy);
+        pipe(upstream, down_copy);
+    }
+}
+
+impl Drop for BusProxy {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Wakes the accepting thread, which sees that it stops.
+        let _ = TcpStream::connect_timeout(&self.shared.address, Duration::from_secs(1));
+        if let Some(accepting) = self.accepting.take() {
+            let _ = accepting.join();
+        }
+        let links = self.shared.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (_, downstream, upstream) in links.iter() {
+            let _ = downstream.shutdown(Shutdown::Both);
+            let _ = upstream.shutdown(Shutdown::Both);
         }
     }
 }

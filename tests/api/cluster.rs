@@ -66,12 +66,18 @@ impl Scene {
             assert!(started.elapsed() < Duration::from_secs(10), "the replica's link stayed up");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Acknowledged changes, invalidated on the masters only.
-        for user in &users {
-            let reply =
-                writer.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"email": false})).await;
+        // Acknowledged changes, invalidated on the masters only. Where the replica is cut off,
+        // the master's invalidation does not count (the replica does not have it): those
+        // changes are acknowledged once the ledger has them, a lease later (hence at once).
+        let writer_ref = &writer;
+        let changes = users.iter().map(|user| async move {
+            writer_ref.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"email": false})).await
+        });
+        for reply in futures_util::future::join_all(changes).await {
             assert_eq!(reply.status, 200, "{}", reply.body);
         }
+        let deferred = writer.cache_operations("invalidate_deferred").await;
+        assert!(deferred >= on_master.len() as f64, "{deferred} changes went to the ledger, not all the cut master's");
         Self { cluster, writer, reader, users, replica, master, on_master }
     }
 }

@@ -23,4 +23,5 @@ mod redis_faults;
 mod replica;
 mod seed;
 mod sentinel;
+mod split_brain;
 mod users;

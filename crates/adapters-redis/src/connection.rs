@@ -19,6 +19,13 @@
 //! call checks one out again, which the pool verifies or makes anew, after a restart, a pause
 //! or a silent network loss alike.
 //!
+//! A change the cache must not lose is sent with [`Connection::run_replicated`]: it counts as
+//! done only once every replica of the server has it (`WAIT`), so that a replica promoted
+//! later, or one promoted already that its old master does not know of (a split brain),
+//! never lacks it. Which replicas: those a Redis Cluster's slot map names for the node (the
+//! cluster leaves out those it agrees have failed), else those connected to the server when
+//! the connection was made; a short count makes the map, or the connection, be made again.
+//!
 //! A connection may also carry Redis's client-side caching ([`Tracking`]): it then speaks
 //! RESP3, turns `CLIENT TRACKING ON` before its first call, and hands every message Redis
 //! pushes to the given handler as redis-rs reads it.
@@ -27,7 +34,7 @@
 //! one port.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -47,6 +54,8 @@ pub(crate) enum Request<'a> {
     Command(&'a redis::Cmd),
     Pipeline(&'a redis::Pipeline),
     Script(&'a ScriptInvocation<'a>),
+    /// A pipeline followed by `WAIT` for the server's replicas: see [`Connection::run_replicated`].
+    Replicated(&'a redis::Pipeline),
 }
 
 /// Which Redis server process a connection reached, and the history of its data:
@@ -125,6 +134,9 @@ struct Current {
     number: u64,
     connection: MultiplexedConnection,
     server: ServerId,
+    /// The replicas connected to the server when the connection was made (0 for users that
+    /// do not ask, [`Role::identify_server`]).
+    replicas: usize,
     /// The pool's object, kept while the connection is in use.
     checked_out: Arc<CheckedOut>,
 }
@@ -167,6 +179,9 @@ pub(crate) struct Connection {
     tracking: bool,
     /// Set by every failed call (a cluster node's: its slot map may be outdated).
     failed: Option<Arc<AtomicBool>>,
+    /// A cluster node's replicas, as the last slot map names them while it is a master;
+    /// `None` for the one server (whose connections count theirs).
+    named_replicas: Option<AtomicUsize>,
     /// Round trips sent (for tests that count them).
     #[cfg(test)]
     pub(crate) round_trips: AtomicU64,
@@ -204,6 +219,7 @@ impl Connection {
     ) -> Result<Self, RedisCacheError> {
         let mut connection = Self::build_for(config, Some((host, port)), role, None)?;
         connection.failed = Some(failed);
+        connection.named_replicas = Some(AtomicUsize::new(0));
         Ok(connection)
     }
 
@@ -268,6 +284,7 @@ impl Connection {
             role,
             tracking: is_tracking,
             failed: None,
+            named_replicas: None,
             #[cfg(test)]
             round_trips: AtomicU64::new(0),
         })
@@ -295,10 +312,10 @@ impl Connection {
         }
         let checked_out = self.pool.get().await.map_err(Failure::Connect)?;
         let mut connection = (*checked_out).clone();
-        let server = if self.role.identify_server {
+        let (server, replicas) = if self.role.identify_server {
             identify(&mut connection).await.map_err(Failure::Identify)?
         } else {
-            ServerId::new("")
+            (ServerId::new(""), 0)
         };
         if self.tracking {
             // Before any read: every key this connection reads from now on is tracked. A
@@ -316,7 +333,7 @@ impl Connection {
         }
         let number = self.made.fetch_add(1, Ordering::Relaxed);
         let checked_out = Arc::new(CheckedOut { object: Mutex::new(Some(checked_out)), given_up: Default::default() });
-        let current = Current { number, connection, server, checked_out };
+        let current = Current { number, connection, server, replicas, checked_out };
         *self.slot() = Some(current.clone());
         Ok(current)
     }
@@ -325,10 +342,33 @@ impl Connection {
     /// [`ServerId`]): the next call connects again and asks again, and a cluster reads its
     /// slot map again.
     pub(crate) fn distrust(&self, number: u64) {
+        self.suspect_map();
+        self.discard(number);
+    }
+
+    /// Has a cluster read its slot map again (at most every 100 ms): this node may no longer
+    /// be what the map says.
+    pub(crate) fn suspect_map(&self) {
         if let Some(failed) = &self.failed {
             failed.store(true, Ordering::Relaxed);
         }
-        self.discard(number);
+    }
+
+    /// Sets the replicas a cluster's slot map names for this node.
+    pub(crate) fn set_named_replicas(&self, replicas: usize) {
+        if let Some(named) = &self.named_replicas {
+            named.store(replicas, Ordering::Relaxed);
+        }
+    }
+
+    /// How many replicas must have a change on `current` before it counts: see the module's docs.
+    fn replicas_of(&self, current: &Current) -> usize {
+        self.named_replicas.as_ref().map_or(current.replicas, |named| named.load(Ordering::Relaxed))
+    }
+
+    /// A cluster node's replicas as the last slot map names them (0 for the one server).
+    pub(crate) fn named_replicas(&self) -> usize {
+        self.named_replicas.as_ref().map_or(0, |named| named.load(Ordering::Relaxed))
     }
 
     /// Drops connection `number` if it is still the shared one, so that the next call
@@ -355,6 +395,15 @@ impl Connection {
         self.call(request, Breaker::Respect, None).await
     }
 
+    /// Runs `pipeline` (whose answers are ignored), then, in the same round trip, `WAIT`s (for
+    /// at most half the timeout) until every replica of the server has it: whether both
+    /// happened. On a short count the cluster's map is read again, or (the one server) the
+    /// connection is made again, which counts the replicas again. Not an outage: the breaker
+    /// is not told.
+    pub(crate) async fn run_replicated(&self, pipeline: &redis::Pipeline, breaker: Breaker) -> bool {
+        self.call::<redis::Value>(Request::Replicated(pipeline), breaker, None).await.is_some()
+    }
+
     /// [`Self::run`] on a connection to the `server` process only: `None`, and nothing sent,
     /// when the current connection reached another one.
     pub(crate) async fn run_on<T: FromRedisValue>(&self, server: &ServerId, request: Request<'_>) -> Option<T> {
@@ -376,7 +425,9 @@ impl Connection {
         let used = OnceLock::new();
         let call = async {
             // The object stays checked out while this call uses its connection (`used` holds it).
-            let Current { number, mut connection, server, checked_out } = self.acquire().await?;
+            let current = self.acquire().await?;
+            let replicas = self.replicas_of(&current);
+            let Current { number, mut connection, server, checked_out, .. } = current;
             let _ = used.set((number, checked_out));
             if only_on.is_some_and(|expected| *expected != server) {
                 return Ok(None);
@@ -387,11 +438,32 @@ impl Connection {
                 Request::Command(command) => command.query_async(&mut connection).await,
                 Request::Pipeline(pipeline) => pipeline.query_async(&mut connection).await,
                 Request::Script(invocation) => invocation.invoke_async(&mut connection).await,
+                Request::Replicated(pipeline) => {
+                    let mut pipeline = pipeline.clone();
+                    if replicas > 0 {
+                        pipeline.cmd("WAIT").arg(replicas).arg(self.replication_wait_ms());
+                    }
+                    let acknowledged: Vec<i64> = match pipeline.query_async(&mut connection).await {
+                        Ok(acknowledged) => acknowledged,
+                        Err(error) => return Err(Failure::Redis(error)),
+                    };
+                    if acknowledged.first().is_some_and(|&count| usize::try_from(count).unwrap_or(0) < replicas) {
+                        tracing::debug!(url = %self.redacted_url, replicas, "a change did not reach every replica in time");
+                        match self.named_replicas {
+                            Some(_) => self.suspect_map(),
+                            None => self.discard(number),
+                        }
+                        return Ok(None);
+                    }
+                    redis::from_redis_value(redis::Value::Okay)
+                        .map_err(|_| RedisError::from((redis::ErrorKind::UnexpectedReturnType, "not an answer")))
+                }
             };
             answer.map(|value| Some(Answer { value, server, connection: number })).map_err(Failure::Redis)
         };
         let outcome = match tokio::time::timeout(self.timeout, call).await {
-            // Not sent, to another server than the caller's: neither a success nor a failure.
+            // Not sent, to another server than the caller's, or not replicated in time: neither
+            // a success nor a failure.
             Ok(Ok(None)) => return None,
             Ok(Ok(Some(answer))) => Ok(answer),
             Ok(Err(failure)) => Err(failure),
@@ -457,6 +529,14 @@ enum Connector {
         next: AtomicU64,
         config: AsyncConnectionConfig,
     },
+}
+
+impl Connection {
+    /// How long `WAIT` waits for the replicas: half the call's timeout, so that a short count
+    /// still answers in time (and never 0, which would wait for ever).
+    fn replication_wait_ms(&self) -> u64 {
+        u64::try_from(self.timeout.as_millis() / 2).unwrap_or(u64::MAX).max(1)
+    }
 }
 
 impl managed::Manager for Connector {
@@ -528,9 +608,9 @@ fn breaks_the_connection(failure: &Failure) -> bool {
     }
 }
 
-/// Asks a new connection which server process it reached and the history of its data
-/// ([`ServerId`]), and warns if that server may evict keys.
-async fn identify(connection: &mut MultiplexedConnection) -> Result<ServerId, redis::RedisError> {
+/// Asks a new connection which server process it reached, the history of its data
+/// ([`ServerId`]) and how many replicas it has, and warns if that server may evict keys.
+async fn identify(connection: &mut MultiplexedConnection) -> Result<(ServerId, usize), redis::RedisError> {
     let server: String = redis::cmd("INFO").arg("server").query_async(connection).await?;
     let replication: String = redis::cmd("INFO").arg("replication").query_async(connection).await?;
     let run_id = info_field(&server, "run_id:");
@@ -542,6 +622,7 @@ async fn identify(connection: &mut MultiplexedConnection) -> Result<ServerId, re
             return Err(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, missing)));
         }
     };
+    let replicas = info_field(&replication, "connected_slaves:").and_then(|count| count.parse().ok()).unwrap_or(0);
     let memory: String = redis::cmd("INFO").arg("memory").query_async(connection).await?;
     let field = |name: &str| memory.lines().find_map(|line| line.strip_prefix(name)).map(str::trim);
     let bounded = field("maxmemory:").is_some_and(|bytes| bytes != "0");
@@ -554,7 +635,7 @@ async fn identify(connection: &mut MultiplexedConnection) -> Result<ServerId, re
              noeviction on the cache's Redis"
         );
     }
-    Ok(server)
+    Ok((server, replicas))
 }
 
 /// The value of a field (`name:`, e.g. `master_replid:`) of an `INFO` answer, when not empty.

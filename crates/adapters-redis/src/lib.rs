@@ -28,7 +28,9 @@
 //!   restarted empty or from an old snapshot, or failed over) is never served or filled, so
 //!   that a restored entry older than a confirmed invalidation stays unused.
 //! - **No acknowledged change is followed by a stale read.** An invalidation returns once
-//!   Redis confirmed it, calling Redis despite the breaker for up to
+//!   Redis confirmed it, and every replica of the server has it (`WAIT`: a replica promoted
+//!   later, or already promoted without its old master knowing, a split brain, never lacks
+//!   it; see [`connection`]), calling Redis despite the breaker for up to
 //!   [`RedisCacheConfig::confirm_wait`]. Past that, it is recorded in the store's
 //!   [`InvalidationLedger`] and returns one lease later ([`lease`]): every instance reads the
 //!   ledger every [`RedisCacheConfig::lease_renewal`], serves no entry of a listed user, and
@@ -83,7 +85,7 @@ use crate::follow_up::FollowUps;
 use crate::lease::{ReadLease, Renewal};
 use crate::near::NearCache;
 use crate::pending::PendingInvalidations;
-use crate::servers::{Node, Servers};
+use crate::servers::Servers;
 
 pub use config::{RedisCacheConfig, RedisCacheError, SentinelConfig};
 pub use rate_limit::RedisRateLimiter;
@@ -631,6 +633,17 @@ impl Inner {
                 node.distrust(connection);
                 continue;
             }
+            // Every replica the map names still follows it: one that left it may have been
+            // promoted, and take the changes, without its knowing (a split brain).
+            let followed = replication
+                .as_deref()
+                .and_then(|info| info_field(info, "connected_slaves:"))
+                .and_then(|count| count.parse::<usize>().ok())
+                .is_some_and(|connected| connected >= node.named_replicas());
+            if !followed {
+                node.suspect_map();
+                continue;
+            }
             if cluster.as_deref().and_then(|info| info_field(info, "cluster_state:")) != Some("ok") {
                 continue;
             }
@@ -860,24 +873,35 @@ impl Inner {
 
     /// Moves the generation of `ids` on to `generation` (the recorded position never goes
     /// down, [`INVALIDATE`]) and deletes their entries and downstream copies, in one script.
-    /// Returns whether Redis confirmed it.
+    /// Returns whether Redis confirmed it, and every replica of the server has it (see
+    /// [`Connection::run_replicated`](connection::Connection::run_replicated)).
     async fn invalidate_now(&self, ids: &[UserId], generation: &Generation, breaker: Breaker) -> bool {
         let Some(node) = self.servers.single() else {
             return self.invalidate_in_cluster(ids, generation, breaker).await;
         };
-        let mut invocation = self.invalidate.prepare_invoke();
+        let mut keys = Vec::new();
         let mut per_user = 1;
         for &id in ids {
             let extra = self.keys.extra(id);
             per_user = 2 + extra.len();
-            invocation.key(self.keys.generation(id)).key(self.keys.entry(id));
-            for key in extra {
-                invocation.key(key);
-            }
+            keys.push(self.keys.generation(id));
+            keys.push(self.keys.entry(id));
+            keys.extend(extra);
         }
-        invocation.arg(&generation.unique).arg(&generation.position).arg(self.generation_ttl_ms).arg(per_user);
-        let request = Request::Script(&invocation);
-        call(node, request, breaker).await
+        let mut pipeline = redis::pipe();
+        // Cheap once loaded, and spares a retry after NOSCRIPT (a restarted server).
+        pipeline.cmd("SCRIPT").arg("LOAD").arg(INVALIDATE).ignore();
+        pipeline
+            .cmd("EVALSHA")
+            .arg(self.invalidate.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(&generation.unique)
+            .arg(&generation.position)
+            .arg(self.generation_ttl_ms)
+            .arg(per_user)
+            .ignore();
+        node.run_replicated(&pipeline, breaker).await
     }
 
     /// [`Self::invalidate_now`] in a cluster, where a script's keys must share a slot: per
@@ -915,7 +939,7 @@ impl Inner {
                     Step::Delete(key) => pipeline.cmd("DEL").arg(key).ignore(),
                 };
             }
-            call(&node, Request::Pipeline(&pipeline), breaker).await
+            node.run_replicated(&pipeline, breaker).await
         });
         futures_util::future::join_all(calls).await.into_iter().all(|confirmed| confirmed)
     }
@@ -1000,14 +1024,6 @@ impl Inner {
             node.run::<()>(Request::Pipeline(&pipeline)).await.is_some()
         });
         futures_util::future::join_all(calls).await.into_iter().all(|deleted| deleted)
-    }
-}
-
-/// One call on `node` that respects `breaker` or not; returns whether it was answered.
-async fn call(node: &Node, request: Request<'_>, breaker: Breaker) -> bool {
-    match breaker {
-        Breaker::Respect => node.run::<redis::Value>(request).await.is_some(),
-        Breaker::Ignore => node.run_despite_breaker::<redis::Value>(request).await.is_some(),
     }
 }
 

@@ -3,11 +3,14 @@
 //!
 //! In a cluster, every node gets a [`Connection`] of its own (its own timeout, breaker and
 //! `run_id`), and a call goes to the master that the last slot map names for its keys. The
-//! map (`CLUSTER SLOTS`) is read on first use, again after a call failed (a failover or a
+//! map (`CLUSTER SLOTS`, which also names each master's replicas: a change waits for them,
+//! see [`crate::connection`]) is read on first use, again after a call failed (a failover or a
 //! resharding: the old owner refuses with `MOVED` or `ASK`, or does not answer) at most every
 //! [`REFRESH_MIN_INTERVAL`], and at least every [`REFRESH_MAX_AGE`]. A call sent on an
 //! outdated map is refused by the node or fails; it is never answered for a slot the node
-//! does not own. The `run_id` an answer carries is the answering node's, so that an entry
+//! does not own, unless the node does not know it lost the slot (its replica took over
+//! while it was cut off: a split brain). Such a node still has a replica fewer than the map
+//! it was routed on names, so it is not read from, and no change counts there. The `run_id` an answer carries is the answering node's, so that an entry
 //! replicated to a replica that was then promoted is never served, as after a Sentinel
 //! failover (see the crate's docs).
 //!
@@ -260,6 +263,9 @@ impl Cluster {
             let Some(slots) = node.run_despite_breaker::<Value>(Request::Command(&command)).await else { continue };
             match self.slot_map(&slots, &host) {
                 Some(map) => {
+                    for (master, replicas) in map.masters.iter().zip(&map.replicas) {
+                        master.set_named_replicas(*replicas);
+                    }
                     *self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(map));
                     return;
                 }
@@ -275,6 +281,7 @@ impl Cluster {
         let Value::Array(ranges) = slots else { return None };
         let mut owners = vec![NO_OWNER; SLOTS].into_boxed_slice();
         let mut masters: Vec<Node> = Vec::new();
+        let mut replicas: Vec<usize> = Vec::new();
         for range in ranges {
             let Value::Array(fields) = range else { return None };
             let (Some(Value::Int(first)), Some(Value::Int(last))) = (fields.first(), fields.get(1)) else {
@@ -284,6 +291,8 @@ impl Cluster {
             if first > last || last >= SLOTS {
                 return None;
             }
+            // Every replica named counts, with an address or not (one may be promoted).
+            let named_replicas = fields.len().saturating_sub(3);
             let mut servers = fields[2..].iter().filter_map(|server| address(server, asked_host));
             let master = self.node(&servers.next()?).ok()?;
             // Replicas are remembered as nodes to ask for the map: one of them is the next
@@ -295,12 +304,14 @@ impl Cluster {
                 Some(index) => index,
                 None => {
                     masters.push(master);
+                    replicas.push(0);
                     masters.len() - 1
                 }
             };
+            replicas[index] = replicas[index].max(named_replicas);
             owners[first..=last].fill(u16::try_from(index).ok()?);
         }
-        Some(SlotMap { owners, masters })
+        Some(SlotMap { owners, masters, replicas })
     }
 }
 
@@ -322,11 +333,14 @@ fn address(server: &Value, asked_host: &str) -> Option<(String, u16)> {
 /// Marks a slot no master serves.
 const NO_OWNER: u16 = u16::MAX;
 
-/// Which master serves each slot.
+/// Which master serves each slot, and how many replicas the cluster names for each master
+/// (it leaves out those it agrees have failed).
 struct SlotMap {
     /// By slot, the index of its master in `masters`, or [`NO_OWNER`].
     owners: Box<[u16]>,
     masters: Vec<Node>,
+    /// By master, as `masters`.
+    replicas: Vec<usize>,
 }
 
 impl SlotMap {

@@ -700,6 +700,60 @@ async fn a_change_redis_does_not_confirm_in_time_is_unconfirmed_without_a_ledger
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_change_counts_only_once_every_replica_of_the_server_has_it() {
+    // A master and its replica; the cache on the master, which counts the replica.
+    let master = PrivateRedis::start().await;
+    let replica = PrivateRedis::start().await;
+    let master_connection = raw_connection(&master.url()).await;
+    // At once, rather than after the default 5 s for more replicas to join.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("repl-diskless-sync-delay")
+        .arg(0)
+        .query_async(&mut master_connection.clone())
+        .await
+        .expect("CONFIG SET");
+    let mut replica_connection = raw_connection(&replica.url()).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(master.port)
+        .query_async(&mut replica_connection)
+        .await
+        .expect("REPLICAOF");
+    eventually(Duration::from_secs(5), "the replica is in sync", || {
+        let mut connection = master_connection.clone();
+        async move {
+            let info: String =
+                redis::cmd("INFO").arg("replication").query_async(&mut connection).await.unwrap_or_default();
+            info.contains("state=online")
+        }
+    })
+    .await;
+    let mut config = config_for(&master.url(), TIMEOUT);
+    config.confirm_wait = Duration::from_millis(300);
+    let cache = RedisCache::build(config).expect("build");
+    let (first, second) = (UserId::generate(), UserId::generate());
+    for id in [first, second] {
+        warm(&cache, id, b"before the change").await;
+    }
+    assert_eq!(cache.invalidate(&[first]).await, Invalidation::Confirmed);
+
+    // The replica stops acknowledging (as behind a partition, or promoted elsewhere): the
+    // master still applies the change, but it does not count.
+    replica.pause();
+    assert_eq!(cache.invalidate(&[second]).await, Invalidation::Unconfirmed);
+    assert_eq!(cache.lookup(second).await, CacheLookup::Unavailable, "not served while unconfirmed");
+
+    // Back: the retry is confirmed, and the replica has the deletion.
+    replica.resume();
+    eventually(Duration::from_secs(3), "the change is confirmed once replicated", || async {
+        cache.pending_invalidations() == 0 && matches!(cache.lookup(second).await, CacheLookup::Miss(_))
+    })
+    .await;
+    assert!(!exists(&mut replica_connection, &cache.inner.keys.entry(second)).await, "the replica has the deletion");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn invalidations_made_while_redis_is_dead_are_applied_after_its_restart_and_lookups_recover() {
     let mut server = PrivateRedis::start().await;
     let port = server.port;
