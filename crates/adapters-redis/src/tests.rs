@@ -703,7 +703,10 @@ async fn a_change_redis_does_not_confirm_in_time_is_unconfirmed_without_a_ledger
 async fn a_change_counts_only_once_every_replica_of_the_server_has_it() {
     // A master and its replica; the cache on the master, which counts the replica.
     let master = PrivateRedis::start().await;
-    let replica = PrivateRedis::start().await;
+    // The replica saves what it receives: in a directory of its own, not the crate's.
+    let directory = std::env::temp_dir().join(format!("redis-replica-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&directory).expect("a directory for the replica");
+    let replica = PrivateRedis::start_in(free_port(), Some(&directory)).await;
     let master_connection = raw_connection(&master.url()).await;
     // At once, rather than after the default 5 s for more replicas to join.
     let _: () = redis::cmd("CONFIG")
@@ -751,6 +754,8 @@ async fn a_change_counts_only_once_every_replica_of_the_server_has_it() {
     })
     .await;
     assert!(!exists(&mut replica_connection, &cache.inner.keys.entry(second)).await, "the replica has the deletion");
+    drop(replica);
+    let _ = std::fs::remove_dir_all(&directory);
 }
 
 #[tokio::test(flavor = "multi_thread")]
