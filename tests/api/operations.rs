@@ -220,3 +220,35 @@ async fn the_openapi_document_lists_every_route_with_schemas_and_error_responses
     assert_eq!(docs.status().as_u16(), 200);
     assert!(docs.text().await.unwrap().to_lowercase().contains("swagger"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_healthcheck_command_exits_0_for_a_live_instance_and_1_otherwise() {
+    let app = TestApp::spawn().await;
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    let binary = api_tests::service_binary();
+    let healthcheck = |host: &str, port: &str| {
+        // The image's environment: nothing but HOST and PORT is needed.
+        std::process::Command::new(&binary)
+            .arg("healthcheck")
+            .env_clear()
+            .env("HOST", host)
+            .env("PORT", port)
+            .output()
+            .unwrap()
+    };
+    let live = healthcheck("0.0.0.0", &port);
+    assert!(live.status.success(), "{}", String::from_utf8_lossy(&live.stderr));
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let started = Instant::now();
+    let dead = healthcheck("0.0.0.0", &closed.to_string());
+    assert_eq!(dead.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&dead.stderr).contains("cannot reach"),
+        "{}",
+        String::from_utf8_lossy(&dead.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let invalid = healthcheck("0.0.0.0", "not-a-port");
+    assert_eq!(invalid.status.code(), Some(1));
+}

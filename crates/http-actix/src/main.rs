@@ -1,5 +1,7 @@
-//! `user-service`: serve the API (default), apply migrations (`user-service migrate`), or
-//! show and check the configuration (`user-service config [--check]`).
+//! `user-service`: serve the API (default), apply migrations (`user-service migrate`), show
+//! and check the configuration (`user-service config [--check]`), or probe a running
+//! instance's liveness (`user-service healthcheck`, the container image's `HEALTHCHECK`,
+//! which has no shell or curl).
 //!
 //! Built with the `profiling` feature (`make bench` does; production builds do not), `serve`
 //! also profiles itself when `PROFILE_FLAMEGRAPH=<path.svg>` is set: see [`profiling`].
@@ -9,11 +11,12 @@ use http_actix::config::Settings;
 use http_actix::startup::Application;
 use http_actix::telemetry;
 
-const USAGE: &str = "usage: user-service [serve|migrate|config [--check]]\n\
+const USAGE: &str = "usage: user-service [serve|migrate|config [--check]|healthcheck]\n\
     serve           run the HTTP API (default)\n\
     migrate         apply pending database migrations and exit\n\
     config          print the effective settings, secrets masked\n\
     config --check  validate the settings; exit 1 with start-up's message if invalid\n\
+    healthcheck     exit 0 if the instance on $HOST:$PORT answers /health/live with 200, else 1\n\
     Configuration comes from environment variables and a .env file; see .env.example.";
 
 #[tokio::main]
@@ -27,6 +30,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if command.as_deref() == Some("config") {
         return show_config(std::env::args().nth(2).as_deref());
+    }
+    if command.as_deref() == Some("healthcheck") {
+        return healthcheck().await;
     }
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format, &settings.log_level);
@@ -61,6 +67,47 @@ fn show_config(option: Option<&str>) -> anyhow::Result<()> {
         }
         Some(other) => anyhow::bail!("unknown option {other:?}\n{USAGE}"),
     }
+    Ok(())
+}
+
+/// How long `user-service healthcheck` waits for the whole answer.
+const HEALTHCHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `user-service healthcheck`: one `GET /health/live` to the instance that `HOST` and `PORT`
+/// (read as `serve` reads them, defaults 0.0.0.0 and 3001) describe, on loopback when it
+/// listens on every address. Liveness only, as the image's `HEALTHCHECK` wants: a database
+/// outage must not get the container restarted.
+async fn healthcheck() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port.trim().parse().with_context(|| format!("PORT={port:?} is not a port"))?,
+        Err(_) => 3001,
+    };
+    let host = std::env::var("HOST").unwrap_or_default();
+    let host = match host.trim() {
+        "" | "0.0.0.0" | "::" | "[::]" => "127.0.0.1".to_owned(),
+        other => other.to_owned(),
+    };
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        let request = format!("GET /health/live HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        // The status line is all that is read; it fits in the first bytes.
+        let mut head = [0_u8; 16];
+        let mut read = 0;
+        while read < head.len() {
+            match stream.read(&mut head[read..]).await? {
+                0 => break,
+                count => read += count,
+            }
+        }
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..read]).into_owned())
+    };
+    let status = tokio::time::timeout(HEALTHCHECK_TIMEOUT, probe)
+        .await
+        .with_context(|| format!("no answer from {host}:{port} within {HEALTHCHECK_TIMEOUT:?}"))?
+        .with_context(|| format!("cannot reach {host}:{port}"))?;
+    anyhow::ensure!(status.starts_with("HTTP/1.1 200"), "{host}:{port}/health/live answered {status:?}");
     Ok(())
 }
 
