@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: run test lint fmt build migrate check clean bench
+.PHONY: run test test-image lint fmt build migrate check clean bench
 
 ## run: build and start the service on port 3001. Without DATABASE_URL and REDIS_URL (in
 ## the environment or .env) it runs on the embedded default: SQLite under ./data and an
@@ -15,6 +15,11 @@ run:
 test:
 	@if ! $(CARGO) nextest --version >/dev/null 2>&1; then $(CARGO) install cargo-nextest --locked; fi
 	tests/with-services.sh bash -c '$(CARGO) nextest run --workspace --no-fail-fast && CARGO=$(CARGO) tests/contract.sh'
+
+## test-image: build deploy/Dockerfile from a clean clone with buildah and run the image with
+## podman against the local PostgreSQL and Redis (as root; see tests/image.sh)
+test-image:
+	tests/image.sh
 
 ## lint: formatting and clippy with warnings denied
 lint:

@@ -10,7 +10,8 @@
 # machine's Rust 1.95 toolchain, laid out as the official image lays it out. The Dockerfile
 # itself is what a user with Docker builds; its runtime stage is `scratch`.
 #
-# Then the image runs under podman (runc: crun refuses this host's hybrid cgroups, and the
+# Then the image runs under podman (whose complaints that there is no systemd to schedule
+# health checks go to a log: the script runs the check itself) (runc: crun refuses this host's hybrid cgroups, and the
 # default ulimits are above what this unprivileged container host may set) as its own user,
 # with a read-only root, against the machine's PostgreSQL and Redis, and the script checks:
 # the user is uid 10001 and the root is read-only; /health, one registration and one read
@@ -33,7 +34,13 @@ NICE=(nice -n 10)
 export BUILDAH_ISOLATION=chroot
 
 step() { printf '\n== %s %s\n' "$(date +%T)" "$*"; }
-fail() { echo "test-image: FAILED: $*" >&2; exit 1; }
+fail() {
+  echo "test-image: FAILED: $*" >&2
+  if [ -n "${container:-}" ] && podman container exists "$container" 2>/dev/null; then
+    podman logs "$container" 2>&1 | tail -n 20 >&2
+  fi
+  exit 1
+}
 
 [ "$(id -u)" = 0 ] || fail "run as root (buildah and podman use root's containers-storage)"
 
@@ -93,7 +100,7 @@ if ! podman image exists "$RUST_IMAGE"; then
     --change "ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     --change "ENV RUSTUP_HOME=/usr/local/rustup" --change "ENV CARGO_HOME=/usr/local/cargo" \
     --change "ENV RUST_VERSION=$RUST_VERSION" "${cainfo[@]}" --change 'CMD ["bash"]' \
-    - "$RUST_IMAGE" >/dev/null
+    - "$RUST_IMAGE" >"$work/import.log" 2>&1 || { cat "$work/import.log"; fail "podman import"; }
   rm -rf "$root"
 fi
 
@@ -129,7 +136,7 @@ EOF
 podman run -d --name "$container" --runtime runc \
   --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 \
   --network host --read-only --cap-drop ALL --security-opt no-new-privileges \
-  --env-file "$work/env" "$IMAGE" >/dev/null
+  --env-file "$work/env" "$IMAGE" >/dev/null 2>>"$work/podman.log"
 base=http://127.0.0.1:$port
 for _ in $(seq 1 100); do
   curl -fs -o /dev/null "$base/health/live" && break
@@ -162,11 +169,11 @@ done
 [ "$(hits)" -gt "${before:-0}" ] || fail "the second read was not served from the cache"
 echo "/health 200, registration 201, a read served from the Redis cache"
 
-podman healthcheck run "$container" >/dev/null || fail "the image's HEALTHCHECK failed"
+podman healthcheck run "$container" >/dev/null 2>>"$work/podman.log" || fail "the image's HEALTHCHECK failed"
 echo "HEALTHCHECK (user-service healthcheck): healthy"
 
 started=$SECONDS
-podman stop -t "$GRACE_SECONDS" "$container" >/dev/null
+podman stop -t "$GRACE_SECONDS" "$container" >/dev/null 2>>"$work/podman.log"
 stopped=$((SECONDS - started))
 code=$(podman inspect --format '{{.State.ExitCode}}' "$container")
 [ "$code" = 0 ] || fail "exit status $code after SIGTERM (137: killed after the grace period)"
