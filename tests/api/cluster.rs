@@ -67,8 +67,11 @@ impl Scene {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Acknowledged changes, invalidated on the masters only. Where the replica is cut off,
-        // the master's invalidation does not count (the replica does not have it): those
-        // changes are acknowledged once the ledger has them, a lease later (hence at once).
+        // the master's invalidation does not count while the slot map names the replica (it
+        // does not have it): those changes are acknowledged once the ledger has them, a lease
+        // later (hence at once). Redis may also leave such a replica out of the map (it no
+        // longer knows its offset): they then count on the master alone, and the `run_id` of
+        // the stamps keeps the replica's entries unused once it is promoted.
         let writer_ref = &writer;
         let changes = users.iter().map(|user| async move {
             writer_ref.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"email": false})).await
@@ -76,8 +79,6 @@ impl Scene {
         for reply in futures_util::future::join_all(changes).await {
             assert_eq!(reply.status, 200, "{}", reply.body);
         }
-        let deferred = writer.cache_operations("invalidate_deferred").await;
-        assert!(deferred >= on_master.len() as f64, "{deferred} changes went to the ledger, not all the cut master's");
         Self { cluster, writer, reader, users, replica, master, on_master }
     }
 }

@@ -23,8 +23,9 @@
 //! done only once every replica of the server has it (`WAIT`), so that a replica promoted
 //! later, or one promoted already that its old master does not know of (a split brain),
 //! never lacks it. Which replicas: those a Redis Cluster's slot map names for the node (the
-//! cluster leaves out those it agrees have failed), else those connected to the server when
-//! the connection was made; a short count makes the map, or the connection, be made again.
+//! cluster leaves out those it agrees have failed; a short count has the map read again),
+//! else those connected to the server, counted when the connection is made and again with
+//! every change.
 //!
 //! A connection may also carry Redis's client-side caching ([`Tracking`]): it then speaks
 //! RESP3, turns `CLIENT TRACKING ON` before its first call, and hands every message Redis
@@ -134,9 +135,9 @@ struct Current {
     number: u64,
     connection: MultiplexedConnection,
     server: ServerId,
-    /// The replicas connected to the server when the connection was made (0 for users that
-    /// do not ask, [`Role::identify_server`]).
-    replicas: usize,
+    /// The replicas connected to the server when the connection was made, counted again
+    /// with every change (0 for users that do not ask, [`Role::identify_server`]).
+    replicas: Arc<AtomicUsize>,
     /// The pool's object, kept while the connection is in use.
     checked_out: Arc<CheckedOut>,
 }
@@ -333,6 +334,7 @@ impl Connection {
         }
         let number = self.made.fetch_add(1, Ordering::Relaxed);
         let checked_out = Arc::new(CheckedOut { object: Mutex::new(Some(checked_out)), given_up: Default::default() });
+        let replicas = Arc::new(AtomicUsize::new(replicas));
         let current = Current { number, connection, server, replicas, checked_out };
         *self.slot() = Some(current.clone());
         Ok(current)
@@ -363,7 +365,7 @@ impl Connection {
 
     /// How many replicas must have a change on `current` before it counts: see the module's docs.
     fn replicas_of(&self, current: &Current) -> usize {
-        self.named_replicas.as_ref().map_or(current.replicas, |named| named.load(Ordering::Relaxed))
+        self.named_replicas.as_ref().unwrap_or(&current.replicas).load(Ordering::Relaxed)
     }
 
     /// A cluster node's replicas as the last slot map names them (0 for the one server).
@@ -397,9 +399,8 @@ impl Connection {
 
     /// Runs `pipeline` (whose answers are ignored), then, in the same round trip, `WAIT`s (for
     /// at most half the timeout) until every replica of the server has it: whether both
-    /// happened. On a short count the cluster's map is read again, or (the one server) the
-    /// connection is made again, which counts the replicas again. Not an outage: the breaker
-    /// is not told.
+    /// happened. On a short count the cluster's map is read again; the one server's replicas
+    /// are counted again with every change. Not an outage: the breaker is not told.
     pub(crate) async fn run_replicated(&self, pipeline: &redis::Pipeline, breaker: Breaker) -> bool {
         self.call::<redis::Value>(Request::Replicated(pipeline), breaker, None).await.is_some()
     }
@@ -427,6 +428,7 @@ impl Connection {
             // The object stays checked out while this call uses its connection (`used` holds it).
             let current = self.acquire().await?;
             let replicas = self.replicas_of(&current);
+            let counted = Arc::clone(&current.replicas);
             let Current { number, mut connection, server, checked_out, .. } = current;
             let _ = used.set((number, checked_out));
             if only_on.is_some_and(|expected| *expected != server) {
@@ -443,15 +445,33 @@ impl Connection {
                     if replicas > 0 {
                         pipeline.cmd("WAIT").arg(replicas).arg(self.replication_wait_ms());
                     }
-                    let acknowledged: Vec<i64> = match pipeline.query_async(&mut connection).await {
-                        Ok(acknowledged) => acknowledged,
+                    // The one server's replicas, counted again after every change: the next
+                    // one waits for those there are then (one that left, or came back).
+                    let recount = self.named_replicas.is_none() && self.role.identify_server;
+                    if recount {
+                        pipeline.cmd("INFO").arg("replication");
+                    }
+                    let answers: Vec<redis::Value> = match pipeline.query_async(&mut connection).await {
+                        Ok(answers) => answers,
                         Err(error) => return Err(Failure::Redis(error)),
                     };
-                    if acknowledged.first().is_some_and(|&count| usize::try_from(count).unwrap_or(0) < replicas) {
+                    let mut answers = answers.into_iter();
+                    let acknowledged = if replicas > 0 {
+                        answers.next().and_then(|count| redis::from_redis_value::<usize>(count).ok())
+                    } else {
+                        Some(0)
+                    };
+                    if recount {
+                        let info = answers.next().and_then(|info| redis::from_redis_value::<String>(info).ok());
+                        let connected = info.as_deref().and_then(|info| info_field(info, "connected_slaves:"));
+                        if let Some(connected) = connected.and_then(|count| count.parse().ok()) {
+                            counted.store(connected, Ordering::Relaxed);
+                        }
+                    }
+                    if acknowledged.is_none_or(|count| count < replicas) {
                         tracing::debug!(url = %self.redacted_url, replicas, "a change did not reach every replica in time");
-                        match self.named_replicas {
-                            Some(_) => self.suspect_map(),
-                            None => self.discard(number),
+                        if self.named_replicas.is_some() {
+                            self.suspect_map();
                         }
                         return Ok(None);
                     }
