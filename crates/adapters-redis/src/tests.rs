@@ -699,6 +699,19 @@ async fn a_change_redis_does_not_confirm_in_time_is_unconfirmed_without_a_ledger
     assert_eq!(cache.lookup(untouched).await, CacheLookup::Hit(b"filled before the pause".to_vec().into()));
 }
 
+/// Waits until the master behind `master` has a replica in sync.
+async fn wait_until_a_replica_is_in_sync(master: &MultiplexedConnection) {
+    eventually(Duration::from_secs(5), "a replica in sync", || {
+        let mut connection = master.clone();
+        async move {
+            let info: String =
+                redis::cmd("INFO").arg("replication").query_async(&mut connection).await.unwrap_or_default();
+            info.contains("state=online")
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_counts_only_once_every_replica_of_the_server_has_it() {
     // A master and its replica; the cache on the master, which counts the replica.
@@ -723,15 +736,7 @@ async fn a_change_counts_only_once_every_replica_of_the_server_has_it() {
         .query_async(&mut replica_connection)
         .await
         .expect("REPLICAOF");
-    eventually(Duration::from_secs(5), "the replica is in sync", || {
-        let mut connection = master_connection.clone();
-        async move {
-            let info: String =
-                redis::cmd("INFO").arg("replication").query_async(&mut connection).await.unwrap_or_default();
-            info.contains("state=online")
-        }
-    })
-    .await;
+    wait_until_a_replica_is_in_sync(&master_connection).await;
     let mut config = config_for(&master.url(), TIMEOUT);
     // Room for a loaded machine: a healthy replica acknowledges within a few retries.
     config.confirm_wait = Duration::from_secs(1);
@@ -777,15 +782,7 @@ async fn a_change_counts_only_once_every_replica_of_the_server_has_it() {
     })
     .await;
     replicate(Some(master.port)).await;
-    eventually(Duration::from_secs(5), "the replica is back in sync", || {
-        let mut connection = master_connection.clone();
-        async move {
-            let info: String =
-                redis::cmd("INFO").arg("replication").query_async(&mut connection).await.unwrap_or_default();
-            info.contains("state=online")
-        }
-    })
-    .await;
+    wait_until_a_replica_is_in_sync(&master_connection).await;
     // One change sees it back (and is confirmed: it has it); the next waits for it.
     assert_eq!(cache.invalidate(&[third]).await, Invalidation::Confirmed);
     replica.pause();
