@@ -490,15 +490,6 @@ impl Variables {
         }
         let sentinel = match (self.redis_sentinels.0.is_empty(), self.redis_sentinel_master.trim()) {
             (true, "") => None,
-            // The Sentinel client here speaks plain TCP: a `rediss://` password must not go
-            // out in clear.
-            (false, _) if self.redis_url.as_ref().is_some_and(|RedisUrl(url)| url.starts_with("rediss://")) => {
-                return Err(ConfigError(
-                    "REDIS_SENTINELS with a rediss:// REDIS_URL is not supported (TLS to the master through \
-                     Sentinel): use Sentinel on a private network with redis://, or REDIS_URL alone"
-                        .into(),
-                ));
-            }
             (false, master) if !master.is_empty() && self.redis_url.is_some() => Some(adapters_redis::SentinelConfig {
                 sentinels: self.redis_sentinels.0,
                 master_name: master.to_owned(),
@@ -524,9 +515,8 @@ impl Variables {
             }
             (false, Some(RedisUrl(url))) => {
                 let database = adapters_redis::RedisCacheConfig::new(url.as_str()).database();
-                let refusal = if url.starts_with("rediss://") {
-                    Some("a rediss:// REDIS_URL (TLS to the cluster's nodes is not supported)")
-                } else if !url.starts_with("redis://") || database.is_none() {
+                // (`rediss://` is refused with REDIS_URL itself: no TLS in this build.)
+                let refusal = if !url.starts_with("redis://") || database.is_none() {
                     Some("a REDIS_URL other than redis://[user:password@]host[:port] (its credentials are the nodes')")
                 } else if database != Some(0) {
                     Some("a REDIS_URL that selects a database other than 0 (a cluster has database 0 only)")
@@ -704,7 +694,6 @@ mod tests {
         let secret = ("SECRET_KEY", "0123456789abcdef0123456789abcdef");
         for (refused, extra) in [
             ("REDIS_URL", vec![nodes]),
-            ("rediss://", vec![("REDIS_URL", "rediss://:secret@redis-cluster"), nodes]),
             ("REDIS_SENTINELS", vec![redis, nodes, ("REDIS_SENTINELS", "s:26379"), ("REDIS_SENTINEL_MASTER", "m")]),
             (
                 "DATABASE_READ_URL",
@@ -757,6 +746,17 @@ mod tests {
         }
         let tls = settings(&[("REDIS_URL", "rediss://:pw@redis/0"), sentinels, ("REDIS_SENTINEL_MASTER", "m")]);
         assert!(tls.unwrap_err().to_string().contains("rediss://"), "TLS through Sentinel is refused, not dropped");
+        // Nor alone, nor PostgreSQL's: this build speaks no TLS, so start-up must not promise it.
+        let error = settings(&[("REDIS_URL", "rediss://:pw@redis/0")]).unwrap_err().to_string();
+        assert!(error.contains("REDIS_URL") && error.contains("rediss://") && !error.contains(":pw@"), "{error}");
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://app:pw@db/users?application_name=x&sslmode={mode}");
+            let secret = ("SECRET_KEY", "0123456789abcdef0123456789abcdef");
+            let error = settings(&[("DATABASE_URL", &url), secret]).unwrap_err().to_string();
+            assert!(error.contains("DATABASE_URL") && error.contains("sslmode") && !error.contains(":pw@"), "{error}");
+        }
+        let plain = ("DATABASE_URL", "postgres://app@db/users?sslmode=disable");
+        assert!(settings(&[plain, ("SECRET_KEY", "0123456789abcdef0123456789abcdef")]).is_ok());
         let many = vec!["s:1"; 17].join(",");
         assert!(settings(&[redis, ("REDIS_SENTINELS", &many), ("REDIS_SENTINEL_MASTER", "m")]).is_err());
     }

@@ -158,17 +158,28 @@ impl TryFrom<String> for DatabaseUrl {
                 return Ok(Self(format!("postgresql://{rest}")));
             }
         }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self(url))
-        } else {
-            Err("must start with postgres:// or postgresql://")
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err("must start with postgres:// or postgresql://");
         }
+        // This build has no TLS client: refused here rather than failing at the first
+        // connection (`prefer`, the driver's default, goes on without TLS).
+        let demands_tls = url.split_once('?').is_some_and(|(_, query)| {
+            query
+                .split('&')
+                .any(|pair| matches!(pair.split_once('='), Some(("sslmode", "require" | "verify-ca" | "verify-full"))))
+        });
+        if demands_tls {
+            return Err("asks for TLS (sslmode=require/verify-ca/verify-full), which this build does not speak: \
+                 use sslmode=disable on a private network");
+        }
+        Ok(Self(url))
     }
 }
 
 read_from_text!(DatabaseUrl, |url| mask_password(&url.0));
 
-/// `REDIS_URL`: `redis://`, `rediss://` or a Unix socket.
+/// `REDIS_URL`: `redis://` or a Unix socket (`rediss://`, TLS, is refused: this build has no
+/// TLS client).
 #[derive(Debug, Clone)]
 pub(super) struct RedisUrl(pub(super) String);
 
@@ -176,10 +187,12 @@ impl TryFrom<String> for RedisUrl {
     type Error = &'static str;
 
     fn try_from(url: String) -> Result<Self, Self::Error> {
-        if ["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|scheme| url.starts_with(scheme)) {
+        if url.starts_with("rediss://") {
+            Err("is rediss:// (TLS), which this build does not speak: use redis:// on a private network")
+        } else if ["redis://", "unix://", "redis+unix://"].iter().any(|scheme| url.starts_with(scheme)) {
             Ok(Self(url))
         } else {
-            Err("must start with redis:// or rediss://")
+            Err("must start with redis://")
         }
     }
 }
