@@ -173,7 +173,8 @@ pub(crate) struct Connection {
     connecting: tokio::sync::Mutex<()>,
     made: AtomicU64,
     timeout: Duration,
-    pub(crate) breaker: CircuitBreaker,
+    /// Shared by a server's connections (see [`Self::sharing_breaker`]): it judges the server.
+    pub(crate) breaker: Arc<CircuitBreaker>,
     pub(crate) redacted_url: String,
     role: Role,
     /// Whether each connection turns client-side caching on (see [`Tracking`]).
@@ -277,7 +278,7 @@ impl Connection {
             connecting: tokio::sync::Mutex::new(()),
             made: AtomicU64::new(0),
             timeout: config.timeout,
-            breaker: CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown),
+            breaker: Arc::new(CircuitBreaker::new(config.breaker_threshold, config.breaker_cooldown)),
             redacted_url: match node {
                 Some((host, port)) => format!("redis://{host}:{port}"),
                 None => config.redacted_url(),
@@ -289,6 +290,13 @@ impl Connection {
             #[cfg(test)]
             round_trips: AtomicU64::new(0),
         })
+    }
+
+    /// This connection, judged by `other`'s circuit breaker: a second connection to the same
+    /// server (a call that succeeds on either closes it for both).
+    pub(crate) fn sharing_breaker(mut self, other: &Self) -> Self {
+        self.breaker = Arc::clone(&other.breaker);
+        self
     }
 
     /// Whether a connection is currently held (for debug output; it may have broken since).
@@ -424,6 +432,7 @@ impl Connection {
         // The connection the call used, to drop it if the call failed in a way that may have
         // broken it (read after the call future, cancelled or not, is gone).
         let used = OnceLock::new();
+        let replicated = matches!(request, Request::Replicated(_));
         let call = async {
             // The object stays checked out while this call uses its connection (`used` holds it).
             let current = self.acquire().await?;
@@ -515,6 +524,13 @@ impl Connection {
                     // `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`: the node answers, for a slot
                     // it does not serve now. Not an outage of the node: the map is read again.
                     tracing::debug!(url = %self.redacted_url, error = %failure, "Redis Cluster redirection");
+                    return None;
+                }
+                if replicated {
+                    // Invalidations queue behind one another's `WAIT` on their connection while
+                    // a replica does not answer: no sign that the server is down, which the
+                    // other calls judge. (Their successes still close the breaker.)
+                    tracing::debug!(url = %self.redacted_url, error = %failure, "Redis {role} invalidation failed");
                     return None;
                 }
                 // One warning per outage (when the breaker opens), not one per request.

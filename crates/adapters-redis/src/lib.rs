@@ -7,7 +7,8 @@
 //! - [`config`]: the configuration, its defaults and the build errors.
 //!
 //! Both reach Redis the same way: through one multiplexed connection (made on first use,
-//! shared by all calls, remade after it failed), every call, connecting included, bounded by
+//! shared by all calls, remade after it failed; the cache's invalidations have a second one,
+//! see [`servers`]), every call, connecting included, bounded by
 //! the configured timeout, and a circuit breaker that skips Redis after consecutive failures.
 //! Each has its own connection and breaker, so that one's outage log names what degrades. In
 //! a Redis Cluster each has one such connection per node, and a call goes to the master of
@@ -876,7 +877,7 @@ impl Inner {
     /// Returns whether Redis confirmed it, and every replica of the server has it (see
     /// [`Connection::run_replicated`](connection::Connection::run_replicated)).
     async fn invalidate_now(&self, ids: &[UserId], generation: &Generation, breaker: Breaker) -> bool {
-        let Some(node) = self.servers.single() else {
+        let Some(node) = self.servers.single_for_changes() else {
             return self.invalidate_in_cluster(ids, generation, breaker).await;
         };
         let mut keys = Vec::new();
@@ -915,7 +916,7 @@ impl Inner {
         }
         let users = ids.iter().map(|&id| (self.keys.entry(id), Step::Invalidate(id)));
         let copies = ids.iter().flat_map(|&id| self.keys.extra(id)).map(|key| (key.clone(), Step::Delete(key)));
-        let grouped = self.servers.group(users.chain(copies)).await;
+        let grouped = self.servers.group_for_changes(users.chain(copies)).await;
         if !grouped.unrouted.is_empty() {
             return false;
         }

@@ -46,10 +46,20 @@ const MAX_NODES: usize = 1_000;
 /// The connection to one server.
 pub(crate) type Node = Arc<Connection>;
 
-/// The server, or the cluster's nodes, that the cache or the rate limiter calls.
+/// The server, or the cluster's nodes, that the cache or the rate limiter calls. Each server
+/// has two connections: one for every call but invalidations, and one for invalidations,
+/// which `WAIT` for the replicas and so hold their connection meanwhile (a frozen replica
+/// would otherwise hold up every read). The second connects only once used.
 pub(crate) enum Servers {
-    One(Node),
+    One { node: Node, changes: Node },
     Cluster(Box<Cluster>),
+}
+
+/// Which of a server's two connections a call takes: see [`Servers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Reads,
+    Changes,
 }
 
 impl Servers {
@@ -60,12 +70,17 @@ impl Servers {
         tracking: Option<Tracking>,
     ) -> Result<Self, RedisCacheError> {
         match &config.cluster {
-            None => Ok(Self::One(Arc::new(Connection::build(config, role, tracking)?))),
+            None => {
+                let node = Connection::build(config, role, tracking)?;
+                let changes = Connection::build(config, role, None)?.sharing_breaker(&node);
+                Ok(Self::One { node: Arc::new(node), changes: Arc::new(changes) })
+            }
             Some(seeds) => {
                 let cluster = Cluster {
                     config: config.clone(),
                     role,
                     nodes: Mutex::new(HashMap::new()),
+                    change_nodes: Mutex::new(HashMap::new()),
                     seeds: seeds.clone(),
                     map: RwLock::new(None),
                     last_read: Mutex::new(None),
@@ -84,7 +99,15 @@ impl Servers {
     /// The one server's connection; `None` in a cluster.
     pub(crate) fn single(&self) -> Option<&Node> {
         match self {
-            Self::One(node) => Some(node),
+            Self::One { node, .. } => Some(node),
+            Self::Cluster(_) => None,
+        }
+    }
+
+    /// The one server's connection for invalidations; `None` in a cluster.
+    pub(crate) fn single_for_changes(&self) -> Option<&Node> {
+        match self {
+            Self::One { changes, .. } => Some(changes),
             Self::Cluster(_) => None,
         }
     }
@@ -93,17 +116,27 @@ impl Servers {
     /// its slot (the map could not be read).
     pub(crate) async fn route(&self, key: &str) -> Option<Node> {
         match self {
-            Self::One(node) => Some(Arc::clone(node)),
-            Self::Cluster(cluster) => cluster.map().await?.owner(key),
+            Self::One { node, .. } => Some(Arc::clone(node)),
+            Self::Cluster(cluster) => cluster.map().await?.owner(key, Lane::Reads),
         }
     }
 
     /// `items` grouped by the server that holds their key, in their order within a group;
     /// the items whose slot no node is known to own come back apart.
     pub(crate) async fn group<T>(&self, items: impl IntoIterator<Item = (String, T)>) -> Grouped<T> {
+        self.group_in(Lane::Reads, items).await
+    }
+
+    /// [`Self::group`], on the connections for invalidations.
+    pub(crate) async fn group_for_changes<T>(&self, items: impl IntoIterator<Item = (String, T)>) -> Grouped<T> {
+        self.group_in(Lane::Changes, items).await
+    }
+
+    async fn group_in<T>(&self, lane: Lane, items: impl IntoIterator<Item = (String, T)>) -> Grouped<T> {
         let mut grouped = Grouped { groups: Vec::new(), unrouted: Vec::new() };
         let map = match self {
-            Self::One(node) => {
+            Self::One { node, changes } => {
+                let node = if lane == Lane::Changes { changes } else { node };
                 grouped.groups.push((Arc::clone(node), items.into_iter().map(|(_, item)| item).collect()));
                 return grouped;
             }
@@ -111,7 +144,7 @@ impl Servers {
         };
         let mut index: HashMap<*const Connection, usize> = HashMap::new();
         for (key, item) in items {
-            match map.as_ref().and_then(|map| map.owner(&key)) {
+            match map.as_ref().and_then(|map| map.owner(&key, lane)) {
                 Some(node) => {
                     let at = *index.entry(Arc::as_ptr(&node)).or_insert_with(|| {
                         grouped.groups.push((node, Vec::new()));
@@ -128,7 +161,7 @@ impl Servers {
     /// Every master (the one server); `None` in a cluster whose map could not be read.
     pub(crate) async fn masters(&self) -> Option<Vec<Node>> {
         match self {
-            Self::One(node) => Some(vec![Arc::clone(node)]),
+            Self::One { node, .. } => Some(vec![Arc::clone(node)]),
             Self::Cluster(cluster) => Some(cluster.map().await?.masters.clone()),
         }
     }
@@ -136,7 +169,7 @@ impl Servers {
     /// Whether some server's circuit breaker currently skips it (for metrics).
     pub(crate) fn is_bypassed(&self) -> bool {
         match self {
-            Self::One(node) => node.breaker.is_open(),
+            Self::One { node, .. } => node.breaker.is_open(),
             Self::Cluster(cluster) => cluster.known().iter().any(|node| node.breaker.is_open()),
         }
     }
@@ -144,7 +177,7 @@ impl Servers {
     /// Whether a connection is held to every server used (for debug output).
     pub(crate) fn is_connected(&self) -> bool {
         match self {
-            Self::One(node) => node.is_connected(),
+            Self::One { node, .. } => node.is_connected(),
             Self::Cluster(cluster) => cluster
                 .map
                 .read()
@@ -157,7 +190,7 @@ impl Servers {
     /// The server's URL without its password, or the cluster's seed nodes.
     pub(crate) fn redacted_url(&self) -> String {
         match self {
-            Self::One(node) => node.redacted_url.clone(),
+            Self::One { node, .. } => node.redacted_url.clone(),
             Self::Cluster(cluster) => {
                 let seeds: Vec<String> = cluster.seeds.iter().map(|(host, port)| format!("{host}:{port}")).collect();
                 format!("redis cluster {}", seeds.join(","))
@@ -180,6 +213,8 @@ pub(crate) struct Cluster {
     seeds: Vec<(String, u16)>,
     /// Every node seen, masters and replicas, by address: any of them may be asked for the map.
     nodes: Mutex<HashMap<(String, u16), Node>>,
+    /// The masters' connections for invalidations, by address.
+    change_nodes: Mutex<HashMap<(String, u16), Node>>,
     map: RwLock<Option<Arc<SlotMap>>>,
     /// When the map was last read (or tried).
     last_read: Mutex<Option<Instant>>,
@@ -204,6 +239,23 @@ impl Cluster {
             return Err(RedisCacheError::Invalid("the cluster names more than 1,000 nodes"));
         }
         let node = Arc::new(Connection::build_node(&self.config, (host, *port), self.role, Arc::clone(&self.stale))?);
+        nodes.insert((host.clone(), *port), Arc::clone(&node));
+        Ok(node)
+    }
+
+    /// The connection for invalidations to the node at `address` (sharing the breaker of its
+    /// other connection), made (without connecting) when new.
+    fn change_node(&self, (host, port): &(String, u16)) -> Result<Node, RedisCacheError> {
+        let reads = self.node(&(host.clone(), *port))?;
+        let mut nodes = self.change_nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(node) = nodes.get(&(host.clone(), *port)) {
+            return Ok(Arc::clone(node));
+        }
+        if nodes.len() >= MAX_NODES {
+            return Err(RedisCacheError::Invalid("the cluster names more than 1,000 nodes"));
+        }
+        let node = Connection::build_node(&self.config, (host, *port), self.role, Arc::clone(&self.stale))?;
+        let node = Arc::new(node.sharing_breaker(&reads));
         nodes.insert((host.clone(), *port), Arc::clone(&node));
         Ok(node)
     }
@@ -263,8 +315,9 @@ impl Cluster {
             let Some(slots) = node.run_despite_breaker::<Value>(Request::Command(&command)).await else { continue };
             match self.slot_map(&slots, &host) {
                 Some(map) => {
-                    for (master, replicas) in map.masters.iter().zip(&map.replicas) {
+                    for ((master, changes), replicas) in map.masters.iter().zip(&map.changes).zip(&map.replicas) {
                         master.set_named_replicas(*replicas);
+                        changes.set_named_replicas(*replicas);
                     }
                     *self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(map));
                     return;
@@ -281,6 +334,7 @@ impl Cluster {
         let Value::Array(ranges) = slots else { return None };
         let mut owners = vec![NO_OWNER; SLOTS].into_boxed_slice();
         let mut masters: Vec<Node> = Vec::new();
+        let mut changes: Vec<Node> = Vec::new();
         let mut replicas: Vec<usize> = Vec::new();
         for range in ranges {
             let Value::Array(fields) = range else { return None };
@@ -294,7 +348,8 @@ impl Cluster {
             // Every replica named counts, with an address or not (one may be promoted).
             let named_replicas = fields.len().saturating_sub(3);
             let mut servers = fields[2..].iter().filter_map(|server| address(server, asked_host));
-            let master = self.node(&servers.next()?).ok()?;
+            let master_address = servers.next()?;
+            let master = self.node(&master_address).ok()?;
             // Replicas are remembered as nodes to ask for the map: one of them is the next
             // master after a failover.
             for replica in servers {
@@ -304,6 +359,7 @@ impl Cluster {
                 Some(index) => index,
                 None => {
                     masters.push(master);
+                    changes.push(self.change_node(&master_address).ok()?);
                     replicas.push(0);
                     masters.len() - 1
                 }
@@ -311,7 +367,7 @@ impl Cluster {
             replicas[index] = replicas[index].max(named_replicas);
             owners[first..=last].fill(u16::try_from(index).ok()?);
         }
-        Some(SlotMap { owners, masters, replicas })
+        Some(SlotMap { owners, masters, changes, replicas })
     }
 }
 
@@ -339,14 +395,19 @@ struct SlotMap {
     /// By slot, the index of its master in `masters`, or [`NO_OWNER`].
     owners: Box<[u16]>,
     masters: Vec<Node>,
+    /// By master, as `masters`: its connection for invalidations.
+    changes: Vec<Node>,
     /// By master, as `masters`.
     replicas: Vec<usize>,
 }
 
 impl SlotMap {
-    fn owner(&self, key: &str) -> Option<Node> {
-        let owner = *self.owners.get(usize::from(slot(key.as_bytes())))?;
-        self.masters.get(usize::from(owner)).cloned()
+    fn owner(&self, key: &str, lane: Lane) -> Option<Node> {
+        let owner = usize::from(*self.owners.get(usize::from(slot(key.as_bytes())))?);
+        match lane {
+            Lane::Reads => self.masters.get(owner).cloned(),
+            Lane::Changes => self.changes.get(owner).cloned(),
+        }
     }
 }
 

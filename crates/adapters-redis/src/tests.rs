@@ -699,6 +699,32 @@ async fn a_change_redis_does_not_confirm_in_time_is_unconfirmed_without_a_ledger
     assert_eq!(cache.lookup(untouched).await, CacheLookup::Hit(b"filled before the pause".to_vec().into()));
 }
 
+/// A private master and a private replica of it, in sync, and the directory the replica
+/// saves into (its own, not the crate's).
+async fn master_and_replica() -> (PrivateRedis, PrivateRedis, std::path::PathBuf) {
+    let master = PrivateRedis::start().await;
+    let directory = std::env::temp_dir().join(format!("redis-replica-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&directory).expect("a directory for the replica");
+    let replica = PrivateRedis::start_in(free_port(), Some(&directory)).await;
+    let master_connection = raw_connection(&master.url()).await;
+    // At once, rather than after the default 5 s for more replicas to join.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("repl-diskless-sync-delay")
+        .arg(0)
+        .query_async(&mut master_connection.clone())
+        .await
+        .expect("CONFIG SET");
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(master.port)
+        .query_async(&mut raw_connection(&replica.url()).await)
+        .await
+        .expect("REPLICAOF");
+    wait_until_a_replica_is_in_sync(&master_connection).await;
+    (master, replica, directory)
+}
+
 /// Waits until the master behind `master` has a replica in sync.
 async fn wait_until_a_replica_is_in_sync(master: &MultiplexedConnection) {
     eventually(Duration::from_secs(5), "a replica in sync", || {
@@ -715,28 +741,9 @@ async fn wait_until_a_replica_is_in_sync(master: &MultiplexedConnection) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_counts_only_once_every_replica_of_the_server_has_it() {
     // A master and its replica; the cache on the master, which counts the replica.
-    let master = PrivateRedis::start().await;
-    // The replica saves what it receives: in a directory of its own, not the crate's.
-    let directory = std::env::temp_dir().join(format!("redis-replica-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&directory).expect("a directory for the replica");
-    let replica = PrivateRedis::start_in(free_port(), Some(&directory)).await;
+    let (master, replica, directory) = master_and_replica().await;
     let master_connection = raw_connection(&master.url()).await;
-    // At once, rather than after the default 5 s for more replicas to join.
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("repl-diskless-sync-delay")
-        .arg(0)
-        .query_async(&mut master_connection.clone())
-        .await
-        .expect("CONFIG SET");
     let mut replica_connection = raw_connection(&replica.url()).await;
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(master.port)
-        .query_async(&mut replica_connection)
-        .await
-        .expect("REPLICAOF");
-    wait_until_a_replica_is_in_sync(&master_connection).await;
     let mut config = config_for(&master.url(), TIMEOUT);
     // Room for a loaded machine: a healthy replica acknowledges within a few retries.
     config.confirm_wait = Duration::from_secs(1);
@@ -788,6 +795,48 @@ async fn a_change_counts_only_once_every_replica_of_the_server_has_it() {
     replica.pause();
     assert_eq!(cache.invalidate(&[third]).await, Invalidation::Unconfirmed, "the replica back is waited for");
     replica.resume();
+    drop(replica);
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_do_not_wait_behind_invalidations_waiting_for_a_frozen_replica() {
+    let (master, replica, directory) = master_and_replica().await;
+    let mut config = config_for(&master.url(), TIMEOUT);
+    config.confirm_wait = Duration::from_millis(300);
+    let cache = RedisCache::build(config).expect("build");
+    let (changed, read) = (UserId::generate(), UserId::generate());
+    warm(&cache, changed, b"changed").await;
+    warm(&cache, read, b"read throughout").await;
+
+    // Four writers keep a WAIT (half the timeout) pending at all times, while reads go on.
+    replica.pause();
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_secs(1) {
+                    let _ = cache.invalidate(&[changed]).await;
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        let asked = Instant::now();
+        assert_eq!(cache.lookup(read).await, CacheLookup::Hit(b"read throughout".to_vec().into()));
+        latencies.push(asked.elapsed());
+    }
+    for writer in writers {
+        writer.await.expect("a writer");
+    }
+    replica.resume();
+    latencies.sort_unstable();
+    let median = latencies[latencies.len() / 2];
+    assert!(median < TIMEOUT / 5, "reads waited behind the invalidations: median {median:?} of {}", latencies.len());
+    assert!(!cache.is_bypassed(), "the breaker opened");
     drop(replica);
     let _ = std::fs::remove_dir_all(&directory);
 }
