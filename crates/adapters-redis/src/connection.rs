@@ -376,6 +376,12 @@ impl Connection {
         self.named_replicas.as_ref().unwrap_or(&current.replicas).load(Ordering::Relaxed)
     }
 
+    /// How long `WAIT` waits for the replicas: half the call's timeout, so that a short count
+    /// still answers in time (and never 0, which would wait for ever).
+    fn replication_wait_ms(&self) -> u64 {
+        u64::try_from(self.timeout.as_millis() / 2).unwrap_or(u64::MAX).max(1)
+    }
+
     /// A cluster node's replicas as the last slot map names them (0 for the one server).
     pub(crate) fn named_replicas(&self) -> usize {
         self.named_replicas.as_ref().map_or(0, |named| named.load(Ordering::Relaxed))
@@ -472,8 +478,7 @@ impl Connection {
                     };
                     if recount {
                         let info = answers.next().and_then(|info| redis::from_redis_value::<String>(info).ok());
-                        let connected = info.as_deref().and_then(|info| info_field(info, "connected_slaves:"));
-                        if let Some(connected) = connected.and_then(|count| count.parse().ok()) {
+                        if let Some(connected) = info.as_deref().and_then(connected_replicas) {
                             counted.store(connected, Ordering::Relaxed);
                         }
                     }
@@ -567,14 +572,6 @@ enum Connector {
     },
 }
 
-impl Connection {
-    /// How long `WAIT` waits for the replicas: half the call's timeout, so that a short count
-    /// still answers in time (and never 0, which would wait for ever).
-    fn replication_wait_ms(&self) -> u64 {
-        u64::try_from(self.timeout.as_millis() / 2).unwrap_or(u64::MAX).max(1)
-    }
-}
-
 impl managed::Manager for Connector {
     type Type = MultiplexedConnection;
     type Error = RedisError;
@@ -658,7 +655,7 @@ async fn identify(connection: &mut MultiplexedConnection) -> Result<(ServerId, u
             return Err(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, missing)));
         }
     };
-    let replicas = info_field(&replication, "connected_slaves:").and_then(|count| count.parse().ok()).unwrap_or(0);
+    let replicas = connected_replicas(&replication).unwrap_or(0);
     let memory: String = redis::cmd("INFO").arg("memory").query_async(connection).await?;
     let field = |name: &str| memory.lines().find_map(|line| line.strip_prefix(name)).map(str::trim);
     let bounded = field("maxmemory:").is_some_and(|bytes| bytes != "0");
@@ -672,6 +669,11 @@ async fn identify(connection: &mut MultiplexedConnection) -> Result<(ServerId, u
         );
     }
     Ok((server, replicas))
+}
+
+/// The replicas connected to the server, from its `INFO replication` answer.
+pub(crate) fn connected_replicas(replication: &str) -> Option<usize> {
+    info_field(replication, "connected_slaves:")?.parse().ok()
 }
 
 /// The value of a field (`name:`, e.g. `master_replid:`) of an `INFO` answer, when not empty.

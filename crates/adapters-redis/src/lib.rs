@@ -80,7 +80,7 @@ use redis::Script;
 use tokio::sync::oneshot;
 use tokio::time::MissedTickBehavior;
 
-use crate::connection::{Answer, Breaker, Request, Role, ServerId, Tracking, info_field};
+use crate::connection::{Answer, Breaker, Request, Role, ServerId, Tracking, connected_replicas, info_field};
 use crate::floors::ReadFloors;
 use crate::follow_up::FollowUps;
 use crate::lease::{ReadLease, Renewal};
@@ -638,8 +638,7 @@ impl Inner {
             // promoted, and take the changes, without its knowing (a split brain).
             let followed = replication
                 .as_deref()
-                .and_then(|info| info_field(info, "connected_slaves:"))
-                .and_then(|count| count.parse::<usize>().ok())
+                .and_then(connected_replicas)
                 .is_some_and(|connected| connected >= node.named_replicas());
             if !followed {
                 node.suspect_map();
