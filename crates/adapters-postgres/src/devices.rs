@@ -19,6 +19,7 @@ use uuid::Uuid;
 use crate::history::lock_and_append;
 use crate::idempotency::TxError;
 use crate::outbox;
+use crate::prepared::prepared;
 use crate::rows::{DEVICE, DeviceRow};
 use crate::schema::{devices, regexp_replace, users};
 use crate::work::Unit;
@@ -145,16 +146,18 @@ pub(crate) async fn upsert_device(
     now: OffsetDateTime,
 ) -> Result<UpsertedRow, TxError> {
     for _ in 0..UPSERT_ATTEMPTS {
-        let row: Option<UpsertedDevice> = diesel::sql_query(UPSERT_DEVICE)
-            .bind::<SqlUuid, _>(Uuid::now_v7())
-            .bind::<Text, _>(registration.token.as_str())
-            .bind::<SqlUuid, _>(user.as_uuid())
-            .bind::<Text, _>(registration.platform.as_str())
-            .bind::<Bool, _>(registration.active)
-            .bind::<Timestamptz, _>(now)
-            .get_result(connection)
-            .await
-            .optional()?;
+        let row: Option<UpsertedDevice> = prepared(UPSERT_DEVICE, |query| {
+            query
+                .bind::<SqlUuid, _>(Uuid::now_v7())
+                .bind::<Text, _>(registration.token.as_str())
+                .bind::<SqlUuid, _>(user.as_uuid())
+                .bind::<Text, _>(registration.platform.as_str())
+                .bind::<Bool, _>(registration.active)
+                .bind::<Timestamptz, _>(now)
+        })
+        .get_result(connection)
+        .await
+        .optional()?;
         if let Some(row) = row {
             return Ok(row.into());
         }
@@ -170,15 +173,17 @@ async fn refresh_device(
     registration: &DeviceRegistration,
     now: OffsetDateTime,
 ) -> QueryResult<Option<UpsertedRow>> {
-    let row: Option<UpsertedDevice> = diesel::sql_query(REFRESH_DEVICE)
-        .bind::<Text, _>(registration.token.as_str())
-        .bind::<SqlUuid, _>(user.as_uuid())
-        .bind::<Text, _>(registration.platform.as_str())
-        .bind::<Bool, _>(registration.active)
-        .bind::<Timestamptz, _>(now)
-        .get_result(connection)
-        .await
-        .optional()?;
+    let row: Option<UpsertedDevice> = prepared(REFRESH_DEVICE, |query| {
+        query
+            .bind::<Text, _>(registration.token.as_str())
+            .bind::<SqlUuid, _>(user.as_uuid())
+            .bind::<Text, _>(registration.platform.as_str())
+            .bind::<Bool, _>(registration.active)
+            .bind::<Timestamptz, _>(now)
+    })
+    .get_result(connection)
+    .await
+    .optional()?;
     Ok(row.map(UpsertedRow::from))
 }
 

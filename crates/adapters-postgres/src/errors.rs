@@ -61,9 +61,22 @@ pub fn from_diesel(error: DieselError) -> RepositoryError {
 /// bug (500): statement timeouts and cancellations (57014), deadlocks (40P01), shutdowns
 /// (57P01–57P03). diesel-async does not expose the SQLSTATE of these, so the server's
 /// (stable, English by default) message prefix is the only signal.
+/// PostgreSQL's error for a prepared statement whose result type changed under it.
+const STALE_STATEMENT: &str = "cached plan must not change result type";
+
+/// Whether `error` is a prepared statement the schema changed under: its connection must be
+/// dropped, since diesel's statement cache never forgets an entry.
+pub(crate) fn is_stale_statement(error: &RepositoryError) -> bool {
+    matches!(error, RepositoryError::Unavailable(source) if source.to_string().contains(STALE_STATEMENT))
+}
+
 fn is_transient(message: &str) -> bool {
-    const TRANSIENT: [&str; 12] = [
+    const TRANSIENT: [&str; 13] = [
         "canceling statement due to",
+        // A statement this connection keeps prepared whose result type a schema change
+        // altered (a migration by a newer release, say): the store drops the connection
+        // ([`is_stale_statement`]) and the next one prepares it again.
+        STALE_STATEMENT,
         // What the statement after a timed-out one meets when the timeout's error reached the
         // server after the client had its rows (a race of very short statement timeouts).
         "current transaction is aborted",

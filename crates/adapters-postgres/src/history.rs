@@ -23,6 +23,7 @@ use domain::user::UserId;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::prepared::prepared;
 use crate::rows::HISTORY;
 use crate::schema::{consent_history, notification_preferences, users};
 use crate::work::Unit;
@@ -72,17 +73,19 @@ pub(crate) async fn append(
         columns.push(entry);
     }
     let Columns { user_ids, fields, old_values, new_values, actor_kinds, actor_names, request_ids } = columns;
-    diesel::sql_query(APPEND)
-        .bind::<Nullable<Timestamptz>, _>(at.into())
-        .bind::<Array<SqlUuid>, _>(user_ids)
-        .bind::<Array<Text>, _>(fields)
-        .bind::<Array<Nullable<Text>>, _>(old_values)
-        .bind::<Array<Nullable<Text>>, _>(new_values)
-        .bind::<Array<Text>, _>(actor_kinds)
-        .bind::<Array<Text>, _>(actor_names)
-        .bind::<Array<Nullable<Text>>, _>(request_ids)
-        .execute(connection)
-        .await?;
+    prepared(APPEND, |query| {
+        query
+            .bind::<Nullable<Timestamptz>, _>(at.into())
+            .bind::<Array<SqlUuid>, _>(user_ids)
+            .bind::<Array<Text>, _>(fields)
+            .bind::<Array<Nullable<Text>>, _>(old_values)
+            .bind::<Array<Nullable<Text>>, _>(new_values)
+            .bind::<Array<Text>, _>(actor_kinds)
+            .bind::<Array<Text>, _>(actor_names)
+            .bind::<Array<Nullable<Text>>, _>(request_ids)
+    })
+    .execute(connection)
+    .await?;
     Ok(())
 }
 

@@ -29,6 +29,7 @@ mod ledger;
 pub mod migrations;
 mod outbox;
 pub mod pool;
+mod prepared;
 mod replica;
 mod rows;
 mod schema;
@@ -178,7 +179,15 @@ impl PgStore {
     {
         let mut connection = self.connection().await?;
         let setup = self.transaction_setup.as_deref();
-        work::run_on(&mut connection, setup, unit, work).await.map_err(WorkError::into_repository)
+        let error = match work::run_on(&mut connection, setup, unit, work).await {
+            Ok(value) => return Ok(value),
+            Err(error) => error.into_repository(),
+        };
+        if errors::is_stale_statement(&error) {
+            // Out of the pool: a new connection prepares its statements on the new schema.
+            drop(deadpool::managed::Object::take(connection));
+        }
+        Err(error)
     }
 }
 

@@ -30,6 +30,7 @@ use domain::ports::{EventOutbox, EventPublisher, PublishError, RelayError, Repos
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::prepared::prepared;
 use crate::rows::EVENT;
 use crate::schema::outbox_events;
 use crate::work::Unit;
@@ -119,14 +120,16 @@ pub(crate) async fn append(
 ) -> QueryResult<()> {
     for event in in_lock_order(events) {
         let NewEvent { id, kind, subject, data } = event;
-        diesel::sql_query(APPEND_EVENT)
-            .bind::<SqlUuid, _>(id)
-            .bind::<Text, _>(subject)
-            .bind::<Text, _>(kind.as_str())
-            .bind::<Nullable<Timestamptz>, _>(at)
-            .bind::<Text, _>(data)
-            .execute(connection)
-            .await?;
+        prepared(APPEND_EVENT, |query| {
+            query
+                .bind::<SqlUuid, _>(id)
+                .bind::<Text, _>(subject)
+                .bind::<Text, _>(kind.as_str())
+                .bind::<Nullable<Timestamptz>, _>(at)
+                .bind::<Text, _>(data)
+        })
+        .execute(connection)
+        .await?;
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ use domain::idempotency::{
     IdempotencyConflict, IdempotencyKey, Idempotent, IdempotentRequest, IdempotentWrite, StoredResponse,
 };
 use domain::ports::{ConsentHistory, CreatedUser, DeviceRepository, NewUserRecord, RepositoryError, UserRepository};
+use domain::preferences::PreferencesUpdate;
 use domain::user::{ContactUpdate, EmailAddress, UserId};
 use time::{Duration, OffsetDateTime};
 use tokio::sync::Barrier;
@@ -475,4 +476,101 @@ async fn a_forced_removal_waiting_for_an_erasure_drops_the_other_choices() {
     assert_eq!(last_change(store, kept).await, ("categories.promo.email".to_owned(), Some("false".into()), None));
     let orphans = "SELECT count(*) AS count FROM consent_history WHERE user_id NOT IN (SELECT id FROM users)";
     assert_eq!(fixture.count(orphans).await, 0);
+}
+
+/// The hot statements are prepared once per connection and run again (issue 17): the
+/// profile read, and the writes' SQL texts (`sql_query`, which diesel never keeps prepared
+/// on its own: PostgreSQL would parse and plan them at every call, in a round trip of their
+/// own).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hot_statements_are_prepared_once_per_connection() {
+    const STATEMENTS: [(&str, &str); 5] = [
+        ("the profile read", "FROM (((\"users\""),
+        ("the preferences write", "update_preferences_recorded("),
+        ("the history append", "INSERT INTO consent_history"),
+        ("the event append", "INSERT INTO event_sequences"),
+        ("the device upsert", "WITH owner AS"),
+    ];
+    let db = TestDatabase::create().await.expect("create the test database");
+    let settings = crate::pool::PoolSettings { max_size: 2, ..crate::pool::PoolSettings::new(db.url().to_owned()) };
+    let pool = crate::pool::build(&settings).expect("pool");
+    let store = PgStore::new(pool.clone());
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            user_of(store.create(record(&format!("prepared-{n}@example.com")), None).await.expect("create"))
+                .profile
+                .user
+                .id,
+        );
+    }
+    for (n, &id) in ids.iter().cycle().take(6).enumerate() {
+        let update = PreferencesUpdate { email: Some(n % 2 == 0), ..PreferencesUpdate::default() };
+        store.update_preferences(id, update, OffsetDateTime::now_utc(), &Provenance::default()).await.expect("write");
+        let profile = store.find_profile(id).await.expect("read").expect("the user");
+        assert_eq!(profile.preferences.email, n % 2 == 0);
+        let token = format!("prepared-token-{n}");
+        store
+            .upsert(id, registration(&token), OffsetDateTime::now_utc(), &Provenance::default(), None)
+            .await
+            .expect("device");
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut connection = pool.get().await.expect("a connection");
+        let statements: Vec<PreparedStatement> = diesel_async::RunQueryDsl::load(
+            diesel::sql_query(
+                "SELECT statement, generic_plans + custom_plans AS runs FROM pg_prepared_statements \
+                 WHERE statement NOT LIKE '%pg_prepared%'",
+            ),
+            &mut connection,
+        )
+        .await
+        .expect("list the prepared statements");
+        held.push((connection, statements));
+    }
+    for (name, text) in STATEMENTS {
+        let runs: Vec<Vec<i64>> = held
+            .iter()
+            .map(|(_, statements)| {
+                statements.iter().filter(|row| row.statement.contains(text)).map(|row| row.runs).collect()
+            })
+            .collect();
+        assert!(runs.iter().flatten().any(|&count| count >= 2), "{name} was not prepared once and run again: {runs:?}");
+        assert!(runs.iter().all(|texts| texts.len() <= 1), "{name} prepared more than once on a connection: {runs:?}");
+    }
+}
+
+/// A row of `pg_prepared_statements`.
+#[derive(diesel::QueryableByName)]
+struct PreparedStatement {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    statement: String,
+    /// How many times it ran (its plans, custom and generic).
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    runs: i64,
+}
+
+/// A schema change that alters the result type of a statement a connection keeps prepared
+/// (a newer release's migration, during a rolling deploy) fails that statement once, as a
+/// retryable outage; the connection is then dropped, and the next call prepares it again on
+/// a new one (diesel's statement cache never forgets an entry: kept, the connection would
+/// fail that write until it closed).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_whose_result_type_a_migration_changed_fails_once_then_works() {
+    let db = TestDatabase::create().await.expect("create the test database");
+    let settings = crate::pool::PoolSettings { max_size: 2, ..crate::pool::PoolSettings::new(db.url().to_owned()) };
+    let store = PgStore::new(crate::pool::build(&settings).expect("pool"));
+    let user = user_of(store.create(record("stale@example.com"), None).await.expect("create")).profile.user.id;
+    let register = async |token: &str| {
+        store.upsert(user, registration(token), OffsetDateTime::now_utc(), &Provenance::default(), None).await
+    };
+    register("warm-token").await.expect("prepares the upsert");
+    let mut connection = db.pool().get().await.expect("a connection");
+    connection.batch_execute("ALTER TABLE devices ALTER COLUMN platform TYPE varchar(32)").await.expect("alter");
+    drop(connection);
+    let first = register("after-the-change").await;
+    assert!(matches!(first, Err(RepositoryError::Unavailable(_)) | Ok(_)), "a retryable outage at most: {first:?}");
+    register("again").await.expect("a new connection prepares the statement on the new schema");
+    register("and-again").await.expect("and keeps working");
 }

@@ -28,6 +28,7 @@ use crate::devices::{insert_device_if_new, upsert_device};
 use crate::history::{append, lock_and_append, lock_consent};
 use crate::idempotency::TxError;
 use crate::outbox;
+use crate::prepared::prepared;
 use crate::rows::{
     CHOICE, CREDENTIALS, ChoiceRow, ContactChangeset, CredentialsRow, DEVICE, DeviceRow, NewUserValues, PREFERENCES,
     PreferencesRow, PreferencesValues, USER, UserRow,
@@ -104,7 +105,8 @@ pub(crate) async fn load_profile_rows(
 
 /// Changes the preferences and appends each changed field to the consent history, in one
 /// call of the function `update_preferences_recorded` (see its migration): one round trip, no
-/// `BEGIN`/`COMMIT`, and plans cached by PostgreSQL, for the write the platform makes most.
+/// `BEGIN`/`COMMIT`, the statement kept [`prepared`] and the function's own plans cached by
+/// PostgreSQL, for the write the platform makes most.
 /// The row is the preferences after the change; none when the user does not exist.
 const UPDATE_PREFERENCES: &str = "SELECT user_id, email_enabled, push_enabled, quiet_hours_start, quiet_hours_end, \
     timezone, updated_at FROM update_preferences_recorded($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
@@ -327,20 +329,22 @@ impl UserRepository for PgStore {
         let window = quiet_hours.flatten();
         let actor = by.actor_for(id);
         let recorded_at = self.recorded_at(now);
-        let update_row = diesel::sql_query(UPDATE_PREFERENCES)
-            .bind::<SqlUuid, _>(id.as_uuid())
-            .bind::<Nullable<Bool>, _>(*email)
-            .bind::<Nullable<Bool>, _>(*push)
-            .bind::<Bool, _>(quiet_hours.is_some())
-            .bind::<Nullable<SqlTime>, _>(window.map(|window| window.start().as_time()))
-            .bind::<Nullable<SqlTime>, _>(window.map(|window| window.end().as_time()))
-            .bind::<Nullable<Text>, _>(timezone.as_ref().map(|zone| zone.as_str()))
-            .bind::<Timestamptz, _>(now)
-            .bind::<Nullable<Timestamptz>, _>(recorded_at)
-            .bind::<Text, _>(actor.kind.as_str())
-            .bind::<Text, _>(&actor.name)
-            .bind::<Nullable<Text>, _>(by.request_id.as_deref())
-            .bind::<SqlUuid, _>(Uuid::now_v7());
+        let update_row = prepared(UPDATE_PREFERENCES, |query| {
+            query
+                .bind::<SqlUuid, _>(id.as_uuid())
+                .bind::<Nullable<Bool>, _>(*email)
+                .bind::<Nullable<Bool>, _>(*push)
+                .bind::<Bool, _>(quiet_hours.is_some())
+                .bind::<Nullable<SqlTime>, _>(window.map(|window| window.start().as_time()))
+                .bind::<Nullable<SqlTime>, _>(window.map(|window| window.end().as_time()))
+                .bind::<Nullable<Text>, _>(timezone.as_ref().map(|zone| zone.as_str()))
+                .bind::<Timestamptz, _>(now)
+                .bind::<Nullable<Timestamptz>, _>(recorded_at)
+                .bind::<Text, _>(actor.kind.as_str())
+                .bind::<Text, _>(&actor.name)
+                .bind::<Nullable<Text>, _>(by.request_id.as_deref())
+                .bind::<SqlUuid, _>(Uuid::now_v7())
+        });
         let row: Option<UpdatedPreferences> =
             self.run(Unit::Statements, async |connection| update_row.get_result(connection).await.optional()).await?;
         row.map(|row| Preferences::try_from(PreferencesRow::from(row))).transpose()
