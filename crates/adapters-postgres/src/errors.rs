@@ -57,10 +57,6 @@ pub fn from_diesel(error: DieselError) -> RepositoryError {
     }
 }
 
-/// Whether a server error is an overload or failover condition worth a retry (503), not a
-/// bug (500): statement timeouts and cancellations (57014), deadlocks (40P01), shutdowns
-/// (57P01–57P03). diesel-async does not expose the SQLSTATE of these, so the server's
-/// (stable, English by default) message prefix is the only signal.
 /// PostgreSQL's error for a prepared statement whose result type changed under it.
 const STALE_STATEMENT: &str = "cached plan must not change result type";
 
@@ -70,6 +66,10 @@ pub(crate) fn is_stale_statement(error: &RepositoryError) -> bool {
     matches!(error, RepositoryError::Unavailable(source) if source.to_string().contains(STALE_STATEMENT))
 }
 
+/// Whether a server error is an overload or failover condition worth a retry (503), not a
+/// bug (500): statement timeouts and cancellations (57014), deadlocks (40P01), shutdowns
+/// (57P01–57P03). diesel-async does not expose the SQLSTATE of these, so the server's
+/// (stable, English by default) message prefix is the only signal.
 fn is_transient(message: &str) -> bool {
     const TRANSIENT: [&str; 13] = [
         "canceling statement due to",
