@@ -57,13 +57,23 @@ pub fn from_diesel(error: DieselError) -> RepositoryError {
     }
 }
 
-/// PostgreSQL's error for a prepared statement whose result type changed under it.
-const STALE_STATEMENT: &str = "cached plan must not change result type";
+/// PostgreSQL's errors for a plan a connection keeps whose types a schema change altered (a
+/// migration by a newer release, say): a prepared statement's result type, or the parameter
+/// types of a plan that a PL/pgSQL function (`update_preferences_recorded`) cached in the
+/// session, for a call that waited on the migration's lock.
+const STALE_PLANS: [&str; 2] =
+    ["cached plan must not change result type", "does not match that when preparing the plan"];
 
-/// Whether `error` is a prepared statement the schema changed under: its connection must be
-/// dropped, since diesel's statement cache never forgets an entry.
+/// Whether a server error is a plan the schema changed under ([`STALE_PLANS`]).
+fn is_stale_plan(message: &str) -> bool {
+    STALE_PLANS.iter().any(|stale| message.contains(stale))
+}
+
+/// Whether `error` is a plan the schema changed under: its connection must be dropped, since
+/// neither diesel's statement cache nor the session's PL/pgSQL plans forget it; the next
+/// connection plans again on the new schema.
 pub(crate) fn is_stale_statement(error: &RepositoryError) -> bool {
-    matches!(error, RepositoryError::Unavailable(source) if source.to_string().contains(STALE_STATEMENT))
+    matches!(error, RepositoryError::Unavailable(source) if is_stale_plan(&source.to_string()))
 }
 
 /// Whether a server error is an overload or failover condition worth a retry (503), not a
@@ -71,12 +81,8 @@ pub(crate) fn is_stale_statement(error: &RepositoryError) -> bool {
 /// (57P01–57P03). diesel-async does not expose the SQLSTATE of these, so the server's
 /// (stable, English by default) message prefix is the only signal.
 fn is_transient(message: &str) -> bool {
-    const TRANSIENT: [&str; 13] = [
+    const TRANSIENT: [&str; 12] = [
         "canceling statement due to",
-        // A statement this connection keeps prepared whose result type a schema change
-        // altered (a migration by a newer release, say): the store drops the connection
-        // ([`is_stale_statement`]) and the next one prepares it again.
-        STALE_STATEMENT,
         // What the statement after a timed-out one meets when the timeout's error reached the
         // server after the client had its rows (a race of very short statement timeouts).
         "current transaction is aborted",
@@ -93,7 +99,8 @@ fn is_transient(message: &str) -> bool {
         "server login has been failing",
         "database removed",
     ];
-    TRANSIENT.iter().any(|prefix| message.starts_with(prefix))
+    // A stale plan: the store drops the connection ([`is_stale_statement`]), so a retry works.
+    TRANSIENT.iter().any(|prefix| message.starts_with(prefix)) || is_stale_plan(message)
 }
 
 /// Maps a failure to check a connection out of the pool: always "unavailable" (timeout,
@@ -122,6 +129,11 @@ mod transient_tests {
         assert!(is_transient("server conn crashed?"));
         assert!(is_transient("no more connections allowed (max_client_conn)"));
         assert!(is_transient("pgbouncer cannot connect to server"));
+        // A plan the schema changed under, in a prepared statement or a PL/pgSQL function.
+        assert!(is_transient("cached plan must not change result type"));
+        assert!(is_transient(
+            "type of parameter 32 (character varying) does not match that when preparing the plan (text)"
+        ));
         assert!(!is_transient("syntax error at or near \"SELEC\""));
         assert!(!is_transient("column \"nope\" does not exist"));
     }
