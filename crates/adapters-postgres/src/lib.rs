@@ -22,6 +22,7 @@
 mod categories;
 mod dedicated;
 mod devices;
+mod documents;
 pub mod errors;
 mod history;
 mod idempotency;

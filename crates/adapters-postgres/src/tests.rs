@@ -86,12 +86,12 @@ async fn migrations_revert_completely_and_apply_again() {
     const TABLES: &str = "SELECT count(*) AS count FROM pg_tables WHERE schemaname = 'public' \
                           AND tablename IN ('users', 'notification_preferences', 'devices', 'idempotency_records', \
                           'cache_invalidation_ledger', 'notification_categories', 'category_revisions', \
-                          'category_choices', 'consent_history')";
+                          'category_choices', 'consent_history', 'profile_documents')";
     const DIGEST_FUNCTION: &str = "SELECT count(*) AS count FROM pg_proc WHERE proname = 'device_token_digest'";
     let embedded = MigrationSource::<Pg>::migrations(&crate::migrations::MIGRATIONS).expect("embedded").len();
     assert!(embedded > 0);
     let fixture = PgFixture::new().await;
-    assert_eq!(fixture.count(TABLES).await, 9);
+    assert_eq!(fixture.count(TABLES).await, 10);
 
     let reverted = crate::migrations::revert_all(fixture.db.pool()).await.expect("revert every migration");
     assert_eq!(reverted, embedded);
@@ -100,7 +100,7 @@ async fn migrations_revert_completely_and_apply_again() {
 
     let applied = crate::migrations::run_pending(fixture.db.pool()).await.expect("apply every migration");
     assert_eq!(applied, reverted);
-    assert_eq!(fixture.count(TABLES).await, 9);
+    assert_eq!(fixture.count(TABLES).await, 10);
     assert_eq!(fixture.count(DIGEST_FUNCTION).await, 1);
     assert_eq!(crate::migrations::run_pending(fixture.db.pool()).await.expect("nothing pending"), 0);
 
@@ -485,7 +485,7 @@ async fn a_forced_removal_waiting_for_an_erasure_drops_the_other_choices() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_hot_statements_are_prepared_once_per_connection() {
     const STATEMENTS: [(&str, &str); 5] = [
-        ("the profile read", "FROM (((\"users\""),
+        ("the profile read", "FROM profile_documents"),
         ("the preferences write", "update_preferences_recorded("),
         ("the history append", "INSERT INTO consent_history"),
         ("the event append", "INSERT INTO event_sequences"),
@@ -573,4 +573,181 @@ async fn a_statement_whose_result_type_a_migration_changed_fails_once_then_works
     assert!(matches!(first, Err(RepositoryError::Unavailable(_)) | Ok(_)), "a retryable outage at most: {first:?}");
     register("again").await.expect("a new connection prepares the statement on the new schema");
     register("and-again").await.expect("and keeps working");
+}
+
+/// Users whose stored document is missing or is not what their rows say now: must be none.
+const STALE_DOCUMENTS: &str = "SELECT count(*) AS count FROM users AS u \
+                               LEFT JOIN profile_documents AS d ON d.user_id = u.id \
+                               WHERE d.document IS DISTINCT FROM profile_document(u.id)";
+
+/// Every user has a document, it is what its rows say now, and the profile read from it is
+/// the profile the join reads.
+async fn assert_documents_current(fixture: &PgFixture, users: &[UserId], after: &str) {
+    assert_eq!(fixture.count(STALE_DOCUMENTS).await, 0, "a document is missing or behind its rows after {after}");
+    for &id in users {
+        let read = fixture.store.find_profile(id).await.expect("read");
+        let joined = fixture.store.find_profiles(&[id]).await.expect("join").pop();
+        assert_eq!(read, joined, "the document and the join disagree after {after}");
+    }
+}
+
+/// Issue 17's profile documents: a read that misses the cache reads one row, which the
+/// database rewrites at the commit of every write of what a profile shows. After each kind
+/// of write (through the store, and around it in SQL, as an operator or another service
+/// version would), every document is current and reads as the join does.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_write_leaves_the_profile_documents_current() {
+    use domain::category::{Category, CategoryChoice, CategoryKey, CategoryName, ChannelDefaults};
+    use domain::ports::{CategoryRepository, ChoiceChange};
+    use domain::preferences::{ClockTime, QuietHours, TimeZoneName};
+    use domain::user::{PhoneNumber, UserName};
+
+    let fixture = PgFixture::new().await;
+    let store = &fixture.store;
+    let by = Provenance::default();
+    let now = OffsetDateTime::now_utc();
+    let mut with_device = record("first@example.com");
+    with_device.device = Some(registration("doc-token-1"));
+    let first = user_of(UserRepository::create(store, with_device, None).await.expect("create")).profile.user.id;
+    let second = user_of(UserRepository::create(store, record("second@example.com"), None).await.expect("create"))
+        .profile
+        .user
+        .id;
+    let users = [first, second];
+    assert_documents_current(&fixture, &users, "registrations").await;
+    assert_eq!(fixture.count("SELECT count(*) AS count FROM profile_documents").await, 2);
+
+    let contact = ContactUpdate {
+        name: Some(UserName::parse("Renamed").unwrap()),
+        email: Some(EmailAddress::parse("renamed@example.com").unwrap()),
+        phone: Some(Some(PhoneNumber::parse("+2348012345678").unwrap())),
+    };
+    store.update_contact(first, contact, now, &by).await.expect("contact").expect("user");
+    assert_documents_current(&fixture, &users, "a contact change").await;
+
+    let window = QuietHours::new(ClockTime::parse("22:15").unwrap(), ClockTime::parse("07:45").unwrap()).unwrap();
+    let update = PreferencesUpdate {
+        email: Some(false),
+        push: Some(false),
+        quiet_hours: Some(Some(window)),
+        timezone: Some(TimeZoneName::parse("Africa/Lagos").unwrap()),
+    };
+    store.update_preferences(first, update, now, &by).await.expect("preferences").expect("user");
+    assert_documents_current(&fixture, &users, "a preferences change").await;
+
+    store.upsert(first, registration("doc-token-2"), now, &by, None).await.expect("a second device");
+    store.upsert(first, registration("doc-token-1"), now + Duration::seconds(1), &by, None).await.expect("a refresh");
+    assert_documents_current(&fixture, &users, "a registration and a refresh").await;
+    store.upsert(second, registration("doc-token-2"), now, &by, None).await.expect("moved to the second user");
+    assert_documents_current(&fixture, &users, "a token moving to another user").await;
+    let selector = DeviceSelector::parse("doc-token-1").unwrap();
+    store.set_active(first, &selector, false, now, &by).await.expect("deactivate").expect("the device");
+    assert_documents_current(&fixture, &users, "a deactivation").await;
+    assert!(DeviceRepository::delete(store, first, &selector, now, &by).await.expect("delete the device"));
+    assert_documents_current(&fixture, &users, "a device's deletion").await;
+
+    let key = CategoryKey::parse("digest").unwrap();
+    let category = Category {
+        key: key.clone(),
+        name: CategoryName::parse("Digest").unwrap(),
+        description: None,
+        critical: false,
+        defaults: ChannelDefaults { email: true, push: true },
+        created_at: now,
+        updated_at: now,
+    };
+    CategoryRepository::create(store, category).await.expect("a category");
+    let opt_out = ChoiceChange::Set(CategoryChoice { email: Some(false), push: None });
+    for user in users {
+        store.change_choice(user, &key, opt_out, now, &by).await.expect("choose").expect("user");
+    }
+    assert_documents_current(&fixture, &users, "category choices").await;
+    store.remove(&key, true, now, &by).await.expect("a forced removal drops the choices");
+    assert_documents_current(&fixture, &users, "a category's removal").await;
+
+    // Around the service: one statement, no transaction of its own, several users at once.
+    fixture
+        .execute(
+            "UPDATE devices SET platform = 'ios', last_seen_at = last_seen_at + interval '1 hour'; \
+             UPDATE notification_preferences SET quiet_hours_start = '23:59:59.999999', quiet_hours_end = '00:00'; \
+             UPDATE users SET phone = NULL",
+        )
+        .await;
+    assert_documents_current(&fixture, &users, "statements run around the service").await;
+    let read = store.find_profile(second).await.expect("read").expect("the user");
+    assert_eq!(read.devices.iter().map(|device| device.platform).collect::<Vec<_>>(), [Platform::Ios]);
+
+    assert!(UserRepository::delete(store, first).await.expect("erase"));
+    assert_documents_current(&fixture, &[second], "an erasure").await;
+    assert_eq!(store.find_profile(first).await.expect("read"), None);
+    assert_eq!(fixture.count("SELECT count(*) AS count FROM profile_documents").await, 1);
+}
+
+/// Writers of one user at once that share no lock of their own (a token's refresh locks its
+/// device's row, a preferences change the preferences' row): whatever order their commits
+/// take, the document is the one the last commit's rows make (each builds it under the
+/// document's lock, at commit, from a snapshot holding every write before it). Without that
+/// lock two writers each build it without the other's change and one of them wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_of_one_user_leave_its_document_current() {
+    const WRITERS: usize = 6;
+    const ROUNDS: usize = 40;
+    let fixture = PgFixture::new().await;
+    let store = fixture.store.clone();
+    let user = user_of(UserRepository::create(&store, record("racing@example.com"), None).await.expect("create"))
+        .profile
+        .user
+        .id;
+    let token = |writer: usize| format!("race-token-{writer}");
+    for writer in 0..WRITERS {
+        store
+            .upsert(user, registration(&token(writer)), OffsetDateTime::now_utc(), &Provenance::default(), None)
+            .await
+            .expect("a device");
+    }
+    for round in 0..ROUNDS {
+        let start = Arc::new(Barrier::new(WRITERS));
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let (store, start, token) = (store.clone(), Arc::clone(&start), token(writer));
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let now = OffsetDateTime::now_utc();
+                    if writer == 0 {
+                        let update = PreferencesUpdate { email: Some(round % 2 == 0), ..PreferencesUpdate::default() };
+                        store.update_preferences(user, update, now, &Provenance::default()).await.map(drop)
+                    } else {
+                        store.upsert(user, registration(&token), now, &Provenance::default(), None).await.map(drop)
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.expect("the task").expect("the write");
+        }
+        assert_documents_current(&fixture, &[user], &format!("round {round} of concurrent writes")).await;
+    }
+}
+
+/// Users registered before the documents' migration get theirs when it is applied (its
+/// backfill), and read as the join does; its `down.sql` removes everything it made.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documents_migration_writes_a_document_for_every_user_already_there() {
+    const DOWN: &str = include_str!("../../../migrations/2026-12-03-000002_create_profile_documents/down.sql");
+    let fixture = PgFixture::new().await;
+    fixture.execute(&format!("{DOWN}; DELETE FROM __diesel_schema_migrations WHERE version = '20261203000002'")).await;
+    let tables = "SELECT count(*) AS count FROM pg_tables WHERE tablename = 'profile_documents'";
+    assert_eq!(fixture.count(tables).await, 0);
+    let mut users = Vec::new();
+    for n in 0..3 {
+        let mut new_user = record(&format!("before-{n}@example.com"));
+        new_user.device = Some(registration(&format!("before-token-{n}")));
+        users.push(
+            user_of(UserRepository::create(&fixture.store, new_user, None).await.expect("create")).profile.user.id,
+        );
+    }
+    let applied = crate::migrations::run_pending(fixture.db.pool()).await.expect("apply the documents' migration");
+    assert_eq!(applied, 1);
+    assert_eq!(fixture.count("SELECT count(*) AS count FROM profile_documents").await, 3);
+    assert_documents_current(&fixture, &users, "the migration").await;
 }

@@ -25,6 +25,7 @@ use time::{OffsetDateTime, Time};
 use uuid::Uuid;
 
 use crate::devices::{insert_device_if_new, upsert_device};
+use crate::documents::{READ_DOCUMENT, StoredDocument};
 use crate::history::{append, lock_and_append, lock_consent};
 use crate::idempotency::TxError;
 use crate::outbox;
@@ -165,6 +166,16 @@ impl UserRepository for PgStore {
     /// and plans again at every call, about three times what the statement takes to run;
     /// with a scalar one it caches the plan.
     async fn find_profile(&self, id: UserId) -> Result<Option<UserProfile>, RepositoryError> {
+        let read_document = prepared(READ_DOCUMENT, |query| query.bind::<SqlUuid, _>(id.as_uuid()));
+        let document = self
+            .run(Unit::Statements, async |connection| {
+                read_document.get_result::<StoredDocument>(connection).await.optional()
+            })
+            .await?;
+        if let Some(document) = document {
+            return document.into_profile().map(Some);
+        }
+        // An unknown user, or one without a document (yet): the join says which.
         let rows = self
             .run(Unit::Statements, async |connection| profile_query!(id.as_uuid()).load::<ProfileRow>(connection).await)
             .await?;
