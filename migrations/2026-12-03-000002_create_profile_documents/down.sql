@@ -1,3 +1,7 @@
+DROP TRIGGER category_choices_truncate_profile_documents ON category_choices;
+DROP TRIGGER devices_truncate_profile_documents ON devices;
+DROP TRIGGER notification_preferences_truncate_profile_documents ON notification_preferences;
+DROP FUNCTION refresh_every_profile_document();
 DROP TRIGGER category_choices_refresh_profile_document ON category_choices;
 DROP TRIGGER devices_refresh_profile_document ON devices;
 DROP TRIGGER notification_preferences_refresh_profile_document ON notification_preferences;

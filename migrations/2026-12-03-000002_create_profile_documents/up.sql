@@ -1,12 +1,22 @@
 -- Each user's profile as one row, so that a read that misses the cache reads one row by its
--- primary key instead of joining four tables and sorting the devices (about a third of
--- PostgreSQL's cost per read; see the README's Performance section). Kept by the database,
--- not by the service: every write of a row the profile shows (any writer, any version of the
--- service, a cascade, a hand-written statement) refreshes it in its own transaction, so it is
--- never behind a committed change. A user without a document is read with the join.
+-- primary key instead of joining four tables and sorting the devices (see the README's
+-- Performance section). Kept by the database, not by the service: every write of a row the
+-- profile shows (any writer, any version of the service, a cascade, a hand-written statement,
+-- a TRUNCATE, a replica's apply) refreshes it in its own transaction, so it is never behind a
+-- committed change; only disabling the triggers (`ALTER TABLE … DISABLE TRIGGER`) gets
+-- around them. A user without a document is read with the join.
 --
 -- `document` is JSON built by `profile_document` below: instants and clock times as integer
--- microseconds (exact, whatever the writer's time zone), devices in the profile's order.
+-- microseconds (exact, whatever the writer's time zone; a stored 'infinity', which the join
+-- cannot read either, as the string "Infinity", which the reader refuses in the same way),
+-- devices in the profile's order.
+
+-- The tables whose triggers this creates, all at once and first: taking them one by one, in
+-- the order of the statements below, while the previous version keeps writing (a rolling
+-- upgrade) deadlocked with its writes (their row locks come in another order). The runner
+-- tries a deadlocked migration again.
+LOCK TABLE users, notification_preferences, devices, category_choices IN SHARE ROW EXCLUSIVE MODE;
+
 CREATE TABLE profile_documents (
     user_id  uuid PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
     document text NOT NULL
@@ -24,20 +34,20 @@ DECLARE
 BEGIN
     SELECT json_build_object(
         'id', u.id, 'name', u.name, 'email', u.email, 'phone', u.phone,
-        'created_at', (extract(epoch FROM u.created_at) * 1000000)::bigint,
-        'updated_at', (extract(epoch FROM u.updated_at) * 1000000)::bigint,
+        'created_at', trunc(extract(epoch FROM u.created_at) * 1000000),
+        'updated_at', trunc(extract(epoch FROM u.updated_at) * 1000000),
         'preferences', json_build_object(
             'email_enabled', p.email_enabled, 'push_enabled', p.push_enabled,
-            'quiet_hours_start', (extract(epoch FROM p.quiet_hours_start) * 1000000)::bigint,
-            'quiet_hours_end', (extract(epoch FROM p.quiet_hours_end) * 1000000)::bigint,
+            'quiet_hours_start', trunc(extract(epoch FROM p.quiet_hours_start) * 1000000),
+            'quiet_hours_end', trunc(extract(epoch FROM p.quiet_hours_end) * 1000000),
             'timezone', p.timezone,
-            'updated_at', (extract(epoch FROM p.updated_at) * 1000000)::bigint),
+            'updated_at', trunc(extract(epoch FROM p.updated_at) * 1000000)),
         'devices', COALESCE((
             SELECT json_agg(json_build_object(
                 'id', d.id, 'token', d.token, 'platform', d.platform, 'active', d.active,
-                'created_at', (extract(epoch FROM d.created_at) * 1000000)::bigint,
-                'updated_at', (extract(epoch FROM d.updated_at) * 1000000)::bigint,
-                'last_seen_at', (extract(epoch FROM d.last_seen_at) * 1000000)::bigint)
+                'created_at', trunc(extract(epoch FROM d.created_at) * 1000000),
+                'updated_at', trunc(extract(epoch FROM d.updated_at) * 1000000),
+                'last_seen_at', trunc(extract(epoch FROM d.last_seen_at) * 1000000))
                 ORDER BY d.active DESC, d.last_seen_at DESC, d.id DESC)
             FROM devices AS d WHERE d.user_id = u.id), '[]'),
         'choices', COALESCE((
@@ -132,9 +142,38 @@ CREATE CONSTRAINT TRIGGER category_choices_refresh_profile_document
     AFTER INSERT OR UPDATE OR DELETE ON category_choices DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
     EXECUTE FUNCTION refresh_profile_document_of_row();
 
--- Every user already there. The triggers above were created first: their locks wait for the
--- writes under way and hold back new ones until this migration commits, so this statement
--- sees every committed change and none is missed.
+-- Also when a session replays changes as a replica (`session_replication_role = replica`:
+-- logical replication's apply, some restore and sync tools), where ordinary triggers keep
+-- quiet: a change that arrives that way is still a change of what the profile shows.
+ALTER TABLE users ENABLE ALWAYS TRIGGER users_refresh_profile_document;
+ALTER TABLE notification_preferences ENABLE ALWAYS TRIGGER notification_preferences_refresh_profile_document;
+ALTER TABLE devices ENABLE ALWAYS TRIGGER devices_refresh_profile_document;
+ALTER TABLE category_choices ENABLE ALWAYS TRIGGER category_choices_refresh_profile_document;
+
+-- TRUNCATE fires no row trigger: every document is rewritten (each under its lock, as
+-- above), right away (a TRUNCATE trigger cannot wait for the commit). `users` cannot be
+-- truncated without this table (its foreign key), which then goes with it.
+CREATE FUNCTION refresh_every_profile_document() RETURNS trigger
+    LANGUAGE plpgsql AS
+$$
+BEGIN
+    PERFORM refresh_profile_document(d.user_id) FROM profile_documents AS d ORDER BY d.user_id;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER notification_preferences_truncate_profile_documents
+    AFTER TRUNCATE ON notification_preferences FOR EACH STATEMENT EXECUTE FUNCTION refresh_every_profile_document();
+CREATE TRIGGER devices_truncate_profile_documents
+    AFTER TRUNCATE ON devices FOR EACH STATEMENT EXECUTE FUNCTION refresh_every_profile_document();
+CREATE TRIGGER category_choices_truncate_profile_documents
+    AFTER TRUNCATE ON category_choices FOR EACH STATEMENT EXECUTE FUNCTION refresh_every_profile_document();
+ALTER TABLE notification_preferences ENABLE ALWAYS TRIGGER notification_preferences_truncate_profile_documents;
+ALTER TABLE devices ENABLE ALWAYS TRIGGER devices_truncate_profile_documents;
+ALTER TABLE category_choices ENABLE ALWAYS TRIGGER category_choices_truncate_profile_documents;
+
+-- Every user already there. The tables were locked first: the writes under way had committed
+-- and new ones wait until this migration commits, so this statement sees every committed
+-- change and none is missed.
 INSERT INTO profile_documents (user_id, document)
 SELECT built.user_id, built.document
 FROM (SELECT u.id AS user_id, profile_document(u.id) AS document FROM users AS u) AS built

@@ -123,10 +123,13 @@ fn instant(micros: i64) -> Result<OffsetDateTime, RepositoryError> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000).map_err(|e| corrupt_row("instant", e))
 }
 
-/// A clock time from its microseconds since midnight.
+/// A clock time from its microseconds since midnight. PostgreSQL's `time` also holds
+/// `24:00`, which reads as midnight (as the join reads it).
 fn clock_time(micros: i64) -> Result<Time, RepositoryError> {
+    const DAY: u64 = 86_400_000_000;
     let out_of_range = || corrupt_row("clock time", micros);
     let micros = u64::try_from(micros).map_err(|_| out_of_range())?;
+    let micros = if micros == DAY { 0 } else { micros };
     let (seconds, micro) = (micros / 1_000_000, micros % 1_000_000);
     let (hour, minute, second) = (seconds / 3_600, seconds / 60 % 60, seconds % 60);
     let part = |value: u64| u8::try_from(value).map_err(|_| out_of_range());
@@ -143,7 +146,8 @@ mod tests {
         assert_eq!(instant(1_796_290_741_528_975).expect("instant").unix_timestamp_nanos(), 1_796_290_741_528_975_000);
         assert_eq!(clock_time(27_015_500_000).expect("time"), time::macros::time!(07:30:15.5));
         assert_eq!(clock_time(0).expect("midnight"), time::Time::MIDNIGHT);
-        assert!(clock_time(86_400_000_000).is_err());
+        assert_eq!(clock_time(86_400_000_000).expect("24:00"), time::Time::MIDNIGHT);
+        assert!(clock_time(86_400_000_001).is_err());
         assert!(clock_time(-1).is_err());
     }
 }

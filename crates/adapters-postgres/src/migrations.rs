@@ -36,9 +36,28 @@ struct LockTaken {
 /// savepoint of it, and an instance waiting for the lock is not cut by the pool's statement
 /// timeout (neither is a long migration).
 ///
+/// A migration that locks tables the running writes also lock (a rolling upgrade: the
+/// previous version keeps writing) may be chosen as a deadlock's victim: it is then rolled
+/// back whole and tried again, a few times, instead of failing the instance's start.
+///
 /// Needs tokio's multi-thread runtime: the migrations run on the synchronous connection API,
 /// blocking in place.
 pub async fn run_pending(pool: &PgPool) -> Result<usize, BoxError> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match run_pending_once(pool).await {
+            Err(error) if attempt < ATTEMPTS && error.to_string().contains("deadlock detected") => {
+                tracing::warn!(attempt, "the migrations deadlocked with running writes: trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(100) * attempt).await;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+async fn run_pending_once(pool: &PgPool) -> Result<usize, BoxError> {
     let mut connection: AsyncConnectionWrapper<_> = AsyncConnectionWrapper::from(pool.get().await?);
     tokio::task::block_in_place(|| {
         connection.transaction::<usize, BoxError, _>(|connection| {

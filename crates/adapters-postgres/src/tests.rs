@@ -676,6 +676,20 @@ async fn every_kind_of_write_leaves_the_profile_documents_current() {
     assert_documents_current(&fixture, &users, "statements run around the service").await;
     let read = store.find_profile(second).await.expect("read").expect("the user");
     assert_eq!(read.devices.iter().map(|device| device.platform).collect::<Vec<_>>(), [Platform::Ios]);
+    // PostgreSQL's `time` holds 24:00, which both reads take for midnight.
+    fixture.execute("UPDATE notification_preferences SET quiet_hours_start = '24:00', quiet_hours_end = '07:00'").await;
+    assert_documents_current(&fixture, &users, "a quiet window starting at 24:00").await;
+    // A session replaying changes as a replica (logical replication's apply, sync tools).
+    fixture
+        .execute(
+            "SET session_replication_role = replica;              UPDATE notification_preferences SET email_enabled = NOT email_enabled;              RESET session_replication_role",
+        )
+        .await;
+    assert_documents_current(&fixture, &users, "changes applied as a replica").await;
+    // TRUNCATE fires no row trigger.
+    fixture.execute("TRUNCATE devices").await;
+    assert_documents_current(&fixture, &users, "a TRUNCATE of the devices").await;
+    assert!(store.find_profile(second).await.expect("read").expect("the user").devices.is_empty());
 
     assert!(UserRepository::delete(store, first).await.expect("erase"));
     assert_documents_current(&fixture, &[second], "an erasure").await;
@@ -750,4 +764,45 @@ async fn the_documents_migration_writes_a_document_for_every_user_already_there(
     assert_eq!(applied, 1);
     assert_eq!(fixture.count("SELECT count(*) AS count FROM profile_documents").await, 3);
     assert_documents_current(&fixture, &users, "the migration").await;
+}
+
+/// A rolling upgrade: the previous version keeps writing while an instance of this one
+/// applies the documents' migration, which locks the four tables. A running write that
+/// holds one of them and then wants another closes a cycle with it; PostgreSQL aborts the
+/// migration, which is then tried again: the instance starts, and the write commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documents_migration_deadlocked_by_a_running_write_is_tried_again() {
+    const DOWN: &str = include_str!("../../../migrations/2026-12-03-000002_create_profile_documents/down.sql");
+    const WAITING: &str = "SELECT count(*) AS count FROM pg_stat_activity \
+                           WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let fixture = PgFixture::new().await;
+    fixture.execute(&format!("{DOWN}; DELETE FROM __diesel_schema_migrations WHERE version = '20261203000002'")).await;
+    let user =
+        user_of(UserRepository::create(&fixture.store, record("upgrade@example.com"), None).await.expect("create"))
+            .profile
+            .user
+            .id;
+    let mut writer = fixture.db.pool().get().await.expect("a connection");
+    writer
+        .batch_execute(&format!(
+            "BEGIN; UPDATE notification_preferences SET push_enabled = NOT push_enabled WHERE user_id = '{}'",
+            user.as_uuid()
+        ))
+        .await
+        .expect("the previous version's write, under way");
+    let migrating = {
+        let pool = fixture.db.pool().clone();
+        tokio::spawn(async move { crate::migrations::run_pending(&pool).await.map_err(|error| error.to_string()) })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fixture.count(WAITING).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the migration never waited for the running write");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    writer
+        .batch_execute(&format!("UPDATE users SET name = 'Upgraded' WHERE id = '{}'; COMMIT", user.as_uuid()))
+        .await
+        .expect("the running write commits");
+    assert_eq!(migrating.await.expect("the task"), Ok(1), "the migration is applied once, after its deadlock");
+    assert_documents_current(&fixture, &[user], "a migration that deadlocked").await;
 }
