@@ -160,11 +160,12 @@ impl UserRepository for PgStore {
         .await
     }
 
-    /// One user in one statement ([`profile_query!`]), with `= $1` rather than
-    /// [`UserRepository::find_profiles`]' `= ANY($1)`: with an array parameter PostgreSQL
-    /// never settles on a generic plan (it costs a generic plan as if the array held 10 ids)
-    /// and plans again at every call, about three times what the statement takes to run;
-    /// with a scalar one it caches the plan.
+    /// One user in one statement: the row of its profile document (see [`crate::documents`]),
+    /// or, when it has none (an unknown user), the join ([`profile_query!`]), with `= $1`
+    /// rather than [`UserRepository::find_profiles`]' `= ANY($1)`: with an array parameter
+    /// PostgreSQL never settles on a generic plan (it costs a generic plan as if the array
+    /// held 10 ids) and plans again at every call, about three times what the statement
+    /// takes to run; with a scalar one it caches the plan.
     async fn find_profile(&self, id: UserId) -> Result<Option<UserProfile>, RepositoryError> {
         let read_document = prepared(READ_DOCUMENT, |query| query.bind::<SqlUuid, _>(id.as_uuid()));
         let document = self
