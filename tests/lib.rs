@@ -1077,11 +1077,16 @@ pub struct ClusterOptions {
     /// from that address too), so that [`PrivateCluster::cut_isolated_bus`] can cut its bus
     /// links, and only those. That node is made a master with one replica. Off by default.
     pub bus_proxies: bool,
+    /// Whether masters send their replicas nothing but the writes (no `PING` every 10 s), so
+    /// that a replica's replication offset stays 0 until its master's first write, and the
+    /// other nodes hear it is more only once the replica tells them over the bus. Off by
+    /// default.
+    pub quiet_replication: bool,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { node_timeout_ms: 1000, bus_proxies: false }
+        Self { node_timeout_ms: 1000, bus_proxies: false, quiet_replication: false }
     }
 }
 
@@ -1177,6 +1182,10 @@ impl PrivateCluster {
                 command.args(["--bind", "127.0.0.1"]);
                 None
             };
+            if self.options.quiet_replication {
+                // The link is not held dead for an hour without the pings either.
+                command.args(["--repl-ping-replica-period", "3600", "--repl-timeout", "3601"]);
+            }
             let mut child = command
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", &self.options.node_timeout_ms.to_string()])
                 .args(["--cluster-replica-validity-factor", "0", "--cluster-config-file"])
@@ -1243,6 +1252,16 @@ impl PrivateCluster {
             .map(|port| format!("{}:{port}", self.host(*port)))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The port of the master that serves `key`'s slot (the others, replicas included,
+    /// answer `MOVED`).
+    pub fn owner_of(&self, key: &str) -> u16 {
+        *self
+            .ports
+            .iter()
+            .find(|port| matches!(redis_cli(**port, &["EXISTS", key]).trim(), "0" | "1"))
+            .expect("a master serves every slot")
     }
 
     /// Whether the node on `port` holds `key` (a node that does not own its slot answers

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adapters_postgres::testing::TestDatabase;
-use api_tests::{PrivateCluster, TestApp};
+use api_tests::{ClusterOptions, PrivateCluster, TestApp};
 use reqwest::Method;
 use serde_json::json;
 
@@ -67,11 +67,9 @@ impl Scene {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Acknowledged changes, invalidated on the masters only. Where the replica is cut off,
-        // the master's invalidation does not count while the slot map names the replica (it
-        // does not have it): those changes are acknowledged once the ledger has them, a lease
-        // later (hence at once). Redis may also leave such a replica out of the map (it no
-        // longer knows its offset): they then count on the master alone, and the `run_id` of
-        // the stamps keeps the replica's entries unused once it is promoted.
+        // the master's invalidation does not count while the cluster names the replica (it has
+        // not failed, and does not have it): those changes are acknowledged once the ledger has
+        // them, a lease later (hence at once).
         let writer_ref = &writer;
         let changes = users.iter().map(|user| async move {
             writer_ref.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"email": false})).await
@@ -236,4 +234,50 @@ async fn a_master_cut_off_in_a_minority_is_not_read_even_where_it_answers_reads(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// How many replicas the node on `port` lists in its `CLUSTER SLOTS` answer, over all ranges.
+fn replicas_in_slots(port: u16) -> usize {
+    let answer = api_tests::redis_cli(port, &["--json", "CLUSTER", "SLOTS"]);
+    let ranges: Vec<Vec<serde_json::Value>> = serde_json::from_str(&answer)
+        .unwrap_or_else(|error| panic!("CLUSTER SLOTS of {port} is not JSON ({error}): {answer}"));
+    ranges.iter().map(|range| range.len().saturating_sub(3)).sum()
+}
+
+/// A replica that the cluster has not heard of as synced is left out of `CLUSTER SLOTS`: the
+/// other nodes know its replication offset only from the replica, over the cluster bus, and
+/// it is 0 until its first sync is done and its master has written to it, and for as long
+/// as the news takes to spread. It can be promoted all the same (`CLUSTER FAILOVER
+/// TAKEOVER`, or an election with `cluster-replica-validity-factor 0`), so a change counts
+/// only once it has it too. Here no master has written anything yet, and the replica of the
+/// user's master is frozen: the change must not count on the master alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_waits_for_a_replica_the_cluster_has_not_heard_of_as_synced() {
+    let options = ClusterOptions { node_timeout_ms: 15_000, quiet_replication: true, ..ClusterOptions::default() };
+    let cluster = PrivateCluster::start_with(options).await;
+    let db = Arc::new(TestDatabase::create().await.unwrap());
+    // Registered without the cache, so that nothing is written to the cluster before the change.
+    let user = TestApp::spawn_on(Arc::clone(&db), &[]).await.register("unheard@example.com").await;
+    let master = cluster.owner_of(&entry_key(&user));
+    let replicas: Vec<u16> = cluster.ports.iter().copied().filter(|port| cluster.master_of(*port).is_some()).collect();
+    let replica = *replicas.iter().find(|port| cluster.master_of(**port) == Some(master)).expect("a replica");
+    for port in &cluster.ports {
+        assert_eq!(replicas_in_slots(*port), 0, "the node on {port} lists a replica in CLUSTER SLOTS already");
+    }
+    // Frozen, the replica tells no node its offset, and acknowledges nothing.
+    cluster.signal(replica, "-STOP");
+
+    let masters = cluster.nodes_variable_without(&replicas);
+    let settings = [("REDIS_URL", "redis://redis-cluster"), ("REDIS_CLUSTER_NODES", masters.as_str())];
+    let app = TestApp::spawn_on(db, &settings).await;
+    let deferred = app.cache_operations("invalidate_deferred").await;
+    let reply = app.send(Method::PUT, &format!("/api/v1/users/{user}/preferences"), &json!({"email": false})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(replicas_in_slots(master), 0, "the replica was heard of meanwhile: the scene did not happen");
+    assert_eq!(
+        app.cache_operations("invalidate_deferred").await,
+        deferred + 1.0,
+        "the change counted without the frozen replica of its master"
+    );
+    cluster.signal(replica, "-CONT");
 }

@@ -22,10 +22,11 @@
 //! A change the cache must not lose is sent with [`Connection::run_replicated`]: it counts as
 //! done only once every replica of the server has it (`WAIT`), so that a replica promoted
 //! later, or one promoted already that its old master does not know of (a split brain),
-//! never lacks it. Which replicas: those a Redis Cluster's slot map names for the node (the
-//! cluster leaves out those it agrees have failed; a short count has the map read again),
-//! else those connected to the server, counted when the connection is made and again with
-//! every change.
+//! never lacks it. Which replicas: for a Redis Cluster node, those its slot map names (all but
+//! those the cluster agrees have failed, synced or not), or more if the node said more were
+//! connected since the map was read (see [`Connection::replicas_to_follow`]; a short count has
+//! the map read again); for the one server, those connected to it, counted when the
+//! connection is made and again with every change.
 //!
 //! A connection may also carry Redis's client-side caching ([`Tracking`]): it then speaks
 //! RESP3, turns `CLIENT TRACKING ON` before its first call, and hands every message Redis
@@ -128,6 +129,18 @@ pub(crate) struct Role {
     pub(crate) identify_server: bool,
 }
 
+/// A cluster node's replica counts: see [`Connection::replicas_to_follow`].
+#[derive(Default)]
+struct ClusterReplicas {
+    /// As the last slot map names them.
+    named: AtomicUsize,
+    /// Connected to the node, as it said last (when a connection was made, with each change,
+    /// with each read).
+    connected_last: AtomicUsize,
+    /// The most the node said were connected since the slot map was last read.
+    connected_peak: AtomicUsize,
+}
+
 /// The multiplexed connection in use, numbered so that a failed call drops the connection it
 /// failed on and never a newer one another call has made since.
 #[derive(Clone)]
@@ -181,9 +194,9 @@ pub(crate) struct Connection {
     tracking: bool,
     /// Set by every failed call (a cluster node's: its slot map may be outdated).
     failed: Option<Arc<AtomicBool>>,
-    /// A cluster node's replicas, as the last slot map names them while it is a master;
-    /// `None` for the one server (whose connections count theirs).
-    named_replicas: Option<AtomicUsize>,
+    /// A cluster node's replicas (see [`Self::replicas_to_follow`]); `None` for the one
+    /// server (whose connections count theirs).
+    cluster_replicas: Option<ClusterReplicas>,
     /// Round trips sent (for tests that count them).
     #[cfg(test)]
     pub(crate) round_trips: AtomicU64,
@@ -221,7 +234,7 @@ impl Connection {
     ) -> Result<Self, RedisCacheError> {
         let mut connection = Self::build_for(config, Some((host, port)), role, None)?;
         connection.failed = Some(failed);
-        connection.named_replicas = Some(AtomicUsize::new(0));
+        connection.cluster_replicas = Some(ClusterReplicas::default());
         Ok(connection)
     }
 
@@ -286,7 +299,7 @@ impl Connection {
             role,
             tracking: is_tracking,
             failed: None,
-            named_replicas: None,
+            cluster_replicas: None,
             #[cfg(test)]
             round_trips: AtomicU64::new(0),
         })
@@ -342,6 +355,7 @@ impl Connection {
         }
         let number = self.made.fetch_add(1, Ordering::Relaxed);
         let checked_out = Arc::new(CheckedOut { object: Mutex::new(Some(checked_out)), given_up: Default::default() });
+        self.saw_connected(replicas);
         let replicas = Arc::new(AtomicUsize::new(replicas));
         let current = Current { number, connection, server, replicas, checked_out };
         *self.slot() = Some(current.clone());
@@ -364,27 +378,49 @@ impl Connection {
         }
     }
 
-    /// Sets the replicas a cluster's slot map names for this node.
+    /// Sets the replicas a cluster's slot map names for this node (just read), and forgets
+    /// those it said were connected before it last said so.
     pub(crate) fn set_named_replicas(&self, replicas: usize) {
-        if let Some(named) = &self.named_replicas {
-            named.store(replicas, Ordering::Relaxed);
+        if let Some(counts) = &self.cluster_replicas {
+            counts.named.store(replicas, Ordering::Relaxed);
+            counts.connected_peak.store(counts.connected_last.load(Ordering::Relaxed), Ordering::Relaxed);
         }
+    }
+
+    /// Records that a cluster node said `connected` replicas follow it (`INFO replication`).
+    pub(crate) fn saw_connected(&self, connected: usize) {
+        if let Some(counts) = &self.cluster_replicas {
+            counts.connected_last.store(connected, Ordering::Relaxed);
+            counts.connected_peak.fetch_max(connected, Ordering::Relaxed);
+        }
+    }
+
+    /// The replicas a cluster node must have follow it, for a change on it to count and a
+    /// read from it to be trusted (0 for the one server): those the last slot map names, or
+    /// more if the node said more were connected since. The map knows a replica only once the
+    /// replica told the asked node, over the cluster bus, whose it is (seconds after it
+    /// attached); its master knows it at once. One that stopped following since the map was
+    /// read may have been promoted without its master's knowing (a split brain): it is
+    /// still counted, a change then falls short and a read is refused, until the map is read
+    /// again (which a short count asks for).
+    pub(crate) fn replicas_to_follow(&self) -> usize {
+        self.cluster_replicas
+            .as_ref()
+            .map_or(0, |counts| counts.named.load(Ordering::Relaxed).max(counts.connected_peak.load(Ordering::Relaxed)))
     }
 
     /// How many replicas must have a change on `current` before it counts: see the module's docs.
     fn replicas_of(&self, current: &Current) -> usize {
-        self.named_replicas.as_ref().unwrap_or(&current.replicas).load(Ordering::Relaxed)
+        match &self.cluster_replicas {
+            Some(_) => self.replicas_to_follow(),
+            None => current.replicas.load(Ordering::Relaxed),
+        }
     }
 
     /// How long `WAIT` waits for the replicas: half the call's timeout, so that a short count
     /// still answers in time (and never 0, which would wait for ever).
     fn replication_wait_ms(&self) -> u64 {
         u64::try_from(self.timeout.as_millis() / 2).unwrap_or(u64::MAX).max(1)
-    }
-
-    /// A cluster node's replicas as the last slot map names them (0 for the one server).
-    pub(crate) fn named_replicas(&self) -> usize {
-        self.named_replicas.as_ref().map_or(0, |named| named.load(Ordering::Relaxed))
     }
 
     /// Drops connection `number` if it is still the shared one, so that the next call
@@ -460,9 +496,10 @@ impl Connection {
                     if replicas > 0 {
                         pipeline.cmd("WAIT").arg(replicas).arg(self.replication_wait_ms());
                     }
-                    // The one server's replicas, counted again after every change: the next
-                    // one waits for those there are then (one that left, or came back).
-                    let recount = self.named_replicas.is_none() && self.role.identify_server;
+                    // The replicas, counted again after every change: the one server's next
+                    // change waits for those there are then (one that left, or came back); a
+                    // cluster node's, for one more than its map names.
+                    let recount = self.role.identify_server;
                     if recount {
                         pipeline.cmd("INFO").arg("replication");
                     }
@@ -480,11 +517,12 @@ impl Connection {
                         let info = answers.next().and_then(|info| redis::from_redis_value::<String>(info).ok());
                         if let Some(connected) = info.as_deref().and_then(connected_replicas) {
                             counted.store(connected, Ordering::Relaxed);
+                            self.saw_connected(connected);
                         }
                     }
                     if acknowledged.is_none_or(|count| count < replicas) {
                         tracing::debug!(url = %self.redacted_url, replicas, "a change did not reach every replica in time");
-                        if self.named_replicas.is_some() {
+                        if self.cluster_replicas.is_some() {
                             self.suspect_map();
                         }
                         return Ok(None);

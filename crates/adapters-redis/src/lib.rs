@@ -634,12 +634,14 @@ impl Inner {
                 node.distrust(connection);
                 continue;
             }
-            // Every replica the map names still follows it: one that left it may have been
-            // promoted, and take the changes, without its knowing (a split brain).
-            let followed = replication
-                .as_deref()
-                .and_then(connected_replicas)
-                .is_some_and(|connected| connected >= node.named_replicas());
+            // Every replica the map names, or that followed it since, still follows it: one
+            // that left it may have been promoted, and take the changes, without its knowing
+            // (a split brain).
+            let connected = replication.as_deref().and_then(connected_replicas);
+            if let Some(connected) = connected {
+                node.saw_connected(connected);
+            }
+            let followed = connected.is_some_and(|connected| connected >= node.replicas_to_follow());
             if !followed {
                 node.suspect_map();
                 continue;

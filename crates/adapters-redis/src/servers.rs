@@ -3,8 +3,8 @@
 //!
 //! In a cluster, every node gets a [`Connection`] of its own (its own timeout, breaker and
 //! `run_id`), and a call goes to the master that the last slot map names for its keys. The
-//! map (`CLUSTER SLOTS`, which also names each master's replicas: a change waits for them,
-//! see [`crate::connection`]) is read on first use, again after a call failed (a failover or a
+//! map (`CLUSTER SLOTS`, with `CLUSTER NODES` for each master's replicas: a change waits for
+//! them, see [`crate::connection`]) is read on first use, again after a call failed (a failover or a
 //! resharding: the old owner refuses with `MOVED` or `ASK`, or does not answer) at most every
 //! [`REFRESH_MIN_INTERVAL`], and at least every [`REFRESH_MAX_AGE`]. A call sent on an
 //! outdated map is refused by the node or fails; it is never answered for a slot the node
@@ -294,9 +294,9 @@ impl Cluster {
         self.current()
     }
 
-    /// Asks the nodes in turn for `CLUSTER SLOTS` (those whose breaker is closed first, then
-    /// the others despite it: the map is what lets the service leave a dead node) and keeps
-    /// the first complete answer; without one, the map stays due.
+    /// Asks the nodes in turn for `CLUSTER SLOTS` and `CLUSTER NODES` (those whose breaker is
+    /// closed first, then the others despite it: the map is what lets the service leave a
+    /// dead node) and keeps the first complete answer; without one, the map stays due.
     async fn read_map(&self) {
         *self.last_read.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
         self.stale.store(false, Ordering::Relaxed);
@@ -309,11 +309,14 @@ impl Cluster {
         asked.rotate_left(start);
         // Stable: the rotation still decides among nodes alike.
         asked.sort_by_key(|(_, node)| node.breaker.is_open());
-        let mut command = redis::cmd("CLUSTER");
-        command.arg("SLOTS");
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("CLUSTER").arg("SLOTS").cmd("CLUSTER").arg("NODES");
         for ((host, _), node) in asked {
-            let Some(slots) = node.run_despite_breaker::<Value>(Request::Command(&command)).await else { continue };
-            match self.slot_map(&slots, &host) {
+            let Some((slots, nodes)) = node.run_despite_breaker::<(Value, String)>(Request::Pipeline(&pipeline)).await
+            else {
+                continue;
+            };
+            match self.slot_map(&slots, &replicas_by_master(&nodes), &host) {
                 Some(map) => {
                     for ((master, changes), replicas) in map.masters.iter().zip(&map.changes).zip(&map.replicas) {
                         master.set_named_replicas(*replicas);
@@ -329,8 +332,10 @@ impl Cluster {
     }
 
     /// The map a `CLUSTER SLOTS` answer describes, asked of a node on `asked_host` (a node
-    /// named without an address is on it); `None` when the answer does not parse.
-    fn slot_map(&self, slots: &Value, asked_host: &str) -> Option<SlotMap> {
+    /// named without an address is on it), each master with the replicas `known_replicas`
+    /// (by master id, from [`replicas_by_master`]) counts for it if more than the answer
+    /// lists; `None` when the answer does not parse.
+    fn slot_map(&self, slots: &Value, known_replicas: &HashMap<&str, usize>, asked_host: &str) -> Option<SlotMap> {
         let Value::Array(ranges) = slots else { return None };
         let mut owners = vec![NO_OWNER; SLOTS].into_boxed_slice();
         let mut masters: Vec<Node> = Vec::new();
@@ -345,8 +350,10 @@ impl Cluster {
             if first > last || last >= SLOTS {
                 return None;
             }
-            // Every replica named counts, with an address or not (one may be promoted).
-            let named_replicas = fields.len().saturating_sub(3);
+            // Every replica counts, with an address or not (one may be promoted), listed or not
+            // (`CLUSTER SLOTS` leaves out one whose offset the asked node last heard as 0).
+            let known = fields.get(2).and_then(node_id).and_then(|id| known_replicas.get(id)).copied();
+            let named_replicas = fields.len().saturating_sub(3).max(known.unwrap_or(0));
             let mut servers = fields[2..].iter().filter_map(|server| address(server, asked_host));
             let master_address = servers.next()?;
             let master = self.node(&master_address).ok()?;
@@ -386,6 +393,38 @@ fn address(server: &Value, asked_host: &str) -> Option<(String, u16)> {
     Some((host, u16::try_from(*port).ok().filter(|&port| port > 0)?))
 }
 
+/// A node's id in a `CLUSTER SLOTS` answer (`[host, port, id, …]`).
+fn node_id(server: &Value) -> Option<&str> {
+    let Value::Array(fields) = server else { return None };
+    match fields.get(2)? {
+        Value::BulkString(id) => std::str::from_utf8(id).ok(),
+        Value::SimpleString(id) => Some(id),
+        _ => None,
+    }
+}
+
+/// How many replicas each master has, by the master's id, from a `CLUSTER NODES` answer:
+/// every replica the asked node does not hold failed (`fail`; one only suspected, `fail?`,
+/// counts), whether or not it is known to have synced. `CLUSTER SLOTS` lists only the
+/// replicas whose replication offset the asked node last heard (from the replica itself, over
+/// the cluster bus) as more than 0: one in its first sync, or one whose master has written
+/// nothing since it synced, or whose news the gossip has not yet brought; a map read then
+/// would have a change count without it, which a takeover can promote all the same.
+fn replicas_by_master(nodes: &str) -> HashMap<&str, usize> {
+    let mut replicas = HashMap::new();
+    for line in nodes.lines() {
+        // `<id> <address> <flags> <master id or -> …`
+        let mut fields = line.split(' ').skip(2);
+        let (Some(flags), Some(master)) = (fields.next(), fields.next()) else { continue };
+        let is_replica = flags.split(',').any(|flag| flag == "slave" || flag == "replica");
+        let failed = flags.split(',').any(|flag| flag == "fail");
+        if is_replica && !failed && master != "-" {
+            *replicas.entry(master).or_insert(0) += 1;
+        }
+    }
+    replicas
+}
+
 /// Marks a slot no master serves.
 const NO_OWNER: u16 = u16::MAX;
 
@@ -420,4 +459,34 @@ pub(crate) fn slot(key: &[u8]) -> u16 {
         (close > 0).then(|| &after[..close])
     });
     crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % 16_384
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replicas_by_master;
+
+    /// A `CLUSTER NODES` answer (Redis 7.2) of three masters: the first with a replica in
+    /// sync, one that never synced and one the cluster holds failed; the second with a
+    /// replica only suspected (`fail?`); the third with none; and a node still in handshake.
+    const NODES: &str = "\
+07c3 127.0.0.1:30001@40001,host-a myself,master - 0 0 1 connected 0-5460
+67ed 127.0.0.1:30002@40002 master - 0 1700000000000 2 connected 5461-10922
+292f 127.0.0.1:30003@40003 master - 0 1700000000000 3 connected 10923-16383
+e7d1 127.0.0.1:30004@40004 slave 07c3 0 1700000000000 1 connected
+6ec2 127.0.0.1:30005@40005 slave 07c3 0 1700000000000 1 connected
+824f 127.0.0.1:30006@40006 slave,fail 07c3 1700000000000 1700000000000 1 disconnected
+a1b2 127.0.0.1:30007@40007 slave,fail? 67ed 1700000000000 0 2 connected
+c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
+";
+
+    #[test]
+    fn every_replica_not_held_failed_counts_synced_or_not() {
+        let replicas = replicas_by_master(NODES);
+        assert_eq!(replicas.get("07c3"), Some(&2), "{replicas:?}");
+        assert_eq!(replicas.get("67ed"), Some(&1), "{replicas:?}");
+        assert_eq!(replicas.get("292f"), None, "{replicas:?}");
+        assert_eq!(replicas.len(), 2, "{replicas:?}");
+        assert!(replicas_by_master("").is_empty());
+        assert!(replicas_by_master("garbage\n\n").is_empty());
+    }
 }
