@@ -640,6 +640,11 @@ async fn every_kind_of_write_leaves_the_profile_documents_current() {
     assert_documents_current(&fixture, &users, "a registration and a refresh").await;
     store.upsert(second, registration("doc-token-2"), now, &by, None).await.expect("moved to the second user");
     assert_documents_current(&fixture, &users, "a token moving to another user").await;
+    // Back: the owners' UUIDs the other way round (the trigger refreshes the smaller first).
+    store.upsert(first, registration("doc-token-2"), now + Duration::seconds(2), &by, None).await.expect("moved back");
+    assert_documents_current(&fixture, &users, "a token moving back").await;
+    store.upsert(second, registration("doc-token-2"), now + Duration::seconds(3), &by, None).await.expect("and over");
+    assert_documents_current(&fixture, &users, "a token moving over again").await;
     let selector = DeviceSelector::parse("doc-token-1").unwrap();
     store.set_active(first, &selector, false, now, &by).await.expect("deactivate").expect("the device");
     assert_documents_current(&fixture, &users, "a deactivation").await;
