@@ -22,11 +22,10 @@
 //! A change the cache must not lose is sent with [`Connection::run_replicated`]: it counts as
 //! done only once every replica of the server has it (`WAIT`), so that a replica promoted
 //! later, or one promoted already that its old master does not know of (a split brain),
-//! never lacks it. Which replicas: for a Redis Cluster node, those its slot map names (all but
-//! those the cluster agrees have failed, synced or not), or more if the node said more were
-//! connected since the map was read (see [`Connection::replicas_to_follow`]; a short count has
-//! the map read again); for the one server, those connected to it, counted when the
-//! connection is made and again with every change.
+//! never lacks it. Which replicas: for a Redis Cluster node, those its slot map names or that
+//! the node said follow it (see [`crate::replicas`]; a short count has the map read again); for
+//! the one server, those connected to it, counted when the connection is made and again with
+//! every change.
 //!
 //! A connection may also carry Redis's client-side caching ([`Tracking`]): it then speaks
 //! RESP3, turns `CLIENT TRACKING ON` before its first call, and hands every message Redis
@@ -50,6 +49,7 @@ use redis::{
 
 use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::config::{RedisCacheConfig, RedisCacheError, SentinelConfig};
+use crate::replicas::{ReplicaWatch, connected_addresses};
 
 /// One round trip to Redis.
 pub(crate) enum Request<'a> {
@@ -129,18 +129,6 @@ pub(crate) struct Role {
     pub(crate) identify_server: bool,
 }
 
-/// A cluster node's replica counts: see [`Connection::replicas_to_follow`].
-#[derive(Default)]
-struct ClusterReplicas {
-    /// As the last slot map names them.
-    named: AtomicUsize,
-    /// Connected to the node, as it said last (when a connection was made, with each change,
-    /// with each read).
-    connected_last: AtomicUsize,
-    /// The most the node said were connected since the slot map was last read.
-    connected_peak: AtomicUsize,
-}
-
 /// The multiplexed connection in use, numbered so that a failed call drops the connection it
 /// failed on and never a newer one another call has made since.
 #[derive(Clone)]
@@ -194,9 +182,9 @@ pub(crate) struct Connection {
     tracking: bool,
     /// Set by every failed call (a cluster node's: its slot map may be outdated).
     failed: Option<Arc<AtomicBool>>,
-    /// A cluster node's replicas (see [`Self::replicas_to_follow`]); `None` for the one
-    /// server (whose connections count theirs).
-    cluster_replicas: Option<ClusterReplicas>,
+    /// A cluster node's replicas, shared by its two connections (see [`crate::replicas`]);
+    /// `None` for the one server (whose connections count theirs).
+    replica_watch: Option<Arc<ReplicaWatch>>,
     /// Round trips sent (for tests that count them).
     #[cfg(test)]
     pub(crate) round_trips: AtomicU64,
@@ -224,17 +212,19 @@ impl Connection {
     }
 
     /// [`Self::build`] for the Redis Cluster node at `host` and `port` (with the URL's
-    /// credentials), rather than the URL's server or the Sentinels' master.
+    /// credentials), rather than the URL's server or the Sentinels' master, watching its
+    /// replicas in `replica_watch` (shared by the node's connections).
     /// Every failed call sets `failed`.
     pub(crate) fn build_node(
         config: &RedisCacheConfig,
         (host, port): (&str, u16),
         role: Role,
         failed: Arc<AtomicBool>,
+        replica_watch: Arc<ReplicaWatch>,
     ) -> Result<Self, RedisCacheError> {
         let mut connection = Self::build_for(config, Some((host, port)), role, None)?;
         connection.failed = Some(failed);
-        connection.cluster_replicas = Some(ClusterReplicas::default());
+        connection.replica_watch = Some(replica_watch);
         Ok(connection)
     }
 
@@ -299,7 +289,7 @@ impl Connection {
             role,
             tracking: is_tracking,
             failed: None,
-            cluster_replicas: None,
+            replica_watch: None,
             #[cfg(test)]
             round_trips: AtomicU64::new(0),
         })
@@ -335,7 +325,9 @@ impl Connection {
         let checked_out = self.pool.get().await.map_err(Failure::Connect)?;
         let mut connection = (*checked_out).clone();
         let (server, replicas) = if self.role.identify_server {
-            identify(&mut connection).await.map_err(Failure::Identify)?
+            let (server, replication) = identify(&mut connection).await.map_err(Failure::Identify)?;
+            self.saw_replication(&replication);
+            (server, connected_replicas(&replication).unwrap_or(0))
         } else {
             (ServerId::new(""), 0)
         };
@@ -355,7 +347,6 @@ impl Connection {
         }
         let number = self.made.fetch_add(1, Ordering::Relaxed);
         let checked_out = Arc::new(CheckedOut { object: Mutex::new(Some(checked_out)), given_up: Default::default() });
-        self.saw_connected(replicas);
         let replicas = Arc::new(AtomicUsize::new(replicas));
         let current = Current { number, connection, server, replicas, checked_out };
         *self.slot() = Some(current.clone());
@@ -378,41 +369,29 @@ impl Connection {
         }
     }
 
-    /// Sets the replicas a cluster's slot map names for this node (just read), and forgets
-    /// those it said were connected before it last said so.
-    pub(crate) fn set_named_replicas(&self, replicas: usize) {
-        if let Some(counts) = &self.cluster_replicas {
-            counts.named.store(replicas, Ordering::Relaxed);
-            counts.connected_peak.store(counts.connected_last.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
+    /// A cluster node's replicas, as its connections and the slot map see them (`None` for
+    /// the one server).
+    pub(crate) fn replica_watch(&self) -> Option<&Arc<ReplicaWatch>> {
+        self.replica_watch.as_ref()
     }
 
-    /// Records that a cluster node said `connected` replicas follow it (`INFO replication`).
-    pub(crate) fn saw_connected(&self, connected: usize) {
-        if let Some(counts) = &self.cluster_replicas {
-            counts.connected_last.store(connected, Ordering::Relaxed);
-            counts.connected_peak.fetch_max(connected, Ordering::Relaxed);
+    /// Records which replicas a cluster node said (`INFO replication`) follow it now.
+    pub(crate) fn saw_replication(&self, replication: &str) {
+        if let Some(watch) = &self.replica_watch {
+            watch.connected(connected_addresses(replication), Instant::now());
         }
     }
 
     /// The replicas a cluster node must have follow it, for a change on it to count and a
-    /// read from it to be trusted (0 for the one server): those the last slot map names, or
-    /// more if the node said more were connected since. The map knows a replica only once the
-    /// replica told the asked node, over the cluster bus, whose it is (seconds after it
-    /// attached); its master knows it at once. One that stopped following since the map was
-    /// read may have been promoted without its master's knowing (a split brain): it is
-    /// still counted, a change then falls short and a read is refused, until the map is read
-    /// again (which a short count asks for).
+    /// read from it to be trusted (0 for the one server): see [`crate::replicas`].
     pub(crate) fn replicas_to_follow(&self) -> usize {
-        self.cluster_replicas
-            .as_ref()
-            .map_or(0, |counts| counts.named.load(Ordering::Relaxed).max(counts.connected_peak.load(Ordering::Relaxed)))
+        self.replica_watch.as_ref().map_or(0, |watch| watch.required())
     }
 
     /// How many replicas must have a change on `current` before it counts: see the module's docs.
     fn replicas_of(&self, current: &Current) -> usize {
-        match &self.cluster_replicas {
-            Some(_) => self.replicas_to_follow(),
+        match &self.replica_watch {
+            Some(watch) => watch.required(),
             None => current.replicas.load(Ordering::Relaxed),
         }
     }
@@ -513,16 +492,22 @@ impl Connection {
                     } else {
                         Some(0)
                     };
+                    let mut required = replicas;
                     if recount {
                         let info = answers.next().and_then(|info| redis::from_redis_value::<String>(info).ok());
-                        if let Some(connected) = info.as_deref().and_then(connected_replicas) {
-                            counted.store(connected, Ordering::Relaxed);
-                            self.saw_connected(connected);
+                        if let Some(info) = info.as_deref() {
+                            if let Some(connected) = connected_replicas(info) {
+                                counted.store(connected, Ordering::Relaxed);
+                            }
+                            // A cluster node's replicas as it says now: one that attached since
+                            // is waited for too (the next try sends its `WAIT`).
+                            self.saw_replication(info);
+                            required = required.max(self.replicas_to_follow());
                         }
                     }
-                    if acknowledged.is_none_or(|count| count < replicas) {
+                    if acknowledged.is_none_or(|count| count < required) {
                         tracing::debug!(url = %self.redacted_url, replicas, "a change did not reach every replica in time");
-                        if self.cluster_replicas.is_some() {
+                        if self.replica_watch.is_some() {
                             self.suspect_map();
                         }
                         return Ok(None);
@@ -680,8 +665,8 @@ fn breaks_the_connection(failure: &Failure) -> bool {
 }
 
 /// Asks a new connection which server process it reached, the history of its data
-/// ([`ServerId`]) and how many replicas it has, and warns if that server may evict keys.
-async fn identify(connection: &mut MultiplexedConnection) -> Result<(ServerId, usize), redis::RedisError> {
+/// ([`ServerId`]) and its `INFO replication`, and warns if that server may evict keys.
+async fn identify(connection: &mut MultiplexedConnection) -> Result<(ServerId, String), redis::RedisError> {
     let server: String = redis::cmd("INFO").arg("server").query_async(connection).await?;
     let replication: String = redis::cmd("INFO").arg("replication").query_async(connection).await?;
     let run_id = info_field(&server, "run_id:");
@@ -693,7 +678,6 @@ async fn identify(connection: &mut MultiplexedConnection) -> Result<(ServerId, u
             return Err(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, missing)));
         }
     };
-    let replicas = connected_replicas(&replication).unwrap_or(0);
     let memory: String = redis::cmd("INFO").arg("memory").query_async(connection).await?;
     let field = |name: &str| memory.lines().find_map(|line| line.strip_prefix(name)).map(str::trim);
     let bounded = field("maxmemory:").is_some_and(|bytes| bytes != "0");
@@ -706,7 +690,7 @@ async fn identify(connection: &mut MultiplexedConnection) -> Result<(ServerId, u
              noeviction on the cache's Redis"
         );
     }
-    Ok((server, replicas))
+    Ok((server, replication))
 }
 
 /// The replicas connected to the server, from its `INFO replication` answer.

@@ -61,6 +61,7 @@ mod lease;
 mod near;
 mod pending;
 mod rate_limit;
+mod replicas;
 mod servers;
 #[cfg(test)]
 mod tests;
@@ -637,10 +638,10 @@ impl Inner {
             // Every replica the map names, or that followed it since, still follows it: one
             // that left it may have been promoted, and take the changes, without its knowing
             // (a split brain).
-            let connected = replication.as_deref().and_then(connected_replicas);
-            if let Some(connected) = connected {
-                node.saw_connected(connected);
+            if let Some(replication) = replication.as_deref() {
+                node.saw_replication(replication);
             }
+            let connected = replication.as_deref().and_then(connected_replicas);
             let followed = connected.is_some_and(|connected| connected >= node.replicas_to_follow());
             if !followed {
                 node.suspect_map();

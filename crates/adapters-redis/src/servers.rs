@@ -4,7 +4,7 @@
 //! In a cluster, every node gets a [`Connection`] of its own (its own timeout, breaker and
 //! `run_id`), and a call goes to the master that the last slot map names for its keys. The
 //! map (`CLUSTER SLOTS`, with `CLUSTER NODES` for each master's replicas: a change waits for
-//! them, see [`crate::connection`]) is read on first use, again after a call failed (a failover or a
+//! them, see [`crate::replicas`]) is read on first use, again after a call failed (a failover or a
 //! resharding: the old owner refuses with `MOVED` or `ASK`, or does not answer) at most every
 //! [`REFRESH_MIN_INTERVAL`], and at least every [`REFRESH_MAX_AGE`]. A call sent on an
 //! outdated map is refused by the node or fails; it is never answered for a slot the node
@@ -27,6 +27,7 @@ use redis::Value;
 
 use crate::config::{RedisCacheConfig, RedisCacheError};
 use crate::connection::{Connection, Request, Role, Tracking};
+use crate::replicas::{ReplicaWatch, read_nodes};
 
 /// The number of hash slots of a Redis Cluster.
 const SLOTS: usize = 16_384;
@@ -238,7 +239,9 @@ impl Cluster {
         if nodes.len() >= MAX_NODES {
             return Err(RedisCacheError::Invalid("the cluster names more than 1,000 nodes"));
         }
-        let node = Arc::new(Connection::build_node(&self.config, (host, *port), self.role, Arc::clone(&self.stale))?);
+        let watch = Arc::new(ReplicaWatch::default());
+        let node =
+            Arc::new(Connection::build_node(&self.config, (host, *port), self.role, Arc::clone(&self.stale), watch)?);
         nodes.insert((host.clone(), *port), Arc::clone(&node));
         Ok(node)
     }
@@ -254,7 +257,8 @@ impl Cluster {
         if nodes.len() >= MAX_NODES {
             return Err(RedisCacheError::Invalid("the cluster names more than 1,000 nodes"));
         }
-        let node = Connection::build_node(&self.config, (host, *port), self.role, Arc::clone(&self.stale))?;
+        let watch = reads.replica_watch().map_or_else(Default::default, Arc::clone);
+        let node = Connection::build_node(&self.config, (host, *port), self.role, Arc::clone(&self.stale), watch)?;
         let node = Arc::new(node.sharing_breaker(&reads));
         nodes.insert((host.clone(), *port), Arc::clone(&node));
         Ok(node)
@@ -316,11 +320,15 @@ impl Cluster {
             else {
                 continue;
             };
-            match self.slot_map(&slots, &replicas_by_master(&nodes), &host) {
+            let (known_replicas, seen) = read_nodes(&nodes);
+            match self.slot_map(&slots, &known_replicas, &host) {
                 Some(map) => {
-                    for ((master, changes), replicas) in map.masters.iter().zip(&map.changes).zip(&map.replicas) {
-                        master.set_named_replicas(*replicas);
-                        changes.set_named_replicas(*replicas);
+                    let now = Instant::now();
+                    for ((master, id), replicas) in map.masters.iter().zip(&map.ids).zip(&map.replicas) {
+                        // Its changes' connection shares the watch.
+                        if let Some(watch) = master.replica_watch() {
+                            watch.mapped(id.as_deref().unwrap_or_default(), *replicas, &seen, now);
+                        }
                     }
                     *self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(map));
                     return;
@@ -333,14 +341,15 @@ impl Cluster {
 
     /// The map a `CLUSTER SLOTS` answer describes, asked of a node on `asked_host` (a node
     /// named without an address is on it), each master with the replicas `known_replicas`
-    /// (by master id, from [`replicas_by_master`]) counts for it if more than the answer
-    /// lists; `None` when the answer does not parse.
+    /// (by master id, from `CLUSTER NODES`) counts for it if more than the answer lists;
+    /// `None` when the answer does not parse.
     fn slot_map(&self, slots: &Value, known_replicas: &HashMap<&str, usize>, asked_host: &str) -> Option<SlotMap> {
         let Value::Array(ranges) = slots else { return None };
         let mut owners = vec![NO_OWNER; SLOTS].into_boxed_slice();
         let mut masters: Vec<Node> = Vec::new();
         let mut changes: Vec<Node> = Vec::new();
         let mut replicas: Vec<usize> = Vec::new();
+        let mut ids: Vec<Option<String>> = Vec::new();
         for range in ranges {
             let Value::Array(fields) = range else { return None };
             let (Some(Value::Int(first)), Some(Value::Int(last))) = (fields.first(), fields.get(1)) else {
@@ -352,7 +361,8 @@ impl Cluster {
             }
             // Every replica counts, with an address or not (one may be promoted), listed or not
             // (`CLUSTER SLOTS` leaves out one whose offset the asked node last heard as 0).
-            let known = fields.get(2).and_then(node_id).and_then(|id| known_replicas.get(id)).copied();
+            let id = fields.get(2).and_then(node_id);
+            let known = id.and_then(|id| known_replicas.get(id)).copied();
             let named_replicas = fields.len().saturating_sub(3).max(known.unwrap_or(0));
             let mut servers = fields[2..].iter().filter_map(|server| address(server, asked_host));
             let master_address = servers.next()?;
@@ -368,13 +378,14 @@ impl Cluster {
                     masters.push(master);
                     changes.push(self.change_node(&master_address).ok()?);
                     replicas.push(0);
+                    ids.push(id.map(str::to_owned));
                     masters.len() - 1
                 }
             };
             replicas[index] = replicas[index].max(named_replicas);
             owners[first..=last].fill(u16::try_from(index).ok()?);
         }
-        Some(SlotMap { owners, masters, changes, replicas })
+        Some(SlotMap { owners, masters, changes, replicas, ids })
     }
 }
 
@@ -403,28 +414,6 @@ fn node_id(server: &Value) -> Option<&str> {
     }
 }
 
-/// How many replicas each master has, by the master's id, from a `CLUSTER NODES` answer:
-/// every replica the asked node does not hold failed (`fail`; one only suspected, `fail?`,
-/// counts), whether or not it is known to have synced. `CLUSTER SLOTS` lists only the
-/// replicas whose replication offset the asked node last heard (from the replica itself, over
-/// the cluster bus) as more than 0: one in its first sync, or one whose master has written
-/// nothing since it synced, or whose news the gossip has not yet brought; a map read then
-/// would have a change count without it, which a takeover can promote all the same.
-fn replicas_by_master(nodes: &str) -> HashMap<&str, usize> {
-    let mut replicas = HashMap::new();
-    for line in nodes.lines() {
-        // `<id> <address> <flags> <master id or -> …`
-        let mut fields = line.split(' ').skip(2);
-        let (Some(flags), Some(master)) = (fields.next(), fields.next()) else { continue };
-        let is_replica = flags.split(',').any(|flag| flag == "slave" || flag == "replica");
-        let failed = flags.split(',').any(|flag| flag == "fail");
-        if is_replica && !failed && master != "-" {
-            *replicas.entry(master).or_insert(0) += 1;
-        }
-    }
-    replicas
-}
-
 /// Marks a slot no master serves.
 const NO_OWNER: u16 = u16::MAX;
 
@@ -438,6 +427,8 @@ struct SlotMap {
     changes: Vec<Node>,
     /// By master, as `masters`.
     replicas: Vec<usize>,
+    /// By master, as `masters`: its node id, when the map gives it.
+    ids: Vec<Option<String>>,
 }
 
 impl SlotMap {
@@ -459,34 +450,4 @@ pub(crate) fn slot(key: &[u8]) -> u16 {
         (close > 0).then(|| &after[..close])
     });
     crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % 16_384
-}
-
-#[cfg(test)]
-mod tests {
-    use super::replicas_by_master;
-
-    /// A `CLUSTER NODES` answer (Redis 7.2) of three masters: the first with a replica in
-    /// sync, one that never synced and one the cluster holds failed; the second with a
-    /// replica only suspected (`fail?`); the third with none; and a node still in handshake.
-    const NODES: &str = "\
-07c3 127.0.0.1:30001@40001,host-a myself,master - 0 0 1 connected 0-5460
-67ed 127.0.0.1:30002@40002 master - 0 1700000000000 2 connected 5461-10922
-292f 127.0.0.1:30003@40003 master - 0 1700000000000 3 connected 10923-16383
-e7d1 127.0.0.1:30004@40004 slave 07c3 0 1700000000000 1 connected
-6ec2 127.0.0.1:30005@40005 slave 07c3 0 1700000000000 1 connected
-824f 127.0.0.1:30006@40006 slave,fail 07c3 1700000000000 1700000000000 1 disconnected
-a1b2 127.0.0.1:30007@40007 slave,fail? 67ed 1700000000000 0 2 connected
-c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
-";
-
-    #[test]
-    fn every_replica_not_held_failed_counts_synced_or_not() {
-        let replicas = replicas_by_master(NODES);
-        assert_eq!(replicas.get("07c3"), Some(&2), "{replicas:?}");
-        assert_eq!(replicas.get("67ed"), Some(&1), "{replicas:?}");
-        assert_eq!(replicas.get("292f"), None, "{replicas:?}");
-        assert_eq!(replicas.len(), 2, "{replicas:?}");
-        assert!(replicas_by_master("").is_empty());
-        assert!(replicas_by_master("garbage\n\n").is_empty());
-    }
 }

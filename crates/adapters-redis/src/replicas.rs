@@ -1,0 +1,280 @@
+//! Which replicas a Redis Cluster master must have a change on before it counts, and have
+//! follow it before it is read from (see [`crate::connection`]): any of them may be promoted
+//! with the master's data, a split brain included (the master cut off from its cluster's
+//! bus goes on taking changes that its promoted replica never gets).
+//!
+//! Two sources, neither enough alone:
+//! - **The slot map** (`CLUSTER NODES`, asked of any node): every replica it names for the
+//!   master, failed or not. It knows a replica only once the replica told the asked node,
+//!   over the bus, whose it is: measured 0.7 to 7.7 s after it attached.
+//! - **The master itself** (`INFO replication`, with every read and every change, and when
+//!   connecting): the replicas connected to it, at once. A replica that stops following it
+//!   (promoted, moved, stopped, or restarting) is *lost*: it stays counted until a map names
+//!   it failed (`fail`: the cluster agrees it is dead), another master's replica (it said so
+//!   itself), or no longer names it at all (it was forgotten), until it follows again, or for
+//!   [`LOST_REPLICA_KEPT`], longer than a cluster node timeout sensibly is: a master cut off
+//!   from its cluster stops taking writes once the node timeout passes. A lost replica that
+//!   the map names a master is not explained: it may have been promoted for this master's
+//!   slots, or the asked node has not heard yet that it became a replica.
+//!
+//! A replica connected to the master that the map names failed (frozen, its link not yet
+//! timed out) is not waited for: the cluster will not promote it.
+//!
+//! What neither source sees: a replica that attached to the master and was promoted, both
+//! between two of this instance's calls to the master and before any map it read named it.
+//! Nor a replica whose address in `INFO replication` differs from its cluster address (a
+//! `replica-announce-ip` other than `cluster-announce-ip`, NAT): the map's count then covers
+//! it, and a lost one counts as forgotten.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a replica that stopped following its master, unexplained, is still counted.
+pub(crate) const LOST_REPLICA_KEPT: Duration = Duration::from_secs(60);
+
+/// A replica's address (`ip` and `port`, as the master's `INFO replication` and the map's
+/// `CLUSTER NODES` both give it).
+pub(crate) type Address = (String, u16);
+
+/// What the slot map says of a node, by its address (from [`read_nodes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// A replica of the master with this id, not failed.
+    ReplicaOf(String),
+    /// Failed (`fail`), whatever it was.
+    Failed,
+    /// Anything else: a master, a node in handshake.
+    Other,
+}
+
+/// One master's replicas, shared by its two connections.
+#[derive(Debug, Default)]
+pub(crate) struct ReplicaWatch {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Replicas the last map names for the master, not failed.
+    named: usize,
+    /// The addresses the last map names failed.
+    failed: HashSet<Address>,
+    /// Connected, as the master said last.
+    connected: HashSet<Address>,
+    /// Connected since, no longer, and not yet explained: since when each stopped following.
+    lost: HashMap<Address, Instant>,
+}
+
+impl ReplicaWatch {
+    /// How many replicas must have a change (and follow the master, for a read): the map's,
+    /// or those connected and lost, whichever are more, never one the map names failed.
+    pub(crate) fn required(&self) -> usize {
+        let state = self.lock();
+        let followers =
+            state.connected.iter().chain(state.lost.keys()).filter(|address| !state.failed.contains(*address));
+        state.named.max(followers.count())
+    }
+
+    /// The master said (`INFO replication`) these replicas are connected to it now.
+    pub(crate) fn connected(&self, connected: HashSet<Address>, now: Instant) {
+        let mut state = self.lock();
+        let left: Vec<Address> = state.connected.difference(&connected).cloned().collect();
+        for address in left {
+            state.lost.entry(address).or_insert(now);
+        }
+        state.lost.retain(|address, _| !connected.contains(address));
+        state.connected = connected;
+    }
+
+    /// A slot map was read: it names `named` replicas of this master (`master_id`) not failed,
+    /// and says what each node it knows is.
+    pub(crate) fn mapped(&self, master_id: &str, named: usize, nodes: &HashMap<Address, Seen>, now: Instant) {
+        let mut state = self.lock();
+        state.named = named;
+        state.failed =
+            nodes.iter().filter(|(_, seen)| **seen == Seen::Failed).map(|(address, _)| address.clone()).collect();
+        state.lost.retain(|address, since| {
+            let explained = match nodes.get(address) {
+                // Dead, or forgotten.
+                None | Some(Seen::Failed) => true,
+                // It follows another master now, it told the asked node itself. Still this
+                // one's, the node says, is no explanation: another may not say so next time.
+                Some(Seen::ReplicaOf(master)) => master != master_id,
+                // A master: promoted, maybe for this master's slots (or the asked node has
+                // not heard yet that it became a replica).
+                Some(Seen::Other) => false,
+            };
+            !explained && now.duration_since(*since) < LOST_REPLICA_KEPT
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The replicas connected to a master, from its `INFO replication` answer
+/// (`slave0:ip=10.0.0.5,port=6379,state=online,…`).
+pub(crate) fn connected_addresses(replication: &str) -> HashSet<Address> {
+    replication
+        .lines()
+        .filter(|line| line.starts_with("slave") && line.as_bytes().get(5).is_some_and(u8::is_ascii_digit))
+        .filter_map(|line| {
+            let fields = line.split_once(':')?.1;
+            let field = |name: &str| fields.split(',').find_map(|field| field.strip_prefix(name));
+            Some((field("ip=")?.to_owned(), field("port=")?.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// What a `CLUSTER NODES` answer says: each master's replicas not failed (by the master's
+/// id), and what each node is (by its address). Lines: `<id> <ip:port@bus[,host]> <flags>
+/// <master id or -> …`; `fail?` (only suspected) is not failed.
+pub(crate) fn read_nodes(nodes: &str) -> (HashMap<&str, usize>, HashMap<Address, Seen>) {
+    let mut replicas = HashMap::new();
+    let mut seen = HashMap::new();
+    for line in nodes.lines() {
+        let mut fields = line.split(' ').skip(1);
+        let (Some(address), Some(flags), Some(master)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let is_replica = flags.split(',').any(|flag| flag == "slave" || flag == "replica");
+        let failed = flags.split(',').any(|flag| flag == "fail");
+        let what = if failed {
+            Seen::Failed
+        } else if is_replica && master != "-" {
+            *replicas.entry(master).or_insert(0) += 1;
+            Seen::ReplicaOf(master.to_owned())
+        } else {
+            Seen::Other
+        };
+        let address = address.split(['@', ',']).next().unwrap_or_default();
+        if let Some((ip, port)) = address.rsplit_once(':')
+            && let Ok(port) = port.parse::<u16>()
+            && port > 0
+        {
+            seen.insert((ip.to_owned(), port), what);
+        }
+    }
+    (replicas, seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `CLUSTER NODES` answer (Redis 7.2) of three masters: the first with a replica in
+    /// sync, one that never synced and one the cluster holds failed; the second with a
+    /// replica only suspected (`fail?`); the third with none; and a node still in handshake.
+    const NODES: &str = "\
+07c3 127.0.0.1:30001@40001,host-a myself,master - 0 0 1 connected 0-5460
+67ed 127.0.0.1:30002@40002 master - 0 1700000000000 2 connected 5461-10922
+292f 127.0.0.1:30003@40003 master - 0 1700000000000 3 connected 10923-16383
+e7d1 127.0.0.1:30004@40004 slave 07c3 0 1700000000000 1 connected
+6ec2 127.0.0.1:30005@40005 slave 07c3 0 1700000000000 1 connected
+824f 127.0.0.1:30006@40006 slave,fail 07c3 1700000000000 1700000000000 1 disconnected
+a1b2 127.0.0.1:30007@40007 slave,fail? 67ed 1700000000000 0 2 connected
+c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
+";
+
+    fn at(port: u16) -> Address {
+        ("127.0.0.1".to_owned(), port)
+    }
+
+    #[test]
+    fn every_replica_not_held_failed_counts_synced_or_not() {
+        let (replicas, seen) = read_nodes(NODES);
+        assert_eq!(replicas.get("07c3"), Some(&2), "{replicas:?}");
+        assert_eq!(replicas.get("67ed"), Some(&1), "{replicas:?}");
+        assert_eq!(replicas.get("292f"), None, "{replicas:?}");
+        assert_eq!(replicas.len(), 2, "{replicas:?}");
+        assert_eq!(seen.get(&at(30004)), Some(&Seen::ReplicaOf("07c3".to_owned())));
+        assert_eq!(seen.get(&at(30006)), Some(&Seen::Failed));
+        assert_eq!(seen.get(&at(30001)), Some(&Seen::Other));
+        assert_eq!(seen.len(), 7, "the node without an address is left out: {seen:?}");
+        assert!(read_nodes("").0.is_empty());
+        assert!(read_nodes("garbage\n\n").1.is_empty());
+    }
+
+    #[test]
+    fn the_replicas_a_master_names_connected_are_read_from_its_info() {
+        let info = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+                    slave0:ip=127.0.0.1,port=30004,state=online,offset=42,lag=0\r\n\
+                    slave1:ip=10.0.0.7,port=6380,state=wait_bgsave,offset=0,lag=0\r\n\
+                    slave_read_only:1\r\nmaster_replid:abc\r\n";
+        let connected = connected_addresses(info);
+        assert_eq!(connected, HashSet::from([at(30004), ("10.0.0.7".to_owned(), 6380)]));
+        assert!(connected_addresses("role:master\r\nconnected_slaves:0\r\n").is_empty());
+    }
+
+    /// A replica attaches to the master after the map was read, then leaves it (promoted
+    /// during a split brain): it is required until a map explains it, or for
+    /// [`LOST_REPLICA_KEPT`].
+    #[test]
+    fn a_replica_that_left_its_master_unexplained_is_still_required() {
+        let watch = ReplicaWatch::default();
+        let start = Instant::now();
+        let (_, mut before) = read_nodes(NODES);
+        before.insert(at(30009), Seen::Other);
+        watch.mapped("292f", 0, &before, start);
+        assert_eq!(watch.required(), 0);
+        watch.connected(HashSet::from([at(30009)]), start);
+        assert_eq!(watch.required(), 1, "attached: the master says so before any map");
+        watch.connected(HashSet::new(), start + Duration::from_secs(1));
+        assert_eq!(watch.required(), 1, "left, unexplained");
+
+        // Maps that see it a master: promoted, or the asked node has not heard it attached
+        // (it was a master without slots before): still required.
+        let promoted = before.clone();
+        watch.mapped("292f", 0, &promoted, start + Duration::from_secs(2));
+        watch.mapped("292f", 0, &promoted, start + Duration::from_secs(3));
+        assert_eq!(watch.required(), 1);
+        // Until it has been lost for the time kept.
+        watch.mapped("292f", 0, &promoted, start + Duration::from_secs(1) + LOST_REPLICA_KEPT);
+        assert_eq!(watch.required(), 0);
+    }
+
+    #[test]
+    fn a_replica_that_left_is_forgotten_once_a_map_names_it_failed_elsewhere_or_forgets_it() {
+        let (_, mut nodes) = read_nodes(NODES);
+        for explanation in [Some(Seen::Failed), Some(Seen::ReplicaOf("67ed".to_owned())), None] {
+            let watch = ReplicaWatch::default();
+            let now = Instant::now();
+            watch.connected(HashSet::from([at(30009)]), now);
+            watch.connected(HashSet::new(), now);
+            match &explanation {
+                Some(seen) => nodes.insert(at(30009), seen.clone()),
+                None => nodes.remove(&at(30009)),
+            };
+            watch.mapped("292f", 0, &HashMap::from([(at(30009), Seen::ReplicaOf("292f".to_owned()))]), now);
+            assert_eq!(watch.required(), 1, "named by one map as still its replica: not explained");
+            watch.mapped("292f", 0, &nodes, now);
+            assert_eq!(watch.required(), 0, "{explanation:?}");
+        }
+    }
+
+    #[test]
+    fn a_replica_still_connected_but_held_failed_is_not_waited_for() {
+        let watch = ReplicaWatch::default();
+        let now = Instant::now();
+        watch.connected(HashSet::from([at(30006), at(30004)]), now);
+        let (_, nodes) = read_nodes(NODES);
+        watch.mapped("07c3", 2, &nodes, now);
+        assert_eq!(watch.required(), 2, "the map's two, the frozen 30006 not among them");
+        watch.mapped("07c3", 0, &nodes, now);
+        assert_eq!(watch.required(), 1, "30004 connected");
+    }
+
+    #[test]
+    fn a_replica_that_comes_back_is_no_longer_lost() {
+        let watch = ReplicaWatch::default();
+        let now = Instant::now();
+        watch.connected(HashSet::from([at(30004)]), now);
+        watch.connected(HashSet::new(), now);
+        watch.connected(HashSet::from([at(30004)]), now);
+        assert_eq!(watch.required(), 1);
+        watch.mapped("07c3", 0, &HashMap::new(), now);
+        assert_eq!(watch.required(), 1, "connected");
+    }
+}
