@@ -477,7 +477,7 @@ impl Connection {
                     }
                     // The replicas, counted again after every change: the one server's next
                     // change waits for those there are then (one that left, or came back); a
-                    // cluster node's, for one more than its map names.
+                    // cluster node's are watched (see `crate::replicas`).
                     let recount = self.role.identify_server;
                     if recount {
                         pipeline.cmd("INFO").arg("replication");

@@ -10,12 +10,12 @@
 //! - **The master itself** (`INFO replication`, with every read and every change, and when
 //!   connecting): the replicas connected to it, at once. A replica that stops following it
 //!   (promoted, moved, stopped, or restarting) is *lost*: it stays counted until a map names
-//!   it failed (`fail`: the cluster agrees it is dead), another master's replica (it said so
-//!   itself), or no longer names it at all (it was forgotten), until it follows again, or for
-//!   [`LOST_REPLICA_KEPT`], longer than a cluster node timeout sensibly is: a master cut off
-//!   from its cluster stops taking writes once the node timeout passes. A lost replica that
-//!   the map names a master is not explained: it may have been promoted for this master's
-//!   slots, or the asked node has not heard yet that it became a replica.
+//!   it failed (`fail`: the cluster agrees it is dead) or no longer names it at all (it was
+//!   forgotten), until another master says it follows it (after it left), until it follows
+//!   again, or for [`LOST_REPLICA_KEPT`], longer than a cluster node timeout sensibly is: a
+//!   master cut off from its cluster stops taking writes once the node timeout passes. What
+//!   the map says of it otherwise explains nothing: the asked node may not have heard yet
+//!   that it left (a replica of this master), moved (of another), or was promoted (a master).
 //!
 //! A replica connected to the master that the map names failed (frozen, its link not yet
 //! timed out) is not waited for: the cluster will not promote it.
@@ -60,8 +60,9 @@ struct State {
     named: usize,
     /// The addresses the last map names failed.
     failed: HashSet<Address>,
-    /// Connected, as the master said last.
+    /// Connected, as the master said last, and when.
     connected: HashSet<Address>,
+    observed_at: Option<Instant>,
     /// Connected since, no longer, and not yet explained: since when each stopped following.
     lost: HashMap<Address, Instant>,
 }
@@ -85,11 +86,25 @@ impl ReplicaWatch {
         }
         state.lost.retain(|address, _| !connected.contains(address));
         state.connected = connected;
+        state.observed_at = Some(now);
     }
 
-    /// A slot map was read: it names `named` replicas of this master (`master_id`) not failed,
-    /// and says what each node it knows is.
-    pub(crate) fn mapped(&self, master_id: &str, named: usize, nodes: &HashMap<Address, Seen>, now: Instant) {
+    /// The replicas the master said follow it, and when it last said so (`None`: never).
+    pub(crate) fn following(&self) -> (Option<Instant>, Vec<Address>) {
+        let state = self.lock();
+        (state.observed_at, state.connected.iter().cloned().collect())
+    }
+
+    /// A slot map was read: it names `named` replicas of this master not failed, and says
+    /// what each node it knows is; `elsewhere` holds, for each replica another master said
+    /// follows it, when that master last said so.
+    pub(crate) fn mapped(
+        &self,
+        named: usize,
+        nodes: &HashMap<Address, Seen>,
+        elsewhere: &HashMap<Address, Instant>,
+        now: Instant,
+    ) {
         let mut state = self.lock();
         state.named = named;
         state.failed =
@@ -98,12 +113,14 @@ impl ReplicaWatch {
             let explained = match nodes.get(address) {
                 // Dead, or forgotten.
                 None | Some(Seen::Failed) => true,
-                // It follows another master now, it told the asked node itself. Still this
-                // one's, the node says, is no explanation: another may not say so next time.
-                Some(Seen::ReplicaOf(master)) => master != master_id,
-                // A master: promoted, maybe for this master's slots (or the asked node has
-                // not heard yet that it became a replica).
-                Some(Seen::Other) => false,
+                // What the asked node says of a replica may be older than its leaving (it
+                // hears of each node from that node, seconds late): a replica of this master
+                // or of another, or a master (promoted, maybe for this master's slots, or
+                // not yet heard to have become a replica) explains nothing. Another master
+                // saying, after it left, that it follows it does.
+                Some(Seen::ReplicaOf(_) | Seen::Other) => {
+                    elsewhere.get(address).is_some_and(|observed| observed > since)
+                }
             };
             !explained && now.duration_since(*since) < LOST_REPLICA_KEPT
         });
@@ -214,43 +231,54 @@ c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
     #[test]
     fn a_replica_that_left_its_master_unexplained_is_still_required() {
         let watch = ReplicaWatch::default();
+        let nowhere = HashMap::new();
         let start = Instant::now();
         let (_, mut before) = read_nodes(NODES);
         before.insert(at(30009), Seen::Other);
-        watch.mapped("292f", 0, &before, start);
+        watch.mapped(0, &before, &nowhere, start);
         assert_eq!(watch.required(), 0);
         watch.connected(HashSet::from([at(30009)]), start);
         assert_eq!(watch.required(), 1, "attached: the master says so before any map");
         watch.connected(HashSet::new(), start + Duration::from_secs(1));
         assert_eq!(watch.required(), 1, "left, unexplained");
 
-        // Maps that see it a master: promoted, or the asked node has not heard it attached
-        // (it was a master without slots before): still required.
-        let promoted = before.clone();
-        watch.mapped("292f", 0, &promoted, start + Duration::from_secs(2));
-        watch.mapped("292f", 0, &promoted, start + Duration::from_secs(3));
+        // Maps that see it a master (promoted, or the asked node has not heard it attached),
+        // this master's replica or another's (the asked node has not heard it left, or moved
+        // here): still required.
+        for seen in [Seen::Other, Seen::ReplicaOf("292f".to_owned()), Seen::ReplicaOf("67ed".to_owned())] {
+            before.insert(at(30009), seen);
+            watch.mapped(0, &before, &nowhere, start + Duration::from_secs(2));
+            assert_eq!(watch.required(), 1);
+        }
+        // Another master said it followed it, but before it left this one: still required.
+        let earlier = HashMap::from([(at(30009), start)]);
+        watch.mapped(0, &before, &earlier, start + Duration::from_secs(3));
         assert_eq!(watch.required(), 1);
         // Until it has been lost for the time kept.
-        watch.mapped("292f", 0, &promoted, start + Duration::from_secs(1) + LOST_REPLICA_KEPT);
+        watch.mapped(0, &before, &nowhere, start + Duration::from_secs(1) + LOST_REPLICA_KEPT);
         assert_eq!(watch.required(), 0);
     }
 
     #[test]
-    fn a_replica_that_left_is_forgotten_once_a_map_names_it_failed_elsewhere_or_forgets_it() {
+    fn a_replica_that_left_is_forgotten_once_failed_forgotten_or_following_another_master() {
         let (_, mut nodes) = read_nodes(NODES);
-        for explanation in [Some(Seen::Failed), Some(Seen::ReplicaOf("67ed".to_owned())), None] {
+        let start = Instant::now();
+        let after_it_left = HashMap::from([(at(30009), start + Duration::from_secs(2))]);
+        for (seen, elsewhere) in [
+            (Some(Seen::Failed), HashMap::new()),
+            (None, HashMap::new()),
+            (Some(Seen::ReplicaOf("67ed".to_owned())), after_it_left.clone()),
+            (Some(Seen::Other), after_it_left),
+        ] {
             let watch = ReplicaWatch::default();
-            let now = Instant::now();
-            watch.connected(HashSet::from([at(30009)]), now);
-            watch.connected(HashSet::new(), now);
-            match &explanation {
+            watch.connected(HashSet::from([at(30009)]), start);
+            watch.connected(HashSet::new(), start + Duration::from_secs(1));
+            match &seen {
                 Some(seen) => nodes.insert(at(30009), seen.clone()),
                 None => nodes.remove(&at(30009)),
             };
-            watch.mapped("292f", 0, &HashMap::from([(at(30009), Seen::ReplicaOf("292f".to_owned()))]), now);
-            assert_eq!(watch.required(), 1, "named by one map as still its replica: not explained");
-            watch.mapped("292f", 0, &nodes, now);
-            assert_eq!(watch.required(), 0, "{explanation:?}");
+            watch.mapped(0, &nodes, &elsewhere, start + Duration::from_secs(3));
+            assert_eq!(watch.required(), 0, "{seen:?} {elsewhere:?}");
         }
     }
 
@@ -260,9 +288,9 @@ c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
         let now = Instant::now();
         watch.connected(HashSet::from([at(30006), at(30004)]), now);
         let (_, nodes) = read_nodes(NODES);
-        watch.mapped("07c3", 2, &nodes, now);
+        watch.mapped(2, &nodes, &HashMap::new(), now);
         assert_eq!(watch.required(), 2, "the map's two, the frozen 30006 not among them");
-        watch.mapped("07c3", 0, &nodes, now);
+        watch.mapped(0, &nodes, &HashMap::new(), now);
         assert_eq!(watch.required(), 1, "30004 connected");
     }
 
@@ -274,7 +302,7 @@ c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
         watch.connected(HashSet::new(), now);
         watch.connected(HashSet::from([at(30004)]), now);
         assert_eq!(watch.required(), 1);
-        watch.mapped("07c3", 0, &HashMap::new(), now);
+        watch.mapped(0, &HashMap::new(), &HashMap::new(), now);
         assert_eq!(watch.required(), 1, "connected");
     }
 }

@@ -27,7 +27,7 @@ use redis::Value;
 
 use crate::config::{RedisCacheConfig, RedisCacheError};
 use crate::connection::{Connection, Request, Role, Tracking};
-use crate::replicas::{ReplicaWatch, read_nodes};
+use crate::replicas::{Address, ReplicaWatch, read_nodes};
 
 /// The number of hash slots of a Redis Cluster.
 const SLOTS: usize = 16_384;
@@ -323,11 +323,27 @@ impl Cluster {
             let (known_replicas, seen) = read_nodes(&nodes);
             match self.slot_map(&slots, &known_replicas, &host) {
                 Some(map) => {
+                    // Which replicas each master said follow it, and when: one that left a
+                    // master and follows another since is not lost (see `crate::replicas`).
+                    let following: Vec<_> = map
+                        .masters
+                        .iter()
+                        .map(|master| master.replica_watch().map(|watch| watch.following()))
+                        .collect();
                     let now = Instant::now();
-                    for ((master, id), replicas) in map.masters.iter().zip(&map.ids).zip(&map.replicas) {
+                    for (index, (master, replicas)) in map.masters.iter().zip(&map.replicas).enumerate() {
+                        let mut elsewhere: HashMap<Address, Instant> = HashMap::new();
+                        let others = following.iter().enumerate().filter(|(other, _)| *other != index);
+                        for (observed, addresses) in others.filter_map(|(_, following)| following.as_ref()) {
+                            let Some(observed) = observed else { continue };
+                            for address in addresses {
+                                let latest = elsewhere.entry(address.clone()).or_insert(*observed);
+                                *latest = (*latest).max(*observed);
+                            }
+                        }
                         // Its changes' connection shares the watch.
                         if let Some(watch) = master.replica_watch() {
-                            watch.mapped(id.as_deref().unwrap_or_default(), *replicas, &seen, now);
+                            watch.mapped(*replicas, &seen, &elsewhere, now);
                         }
                     }
                     *self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(map));
@@ -349,7 +365,6 @@ impl Cluster {
         let mut masters: Vec<Node> = Vec::new();
         let mut changes: Vec<Node> = Vec::new();
         let mut replicas: Vec<usize> = Vec::new();
-        let mut ids: Vec<Option<String>> = Vec::new();
         for range in ranges {
             let Value::Array(fields) = range else { return None };
             let (Some(Value::Int(first)), Some(Value::Int(last))) = (fields.first(), fields.get(1)) else {
@@ -361,8 +376,7 @@ impl Cluster {
             }
             // Every replica counts, with an address or not (one may be promoted), listed or not
             // (`CLUSTER SLOTS` leaves out one whose offset the asked node last heard as 0).
-            let id = fields.get(2).and_then(node_id);
-            let known = id.and_then(|id| known_replicas.get(id)).copied();
+            let known = fields.get(2).and_then(node_id).and_then(|id| known_replicas.get(id)).copied();
             let named_replicas = fields.len().saturating_sub(3).max(known.unwrap_or(0));
             let mut servers = fields[2..].iter().filter_map(|server| address(server, asked_host));
             let master_address = servers.next()?;
@@ -378,14 +392,18 @@ impl Cluster {
                     masters.push(master);
                     changes.push(self.change_node(&master_address).ok()?);
                     replicas.push(0);
-                    ids.push(id.map(str::to_owned));
                     masters.len() - 1
                 }
             };
             replicas[index] = replicas[index].max(named_replicas);
             owners[first..=last].fill(u16::try_from(index).ok()?);
         }
-        Some(SlotMap { owners, masters, changes, replicas, ids })
+        // A node that left the cluster (removed, or `CLUSTER RESET`) answers that no master
+        // serves anything: not a map to route by.
+        if masters.is_empty() {
+            return None;
+        }
+        Some(SlotMap { owners, masters, changes, replicas })
     }
 }
 
@@ -427,8 +445,6 @@ struct SlotMap {
     changes: Vec<Node>,
     /// By master, as `masters`.
     replicas: Vec<usize>,
-    /// By master, as `masters`: its node id, when the map gives it.
-    ids: Vec<Option<String>>,
 }
 
 impl SlotMap {
@@ -450,4 +466,27 @@ pub(crate) fn slot(key: &[u8]) -> u16 {
         (close > 0).then(|| &after[..close])
     });
     crc16::State::<crc16::XMODEM>::calculate(tag.unwrap_or(key)) % 16_384
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use redis::Value;
+
+    use super::Servers;
+    use crate::config::RedisCacheConfig;
+    use crate::connection::Role;
+
+    #[tokio::test]
+    async fn an_answer_in_which_no_master_serves_a_slot_is_no_map() {
+        let mut config = RedisCacheConfig::new("redis://127.0.0.1:1");
+        config.cluster = Some(vec![("127.0.0.1".to_owned(), 1)]);
+        let role = Role { name: "test", degraded: "", identify_server: false };
+        let Ok(Servers::Cluster(cluster)) = Servers::build(&config, role, None) else { panic!("a cluster") };
+        assert!(cluster.slot_map(&Value::Array(Vec::new()), &HashMap::new(), "127.0.0.1").is_none());
+        let node = |port: i64| Value::Array(vec![Value::BulkString(b"127.0.0.1".to_vec()), Value::Int(port)]);
+        let one_range = Value::Array(vec![Value::Array(vec![Value::Int(0), Value::Int(16_383), node(7000)])]);
+        assert!(cluster.slot_map(&one_range, &HashMap::new(), "127.0.0.1").is_some());
+    }
 }
