@@ -382,6 +382,22 @@ impl Connection {
         }
     }
 
+    /// [`Self::saw_replication`], said on a connection that reached `server`: a master whose
+    /// history started anew since (a new replication id, not one it was promoted from: that
+    /// one it keeps as `master_replid2`) may have had a replica attach and leave unseen.
+    pub(crate) fn saw_replication_on(&self, replication: &str, server: &ServerId) {
+        let Some(watch) = &self.replica_watch else { return };
+        let now = Instant::now();
+        watch.connected(connected_addresses(replication), now);
+        let known = Some(server.replication_id());
+        if info_field(replication, "role:") == Some("master")
+            && info_field(replication, "master_replid:") != known
+            && info_field(replication, "master_replid2:") != known
+        {
+            watch.history_changed(now);
+        }
+    }
+
     /// The replicas a cluster node must have follow it, for a change on it to count and a
     /// read from it to be trusted (0 for the one server): see [`crate::replicas`].
     pub(crate) fn replicas_to_follow(&self) -> usize {
@@ -501,7 +517,7 @@ impl Connection {
                             }
                             // A cluster node's replicas as it says now: one that attached since
                             // is waited for too (the next try sends its `WAIT`).
-                            self.saw_replication(info);
+                            self.saw_replication_on(info, &server);
                             required = required.max(self.replicas_to_follow());
                         }
                     }

@@ -627,6 +627,11 @@ impl Inner {
             let pairs = values.split_off(2);
             let mut infos = values.into_iter().map(|info| redis::from_redis_value::<String>(info).ok());
             let (replication, cluster) = (infos.next().flatten(), infos.next().flatten());
+            // Who follows it, before anything else: a node whose history changed still says
+            // which replicas it has now.
+            if let Some(replication) = replication.as_deref() {
+                node.saw_replication_on(replication, &server);
+            }
             let still = replication.as_deref().is_some_and(|info| {
                 info_field(info, "role:") == Some("master")
                     && info_field(info, "master_replid:") == Some(server.replication_id())
@@ -638,9 +643,6 @@ impl Inner {
             // Every replica the map names, or that followed it since, still follows it: one
             // that left it may have been promoted, and take the changes, without its knowing
             // (a split brain).
-            if let Some(replication) = replication.as_deref() {
-                node.saw_replication(replication);
-            }
             let connected = replication.as_deref().and_then(connected_replicas);
             let followed = connected.is_some_and(|connected| connected >= node.replicas_to_follow());
             if !followed {

@@ -20,8 +20,13 @@
 //! A replica connected to the master that the map names failed (frozen, its link not yet
 //! timed out) is not waited for: the cluster will not promote it.
 //!
-//! What neither source sees: a replica that attached to the master and was promoted, both
-//! between two of this instance's calls to the master and before any map it read named it.
+//! A master whose replication id changed since its connection was made, and that names no
+//! replica, may have had one attach and leave unseen: it counts as one lost replica too (see
+//! [`ReplicaWatch::history_changed`]).
+//!
+//! What none of this sees: a replica that attached to a master which already had replicas
+//! (its id does not change then) and was promoted, both between two of this instance's
+//! calls to the master and before any map it read named it.
 //! Nor a replica whose address in `INFO replication` differs from its cluster address (a
 //! `replica-announce-ip` other than `cluster-announce-ip`, NAT): the map's count then covers
 //! it, and a lost one counts as forgotten.
@@ -65,6 +70,9 @@ struct State {
     observed_at: Option<Instant>,
     /// Connected since, no longer, and not yet explained: since when each stopped following.
     lost: HashMap<Address, Instant>,
+    /// Since when a replica no one saw may have followed the master and left it: see
+    /// [`ReplicaWatch::history_changed`].
+    unseen_since: Option<Instant>,
 }
 
 impl ReplicaWatch {
@@ -74,7 +82,7 @@ impl ReplicaWatch {
         let state = self.lock();
         let followers =
             state.connected.iter().chain(state.lost.keys()).filter(|address| !state.failed.contains(*address));
-        state.named.max(followers.count())
+        state.named.max(followers.count() + usize::from(state.unseen_since.is_some()))
     }
 
     /// The master said (`INFO replication`) these replicas are connected to it now.
@@ -87,6 +95,19 @@ impl ReplicaWatch {
         state.lost.retain(|address, _| !connected.contains(address));
         state.connected = connected;
         state.observed_at = Some(now);
+    }
+
+    /// The master's history started anew since its connection was made (a new replication
+    /// id, not from a promotion), and it says (after [`Self::connected`]) that no replica
+    /// follows it. A master starts a new history when it takes its first replica in a while
+    /// (with a new backlog): a replica may have attached and left between two calls, unseen,
+    /// promoted for this master's slots. Counted as one lost replica, for
+    /// [`LOST_REPLICA_KEPT`] (no map can explain a replica no one saw).
+    pub(crate) fn history_changed(&self, now: Instant) {
+        let mut state = self.lock();
+        if state.connected.is_empty() {
+            state.unseen_since = Some(now);
+        }
     }
 
     /// The replicas the master said follow it, and when it last said so (`None`: never).
@@ -107,6 +128,9 @@ impl ReplicaWatch {
     ) {
         let mut state = self.lock();
         state.named = named;
+        if state.unseen_since.is_some_and(|since| now.duration_since(since) >= LOST_REPLICA_KEPT) {
+            state.unseen_since = None;
+        }
         state.failed =
             nodes.iter().filter(|(_, seen)| **seen == Seen::Failed).map(|(address, _)| address.clone()).collect();
         state.lost.retain(|address, since| {
@@ -292,6 +316,24 @@ c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
         assert_eq!(watch.required(), 2, "the map's two, the frozen 30006 not among them");
         watch.mapped(0, &nodes, &HashMap::new(), now);
         assert_eq!(watch.required(), 1, "30004 connected");
+    }
+
+    #[test]
+    fn a_master_whose_history_changed_without_a_replica_counts_one_unseen() {
+        let watch = ReplicaWatch::default();
+        let start = Instant::now();
+        watch.connected(HashSet::new(), start);
+        watch.history_changed(start);
+        assert_eq!(watch.required(), 1, "a replica attached and left between two calls");
+        watch.mapped(0, &HashMap::new(), &HashMap::new(), start + Duration::from_secs(5));
+        assert_eq!(watch.required(), 1, "no map explains it");
+        watch.mapped(0, &HashMap::new(), &HashMap::new(), start + LOST_REPLICA_KEPT);
+        assert_eq!(watch.required(), 0);
+
+        let with_one = ReplicaWatch::default();
+        with_one.connected(HashSet::from([at(30004)]), start);
+        with_one.history_changed(start);
+        assert_eq!(with_one.required(), 1, "its first replica, there: the one counted");
     }
 
     #[test]
