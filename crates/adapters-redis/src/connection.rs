@@ -385,17 +385,20 @@ impl Connection {
     /// [`Self::saw_replication`], said on a connection that reached `server`: a master whose
     /// history started anew since (a new replication id, not one it was promoted from: that
     /// one it keeps as `master_replid2`) may have had a replica attach and leave unseen.
-    pub(crate) fn saw_replication_on(&self, replication: &str, server: &ServerId) {
-        let Some(watch) = &self.replica_watch else { return };
+    /// Whether it did: the caller then makes the connection again, so that the next call
+    /// compares with the new id.
+    pub(crate) fn saw_replication_on(&self, replication: &str, server: &ServerId) -> bool {
+        let Some(watch) = &self.replica_watch else { return false };
         let now = Instant::now();
         watch.connected(connected_addresses(replication), now);
         let known = Some(server.replication_id());
-        if info_field(replication, "role:") == Some("master")
+        let started_anew = info_field(replication, "role:") == Some("master")
             && info_field(replication, "master_replid:") != known
-            && info_field(replication, "master_replid2:") != known
-        {
+            && info_field(replication, "master_replid2:") != known;
+        if started_anew {
             watch.history_changed(now);
         }
+        started_anew
     }
 
     /// The replicas a cluster node must have follow it, for a change on it to count and a
@@ -517,7 +520,9 @@ impl Connection {
                             }
                             // A cluster node's replicas as it says now: one that attached since
                             // is waited for too (the next try sends its `WAIT`).
-                            self.saw_replication_on(info, &server);
+                            if self.saw_replication_on(info, &server) {
+                                self.discard(number);
+                            }
                             required = required.max(self.replicas_to_follow());
                         }
                     }

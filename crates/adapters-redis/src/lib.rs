@@ -629,8 +629,10 @@ impl Inner {
             let (replication, cluster) = (infos.next().flatten(), infos.next().flatten());
             // Who follows it, before anything else: a node whose history changed still says
             // which replicas it has now.
+            // (A node whose history started anew fails the check below: its connection is
+            // made again.)
             if let Some(replication) = replication.as_deref() {
-                node.saw_replication_on(replication, &server);
+                let _ = node.saw_replication_on(replication, &server);
             }
             let still = replication.as_deref().is_some_and(|info| {
                 info_field(info, "role:") == Some("master")
