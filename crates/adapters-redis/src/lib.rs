@@ -627,10 +627,9 @@ impl Inner {
             let pairs = values.split_off(2);
             let mut infos = values.into_iter().map(|info| redis::from_redis_value::<String>(info).ok());
             let (replication, cluster) = (infos.next().flatten(), infos.next().flatten());
-            // Who follows it, before anything else: a node whose history changed still says
-            // which replicas it has now.
-            // (A node whose history started anew fails the check below: its connection is
-            // made again.)
+            // Who follows it, before anything else: a node whose history started anew still
+            // says which replicas it has now (it then fails the check below, and its
+            // connection is made again).
             if let Some(replication) = replication.as_deref() {
                 let _ = node.saw_replication_on(replication, &server);
             }
