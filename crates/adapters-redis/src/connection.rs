@@ -326,7 +326,8 @@ impl Connection {
         let mut connection = (*checked_out).clone();
         let (server, replicas) = if self.role.identify_server {
             let (server, replication) = identify(&mut connection).await.map_err(Failure::Identify)?;
-            self.saw_replication(&replication);
+            // Just identified: the same history.
+            let _ = self.saw_replication_on(&replication, &server);
             (server, connected_replicas(&replication).unwrap_or(0))
         } else {
             (ServerId::new(""), 0)
@@ -375,18 +376,11 @@ impl Connection {
         self.replica_watch.as_ref()
     }
 
-    /// Records which replicas a cluster node said (`INFO replication`) follow it now.
-    pub(crate) fn saw_replication(&self, replication: &str) {
-        if let Some(watch) = &self.replica_watch {
-            watch.connected(connected_addresses(replication), Instant::now());
-        }
-    }
-
-    /// [`Self::saw_replication`], said on a connection that reached `server`: a master whose
-    /// history started anew since (a new replication id, not one it was promoted from: that
-    /// one it keeps as `master_replid2`) may have had a replica attach and leave unseen.
-    /// Whether it did: the caller then makes the connection again, so that the next call
-    /// compares with the new id.
+    /// Records which replicas a cluster node said (`INFO replication`) follow it now, said on
+    /// a connection that reached `server`: a master whose history started anew since (a new
+    /// replication id, not one it was promoted from: that one it keeps as `master_replid2`)
+    /// may have had a replica attach and leave unseen. Whether it did: the caller then makes
+    /// the connection again, so that the next call compares with the new id.
     pub(crate) fn saw_replication_on(&self, replication: &str, server: &ServerId) -> bool {
         let Some(watch) = &self.replica_watch else { return false };
         let now = Instant::now();
