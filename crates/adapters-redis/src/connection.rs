@@ -49,7 +49,7 @@ use redis::{
 
 use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::config::{RedisCacheConfig, RedisCacheError, SentinelConfig};
-use crate::replicas::{ReplicaWatch, connected_addresses};
+use crate::replicas::{ReplicaWatch, connected_addresses, started_anew};
 
 /// One round trip to Redis.
 pub(crate) enum Request<'a> {
@@ -377,18 +377,14 @@ impl Connection {
     }
 
     /// Records which replicas a cluster node said (`INFO replication`) follow it now, said on
-    /// a connection that reached `server`: a master whose history started anew since (a new
-    /// replication id, not one it was promoted from: that one it keeps as `master_replid2`)
-    /// may have had a replica attach and leave unseen. Whether it did: the caller then makes
-    /// the connection again, so that the next call compares with the new id.
+    /// a connection that reached `server`; whether the node's history started anew since
+    /// (see [`crate::replicas::started_anew`]): the caller then makes the connection again,
+    /// so that the next call compares with the new id.
     pub(crate) fn saw_replication_on(&self, replication: &str, server: &ServerId) -> bool {
         let Some(watch) = &self.replica_watch else { return false };
         let now = Instant::now();
         watch.connected(connected_addresses(replication), now);
-        let known = Some(server.replication_id());
-        let started_anew = info_field(replication, "role:") == Some("master")
-            && info_field(replication, "master_replid:") != known
-            && info_field(replication, "master_replid2:") != known;
+        let started_anew = started_anew(replication, server.replication_id());
         if started_anew {
             watch.history_changed(now);
         }

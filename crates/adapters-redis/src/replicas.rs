@@ -20,9 +20,9 @@
 //! A replica connected to the master that the map names failed (frozen, its link not yet
 //! timed out) is not waited for: the cluster will not promote it.
 //!
-//! A master whose replication id changed since its connection was made, and that names no
-//! replica, may have had one attach and leave unseen: it counts as one lost replica too (see
-//! [`ReplicaWatch::history_changed`]).
+//! A master whose history started anew since its connection was made (a new backlog, not a
+//! promotion: see [`started_anew`]), and that names no replica, may have had one attach and
+//! leave unseen: it counts as one lost replica too (see [`ReplicaWatch::history_changed`]).
 //!
 //! What none of this sees: a replica that attached to a master which already had replicas
 //! (its id does not change then) and was promoted, both between two of this instance's
@@ -167,6 +167,20 @@ pub(crate) fn connected_addresses(replication: &str) -> HashSet<Address> {
             Some((field("ip=")?.to_owned(), field("port=")?.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// Whether a master's history started anew since a connection identified it with replication
+/// id `known`, from its `INFO replication` answer: a new `master_replid` with an empty
+/// `master_replid2`, which is what a master takes when it makes a new backlog for its first
+/// replica in a while (one may have attached and left unseen: see
+/// [`ReplicaWatch::history_changed`]). A promotion keeps the history it followed as
+/// `master_replid2`, however many promotions ago the connection was made (a failback
+/// included): that is not a new history, and its replica, the demoted master, is in the map.
+pub(crate) fn started_anew(replication: &str, known: &str) -> bool {
+    let field = |name| crate::connection::info_field(replication, name);
+    field("role:") == Some("master")
+        && field("master_replid:") != Some(known)
+        && field("master_replid2:").is_none_or(|id| id.bytes().all(|byte| byte == b'0'))
 }
 
 /// What a `CLUSTER NODES` answer says: each master's replicas not failed (by the master's
@@ -334,6 +348,25 @@ c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
         with_one.connected(HashSet::from([at(30004)]), start);
         with_one.history_changed(start);
         assert_eq!(with_one.required(), 1, "its first replica, there: the one counted");
+    }
+
+    #[test]
+    fn only_a_new_backlog_starts_a_history_anew_not_a_promotion() {
+        // Redis 7.0's answers, in order: a master that took its first replica; one promoted
+        // from the replica the connection knew; failed back to (promoted again, from the
+        // history of the replica that had taken over from it).
+        let info = |role: &str, id: &str, previous: &str| {
+            format!(
+                "# Replication\r\nrole:{role}\r\nconnected_slaves:0\r\nmaster_replid:{id}\r\nmaster_replid2:{previous}\r\n"
+            )
+        };
+        let none = "0".repeat(40);
+        assert!(started_anew(&info("master", "ab1c", &none), "83bd"), "a new backlog");
+        assert!(!started_anew(&info("master", "83bd", &none), "83bd"), "the same history");
+        assert!(!started_anew(&info("master", "4c47", "83bd"), "83bd"), "promoted from the known");
+        assert!(!started_anew(&info("master", "a3b8", "fc35"), "83bd"), "failed back to");
+        assert!(!started_anew(&info("slave", "ab1c", &none), "83bd"), "a replica");
+        assert!(started_anew("role:master\r\nmaster_replid:ab1c\r\n", "83bd"), "no second id said");
     }
 
     #[test]
