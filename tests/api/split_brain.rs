@@ -53,8 +53,27 @@ async fn wait_for(what: &str, done: impl Fn() -> bool) {
     }
 }
 
+/// Which replica takes the old master's slots over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Promoted {
+    /// Its replica from the start, which the writer saw follow it.
+    ItsReplica,
+    /// Another master's replica, moved to the old master after the writer last called it:
+    /// the old master already has a replica, so its replication id does not change.
+    ANewcomer,
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_old_master_that_missed_its_replicas_takeover_confirms_no_invalidation_the_new_master_lacks() {
+    split_brain(Promoted::ItsReplica).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_master_that_missed_a_takeover_by_a_replica_it_took_unseen_confirms_no_invalidation_it_lacks() {
+    split_brain(Promoted::ANewcomer).await;
+}
+
+async fn split_brain(promoted: Promoted) {
     // A long node timeout: the master cut off sees its cluster fail only 15 s after the cut,
     // well after the scene below.
     let cluster = PrivateCluster::start_with(ClusterOptions {
@@ -64,7 +83,15 @@ async fn an_old_master_that_missed_its_replicas_takeover_confirms_no_invalidatio
     })
     .await;
     let old_master = cluster.isolated().unwrap();
-    let replica = *cluster.ports.iter().find(|port| cluster.master_of(**port) == Some(old_master)).unwrap();
+    let its_replica = *cluster.ports.iter().find(|port| cluster.master_of(**port) == Some(old_master)).unwrap();
+    let replica = match promoted {
+        Promoted::ItsReplica => its_replica,
+        Promoted::ANewcomer => *cluster
+            .ports
+            .iter()
+            .find(|port| cluster.master_of(**port).is_some_and(|master| master != old_master))
+            .unwrap(),
+    };
     let other_masters: Vec<u16> = cluster
         .ports
         .iter()
@@ -90,10 +117,21 @@ async fn an_old_master_that_missed_its_replicas_takeover_confirms_no_invalidatio
     assert!(!on_old_master.is_empty(), "no user is cached on the master to be cut off");
 
     // The writer reads its slot map again just before the cut (it is due after 5 s), and
-    // keeps it, without a failed call, for the next 5 s.
+    // keeps it, without a failed call, for the next 5 s; the read is its last call to the
+    // old master before the changes.
+    if promoted == Promoted::ANewcomer {
+        // The newcomer's sync starts at once, not after 5 s of waiting for others to share it.
+        redis_cli(old_master, &["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
+    }
     tokio::time::sleep(MAP_MAX_AGE + Duration::from_millis(100)).await;
     let map_read = Instant::now();
-    assert_eq!(writer.email_of(&users[0]).await, Some(true));
+    assert_eq!(writer.email_of(&on_old_master[0]).await, Some(true));
+    if promoted == Promoted::ANewcomer {
+        let old_master_id = redis_cli(old_master, &["CLUSTER", "MYID"]);
+        assert!(redis_cli(replica, &["CLUSTER", "REPLICATE", old_master_id.trim()]).contains("OK"));
+        wait_for("the newcomer in sync with the old master", || cluster.master_of(replica) == Some(old_master)).await;
+        assert_eq!(cluster.master_of(its_replica), Some(old_master), "the old master's own replica left it");
+    }
 
     // The old master's bus is cut, and its replica takes its slots over without it.
     cluster.cut_isolated_bus();
@@ -193,7 +231,7 @@ async fn an_old_master_that_missed_its_replicas_takeover_confirms_no_invalidatio
         }
     }
     eprintln!(
-        "split brain: {} of 30 users on the old master; takeover seen {taken_over:?} after the cut; changes sent \
+        "split brain ({promoted:?}): {} of 30 users on the old master; takeover seen {taken_over:?} after the cut; changes sent \
          {sent_after:?} after the writer's map read, {} acknowledged of {} in {changes_took:?}; {only_on_old_master} \
          invalidations applied by the old master only, {applied_by_old_master} by it at all; {stale_reads} stale of \
          {reads} reads ({} users) by the reader over 3 s",
