@@ -61,6 +61,9 @@ enum Promoted {
     /// Another master's replica, moved to the old master after the writer last called it:
     /// the old master already has a replica, so its replication id does not change.
     ANewcomer,
+    /// [`Self::ANewcomer`], while the old master's own replica is cut off with it: it does not
+    /// hear of the takeover, keeps following the old master, and has every change.
+    ANewcomerBesideAReplicaCutOffWithIt,
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,12 +76,18 @@ async fn an_old_master_that_missed_a_takeover_by_a_replica_it_took_unseen_confir
     split_brain(Promoted::ANewcomer).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_master_with_a_replica_on_its_side_that_missed_a_takeover_by_one_it_took_unseen_confirms_nothing() {
+    split_brain(Promoted::ANewcomerBesideAReplicaCutOffWithIt).await;
+}
+
 async fn split_brain(promoted: Promoted) {
     // A long node timeout: the master cut off sees its cluster fail only 15 s after the cut,
     // well after the scene below.
     let cluster = PrivateCluster::start_with(ClusterOptions {
         node_timeout_ms: 15_000,
         bus_proxies: true,
+        replica_isolated_with_it: promoted == Promoted::ANewcomerBesideAReplicaCutOffWithIt,
         ..ClusterOptions::default()
     })
     .await;
@@ -86,7 +95,7 @@ async fn split_brain(promoted: Promoted) {
     let its_replica = *cluster.ports.iter().find(|port| cluster.master_of(**port) == Some(old_master)).unwrap();
     let replica = match promoted {
         Promoted::ItsReplica => its_replica,
-        Promoted::ANewcomer => *cluster
+        Promoted::ANewcomer | Promoted::ANewcomerBesideAReplicaCutOffWithIt => *cluster
             .ports
             .iter()
             .find(|port| cluster.master_of(**port).is_some_and(|master| master != old_master))
@@ -119,14 +128,14 @@ async fn split_brain(promoted: Promoted) {
     // The writer reads its slot map again just before the cut (it is due after 5 s), and
     // keeps it, without a failed call, for the next 5 s; the read is its last call to the
     // old master before the changes.
-    if promoted == Promoted::ANewcomer {
+    if promoted != Promoted::ItsReplica {
         // The newcomer's sync starts at once, not after 5 s of waiting for others to share it.
         redis_cli(old_master, &["CONFIG", "SET", "repl-diskless-sync-delay", "0"]);
     }
     tokio::time::sleep(MAP_MAX_AGE + Duration::from_millis(100)).await;
     let map_read = Instant::now();
     assert_eq!(writer.email_of(&on_old_master[0]).await, Some(true));
-    if promoted == Promoted::ANewcomer {
+    if promoted != Promoted::ItsReplica {
         let old_master_id = redis_cli(old_master, &["CLUSTER", "MYID"]);
         assert!(redis_cli(replica, &["CLUSTER", "REPLICATE", old_master_id.trim()]).contains("OK"));
         wait_for("the newcomer in sync with the old master", || cluster.master_of(replica) == Some(old_master)).await;

@@ -49,7 +49,7 @@ use redis::{
 
 use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::config::{RedisCacheConfig, RedisCacheError, SentinelConfig};
-use crate::replicas::{ReplicaWatch, connected_addresses, started_anew};
+use crate::replicas::{ReplicaWatch, Syncs, connected_addresses, started_anew, syncs_served};
 
 /// One round trip to Redis.
 pub(crate) enum Request<'a> {
@@ -75,6 +75,11 @@ impl ServerId {
 
     pub(crate) fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The process it names.
+    pub(crate) fn run_id(&self) -> &str {
+        self.0.split_once('.').map_or(&self.0, |(run_id, _)| run_id)
     }
 
     /// The replication id it names (empty when none).
@@ -325,9 +330,9 @@ impl Connection {
         let checked_out = self.pool.get().await.map_err(Failure::Connect)?;
         let mut connection = (*checked_out).clone();
         let (server, replicas) = if self.role.identify_server {
-            let (server, replication) = identify(&mut connection).await.map_err(Failure::Identify)?;
+            let (server, replication, stats) = identify(&mut connection).await.map_err(Failure::Identify)?;
             // Just identified: the same history.
-            let _ = self.saw_replication_on(&replication, &server);
+            let _ = self.saw_replication_on(&replication, Some(&stats), &server);
             (server, connected_replicas(&replication).unwrap_or(0))
         } else {
             (ServerId::new(""), 0)
@@ -376,14 +381,18 @@ impl Connection {
         self.replica_watch.as_ref()
     }
 
-    /// Records which replicas a cluster node said (`INFO replication`) follow it now, said on
-    /// a connection that reached `server`; whether the node's history started anew since
-    /// (see [`crate::replicas::started_anew`]): the caller then makes the connection again,
-    /// so that the next call compares with the new id.
-    pub(crate) fn saw_replication_on(&self, replication: &str, server: &ServerId) -> bool {
+    /// Records which replicas a cluster node said (`INFO replication`) follow it now, and
+    /// how many syncs it said (`INFO stats`) it had served, said on a connection that reached
+    /// `server`; whether the node's history started anew since (see
+    /// [`crate::replicas::started_anew`]): the caller then makes the connection again, so that
+    /// the next call compares with the new id.
+    pub(crate) fn saw_replication_on(&self, replication: &str, stats: Option<&str>, server: &ServerId) -> bool {
         let Some(watch) = &self.replica_watch else { return false };
         let now = Instant::now();
-        watch.connected(connected_addresses(replication), now);
+        let syncs = stats.and_then(syncs_served).zip(info_field(replication, "master_replid:")).map(
+            |(served, replication_id)| Syncs { history: format!("{}.{replication_id}", server.run_id()), served },
+        );
+        watch.observed(connected_addresses(replication), syncs, now);
         let started_anew = started_anew(replication, server.replication_id());
         if started_anew {
             watch.history_changed(now);
@@ -491,6 +500,10 @@ impl Connection {
                     if recount {
                         pipeline.cmd("INFO").arg("replication");
                     }
+                    let watched = recount && self.replica_watch.is_some();
+                    if watched {
+                        pipeline.cmd("INFO").arg("stats");
+                    }
                     let answers: Vec<redis::Value> = match pipeline.query_async(&mut connection).await {
                         Ok(answers) => answers,
                         Err(error) => return Err(Failure::Redis(error)),
@@ -503,14 +516,16 @@ impl Connection {
                     };
                     let mut required = replicas;
                     if recount {
-                        let info = answers.next().and_then(|info| redis::from_redis_value::<String>(info).ok());
+                        let mut text = || answers.next().and_then(|info| redis::from_redis_value::<String>(info).ok());
+                        let info = text();
+                        let stats = if watched { text() } else { None };
                         if let Some(info) = info.as_deref() {
                             if let Some(connected) = connected_replicas(info) {
                                 counted.store(connected, Ordering::Relaxed);
                             }
                             // A cluster node's replicas as it says now: one that attached since
                             // is waited for too (the next try sends its `WAIT`).
-                            if self.saw_replication_on(info, &server) {
+                            if self.saw_replication_on(info, stats.as_deref(), &server) {
                                 self.discard(number);
                             }
                             required = required.max(self.replicas_to_follow());
@@ -677,9 +692,10 @@ fn breaks_the_connection(failure: &Failure) -> bool {
 
 /// Asks a new connection which server process it reached, the history of its data
 /// ([`ServerId`]) and its `INFO replication`, and warns if that server may evict keys.
-async fn identify(connection: &mut MultiplexedConnection) -> Result<(ServerId, String), redis::RedisError> {
+async fn identify(connection: &mut MultiplexedConnection) -> Result<(ServerId, String, String), redis::RedisError> {
     let server: String = redis::cmd("INFO").arg("server").query_async(connection).await?;
     let replication: String = redis::cmd("INFO").arg("replication").query_async(connection).await?;
+    let stats: String = redis::cmd("INFO").arg("stats").query_async(connection).await?;
     let run_id = info_field(&server, "run_id:");
     let replication_id = info_field(&replication, "master_replid:");
     let server = match (run_id, replication_id) {
@@ -701,7 +717,7 @@ async fn identify(connection: &mut MultiplexedConnection) -> Result<(ServerId, S
              noeviction on the cache's Redis"
         );
     }
-    Ok((server, replication))
+    Ok((server, replication, stats))
 }
 
 /// The replicas connected to the server, from its `INFO replication` answer.

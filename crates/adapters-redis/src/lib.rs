@@ -600,8 +600,8 @@ impl Inner {
     }
 
     /// [`Self::read`] in a cluster: one pipeline per master, all sent at once, of `INFO
-    /// replication`, `CLUSTER INFO`, then an `MGET` per user (an entry and its generation
-    /// share a hash tag). The replication id read with the entries must still be the
+    /// replication` and `INFO stats` (who follows it: see [`crate::replicas`]), `CLUSTER
+    /// INFO`, then an `MGET` per user (an entry and its generation share a hash tag). The replication id read with the entries must still be the
     /// connection's: a connection outlives a node's demotion and promotion back (nothing
     /// breaks it, unlike Sentinel's), and the data may have come back with it from a replica
     /// that missed deletions, under stamps of this process. Otherwise the connection is made
@@ -613,7 +613,7 @@ impl Inner {
         let grouped = self.servers.group(ids.iter().enumerate().map(|(index, id)| (self.keys.entry(*id), index))).await;
         let reads = grouped.groups.into_iter().map(|(node, indexes)| async move {
             let mut pipeline = redis::pipe();
-            pipeline.cmd("INFO").arg("replication").cmd("CLUSTER").arg("INFO");
+            pipeline.cmd("INFO").arg("replication").cmd("INFO").arg("stats").cmd("CLUSTER").arg("INFO");
             for &index in &indexes {
                 pipeline.cmd("MGET").arg(self.keys.entry(ids[index])).arg(self.keys.generation(ids[index]));
             }
@@ -621,17 +621,17 @@ impl Inner {
         });
         for (answer, indexes, node) in futures_util::future::join_all(reads).await {
             let Some(Answer { value: mut values, server, connection }) = answer else { continue };
-            if values.len() != indexes.len() + 2 {
+            if values.len() != indexes.len() + 3 {
                 continue;
             }
-            let pairs = values.split_off(2);
+            let pairs = values.split_off(3);
             let mut infos = values.into_iter().map(|info| redis::from_redis_value::<String>(info).ok());
-            let (replication, cluster) = (infos.next().flatten(), infos.next().flatten());
+            let (replication, stats, cluster) = (infos.next().flatten(), infos.next().flatten(), infos.next().flatten());
             // Who follows it, before anything else: a node whose history started anew still
             // says which replicas it has now (it then fails the check below, and its
             // connection is made again).
             if let Some(replication) = replication.as_deref() {
-                let _ = node.saw_replication_on(replication, &server);
+                let _ = node.saw_replication_on(replication, stats.as_deref(), &server);
             }
             let still = replication.as_deref().is_some_and(|info| {
                 info_field(info, "role:") == Some("master")

@@ -20,14 +20,16 @@
 //! A replica connected to the master that the map names failed (frozen, its link not yet
 //! timed out) is not waited for: the cluster will not promote it.
 //!
-//! A master whose history started anew since its connection was made (a new backlog, not a
-//! promotion: see [`started_anew`]), and that names no replica, may have had one attach and
-//! leave unseen: it counts as one lost replica too (see [`ReplicaWatch::history_changed`]).
+//! A replica may also attach and leave between two of this instance's calls to the master,
+//! and be promoted for its slots, before any map names it. Two signs give it away, each
+//! counted as one lost replica: a master whose history started anew since its connection
+//! was made (a new backlog, not a promotion: see [`started_anew`]) and that names no replica
+//! (see [`ReplicaWatch::history_changed`]); and a master that served more syncs (`INFO
+//! stats`, with every read and every change) than replicas came to follow it since it last
+//! said (see [`ReplicaWatch::observed`]; a replica whose link broke and came back between
+//! two calls counts so too).
 //!
-//! What none of this sees: a replica that attached to a master which already had replicas
-//! (its id does not change then) and was promoted, both between two of this instance's
-//! calls to the master and before any map it read named it.
-//! Nor a replica whose address in `INFO replication` differs from its cluster address (a
+//! What none of this sees: a replica whose address in `INFO replication` differs from its cluster address (a
 //! `replica-announce-ip` other than `cluster-announce-ip`, NAT): the map's count then covers
 //! it, and a lost one counts as forgotten.
 
@@ -71,8 +73,20 @@ struct State {
     /// Connected since, no longer, and not yet explained: since when each stopped following.
     lost: HashMap<Address, Instant>,
     /// Since when a replica no one saw may have followed the master and left it: see
-    /// [`ReplicaWatch::history_changed`].
+    /// [`ReplicaWatch::history_changed`] and [`ReplicaWatch::observed`].
     unseen_since: Option<Instant>,
+    /// The syncs the master had served when it last said.
+    syncs: Option<Syncs>,
+}
+
+/// How many replication syncs (full or partial) a master had served, in one history: a
+/// replica attaching, or attaching again, is served one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Syncs {
+    /// The process and its replication history (`{run_id}.{master_replid}`): the count
+    /// starts again with the process, and a promotion's replicas all attach again.
+    pub(crate) history: String,
+    pub(crate) served: u64,
 }
 
 impl ReplicaWatch {
@@ -85,9 +99,30 @@ impl ReplicaWatch {
         state.named.max(followers.count() + usize::from(state.unseen_since.is_some()))
     }
 
-    /// The master said (`INFO replication`) these replicas are connected to it now.
-    pub(crate) fn connected(&self, connected: HashSet<Address>, now: Instant) {
+    /// The master said (`INFO replication`) these replicas are connected to it now, and
+    /// (`INFO stats`) how many syncs it had served. More syncs since it last said, in the
+    /// same history, than replicas that follow it and did not before: one attached and left
+    /// between the two, unseen, maybe promoted for this master's slots (it attached to a
+    /// master that had a replica already, so the history did not start anew). Counted as
+    /// one lost replica, for [`LOST_REPLICA_KEPT`]. So is a replica that attached again
+    /// between two calls (its link broke): the price of not telling them apart.
+    pub(crate) fn observed(&self, connected: HashSet<Address>, syncs: Option<Syncs>, now: Instant) {
         let mut state = self.lock();
+        if let Some(syncs) = syncs {
+            match &state.syncs {
+                Some(last) if last.history == syncs.history => {
+                    // An answer older than the last one read (the other connection's) says nothing.
+                    if syncs.served > last.served {
+                        let newcomers = connected.difference(&state.connected).count() as u64;
+                        if syncs.served - last.served > newcomers {
+                            state.unseen_since = Some(now);
+                        }
+                        state.syncs = Some(syncs);
+                    }
+                }
+                _ => state.syncs = Some(syncs),
+            }
+        }
         let left: Vec<Address> = state.connected.difference(&connected).cloned().collect();
         for address in left {
             state.lost.entry(address).or_insert(now);
@@ -98,7 +133,7 @@ impl ReplicaWatch {
     }
 
     /// The master's history started anew since its connection was made (a new replication
-    /// id, not from a promotion), and it says (after [`Self::connected`]) that no replica
+    /// id, not from a promotion), and it says (after [`Self::observed`]) that no replica
     /// follows it. A master starts a new history when it takes its first replica in a while
     /// (with a new backlog): a replica may have attached and left between two calls, unseen,
     /// promoted for this master's slots. Counted as one lost replica, for
@@ -167,6 +202,13 @@ pub(crate) fn connected_addresses(replication: &str) -> HashSet<Address> {
             Some((field("ip=")?.to_owned(), field("port=")?.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// The syncs a master served, from its `INFO stats` answer (`sync_full`, `sync_partial_ok`;
+/// a refused partial sync, `sync_partial_err`, goes on as a full one).
+pub(crate) fn syncs_served(stats: &str) -> Option<u64> {
+    let count = |name| crate::connection::info_field(stats, name)?.parse::<u64>().ok();
+    Some(count("sync_full:")? + count("sync_partial_ok:")?)
 }
 
 /// Whether a master's history started anew since a connection identified it with replication
@@ -275,9 +317,9 @@ c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
         before.insert(at(30009), Seen::Other);
         watch.mapped(0, &before, &nowhere, start);
         assert_eq!(watch.required(), 0);
-        watch.connected(HashSet::from([at(30009)]), start);
+        watch.observed(HashSet::from([at(30009)]), None, start);
         assert_eq!(watch.required(), 1, "attached: the master says so before any map");
-        watch.connected(HashSet::new(), start + Duration::from_secs(1));
+        watch.observed(HashSet::new(), None, start + Duration::from_secs(1));
         assert_eq!(watch.required(), 1, "left, unexplained");
 
         // Maps that see it a master (promoted, or the asked node has not heard it attached),
@@ -309,8 +351,8 @@ c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
             (Some(Seen::Other), after_it_left),
         ] {
             let watch = ReplicaWatch::default();
-            watch.connected(HashSet::from([at(30009)]), start);
-            watch.connected(HashSet::new(), start + Duration::from_secs(1));
+            watch.observed(HashSet::from([at(30009)]), None, start);
+            watch.observed(HashSet::new(), None, start + Duration::from_secs(1));
             match &seen {
                 Some(seen) => nodes.insert(at(30009), seen.clone()),
                 None => nodes.remove(&at(30009)),
@@ -324,7 +366,7 @@ c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
     fn a_replica_still_connected_but_held_failed_is_not_waited_for() {
         let watch = ReplicaWatch::default();
         let now = Instant::now();
-        watch.connected(HashSet::from([at(30006), at(30004)]), now);
+        watch.observed(HashSet::from([at(30006), at(30004)]), None, now);
         let (_, nodes) = read_nodes(NODES);
         watch.mapped(2, &nodes, &HashMap::new(), now);
         assert_eq!(watch.required(), 2, "the map's two, the frozen 30006 not among them");
@@ -336,7 +378,7 @@ c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
     fn a_master_whose_history_changed_without_a_replica_counts_one_unseen() {
         let watch = ReplicaWatch::default();
         let start = Instant::now();
-        watch.connected(HashSet::new(), start);
+        watch.observed(HashSet::new(), None, start);
         watch.history_changed(start);
         assert_eq!(watch.required(), 1, "a replica attached and left between two calls");
         watch.mapped(0, &HashMap::new(), &HashMap::new(), start + Duration::from_secs(5));
@@ -345,9 +387,42 @@ c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
         assert_eq!(watch.required(), 0);
 
         let with_one = ReplicaWatch::default();
-        with_one.connected(HashSet::from([at(30004)]), start);
+        with_one.observed(HashSet::from([at(30004)]), None, start);
         with_one.history_changed(start);
         assert_eq!(with_one.required(), 1, "its first replica, there: the one counted");
+    }
+
+    #[test]
+    fn more_syncs_served_than_replicas_that_came_is_one_unseen() {
+        let syncs = |history: &str, served| Some(Syncs { history: history.to_owned(), served });
+        let start = Instant::now();
+        let watch = ReplicaWatch::default();
+        watch.observed(HashSet::from([at(30004)]), syncs("a.1", 7), start);
+        assert_eq!(watch.required(), 1);
+        watch.observed(HashSet::from([at(30004), at(30005)]), syncs("a.1", 8), start);
+        assert_eq!(watch.required(), 2, "a newcomer, seen: its sync is explained");
+        watch.observed(HashSet::from([at(30004), at(30005)]), syncs("a.1", 9), start);
+        assert_eq!(watch.required(), 3, "one more sync, no one more: attached and left unseen");
+        watch.mapped(0, &HashMap::new(), &HashMap::new(), start + Duration::from_secs(5));
+        assert_eq!(watch.required(), 3, "no map explains it");
+        watch.mapped(0, &HashMap::new(), &HashMap::new(), start + LOST_REPLICA_KEPT);
+        assert_eq!(watch.required(), 2);
+
+        let watch = ReplicaWatch::default();
+        watch.observed(HashSet::from([at(30004)]), syncs("a.1", 7), start);
+        watch.observed(HashSet::from([at(30004)]), syncs("a.1", 6), start);
+        assert_eq!(watch.required(), 1, "an older answer says nothing");
+        watch.observed(HashSet::from([at(30004)]), syncs("a.2", 9), start);
+        assert_eq!(watch.required(), 1, "a promotion: its replicas attach again");
+        watch.observed(HashSet::from([at(30004)]), syncs("b.2", 0), start);
+        assert_eq!(watch.required(), 1, "a restart: the count starts again");
+        watch.observed(HashSet::from([at(30004)]), None, start);
+        assert_eq!(watch.required(), 1, "no count said");
+
+        let stats = "# Stats\r\ntotal_connections_received:12\r\nsync_full:2\r\nsync_partial_ok:3\r\n\
+                     sync_partial_err:1\r\n";
+        assert_eq!(syncs_served(stats), Some(5));
+        assert_eq!(syncs_served("# Stats\r\nsync_full:2\r\n"), None);
     }
 
     #[test]
@@ -373,9 +448,9 @@ c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
     fn a_replica_that_comes_back_is_no_longer_lost() {
         let watch = ReplicaWatch::default();
         let now = Instant::now();
-        watch.connected(HashSet::from([at(30004)]), now);
-        watch.connected(HashSet::new(), now);
-        watch.connected(HashSet::from([at(30004)]), now);
+        watch.observed(HashSet::from([at(30004)]), None, now);
+        watch.observed(HashSet::new(), None, now);
+        watch.observed(HashSet::from([at(30004)]), None, now);
         assert_eq!(watch.required(), 1);
         watch.mapped(0, &HashMap::new(), &HashMap::new(), now);
         assert_eq!(watch.required(), 1, "connected");
