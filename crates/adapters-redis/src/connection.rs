@@ -390,7 +390,11 @@ impl Connection {
         let Some(watch) = &self.replica_watch else { return false };
         let now = Instant::now();
         let syncs = stats.and_then(syncs_served).zip(info_field(replication, "master_replid:")).map(
-            |(served, replication_id)| Syncs { history: format!("{}.{replication_id}", server.run_id()), served },
+            |(served, replication_id)| Syncs {
+                process: server.run_id().to_owned(),
+                history: replication_id.to_owned(),
+                served,
+            },
         );
         watch.observed(connected_addresses(replication), syncs, now);
         let started_anew = started_anew(replication, server.replication_id());

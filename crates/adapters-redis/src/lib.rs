@@ -601,13 +601,13 @@ impl Inner {
 
     /// [`Self::read`] in a cluster: one pipeline per master, all sent at once, of `INFO
     /// replication` and `INFO stats` (who follows it: see [`crate::replicas`]), `CLUSTER
-    /// INFO`, then an `MGET` per user (an entry and its generation share a hash tag). The replication id read with the entries must still be the
-    /// connection's: a connection outlives a node's demotion and promotion back (nothing
-    /// breaks it, unlike Sentinel's), and the data may have come back with it from a replica
-    /// that missed deletions, under stamps of this process. Otherwise the connection is made
-    /// again, and asks again. And the node must see its cluster `ok`: a master cut off in a
-    /// minority may still answer reads (`cluster-allow-reads-when-down`) while its replica,
-    /// promoted, takes the changes.
+    /// INFO`, then an `MGET` per user (an entry and its generation share a hash tag). The
+    /// replication id read with the entries must still be the connection's: a connection
+    /// outlives a node's demotion and promotion back (nothing breaks it, unlike Sentinel's),
+    /// and the data may have come back with it from a replica that missed deletions, under
+    /// stamps of this process. Otherwise the connection is made again, and asks again. And the
+    /// node must see its cluster `ok`: a master cut off in a minority may still answer reads
+    /// (`cluster-allow-reads-when-down`) while its replica, promoted, takes the changes.
     async fn read_in_cluster(&self, ids: &[UserId]) -> Vec<CacheLookup> {
         let mut lookups = vec![CacheLookup::Unavailable; ids.len()];
         let grouped = self.servers.group(ids.iter().enumerate().map(|(index, id)| (self.keys.entry(*id), index))).await;
@@ -626,7 +626,8 @@ impl Inner {
             }
             let pairs = values.split_off(3);
             let mut infos = values.into_iter().map(|info| redis::from_redis_value::<String>(info).ok());
-            let (replication, stats, cluster) = (infos.next().flatten(), infos.next().flatten(), infos.next().flatten());
+            let (replication, stats, cluster) =
+                (infos.next().flatten(), infos.next().flatten(), infos.next().flatten());
             // Who follows it, before anything else: a node whose history started anew still
             // says which replicas it has now (it then fails the check below, and its
             // connection is made again).

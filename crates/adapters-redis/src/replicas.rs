@@ -29,9 +29,9 @@
 //! said (see [`ReplicaWatch::observed`]; a replica whose link broke and came back between
 //! two calls counts so too).
 //!
-//! What none of this sees: a replica whose address in `INFO replication` differs from its cluster address (a
-//! `replica-announce-ip` other than `cluster-announce-ip`, NAT): the map's count then covers
-//! it, and a lost one counts as forgotten.
+//! What none of this sees: a replica whose address in `INFO replication` differs from its
+//! cluster address (a `replica-announce-ip` other than `cluster-announce-ip`, NAT): the map's
+//! count then covers it, and a lost one counts as forgotten.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -79,12 +79,14 @@ struct State {
     syncs: Option<Syncs>,
 }
 
-/// How many replication syncs (full or partial) a master had served, in one history: a
-/// replica attaching, or attaching again, is served one.
+/// How many replication syncs (full or partial) a master had served since it started (a
+/// replica attaching, or attaching again, is served one), and in which history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Syncs {
-    /// The process and its replication history (`{run_id}.{master_replid}`): the count
-    /// starts again with the process, and a promotion's replicas all attach again.
+    /// The process (`run_id`): its count starts at 0.
+    pub(crate) process: String,
+    /// Its replication id: when it changes (a promotion, a new backlog), every replica
+    /// attaches again.
     pub(crate) history: String,
     pub(crate) served: u64,
 }
@@ -100,29 +102,30 @@ impl ReplicaWatch {
     }
 
     /// The master said (`INFO replication`) these replicas are connected to it now, and
-    /// (`INFO stats`) how many syncs it had served. More syncs since it last said, in the
-    /// same history, than replicas that follow it and did not before: one attached and left
-    /// between the two, unseen, maybe promoted for this master's slots (it attached to a
-    /// master that had a replica already, so the history did not start anew). Counted as
-    /// one lost replica, for [`LOST_REPLICA_KEPT`]. So is a replica that attached again
-    /// between two calls (its link broke): the price of not telling them apart.
+    /// (`INFO stats`) how many syncs it had served. More syncs since it last said than
+    /// replicas that may have been served one since (those that came, or all of them when
+    /// its history changed or its process restarted): one attached and left between the
+    /// two, unseen, maybe promoted for this master's slots. Counted as one lost replica, for
+    /// [`LOST_REPLICA_KEPT`]. So is a replica whose link broke and came back between two
+    /// calls: the price of not telling them apart.
     pub(crate) fn observed(&self, connected: HashSet<Address>, syncs: Option<Syncs>, now: Instant) {
         let mut state = self.lock();
-        if let Some(syncs) = syncs {
-            match &state.syncs {
-                Some(last) if last.history == syncs.history => {
-                    // An answer older than the last one read (the other connection's) says nothing.
-                    if syncs.served > last.served {
-                        let newcomers = connected.difference(&state.connected).count() as u64;
-                        if syncs.served - last.served > newcomers {
-                            state.unseen_since = Some(now);
-                        }
-                        state.syncs = Some(syncs);
-                    }
-                }
-                _ => state.syncs = Some(syncs),
+        // Compared with the answer read last, whichever it is, count and replicas together:
+        // one older than it (the other connection's) puts both back. Fewer syncs than before
+        // in the same process (`CONFIG RESETSTAT`) are a new start.
+        if let (Some(last), Some(syncs)) = (&state.syncs, &syncs) {
+            let (before, may_have_synced) = if last.process != syncs.process {
+                (0, connected.len())
+            } else if last.history != syncs.history {
+                (last.served, connected.len())
+            } else {
+                (last.served, connected.difference(&state.connected).count())
+            };
+            if syncs.served > before + may_have_synced as u64 {
+                state.unseen_since = Some(now);
             }
         }
+        state.syncs = syncs;
         let left: Vec<Address> = state.connected.difference(&connected).cloned().collect();
         for address in left {
             state.lost.entry(address).or_insert(now);
@@ -394,30 +397,48 @@ c3d4 :0@0 handshake,noaddr - 0 0 0 disconnected
 
     #[test]
     fn more_syncs_served_than_replicas_that_came_is_one_unseen() {
-        let syncs = |history: &str, served| Some(Syncs { history: history.to_owned(), served });
+        let syncs = |process: &str, history: &str, served| {
+            Some(Syncs { process: process.to_owned(), history: history.to_owned(), served })
+        };
         let start = Instant::now();
         let watch = ReplicaWatch::default();
-        watch.observed(HashSet::from([at(30004)]), syncs("a.1", 7), start);
+        watch.observed(HashSet::from([at(30004)]), syncs("a", "1", 7), start);
         assert_eq!(watch.required(), 1);
-        watch.observed(HashSet::from([at(30004), at(30005)]), syncs("a.1", 8), start);
+        watch.observed(HashSet::from([at(30004), at(30005)]), syncs("a", "1", 8), start);
         assert_eq!(watch.required(), 2, "a newcomer, seen: its sync is explained");
-        watch.observed(HashSet::from([at(30004), at(30005)]), syncs("a.1", 9), start);
+        watch.observed(HashSet::from([at(30004), at(30005)]), syncs("a", "1", 9), start);
         assert_eq!(watch.required(), 3, "one more sync, no one more: attached and left unseen");
         watch.mapped(0, &HashMap::new(), &HashMap::new(), start + Duration::from_secs(5));
         assert_eq!(watch.required(), 3, "no map explains it");
         watch.mapped(0, &HashMap::new(), &HashMap::new(), start + LOST_REPLICA_KEPT);
         assert_eq!(watch.required(), 2);
 
+        let both = || HashSet::from([at(30004), at(30005)]);
         let watch = ReplicaWatch::default();
-        watch.observed(HashSet::from([at(30004)]), syncs("a.1", 7), start);
-        watch.observed(HashSet::from([at(30004)]), syncs("a.1", 6), start);
-        assert_eq!(watch.required(), 1, "an older answer says nothing");
-        watch.observed(HashSet::from([at(30004)]), syncs("a.2", 9), start);
-        assert_eq!(watch.required(), 1, "a promotion: its replicas attach again");
-        watch.observed(HashSet::from([at(30004)]), syncs("b.2", 0), start);
-        assert_eq!(watch.required(), 1, "a restart: the count starts again");
-        watch.observed(HashSet::from([at(30004)]), None, start);
-        assert_eq!(watch.required(), 1, "no count said");
+        watch.observed(both(), syncs("a", "1", 7), start);
+        watch.observed(HashSet::from([at(30004)]), syncs("a", "1", 6), start);
+        watch.observed(both(), syncs("a", "1", 7), start);
+        assert_eq!(watch.required(), 2, "an older answer read after, then the newer again: 30005 came");
+        watch.observed(both(), syncs("a", "1", 0), start);
+        watch.observed(both(), syncs("a", "1", 0), start);
+        assert_eq!(watch.required(), 2, "the count reset: a new start");
+        watch.observed(both(), syncs("a", "2", 2), start);
+        assert_eq!(watch.required(), 2, "a promotion (a failback): both attached again");
+        watch.observed(both(), syncs("b", "2", 2), start);
+        assert_eq!(watch.required(), 2, "a restart: both attached to the new process");
+        watch.observed(both(), None, start);
+        assert_eq!(watch.required(), 2, "no count said");
+
+        for (process, history) in [("b", "3"), ("c", "1")] {
+            let watch = ReplicaWatch::default();
+            watch.observed(HashSet::from([at(30004)]), syncs("b", "1", 4), start);
+            watch.observed(HashSet::from([at(30004)]), syncs(process, history, 6), start);
+            assert_eq!(
+                watch.required(),
+                2,
+                "a history or process anew, two syncs for one replica: {process}.{history}"
+            );
+        }
 
         let stats = "# Stats\r\ntotal_connections_received:12\r\nsync_full:2\r\nsync_partial_ok:3\r\n\
                      sync_partial_err:1\r\n";
