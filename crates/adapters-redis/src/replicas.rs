@@ -29,9 +29,11 @@
 //! said (see [`ReplicaWatch::observed`]; a replica whose link broke and came back between
 //! two calls counts so too).
 //!
-//! What none of this sees: a replica whose address in `INFO replication` differs from its
-//! cluster address (a `replica-announce-ip` other than `cluster-announce-ip`, NAT): the map's
-//! count then covers it, and a lost one counts as forgotten.
+//! What none of this sees: a replica that attached and left between two calls after the
+//! master's statistics were reset (`CONFIG RESETSTAT`), its count back to no more than it
+//! was; a replica whose address in `INFO replication` differs from its cluster address (a
+//! `replica-announce-ip` other than `cluster-announce-ip`, NAT): the map's count then
+//! covers it, and a lost one counts as forgotten.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -112,7 +114,8 @@ impl ReplicaWatch {
         let mut state = self.lock();
         // Compared with the answer read last, whichever it is, count and replicas together:
         // one older than it (the other connection's) puts both back. Fewer syncs than before
-        // in the same process (`CONFIG RESETSTAT`) are a new start.
+        // in the same process (`CONFIG RESETSTAT`) are a new start; a reset followed by as
+        // many syncs as there were is not seen (see the module's docs).
         if let (Some(last), Some(syncs)) = (&state.syncs, &syncs) {
             let (before, may_have_synced) = if last.process != syncs.process {
                 (0, connected.len())
