@@ -1187,7 +1187,7 @@ impl PrivateCluster {
     /// Waits until every node sees the cluster `ok` and every node but the three masters is a
     /// replica in sync.
     async fn wait_until_whole(&self) {
-        self.wait_until("a cluster with three replicas in sync", |cluster| {
+        self.wait_until("a whole cluster, every replica in sync", |cluster| {
             let replicas = cluster.ports.iter().filter(|port| cluster.master_of(**port).is_some()).count();
             let ok =
                 cluster.ports.iter().all(|port| redis_cli(*port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));

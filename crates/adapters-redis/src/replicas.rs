@@ -25,9 +25,9 @@
 //! counted as one lost replica: a master whose history started anew since its connection
 //! was made (a new backlog, not a promotion: see [`started_anew`]) and that names no replica
 //! (see [`ReplicaWatch::history_changed`]); and a master that served more syncs (`INFO
-//! stats`, with every read and every change) than replicas came to follow it since it last
-//! said (see [`ReplicaWatch::observed`]; a replica whose link broke and came back between
-//! two calls counts so too).
+//! stats`, with every read, every change and every new connection) since it last said than
+//! replicas may have been served one (see [`ReplicaWatch::observed`]; a replica whose link
+//! broke and came back between two calls counts so too).
 //!
 //! What none of this sees: a replica that attached and left between two calls after the
 //! master's statistics were reset (`CONFIG RESETSTAT`), its count back to no more than it
