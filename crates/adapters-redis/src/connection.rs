@@ -330,9 +330,10 @@ impl Connection {
         let checked_out = self.pool.get().await.map_err(Failure::Connect)?;
         let mut connection = (*checked_out).clone();
         let (server, replicas) = if self.role.identify_server {
-            let (server, replication, stats) = identify(&mut connection).await.map_err(Failure::Identify)?;
+            let watched = self.replica_watch.is_some();
+            let (server, replication, stats) = identify(&mut connection, watched).await.map_err(Failure::Identify)?;
             // Just identified: the same history.
-            let _ = self.saw_replication_on(&replication, Some(&stats), &server);
+            let _ = self.saw_replication_on(&replication, stats.as_deref(), &server);
             (server, connected_replicas(&replication).unwrap_or(0))
         } else {
             (ServerId::new(""), 0)
@@ -695,11 +696,16 @@ fn breaks_the_connection(failure: &Failure) -> bool {
 }
 
 /// Asks a new connection which server process it reached, the history of its data
-/// ([`ServerId`]) and its `INFO replication`, and warns if that server may evict keys.
-async fn identify(connection: &mut MultiplexedConnection) -> Result<(ServerId, String, String), redis::RedisError> {
+/// ([`ServerId`]) and its `INFO replication` (and, for a cluster node whose replicas are
+/// watched, its `INFO stats`), and warns if that server may evict keys.
+async fn identify(
+    connection: &mut MultiplexedConnection,
+    with_stats: bool,
+) -> Result<(ServerId, String, Option<String>), redis::RedisError> {
     let server: String = redis::cmd("INFO").arg("server").query_async(connection).await?;
     let replication: String = redis::cmd("INFO").arg("replication").query_async(connection).await?;
-    let stats: String = redis::cmd("INFO").arg("stats").query_async(connection).await?;
+    let stats: Option<String> =
+        if with_stats { Some(redis::cmd("INFO").arg("stats").query_async(connection).await?) } else { None };
     let run_id = info_field(&server, "run_id:");
     let replication_id = info_field(&replication, "master_replid:");
     let server = match (run_id, replication_id) {

@@ -621,10 +621,12 @@ impl Inner {
         });
         for (answer, indexes, node) in futures_util::future::join_all(reads).await {
             let Some(Answer { value: mut values, server, connection }) = answer else { continue };
-            if values.len() != indexes.len() + 3 {
+            // The three `INFO` answers, then the pairs.
+            const INFOS: usize = 3;
+            if values.len() != indexes.len() + INFOS {
                 continue;
             }
-            let pairs = values.split_off(3);
+            let pairs = values.split_off(INFOS);
             let mut infos = values.into_iter().map(|info| redis::from_redis_value::<String>(info).ok());
             let (replication, stats, cluster) =
                 (infos.next().flatten(), infos.next().flatten(), infos.next().flatten());
