@@ -387,7 +387,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread")]
     async fn hashes_run_one_at_a_time_while_other_threads_want_every_core() {
-        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         let hasher = Argon2Hasher::new(cores.max(2), Duration::from_secs(30)).unwrap();
@@ -400,13 +400,23 @@ mod tests {
             }
         }
         let spinners = Spinners(Arc::new(AtomicBool::new(false)));
-        for _ in 0..cores * 3 {
-            let stop = Arc::clone(&spinners.0);
+        // Four busy threads a core, all spinning before the first hash: a hashing thread then
+        // gets a fifth of a core or so, far from the 5/6 that would read as uncontended. With
+        // three a core, started as the hashes were, a CI run once ended with two admitted (a
+        // last hash had a core to itself long enough to raise the limit again).
+        let spinning = Arc::new(AtomicUsize::new(0));
+        let spinner_count = cores * 4;
+        for _ in 0..spinner_count {
+            let (stop, spinning) = (Arc::clone(&spinners.0), Arc::clone(&spinning));
             std::thread::spawn(move || {
+                spinning.fetch_add(1, Ordering::Relaxed);
                 while !stop.load(Ordering::Relaxed) {
                     std::hint::spin_loop();
                 }
             });
+        }
+        while spinning.load(Ordering::Relaxed) < spinner_count {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let password = Password::parse("StrongPass123!").unwrap();
         // Started together, as a storm's registrations are.
