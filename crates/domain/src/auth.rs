@@ -8,6 +8,7 @@
 //! business; the rules live here.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::consent::{Actor, ActorKind};
 use crate::device::HeldToken;
@@ -187,7 +188,8 @@ pub enum Principal {
     Service {
         /// A non-secret name: the key's configured name, a name derived from the key's
         /// digest for unnamed keys, or `internal-network`. Logged, and scopes idempotency.
-        name: String,
+        /// Shared, not copied: a principal is resolved for every request.
+        name: Arc<str>,
         /// What it may do.
         scopes: Scopes,
         /// How it was recognised.
@@ -195,6 +197,16 @@ pub enum Principal {
     },
     /// An end user with a valid access token.
     User(UserId),
+}
+
+impl fmt::Display for Principal {
+    /// [`Principal::name`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Service { name, .. } => write!(f, "service:{name}"),
+            Self::User(id) => write!(f, "user:{id}"),
+        }
+    }
 }
 
 /// Why the caller may not do this. Each message says what would be needed.
@@ -246,12 +258,10 @@ impl Principal {
     }
 
     /// A stable, non-secret name of the caller (`service:gateway`, `user:<id>`): logged
-    /// with each request, and idempotency keys are scoped by it.
+    /// with each request (as the principal's `Display`, written only when a line is), and
+    /// idempotency keys are scoped by it.
     pub fn name(&self) -> String {
-        match self {
-            Self::Service { name, .. } => format!("service:{name}"),
-            Self::User(id) => format!("user:{id}"),
-        }
+        self.to_string()
     }
 
     /// What a registration by this caller does with a `push_token` another user holds: only
@@ -269,10 +279,10 @@ impl Principal {
     pub fn actor(&self) -> Actor {
         match self {
             Self::Service { name, proof: ServiceProof::Key, .. } => {
-                Actor { kind: ActorKind::Service, name: name.clone() }
+                Actor { kind: ActorKind::Service, name: name.to_string() }
             }
             Self::Service { name, proof: ServiceProof::Network, .. } => {
-                Actor { kind: ActorKind::Trusted, name: name.clone() }
+                Actor { kind: ActorKind::Trusted, name: name.to_string() }
             }
             Self::User(id) => Actor::user(*id),
         }

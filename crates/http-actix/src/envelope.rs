@@ -140,11 +140,14 @@ impl<T: JsonSchema> Responder for OkEncoded<T> {
 
     fn respond_to(self, _request: &HttpRequest) -> HttpResponse {
         const PREFIX: &[u8] = br#"{"success":true,"data":"#;
-        let suffix = format!(r#","error":null,"message":"{}","meta":null}}"#, self.message);
-        let mut body = Vec::with_capacity(PREFIX.len() + self.data.len() + suffix.len());
-        body.extend_from_slice(PREFIX);
-        body.extend_from_slice(&self.data);
-        body.extend_from_slice(suffix.as_bytes());
+        const BEFORE_MESSAGE: &[u8] = br#","error":null,"message":""#;
+        const SUFFIX: &[u8] = br#"","meta":null}"#;
+        let message = self.message.as_bytes();
+        let mut body =
+            Vec::with_capacity(PREFIX.len() + self.data.len() + BEFORE_MESSAGE.len() + message.len() + SUFFIX.len());
+        for part in [PREFIX, &self.data, BEFORE_MESSAGE, message, SUFFIX] {
+            body.extend_from_slice(part);
+        }
         HttpResponse::Ok().content_type(mime_json()).body(body)
     }
 }

@@ -3,6 +3,7 @@
 //! credential, and the envelope on every error response, including those the framework
 //! produces itself.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -23,15 +24,22 @@ use crate::state::AppState;
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request's id (`X-Request-Id`: the caller's, or one assigned here), for what a
-/// handler records (the consent history names the request of each change).
+/// handler records (the consent history names the request of each change). Shared, not
+/// copied: every request has one and most never write it anywhere.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub Arc<str>);
 
 /// A caller's request id is kept when it is short, printable ASCII (it ends up in logs).
-fn caller_request_id(request: &ServiceRequest) -> Option<String> {
+fn caller_request_id(request: &ServiceRequest) -> Option<Arc<str>> {
     let value = request.headers().get(&REQUEST_ID)?.to_str().ok()?;
     let valid = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
-    valid.then(|| value.to_owned())
+    valid.then(|| value.into())
+}
+
+/// A new request id: a random UUID, written without an intermediate `String`.
+fn new_request_id() -> Arc<str> {
+    let mut text = uuid::Uuid::encode_buffer();
+    (*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text)).into()
 }
 
 /// Whether a response already carries a JSON body (ours always do).
@@ -51,10 +59,10 @@ pub async fn request_context(
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     // Counted until its response is produced: a stop waits for it (and its writes).
     let in_flight = request.app_data::<Data<AppState>>().map(|state| state.in_flight.token());
-    let request_id = caller_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let request_id = caller_request_id(&request).unwrap_or_else(new_request_id);
     let method = request.method().clone();
     let span = tracing::info_span!("request", request_id = %request_id, method = %method);
-    request.extensions_mut().insert(RequestId(request_id.clone()));
+    request.extensions_mut().insert(RequestId(Arc::clone(&request_id)));
     let started = Instant::now();
 
     // Handlers and extractors turn their errors into responses; only a failing middleware
@@ -82,7 +90,8 @@ pub async fn request_context(
 
     let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let elapsed = started.elapsed();
-    let caller = response.request().extensions().get::<CallerName>().map(|name| name.0.clone());
+    let caller = response.request().extensions().get::<CallerName>().cloned();
+    let caller = caller.as_ref().map_or(&"-" as &dyn std::fmt::Display, |caller| &caller.0);
     let auth_failure = response.response().extensions().get::<AuthFailure>().cloned();
     if let Some(state) = response.request().app_data::<Data<AppState>>() {
         state.metrics.observe_request(&route, &method, status.as_u16(), elapsed);
@@ -96,7 +105,7 @@ pub async fn request_context(
                         route = %route,
                         status = status.as_u16(),
                         client = %address,
-                        caller = caller.as_deref().unwrap_or("-"),
+                        caller = %caller,
                         reason = failure.reason,
                         hint = %failure.hint,
                         "request refused: {} (logged once a minute per client address and reason)",
@@ -112,7 +121,7 @@ pub async fn request_context(
             route = %route,
             status = status.as_u16(),
             latency_ms,
-            caller = caller.as_deref().unwrap_or("-"),
+            caller = %caller,
             "request completed"
         );
     });

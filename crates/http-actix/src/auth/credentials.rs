@@ -2,6 +2,8 @@
 //! authenticate ([`AuthSettings`]): plain data the application state holds and the
 //! extractors in the parent module read.
 
+use std::sync::Arc;
+
 use actix_web::HttpRequest;
 use actix_web::http::header;
 use domain::auth::{Principal, Scopes, ServiceProof};
@@ -20,7 +22,7 @@ pub const INTERNAL_NETWORK: &str = "internal-network";
 #[derive(Clone)]
 struct AcceptedKey {
     digest: [u8; 32],
-    name: String,
+    name: Arc<str>,
     scopes: Scopes,
 }
 
@@ -32,7 +34,7 @@ pub struct ServiceKeys {
 
 impl std::fmt::Debug for ServiceKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.keys.iter().map(|key| key.name.as_str()).collect();
+        let names: Vec<&str> = self.keys.iter().map(|key| &*key.name).collect();
         f.debug_struct("ServiceKeys").field("names", &names).finish()
     }
 }
@@ -53,7 +55,7 @@ impl ServiceKeys {
                     let prefix: String = digest[..4].iter().map(|byte| format!("{byte:02x}")).collect();
                     format!("key-{prefix}")
                 });
-                AcceptedKey { digest, name, scopes: config.scopes }
+                AcceptedKey { digest, name: name.into(), scopes: config.scopes }
             })
             .collect();
         Self { keys }
@@ -130,9 +132,10 @@ pub struct AuthSettings {
     pub trust_internal_network: bool,
 }
 
-/// The resolved caller's name (never a credential), kept on the request for its log line.
+/// The resolved caller, kept on the request for its log line, which names it (never its
+/// credential) with [`Principal`]'s `Display` only when the line is written.
 #[derive(Debug, Clone)]
-pub struct CallerName(pub String);
+pub struct CallerName(pub Principal);
 
 #[cfg(test)]
 mod tests {
@@ -155,7 +158,7 @@ mod tests {
         let Some(Principal::Service { name, scopes, proof }) = keys.identify(b"gateway-key-0123456789") else {
             panic!("the gateway's key is accepted");
         };
-        assert_eq!((name.as_str(), scopes, proof), ("gateway", reader, ServiceProof::Key));
+        assert_eq!((&*name, scopes, proof), ("gateway", reader, ServiceProof::Key));
         let Some(Principal::Service { name, scopes, .. }) = keys.identify(b"sender-key-0123456789") else {
             panic!("the unnamed key is accepted");
         };

@@ -15,6 +15,7 @@ pub mod token;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::{self, HeaderName};
@@ -90,7 +91,7 @@ async fn resolve(state: &AppState, request: &HttpRequest) -> Result<Option<Princ
     }
     if auth.trust_internal_network {
         return Ok(Some(Principal::Service {
-            name: INTERNAL_NETWORK.to_owned(),
+            name: INTERNAL_NETWORK.into(),
             scopes: Scopes::INTERNAL_NETWORK,
             proof: ServiceProof::Network,
         }));
@@ -100,9 +101,12 @@ async fn resolve(state: &AppState, request: &HttpRequest) -> Result<Option<Princ
 
 type ResolveFuture<T> = Pin<Box<dyn Future<Output = Result<T, ApiError>>>>;
 
+/// The request's id, shared with the request context (see [`RequestId`]).
+type SharedRequestId = Option<Arc<str>>;
+
 /// Resolves the caller and names it on the request for the log line; also reads the
 /// request's id, for the provenance of the changes the request makes.
-fn resolve_request(request: &HttpRequest) -> ResolveFuture<(Option<Principal>, Option<String>)> {
+fn resolve_request(request: &HttpRequest) -> ResolveFuture<(Option<Principal>, SharedRequestId)> {
     let request = request.clone();
     Box::pin(async move {
         let state = request
@@ -110,9 +114,9 @@ fn resolve_request(request: &HttpRequest) -> ResolveFuture<(Option<Principal>, O
             .ok_or_else(|| ApiError::internal("the application state is missing".into()))?;
         let principal = resolve(state, &request).await?;
         if let Some(principal) = &principal {
-            request.extensions_mut().insert(CallerName(principal.name()));
+            request.extensions_mut().insert(CallerName(principal.clone()));
         }
-        let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone());
+        let request_id = request.extensions().get::<RequestId>().map(|id| Arc::clone(&id.0));
         Ok((principal, request_id))
     })
 }
@@ -120,7 +124,7 @@ fn resolve_request(request: &HttpRequest) -> ResolveFuture<(Option<Principal>, O
 /// An authenticated caller; a request without credentials is refused with 401. Handlers
 /// authorize it for what their route does with [`Caller::user`].
 #[derive(Debug, Clone)]
-pub struct Caller(pub Principal, Option<String>);
+pub struct Caller(pub Principal, SharedRequestId);
 
 impl FromRequest for Caller {
     type Error = ApiError;
@@ -145,13 +149,13 @@ impl Caller {
 
     /// Who asks, in which request: what the consent history records of its changes.
     pub fn provenance(&self) -> Provenance {
-        Provenance { actor: Some(self.0.actor()), request_id: self.1.clone() }
+        Provenance { actor: Some(self.0.actor()), request_id: self.1.as_deref().map(str::to_owned) }
     }
 }
 
 /// The caller if it presented a credential (public routes such as registration).
 #[derive(Debug, Clone)]
-pub struct MaybeCaller(pub Option<Principal>, Option<String>);
+pub struct MaybeCaller(pub Option<Principal>, SharedRequestId);
 
 impl FromRequest for MaybeCaller {
     type Error = ApiError;
@@ -169,7 +173,7 @@ impl MaybeCaller {
     /// the user registering itself; a key or a token names its holder.
     pub fn registration_provenance(&self) -> Provenance {
         let actor = self.0.as_ref().filter(|caller| caller.holds_credential()).map(Principal::actor);
-        Provenance { actor, request_id: self.1.clone() }
+        Provenance { actor, request_id: self.1.as_deref().map(str::to_owned) }
     }
 }
 
@@ -177,7 +181,7 @@ impl MaybeCaller {
 /// authorize it with [`ServiceCaller::authorize`] (403 for end users and for services
 /// without the route's scope).
 #[derive(Debug, Clone)]
-pub struct ServiceCaller(Principal, Option<String>);
+pub struct ServiceCaller(Principal, SharedRequestId);
 
 impl FromRequest for ServiceCaller {
     type Error = ApiError;
@@ -200,7 +204,7 @@ impl ServiceCaller {
 
     /// As [`Caller::provenance`].
     pub fn provenance(&self) -> Provenance {
-        Provenance { actor: Some(self.0.actor()), request_id: self.1.clone() }
+        Provenance { actor: Some(self.0.actor()), request_id: self.1.as_deref().map(str::to_owned) }
     }
 }
 
