@@ -55,9 +55,7 @@ pub struct Argon2Hasher {
 }
 
 impl Argon2Hasher {
-    /// A hasher running at most `concurrency` hashes at once, on as many threads. Computes
-    /// its dummy hash (one hash's worth of CPU) up front, so the first unknown-account login
-    /// is not faster.
+    /// A hasher running at most `concurrency` hashes at once, on as many threads.
     pub fn new(concurrency: usize, queue_timeout: Duration) -> Result<Self, HashError> {
         let concurrency = concurrency.max(1);
         // A slot is taken before a job is sent, so the queue never holds more than this.
@@ -70,10 +68,7 @@ impl Argon2Hasher {
                 .spawn(move || work(&receiver))
                 .map_err(unexpected)?;
         }
-        let mut memory = Vec::new();
-        let mut random_password = [0_u8; 32];
-        OsRng.fill_bytes(&mut random_password);
-        let dummy = hash_with_memory(&mut memory, &random_password)?;
+        let dummy = random_phc_string()?;
         Ok(Self {
             slots: Arc::new(Semaphore::new(concurrency)),
             admission: Arc::new(Admission::new(concurrency)),
@@ -251,14 +246,31 @@ fn hash_with_memory(memory: &mut Vec<Block>, password: &[u8]) -> Result<String, 
         })
     })
     .map_err(unexpected)?;
+    phc_string(&params, &salt, output)
+}
+
+/// An argon2id PHC string at OWASP strength.
+fn phc_string(params: &Params, salt: &SaltString, output: Output) -> Result<String, HashError> {
     let phc = PhcHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
-        params: ParamsString::try_from(&params).map_err(unexpected)?,
+        params: ParamsString::try_from(params).map_err(unexpected)?,
         salt: Some(salt.as_salt()),
         hash: Some(output),
     };
     Ok(phc.to_string())
+}
+
+/// The dummy hash unknown accounts are verified against: current parameters, a random salt
+/// and a random output. Verifying a password against it costs what verifying against a
+/// stored hash does, and no password matches it (as none is known for a hash of a random
+/// one); it is drawn, not computed, so a start costs no hash and keeps no 19 MiB block.
+fn random_phc_string() -> Result<String, HashError> {
+    let params =
+        Params::new(OWASP_MEMORY_KIB, OWASP_ITERATIONS, OWASP_PARALLELISM, Some(OUTPUT_LENGTH)).map_err(unexpected)?;
+    let mut output = [0_u8; OUTPUT_LENGTH];
+    OsRng.fill_bytes(&mut output);
+    phc_string(&params, &SaltString::generate(&mut OsRng), Output::new(&output).map_err(unexpected)?)
 }
 
 /// Checks `password` against a stored PHC string, with the parameters stored in it (so
@@ -327,6 +339,23 @@ mod tests {
         assert!(hash.as_str().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{}", hash.as_str());
         assert!(hasher.verify(password, hash.clone()).await.unwrap());
         assert!(!hasher.verify(Password::parse("WrongPass123!").unwrap(), hash).await.unwrap());
+    }
+
+    /// An unknown account's login verifies against the dummy: the same parameters as a real
+    /// hash (so the same work), a salt of its own, and no password that matches.
+    #[tokio::test]
+    async fn the_dummy_hash_costs_what_a_real_one_does_and_matches_no_password() {
+        let (hasher, other) = (
+            Argon2Hasher::new(1, Duration::from_secs(5)).unwrap(),
+            Argon2Hasher::new(1, Duration::from_secs(5)).unwrap(),
+        );
+        let password = Password::parse("StrongPass123!").unwrap();
+        let real = hasher.hash(password.clone()).await.unwrap();
+        let (dummy, real) = (PhcHash::new(hasher.dummy.as_str()).unwrap(), PhcHash::new(real.as_str()).unwrap());
+        assert_eq!((dummy.algorithm, dummy.version, &dummy.params), (real.algorithm, real.version, &real.params));
+        assert_eq!(dummy.hash.map(|output| output.len()), real.hash.map(|output| output.len()));
+        assert_ne!(hasher.dummy.as_str(), other.dummy.as_str(), "each instance draws its own");
+        assert!(!hasher.verify(password, hasher.dummy_hash()).await.unwrap());
     }
 
     #[tokio::test]
