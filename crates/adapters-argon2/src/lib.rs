@@ -232,10 +232,14 @@ fn with_blocks<T>(memory: &mut Vec<Block>, blocks: usize, use_blocks: impl FnOnc
     use_blocks(&mut memory[..blocks])
 }
 
+/// The parameters of new hashes (and of the dummy): OWASP's, with a 32-byte output.
+fn owasp_params() -> Result<Params, HashError> {
+    Params::new(OWASP_MEMORY_KIB, OWASP_ITERATIONS, OWASP_PARALLELISM, Some(OUTPUT_LENGTH)).map_err(unexpected)
+}
+
 /// Hashes `password` with a fresh salt at OWASP strength, as a PHC string.
 fn hash_with_memory(memory: &mut Vec<Block>, password: &[u8]) -> Result<String, HashError> {
-    let params =
-        Params::new(OWASP_MEMORY_KIB, OWASP_ITERATIONS, OWASP_PARALLELISM, Some(OUTPUT_LENGTH)).map_err(unexpected)?;
+    let params = owasp_params()?;
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let salt = SaltString::generate(&mut OsRng);
     let mut salt_buffer = [0u8; 64];
@@ -266,8 +270,7 @@ fn phc_string(params: &Params, salt: &SaltString, output: Output) -> Result<Stri
 /// stored hash does, and no password matches it (as none is known for a hash of a random
 /// one); it is drawn, not computed, so a start costs no hash and keeps no 19 MiB block.
 fn random_phc_string() -> Result<String, HashError> {
-    let params =
-        Params::new(OWASP_MEMORY_KIB, OWASP_ITERATIONS, OWASP_PARALLELISM, Some(OUTPUT_LENGTH)).map_err(unexpected)?;
+    let params = owasp_params()?;
     let mut output = [0_u8; OUTPUT_LENGTH];
     OsRng.fill_bytes(&mut output);
     phc_string(&params, &SaltString::generate(&mut OsRng), Output::new(&output).map_err(unexpected)?)

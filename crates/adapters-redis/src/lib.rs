@@ -619,10 +619,10 @@ impl Inner {
             }
             (node.run_identified::<Vec<redis::Value>>(Request::Pipeline(&pipeline)).await, indexes, node)
         });
+        // The three `INFO` answers, then the pairs.
+        const INFOS: usize = 3;
         for (answer, indexes, node) in futures_util::future::join_all(reads).await {
             let Some(Answer { value: mut values, server, connection }) = answer else { continue };
-            // The three `INFO` answers, then the pairs.
-            const INFOS: usize = 3;
             if values.len() != indexes.len() + INFOS {
                 continue;
             }

@@ -15,7 +15,7 @@ use actix_web::{HttpMessage, HttpResponse, ResponseError};
 use tracing::Instrument;
 
 use crate::abuse::limited_address;
-use crate::auth::CallerName;
+use crate::auth::ResolvedCaller;
 use crate::auth::client_address::client_address;
 use crate::error::{ApiError, AuthFailure};
 use crate::state::AppState;
@@ -28,6 +28,13 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// copied: every request has one and most never write it anywhere.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
+
+impl RequestId {
+    /// The id as the consent history records it.
+    pub fn to_text(&self) -> String {
+        self.0.to_string()
+    }
+}
 
 /// A caller's request id is kept when it is short, printable ASCII (it ends up in logs).
 fn caller_request_id(request: &ServiceRequest) -> Option<Arc<str>> {
@@ -90,7 +97,7 @@ pub async fn request_context(
 
     let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let elapsed = started.elapsed();
-    let caller = response.request().extensions().get::<CallerName>().cloned();
+    let caller = response.request().extensions().get::<ResolvedCaller>().cloned();
     let caller = caller.as_ref().map_or(&"-" as &dyn std::fmt::Display, |caller| &caller.0);
     let auth_failure = response.response().extensions().get::<AuthFailure>().cloned();
     if let Some(state) = response.request().app_data::<Data<AppState>>() {

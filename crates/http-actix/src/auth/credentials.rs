@@ -135,7 +135,7 @@ pub struct AuthSettings {
 /// The resolved caller, kept on the request for its log line, which names it (never its
 /// credential) with [`Principal`]'s `Display` only when the line is written.
 #[derive(Debug, Clone)]
-pub struct CallerName(pub Principal);
+pub struct ResolvedCaller(pub Principal);
 
 #[cfg(test)]
 mod tests {

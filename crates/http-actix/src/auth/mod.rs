@@ -15,7 +15,7 @@ pub mod token;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use actix_web::dev::Payload;
 use actix_web::http::header::{self, HeaderName};
@@ -32,7 +32,7 @@ use crate::error::ApiError;
 use crate::middleware::RequestId;
 use crate::state::AppState;
 use credentials::bearer_credential;
-pub use credentials::{AuthSettings, CallerName, INTERNAL_NETWORK, MetricsToken, ServiceKeys};
+pub use credentials::{AuthSettings, INTERNAL_NETWORK, MetricsToken, ResolvedCaller, ServiceKeys};
 pub use token::TokenKeys;
 
 /// The header carrying a service key.
@@ -91,7 +91,7 @@ async fn resolve(state: &AppState, request: &HttpRequest) -> Result<Option<Princ
     }
     if auth.trust_internal_network {
         return Ok(Some(Principal::Service {
-            name: INTERNAL_NETWORK.into(),
+            name: Arc::clone(&INTERNAL_NETWORK_NAME),
             scopes: Scopes::INTERNAL_NETWORK,
             proof: ServiceProof::Network,
         }));
@@ -99,14 +99,15 @@ async fn resolve(state: &AppState, request: &HttpRequest) -> Result<Option<Princ
     Ok(None)
 }
 
-type ResolveFuture<T> = Pin<Box<dyn Future<Output = Result<T, ApiError>>>>;
+/// [`INTERNAL_NETWORK`], shared by every call the network vouches for (the seed's gateway
+/// and push sender call without credentials: these are most calls behind it).
+static INTERNAL_NETWORK_NAME: LazyLock<Arc<str>> = LazyLock::new(|| INTERNAL_NETWORK.into());
 
-/// The request's id, shared with the request context (see [`RequestId`]).
-type SharedRequestId = Option<Arc<str>>;
+type ResolveFuture<T> = Pin<Box<dyn Future<Output = Result<T, ApiError>>>>;
 
 /// Resolves the caller and names it on the request for the log line; also reads the
 /// request's id, for the provenance of the changes the request makes.
-fn resolve_request(request: &HttpRequest) -> ResolveFuture<(Option<Principal>, SharedRequestId)> {
+fn resolve_request(request: &HttpRequest) -> ResolveFuture<(Option<Principal>, Option<RequestId>)> {
     let request = request.clone();
     Box::pin(async move {
         let state = request
@@ -114,9 +115,9 @@ fn resolve_request(request: &HttpRequest) -> ResolveFuture<(Option<Principal>, S
             .ok_or_else(|| ApiError::internal("the application state is missing".into()))?;
         let principal = resolve(state, &request).await?;
         if let Some(principal) = &principal {
-            request.extensions_mut().insert(CallerName(principal.clone()));
+            request.extensions_mut().insert(ResolvedCaller(principal.clone()));
         }
-        let request_id = request.extensions().get::<RequestId>().map(|id| Arc::clone(&id.0));
+        let request_id = request.extensions().get::<RequestId>().cloned();
         Ok((principal, request_id))
     })
 }
@@ -124,7 +125,7 @@ fn resolve_request(request: &HttpRequest) -> ResolveFuture<(Option<Principal>, S
 /// An authenticated caller; a request without credentials is refused with 401. Handlers
 /// authorize it for what their route does with [`Caller::user`].
 #[derive(Debug, Clone)]
-pub struct Caller(pub Principal, SharedRequestId);
+pub struct Caller(pub Principal, Option<RequestId>);
 
 impl FromRequest for Caller {
     type Error = ApiError;
@@ -149,13 +150,13 @@ impl Caller {
 
     /// Who asks, in which request: what the consent history records of its changes.
     pub fn provenance(&self) -> Provenance {
-        Provenance { actor: Some(self.0.actor()), request_id: self.1.as_deref().map(str::to_owned) }
+        Provenance { actor: Some(self.0.actor()), request_id: self.1.as_ref().map(RequestId::to_text) }
     }
 }
 
 /// The caller if it presented a credential (public routes such as registration).
 #[derive(Debug, Clone)]
-pub struct MaybeCaller(pub Option<Principal>, SharedRequestId);
+pub struct MaybeCaller(pub Option<Principal>, Option<RequestId>);
 
 impl FromRequest for MaybeCaller {
     type Error = ApiError;
@@ -173,7 +174,7 @@ impl MaybeCaller {
     /// the user registering itself; a key or a token names its holder.
     pub fn registration_provenance(&self) -> Provenance {
         let actor = self.0.as_ref().filter(|caller| caller.holds_credential()).map(Principal::actor);
-        Provenance { actor, request_id: self.1.as_deref().map(str::to_owned) }
+        Provenance { actor, request_id: self.1.as_ref().map(RequestId::to_text) }
     }
 }
 
@@ -181,7 +182,7 @@ impl MaybeCaller {
 /// authorize it with [`ServiceCaller::authorize`] (403 for end users and for services
 /// without the route's scope).
 #[derive(Debug, Clone)]
-pub struct ServiceCaller(Principal, SharedRequestId);
+pub struct ServiceCaller(Principal, Option<RequestId>);
 
 impl FromRequest for ServiceCaller {
     type Error = ApiError;
@@ -204,7 +205,7 @@ impl ServiceCaller {
 
     /// As [`Caller::provenance`].
     pub fn provenance(&self) -> Provenance {
-        Provenance { actor: Some(self.0.actor()), request_id: self.1.as_deref().map(str::to_owned) }
+        Provenance { actor: Some(self.0.actor()), request_id: self.1.as_ref().map(RequestId::to_text) }
     }
 }
 
