@@ -252,3 +252,24 @@ async fn the_healthcheck_command_exits_0_for_a_live_instance_and_1_otherwise() {
     let invalid = healthcheck("0.0.0.0", "not-a-port");
     assert_eq!(invalid.status.code(), Some(1));
 }
+
+/// `BACKGROUND_THREADS` sizes the runtime of the background tasks (the near-cache's freshness
+/// checks, the event relay), apart from the HTTP workers: the listening line says what the
+/// runtime has, not what was asked. Unset, a quarter of the CPUs, at least one.
+#[tokio::test(flavor = "multi_thread")]
+async fn background_threads_sizes_the_runtime_of_the_background_tasks_apart_from_the_workers() {
+    let database = adapters_postgres::testing::TestDatabase::create().await.unwrap();
+    let cpus = std::thread::available_parallelism().map_or(2, usize::from);
+    for (asked, expected) in [(Some("3"), 3), (Some("1"), 1), (None, (cpus / 4).max(1))] {
+        let settings: Vec<(&str, &str)> = asked.map(|threads| ("BACKGROUND_THREADS", threads)).into_iter().collect();
+        let service = api_tests::ServiceProcess::start(&database, &settings).await;
+        let listening = service
+            .wait_for_log(Duration::from_secs(5), |line| line["message"] == "user-service listening")
+            .await
+            .expect("the listening line");
+        assert_eq!(listening["background_threads"], expected, "BACKGROUND_THREADS={asked:?}: {listening}");
+        assert_eq!(listening["workers"], 2, "{listening}");
+        let live = reqwest::get(format!("{}/health/live", service.address)).await.unwrap();
+        assert_eq!(live.status(), 200);
+    }
+}

@@ -397,7 +397,9 @@ impl ProfileCache for RedisCache {
         }
         match inner.near_hits(&[id]).await.map(|mut hits| hits.pop().flatten()) {
             Some(Some(payload)) => CacheLookup::Hit(payload),
-            Some(None) => inner.read(&[id]).await.pop().unwrap_or(CacheLookup::Unavailable),
+            // Boxed: this future is itself boxed (and so copied) for every lookup, near-cache
+            // hits included, and a Redis read's state would make it several times larger.
+            Some(None) => Box::pin(inner.read(&[id])).await.pop().unwrap_or(CacheLookup::Unavailable),
             None => CacheLookup::Unavailable,
         }
     }

@@ -66,6 +66,10 @@ pub struct Settings {
     pub password_hash_queue_timeout: Duration,
     /// HTTP worker threads (`WORKERS`, default: CPU count).
     pub workers: usize,
+    /// Threads of the runtime that runs the background tasks: the near-cache's freshness
+    /// checks, the event relay, the cache's retries and lease renewals (`BACKGROUND_THREADS`,
+    /// default: a quarter of the CPU count, at least one).
+    pub background_threads: usize,
     /// `json` or `pretty` (`LOG_FORMAT`).
     pub log_format: LogFormat,
     /// A tracing filter such as `info` or `user_service=debug` (`LOG_LEVEL`).
@@ -309,6 +313,7 @@ struct Variables {
     password_hash_concurrency: Positive<usize, 256>,
     password_hash_queue_timeout_ms: Millis,
     workers: Positive<usize, 1_024>,
+    background_threads: Positive<usize, 1_024>,
     log_format: LogFormat,
     log_level: LogLevel,
 }
@@ -368,6 +373,7 @@ impl Default for Variables {
             password_hash_concurrency: Positive(cpus),
             password_hash_queue_timeout_ms: Millis::of(5_000),
             workers: Positive(cpus),
+            background_threads: Positive((cpus / 4).max(1)),
             log_format: LogFormat::Pretty,
             log_level: LogLevel("info".to_owned()),
         }
@@ -617,6 +623,7 @@ impl Variables {
             password_hash_concurrency: self.password_hash_concurrency.0,
             password_hash_queue_timeout: self.password_hash_queue_timeout_ms.0,
             workers: self.workers.0,
+            background_threads: self.background_threads.0,
             log_format: self.log_format,
             log_level: self.log_level.0,
         })
@@ -962,6 +969,8 @@ mod tests {
             ("JWT_TTL", "0.5"),
             ("REDIS_TIMEOUT_MS", "3600001"),
             ("WORKERS", "100000000"),
+            ("BACKGROUND_THREADS", "0"),
+            ("BACKGROUND_THREADS", "1025"),
             ("MAX_BODY_BYTES", "18446744073709551615"),
             ("DATABASE_POOL_SIZE", "1001"),
         ] {
