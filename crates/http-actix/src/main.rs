@@ -41,9 +41,9 @@ fn main() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     telemetry::init(settings.log_format, &settings.log_level);
     // HTTP requests run on actix's `WORKERS`, each a runtime of its own; this one runs the
-    // background tasks. Few threads: the near-cache's barrier task and the Redis connection
-    // it pings hand each other every round, and on two cores one thread for them served
-    // cached reads with 8% less CPU than two (see the README's performance section).
+    // background tasks. Few threads: with one per CPU (tokio's default) the near-cache's
+    // barrier task hopped between threads beside the busy workers, and on two cores one
+    // thread served cached reads with 4-8% less CPU (see the README's performance section).
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(settings.background_threads).enable_all().build()?;
     runtime.block_on(run(command.as_deref(), settings))
