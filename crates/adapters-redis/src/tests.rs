@@ -67,9 +67,11 @@ async fn raw_connection(url: &str) -> MultiplexedConnection {
 }
 
 /// Deletes every key of a test's prefix from the shared server.
-async fn delete_prefixed(prefix: &str) {
+/// Every key of the shared server starting with `prefix`: a whole `SCAN`, however many keys
+/// other users of the server hold.
+async fn keys_prefixed(prefix: &str) -> Vec<String> {
     let mut connection = raw_connection(&shared_url()).await;
-    let mut cursor = 0_u64;
+    let (mut cursor, mut found) = (0_u64, Vec::new());
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
@@ -80,13 +82,19 @@ async fn delete_prefixed(prefix: &str) {
             .query_async(&mut connection)
             .await
             .expect("scan");
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut connection).await.expect("delete");
-        }
+        found.extend(keys);
         if next == 0 {
-            break;
+            return found;
         }
         cursor = next;
+    }
+}
+
+async fn delete_prefixed(prefix: &str) {
+    let keys = keys_prefixed(prefix).await;
+    if !keys.is_empty() {
+        let mut connection = raw_connection(&shared_url()).await;
+        let _: () = redis::cmd("DEL").arg(keys).query_async(&mut connection).await.expect("delete");
     }
 }
 
@@ -1367,16 +1375,8 @@ async fn a_long_key_is_stored_under_its_sha256() {
 
     limiter.hit(&long, THREE_PER_MINUTE).await.expect("hit");
 
-    let mut connection = raw_connection(&shared_url()).await;
-    let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-        .arg(0)
-        .arg("MATCH")
-        .arg(format!("{prefix}:rl:*"))
-        .arg("COUNT")
-        .arg(10_000)
-        .query_async(&mut connection)
-        .await
-        .expect("scan");
+    // A whole SCAN: one call of 10,000 missed the key when the server held 10,000 others.
+    let keys = keys_prefixed(&format!("{prefix}:rl:")).await;
     assert_eq!(keys, [rate_limit::counter_key(&prefix, &long)]);
     assert_eq!(keys[0].len(), prefix.len() + ":rl:sha256:".len() + 64, "{}", keys[0]);
     delete_prefixed(&prefix).await;
