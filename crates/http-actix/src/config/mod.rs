@@ -67,8 +67,9 @@ pub struct Settings {
     /// HTTP worker threads (`WORKERS`, default: CPU count).
     pub workers: usize,
     /// Threads of the runtime that runs the background tasks: the near-cache's freshness
-    /// checks, the event relay, the cache's retries and lease renewals (`BACKGROUND_THREADS`,
-    /// default: a quarter of the CPU count, at least one).
+    /// checks, the event relay, the cache's retries and lease renewals, and the database
+    /// connections opened at start or by those tasks, which the pool lends to requests too
+    /// (`BACKGROUND_THREADS`, default: a quarter of the CPU count, at least one).
     pub background_threads: usize,
     /// `json` or `pretty` (`LOG_FORMAT`).
     pub log_format: LogFormat,
