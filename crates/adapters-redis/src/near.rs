@@ -35,8 +35,9 @@
 //! twice its payload, for what readers decode and keep with it) and each entry is served at
 //! most the Redis entry's TTL after its read.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use domain::cache::CachedProfile;
@@ -346,6 +347,11 @@ impl NearCache {
 /// been answered, and names the connection that answered. A task of the cache's sends the
 /// `PING`s on demand, one at a time: every caller that arrives while one is in flight waits
 /// for the next, which then serves them all.
+///
+/// Callers on one thread that want the same `PING` wait as a [`Group`]: the first subscribes
+/// to the answers and releases the others, so that an answer wakes each thread once rather
+/// than each waiting read (a wake-up from the barrier's task costs the woken thread a system
+/// call; one from the same thread costs none).
 pub(crate) struct Barrier {
     /// The number of the last `PING` sent.
     sent: AtomicU64,
@@ -361,6 +367,48 @@ pub(crate) struct Round {
     connection: Option<u64>,
 }
 
+/// The callers on one thread that want the same `PING` (the same first number sent after
+/// they arrived): any answer that releases one releases them all, since that `PING` was sent
+/// after each of them arrived.
+struct Group {
+    /// The barrier's address: groups of different barriers never mix.
+    barrier: usize,
+    wanted: u64,
+    outcome: OnceLock<Outcome>,
+    finished: Notify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The `PING` was answered (`Some`: on that connection) or failed (`None`).
+    Answered(Option<u64>),
+    /// The first caller stopped waiting first (cancelled or timed out): each other caller
+    /// waits on its own, within its own bound.
+    Abandoned,
+}
+
+thread_local! {
+    /// This thread's groups still waiting; finished ones are dropped at the next arrival.
+    static GROUPS: RefCell<Vec<Arc<Group>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Ends a group as its first caller stops waiting, however it stops.
+struct Leading(Arc<Group>);
+
+impl Leading {
+    fn finish(&self, outcome: Outcome) {
+        if self.0.outcome.set(outcome).is_ok() {
+            self.0.finished.notify_waiters();
+        }
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.finish(Outcome::Abandoned);
+    }
+}
+
 impl Barrier {
     fn new() -> Self {
         Self {
@@ -373,12 +421,55 @@ impl Barrier {
     /// Waits, at most `bound`, for a `PING` sent after this call to be answered; returns the
     /// connection it was answered on, or `None` when it failed or took too long.
     pub(crate) async fn pass(&self, bound: Duration) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + bound;
         // Any PING numbered above the last one sent now is sent after this point.
         let wanted = self.sent.load(Ordering::SeqCst) + 1;
+        match self.join(wanted) {
+            Ok(leading) => {
+                let connection = self.wait(wanted, deadline).await?;
+                leading.finish(Outcome::Answered(connection));
+                connection
+            }
+            Err(group) => {
+                let finished = group.finished.notified();
+                let outcome = match group.outcome.get() {
+                    Some(&outcome) => outcome,
+                    None => {
+                        tokio::time::timeout_at(deadline, finished).await.ok()?;
+                        *group.outcome.get()?
+                    }
+                };
+                match outcome {
+                    Outcome::Answered(connection) => connection,
+                    Outcome::Abandoned => self.wait(wanted, deadline).await?,
+                }
+            }
+        }
+    }
+
+    /// This thread's group waiting for `wanted`: `Ok` when this caller starts it (and asks
+    /// for a `PING`), `Err` with the group it joins.
+    fn join(&self, wanted: u64) -> Result<Leading, Arc<Group>> {
+        let barrier = std::ptr::from_ref(self) as usize;
+        GROUPS.with_borrow_mut(|groups| {
+            groups.retain(|group| group.outcome.get().is_none());
+            if let Some(group) = groups.iter().find(|group| group.barrier == barrier && group.wanted == wanted) {
+                return Err(Arc::clone(group));
+            }
+            let group = Arc::new(Group { barrier, wanted, outcome: OnceLock::new(), finished: Notify::new() });
+            groups.push(Arc::clone(&group));
+            self.wanted.notify_one();
+            Ok(Leading(group))
+        })
+    }
+
+    /// Waits until `deadline` for an answer to a `PING` numbered `wanted` or above: `None`
+    /// when none came in time; `Some` with the connection that answered, `None` if it failed.
+    async fn wait(&self, wanted: u64, deadline: tokio::time::Instant) -> Option<Option<u64>> {
         let mut answers = self.answered.subscribe();
-        self.wanted.notify_one();
-        let round = tokio::time::timeout(bound, answers.wait_for(|round| round.number >= wanted)).await.ok()?.ok()?;
-        round.connection
+        let round =
+            tokio::time::timeout_at(deadline, answers.wait_for(|round| round.number >= wanted)).await.ok()?.ok()?;
+        Some(round.connection)
     }
 
     /// Asks for a `PING` without waiting for it (a new connection to probe).
@@ -404,8 +495,6 @@ impl Barrier {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     /// A near-cache whose connection 1 passed its probe.
@@ -555,5 +644,78 @@ mod tests {
         let number = barrier.sending();
         barrier.answer(number, None);
         assert_eq!(failing.await.expect("joined"), None);
+    }
+
+    /// Starts `count` callers of `barrier.pass` on this thread (a current-thread test
+    /// runtime) and lets them run until they wait.
+    async fn callers(barrier: &Arc<Barrier>, count: usize) -> Vec<tokio::task::JoinHandle<Option<u64>>> {
+        let callers = (0..count)
+            .map(|_| {
+                let barrier = Arc::clone(barrier);
+                tokio::spawn(async move { barrier.pass(Duration::from_secs(5)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        callers
+    }
+
+    #[tokio::test]
+    async fn callers_on_one_thread_wanting_the_same_ping_wait_as_one() {
+        let barrier = Arc::new(Barrier::new());
+        let waiting = callers(&barrier, 3).await;
+        assert_eq!(barrier.answered.receiver_count(), 1, "each caller subscribed to the answers");
+        assert!(barrier.wanted(Duration::from_secs(5)).await);
+        let number = barrier.sending();
+        barrier.answer(number, Some(4));
+        for caller in waiting {
+            assert_eq!(caller.await.expect("joined"), Some(4));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_arriving_after_a_ping_was_sent_waits_for_the_next_one() {
+        let barrier = Arc::new(Barrier::new());
+        let first = callers(&barrier, 1).await;
+        let in_flight = barrier.sending();
+        let second = callers(&barrier, 1).await;
+        assert_eq!(barrier.answered.receiver_count(), 2, "a later caller joined a group that wants an older PING");
+        barrier.answer(in_flight, Some(1));
+        assert_eq!(first.into_iter().next().expect("one").await.expect("joined"), Some(1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = second.into_iter().next().expect("one");
+        assert!(!second.is_finished(), "released by a PING sent before it arrived");
+        let next = barrier.sending();
+        barrier.answer(next, Some(2));
+        assert_eq!(second.await.expect("joined"), Some(2));
+    }
+
+    #[tokio::test]
+    async fn when_the_first_caller_stops_waiting_the_others_wait_on_their_own() {
+        let barrier = Arc::new(Barrier::new());
+        let mut waiting = callers(&barrier, 3).await;
+        // The first caller is cancelled (its request went away).
+        waiting.remove(0).abort();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(barrier.answered.receiver_count(), 2, "the others subscribed themselves");
+        assert!(waiting.iter().all(|caller| !caller.is_finished()), "released without an answer");
+        let number = barrier.sending();
+        barrier.answer(number, Some(9));
+        for caller in waiting {
+            assert_eq!(caller.await.expect("joined"), Some(9));
+        }
+
+        // The first caller's bound ran out: a later caller keeps its own.
+        let leader = {
+            let barrier = Arc::clone(&barrier);
+            tokio::spawn(async move { barrier.pass(Duration::from_millis(50)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let follower = callers(&barrier, 1).await.remove(0);
+        assert_eq!(leader.await.expect("joined"), None);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!follower.is_finished(), "gave up with the first caller");
+        let number = barrier.sending();
+        barrier.answer(number, Some(10));
+        assert_eq!(follower.await.expect("joined"), Some(10));
     }
 }
