@@ -3,6 +3,9 @@
 //! paths (400 `invalid_id` for anything but the canonical spelling, as sent on the wire) and
 //! query strings on routes that take none (400 `invalid_query`).
 
+use std::collections::HashSet;
+use std::sync::{LazyLock, PoisonError, RwLock};
+
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
@@ -154,6 +157,36 @@ impl<T: ApiComponent> ApiComponent for JsonBody<T> {
 #[derive(Debug, Clone, Copy)]
 pub struct UserIdPath(pub UserId);
 
+/// The template of the route that matched the request (`/api/v1/users/{id}`), if one did:
+/// found once per request (actix walks its resource map and builds a string for it) and
+/// shared by the extractors and the metrics. Templates are interned: there are as many as
+/// routes, however many requests come.
+pub(crate) fn route_template(request: &HttpRequest) -> Option<&'static str> {
+    #[derive(Clone, Copy)]
+    struct Matched(Option<&'static str>);
+    static TEMPLATES: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(RwLock::default);
+
+    if let Some(&Matched(template)) = request.extensions().get::<Matched>() {
+        return template;
+    }
+    let template = request.match_pattern().map(|pattern| {
+        let known = TEMPLATES.read().unwrap_or_else(PoisonError::into_inner).get(pattern.as_str()).copied();
+        known.unwrap_or_else(|| {
+            let mut templates = TEMPLATES.write().unwrap_or_else(PoisonError::into_inner);
+            match templates.get(pattern.as_str()) {
+                Some(&known) => known,
+                None => {
+                    let template: &'static str = Box::leak(pattern.into_boxed_str());
+                    templates.insert(template);
+                    template
+                }
+            }
+        })
+    });
+    request.extensions_mut().insert(Matched(template));
+    template
+}
+
 /// The names a route may give its user id segment.
 const USER_ID_SEGMENTS: [&str; 2] = ["{id}", "{user_id}"];
 
@@ -161,7 +194,7 @@ const USER_ID_SEGMENTS: [&str; 2] = ["{id}", "{user_id}"];
 /// `{user_id}`. User ids come before any tail segment that may hold slashes (`{device:.+}`),
 /// so segments of the pattern and of the path line up up to it.
 fn raw_user_id_segment(request: &HttpRequest) -> Option<&str> {
-    let pattern = request.match_pattern()?;
+    let pattern = route_template(request)?;
     let index = pattern.split('/').position(|segment| USER_ID_SEGMENTS.contains(&segment))?;
     request.uri().path().split('/').nth(index)
 }

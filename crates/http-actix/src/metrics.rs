@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The route template, or `unmatched`.
-    pub route: String,
+    pub route: &'static str,
     /// The HTTP method (see [`method_label`]).
     pub method: &'static str,
     /// The status code.
@@ -35,7 +35,7 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// The route template, or `unmatched`.
-    pub route: String,
+    pub route: &'static str,
     /// The HTTP method (see [`method_label`]).
     pub method: &'static str,
 }
@@ -245,10 +245,15 @@ impl Metrics {
     }
 
     /// Records a finished request: `route` is a route template or `unmatched`.
-    pub fn observe_request(&self, route: &str, method: &actix_web::http::Method, status: u16, latency: Duration) {
-        let route = route.to_owned();
+    pub fn observe_request(
+        &self,
+        route: &'static str,
+        method: &actix_web::http::Method,
+        status: u16,
+        latency: Duration,
+    ) {
         let method = method_label(method);
-        self.requests.get_or_create(&RequestLabels { route: route.clone(), method, status }).inc();
+        self.requests.get_or_create(&RequestLabels { route, method, status }).inc();
         self.latency.get_or_create(&RouteLabels { route, method }).observe(latency.as_secs_f64());
     }
 

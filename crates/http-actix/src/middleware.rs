@@ -95,13 +95,13 @@ pub async fn request_context(
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
 
-    let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+    let route = crate::extract::route_template(response.request()).unwrap_or("unmatched");
     let elapsed = started.elapsed();
     let caller = response.request().extensions().get::<ResolvedCaller>().cloned();
     let caller = caller.as_ref().map_or(&"-" as &dyn std::fmt::Display, |caller| &caller.0);
     let auth_failure = response.response().extensions().get::<AuthFailure>().cloned();
     if let Some(state) = response.request().app_data::<Data<AppState>>() {
-        state.metrics.observe_request(&route, &method, status.as_u16(), elapsed);
+        state.metrics.observe_request(route, &method, status.as_u16(), elapsed);
         if let Some(failure) = auth_failure {
             let address = client_address(response.request(), &state.limits.trusted_proxies);
             // Throttled per /64 for IPv6, as the limits count: one subscriber, one warning.
