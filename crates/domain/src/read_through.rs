@@ -25,6 +25,31 @@ type SharedLoad = Shared<BoxFuture<'static, Result<CachedProfile, Arc<ReadError>
 /// before a write that it observed as invalidated.
 type InflightLoads = Mutex<HashMap<(UserId, FillTicket), SharedLoad>>;
 
+/// A reader's share of an in-flight load. When the reader is done with it, however it is done
+/// (it has the result, or its request went away), the load leaves the map if it has finished
+/// or no other reader waits for it: a load that nobody polls is then dropped with its last
+/// reader, never kept in the map unpolled, holding what it had taken (a cache connection
+/// being made, a database connection) for good.
+struct JoinedLoad<'a> {
+    inflight: &'a InflightLoads,
+    key: (UserId, FillTicket),
+    load: SharedLoad,
+}
+
+impl Drop for JoinedLoad<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        // Shares: the map's and this reader's, and the other readers' (a reader's polled share
+        // is gone by now).
+        let unwanted = self.load.peek().is_some() || self.load.strong_count().is_none_or(|shares| shares <= 2);
+        if unwanted && inflight.get(&self.key).is_some_and(|current| current.ptr_eq(&self.load)) {
+            inflight.remove(&self.key);
+        }
+        // The map's lock is released before this reader's share, perhaps the load's last, is
+        // dropped (and the load with it).
+    }
+}
+
 /// Re-creates a shared error for one reader.
 fn unshare(error: &ReadError) -> ReadError {
     match error {
@@ -98,11 +123,9 @@ impl ReadThrough {
                 })
                 .clone()
         };
-        let result = load.clone().await;
-        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-        if inflight.get(&key).is_some_and(|current| current.ptr_eq(&load)) {
-            inflight.remove(&key);
-        }
+        let joined = JoinedLoad { inflight: &self.inflight, key, load };
+        let result = joined.load.clone().await;
+        drop(joined);
         result.map_err(|error| unshare(&error))
     }
 

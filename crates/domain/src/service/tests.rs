@@ -574,6 +574,26 @@ fn concurrent_misses_with_the_same_generation_share_one_load() {
 }
 
 #[test]
+fn a_load_whose_readers_all_went_away_is_dropped_with_them() {
+    let ticket = FillTicket::new(Some("g1".into()));
+    let service = single_flight_service(vec![ticket.clone(), ticket.clone(), ticket], 1);
+    let id = UserId::generate();
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    // Two readers share one load, which waits for the store; then their requests go away.
+    let mut first = Box::pin(service.encoded_profile(id));
+    let mut second = Box::pin(service.encoded_profile(id));
+    assert!(first.as_mut().poll(&mut context).is_pending() && second.as_mut().poll(&mut context).is_pending());
+    assert!(!service.reads.no_load_in_flight());
+    drop((first, second));
+    // Kept in the map, it would never be polled again, holding what it had taken (a cache
+    // connection being made, a database connection) for good.
+    assert!(service.reads.no_load_in_flight(), "a load that no reader waits for is kept");
+    // The next reader loads afresh.
+    assert!(futures_executor::block_on(service.encoded_profile(id)).is_ok());
+    assert!(service.reads.no_load_in_flight());
+}
+
+#[test]
 fn a_reader_that_saw_a_newer_generation_does_not_join_an_older_load() {
     let service = single_flight_service(
         vec![FillTicket::new(Some("before-write".into())), FillTicket::new(Some("after-write".into()))],
