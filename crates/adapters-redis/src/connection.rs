@@ -148,21 +148,21 @@ struct Current {
     checked_out: Arc<CheckedOut>,
 }
 
-/// A connection checked out of the pool. Once given up (a call failed on it in a way that
-/// may have broken it), it leaves the pool for good when the last call using it is done,
-/// rather than going back to wait there, perhaps for a long time, and pass a `PING` later
-/// on a server that may no longer be the right one.
+/// A connection checked out of the pool, back in it when the last call using it is done.
+/// Once given up (a call failed on it in a way that may have broken it), it leaves the pool
+/// for good at once ([`Self::give_up`]): the calls still using it keep their own handle on its
+/// socket until they end, but no place in the pool, so that calls that take long to end (or
+/// futures that are kept but never polled again) never keep the next call from connecting;
+/// and it never goes back to wait there, perhaps for a long time, and pass a `PING` later on
+/// a server that may no longer be the right one.
 struct CheckedOut {
     object: Mutex<Option<Object<Connector>>>,
-    given_up: std::sync::atomic::AtomicBool,
 }
 
-impl Drop for CheckedOut {
-    fn drop(&mut self) {
-        let object = self.object.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        if let Some(object) = object
-            && self.given_up.load(Ordering::Relaxed)
-        {
+impl CheckedOut {
+    fn give_up(&self) {
+        let object = self.object.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(object) = object {
             drop(Object::take(object));
         }
     }
@@ -353,7 +353,7 @@ impl Connection {
             }
         }
         let number = self.made.fetch_add(1, Ordering::Relaxed);
-        let checked_out = Arc::new(CheckedOut { object: Mutex::new(Some(checked_out)), given_up: Default::default() });
+        let checked_out = Arc::new(CheckedOut { object: Mutex::new(Some(checked_out)) });
         let replicas = Arc::new(AtomicUsize::new(replicas));
         let current = Current { number, connection, server, replicas, checked_out };
         *self.slot() = Some(current.clone());
@@ -426,11 +426,13 @@ impl Connection {
     }
 
     /// Drops connection `number` if it is still the shared one, so that the next call
-    /// connects again.
+    /// connects again; it leaves the pool (see [`CheckedOut`]).
     fn discard(&self, number: u64) {
         let mut slot = self.slot();
-        if slot.as_ref().is_some_and(|current| current.number == number) {
-            *slot = None;
+        if slot.as_ref().is_some_and(|current| current.number == number)
+            && let Some(current) = slot.take()
+        {
+            current.checked_out.give_up();
         }
     }
 
@@ -561,7 +563,7 @@ impl Connection {
             && breaks_the_connection(failure)
         {
             // Out of the pool for good, whether or not it is still the shared connection.
-            checked_out.given_up.store(true, Ordering::Relaxed);
+            checked_out.give_up();
             self.discard(*number);
         }
         drop(used);

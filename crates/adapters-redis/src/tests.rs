@@ -30,7 +30,7 @@ use redis::aio::MultiplexedConnection;
 use uuid::Uuid;
 
 use crate::breaker::{CircuitBreaker, Permit, Transition};
-use crate::connection::{Breaker, ServerId};
+use crate::connection::{Breaker, Request, ServerId};
 use crate::lease::{ReadLease, Renewal};
 use crate::pending::PendingInvalidations;
 use crate::{
@@ -632,6 +632,33 @@ async fn a_paused_redis_costs_one_timeout_per_second_not_one_per_lookup() {
     })
     .await;
     assert!(!cache.is_bypassed());
+}
+
+/// A call left pending on a connection that was then given up (its future kept but no longer
+/// polled, as by a request whose client went away mid-call) keeps that connection's socket
+/// until it ends, never a place in the pool: however many such calls there are, the next
+/// call connects. (Found by a hostile run: slow Redis and aborted requests left an instance
+/// whose every Redis call waited for a pool slot, for good.)
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_left_pending_on_given_up_connections_never_keep_the_next_call_from_connecting() {
+    let server = PrivateRedis::start().await;
+    let role = crate::connection::Role { name: "test", degraded: "", identify_server: false };
+    let connection =
+        crate::connection::Connection::build(&config_for(&server.url(), TIMEOUT), role, None).expect("build");
+    let ping = redis::cmd("PING");
+    let mut left_pending = Vec::new();
+    for round in 0..4 {
+        let answered = connection.run_despite_breaker::<String>(Request::Command(&ping)).await;
+        assert_eq!(answered.as_deref(), Some("PONG"), "round {round}: no connection to a Redis that answers");
+        server.pause();
+        // A call on that connection, polled until it has sent its PING, then left.
+        let mut call = Box::pin(connection.run_despite_breaker::<String>(Request::Command(&ping)));
+        assert!(tokio::time::timeout(TIMEOUT / 4, &mut call).await.is_err(), "answered by a paused Redis");
+        left_pending.push(call);
+        // Another one times out on it: the connection is given up.
+        assert_eq!(connection.run_despite_breaker::<String>(Request::Command(&ping)).await, None);
+        server.resume();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
