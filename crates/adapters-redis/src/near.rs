@@ -350,8 +350,8 @@ impl NearCache {
 ///
 /// Callers on one thread that want the same `PING` wait as a [`Group`]: the first subscribes
 /// to the answers and releases the others, so that an answer wakes each thread once rather
-/// than each waiting read (a wake-up from the barrier's task costs the woken thread a system
-/// call; one from the same thread costs none).
+/// than each waiting read (a wake-up across threads costs a system call, an `eventfd` write;
+/// one within the thread costs none).
 pub(crate) struct Barrier {
     /// The number of the last `PING` sent.
     sent: AtomicU64,
