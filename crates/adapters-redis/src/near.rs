@@ -378,7 +378,7 @@ struct Group {
     finished: Notify,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum Outcome {
     /// The `PING` was answered (`Some`: on that connection) or failed (`None`).
     Answered(Option<u64>),
