@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use crate::history::{append, lock_consent};
 use crate::idempotency::TxError;
 use crate::outbox;
+use crate::prepared::kept_prepared;
 use crate::rows::{CATEGORY, CHOICE, CategoryValues, ChoiceValues, REVISION, RevisionValues};
 use crate::schema::{category_choices, category_revisions, notification_categories};
 use crate::work::Unit;
@@ -148,10 +149,12 @@ impl CategoryRepository for PgStore {
                 if category == old {
                     return Ok(Some(old));
                 }
-                diesel::update(notification_categories::table.find(key.as_str()))
-                    .set(CategoryValues::new(&category))
-                    .execute(connection)
-                    .await?;
+                kept_prepared(
+                    diesel::update(notification_categories::table.find(key.as_str()))
+                        .set(CategoryValues::new(&category)),
+                )
+                .execute(connection)
+                .await?;
                 diesel::insert_into(category_revisions::table)
                     .values(RevisionValues::new(&category, at, false))
                     .execute(connection)
@@ -276,13 +279,15 @@ impl CategoryRepository for PgStore {
                     diesel::delete(own_choice).execute(connection).await?;
                 } else {
                     let values = ChoiceValues::new(user, &key, new, now);
-                    diesel::insert_into(category_choices::table)
-                        .values(&values)
-                        .on_conflict((category_choices::user_id, category_choices::category_key))
-                        .do_update()
-                        .set(&values)
-                        .execute(connection)
-                        .await?;
+                    kept_prepared(
+                        diesel::insert_into(category_choices::table)
+                            .values(&values)
+                            .on_conflict((category_choices::user_id, category_choices::category_key))
+                            .do_update()
+                            .set(&values),
+                    )
+                    .execute(connection)
+                    .await?;
                 }
                 append(connection, history_entries(user, choice_changes(&key, old, new), &by), recorded_at).await?;
                 outbox::append(connection, vec![NewEvent::category_choice_changed(user, &key, new)], recorded_at)

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::history::lock_and_append;
 use crate::idempotency::TxError;
 use crate::outbox;
-use crate::prepared::prepared;
+use crate::prepared::{kept_prepared, prepared};
 use crate::rows::{DEVICE, DeviceRow};
 use crate::schema::{devices, regexp_replace, users};
 use crate::work::Unit;
@@ -331,11 +331,13 @@ impl DeviceRepository for PgStore {
                     // `updated_at` changes only with the state: nothing to write.
                     return Ok(Some(first));
                 }
-                let updated: Vec<DeviceRow> = diesel::update(devices::table.filter(devices::id.eq_any(&changing)))
-                    .set((devices::active.eq(active), devices::updated_at.eq(now)))
-                    .returning(DEVICE)
-                    .get_results(connection)
-                    .await?;
+                let updated: Vec<DeviceRow> = kept_prepared(
+                    diesel::update(devices::table.filter(devices::id.eq_any(&changing)))
+                        .set((devices::active.eq(active), devices::updated_at.eq(now)))
+                        .returning(DEVICE),
+                )
+                .get_results(connection)
+                .await?;
                 let changes =
                     changing.iter().filter_map(|id| device_change(DeviceId::from(*id), Some(!active), Some(active)));
                 lock_and_append(connection, history_entries(user, changes, &by), recorded_at).await?;

@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 
 use crate::PgStore;
 use crate::errors::from_diesel;
+use crate::prepared::kept_prepared;
 use crate::rows::{RECORD, RecordRow};
 use crate::schema::idempotency_records;
 use crate::work::Unit;
@@ -132,13 +133,15 @@ async fn record(
         idempotency_records::expires_at.eq(request.expires_at),
         idempotency_records::invalidates.eq(&invalidates),
     );
-    diesel::insert_into(idempotency_records::table)
-        .values(values)
-        .on_conflict((idempotency_records::caller, idempotency_records::key))
-        .do_update()
-        .set(values)
-        .execute(connection)
-        .await?;
+    kept_prepared(
+        diesel::insert_into(idempotency_records::table)
+            .values(values)
+            .on_conflict((idempotency_records::caller, idempotency_records::key))
+            .do_update()
+            .set(values),
+    )
+    .execute(connection)
+    .await?;
     Ok(())
 }
 

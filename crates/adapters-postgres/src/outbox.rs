@@ -30,7 +30,7 @@ use domain::ports::{EventOutbox, EventPublisher, PublishError, RelayError, Repos
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::prepared::prepared;
+use crate::prepared::{kept_prepared, prepared};
 use crate::rows::EVENT;
 use crate::schema::outbox_events;
 use crate::work::Unit;
@@ -176,10 +176,12 @@ async fn relay_round(
     if let Err(error) = publisher.publish(&events).await {
         return Ok((RelayRound::Relayed { sequenced, published: 0, more: false }, Some(error)));
     }
-    let published = diesel::update(outbox_events::table.filter(outbox_events::position.eq_any(&positions)))
-        .set(outbox_events::published_at.eq(diesel::dsl::now))
-        .execute(connection)
-        .await?;
+    let published = kept_prepared(
+        diesel::update(outbox_events::table.filter(outbox_events::position.eq_any(&positions)))
+            .set(outbox_events::published_at.eq(diesel::dsl::now)),
+    )
+    .execute(connection)
+    .await?;
     Ok((RelayRound::Relayed { sequenced, published: u64::try_from(published).unwrap_or_default(), more }, None))
 }
 

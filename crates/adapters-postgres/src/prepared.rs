@@ -7,6 +7,13 @@
 //! lets the statement cache keep them, keyed by their text, once per connection (measured in
 //! one window on this machine: PUT preferences +27% requests per second). Behind a
 //! transaction pooler the cache is off, and they are prepared per call as before.
+//!
+//! diesel also declines to cache some of its own statements: every `UPDATE` and every
+//! upsert's `DO UPDATE` (a changeset's `None` fields leave the `SET` list, so the text may
+//! change). [`kept_prepared`] keeps them too, keyed by their text: the texts of each come
+//! from a bounded set of shapes (a changeset of n optional fields has at most 2^n), so each
+//! stays a few cache entries per connection. A statement whose text grows with its input (a
+//! batch insert of n rows, an `IN` list) must not be kept this way.
 
 use diesel::QueryResult;
 use diesel::pg::Pg;
@@ -29,6 +36,12 @@ impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for Prepared<Q> {
     fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
         Ok(true)
     }
+}
+
+/// diesel's statement `query`, kept prepared and keyed by its text (see the module's
+/// documentation: only for statements of a bounded set of texts).
+pub(crate) const fn kept_prepared<Q>(query: Q) -> Prepared<Q> {
+    Prepared(query)
 }
 
 /// No static id: the cache then keys the statement by its text and bind types. A static id

@@ -541,6 +541,138 @@ async fn the_hot_statements_are_prepared_once_per_connection() {
     }
 }
 
+/// No statement of a request's path is parsed and planned at every call (issue 17): each
+/// path runs a few times on a pool of two connections, and every statement a connection ran
+/// twice must have been kept prepared by its statement cache. Found by this test: diesel never
+/// caches an insert of a struct with an `Option` field (`None` becomes `DEFAULT`, so the text
+/// may change), which was the registration's user and preferences rows, parsed and planned at
+/// every registration in a round trip of their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_statement_of_a_request_path_is_parsed_again_on_its_connection() {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use diesel::connection::{Instrumentation, InstrumentationEvent};
+    use diesel_async::{AsyncConnection, AsyncPgConnection};
+    use domain::category::{CategoryChoice, CategoryKey, CategoryName, ChannelDefaults, NewCategory};
+    use domain::ports::{CategoryRepository, ChoiceChange};
+    use domain::preferences::{ClockTime, QuietHours};
+    use domain::user::PhoneNumber;
+    use futures_util::FutureExt;
+
+    /// (connection, started: the statement's text), or (connection, cached: its text).
+    static EVENTS: Mutex<Vec<(usize, bool, String)>> = Mutex::new(Vec::new());
+    static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+    /// Transaction control, sent as simple queries: nothing to plan.
+    const UNPLANNED: [&str; 3] = ["BEGIN", "COMMIT", "ROLLBACK"];
+
+    fn recorder(connection: usize) -> impl Instrumentation {
+        move |event: InstrumentationEvent<'_>| {
+            let recorded = match event {
+                InstrumentationEvent::StartQuery { query, .. } => {
+                    let text = query.to_string();
+                    (true, text.split(" -- binds: ").next().unwrap_or_default().to_owned())
+                }
+                InstrumentationEvent::CacheQuery { sql, .. } => (false, sql.to_owned()),
+                _ => return,
+            };
+            EVENTS.lock().unwrap().push((connection, recorded.0, recorded.1));
+        }
+    }
+    fn establish(url: String) -> futures_util::future::BoxFuture<'static, diesel::ConnectionResult<AsyncPgConnection>> {
+        async move {
+            let mut connection = AsyncPgConnection::establish(&url).await?;
+            connection.set_instrumentation(recorder(CONNECTIONS.fetch_add(1, Ordering::Relaxed)));
+            Ok(connection)
+        }
+        .boxed()
+    }
+
+    let db = TestDatabase::create().await.expect("create the test database");
+    let settings = crate::pool::PoolSettings { max_size: 2, ..crate::pool::PoolSettings::new(db.url().to_owned()) };
+    let limits = adapters_sql_common::pool::PoolLimits {
+        max_size: settings.max_size,
+        wait_timeout: settings.wait_timeout,
+        connect_timeout: settings.connect_timeout,
+        prepared_statements: true,
+    };
+    let pool = adapters_sql_common::pool::build_with(db.url(), String::new(), limits, establish).expect("pool");
+    let store = PgStore::new(pool);
+    let now = OffsetDateTime::now_utc;
+    let by = Provenance::default();
+    let marketing = CategoryKey::parse("marketing").unwrap();
+    let category = NewCategory {
+        key: marketing.clone(),
+        name: CategoryName::parse("Marketing").unwrap(),
+        description: None,
+        critical: false,
+        defaults: ChannelDefaults { email: true, push: true },
+    };
+    CategoryRepository::create(&store, domain::category::Category::new(category, now())).await.expect("category");
+
+    // Each path several times: on two connections, one of them runs it at least twice.
+    for round in 0..4 {
+        // A registration as the gateway sends it (no phone, default preferences), and one with
+        // every optional part: a phone, quiet hours, a device.
+        let plain = user_of(
+            UserRepository::create(&store, record(&format!("plain-{round}@example.com")), None).await.expect("create"),
+        );
+        let mut full = record(&format!("full-{round}@example.com"));
+        full.phone = Some(PhoneNumber::parse("+15555550123").unwrap());
+        let window = QuietHours::new(ClockTime::parse("22:00").unwrap(), ClockTime::parse("07:00").unwrap()).unwrap();
+        full.preferences.quiet_hours = Some(window);
+        full.device = Some(registration(&format!("full-token-{round}")));
+        let full = user_of(UserRepository::create(&store, full, None).await.expect("create with every part"));
+        let (id, other) = (plain.profile.user.id, full.profile.user.id);
+
+        store.find_profile(id).await.expect("read").expect("the user");
+        store.find_profiles(&[id, other]).await.expect("read both");
+        assert!(store.exists(id).await.expect("exists"));
+        store.token_version(id).await.expect("token version").expect("the user");
+        store.credentials_of(id).await.expect("credentials").expect("the user");
+        let email = EmailAddress::parse(&format!("plain-{round}@example.com")).unwrap();
+        store.find_credentials(&email).await.expect("credentials by email").expect("the user");
+        let rename = ContactUpdate {
+            name: Some(domain::user::UserName::parse("Jane Doe").unwrap()),
+            ..ContactUpdate::default()
+        };
+        store.update_contact(id, rename, now(), &by).await.expect("contact").expect("the user");
+        let update = PreferencesUpdate { email: Some(round % 2 == 0), ..PreferencesUpdate::default() };
+        store.update_preferences(id, update, now(), &by).await.expect("preferences").expect("the user");
+        let choice = ChoiceChange::Set(CategoryChoice { email: Some(false), push: None });
+        store.change_choice(id, &marketing, choice, now(), &by).await.expect("choice").expect("the user");
+        let token = format!("plain-token-{round}");
+        store.upsert(id, registration(&token), now(), &by, None).await.expect("device");
+        DeviceRepository::list(&store, id).await.expect("devices").expect("the user");
+        let device = DeviceSelector::parse(&token).unwrap();
+        store.set_active(id, &device, false, now(), &by).await.expect("deactivate").expect("the device");
+        DeviceRepository::delete(&store, id, &device, now(), &by).await.expect("remove the device");
+        UserRepository::delete(&store, other).await.expect("delete");
+    }
+
+    let events = std::mem::take(&mut *EVENTS.lock().unwrap());
+    let mut started: HashMap<(usize, &str), usize> = HashMap::new();
+    let mut cached: HashSet<(usize, &str)> = HashSet::new();
+    for (connection, start, text) in &events {
+        if *start {
+            *started.entry((*connection, text.as_str())).or_default() += 1;
+        } else {
+            cached.insert((*connection, text.as_str()));
+        }
+    }
+    let mut parsed_again: Vec<&str> = started
+        .iter()
+        .filter(|((_, text), runs)| **runs >= 2 && !UNPLANNED.contains(text))
+        .filter(|(key, _)| !cached.contains(*key))
+        .map(|((_, text), _)| *text)
+        .collect();
+    parsed_again.sort_unstable();
+    parsed_again.dedup();
+    assert!(started.len() > 10, "the recorder saw the statements: {started:?}");
+    assert!(parsed_again.is_empty(), "statements parsed and planned at every call: {parsed_again:#?}");
+}
+
 /// A row of `pg_prepared_statements`.
 #[derive(diesel::QueryableByName)]
 struct PreparedStatement {

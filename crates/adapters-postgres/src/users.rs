@@ -29,7 +29,7 @@ use crate::documents::{READ_DOCUMENT, StoredDocument};
 use crate::history::{append, lock_and_append, lock_consent};
 use crate::idempotency::TxError;
 use crate::outbox;
-use crate::prepared::prepared;
+use crate::prepared::{kept_prepared, prepared};
 use crate::rows::{
     CHOICE, CREDENTIALS, ChoiceRow, ContactChangeset, CredentialsRow, DEVICE, DeviceRow, NewUserValues, PREFERENCES,
     PreferencesRow, PreferencesValues, USER, UserRow,
@@ -276,11 +276,13 @@ impl UserRepository for PgStore {
                     .await
                     .optional()?;
                 let Some(old) = old else { return Ok(None) };
-                let new: UserRow = diesel::update(users::table.find(id.as_uuid()))
-                    .set(ContactChangeset::new(&update, now))
-                    .returning(USER)
-                    .get_result(connection)
-                    .await?;
+                let new: UserRow = kept_prepared(
+                    diesel::update(users::table.find(id.as_uuid()))
+                        .set(ContactChangeset::new(&update, now))
+                        .returning(USER),
+                )
+                .get_result(connection)
+                .await?;
                 let old = User::try_from(old).map_err(TxError::Repository)?;
                 let new = User::try_from(new).map_err(TxError::Repository)?;
                 let history = history_entries(id, contact_changes(&old, &new), &by);
@@ -407,12 +409,14 @@ impl UserRepository for PgStore {
     ) -> Result<Option<i32>, RepositoryError> {
         let bump = i32::from(revoke_tokens);
         self.run(Unit::Statements, async |connection| {
-            diesel::update(users::table.find(id.as_uuid()).filter(users::password_hash.eq(current.as_str())))
-                .set((users::password_hash.eq(new.as_str()), users::token_version.eq(users::token_version + bump)))
-                .returning(users::token_version)
-                .get_result(connection)
-                .await
-                .optional()
+            kept_prepared(
+                diesel::update(users::table.find(id.as_uuid()).filter(users::password_hash.eq(current.as_str())))
+                    .set((users::password_hash.eq(new.as_str()), users::token_version.eq(users::token_version + bump)))
+                    .returning(users::token_version),
+            )
+            .get_result(connection)
+            .await
+            .optional()
         })
         .await
     }

@@ -84,9 +84,11 @@ pub fn users_of(entries: &[HistoryEntry]) -> Vec<Uuid> {
 #[macro_export]
 macro_rules! row_writes {
     ($vis:vis, $id:ty) => {
-        /// A new user's row.
+        /// A new user's row. Here and in the other inserts, `None` is bound as `NULL` (each
+        /// such column's default) rather than written `DEFAULT`: diesel keeps an insert
+        /// prepared only when its text cannot change with the values.
         #[derive(diesel::Insertable)]
-        #[diesel(table_name = users)]
+        #[diesel(table_name = users, treat_none_as_default_value = false)]
         $vis struct NewUserValues<'a> {
             id: $id,
             name: &'a str,
@@ -149,7 +151,7 @@ macro_rules! row_writes {
 
         /// A whole preferences row, to insert.
         #[derive(diesel::Insertable)]
-        #[diesel(table_name = notification_preferences)]
+        #[diesel(table_name = notification_preferences, treat_none_as_default_value = false)]
         $vis struct PreferencesValues<'a> {
             user_id: $id,
             email_enabled: bool,
@@ -207,7 +209,12 @@ macro_rules! row_writes {
         /// A whole category row: inserted when created, set (all but its key and creation
         /// time) when changed.
         #[derive(diesel::Insertable, diesel::AsChangeset)]
-        #[diesel(table_name = notification_categories, primary_key(key), treat_none_as_null = true)]
+        #[diesel(
+            table_name = notification_categories,
+            primary_key(key),
+            treat_none_as_null = true,
+            treat_none_as_default_value = false
+        )]
         $vis struct CategoryValues<'a> {
             key: &'a str,
             name: &'a str,
@@ -241,7 +248,7 @@ macro_rules! row_writes {
 
         /// A revision of a category: what it is from `at` on, or that it was removed then.
         #[derive(diesel::Insertable)]
-        #[diesel(table_name = category_revisions)]
+        #[diesel(table_name = category_revisions, treat_none_as_default_value = false)]
         $vis struct RevisionValues<'a> {
             key: &'a str,
             at: ::time::OffsetDateTime,
@@ -276,7 +283,12 @@ macro_rules! row_writes {
         /// A user's non-empty choice in a category: inserted, or set on the existing row
         /// (`None` channels stored as `NULL`, the default).
         #[derive(diesel::Insertable, diesel::AsChangeset)]
-        #[diesel(table_name = category_choices, primary_key(user_id, category_key), treat_none_as_null = true)]
+        #[diesel(
+            table_name = category_choices,
+            primary_key(user_id, category_key),
+            treat_none_as_null = true,
+            treat_none_as_default_value = false
+        )]
         $vis struct ChoiceValues<'a> {
             user_id: $id,
             category_key: &'a str,
