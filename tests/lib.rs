@@ -915,7 +915,19 @@ impl Drop for PrivateFormation {
             let _ = keeper.wait();
         }
         for name in ["monitor", "node1", "node2"] {
-            let _ = Command::new("pkill").args(["-KILL", "-f", &format!("postgres -D {}", self.data(name))]).status();
+            let postmaster = format!("postgres -D {}", self.data(name));
+            // Its children first: a background worker that does not watch for its
+            // postmaster's death (the monitor's health check) outlives a killed postmaster,
+            // and keeps its logger alive with it.
+            let found = Command::new("pgrep").args(["-f", &postmaster]).output();
+            for pid in found
+                .map(|found| String::from_utf8_lossy(&found.stdout).into_owned())
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                let _ = Command::new("pkill").args(["-KILL", "-P", pid]).status();
+            }
+            let _ = Command::new("pkill").args(["-KILL", "-f", &postmaster]).status();
         }
     }
 }
