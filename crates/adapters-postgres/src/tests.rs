@@ -556,7 +556,7 @@ async fn no_statement_of_a_request_path_is_parsed_again_on_its_connection() {
     use diesel::connection::{Instrumentation, InstrumentationEvent};
     use diesel_async::{AsyncConnection, AsyncPgConnection};
     use domain::category::{CategoryChoice, CategoryKey, CategoryName, ChannelDefaults, NewCategory};
-    use domain::ports::{CategoryRepository, ChoiceChange};
+    use domain::ports::{CategoryRepository, ChoiceChange, EventOutbox};
     use domain::preferences::{ClockTime, QuietHours};
     use domain::user::PhoneNumber;
     use futures_util::FutureExt;
@@ -611,6 +611,7 @@ async fn no_statement_of_a_request_path_is_parsed_again_on_its_connection() {
     };
     CategoryRepository::create(&store, domain::category::Category::new(category, now())).await.expect("category");
 
+    let broker = adapters_sql_common::contract::RecordingPublisher::default();
     // Each path several times: on two connections, one of them runs it at least twice.
     for round in 0..4 {
         // A registration as the gateway sends it (no phone, default preferences), and one with
@@ -649,6 +650,15 @@ async fn no_statement_of_a_request_path_is_parsed_again_on_its_connection() {
         store.set_active(id, &device, false, now(), &by).await.expect("deactivate").expect("the device");
         DeviceRepository::delete(&store, id, &device, now(), &by).await.expect("remove the device");
         UserRepository::delete(&store, other).await.expect("delete");
+        // The relay's rounds: without a broker (the feed only), then publishing what they
+        // sequenced.
+        store.relay(None, 100, now()).await.expect("a relay round");
+        let update = PreferencesUpdate { email: Some(round % 2 == 1), ..PreferencesUpdate::default() };
+        store.update_preferences(id, update, now(), &by).await.expect("preferences").expect("the user");
+        store.relay(Some(&broker), 100, now()).await.expect("a relay round with a broker");
+        // And the relay task's periodic statements.
+        store.backlog(true).await.expect("the backlog");
+        store.prune(now() - time::Duration::days(1), true).await.expect("a prune");
     }
 
     let events = std::mem::take(&mut *EVENTS.lock().unwrap());

@@ -12,8 +12,8 @@ use super::*;
 /// A broker double: records what it is given, or fails while told to. (The real broker is
 /// exercised by `adapters-amqp` and the API tests; this one lets the store's relay be
 /// checked alone.)
-#[derive(Default)]
-struct RecordingPublisher {
+#[derive(Debug, Default)]
+pub struct RecordingPublisher {
     received: Mutex<Vec<ChangeEvent>>,
     failing: std::sync::atomic::AtomicBool,
     delay: Option<StdDuration>,
