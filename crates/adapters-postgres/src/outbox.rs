@@ -148,7 +148,7 @@ async fn relay_round(
     publisher: Option<&dyn EventPublisher>,
     limit: u32,
 ) -> QueryResult<RelayOutcome> {
-    // Kept prepared, as every statement of the round: it runs ten times a second even idle.
+    // Kept prepared, as every statement of the round: it runs about ten times a second even idle.
     prepared(RELAY_TIMEOUT, |query| query).execute(connection).await?;
     let locked: Locked = prepared(TRY_RELAY_LOCK, |query| query).get_result(connection).await?;
     if !locked.locked {
