@@ -173,7 +173,8 @@ async fn refresh_device(
     registration: &DeviceRegistration,
     now: OffsetDateTime,
 ) -> QueryResult<Option<UpsertedRow>> {
-    let row: Option<UpsertedDevice> = prepared(REFRESH_DEVICE, |query| {
+    // Read to the end (it runs outside a transaction): see `Unit::Statements`.
+    let rows: Vec<UpsertedDevice> = prepared(REFRESH_DEVICE, |query| {
         query
             .bind::<Text, _>(registration.token.as_str())
             .bind::<SqlUuid, _>(user.as_uuid())
@@ -181,9 +182,9 @@ async fn refresh_device(
             .bind::<Bool, _>(registration.active)
             .bind::<Timestamptz, _>(now)
     })
-    .get_result(connection)
-    .await
-    .optional()?;
+    .get_results(connection)
+    .await?;
+    let row = rows.into_iter().next();
     Ok(row.map(UpsertedRow::from))
 }
 

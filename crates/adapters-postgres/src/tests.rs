@@ -242,6 +242,20 @@ async fn last_change(store: &PgStore, user: UserId) -> (String, Option<String>, 
     (record.change.field.to_string(), record.change.old.to_stored(), record.change.new.to_stored())
 }
 
+/// Creates the category `key` (named as its key, not critical, both channels on by default).
+async fn create_category(store: &PgStore, key: &str) -> domain::category::CategoryKey {
+    use domain::category::{Category, CategoryKey, CategoryName, ChannelDefaults, NewCategory};
+    let category = NewCategory {
+        key: CategoryKey::parse(key).unwrap(),
+        name: CategoryName::parse(key).unwrap(),
+        description: None,
+        critical: false,
+        defaults: ChannelDefaults { email: true, push: true },
+    };
+    let created = domain::ports::CategoryRepository::create(store, Category::new(category, OffsetDateTime::now_utc()));
+    created.await.expect("category").key
+}
+
 fn user_of(created: Idempotent<CreatedUser>) -> CreatedUser {
     match created {
         Idempotent::Executed(created) => created,
@@ -541,6 +555,100 @@ async fn the_hot_statements_are_prepared_once_per_connection() {
     }
 }
 
+/// No write is acknowledged when its commit fails. A statement outside a transaction commits
+/// at the protocol's `Sync`, after its rows and `CommandComplete` were sent; diesel-async's
+/// `get_result` returns at the first row and drops the rest, so a failure at that commit (a
+/// deferred trigger raising, the backend terminated, as a hostile run did every 0.3 s) was
+/// lost and the write answered 200 unsaved (the preferences, the password, a device refresh).
+/// Here every table refuses, at commit, every change made to it, and every write path must
+/// fail and leave the data as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_write_is_acknowledged_when_its_commit_fails() {
+    refuse_every_change_then_write("DEFERRABLE INITIALLY DEFERRED").await;
+}
+
+/// The same with the refusal at each statement's end (immediate triggers, as a foreign key's
+/// check): PostgreSQL runs a writing statement to its end before it sends the rows it returns,
+/// so this holds with `get_result` too; kept so that no write path starts streaming its rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_write_is_acknowledged_when_its_statement_fails_after_its_rows() {
+    refuse_every_change_then_write("NOT DEFERRABLE").await;
+}
+
+/// Makes every table refuse every change with a constraint trigger of `timing`, then runs
+/// every write path, which must all fail.
+async fn refuse_every_change_then_write(timing: &str) {
+    use domain::category::CategoryChoice;
+    use domain::ports::{CategoryRepository, ChoiceChange};
+
+    const REFUSE_EVERY_CHANGE: &str = r#"
+        CREATE FUNCTION refuse_change() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'change refused (test)'; END $$;
+        DO $$
+        DECLARE target text;
+        BEGIN
+            FOR target IN SELECT tablename FROM pg_tables
+                          WHERE schemaname = 'public' AND tablename NOT LIKE '\_\_%' LOOP
+                EXECUTE format('CREATE CONSTRAINT TRIGGER refuse_change AFTER INSERT OR UPDATE OR DELETE ON %I
+                                {timing} FOR EACH ROW EXECUTE FUNCTION refuse_change()', target);
+            END LOOP;
+        END $$;
+    "#;
+    let refuse_every_change = REFUSE_EVERY_CHANGE.replace("{timing}", timing);
+    let fixture = PgFixture::new().await;
+    let store = &fixture.store;
+    let (now, by) = (OffsetDateTime::now_utc, Provenance::default());
+    let id = user_of(UserRepository::create(store, record("commit@example.com"), None).await.expect("create"))
+        .profile
+        .user
+        .id;
+    store.upsert(id, registration("commit-token"), now(), &by, None).await.expect("device");
+    let marketing = create_category(store, "marketing").await;
+    let before = store.find_profile(id).await.expect("read").expect("the user");
+    let hash = store.credentials_of(id).await.expect("credentials").expect("the user").password_hash;
+    fixture.execute(&refuse_every_change).await;
+
+    let mut acknowledged = Vec::new();
+    let update = PreferencesUpdate { email: Some(!before.preferences.email), ..PreferencesUpdate::default() };
+    if store.update_preferences(id, update, now(), &by).await.is_ok() {
+        acknowledged.push("preferences");
+    }
+    let new_hash = domain::user::PasswordHash::new(format!("{}-changed", hash.as_str()));
+    if store.replace_password_hash(id, hash.clone(), new_hash, true).await.is_ok() {
+        acknowledged.push("password");
+    }
+    if store.upsert(id, registration("commit-token"), now(), &by, None).await.is_ok() {
+        acknowledged.push("device refresh");
+    }
+    if store.upsert(id, registration("commit-token-2"), now(), &by, None).await.is_ok() {
+        acknowledged.push("device registration");
+    }
+    let rename =
+        ContactUpdate { name: Some(domain::user::UserName::parse("Renamed").unwrap()), ..ContactUpdate::default() };
+    if store.update_contact(id, rename, now(), &by).await.is_ok() {
+        acknowledged.push("contact");
+    }
+    let choice = ChoiceChange::Set(CategoryChoice { email: Some(false), push: None });
+    if store.change_choice(id, &marketing, choice, now(), &by).await.is_ok() {
+        acknowledged.push("category choice");
+    }
+    let device = DeviceSelector::parse("commit-token").unwrap();
+    if store.set_active(id, &device, false, now(), &by).await.is_ok() {
+        acknowledged.push("device activation");
+    }
+    if UserRepository::create(store, record("second@example.com"), None).await.is_ok() {
+        acknowledged.push("registration");
+    }
+    assert!(acknowledged.is_empty(), "writes acknowledged although they failed ({timing}): {acknowledged:?}");
+
+    let after = store.find_profile(id).await.expect("read").expect("the user");
+    assert_eq!(after.preferences.email, before.preferences.email, "the preferences changed");
+    assert_eq!(after.user.name, before.user.name, "the name changed");
+    assert_eq!(after.devices.len(), before.devices.len(), "the devices changed");
+    let stored = store.credentials_of(id).await.expect("credentials").expect("the user");
+    assert_eq!(stored.password_hash.as_str(), hash.as_str(), "the password changed");
+}
+
 /// No statement of a request's path is parsed and planned at every call (issue 17): each
 /// path runs a few times on a pool of two connections, and every statement a connection ran
 /// twice must have been kept prepared by its statement cache. Found by this test: diesel never
@@ -555,7 +663,7 @@ async fn no_statement_of_a_request_path_is_parsed_again_on_its_connection() {
 
     use diesel::connection::{Instrumentation, InstrumentationEvent};
     use diesel_async::{AsyncConnection, AsyncPgConnection};
-    use domain::category::{CategoryChoice, CategoryKey, CategoryName, ChannelDefaults, NewCategory};
+    use domain::category::CategoryChoice;
     use domain::ports::{CategoryRepository, ChoiceChange, EventOutbox};
     use domain::preferences::{ClockTime, QuietHours};
     use domain::user::PhoneNumber;
@@ -601,15 +709,7 @@ async fn no_statement_of_a_request_path_is_parsed_again_on_its_connection() {
     let store = PgStore::new(pool);
     let now = OffsetDateTime::now_utc;
     let by = Provenance::default();
-    let marketing = CategoryKey::parse("marketing").unwrap();
-    let category = NewCategory {
-        key: marketing.clone(),
-        name: CategoryName::parse("Marketing").unwrap(),
-        description: None,
-        critical: false,
-        defaults: ChannelDefaults { email: true, push: true },
-    };
-    CategoryRepository::create(&store, domain::category::Category::new(category, now())).await.expect("category");
+    let marketing = create_category(&store, "marketing").await;
 
     let broker = adapters_sql_common::contract::RecordingPublisher::default();
     // Each path several times: on two connections, one of them runs it at least twice.

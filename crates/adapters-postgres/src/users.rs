@@ -360,7 +360,11 @@ impl UserRepository for PgStore {
                 .bind::<SqlUuid, _>(Uuid::now_v7())
         });
         let row: Option<UpdatedPreferences> =
-            self.run(Unit::Statements, async |connection| update_row.get_result(connection).await.optional()).await?;
+            // Read to the end: see `Unit::Statements`.
+            self.run(Unit::Statements, async |connection| {
+                update_row.get_results(connection).await.map(|rows| rows.into_iter().next())
+            })
+            .await?;
         row.map(|row| Preferences::try_from(PreferencesRow::from(row))).transpose()
     }
 
@@ -414,9 +418,10 @@ impl UserRepository for PgStore {
                     .set((users::password_hash.eq(new.as_str()), users::token_version.eq(users::token_version + bump)))
                     .returning(users::token_version),
             )
-            .get_result(connection)
+            // Read to the end: see `Unit::Statements`.
+            .get_results(connection)
             .await
-            .optional()
+            .map(|rows| rows.into_iter().next())
         })
         .await
     }

@@ -49,6 +49,14 @@ impl WorkError for TxError {
 pub(crate) enum Unit {
     /// Its statements as they are (each its own transaction), unless a transaction pooler
     /// asks for a transaction around them.
+    ///
+    /// A writing statement's rows must be read to the end (`get_results`, never `get_result`
+    /// or `first`): outside a transaction PostgreSQL commits a statement at the protocol's
+    /// `Sync`, after its rows and `CommandComplete` were sent, and `get_result` returns at the
+    /// first row and drops the rest, with any failure of that commit (a deferred trigger
+    /// raising, the backend terminated): the write would be acknowledged and never stored.
+    /// Reading to the end waits for the statement's end, so such a failure is the caller's
+    /// error (`no_write_is_acknowledged_when_its_commit_fails`).
     Statements,
     /// In one transaction.
     Transaction,
