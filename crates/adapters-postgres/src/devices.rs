@@ -184,8 +184,7 @@ async fn refresh_device(
     })
     .get_results(connection)
     .await?;
-    let row = rows.into_iter().next();
-    Ok(row.map(UpsertedRow::from))
+    Ok(rows.into_iter().next().map(UpsertedRow::from))
 }
 
 /// Registers the token with its consent history (in the caller's transaction): the device
