@@ -4,6 +4,7 @@
 //! without a guard, `pushToken || devices[0].token`) and the push sender (raw endpoint URLs
 //! on the legacy deactivation path). Each scenario broke in front of the real clients once.
 
+use std::io::Read as _;
 use std::time::{Duration, Instant};
 
 use adapters_postgres::testing::TestDatabase;
@@ -18,19 +19,22 @@ const READER_KEY: &str = "reader-key-0123456789abcdef";
 
 /// The service as the seed's docker-compose runs it behind the gateway: the gateway's Redis,
 /// its cache named for deletion, its calls trusted by the network.
-async fn service_behind_the_gateway(database: &TestDatabase, redis: &PrivateRedis) -> ServiceProcess {
+/// `extra` adds settings of the test's own.
+async fn service_behind_the_gateway(
+    database: &TestDatabase,
+    redis: &PrivateRedis,
+    extra: &[(&str, &str)],
+) -> ServiceProcess {
     let redis_url = redis.url();
     let keys = format!("admin:{ADMIN_KEY}:*;reader:{READER_KEY}:users.read");
-    ServiceProcess::start(
-        database,
-        &[
-            ("REDIS_URL", &redis_url),
-            ("CACHE_INVALIDATE_EXTRA_KEYS", "usercache:{id}"),
-            ("TRUST_INTERNAL_NETWORK", "true"),
-            ("SERVICE_API_KEYS", &keys),
-        ],
-    )
-    .await
+    let mut settings = vec![
+        ("REDIS_URL", redis_url.as_str()),
+        ("CACHE_INVALIDATE_EXTRA_KEYS", "usercache:{id}"),
+        ("TRUST_INTERNAL_NETWORK", "true"),
+        ("SERVICE_API_KEYS", &keys),
+    ];
+    settings.extend_from_slice(extra);
+    ServiceProcess::start(database, &settings).await
 }
 
 /// One scenario's world: the service behind the gateway, on a database and a Redis of its
@@ -38,16 +42,16 @@ async fn service_behind_the_gateway(database: &TestDatabase, redis: &PrivateRedi
 struct BehindTheGateway {
     service: ServiceProcess,
     gateway: Gateway,
-    _redis: PrivateRedis,
-    _database: TestDatabase,
+    redis: PrivateRedis,
+    database: TestDatabase,
 }
 
 impl BehindTheGateway {
     async fn start() -> Self {
         let (database, redis) = (TestDatabase::create().await.unwrap(), PrivateRedis::start().await);
-        let service = service_behind_the_gateway(&database, &redis).await;
+        let service = service_behind_the_gateway(&database, &redis, &[]).await;
         let gateway = Gateway::new(&service, &redis).await;
-        Self { service, gateway, _redis: redis, _database: database }
+        Self { service, gateway, redis, database }
     }
 }
 
@@ -86,11 +90,19 @@ struct Decision {
     push_token: Option<String>,
 }
 
+/// The headers axios 1.x sends on every call from Node, the gateway's `@nestjs/axios`.
+const AXIOS_HEADERS: [(&str, &str); 3] = [
+    ("accept", "application/json, text/plain, */*"),
+    ("accept-encoding", "gzip, compress, deflate, br"),
+    ("user-agent", "axios/1.7.9"),
+];
+
 /// The seed's API gateway (NestJS + axios + ioredis), as it calls us:
 /// - `GET {USER_SERVICE_URL}/users/${userId}` from a template string: nothing is encoded and
 ///   the HTTP client resolves `.` and `..` segments (as `reqwest`'s URL parser does);
-/// - no credential and no header of its own; three attempts, and any non-2xx or failure
-///   means "user not found";
+/// - no credential, and axios's own headers ([`AXIOS_HEADERS`]: it accepts gzip, deflate and
+///   brotli, and undoes whichever the answer uses); three attempts, and any non-2xx or
+///   failure means "user not found";
 /// - the whole 2xx body cached as `usercache:{userId as given}` for 300 s, read before
 ///   calling us, filled without any guard.
 struct Gateway {
@@ -103,7 +115,23 @@ impl Gateway {
     async fn new(service: &ServiceProcess, redis: &PrivateRedis) -> Self {
         let client = redis::Client::open(redis.url()).unwrap();
         let redis = client.get_multiplexed_async_connection().await.unwrap();
-        Self { base: service.address.clone(), http: reqwest::Client::new(), redis }
+        let headers = AXIOS_HEADERS
+            .iter()
+            .map(|(name, value)| (name.parse().unwrap(), reqwest::header::HeaderValue::from_static(value)))
+            .collect();
+        let http = reqwest::Client::builder().default_headers(headers).build().unwrap();
+        Self { base: service.address.clone(), http, redis }
+    }
+
+    /// One `GET /users/{user_id}` as axios sends it (on the client's kept-alive connection):
+    /// the answer's status, headers and body, decompressed as axios would.
+    async fn get(&self, user_id: &str) -> reqwest::Result<(u16, reqwest::header::HeaderMap, Option<Value>)> {
+        let response = self.http.get(format!("{}/users/{user_id}", self.base)).send().await?;
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        let bytes = response.bytes().await?;
+        let encoding = headers.get("content-encoding").map(|value| value.to_str().unwrap().to_owned());
+        let text = decompressed(encoding.as_deref(), &bytes);
+        Ok((status, headers, text.and_then(|text| serde_json::from_str(&text).ok())))
     }
 
     fn cache_key(user_id: &str) -> String {
@@ -114,10 +142,8 @@ impl Gateway {
     /// when none answered 2xx.
     async fn fetch(&self, user_id: &str) -> Option<Value> {
         for _ in 0..3 {
-            if let Ok(response) = self.http.get(format!("{}/users/{user_id}", self.base)).send().await
-                && response.status().is_success()
-            {
-                return response.json().await.ok();
+            if let Ok((200..=299, _, Some(body))) = self.get(user_id).await {
+                return Some(body);
             }
         }
         None
@@ -151,6 +177,19 @@ impl Gateway {
         let push_token = (preferences["push"] != false).then(|| token.map(str::to_owned)).flatten();
         Some(Decision { email, push_token })
     }
+}
+
+/// An answer's body as a client that accepts gzip, deflate and brotli reads it.
+fn decompressed(encoding: Option<&str>, bytes: &[u8]) -> Option<String> {
+    let mut text = String::new();
+    match encoding {
+        None => return String::from_utf8(bytes.to_vec()).ok(),
+        Some("gzip") => flate2::read::GzDecoder::new(bytes).read_to_string(&mut text).ok()?,
+        Some("deflate") => flate2::read::ZlibDecoder::new(bytes).read_to_string(&mut text).ok()?,
+        Some("br") => brotli_decompressor::Decompressor::new(bytes, 4096).read_to_string(&mut text).ok()?,
+        Some(other) => panic!("an encoding the client did not offer: {other}"),
+    };
+    Some(text)
 }
 
 /// The seed's push sender (Python, httpx) reporting a dead web-push endpoint:
@@ -217,6 +256,52 @@ async fn the_gateway_cannot_keep_a_user_under_another_spelling_of_its_id_past_an
     let response = anonymous.get(format!("{}/users/not-a-uuid", service.address)).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
     assert_eq!(server_errors(service), Vec::<u64>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateways_calls_are_answered_whole_and_never_held_back_for_its_acknowledgement() {
+    let BehindTheGateway { service, gateway, redis, database } = &BehindTheGateway::start().await;
+    let user = register(service, "whole-answers@example.com").await;
+    for (index, platform) in ["web", "ios", "android"].into_iter().enumerate() {
+        let device = json!({"token": format!("https://push.example.com/endpoint/{index}"), "platform": platform});
+        let path = format!("/api/v1/users/{user}/devices");
+        assert_eq!(call(service, ADMIN_KEY, reqwest::Method::POST, &path, Some(device)).await.0, 201);
+    }
+
+    // A profile is far under COMPRESS_MIN_BYTES: it goes out as it is, with its length, in one
+    // write, though axios accepts compression (brotli, which the service preferred, cost the
+    // server many times the answer itself).
+    let (status, headers, body) = gateway.get(&user).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(headers.get("content-encoding"), None, "{headers:?}");
+    assert!(headers.contains_key("content-length"), "{headers:?}");
+    assert_eq!(body.unwrap()["data"]["id"], user.as_str());
+
+    // With every answer compressed (COMPRESS_MIN_BYTES=1), as large ones are, a body of 1 KiB
+    // or more (this profile, with its three devices) goes out in pieces: actix compresses it
+    // on a blocking thread while the head is sent. No piece may wait until the gateway
+    // acknowledges the one before: with Nagle's algorithm on, it waited for the caller's
+    // delayed ACK, 40 ms or more on Linux. Whether a connection delays its ACKs is the
+    // kernel's choice, so four connections of fifteen calls each.
+    let compressing = service_behind_the_gateway(database, redis, &[("COMPRESS_MIN_BYTES", "1")]).await;
+    let mut held_back = Vec::new();
+    for _ in 0..4 {
+        let gateway = Gateway::new(&compressing, redis).await;
+        for _ in 0..15 {
+            let started = Instant::now();
+            let (status, headers, body) = gateway.get(&user).await.unwrap();
+            let took = started.elapsed();
+            assert_eq!(status, 200);
+            assert!(headers.contains_key("content-encoding"), "{headers:?}");
+            assert_eq!(body.unwrap()["data"]["id"], user.as_str());
+            if took >= Duration::from_millis(40) {
+                held_back.push(took);
+            }
+        }
+    }
+    // Without TCP_NODELAY, 32 and 34 of the 60 in two runs; the first call fills the cache, and a
+    // loaded machine may hold back a few more.
+    assert!(held_back.len() < 10, "{} of 60 answers took 40 ms or more: {held_back:?}", held_back.len());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,5 +1,7 @@
 //! Send eligibility and bulk lookups through the API.
 
+use std::io::Read as _;
+
 use api_tests::TestApp;
 use reqwest::Method;
 use serde_json::json;
@@ -112,6 +114,15 @@ async fn a_bulk_request_of_1000_ids_answers_in_order_with_unknown_users_marked()
         };
         assert_eq!(decision["reason"], expected, "{id}");
     }
+    // An answer this large (far over COMPRESS_MIN_BYTES) is compressed for a caller that
+    // accepts gzip, and reads back as the same decisions.
+    let request = json!({"channel": "email", "at": "2026-06-01T12:00:00Z", "user_ids": ids});
+    let url = format!("{}/api/v1/eligibility", app.address);
+    let response = app.client.post(url).header("accept-encoding", "gzip").json(&request).send().await.unwrap();
+    assert_eq!(response.headers().get("content-encoding").unwrap(), "gzip");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&response.bytes().await.unwrap()[..]).read_to_string(&mut text).unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap()["data"], reply.body["data"]);
 
     let too_many: Vec<String> = (0..1001).map(|_| uuid::Uuid::new_v4().to_string()).collect();
     let reply = app.send(Method::POST, "/api/v1/eligibility", &json!({"channel": "push", "user_ids": too_many})).await;

@@ -53,6 +53,9 @@ pub struct Settings {
     pub idempotency_ttl: Duration,
     /// Largest accepted request body (`MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
+    /// Smallest answer compressed for a caller that accepts compression
+    /// (`COMPRESS_MIN_BYTES`); smaller ones go out as they are, in one piece.
+    pub compress_min_bytes: usize,
     /// How long a request body may take to arrive in full before the answer is 408
     /// (`REQUEST_BODY_TIMEOUT`, seconds).
     pub request_body_timeout: Duration,
@@ -309,6 +312,7 @@ struct Variables {
     trusted_proxies: TrustedProxies,
     idempotency_ttl: Seconds,
     max_body_bytes: Positive<usize, { 16 * 1024 * 1024 }>,
+    compress_min_bytes: Positive<usize, { 16 * 1024 * 1024 }>,
     request_body_timeout: Seconds,
     metrics_token: Option<MetricsToken>,
     password_hash_concurrency: Positive<usize, 256>,
@@ -369,6 +373,7 @@ impl Default for Variables {
             trusted_proxies: TrustedProxies::default(),
             idempotency_ttl: Seconds::of(3_600),
             max_body_bytes: Positive(64 * 1024),
+            compress_min_bytes: Positive(16 * 1024),
             request_body_timeout: Seconds::of(10),
             metrics_token: None,
             password_hash_concurrency: Positive(cpus),
@@ -619,6 +624,7 @@ impl Variables {
             },
             idempotency_ttl: self.idempotency_ttl.0,
             max_body_bytes: self.max_body_bytes.0,
+            compress_min_bytes: self.compress_min_bytes.0,
             request_body_timeout: self.request_body_timeout.0,
             metrics_token: self.metrics_token.map(|MetricsToken(token)| token),
             password_hash_concurrency: self.password_hash_concurrency.0,
@@ -973,6 +979,8 @@ mod tests {
             ("BACKGROUND_THREADS", "0"),
             ("BACKGROUND_THREADS", "1025"),
             ("MAX_BODY_BYTES", "18446744073709551615"),
+            ("COMPRESS_MIN_BYTES", "0"),
+            ("COMPRESS_MIN_BYTES", "16777217"),
             ("DATABASE_POOL_SIZE", "1001"),
         ] {
             let error = settings(&[(name, value)]).unwrap_err().to_string();
