@@ -1,7 +1,9 @@
 //! Hostile input: every case answers a 4xx with the envelope, nothing reaches the database
 //! that should not, and the service stays healthy.
 
-use api_tests::TestApp;
+use std::io::Write as _;
+
+use api_tests::{Reply, TestApp};
 use reqwest::Method;
 
 /// One hostile request: what it is, how it is sent, and the status it must get.
@@ -224,4 +226,56 @@ async fn every_hostile_input_gets_a_4xx_envelope_and_the_service_stays_healthy()
     assert!(preferences.body["data"]["quiet_hours_start"].is_null());
     let health = app.get("/health").await;
     assert_eq!((health.status, health.body["data"]["status"].as_str()), (200, Some("ok")));
+}
+
+/// A body with a content coding is refused unread, on every route, with the envelope and the
+/// one coding accepted: actix expanded such a body in memory before it checked the size, so a
+/// few kilobytes of brotli sent to the public login expanded to gigabytes and killed the
+/// process. A body without a coding, or marked `identity`, is read as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compressed_request_body_is_refused_unread() {
+    let app = TestApp::spawn().await;
+    let login = serde_json::json!({"email": "nobody@example.com", "password": "StrongPass123!"}).to_string();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gzip.write_all(login.as_bytes()).unwrap();
+    let gzipped = gzip.finish().unwrap();
+    for coding in ["gzip", "GZIP", "br", "zstd", "deflate", "x-unknown", "identity, gzip"] {
+        for path in ["/api/v1/auth/login", "/api/v1/users", "/api/v1/eligibility"] {
+            let request = app.anonymous.post(format!("{}{path}", app.address));
+            let request = request.header("content-type", "application/json").header("content-encoding", coding);
+            let reply = Reply::from_response(request.body(gzipped.clone()).send().await.unwrap()).await;
+            assert_eq!(reply.status, 415, "{coding} on {path}: {}", reply.body);
+            reply.assert_envelope();
+            assert_eq!(reply.header("accept-encoding"), Some("identity"), "{coding} on {path}");
+        }
+    }
+    for coding in [None, Some("identity")] {
+        let mut request = app.anonymous.post(format!("{}/api/v1/auth/login", app.address));
+        request = request.header("content-type", "application/json");
+        if let Some(coding) = coding {
+            request = request.header("content-encoding", coding);
+        }
+        let reply = Reply::from_response(request.body(login.clone()).send().await.unwrap()).await;
+        assert_eq!(reply.status, 401, "{coding:?}: {}", reply.body);
+    }
+}
+
+/// A small answer goes out uncompressed (`COMPRESS_MIN_BYTES`) unless the caller refuses
+/// that: then it is compressed as it asks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_refuses_uncompressed_answers_gets_them_compressed() {
+    let app = TestApp::spawn().await;
+    let user = app.register("refuses-identity@example.com").await;
+    let path = format!("/api/v1/users/{user}");
+    for (accepted, coding) in [
+        ("gzip", None),
+        ("gzip, identity;q=0", Some("gzip")),
+        ("gzip;q=1, *;q=0", Some("gzip")),
+        ("gzip, IDENTITY;Q=0", Some("gzip")),
+        ("gzip, identity;q=0.5", None),
+    ] {
+        let reply = app.request_as(&app.client, &[("accept-encoding", accepted)], Method::GET, &path, None).await;
+        assert_eq!(reply.status, 200, "{accepted}");
+        assert_eq!(reply.header("content-encoding"), coding, "{accepted}");
+    }
 }

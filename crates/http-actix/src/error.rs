@@ -189,6 +189,15 @@ impl ApiError {
         )
     }
 
+    /// 415: a request body with a content coding (`Content-Encoding`), refused unread.
+    pub fn compressed_body() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the request body must not be compressed: send it without Content-Encoding",
+        )
+    }
+
     /// 503: a dependency cannot serve now.
     pub fn unavailable(cause: domain::error::BoxError) -> Self {
         Self {

@@ -1,17 +1,18 @@
 //! The request context middleware: request ids, one access-log line per request (naming the
 //! caller, never its credential), a throttled warning with a hint for every refused
-//! credential, and the envelope on every error response, including those the framework
-//! produces itself.
+//! credential, the envelope on every error response, including those the framework
+//! produces itself, and the refusal of compressed request bodies; and the middleware that
+//! keeps small answers uncompressed.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::header::{self, AcceptEncoding, Encoding, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web::Data;
-use actix_web::{HttpMessage, HttpResponse, ResponseError};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use tracing::Instrument;
 
 use crate::abuse::limited_address;
@@ -81,10 +82,36 @@ pub async fn small_answers_uncompressed<B: MessageBody>(
     let min_bytes = request.app_data::<CompressMinBytes>().map_or(0, |min| min.0);
     let mut response = next.call(request).await?;
     let small = matches!(response.response().body().size(), BodySize::Sized(size) if size < min_bytes as u64);
-    if small && !response.headers().contains_key(header::CONTENT_ENCODING) {
+    if small && !response.headers().contains_key(header::CONTENT_ENCODING) && accepts_identity(response.request()) {
         response.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static(LEAVE_UNCOMPRESSED));
     }
     Ok(response)
+}
+
+/// Whether the caller takes an answer without a content coding: unless it refuses one
+/// (`identity;q=0`, or `*;q=0` without naming identity; RFC 9110, 12.5.3). Only a zero weight
+/// can refuse it, so most callers' headers are decided without being parsed.
+fn accepts_identity(request: &HttpRequest) -> bool {
+    let weighs_zero = |value: &HeaderValue| value.as_bytes().windows(3).any(|part| part.eq_ignore_ascii_case(b"q=0"));
+    !request.headers().get_all(header::ACCEPT_ENCODING).any(weighs_zero)
+        || request
+            .get_header::<AcceptEncoding>()
+            .is_none_or(|accepted| accepted.negotiate([Encoding::identity()].iter()).is_some())
+}
+
+/// Whether `request` sends a body with a content coding (anything but `identity`). actix
+/// would expand it in memory before it checks the result against `MAX_BODY_BYTES`: a few
+/// kilobytes of brotli expand to gigabytes, and killed the process.
+fn declares_compressed_body(request: &ServiceRequest) -> bool {
+    let coded = |value: &HeaderValue| {
+        value.to_str().map_or(true, |codings| {
+            codings
+                .split(',')
+                .map(str::trim)
+                .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+        })
+    };
+    crate::extract::declares_body(request.headers()) && request.headers().get_all(header::CONTENT_ENCODING).any(coded)
 }
 
 /// Wraps every request: assigns the request id, logs the outcome, and replaces a
@@ -102,8 +129,15 @@ pub async fn request_context(
     let started = Instant::now();
 
     // Handlers and extractors turn their errors into responses; only a failing middleware
-    // could return `Err` here, and actix answers that itself.
-    let mut response = next.call(request).instrument(span.clone()).await?.map_into_boxed_body();
+    // could return `Err` here, and actix answers that itself. A compressed body is refused
+    // before anything reads it, for every route (the 415 names the one coding accepted).
+    let mut response = if declares_compressed_body(&request) {
+        let mut refusal = ApiError::compressed_body().error_response();
+        refusal.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        request.into_response(refusal)
+    } else {
+        next.call(request).instrument(span.clone()).await?.map_into_boxed_body()
+    };
 
     if response.headers().get(header::CONTENT_ENCODING).is_some_and(|value| value == LEAVE_UNCOMPRESSED) {
         response.headers_mut().remove(header::CONTENT_ENCODING);
