@@ -80,16 +80,13 @@ struct BodyRead;
 /// its answer must close the connection, or actix would drain the rest of a trickled body for
 /// as long as the client keeps sending it.
 pub fn declares_unread_body(request: &HttpRequest) -> bool {
-    declares_body(request.headers()) && request.extensions().get::<BodyRead>().is_none()
-}
-
-/// Whether a request's `headers` declare a body: a length above zero, or chunked.
-pub fn declares_body(headers: &actix_web::http::header::HeaderMap) -> bool {
-    headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
+    let headers = request.headers();
+    let declared = headers.contains_key(actix_web::http::header::TRANSFER_ENCODING)
         || headers
             .get(actix_web::http::header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
-            .is_some_and(|length| length > 0)
+            .is_some_and(|length| length > 0);
+    declared && request.extensions().get::<BodyRead>().is_none()
 }
 
 /// The body timeout when the app configures none.

@@ -99,9 +99,11 @@ fn accepts_identity(request: &HttpRequest) -> bool {
             .is_none_or(|accepted| accepted.negotiate([Encoding::identity()].iter()).is_some())
 }
 
-/// Whether `request` sends a body with a content coding (anything but `identity`). actix
-/// would expand it in memory before it checks the result against `MAX_BODY_BYTES`: a few
-/// kilobytes of brotli expand to gigabytes, and killed the process.
+/// Whether `request` names a content coding for its body (anything but `identity`). actix
+/// would expand such a body in memory before it checks the result against `MAX_BODY_BYTES`:
+/// a few kilobytes of brotli expand to gigabytes, and killed the process. Whatever the
+/// request declares of its body: with `Upgrade`, actix reads a body until the connection
+/// closes, with no length or chunks to declare it.
 fn declares_compressed_body(request: &ServiceRequest) -> bool {
     let coded = |value: &HeaderValue| {
         value.to_str().map_or(true, |codings| {
@@ -111,7 +113,7 @@ fn declares_compressed_body(request: &ServiceRequest) -> bool {
                 .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
         })
     };
-    crate::extract::declares_body(request.headers()) && request.headers().get_all(header::CONTENT_ENCODING).any(coded)
+    request.headers().get_all(header::CONTENT_ENCODING).any(coded)
 }
 
 /// Wraps every request: assigns the request id, logs the outcome, and replaces a
@@ -130,10 +132,12 @@ pub async fn request_context(
 
     // Handlers and extractors turn their errors into responses; only a failing middleware
     // could return `Err` here, and actix answers that itself. A compressed body is refused
-    // before anything reads it, for every route (the 415 names the one coding accepted).
+    // before anything reads it, for every route (the 415 names the one coding accepted), and
+    // the connection closes: the body stays unread.
     let mut response = if declares_compressed_body(&request) {
         let mut refusal = ApiError::compressed_body().error_response();
         refusal.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        refusal.head_mut().set_connection_type(actix_web::http::ConnectionType::Close);
         request.into_response(refusal)
     } else {
         next.call(request).instrument(span.clone()).await?.map_into_boxed_body()
